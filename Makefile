@@ -1,0 +1,43 @@
+# Every target bootstraps .venv from pyproject.toml by itself.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test unit integration lint demo bench bench-core clean
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[embedded,dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline agents schemas tests bench
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -q
+
+integration: $(STAMP)
+	$(BIN)/python -m pytest tests/integration -q
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest tests -q
+
+demo: $(STAMP)
+	$(BIN)/grayscope demo $(ARGS)
+
+bench-core: $(STAMP)
+	$(BIN)/python bench/core.py $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/e2e.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,133 @@
+"""The ``grayscope`` command line.
+
+Subcommands: enrich (stdin -> documents), worker, setup, produce, demo,
+kibana import, canary status. Every subcommand takes the settings as flags
+that mirror the ``GRAYSCOPE_*`` environment variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import IO
+
+import orjson
+
+from pipeline.config import Settings, add_settings_arguments, settings_from_args
+from pipeline.errors import ConfigError, GrayscopeError
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_RUNTIME = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="grayscope",
+        description="Streaming log and trace enrichment for gray (canary) releases.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    enrich = sub.add_parser(
+        "enrich",
+        help="read raw message values (one per line) on stdin, write enriched documents on stdout",
+    )
+    enrich.add_argument(
+        "--dlq",
+        metavar="PATH",
+        default=None,
+        help="write dead-letter records (JSON: reason, detail, raw) here; default: stderr",
+    )
+    add_settings_arguments(enrich)
+    enrich.set_defaults(handler=run_enrich)
+
+    for name, help_text in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text[0])
+        help_text[1](command)
+        add_settings_arguments(command)
+    return parser
+
+
+def _open_geoip(settings: Settings):  # type: ignore[no-untyped-def]
+    from pipeline.geoip import GeoIPResolver
+
+    if not settings.geoip_city_db and not settings.geoip_asn_db:
+        return None
+    return GeoIPResolver.from_settings(settings)
+
+
+def run_enrich(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.core import Enriched, process
+    from pipeline.enrich import EnrichContext
+
+    geoip = _open_geoip(settings)
+    ctx = EnrichContext.from_settings(settings, geoip)
+    out = sys.stdout.buffer
+    dlq: IO[bytes] = open(args.dlq, "wb") if args.dlq else sys.stderr.buffer  # noqa: SIM115
+    dumps = orjson.dumps
+    try:
+        for line in sys.stdin.buffer:
+            raw = line.rstrip(b"\r\n")
+            if not raw:
+                continue
+            result = process(raw, ctx)
+            if isinstance(result, Enriched):
+                out.write(dumps(result.document) + b"\n")
+            else:
+                dlq.write(dumps(result.to_json_dict()) + b"\n")
+    except BrokenPipeError:  # `grayscope enrich | head` is fine
+        return EXIT_OK
+    finally:
+        out.flush()
+        dlq.flush()
+        if args.dlq:
+            dlq.close()
+    return EXIT_OK
+
+
+def _no_options(parser: argparse.ArgumentParser) -> None:
+    return None
+
+
+def _lazy(module: str, function: str) -> Callable[[argparse.Namespace, Settings], int]:
+    def handler(args: argparse.Namespace, settings: Settings) -> int:
+        import importlib
+
+        return int(getattr(importlib.import_module(module), function)(args, settings))
+
+    return handler
+
+
+def _worker_options(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(handler=_lazy("agents.run", "run_worker"))
+
+
+def _setup_options(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(handler=_lazy("pipeline.setup", "run_setup"))
+
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "worker": ("run the Faust worker (Kafka -> Elasticsearch + OTLP)", _worker_options),
+    "setup": ("install index templates and check connectivity", _setup_options),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+        return int(args.handler(args, settings))
+    except ConfigError as exc:
+        print(f"grayscope: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except GrayscopeError as exc:
+        print(f"grayscope: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

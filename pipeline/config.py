@@ -1,0 +1,266 @@
+"""The one validated configuration of grayscope.
+
+Every setting is an environment variable with the ``GRAYSCOPE_`` prefix and a
+CLI flag of the same name (``GRAYSCOPE_ES_URL`` = ``--es-url``). Nothing else
+in grayscope reads ``os.environ``. Secrets are ``SecretStr`` so they never
+show up in reprs or logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from pipeline.errors import ConfigError
+
+DEFAULT_TRUSTED_PROXIES = (
+    "127.0.0.0/8,::1/128,"  # loopback
+    "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,"  # RFC 1918
+    "fc00::/7,"  # RFC 4193
+    "169.254.0.0/16,fe80::/10"  # link-local
+)
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class EsMode(StrEnum):
+    DATA_STREAM = "data_stream"
+    INDEX = "index"
+
+
+def bundled_city_db() -> str:
+    """Path of the demo GeoLite2-City database shipped by `maxminddb-geolite2`, or ''."""
+    try:
+        from geolite2 import geolite2_database  # type: ignore[import-not-found]
+    except ImportError:
+        try:
+            import geolite2  # type: ignore[import-not-found]
+        except ImportError:
+            return ""
+        candidate = Path(geolite2.__file__).with_name("GeoLite2-City.mmdb")
+        return str(candidate) if candidate.exists() else ""
+    return str(geolite2_database())
+
+
+class Settings(BaseSettings):
+    """grayscope settings; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GRAYSCOPE_", extra="forbid", validate_default=True, frozen=True
+    )
+
+    # --- Kafka -----------------------------------------------------------
+    kafka_brokers: str = Field("localhost:9092", description="Kafka bootstrap servers (comma list).")
+    input_topics: CommaList = Field(
+        default_factory=lambda: ["access-logs"], description="Topics to consume (comma list)."
+    )
+    dlq_topic: str = Field("access-logs-dlq", description="Dead-letter topic.")
+    consumer_group: str = Field("grayscope", description="Kafka consumer group / Faust app id.")
+    kafka_security_protocol: str = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_mechanism: str = Field("PLAIN", description="SASL mechanism (PLAIN, SCRAM-SHA-256/512).")
+    kafka_sasl_username: str = Field("", description="SASL user name.")
+    kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password (secret).")
+    batch_size: int = Field(1000, ge=1, le=100_000, description="Messages per batch (stream.take).")
+    batch_timeout: float = Field(
+        0.5, gt=0, le=60, description="Seconds to wait for a batch to fill before flushing it."
+    )
+
+    # --- Elasticsearch / OpenSearch --------------------------------------
+    es_url: str = Field(
+        "http://localhost:9200",
+        description="Elasticsearch or OpenSearch URL(s), comma list; empty disables the sink.",
+    )
+    es_mode: EsMode = Field(
+        EsMode.DATA_STREAM,
+        description="data_stream -> logs-grayscope.access-default; index -> grayscope-access-YYYY.MM.DD.",
+    )
+    es_api_key: SecretStr = Field(SecretStr(""), description="Elasticsearch API key (secret).")
+    es_username: str = Field("", description="Basic-auth user name.")
+    es_password: SecretStr = Field(SecretStr(""), description="Basic-auth password (secret).")
+    es_ca_certs: str = Field("", description="CA bundle for TLS verification.")
+    es_verify_certs: bool = Field(True, description="Verify the store's TLS certificate.")
+    es_request_timeout: float = Field(30.0, gt=0, description="Per-request timeout in seconds.")
+    es_retry_initial: float = Field(0.2, gt=0, description="First retry backoff in seconds.")
+    es_retry_max: float = Field(30.0, gt=0, description="Backoff cap in seconds (retries never stop).")
+    es_install_templates: bool = Field(
+        True, description="Install index/component templates when the worker starts."
+    )
+
+    # --- OTLP ------------------------------------------------------------
+    otlp_endpoint: str = Field(
+        "",
+        description="OTLP traces endpoint: http://host:4317 (gRPC) or http://host:4318/v1/traces "
+        "(HTTP/protobuf); empty disables span export.",
+    )
+    otlp_headers: str = Field("", description="Extra OTLP headers, k=v comma list (secret values).")
+    otlp_queue_size: int = Field(20_000, ge=1, description="Spans buffered before new ones are dropped.")
+    otlp_batch_size: int = Field(512, ge=1, description="Spans per export request.")
+    otlp_max_retries: int = Field(3, ge=0, description="Retries per export request before dropping it.")
+    otlp_timeout: float = Field(5.0, gt=0, description="Per-export timeout in seconds.")
+
+    # --- GeoIP -------------------------------------------------------------
+    geoip_city_db: str = Field(
+        default_factory=bundled_city_db,
+        description="MaxMind City .mmdb; default: the bundled demo database; empty disables geo.",
+    )
+    geoip_asn_db: str = Field("", description="MaxMind ASN .mmdb; empty disables AS lookups.")
+    geoip_cache_size: int = Field(65_536, ge=0, description="LRU entries per database (0 = no cache).")
+    geoip_reload_interval: float = Field(
+        10.0, ge=0, description="Seconds between checks for a replaced database file (0 = never)."
+    )
+
+    # --- Extraction rules ------------------------------------------------
+    trusted_proxies: CommaList = Field(
+        default_factory=lambda: DEFAULT_TRUSTED_PROXIES.split(","),
+        description="CIDRs whose X-Forwarded-For entries are believed.",
+    )
+    gray_id_headers: CommaList = Field(
+        default_factory=lambda: ["x-abtest-id", "x-gray-id"],
+        description="Headers carrying the gray id, in precedence order.",
+    )
+    gray_id_header_pattern: str = Field(r"^[a-z0-9]{8,16}$", description="Valid header gray id.")
+    gray_id_query_arg: str = Field("abt", description="Query arg carrying the gray id.")
+    gray_id_query_pattern: str = Field(r"^[a-z0-9]{4,12}$", description="Valid query gray id.")
+    canary_header: str = Field("x-go-stage", description="Header that marks a canary request.")
+    canary_header_value: str = Field("canary", description="Its canary value.")
+    canary_cookie: str = Field("go_canary", description="Cookie that marks a canary request.")
+    canary_cookie_value: str = Field("1", description="Its canary value.")
+    canary_subset: str = Field("canary", description="Istio subset name of the canary.")
+    version_query_arg: str = Field("v", description="Query arg carrying the version.")
+    version_subset_pattern: str = Field(r"^v\d+", description="Istio subsets that are versions.")
+    path_group_depth: int = Field(2, ge=1, le=10, description="Default path group: first N segments.")
+    path_rules: str = Field(
+        "",
+        description="Path group rules: JSON list or @file of {match (regex), group, route}; "
+        "first match wins, the default applies otherwise.",
+    )
+    service_name: str = Field(
+        "", description="service.name; empty: derived from the upstream cluster, then authority."
+    )
+    include_original: bool = Field(False, description="Keep the raw line in event.original.")
+    max_message_bytes: int = Field(1_048_576, ge=256, description="Larger messages are dead-lettered.")
+
+    # --- Operability -------------------------------------------------------
+    web_host: str = Field("0.0.0.0", description="Worker web server bind address (/metrics, /healthz).")
+    web_port: int = Field(6066, ge=0, le=65535, description="Worker web server port.")
+    log_level: str = Field("info", description="Log level.")
+
+    @field_validator(
+        "input_topics", "trusted_proxies", "gray_id_headers", mode="before"
+    )
+    @classmethod
+    def _split_comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("gray_id_headers", mode="after")
+    @classmethod
+    def _lower_headers(cls, value: list[str]) -> list[str]:
+        return [v.lower().replace("_", "-") for v in value]
+
+    @field_validator("trusted_proxies", mode="after")
+    @classmethod
+    def _valid_cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)
+        return value
+
+    @field_validator(
+        "gray_id_header_pattern", "gray_id_query_pattern", "version_subset_pattern", mode="after"
+    )
+    @classmethod
+    def _valid_regex(cls, value: str) -> str:
+        re.compile(value)
+        return value
+
+    @field_validator("path_rules", mode="after")
+    @classmethod
+    def _valid_path_rules(cls, value: str) -> str:
+        load_path_rules(value)
+        return value
+
+    @field_validator("kafka_security_protocol", mode="after")
+    @classmethod
+    def _valid_protocol(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}:
+            raise ValueError("must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+        return value
+
+    def es_hosts(self) -> list[str]:
+        return [u.strip() for u in self.es_url.split(",") if u.strip()]
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict safe to log (secrets masked)."""
+        out = self.model_dump(mode="json")
+        for name, info in type(self).model_fields.items():
+            if info.annotation is SecretStr:
+                out[name] = "**********" if getattr(self, name).get_secret_value() else ""
+        return out
+
+
+def load_path_rules(spec: str) -> list[dict[str, str]]:
+    """Parse the ``path_rules`` setting (JSON text or ``@file``) into rule dicts."""
+    if not spec.strip():
+        return []
+    text = Path(spec[1:]).read_bytes() if spec.startswith("@") else spec.encode()
+    rules = orjson.loads(text)
+    if not isinstance(rules, list):
+        raise ValueError("path rules must be a JSON list")
+    for rule in rules:
+        if not isinstance(rule, dict) or not isinstance(rule.get("match"), str):
+            raise ValueError("each path rule needs a string 'match' regex")
+        re.compile(rule["match"])
+        for key in ("group", "route"):
+            if key in rule and not isinstance(rule[key], str):
+                raise ValueError(f"path rule {key!r} must be a string")
+    return rules
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one CLI flag per setting, mirroring the environment variables."""
+    group = parser.add_argument_group("settings (also GRAYSCOPE_<NAME> environment variables)")
+    for name, info in Settings.model_fields.items():
+        group.add_argument(
+            flag_name(name),
+            dest=f"setting_{name}",
+            metavar=name.upper(),
+            default=None,
+            help=info.description,
+        )
+
+
+def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """Settings from environment + CLI flags (flags win); ConfigError names the bad one."""
+    values: dict[str, Any] = {
+        name[len("setting_") :]: value
+        for name, value in vars(args).items()
+        if name.startswith("setting_") and value is not None
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+def load_settings(**values: Any) -> Settings:
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = first["loc"][0] if first["loc"] else "settings"
+        setting = f"GRAYSCOPE_{str(loc).upper()}"
+        raise ConfigError(setting, first["msg"]) from exc

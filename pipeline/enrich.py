@@ -1,0 +1,148 @@
+"""The enrichment chain: small steps with one signature, like structlog's processors.
+
+Every step is ``step(record, enrichment, context) -> None`` and fills in part
+of the Enrichment. Lookup data (rules, GeoIP readers) arrives through the
+EnrichContext, never through module globals.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from pipeline.extract import gray
+from pipeline.extract.client_ip import TrustedProxies
+from pipeline.extract.path_group import PathRules, decoded_path
+from pipeline.extract.trace import trace_context
+from pipeline.extract.url import first_query_values, split_target
+from pipeline.model import AccessRecord, AsnInfo, Enrichment, GeoInfo
+
+if TYPE_CHECKING:
+    from pipeline.config import Settings
+
+
+class GeoLookup(Protocol):
+    def lookup(self, ip: str) -> tuple[GeoInfo | None, AsnInfo | None]: ...
+
+
+@dataclass(slots=True)
+class EnrichContext:
+    """Everything the steps look things up in."""
+
+    gray_rules: gray.GrayRules = field(default_factory=gray.GrayRules)
+    path_rules: PathRules = field(default_factory=PathRules)
+    proxies: TrustedProxies = field(
+        default_factory=lambda: TrustedProxies.from_cidrs(
+            ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+             "fc00::/7", "169.254.0.0/16", "fe80::/10")
+        )
+    )
+    geoip: GeoLookup | None = None
+    service_name: str | None = None
+    include_original: bool = False
+    max_message_bytes: int = 1_048_576
+
+    @classmethod
+    def from_settings(cls, settings: Settings, geoip: GeoLookup | None = None) -> EnrichContext:
+        from pipeline.config import load_path_rules
+
+        rules = gray.GrayRules(
+            id_headers=tuple(settings.gray_id_headers),
+            id_header_pattern=re.compile(settings.gray_id_header_pattern),
+            id_query_arg=settings.gray_id_query_arg.lower(),
+            id_query_pattern=re.compile(settings.gray_id_query_pattern),
+            canary_header=settings.canary_header.lower(),
+            canary_header_value=settings.canary_header_value.lower(),
+            canary_cookie=settings.canary_cookie,
+            canary_cookie_value=settings.canary_cookie_value,
+            canary_subset=settings.canary_subset,
+            version_query_arg=settings.version_query_arg.lower(),
+            version_subset_pattern=re.compile(settings.version_subset_pattern),
+        )
+        return cls(
+            gray_rules=rules,
+            path_rules=PathRules.from_config(
+                load_path_rules(settings.path_rules), settings.path_group_depth
+            ),
+            proxies=TrustedProxies.from_cidrs(settings.trusted_proxies),
+            geoip=geoip,
+            service_name=settings.service_name or None,
+            include_original=settings.include_original,
+            max_message_bytes=settings.max_message_bytes,
+        )
+
+
+Step = Callable[[AccessRecord, Enrichment, EnrichContext], None]
+
+
+def url_step(rec: AccessRecord, enr: Enrichment, ctx: EnrichContext) -> None:
+    if rec.uri is None:
+        return
+    raw_path, query = split_target(rec.uri)
+    enr.url_path = decoded_path(raw_path)
+    enr.url_query = query or None
+    enr.query = first_query_values(query)
+
+
+def gray_step(rec: AccessRecord, enr: Enrichment, ctx: EnrichContext) -> None:
+    rules = ctx.gray_rules
+    enr.gray_id, enr.gray_id_source = gray.gray_id(rec, enr.query, rules)
+    subset = gray.istio_subset(rec.upstream_cluster)
+    enr.stage = gray.stage(rec, subset, rules)
+    enr.version = gray.version(rec, enr.query, subset, rules)
+
+
+def path_group_step(rec: AccessRecord, enr: Enrichment, ctx: EnrichContext) -> None:
+    if enr.url_path is not None:
+        enr.path_group, enr.route = ctx.path_rules.classify(enr.url_path)
+
+
+def client_ip_step(rec: AccessRecord, enr: Enrichment, ctx: EnrichContext) -> None:
+    enr.client_ip = ctx.proxies.client_ip(rec.peer_addr, rec.forwarded_for)
+
+
+def geo_step(rec: AccessRecord, enr: Enrichment, ctx: EnrichContext) -> None:
+    if ctx.geoip is not None and enr.client_ip is not None:
+        enr.geo, enr.asn = ctx.geoip.lookup(enr.client_ip)
+
+
+def trace_step(rec: AccessRecord, enr: Enrichment, ctx: EnrichContext) -> None:
+    enr.trace_id, enr.span_id = trace_context(rec)
+
+
+def service_step(rec: AccessRecord, enr: Enrichment, ctx: EnrichContext) -> None:
+    enr.service_name = ctx.service_name or service_from(rec)
+
+
+def service_from(rec: AccessRecord) -> str | None:
+    """The upstream service's short name (Istio cluster host), else the authority host."""
+    cluster = rec.upstream_cluster
+    if cluster and "|" in cluster:
+        host = cluster.rsplit("|", 1)[1]
+        if host:
+            return host.split(".", 1)[0]
+    if rec.authority:
+        return rec.authority.rsplit(":", 1)[0] if "]" not in rec.authority else rec.authority
+    return None
+
+
+DEFAULT_CHAIN: tuple[Step, ...] = (
+    url_step,
+    gray_step,
+    path_group_step,
+    client_ip_step,
+    geo_step,
+    trace_step,
+    service_step,
+)
+
+
+def enrich(
+    rec: AccessRecord, ctx: EnrichContext, chain: Sequence[Step] = DEFAULT_CHAIN
+) -> Enrichment:
+    enr = Enrichment()
+    for step in chain:
+        step(rec, enr, ctx)
+    return enr

@@ -1,0 +1,1 @@
+"""Extraction rules: pure functions from an AccessRecord to enrichment values."""

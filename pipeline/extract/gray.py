@@ -1,0 +1,77 @@
+"""Gray-release attributes: gray id, stage (canary/stable) and version."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pipeline.model import AccessRecord
+
+
+@dataclass(frozen=True, slots=True)
+class GrayRules:
+    id_headers: tuple[str, ...] = ("x-abtest-id", "x-gray-id")
+    id_header_pattern: re.Pattern[str] = re.compile(r"^[a-z0-9]{8,16}$")
+    id_query_arg: str = "abt"
+    id_query_pattern: re.Pattern[str] = re.compile(r"^[a-z0-9]{4,12}$")
+    canary_header: str = "x-go-stage"
+    canary_header_value: str = "canary"
+    canary_cookie: str = "go_canary"
+    canary_cookie_value: str = "1"
+    canary_subset: str = "canary"
+    version_query_arg: str = "v"
+    version_subset_pattern: re.Pattern[str] = re.compile(r"^v\d+")
+
+
+def gray_id(
+    rec: AccessRecord, query: dict[str, str], rules: GrayRules
+) -> tuple[str | None, str | None]:
+    """(id, source) from the first *valid* candidate; invalid values are skipped as is
+    (never lower-cased or trimmed into validity)."""
+    headers = rec.headers
+    for name in rules.id_headers:
+        value = headers.get(name)
+        if value is not None and rules.id_header_pattern.fullmatch(value):
+            return value, "header"
+    value = query.get(rules.id_query_arg)
+    if value is None:
+        value = rec.args.get(rules.id_query_arg)
+    if value is not None and rules.id_query_pattern.fullmatch(value):
+        return value, "query"
+    return None, None
+
+
+def istio_subset(cluster: str | None) -> str | None:
+    """``outbound|8080|v1|godoc.default.svc.cluster.local`` -> ``v1``."""
+    if not cluster or cluster.count("|") < 3:
+        return None
+    subset = cluster.split("|", 3)[2]
+    return subset or None
+
+
+def stage(rec: AccessRecord, subset: str | None, rules: GrayRules) -> str:
+    header = rec.headers.get(rules.canary_header)
+    if header is not None and header.strip().lower() == rules.canary_header_value:
+        return "canary"
+    if rec.cookies.get(rules.canary_cookie) == rules.canary_cookie_value:
+        return "canary"
+    if subset is not None and subset == rules.canary_subset:
+        return "canary"
+    return "stable"
+
+
+def version(
+    rec: AccessRecord, query: dict[str, str], subset: str | None, rules: GrayRules
+) -> str | None:
+    # The URI's ?v= wins even when the text format's field says "-": nginx drops
+    # $args after an internal redirect, the original $request_uri keeps them.
+    value = query.get(rules.version_query_arg)
+    if value is None:
+        value = rec.args.get(rules.version_query_arg)
+    if value:
+        return value
+    if rec.version_field and rec.version_field != "-":
+        return rec.version_field
+    if subset is not None and rules.version_subset_pattern.match(subset):
+        return subset
+    return None

@@ -1,0 +1,1 @@
+"""Input formats: each turns one decoded message into an AccessRecord."""

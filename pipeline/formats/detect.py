@@ -1,0 +1,95 @@
+"""Auto-detection: one raw Kafka message value -> AccessRecord, or RejectedInput.
+
+Shipper envelopes are unwrapped first (Fluent Bit ``log``, Filebeat
+``message`` + ``@metadata``, Vector ``message`` + ``source_type``), then the
+payload is recognised by its keys (Envoy/Istio vs nginx JSON) or as an nginx
+text line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from pipeline.formats.envoy import SIGNATURE_KEYS as ENVOY_KEYS
+from pipeline.formats.envoy import parse_envoy
+from pipeline.formats.nginx_json import SIGNATURE_KEYS as NGINX_KEYS
+from pipeline.formats.nginx_json import parse_nginx_json
+from pipeline.formats.nginx_text import parse_nginx_text
+from pipeline.model import AccessRecord, Reason, RejectedInput
+
+# An envelope inside an envelope (rsyslog -> Fluent Bit -> Kafka) is real; deeper is not.
+MAX_ENVELOPE_DEPTH = 3
+_ENVELOPE_MARKERS = ("@metadata", "source_type", "agent", "ecs", "input", "fluentbit")
+
+
+def parse_message(raw: bytes, max_bytes: int = 1_048_576) -> AccessRecord:
+    """Parse one message value. Raises RejectedInput with a bounded reason."""
+    if len(raw) > max_bytes:
+        raise RejectedInput(Reason.TOO_LARGE, f"{len(raw)} bytes > limit {max_bytes}")
+    stripped = raw.strip()
+    if not stripped:
+        raise RejectedInput(Reason.EMPTY, "empty message")
+    if stripped[:1] in b"{[":
+        try:
+            value = orjson.loads(stripped)
+        except orjson.JSONDecodeError as exc:
+            if "utf-8" in str(exc).lower():
+                raise RejectedInput(Reason.INVALID_ENCODING, "not valid UTF-8") from None
+            raise RejectedInput(Reason.INVALID_JSON, str(exc)[:200]) from None
+        return _parse_value(value, 0)
+    try:
+        line = stripped.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RejectedInput(Reason.INVALID_ENCODING, f"not valid UTF-8 at byte {exc.start}") from None
+    return parse_nginx_text(line)
+
+
+def _parse_value(value: Any, depth: int) -> AccessRecord:
+    if not isinstance(value, dict):
+        raise RejectedInput(Reason.NOT_AN_OBJECT, f"JSON {type(value).__name__}, not an object")
+    envoy_score = nginx_score = 0
+    for key in value:
+        if key in ENVOY_KEYS:
+            envoy_score += 1
+        elif key in NGINX_KEYS or key.startswith(("http_", "arg_", "cookie_")):
+            nginx_score += 1
+    if envoy_score or nginx_score:
+        if envoy_score > nginx_score:
+            return parse_envoy(value)
+        return parse_nginx_json(value)
+    inner = _envelope_payload(value)
+    if inner is None:
+        raise RejectedInput(Reason.UNKNOWN_FORMAT, "JSON object with no access-log keys")
+    if depth >= MAX_ENVELOPE_DEPTH:
+        raise RejectedInput(Reason.UNKNOWN_FORMAT, "envelopes nested too deep")
+    return _parse_payload(inner, depth + 1)
+
+
+def _envelope_payload(obj: dict[str, Any]) -> str | dict[str, Any] | None:
+    """The line a shipper wrapped, or None when this is no envelope we know."""
+    log = obj.get("log")
+    if isinstance(log, (str, dict)) and not isinstance(obj.get("message"), str):
+        return log  # Fluent Bit (tail/forward inputs put the line in `log`)
+    message = obj.get("message")
+    if isinstance(message, (str, dict)) and (
+        any(marker in obj for marker in _ENVELOPE_MARKERS) or len(obj) <= 8
+    ):
+        return message  # Filebeat (@metadata) / Vector (source_type) / syslog-ish
+    return None
+
+
+def _parse_payload(inner: str | dict[str, Any], depth: int) -> AccessRecord:
+    if isinstance(inner, dict):
+        return _parse_value(inner, depth)
+    payload = inner.strip()
+    if not payload:
+        raise RejectedInput(Reason.EMPTY, "envelope carries an empty line")
+    if payload[0] in "{[":
+        try:
+            value = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise RejectedInput(Reason.INVALID_JSON, f"in envelope: {str(exc)[:200]}") from None
+        return _parse_value(value, depth)
+    return parse_nginx_text(payload)

@@ -1,0 +1,156 @@
+"""Plain data passed between the pure stages of the pipeline.
+
+``AccessRecord`` is one access-log line normalised across formats (what was
+logged, nothing inferred); ``Enrichment`` is what the enrichment chain works
+out from it; ``DeadLetter`` is a rejected input with a reason from a bounded
+set. Slots keep the per-event allocation small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Reason(StrEnum):
+    """Bounded set of dead-letter reasons (also a metric label)."""
+
+    INVALID_ENCODING = "invalid_encoding"
+    INVALID_JSON = "invalid_json"
+    NOT_AN_OBJECT = "not_an_object"
+    UNKNOWN_FORMAT = "unknown_format"
+    TOO_LARGE = "too_large"
+    EMPTY = "empty"
+    INVALID_FIELD = "invalid_field"
+    MAPPING_REJECTED = "mapping_rejected"
+    INTERNAL_ERROR = "internal_error"
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A rejected input: never dropped, always explained."""
+
+    reason: Reason
+    detail: str
+    raw: bytes
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason.value,
+            "detail": self.detail,
+            "raw": self.raw.decode("utf-8", "backslashreplace"),
+        }
+
+
+class RejectedInput(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised inside the core by parsers; turned into a DeadLetter at the core's edge."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(slots=True, frozen=True)
+class KafkaCoordinates:
+    """Where a message came from; the document ``_id`` is derived from it."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def doc_id(self) -> str:
+        # Readable and unique per message: a replay of the same offset overwrites.
+        return f"{self.topic}-{self.partition}-{self.offset}"
+
+
+@dataclass(slots=True)
+class AccessRecord:
+    """One request as logged, normalised across Envoy/Istio and nginx formats.
+
+    Missing values are ``None`` (Envoy's ``"-"``, nginx's ``""`` and JSON
+    ``null`` all become ``None``). Header, cookie and query-arg names are
+    lower-case; header names use ``-`` (``x-abtest-id``).
+    """
+
+    dataset: str  # "envoy.access" | "nginx.access"
+    timestamp_ns: int | None = None  # epoch nanoseconds
+    method: str | None = None
+    uri: str | None = None  # request target as logged: path[?query]
+    protocol: str | None = None  # "HTTP/1.1"
+    status: int | None = None
+    bytes_sent: int | None = None  # response body bytes
+    bytes_received: int | None = None
+    duration_ns: int | None = None
+    upstream_duration_ns: int | None = None
+    peer_addr: str | None = None  # direct peer IP, port stripped
+    forwarded_for: str | None = None  # raw X-Forwarded-For
+    user_agent: str | None = None
+    request_id: str | None = None
+    authority: str | None = None
+    upstream_cluster: str | None = None
+    upstream_host: str | None = None
+    trace_id: str | None = None  # Envoy %TRACE_ID% as logged
+    version_field: str | None = None  # nginx structured `version="..."`
+    headers: dict[str, str] = field(default_factory=dict)
+    cookies: dict[str, str] = field(default_factory=dict)
+    args: dict[str, str] = field(default_factory=dict)  # nginx $arg_<name>
+    original: str | None = None  # the line itself (for event.original)
+
+
+@dataclass(slots=True)
+class GeoInfo:
+    country_iso_code: str | None = None
+    country_name: str | None = None
+    continent_code: str | None = None
+    continent_name: str | None = None
+    region_iso_code: str | None = None  # "US-CA"
+    region_name: str | None = None
+    city_name: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+
+
+@dataclass(slots=True)
+class AsnInfo:
+    number: int | None = None
+    organization: str | None = None
+
+
+@dataclass(slots=True)
+class Enrichment:
+    """What the enrichment chain derived from an AccessRecord."""
+
+    url_path: str | None = None
+    url_query: str | None = None
+    query: dict[str, str] = field(default_factory=dict)  # first value per arg
+    gray_id: str | None = None
+    gray_id_source: str | None = None  # "header" | "query"
+    stage: str = "stable"
+    version: str | None = None
+    path_group: str | None = None
+    route: str | None = None
+    client_ip: str | None = None
+    geo: GeoInfo | None = None
+    asn: AsnInfo | None = None
+    trace_id: str | None = None  # 32 lower-hex
+    span_id: str | None = None  # 16 lower-hex (parent span from the caller)
+    service_name: str | None = None
+
+
+@dataclass(slots=True)
+class SpanData:
+    """One OTLP SERVER span as plain data; the OTLP sink turns it into protobuf."""
+
+    trace_id: bytes  # 16 bytes
+    span_id: bytes  # 8 bytes
+    parent_span_id: bytes | None
+    name: str
+    start_ns: int
+    end_ns: int
+    error: bool
+    status_message: str
+    service_name: str
+    attributes: dict[str, str | int | float | bool]
