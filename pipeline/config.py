@@ -114,7 +114,7 @@ class Settings(BaseSettings):
         description="MaxMind City .mmdb; default: the bundled demo database; empty disables geo.",
     )
     geoip_asn_db: str = Field("", description="MaxMind ASN .mmdb; empty disables AS lookups.")
-    geoip_cache_size: int = Field(65_536, ge=0, description="LRU entries per database (0 = no cache).")
+    geoip_cache_size: int = Field(65_536, ge=0, description="GeoIP cache entries (addresses, City+ASN result each; 0 = no cache).")
     geoip_reload_interval: float = Field(
         10.0, ge=0, description="Seconds between checks for a replaced database file (0 = never)."
     )
@@ -154,6 +154,9 @@ class Settings(BaseSettings):
     web_host: str = Field("0.0.0.0", description="Worker web server bind address (/metrics, /healthz).")
     web_port: int = Field(6066, ge=0, le=65535, description="Worker web server port.")
     log_level: str = Field("info", description="Log level.")
+    data_dir: str = Field(
+        "", description="Faust state directory (tables); empty: a per-process temporary directory."
+    )
 
     @field_validator(
         "input_topics", "trusted_proxies", "gray_id_headers", mode="before"
