@@ -58,7 +58,9 @@ class Settings(BaseSettings):
     )
 
     # --- Kafka -----------------------------------------------------------
-    kafka_brokers: str = Field("localhost:9092", description="Kafka bootstrap servers (comma list).")
+    kafka_brokers: str = Field(
+        "localhost:9092", description="Kafka bootstrap servers (comma list)."
+    )
     input_topics: CommaList = Field(
         default_factory=lambda: ["access-logs"], description="Topics to consume (comma list)."
     )
@@ -67,7 +69,9 @@ class Settings(BaseSettings):
     kafka_security_protocol: str = Field(
         "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
     )
-    kafka_sasl_mechanism: str = Field("PLAIN", description="SASL mechanism (PLAIN, SCRAM-SHA-256/512).")
+    kafka_sasl_mechanism: str = Field(
+        "PLAIN", description="SASL mechanism (PLAIN, SCRAM-SHA-256/512)."
+    )
     kafka_sasl_username: str = Field("", description="SASL user name.")
     kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password (secret).")
     batch_size: int = Field(1000, ge=1, le=100_000, description="Messages per batch (stream.take).")
@@ -82,7 +86,8 @@ class Settings(BaseSettings):
     )
     es_mode: EsMode = Field(
         EsMode.DATA_STREAM,
-        description="data_stream -> logs-grayscope.access-default; index -> grayscope-access-YYYY.MM.DD.",
+        description="data_stream -> logs-grayscope.access-default; "
+        "index -> daily grayscope-access-YYYY.MM.DD (from @timestamp).",
     )
     es_api_key: SecretStr = Field(SecretStr(""), description="Elasticsearch API key (secret).")
     es_username: str = Field("", description="Basic-auth user name.")
@@ -91,7 +96,9 @@ class Settings(BaseSettings):
     es_verify_certs: bool = Field(True, description="Verify the store's TLS certificate.")
     es_request_timeout: float = Field(30.0, gt=0, description="Per-request timeout in seconds.")
     es_retry_initial: float = Field(0.2, gt=0, description="First retry backoff in seconds.")
-    es_retry_max: float = Field(30.0, gt=0, description="Backoff cap in seconds (retries never stop).")
+    es_retry_max: float = Field(
+        30.0, gt=0, description="Backoff cap in seconds (retries never stop)."
+    )
     es_install_templates: bool = Field(
         True, description="Install index/component templates when the worker starts."
     )
@@ -103,9 +110,13 @@ class Settings(BaseSettings):
         "(HTTP/protobuf); empty disables span export.",
     )
     otlp_headers: str = Field("", description="Extra OTLP headers, k=v comma list (secret values).")
-    otlp_queue_size: int = Field(20_000, ge=1, description="Spans buffered before new ones are dropped.")
+    otlp_queue_size: int = Field(
+        20_000, ge=1, description="Spans buffered before new ones are dropped."
+    )
     otlp_batch_size: int = Field(512, ge=1, description="Spans per export request.")
-    otlp_max_retries: int = Field(3, ge=0, description="Retries per export request before dropping it.")
+    otlp_max_retries: int = Field(
+        3, ge=0, description="Retries per export request before dropping it."
+    )
     otlp_timeout: float = Field(5.0, gt=0, description="Per-export timeout in seconds.")
 
     # --- GeoIP -------------------------------------------------------------
@@ -114,7 +125,9 @@ class Settings(BaseSettings):
         description="MaxMind City .mmdb; default: the bundled demo database; empty disables geo.",
     )
     geoip_asn_db: str = Field("", description="MaxMind ASN .mmdb; empty disables AS lookups.")
-    geoip_cache_size: int = Field(65_536, ge=0, description="GeoIP cache entries (addresses, City+ASN result each; 0 = no cache).")
+    geoip_cache_size: int = Field(
+        65_536, ge=0, description="GeoIP cache entries (one per address, City+ASN; 0 = no cache)."
+    )
     geoip_reload_interval: float = Field(
         10.0, ge=0, description="Seconds between checks for a replaced database file (0 = never)."
     )
@@ -138,7 +151,9 @@ class Settings(BaseSettings):
     canary_subset: str = Field("canary", description="Istio subset name of the canary.")
     version_query_arg: str = Field("v", description="Query arg carrying the version.")
     version_subset_pattern: str = Field(r"^v\d+", description="Istio subsets that are versions.")
-    path_group_depth: int = Field(2, ge=1, le=10, description="Default path group: first N segments.")
+    path_group_depth: int = Field(
+        2, ge=1, le=10, description="Default path group: first N segments."
+    )
     path_rules: str = Field(
         "",
         description="Path group rules: JSON list or @file of {match (regex), group, route}; "
@@ -148,19 +163,21 @@ class Settings(BaseSettings):
         "", description="service.name; empty: derived from the upstream cluster, then authority."
     )
     include_original: bool = Field(False, description="Keep the raw line in event.original.")
-    max_message_bytes: int = Field(1_048_576, ge=256, description="Larger messages are dead-lettered.")
+    max_message_bytes: int = Field(
+        1_048_576, ge=256, description="Larger messages are dead-lettered."
+    )
 
     # --- Operability -------------------------------------------------------
-    web_host: str = Field("0.0.0.0", description="Worker web server bind address (/metrics, /healthz).")
+    web_host: str = Field(
+        "0.0.0.0", description="Worker web server bind address (/metrics, /healthz)."
+    )
     web_port: int = Field(6066, ge=0, le=65535, description="Worker web server port.")
     log_level: str = Field("info", description="Log level.")
     data_dir: str = Field(
         "", description="Faust state directory (tables); empty: a per-process temporary directory."
     )
 
-    @field_validator(
-        "input_topics", "trusted_proxies", "gray_id_headers", mode="before"
-    )
+    @field_validator("input_topics", "trusted_proxies", "gray_id_headers", mode="before")
     @classmethod
     def _split_comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):

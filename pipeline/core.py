@@ -33,7 +33,9 @@ def process(
         if ctx.include_original:
             record.original = raw.decode("utf-8", "replace").rstrip("\r\n")
         enrichment = enrich(record, ctx, chain)
-        return Enriched(record, enrichment, build_document(record, enrichment, ctx.include_original))
+        return Enriched(
+            record, enrichment, build_document(record, enrichment, ctx.include_original)
+        )
     except RejectedInput as exc:
         return DeadLetter(exc.reason, exc.detail, raw)
     except Exception as exc:  # a bug must not stop the stream: dead-letter and say so

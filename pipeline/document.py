@@ -11,7 +11,13 @@ from typing import Any
 from pipeline.formats.values import ns_to_iso
 from pipeline.model import AccessRecord, Enrichment
 
-_HTTP_VERSIONS = {"HTTP/1.0": "1.0", "HTTP/1.1": "1.1", "HTTP/2": "2", "HTTP/2.0": "2", "HTTP/3": "3"}
+_HTTP_VERSIONS = {
+    "HTTP/1.0": "1.0",
+    "HTTP/1.1": "1.1",
+    "HTTP/2": "2",
+    "HTTP/2.0": "2",
+    "HTTP/3": "3",
+}
 
 
 def http_version(protocol: str | None) -> str | None:
@@ -23,7 +29,9 @@ def http_version(protocol: str | None) -> str | None:
     return protocol[5:] if protocol.upper().startswith("HTTP/") else None
 
 
-def build_document(rec: AccessRecord, enr: Enrichment, include_original: bool = False) -> dict[str, Any]:
+def build_document(
+    rec: AccessRecord, enr: Enrichment, include_original: bool = False
+) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     if rec.timestamp_ns is not None:
         doc["@timestamp"] = ns_to_iso(rec.timestamp_ns)

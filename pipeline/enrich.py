@@ -35,8 +35,16 @@ class EnrichContext:
     path_rules: PathRules = field(default_factory=PathRules)
     proxies: TrustedProxies = field(
         default_factory=lambda: TrustedProxies.from_cidrs(
-            ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
-             "fc00::/7", "169.254.0.0/16", "fe80::/10")
+            (
+                "127.0.0.0/8",
+                "::1/128",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "fc00::/7",
+                "169.254.0.0/16",
+                "fe80::/10",
+            )
         )
     )
     geoip: GeoLookup | None = None

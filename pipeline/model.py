@@ -43,7 +43,7 @@ class DeadLetter:
         }
 
 
-class RejectedInput(Exception):  # noqa: N818 - a control-flow signal, not an error
+class RejectedInput(Exception):
     """Raised inside the core by parsers; turned into a DeadLetter at the core's edge."""
 
     def __init__(self, reason: Reason, detail: str) -> None:

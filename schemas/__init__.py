@@ -70,7 +70,9 @@ def build_templates() -> dict[str, dict[str, Any]]:
         "_meta": {"managed_by": "grayscope", "description": "grayscope enriched access documents"},
     }
     settings = {
-        "template": {"settings": {"index": {"refresh_interval": "5s", "codec": "best_compression"}}},
+        "template": {
+            "settings": {"index": {"refresh_interval": "5s", "codec": "best_compression"}}
+        },
         "_meta": {"managed_by": "grayscope"},
     }
     composed = [SETTINGS_COMPONENT, MAPPINGS_COMPONENT]

@@ -61,6 +61,6 @@ def decoded_path(raw_path: str) -> str:
     """Percent-decode each segment; an encoded ``%2F`` stays inside its segment."""
     if "%" not in raw_path:
         return raw_path or "/"
-    return "/".join(
-        decode_component(part).replace("/", "%2F") for part in raw_path.split("/")
-    ) or "/"
+    return (
+        "/".join(decode_component(part).replace("/", "%2F") for part in raw_path.split("/")) or "/"
+    )

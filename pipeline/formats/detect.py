@@ -42,7 +42,9 @@ def parse_message(raw: bytes, max_bytes: int = 1_048_576) -> AccessRecord:
     try:
         line = stripped.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise RejectedInput(Reason.INVALID_ENCODING, f"not valid UTF-8 at byte {exc.start}") from None
+        raise RejectedInput(
+            Reason.INVALID_ENCODING, f"not valid UTF-8 at byte {exc.start}"
+        ) from None
     return parse_nginx_text(line)
 
 

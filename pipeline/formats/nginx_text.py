@@ -24,7 +24,9 @@ COMBINED = re.compile(
     + _QUOTED.replace("(", "(?P<ua>", 1)
     + r")?(?P<rest>.*)"
 )
-_REST_TOKEN = re.compile(r'\s*(?:(?P<key>[A-Za-z_][\w.-]*)=(?:"((?:[^"\\]|\\.)*)"|(\S*))|(?P<bare>\S+))')
+_REST_TOKEN = re.compile(
+    r'\s*(?:(?P<key>[A-Za-z_][\w.-]*)=(?:"((?:[^"\\]|\\.)*)"|(\S*))|(?P<bare>\S+))'
+)
 _HEX_ESCAPE = re.compile(rb"\\x([0-9A-Fa-f]{2})")
 
 # Extension keys seen in the wild (``log_format main_ext``) -> what they mean.
