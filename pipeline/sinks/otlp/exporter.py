@@ -1,0 +1,505 @@
+"""Best-effort OTLP span export: a bounded queue drained by one background task.
+
+The protocol follows the endpoint: a URL whose path ends in ``/v1/traces`` is
+OTLP/HTTP (protobuf body, aiohttp); a URL without a path is OTLP/gRPC
+(``TraceService/Export`` over ``grpc.aio``; ``https`` = TLS).
+
+``submit`` never awaits: spans go into a queue bounded by ``queue_size``;
+what does not fit is dropped and counted. The background task exports
+batches of ``batch_size`` with at most ``max_retries`` retries (exponential
+backoff, only for retriable failures), then drops the batch and counts it.
+So a collector outage costs spans, never indexing throughput or memory.
+Header values may hold API keys: they are never logged.
+
+Counters (``OtlpExporter.stats``; label values are bounded enums):
+``spans_exported_total``, ``spans_dropped_total{reason}``,
+``export_requests_total{outcome}``, plus the ``spans_queued`` gauge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import unquote, urlsplit
+
+import aiohttp
+import grpc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
+
+from pipeline.errors import ConfigError, ExportError
+from pipeline.model import SpanData
+from pipeline.sinks.otlp.encode import encode_spans
+
+if TYPE_CHECKING:
+    from pipeline.config import Settings
+
+log = logging.getLogger(__name__)
+
+HTTP_PATH_SUFFIX = "/v1/traces"
+DEFAULT_GRPC_PORT = 4317
+# OTLP/HTTP spec: only these are worth another try (plus connection errors).
+RETRIABLE_HTTP_STATUS = frozenset({429, 502, 503, 504})
+# OTLP/gRPC spec's retryable codes.
+RETRIABLE_GRPC_CODES = frozenset(
+    {
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+# gRPC's default reconnect backoff grows to 120 s; a restarted collector should be
+# used again within seconds, not minutes.
+GRPC_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+)
+USER_AGENT = "grayscope-otlp-exporter"
+
+
+class DropReason(StrEnum):
+    QUEUE_FULL = "queue_full"  # submitted while the queue was full
+    EXPORT_FAILED = "export_failed"  # permanent error, or retries exhausted
+    REJECTED = "rejected"  # the collector accepted the request but refused these spans
+    SHUTDOWN = "shutdown"  # still queued (or submitted) when the exporter stopped
+
+
+class Outcome(StrEnum):
+    SUCCESS = "success"
+    RETRIABLE_ERROR = "retriable_error"
+    PERMANENT_ERROR = "permanent_error"
+
+
+@dataclass(slots=True)
+class OtlpStats:
+    """Plain counters; the worker exposes them to Prometheus."""
+
+    spans_exported_total: int = 0
+    spans_dropped_total: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys((r.value for r in DropReason), 0)
+    )
+    export_requests_total: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys((o.value for o in Outcome), 0)
+    )
+    spans_queued: int = 0  # gauge
+
+    @property
+    def spans_dropped(self) -> int:
+        return sum(self.spans_dropped_total.values())
+
+
+class ExportRequestFailed(ExportError):
+    """One export request failed; ``retriable`` says whether to try it again."""
+
+    def __init__(self, message: str, *, retriable: bool, retry_after: float | None = None) -> None:
+        super().__init__(message, retriable=retriable)
+        self.retry_after = retry_after
+
+
+class Transport(Protocol):
+    """Sends one export request; returns how many spans the collector rejected.
+
+    Raises ``ExportError`` (``retriable`` set) for every delivery failure.
+    """
+
+    async def export(self, request: ExportTraceServiceRequest, timeout: float) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    protocol: str  # "grpc" | "http"
+    url: str  # the HTTP URL as configured, or the gRPC target host:port
+    secure: bool
+    display: str = field(default="", compare=False)  # safe to log: no userinfo, no query
+
+
+def parse_endpoint(endpoint: str) -> Endpoint:
+    """Pick the protocol from the URL (see the module doc); ConfigError when unusable."""
+    setting = "GRAYSCOPE_OTLP_ENDPOINT"
+    text = endpoint.strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        # No guessing TLS from a bare host:port: plaintext to a TLS collector would
+        # put the auth headers on the wire in the clear.
+        raise ConfigError(setting, "must be http(s)://host:port or http(s)://host:port/v1/traces")
+    secure = parts.scheme == "https"
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(setting, "invalid port") from exc
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    path = parts.path.rstrip("/")
+    netloc = f"{host}:{port}" if port else host
+    if path.endswith(HTTP_PATH_SUFFIX):
+        display = f"{parts.scheme}://{netloc}{parts.path}"
+        return Endpoint("http", text, secure, display)
+    if path:
+        raise ConfigError(
+            setting, f"path must end in {HTTP_PATH_SUFFIX} (OTLP/HTTP) or be empty (OTLP/gRPC)"
+        )
+    target = f"{host}:{port or DEFAULT_GRPC_PORT}"
+    return Endpoint("grpc", target, secure, f"grpc+{parts.scheme}://{target}")
+
+
+def parse_headers(spec: str) -> dict[str, str]:
+    """``k=v,k2=v2`` (values percent-decoded, like OTEL_EXPORTER_OTLP_HEADERS)."""
+    headers: dict[str, str] = {}
+    for index, entry in enumerate(spec.split(","), start=1):
+        if not entry.strip():
+            continue
+        key, sep, value = entry.partition("=")
+        key = key.strip().lower()
+        if not sep or not key:
+            # The entry itself may be a secret: name its position only.
+            raise ConfigError("GRAYSCOPE_OTLP_HEADERS", f"entry {index} is not key=value")
+        headers[key] = unquote(value.strip())
+    return headers
+
+
+class HttpTransport:
+    """OTLP/HTTP with a protobuf body."""
+
+    def __init__(self, endpoint: Endpoint, headers: Mapping[str, str]) -> None:
+        self._url = endpoint.url
+        self._display = endpoint.display
+        self._headers = {
+            "User-Agent": USER_AGENT,
+            **headers,
+            "Content-Type": "application/x-protobuf",
+        }
+        self._session: aiohttp.ClientSession | None = None
+
+    async def export(self, request: ExportTraceServiceRequest, timeout: float) -> int:
+        if self._session is None:
+            # Created lazily: a ClientSession belongs to the loop it was made in.
+            self._session = aiohttp.ClientSession()
+        body = request.SerializeToString()
+        try:
+            async with self._session.post(
+                self._url,
+                data=body,
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as response:
+                payload = await response.read()
+                status = response.status
+                retry_after = _retry_after(response.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ExportRequestFailed(
+                f"{self._display}: {type(exc).__name__}", retriable=True
+            ) from exc
+        if 200 <= status < 300:
+            return _rejected_spans(payload)
+        raise ExportRequestFailed(
+            f"{self._display}: HTTP {status}",
+            retriable=status in RETRIABLE_HTTP_STATUS,
+            retry_after=retry_after,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class GrpcTransport:
+    """OTLP/gRPC: ``TraceService/Export`` on a ``grpc.aio`` channel."""
+
+    def __init__(self, endpoint: Endpoint, headers: Mapping[str, str]) -> None:
+        self._endpoint = endpoint
+        # gRPC metadata keys must be lower case.
+        self._metadata = tuple((k.lower(), v) for k, v in headers.items())
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: TraceServiceStub | None = None
+
+    def _connect(self) -> TraceServiceStub:
+        if self._endpoint.secure:
+            channel = grpc.aio.secure_channel(
+                self._endpoint.url, grpc.ssl_channel_credentials(), options=GRPC_CHANNEL_OPTIONS
+            )
+        else:
+            channel = grpc.aio.insecure_channel(self._endpoint.url, options=GRPC_CHANNEL_OPTIONS)
+        self._channel = channel
+        self._stub = TraceServiceStub(channel)
+        return self._stub
+
+    async def export(self, request: ExportTraceServiceRequest, timeout: float) -> int:
+        stub = self._stub or self._connect()
+        try:
+            response = await stub.Export(request, timeout=timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            raise ExportRequestFailed(
+                f"{self._endpoint.display}: gRPC {code.name}",
+                retriable=code in RETRIABLE_GRPC_CODES,
+            ) from exc
+        return int(response.partial_success.rejected_spans)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+            self._stub = None
+
+
+def make_transport(endpoint: Endpoint, headers: Mapping[str, str]) -> Transport:
+    if endpoint.protocol == "http":
+        return HttpTransport(endpoint, headers)
+    return GrpcTransport(endpoint, headers)
+
+
+class OtlpExporter:
+    """Queue spans with ``submit``; a background task exports them (see the module doc).
+
+    ``submit``, ``start``, ``stop`` and ``flush`` must be called on the event
+    loop the exporter runs on.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        headers: Mapping[str, str] | None = None,
+        queue_size: int = 20_000,
+        batch_size: int = 512,
+        max_retries: int = 3,
+        timeout: float = 5.0,
+        *,
+        flush_interval: float = 1.0,
+        retry_initial: float = 0.5,
+        retry_max: float = 5.0,
+        transport: Transport | None = None,
+    ) -> None:
+        if queue_size < 1 or batch_size < 1 or max_retries < 0 or timeout <= 0:
+            raise ValueError("queue_size/batch_size >= 1, max_retries >= 0, timeout > 0")
+        self.endpoint = parse_endpoint(endpoint)
+        self.queue_size = queue_size
+        self.batch_size = batch_size
+        self.max_retries = max_retries
+        self.timeout = timeout
+        self.flush_interval = flush_interval
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self.stats = OtlpStats()
+        self._transport = transport or make_transport(self.endpoint, headers or {})
+        self._queue: deque[SpanData] = deque()
+        self._inflight = 0  # spans of the batch being exported
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._flush_requested = False
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False  # log the first failure of an outage loudly, the rest quietly
+        self._queue_full_logged = False  # likewise for a full queue, until an export succeeds
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OtlpExporter | None:
+        """The configured exporter, or None when ``otlp_endpoint`` is empty (export off)."""
+        if not settings.otlp_endpoint.strip():
+            return None
+        return cls(
+            settings.otlp_endpoint,
+            parse_headers(settings.otlp_headers),
+            queue_size=settings.otlp_queue_size,
+            batch_size=settings.otlp_batch_size,
+            max_retries=settings.otlp_max_retries,
+            timeout=settings.otlp_timeout,
+        )
+
+    # --- producer side (never awaits) ------------------------------------
+    def submit(self, spans: Iterable[SpanData]) -> int:
+        """Queue ``spans``; returns how many were accepted (the rest are counted dropped)."""
+        queue = self._queue
+        if self._stopping:
+            dropped = sum(1 for _ in spans)
+            self.stats.spans_dropped_total[DropReason.SHUTDOWN] += dropped
+            return 0
+        room = self.queue_size - len(queue)
+        accepted = dropped = 0
+        for span in spans:
+            if accepted < room:
+                queue.append(span)
+                accepted += 1
+            else:
+                dropped += 1
+        if dropped:
+            self.stats.spans_dropped_total[DropReason.QUEUE_FULL] += dropped
+            if not self._queue_full_logged:
+                self._queue_full_logged = True
+                log.warning("OTLP queue full (%d spans): dropping new spans", self.queue_size)
+        if accepted:
+            self._idle.clear()
+            if len(queue) >= self.batch_size:
+                self._wake.set()
+        self.stats.spans_queued = len(queue)
+        return accepted
+
+    # --- lifecycle --------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._stopping = False
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="grayscope-otlp-exporter"
+            )
+            log.info(
+                "OTLP export to %s (queue %d, batch %d, retries %d)",
+                self.endpoint.display, self.queue_size, self.batch_size, self.max_retries,
+            )
+
+    async def flush(self, timeout: float) -> bool:
+        """Export what is queued now; True when the queue drained within ``timeout``."""
+        if self._task is None:
+            return not self._queue
+        self._flush_requested = True
+        self._wake.set()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self, flush_timeout: float = 5.0) -> None:
+        """Export what is queued for up to ``flush_timeout`` s, drop the rest, close."""
+        self._stopping = True
+        task, self._task = self._task, None
+        if task is not None:
+            self._wake.set()
+            done, _ = await asyncio.wait({task}, timeout=flush_timeout)
+            if not done:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        leftover = len(self._queue) + self._inflight
+        if leftover:
+            self.stats.spans_dropped_total[DropReason.SHUTDOWN] += leftover
+            log.warning("OTLP exporter stopped with %d spans not exported", leftover)
+        self._queue.clear()
+        self._inflight = 0
+        self.stats.spans_queued = 0
+        self._idle.set()
+        await self._transport.close()
+
+    async def __aenter__(self) -> OtlpExporter:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # --- background task --------------------------------------------------
+    async def _run(self) -> None:
+        queue = self._queue
+        while True:
+            if len(queue) < self.batch_size and not (self._stopping or self._flush_requested):
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.flush_interval):
+                        await self._wake.wait()
+            if not queue:
+                self._flush_requested = False
+                self._idle.set()
+                if self._stopping:
+                    return
+                continue
+            batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
+            self.stats.spans_queued = len(queue)
+            self._inflight = len(batch)
+            try:
+                await self._export_batch(batch)
+            except Exception:
+                # A bug here must not end span export for the life of the worker.
+                log.exception("OTLP export of %d spans failed unexpectedly", len(batch))
+                self.stats.spans_dropped_total[DropReason.EXPORT_FAILED] += len(batch)
+            self._inflight = 0
+
+    async def _export_batch(self, batch: list[SpanData]) -> None:
+        request = encode_spans(batch)
+        attempt = 0
+        while True:
+            try:
+                async with asyncio.timeout(self.timeout * 2):  # in case a transport hangs
+                    rejected = await self._transport.export(request, self.timeout)
+            except TimeoutError as exc:
+                error: ExportError = ExportRequestFailed(
+                    f"{self.endpoint.display}: timed out", retriable=True
+                )
+                error.__cause__ = exc
+            except ExportError as exc:
+                error = exc
+            else:
+                self._record_success(len(batch), rejected)
+                return
+            outcome = Outcome.RETRIABLE_ERROR if error.retriable else Outcome.PERMANENT_ERROR
+            self.stats.export_requests_total[outcome] += 1
+            if error.retriable and attempt < self.max_retries:
+                await asyncio.sleep(self._backoff(attempt, getattr(error, "retry_after", None)))
+                attempt += 1
+                continue
+            self._record_failure(len(batch), error, attempt)
+            return
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        delay = min(self.retry_initial * (2**attempt), self.retry_max)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.retry_max))
+        # Jitter keeps many workers from retrying a recovering collector in lock step.
+        return delay * random.uniform(0.5, 1.0)
+
+    def _record_success(self, sent: int, rejected: int) -> None:
+        rejected = max(0, min(rejected, sent))
+        self.stats.export_requests_total[Outcome.SUCCESS] += 1
+        self.stats.spans_exported_total += sent - rejected
+        if rejected:
+            self.stats.spans_dropped_total[DropReason.REJECTED] += rejected
+            log.warning("OTLP collector rejected %d of %d spans", rejected, sent)
+        self._queue_full_logged = False
+        if self._failing:
+            self._failing = False
+            log.info("OTLP export to %s recovered", self.endpoint.display)
+
+    def _record_failure(self, dropped: int, error: ExportError, retries: int) -> None:
+        self.stats.spans_dropped_total[DropReason.EXPORT_FAILED] += dropped
+        level = logging.DEBUG if self._failing else logging.WARNING
+        self._failing = True
+        log.log(level, "OTLP export failed after %d retries, %d spans dropped: %s",
+                retries, dropped, error)
+
+
+def _retry_after(value: str | None) -> float | None:
+    # Only the delta-seconds form; an HTTP date is rare from collectors.
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def _rejected_spans(payload: bytes) -> int:
+    if not payload:
+        return 0
+    response = ExportTraceServiceResponse()
+    try:
+        response.ParseFromString(payload)
+    except Exception:  # a 2xx with an odd body is still a delivery
+        return 0
+    return int(response.partial_success.rejected_spans)

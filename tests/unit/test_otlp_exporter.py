@@ -1,0 +1,322 @@
+"""The exporter's queue, batching and retry policy, against a fake transport."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from pipeline.config import load_settings
+from pipeline.errors import ConfigError
+from pipeline.model import SpanData
+from pipeline.sinks.otlp.exporter import (
+    Endpoint,
+    ExportRequestFailed,
+    OtlpExporter,
+    parse_endpoint,
+    parse_headers,
+)
+
+Outcome = BaseException | int | None  # raise it / rejected spans / plain success
+
+
+class FakeTransport:
+    """Follows ``script`` (then ``default``) per request; blocks while ``gate`` is closed."""
+
+    def __init__(self, *script: Outcome, default: Outcome = None) -> None:
+        self.script = list(script)
+        self.default = default
+        self.requests: list[ExportTraceServiceRequest] = []
+        self.gate: asyncio.Event | None = None
+        self.closed = False
+
+    async def export(self, request: ExportTraceServiceRequest, timeout: float) -> int:
+        self.requests.append(request)
+        if self.gate is not None:
+            await self.gate.wait()
+        outcome = self.script.pop(0) if self.script else self.default
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome or 0
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def batch_sizes(self) -> list[int]:
+        return [
+            sum(len(ss.spans) for rs in r.resource_spans for ss in rs.scope_spans)
+            for r in self.requests
+        ]
+
+
+def spans(n: int) -> list[SpanData]:
+    return [
+        SpanData(
+            trace_id=i.to_bytes(16, "big"),
+            span_id=(i + 1).to_bytes(8, "big"),
+            parent_span_id=None,
+            name="GET /x",
+            start_ns=1,
+            end_ns=2,
+            error=False,
+            status_message="",
+            service_name="svc",
+            attributes={"gray.id": "exp1"},
+        )
+        for i in range(1, n + 1)
+    ]
+
+
+def exporter(transport: FakeTransport, **kwargs: Any) -> OtlpExporter:
+    options: dict[str, Any] = {
+        "queue_size": 100,
+        "batch_size": 10,
+        "max_retries": 3,
+        "timeout": 5.0,
+        "flush_interval": 0.01,
+        "retry_initial": 0.001,
+        "retry_max": 0.002,
+    }
+    options.update(kwargs)
+    return OtlpExporter("http://collector:4317", {}, transport=transport, **options)
+
+
+def retriable() -> ExportRequestFailed:
+    return ExportRequestFailed("collector down", retriable=True)
+
+
+def permanent() -> ExportRequestFailed:
+    return ExportRequestFailed("bad request", retriable=False)
+
+
+def test_submit_is_a_plain_call_and_the_queue_is_bounded() -> None:
+    assert not inspect.iscoroutinefunction(OtlpExporter.submit)
+    ex = exporter(FakeTransport(), queue_size=5)
+    assert ex.submit(spans(3)) == 3
+    assert ex.submit(spans(5)) == 2
+    assert ex.stats.spans_queued == 5
+    assert ex.stats.spans_dropped_total["queue_full"] == 3
+    assert ex.stats.spans_dropped == 3
+
+
+async def test_a_stuck_collector_never_blocks_submit() -> None:
+    transport = FakeTransport()
+    transport.gate = asyncio.Event()  # never opened: the export hangs
+    ex = exporter(transport, queue_size=10, batch_size=4, timeout=60.0)
+    ex.start()
+    ex.submit(spans(4))
+    for _ in range(100):
+        if transport.requests:
+            break
+        await asyncio.sleep(0)
+    assert len(transport.requests) == 1  # that batch is now stuck in flight
+    assert ex.submit(spans(15)) == 10
+    assert ex.stats.spans_dropped_total["queue_full"] == 5
+    await ex.stop(flush_timeout=0.01)
+    assert ex.stats.spans_dropped_total["shutdown"] == 14  # 10 queued + 4 in flight
+    assert ex.stats.spans_exported_total == 0
+    assert transport.closed
+
+
+async def test_batches_of_batch_size() -> None:
+    transport = FakeTransport()
+    ex = exporter(transport, batch_size=3)
+    ex.submit(spans(7))
+    ex.start()
+    assert await ex.flush(timeout=10)
+    assert transport.batch_sizes() == [3, 3, 1]
+    assert ex.stats.spans_exported_total == 7
+    assert ex.stats.export_requests_total == {
+        "success": 3, "retriable_error": 0, "permanent_error": 0
+    }
+    await ex.stop()
+
+
+async def test_retries_are_bounded_then_the_batch_is_dropped() -> None:
+    transport = FakeTransport(default=retriable())
+    ex = exporter(transport, max_retries=3)
+    ex.start()
+    ex.submit(spans(5))
+    assert await ex.flush(timeout=10)
+    assert len(transport.requests) == 4  # the first try + 3 retries
+    assert ex.stats.export_requests_total["retriable_error"] == 4
+    assert ex.stats.spans_dropped_total["export_failed"] == 5
+    assert ex.stats.spans_exported_total == 0
+    await ex.stop()
+
+
+async def test_permanent_errors_are_not_retried() -> None:
+    transport = FakeTransport(default=permanent())
+    ex = exporter(transport, max_retries=3)
+    ex.start()
+    ex.submit(spans(5))
+    assert await ex.flush(timeout=10)
+    assert len(transport.requests) == 1
+    assert ex.stats.export_requests_total["permanent_error"] == 1
+    assert ex.stats.spans_dropped_total["export_failed"] == 5
+    await ex.stop()
+
+
+async def test_zero_retries() -> None:
+    transport = FakeTransport(default=retriable())
+    ex = exporter(transport, max_retries=0)
+    ex.start()
+    ex.submit(spans(2))
+    assert await ex.flush(timeout=10)
+    assert len(transport.requests) == 1
+    await ex.stop()
+
+
+async def test_a_retry_that_succeeds_exports_the_batch() -> None:
+    transport = FakeTransport(retriable(), retriable(), None)
+    ex = exporter(transport)
+    ex.start()
+    ex.submit(spans(5))
+    assert await ex.flush(timeout=10)
+    assert ex.stats.spans_exported_total == 5
+    assert ex.stats.export_requests_total == {
+        "success": 1, "retriable_error": 2, "permanent_error": 0
+    }
+    assert ex.stats.spans_dropped == 0
+    # The retried request is the same batch, not a re-encoding of other spans.
+    assert transport.requests[0] == transport.requests[2]
+    await ex.stop()
+
+
+async def test_partially_rejected_spans_are_counted() -> None:
+    transport = FakeTransport(2)
+    ex = exporter(transport)
+    ex.start()
+    ex.submit(spans(5))
+    assert await ex.flush(timeout=10)
+    assert ex.stats.spans_exported_total == 3
+    assert ex.stats.spans_dropped_total["rejected"] == 2
+    await ex.stop()
+
+
+async def test_a_hanging_transport_is_cut_off() -> None:
+    transport = FakeTransport()
+    transport.gate = asyncio.Event()
+    ex = exporter(transport, timeout=0.01, max_retries=1)
+    ex.start()
+    ex.submit(spans(3))
+    assert await ex.flush(timeout=30)
+    assert len(transport.requests) == 2
+    assert ex.stats.export_requests_total["retriable_error"] == 2
+    assert ex.stats.spans_dropped_total["export_failed"] == 3
+    await ex.stop()
+
+
+async def test_an_unexpected_error_costs_one_batch_only() -> None:
+    transport = FakeTransport(RuntimeError("bug"), None)
+    ex = exporter(transport, batch_size=2)
+    ex.submit(spans(4))
+    ex.start()
+    assert await ex.flush(timeout=10)
+    assert ex.stats.spans_dropped_total["export_failed"] == 2
+    assert ex.stats.spans_exported_total == 2
+    await ex.stop()
+
+
+async def test_stop_flushes_then_refuses_new_spans() -> None:
+    transport = FakeTransport()
+    ex = exporter(transport, flush_interval=60.0)  # only stop() can trigger this export
+    ex.start()
+    ex.submit(spans(5))
+    await ex.stop(flush_timeout=10)
+    assert ex.stats.spans_exported_total == 5
+    assert transport.closed
+    assert ex.submit(spans(2)) == 0
+    assert ex.stats.spans_dropped_total["shutdown"] == 2
+
+
+async def test_partial_batches_go_out_after_the_flush_interval() -> None:
+    transport = FakeTransport()
+    ex = exporter(transport, batch_size=100, flush_interval=0.01)
+    ex.start()
+    ex.submit(spans(3))
+    for _ in range(10_000):
+        if transport.requests:
+            break
+        await asyncio.sleep(0.001)
+    assert transport.batch_sizes() == [3]
+    await ex.stop()
+
+
+async def test_context_manager_starts_and_stops() -> None:
+    transport = FakeTransport()
+    async with exporter(transport) as ex:
+        ex.submit(spans(1))
+    assert ex.stats.spans_exported_total == 1
+    assert transport.closed
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://localhost:4317", Endpoint("grpc", "localhost:4317", False)),
+        ("https://otel.example.com", Endpoint("grpc", "otel.example.com:4317", True)),
+        ("http://collector:4317/", Endpoint("grpc", "collector:4317", False)),
+        ("http://[::1]:4317", Endpoint("grpc", "[::1]:4317", False)),
+        (
+            "http://localhost:4318/v1/traces",
+            Endpoint("http", "http://localhost:4318/v1/traces", False),
+        ),
+        (
+            " https://api.example.com/otlp/v1/traces ",
+            Endpoint("http", "https://api.example.com/otlp/v1/traces", True),
+        ),
+    ],
+)
+def test_protocol_follows_the_endpoint(url: str, expected: Endpoint) -> None:
+    assert parse_endpoint(url) == expected
+
+
+@pytest.mark.parametrize(
+    "url", ["localhost:4317", "grpc://collector:4317", "http://collector:4318/v1/logs", "http://"]
+)
+def test_unusable_endpoints_are_config_errors(url: str) -> None:
+    with pytest.raises(ConfigError, match="GRAYSCOPE_OTLP_ENDPOINT"):
+        parse_endpoint(url)
+
+
+def test_credentials_in_the_url_are_not_in_the_display_form() -> None:
+    endpoint = parse_endpoint("https://user:s3cret@collector:4318/v1/traces?key=s3cret")
+    assert endpoint.display == "https://collector:4318/v1/traces"
+    assert endpoint.url == "https://user:s3cret@collector:4318/v1/traces?key=s3cret"
+    assert parse_endpoint("http://u:s3cret@collector:4317").display == "grpc+http://collector:4317"
+
+
+def test_headers_are_parsed_and_percent_decoded() -> None:
+    assert parse_headers("") == {}
+    assert parse_headers("Authorization=Basic%20abc%3D, x-team = gray ,") == {
+        "authorization": "Basic abc=",
+        "x-team": "gray",
+    }
+
+
+def test_a_bad_header_entry_does_not_echo_its_value() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_headers("a=b,apikey-s3cret")
+    assert "s3cret" not in str(info.value)
+    assert "entry 2" in str(info.value)
+
+
+def test_from_settings() -> None:
+    assert OtlpExporter.from_settings(load_settings(otlp_endpoint="")) is None
+    ex = OtlpExporter.from_settings(
+        load_settings(
+            otlp_endpoint="http://collector:4318/v1/traces",
+            otlp_headers="x-api-key=k",
+            otlp_queue_size=7,
+            otlp_batch_size=3,
+            otlp_max_retries=1,
+            otlp_timeout=2.5,
+        )
+    )
+    assert ex is not None
+    assert ex.endpoint.protocol == "http"
+    assert (ex.queue_size, ex.batch_size, ex.max_retries, ex.timeout) == (7, 3, 1, 2.5)
