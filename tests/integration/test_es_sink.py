@@ -1,0 +1,399 @@
+"""The Elasticsearch sink against a real osmem-server (OpenSearch-compatible)
+and against a small fake Elasticsearch 8/9 that records what it is sent."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from osmem_server import OsmemServer
+
+from pipeline.errors import StoreRejected, StoreUnavailable
+from pipeline.sinks.elasticsearch.request import BulkItem
+from pipeline.sinks.elasticsearch.service import ELASTICSEARCH, OPENSEARCH, ElasticsearchService
+from pipeline.sinks.elasticsearch.sink import ElasticsearchSink
+from schemas import component_templates, index_templates
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def osmem() -> Iterator[OsmemServer]:
+    server = OsmemServer.start(japanese=False)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+async def service(osmem: OsmemServer) -> AsyncIterator[ElasticsearchService]:
+    svc = ElasticsearchService([osmem.url], request_timeout=10)
+    yield svc
+    await svc.close()
+
+
+def access_doc(n: int, day: str, client_ip: str = "203.0.113.7", version: str = "v2") -> dict:
+    return {
+        "@timestamp": f"{day}T10:{n % 60:02d}:00.123Z",
+        "event": {"dataset": "envoy.access", "duration": 12_000_000 + n},
+        "http": {
+            "request": {"method": "GET", "id": f"9f1c2b7e-{n:04d}"},
+            "response": {"status_code": 200 if n % 7 else 503, "body": {"bytes": 512 + n}},
+            "version": "1.1",
+            "route": "/godoc/pkg/{name}",
+        },
+        "url": {
+            "original": f"/godoc/pkg/net/http?v={version}&abt=ab12cd34",
+            "path": "/godoc/pkg/net/http",
+            "query": f"v={version}&abt=ab12cd34",
+        },
+        "user_agent": {"original": "Mozilla/5.0 (X11; Linux x86_64) Firefox/126.0"},
+        "source": {"ip": "10.0.0.5"},
+        "client": {
+            "ip": client_ip,
+            "geo": {
+                "country_iso_code": "US",
+                "country_name": "United States",
+                "continent_code": "NA",
+                "region_iso_code": "US-CA",
+                "city_name": "Mountain View",
+                "location": {"lat": 37.386, "lon": -122.0838},
+            },
+            "as": {"number": 15169, "organization": {"name": "GOOGLE"}},
+        },
+        "trace": {"id": "4bf92f3577b34da6a3ce929d0e0e4736"},
+        "service": {"name": "godoc"},
+        "upstream": {"cluster": "outbound|8080|canary|godoc.default.svc.cluster.local"},
+        "gray": {
+            "id": "ab12cd34",
+            "id_source": "query",
+            "stage": "canary",
+            "version": version,
+            "path_group": "/godoc/pkg",
+        },
+    }
+
+
+def index_sink(svc: ElasticsearchService, **kwargs: Any) -> ElasticsearchSink:
+    return ElasticsearchSink(svc, "index", kwargs.pop("retry_initial", 0.05),
+                             kwargs.pop("retry_max", 0.5), **kwargs)
+
+
+def items_for(sink: ElasticsearchSink, docs: list[dict], prefix: str) -> list[BulkItem]:
+    return [sink.item(doc, f"{prefix}-{n}", ref=n) for n, doc in enumerate(docs)]
+
+
+def count(server: OsmemServer, index: str) -> int:
+    server.request("POST", f"/{index}/_refresh")
+    result: int = server.request("GET", f"/{index}/_count")["count"]
+    return result
+
+
+async def test_flavour_is_opensearch(service: ElasticsearchService) -> None:
+    info = await service.connect()
+    assert info.distribution == OPENSEARCH
+    assert info.major >= 2
+    assert "opensearch" in repr(service)
+    assert await service.ping()
+
+
+async def test_templates_install_idempotently(
+    service: ElasticsearchService, osmem: OsmemServer
+) -> None:
+    await service.install_templates()
+    await service.install_templates()
+    listed = osmem.request("GET", "/_index_template")["index_templates"]
+    names = {t["name"] for t in listed}
+    assert set(index_templates()) <= names
+    daily = next(t for t in listed if t["name"] == "grayscope-access-daily")["index_template"]
+    assert daily["index_patterns"] == ["grayscope-access-*"]
+    assert daily["composed_of"] == ["grayscope-access-settings", "grayscope-access-mappings"]
+    for name in component_templates():
+        assert osmem.request("GET", f"/_component_template/{name}")["component_templates"]
+
+
+async def test_index_mode_documents_land(service: ElasticsearchService, osmem: OsmemServer) -> None:
+    await service.install_templates()
+    sink = index_sink(service)
+    docs = [access_doc(n, "2024-05-02") for n in range(30)]
+    # 23:30 at -02:00 is 01:30 UTC the next day.
+    docs += [{**access_doc(n, "2024-05-02"), "@timestamp": "2024-05-02T23:30:00-02:00"}
+             for n in range(30, 35)]
+    assert await sink.deliver(items_for(sink, docs, "land")) == []
+    assert count(osmem, "grayscope-access-2024.05.02") == 30
+    assert count(osmem, "grayscope-access-2024.05.03") == 5
+    assert sink.stats.documents_indexed_total == 35
+    mapping = osmem.request("GET", "/grayscope-access-2024.05.02/_mapping")
+    props = mapping["grayscope-access-2024.05.02"]["mappings"]["properties"]
+    assert props["client"]["properties"]["ip"]["type"] == "ip"
+    assert props["client"]["properties"]["geo"]["properties"]["location"]["type"] == "geo_point"
+
+
+async def test_bad_client_ip_is_rejected_the_rest_lands(
+    service: ElasticsearchService, osmem: OsmemServer
+) -> None:
+    await service.install_templates()
+    sink = index_sink(service)
+    docs = [access_doc(n, "2024-05-04") for n in range(6)]
+    docs[3] = access_doc(3, "2024-05-04", client_ip="not-an-ip")
+    items = items_for(sink, docs, "badip")
+    rejected = await sink.deliver(items)
+    assert [item.ref for item, _ in rejected] == [3]
+    detail = rejected[0][1]
+    assert "mapper_parsing_exception" in detail
+    assert "client.ip" in detail
+    assert count(osmem, "grayscope-access-2024.05.04") == 5
+    assert sink.stats.documents_rejected_total == 1
+
+
+async def test_replay_overwrites(service: ElasticsearchService, osmem: OsmemServer) -> None:
+    await service.install_templates()
+    sink = index_sink(service)
+    first = [access_doc(n, "2024-05-05", version="v1") for n in range(10)]
+    assert await sink.deliver(items_for(sink, first, "replay")) == []
+    again = [access_doc(n, "2024-05-05", version="v3") for n in range(10)]
+    assert await sink.deliver(items_for(sink, again, "replay")) == []
+    assert count(osmem, "grayscope-access-2024.05.05") == 10
+    doc = osmem.request("GET", "/grayscope-access-2024.05.05/_doc/replay-4")
+    assert doc["_source"]["gray"]["version"] == "v3"
+
+
+async def test_data_streams_on_osmem_stop_the_sink(service: ElasticsearchService) -> None:
+    # osmem has no data streams: that is a configuration problem, not bad documents.
+    sink = ElasticsearchSink(service, "data_stream", 0.05, 0.5)
+    items = items_for(sink, [access_doc(0, "2024-05-06")], "ds")
+    with pytest.raises(StoreRejected, match="data streams"):
+        await sink.deliver(items)
+    assert sink.stats.documents_rejected_total == 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_store_down_at_start_then_up() -> None:
+    port = free_port()
+    svc = ElasticsearchService([f"http://127.0.0.1:{port}"], request_timeout=5)
+    sink = index_sink(svc, retry_initial=0.05, retry_max=0.2)
+    docs = [access_doc(n, "2024-05-07") for n in range(8)]
+    task = asyncio.create_task(sink.deliver(items_for(sink, docs, "late")))
+    server: OsmemServer | None = None
+    try:
+        for _ in range(600):  # wait for a couple of failed attempts (bounded, not timed)
+            if sink.stats.bulk_requests_total["unavailable"] >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert not task.done()
+        assert sink.stats.bulk_requests_total["unavailable"] >= 2
+        addr = f"127.0.0.1:{port}"
+        server = await asyncio.to_thread(OsmemServer.start, japanese=False, addr=addr)
+        rejected = await asyncio.wait_for(task, 60)
+        assert rejected == []
+        assert count(server, "grayscope-access-2024.05.07") == 8
+        assert sink.stats.documents_indexed_total == 8
+        assert svc.server is not None and svc.server.distribution == OPENSEARCH
+    finally:
+        task.cancel()
+        await svc.close()
+        if server is not None:
+            server.close()
+
+
+async def test_connect_to_nothing_is_unavailable() -> None:
+    svc = ElasticsearchService([f"http://127.0.0.1:{free_port()}"], request_timeout=5)
+    try:
+        with pytest.raises(StoreUnavailable, match="cannot connect"):
+            await svc.connect()
+        assert not await svc.ping()
+    finally:
+        await svc.close()
+
+
+async def test_secrets_stay_out_of_logs(
+    osmem: OsmemServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    api_key, password = "grayscope-api-key-5ecret", "grayscope-pa55word"
+    services = [
+        ElasticsearchService([osmem.url], api_key=api_key),
+        ElasticsearchService([osmem.url], username="grayscope", password=password),
+    ]
+    # The transport's wire log (headers and bodies) does not propagate: listen to it directly.
+    wire = logging.getLogger("elastic_transport.node")
+    wire.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, wire.name):
+            for svc in services:
+                await svc.connect()
+                await svc.install_templates()
+                sink = index_sink(svc)
+                await sink.deliver(items_for(sink, [access_doc(0, "2024-05-08")], "secret"))
+                logging.getLogger("test").info("service %r", svc)
+                await svc.close()
+    finally:
+        wire.removeHandler(caplog.handler)
+    assert "grayscope-access-settings" in caplog.text  # the requests were logged at all
+    assert "> Authorization: ApiKey <hidden>" in caplog.text
+    assert "> Authorization: Basic <hidden>" in caplog.text
+    assert api_key not in caplog.text
+    assert password not in caplog.text
+
+
+# --- a fake Elasticsearch 8/9, to see the media types and status mapping -----------------
+
+
+@dataclass
+class FakeElasticsearch:
+    url: str = ""
+    root: tuple[int, str, bytes] = (200, "application/json", b"")
+    bulk: tuple[int, str, bytes] = (200, "application/json", b"")
+    seen: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+
+    def answer_root(self, number: str) -> None:
+        body = {
+            "name": "es01",
+            "cluster_name": "docker-cluster",
+            "cluster_uuid": "nC1Zd9fQRGuYyWkl3Z7VIw",
+            "version": {"number": number, "build_flavor": "default", "build_type": "docker",
+                        "lucene_version": "9.12.0", "minimum_wire_compatibility_version": "7.17.0",
+                        "minimum_index_compatibility_version": "7.0.0"},
+            "tagline": "You Know, for Search",
+        }
+        self.root = (200, "application/json", orjson.dumps(body))
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.seen.append((request.method, request.path_qs, dict(request.headers)))
+        await request.read()
+        if request.path == "/":
+            status, ctype, body = self.root
+        elif request.path == "/_bulk":
+            status, ctype, body = self.bulk
+        else:
+            status, ctype, body = 200, "application/json", b'{"acknowledged":true}'
+        return web.Response(status=status, body=body, headers={
+            "Content-Type": ctype, "X-elastic-product": "Elasticsearch"})
+
+
+@pytest.fixture
+async def fake_es() -> AsyncIterator[FakeElasticsearch]:
+    fake = FakeElasticsearch()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", fake.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    fake.url = f"http://127.0.0.1:{port}"
+    yield fake
+    await runner.cleanup()
+
+
+BULK_OK = orjson.dumps({"errors": False, "took": 2, "items": [{"index": {"status": 201}}]})
+
+
+@pytest.mark.parametrize("major", ["8.15.3", "9.1.2"])
+async def test_elasticsearch_gets_its_compatible_media_types(
+    fake_es: FakeElasticsearch, major: str
+) -> None:
+    fake_es.answer_root(major)
+    fake_es.bulk = (200, "application/vnd.elasticsearch+json;compatible-with=9", BULK_OK)
+    svc = ElasticsearchService([fake_es.url], api_key="id1:key1")
+    try:
+        info = await svc.connect()
+        assert info.distribution == ELASTICSEARCH
+        sink = index_sink(svc)
+        assert await sink.deliver(items_for(sink, [access_doc(0, "2024-05-09")], "es")) == []
+        await svc.install_templates()
+    finally:
+        await svc.close()
+    m = major.partition(".")[0]
+    _, target, headers = next(s for s in fake_es.seen if s[0] == "POST")
+    assert target.startswith("/_bulk?filter_path=")
+    assert headers["Content-Type"] == f"application/vnd.elasticsearch+x-ndjson; compatible-with={m}"
+    assert headers["Accept"] == f"application/vnd.elasticsearch+json; compatible-with={m}"
+    assert headers["Authorization"] == "ApiKey aWQxOmtleTE="
+    put = next(s for s in fake_es.seen if s[0] == "PUT")
+    assert put[2]["Content-Type"] == f"application/vnd.elasticsearch+json; compatible-with={m}"
+
+
+async def test_forbidden_root_falls_back_to_plain_json(fake_es: FakeElasticsearch) -> None:
+    fake_es.root = (403, "application/json", orjson.dumps({
+        "error": {"type": "security_exception",
+                  "reason": "action [cluster:monitor/main] is unauthorized for API key id [k1]"},
+        "status": 403}))
+    fake_es.bulk = (200, "application/json", BULK_OK)
+    svc = ElasticsearchService([fake_es.url], api_key="writer-only")
+    try:
+        info = await svc.connect()
+        assert (info.distribution, info.major) == (ELASTICSEARCH, 0)
+        assert await svc.ping()
+        status, _ = await svc.bulk(b'{"index":{"_index":"i"}}\n{}\n')
+        assert status == 200
+    finally:
+        await svc.close()
+    assert fake_es.seen[-1][2]["Content-Type"] == "application/x-ndjson"
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "match"),
+    [
+        ((401, "application/json", orjson.dumps({
+            "error": {"type": "security_exception",
+                      "reason": "unable to authenticate with provided credentials"},
+            "status": 401})), StoreRejected, "401 security_exception"),
+        ((429, "application/json", orjson.dumps({
+            "error": {"type": "es_rejected_execution_exception", "reason": "queue full"},
+            "status": 429})), StoreUnavailable, "429 es_rejected_execution_exception"),
+        ((503, "application/json", orjson.dumps({
+            "error": {"type": "cluster_block_exception",
+                      "reason": "blocked by: [SERVICE_UNAVAILABLE/1/state not recovered]"},
+            "status": 503})), StoreUnavailable, "503"),
+        ((502, "text/html", b"<html><body><h1>502 Bad Gateway</h1></body></html>"),
+         StoreUnavailable, "502 <html>"),
+        ((504, "", b""), StoreUnavailable, "504"),
+        ((404, "application/json", b'{"error":"no handler found for uri","status":404}'),
+         StoreRejected, "404"),
+    ],
+)
+async def test_bulk_failures_are_mapped(
+    fake_es: FakeElasticsearch, answer: tuple[int, str, bytes], error: type, match: str
+) -> None:
+    fake_es.answer_root("8.15.3")
+    fake_es.bulk = answer
+    svc = ElasticsearchService([fake_es.url])
+    try:
+        with pytest.raises(error, match=match):
+            await svc.bulk(b'{"index":{"_index":"i"}}\n{}\n')
+    finally:
+        await svc.close()
+
+
+async def test_too_large_is_returned_not_raised(fake_es: FakeElasticsearch) -> None:
+    fake_es.answer_root("8.15.3")
+    fake_es.bulk = (413, "text/html", b"<html><head><title>413 Request Entity Too Large</title>")
+    svc = ElasticsearchService([fake_es.url])
+    try:
+        status, body = await svc.bulk(b'{"index":{"_index":"i"}}\n{}\n')
+    finally:
+        await svc.close()
+    assert status == 413
+    assert body == {"error": "<html><head><title>413 Request Entity Too Large</title>"}
+
+
+async def test_not_a_search_server_is_rejected(fake_es: FakeElasticsearch) -> None:
+    fake_es.root = (200, "text/html", b"<!doctype html><title>Kibana</title>")
+    svc = ElasticsearchService([fake_es.url])
+    try:
+        with pytest.raises(StoreRejected, match="not Elasticsearch or OpenSearch"):
+            await svc.connect()
+    finally:
+        await svc.close()
