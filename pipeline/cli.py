@@ -104,6 +104,9 @@ def _worker_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _setup_options(parser: argparse.ArgumentParser) -> None:
+    from pipeline.setup import add_setup_arguments
+
+    add_setup_arguments(parser)
     parser.set_defaults(handler=_lazy("pipeline.setup", "run_setup"))
 
 

@@ -51,7 +51,10 @@ def bundled_city_db() -> str:
 
 
 class Settings(BaseSettings):
-    """grayscope settings; see the README's configuration table."""
+    """grayscope settings; see the README's configuration table.
+
+    ``repr()`` hides secrets (SecretStr) and URL credentials; log ``redacted()``.
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="GRAYSCOPE_", extra="forbid", validate_default=True, frozen=True
@@ -218,16 +221,37 @@ class Settings(BaseSettings):
             raise ValueError("must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
         return value
 
+    def __repr_args__(self):  # type: ignore[no-untyped-def]
+        for name, value in super().__repr_args__():
+            yield (
+                name,
+                (
+                    ",".join(_strip_userinfo(u) for u in self.es_hosts())
+                    if name == "es_url"
+                    else value
+                ),
+            )
+
     def es_hosts(self) -> list[str]:
         return [u.strip() for u in self.es_url.split(",") if u.strip()]
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict safe to log (secrets masked)."""
         out = self.model_dump(mode="json")
+        out["es_url"] = ",".join(_strip_userinfo(u) for u in self.es_hosts())
         for name, info in type(self).model_fields.items():
             if info.annotation is SecretStr:
                 out[name] = "**********" if getattr(self, name).get_secret_value() else ""
         return out
+
+
+def _strip_userinfo(url: str) -> str:
+    """``https://user:pass@host:9200`` -> ``https://host:9200`` (never log credentials)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
 
 
 def load_path_rules(spec: str) -> list[dict[str, str]]:

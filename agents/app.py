@@ -1,0 +1,127 @@
+"""The Faust app: thin. Consume, call the core, hand to the sinks, ack.
+
+Offsets are committed by Faust only for acked events; an event is acked only
+after ``BatchHandler.handle`` returned, i.e. after every message of its batch
+is stored or dead-lettered. If the batch is interrupted (shutdown, crash),
+its events are withheld from acking so their offsets are never committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+from faust.types import EventT
+
+from agents.runtime import Runtime
+from pipeline.config import Settings
+from pipeline.delivery import InputMessage
+from pipeline.model import KafkaCoordinates
+
+log = logging.getLogger(__name__)
+
+
+def faust_broker_url(brokers: str) -> list[str]:
+    return [f"kafka://{b.strip()}" for b in brokers.split(",") if b.strip()]
+
+
+def faust_settings(settings: Settings) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        "broker": faust_broker_url(settings.kafka_brokers),
+        "value_serializer": "raw",
+        "key_serializer": "raw",
+        "web_host": settings.web_host,
+        "web_port": settings.web_port,
+        "web_enabled": True,
+        "consumer_auto_offset_reset": "earliest",
+        "producer_acks": -1,
+        "datadir": settings.data_dir or tempfile.mkdtemp(prefix="grayscope-faust-"),
+        "store": "memory://",
+        # Enough buffered events for two full batches per partition.
+        "stream_buffer_maxsize": max(4096, settings.batch_size * 2),
+        "broker_commit_every": max(1000, settings.batch_size),
+        "broker_commit_interval": 1.0,
+        "topic_allow_declare": True,
+        "topic_disable_leader": True,
+    }
+    credentials = kafka_credentials(settings)
+    if credentials is not None:
+        conf["broker_credentials"] = credentials
+    return conf
+
+
+def kafka_credentials(settings: Settings) -> Any:
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    import ssl
+
+    ssl_context = ssl.create_default_context() if protocol.endswith("SSL") else None
+    if protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password.get_secret_value()
+        mechanism = settings.kafka_sasl_mechanism.upper()
+        if mechanism.startswith("SCRAM"):
+            return faust.SASLCredentials(
+                username=settings.kafka_sasl_username,
+                password=password,
+                ssl_context=ssl_context,
+                mechanism=mechanism,
+            )
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username, password=password, ssl_context=ssl_context
+        )
+    return faust.SSLCredentials(ssl_context)
+
+
+def to_input_messages(events: Sequence[EventT]) -> list[InputMessage]:
+    now = time.time_ns()
+    out = []
+    for event in events:
+        message = event.message
+        timestamp = message.timestamp
+        out.append(
+            InputMessage(
+                value=message.value,
+                key=message.key,
+                coords=KafkaCoordinates(message.topic, message.partition, message.offset),
+                timestamp_ns=int(timestamp * 1e9) if timestamp else None,
+                received_ns=now,
+            )
+        )
+    return out
+
+
+def withhold_acks(events: Sequence[EventT]) -> None:
+    """Keep an interrupted batch's offsets from ever being committed.
+
+    ``Stream.take_events`` acks its buffered events in a ``finally`` block, also
+    when the agent body raised or was cancelled. Marking the messages as
+    already acked makes that ack a no-op, so the consumer never records these
+    offsets and the next owner of the partition reads them again.
+    """
+    for event in events:
+        event.message.acked = True
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
+    app = faust.App(settings.consumer_group, **faust_settings(settings))
+    runtime = runtime or Runtime(settings)
+    app.grayscope_runtime = runtime  # type: ignore[attr-defined]
+    input_topic = app.topic(*settings.input_topics, value_serializer="raw", key_serializer="raw")
+
+    @app.agent(input_topic, name="grayscope-enrich")
+    async def enrich(stream: faust.StreamT[bytes]) -> None:
+        await runtime.wait_ready()
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout):
+            try:
+                await runtime.handler.handle(to_input_messages(events))
+            except BaseException:
+                withhold_acks(events)
+                raise
+
+    runtime.attach(app)
+    return app

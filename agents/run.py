@@ -1,0 +1,25 @@
+"""``grayscope worker``: run the Faust worker with the grayscope app."""
+
+from __future__ import annotations
+
+import argparse
+
+import faust
+
+from agents.app import create_app
+from agents.runtime import Runtime
+from pipeline.config import Settings
+from pipeline.logs import logging_config
+
+
+def run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    runtime = Runtime(settings)  # fails fast on bad GeoIP paths etc., before Faust starts
+    app = create_app(settings, runtime)
+    worker = faust.Worker(
+        app,
+        loglevel=settings.log_level,
+        logging_config=logging_config(settings.log_level),
+        override_logging=True,
+    )
+    worker.execute_from_commandline()  # handles SIGTERM/SIGINT: graceful stop
+    return 0

@@ -1,0 +1,191 @@
+"""Everything a worker holds besides Faust: lookup data, sinks, the batch handler.
+
+Built from Settings before Faust starts (so a missing GeoIP database or a bad
+setting is a clear startup error), started with the app, closed after the
+app's streams are drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import mode
+from aiohttp.web import Response
+
+from pipeline.config import Settings
+from pipeline.delivery import BatchHandler
+from pipeline.enrich import EnrichContext
+from pipeline.errors import DeadLetterError, StoreRejected, StoreUnavailable
+from pipeline.geoip import GeoIPResolver
+from pipeline.sinks.dlq import DeadLetterSink, Headers
+from pipeline.sinks.elasticsearch.service import ElasticsearchService
+from pipeline.sinks.elasticsearch.sink import ElasticsearchSink
+from pipeline.sinks.otlp.exporter import OtlpExporter
+from pipeline.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+
+class FaustRecordProducer:
+    """DeadLetterSink's producer on top of the Faust app's own Kafka producer."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+
+    async def send_batch(
+        self, topic: str, records: Sequence[tuple[bytes | None, bytes, Headers]]
+    ) -> None:
+        producer = self._app.producer
+        try:
+            pending = [
+                await producer.send(topic, key, value, None, None, headers)
+                for key, value, headers in records
+            ]
+            await asyncio.gather(*pending)
+        except Exception as exc:  # aiokafka/Faust errors vary by version
+            raise DeadLetterError(f"{type(exc).__name__}: {exc}") from exc
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.geoip = (
+            GeoIPResolver.from_settings(settings)
+            if (settings.geoip_city_db or settings.geoip_asn_db)
+            else None
+        )
+        self.context = EnrichContext.from_settings(settings, self.geoip)
+        self.telemetry = Telemetry(self)
+        self.es_service: ElasticsearchService | None = None
+        self.store: ElasticsearchSink | None = None
+        if settings.es_hosts():
+            self.es_service = ElasticsearchService.from_settings(settings)
+            self.store = ElasticsearchSink(
+                self.es_service,
+                settings.es_mode.value,
+                retry_initial=settings.es_retry_initial,
+                retry_max=settings.es_retry_max,
+                observe_latency=self.telemetry.bulk_latency.observe,
+            )
+        self.exporter = OtlpExporter.from_settings(settings)
+        self.app: Any = None
+        self._producer: FaustRecordProducer | None = None
+        self.dead_letters: DeadLetterSink | None = None
+        self._handler: BatchHandler | None = None
+        self._ready: asyncio.Event | None = None
+
+    @property
+    def handler(self) -> BatchHandler:
+        assert self._handler is not None, "runtime not started"
+        return self._handler
+
+    def _ready_event(self) -> asyncio.Event:
+        if self._ready is None:
+            self._ready = asyncio.Event()
+        return self._ready
+
+    async def wait_ready(self) -> None:
+        await self._ready_event().wait()
+
+    @property
+    def is_ready(self) -> bool:
+        return self._ready is not None and self._ready.is_set()
+
+    def attach(self, app: Any) -> None:
+        """Hook the runtime into the Faust app's lifecycle and web server."""
+        self.app = app
+        self._producer = FaustRecordProducer(app)
+        self.dead_letters = DeadLetterSink(
+            self._producer,
+            self.settings.dlq_topic,
+            retry_initial=self.settings.es_retry_initial,
+            retry_max=self.settings.es_retry_max,
+        )
+        self._handler = BatchHandler(
+            self.context, self.store, self.dead_letters, self.exporter, self.settings.es_mode.value
+        )
+        runtime = self
+
+        @app.service
+        class RuntimeService(mode.Service):
+            async def on_start(self) -> None:
+                await runtime.start()
+
+            async def on_stop(self) -> None:
+                await runtime.stop()
+
+        @app.page("/metrics")
+        async def metrics(web: Any, request: Any) -> Any:
+            body, content_type = await runtime.telemetry.render()
+            return Response(body=body, headers={"Content-Type": content_type})
+
+        @app.page("/healthz")
+        async def healthz(web: Any, request: Any) -> Any:
+            status = await runtime.health()
+            code = 200 if status["ready"] else 503
+            return web.json(status, status=code)
+
+    async def start(self) -> None:
+        await self._declare_dlq_topic()
+        if self.es_service is not None:
+            await self._connect_store()
+        if self.exporter is not None:
+            self.exporter.start()
+        self._ready_event().set()
+        log.info("grayscope worker ready", extra={"settings": self.settings.redacted()})
+
+    async def _declare_dlq_topic(self) -> None:
+        with contextlib.suppress(Exception):  # clusters may forbid creation; sends still work
+            await self.app.topic(self.settings.dlq_topic).maybe_declare()
+
+    async def _connect_store(self) -> None:
+        assert self.es_service is not None
+        delay = self.settings.es_retry_initial
+        while True:
+            try:
+                await self.es_service.connect()
+                if self.settings.es_install_templates:
+                    await self.es_service.install_templates()
+                return
+            except StoreUnavailable as exc:
+                log.warning("document store unreachable at startup (%s); retrying", exc)
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                delay = min(delay * 2, self.settings.es_retry_max)
+            except StoreRejected:
+                raise
+
+    async def stop(self) -> None:
+        if self.exporter is not None:
+            await self.exporter.stop(flush_timeout=5.0)
+        if self.es_service is not None:
+            await self.es_service.close()
+        if self.geoip is not None:
+            self.geoip.close()
+
+    async def health(self) -> dict[str, Any]:
+        kafka_ok = await self._kafka_reachable()
+        store_ok = True
+        if self.es_service is not None:
+            store_ok = await self.es_service.ping()
+        ready = self.is_ready and kafka_ok and store_ok
+        return {"ready": ready, "kafka": kafka_ok, "store": store_ok, "started": self.is_ready}
+
+    async def _kafka_reachable(self) -> bool:
+        for broker in self.settings.kafka_brokers.split(","):
+            host, _, port = broker.strip().rpartition(":")
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host or "localhost", int(port or 9092)), timeout=1.0
+                )
+            except (OSError, TimeoutError, ValueError):
+                continue
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            return True
+        return False

@@ -1,0 +1,128 @@
+"""Prometheus exposition of the worker's counters.
+
+Components keep plain counters on small stats dataclasses (no per-event cost
+beyond an integer add); this collector reads them at scrape time. Counters
+end in ``_total``; dict-valued counters get one bounded label (reason,
+outcome, dataset) — never a client address.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+PREFIX = "grayscope_"
+LABEL_FOR = {
+    "dead_lettered_total": "reason",
+    "spans_dropped_total": "reason",
+    "export_requests_total": "outcome",
+    "bulk_requests_total": "outcome",
+    "events_enriched_total": "dataset",
+}
+# Bulk requests take from ~1 ms (loopback) to the request timeout.
+BULK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def stats_metrics(component: str, stats: Any) -> Iterator[Metric]:
+    """Metric families for one stats dataclass (or object with ``snapshot()``)."""
+    if dataclasses.is_dataclass(stats):
+        values = {f.name: getattr(stats, f.name) for f in dataclasses.fields(stats)}
+    else:
+        values = dict(stats.snapshot())
+    for name, value in values.items():
+        full = name if name.startswith(PREFIX) else PREFIX + name
+        doc = f"{component}: {name.replace('_', ' ')}"
+        if isinstance(value, dict):
+            label = LABEL_FOR.get(name, "kind")
+            family: Metric = (
+                CounterMetricFamily(full.removesuffix("_total"), doc, labels=[label])
+                if name.endswith("_total")
+                else GaugeMetricFamily(full, doc, labels=[label])
+            )
+            for key, count in sorted(value.items()):
+                family.add_metric([str(key)], count)  # type: ignore[attr-defined]
+            yield family
+        elif isinstance(value, bool):
+            continue
+        elif isinstance(value, (int, float)):
+            if name.endswith("_total"):
+                yield CounterMetricFamily(full.removesuffix("_total"), doc, value=value)
+            else:
+                yield GaugeMetricFamily(full, doc, value=value)
+
+
+class _StatsCollector:
+    def __init__(self, telemetry: Telemetry) -> None:
+        self._telemetry = telemetry
+
+    def collect(self) -> Iterator[Metric]:
+        for component, stats in self._telemetry.sources():
+            yield from stats_metrics(component, stats)
+        lag = self._telemetry.consumer_lag()
+        if lag is not None:
+            family = GaugeMetricFamily(
+                PREFIX + "consumer_lag",
+                "messages behind the high watermark",
+                labels=["topic", "partition"],
+            )
+            for (topic, partition), value in sorted(lag.items()):
+                family.add_metric([topic, str(partition)], value)
+            yield family
+
+
+class Telemetry:
+    """Registry + histogram for one worker; ``runtime`` supplies the stats sources."""
+
+    def __init__(self, runtime: Any) -> None:
+        self._runtime = runtime
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.bulk_latency = Histogram(
+            PREFIX + "bulk_request_duration_seconds",
+            "Elasticsearch bulk request latency",
+            buckets=BULK_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_StatsCollector(self))  # type: ignore[arg-type]
+
+    def sources(self) -> Iterator[tuple[str, Any]]:
+        rt = self._runtime
+        for component, attr_path in (
+            ("batches", ("_handler", "stats")),
+            ("dead letters", ("dead_letters", "stats")),
+            ("store", ("store", "stats")),
+            ("otlp", ("exporter", "stats")),
+            ("geoip", ("geoip", "stats")),
+        ):
+            obj: Any = rt
+            for attr in attr_path:
+                obj = getattr(obj, attr, None)
+                if obj is None:
+                    break
+            if obj is not None:
+                yield component, obj
+
+    def consumer_lag(self) -> dict[tuple[str, int], int] | None:
+        app = getattr(self._runtime, "app", None)
+        consumer = getattr(app, "_consumer", None) if app is not None else None
+        if consumer is None:
+            return None
+        try:
+            lag: dict[tuple[str, int], int] = {}
+            committed = getattr(consumer, "_committed_offset", {})
+            for tp in consumer.assignment():
+                highwater = consumer.highwater(tp)
+                if highwater is None:
+                    continue
+                position = committed.get(tp) or 0
+                lag[(tp.topic, tp.partition)] = max(0, highwater - position)
+            return lag
+        except Exception:  # lag is best effort: never break a scrape
+            return None
+
+    async def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
