@@ -45,6 +45,8 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "stream_buffer_maxsize": max(4096, settings.batch_size * 2),
         "broker_commit_every": max(1000, settings.batch_size),
         "broker_commit_interval": 1.0,
+        "broker_session_timeout": settings.kafka_session_timeout,
+        "broker_heartbeat_interval": min(3.0, settings.kafka_session_timeout / 3),
         "topic_allow_declare": True,
         "topic_disable_leader": True,
     }

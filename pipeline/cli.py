@@ -110,9 +110,22 @@ def _setup_options(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=_lazy("pipeline.setup", "run_setup"))
 
 
+def _kibana_options(parser: argparse.ArgumentParser) -> None:
+    from pipeline.kibana import add_kibana_arguments
+
+    actions = parser.add_subparsers(dest="kibana_command", required=True, metavar="ACTION")
+    imp = actions.add_parser(
+        "import", help="import the data view, visualizations and dashboard into Kibana"
+    )
+    add_kibana_arguments(imp)
+    add_settings_arguments(imp)
+    imp.set_defaults(handler=_lazy("pipeline.kibana", "run_kibana_import"))
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "worker": ("run the Faust worker (Kafka -> Elasticsearch + OTLP)", _worker_options),
     "setup": ("install index templates and check connectivity", _setup_options),
+    "kibana": ("Kibana saved objects (import)", _kibana_options),
 }
 
 

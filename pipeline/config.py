@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     )
     kafka_sasl_username: str = Field("", description="SASL user name.")
     kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password (secret).")
+    kafka_session_timeout: float = Field(
+        10.0,
+        ge=2,
+        le=300,
+        description="Consumer group session timeout in seconds: how fast a dead worker's "
+        "partitions move to the others (some brokers also delay a first join by half of it).",
+    )
     batch_size: int = Field(1000, ge=1, le=100_000, description="Messages per batch (stream.take).")
     batch_timeout: float = Field(
         0.5, gt=0, le=60, description="Seconds to wait for a batch to fill before flushing it."
@@ -168,6 +175,18 @@ class Settings(BaseSettings):
     include_original: bool = Field(False, description="Keep the raw line in event.original.")
     max_message_bytes: int = Field(
         1_048_576, ge=256, description="Larger messages are dead-lettered."
+    )
+
+    # --- Kibana (for `grayscope kibana import`) ---------------------------
+    kibana_url: str = Field(
+        "http://localhost:5601", description="Kibana base URL (including any base path)."
+    )
+    kibana_username: str = Field("", description="Kibana basic-auth user name.")
+    kibana_password: SecretStr = Field(
+        SecretStr(""), description="Kibana basic-auth password (secret)."
+    )
+    kibana_api_key: SecretStr = Field(
+        SecretStr(""), description="Kibana API key, base64 id:key (secret; wins over basic auth)."
     )
 
     # --- Operability -------------------------------------------------------
