@@ -8,6 +8,7 @@ its events are withheld from acking so their offsets are never committed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 import time
@@ -46,7 +47,8 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "broker_commit_every": max(1000, settings.batch_size),
         "broker_commit_interval": 1.0,
         "broker_session_timeout": settings.kafka_session_timeout,
-        "broker_heartbeat_interval": min(3.0, settings.kafka_session_timeout / 3),
+        "broker_heartbeat_interval": min(3.0, settings.kafka_session_timeout / 4),
+        "broker_rebalance_timeout": settings.kafka_rebalance_timeout,
         "topic_allow_declare": True,
         "topic_disable_leader": True,
     }
@@ -121,8 +123,16 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
         async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout):
             try:
                 await runtime.handler.handle(to_input_messages(events))
-            except BaseException:
+            except asyncio.CancelledError:
                 withhold_acks(events)
+                raise
+            except BaseException as exc:
+                # The handler retries everything retriable itself; what escapes is fatal
+                # (bad credentials, a bug). Restarting only the agent would skip this
+                # batch's offsets, so stop the worker: its successor resumes at the last commit.
+                withhold_acks(events)
+                log.critical("fatal error, stopping the worker: %s", exc)
+                await app.crash(exc)
                 raise
 
     runtime.attach(app)

@@ -79,10 +79,17 @@ class Settings(BaseSettings):
     kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password (secret).")
     kafka_session_timeout: float = Field(
         10.0,
-        ge=2,
+        ge=1,
         le=300,
         description="Consumer group session timeout in seconds: how fast a dead worker's "
         "partitions move to the others (some brokers also delay a first join by half of it).",
+    )
+    kafka_rebalance_timeout: float = Field(
+        60.0,
+        ge=1,
+        le=600,
+        description="Seconds a rebalance waits for members to rejoin (a worker finishes its "
+        "in-flight batch first, so allow for a slow store).",
     )
     batch_size: int = Field(1000, ge=1, le=100_000, description="Messages per batch (stream.take).")
     batch_timeout: float = Field(

@@ -98,8 +98,17 @@ class BatchHandler:
                 dataset = result.record.dataset
                 enriched_counts[dataset] = enriched_counts.get(dataset, 0) + 1
                 if self._store is not None:
-                    index, op = target_for(timestamp, mode)
-                    items.append(BulkItem(msg.coords.doc_id, index, op, dumps(doc), msg))
+                    try:
+                        index, op = target_for(timestamp, mode)
+                        source = dumps(doc)
+                    except (ValueError, TypeError) as exc:  # e.g. an int beyond 64 bits
+                        detail = f"document not serialisable: {exc}"[:500]
+                        raw = msg.value or b""
+                        letters.append(
+                            (DeadLetter(Reason.INVALID_FIELD, detail, raw), msg.coords, msg.key)
+                        )
+                        continue
+                    items.append(BulkItem(msg.coords.doc_id, index, op, source, msg))
                 if want_spans:
                     span = build_span(
                         result.record, result.enrichment, fallback_key=msg.coords.doc_id

@@ -33,7 +33,9 @@ class WorkerProcess:
             "GRAYSCOPE_WEB_HOST": "127.0.0.1",
             "GRAYSCOPE_ES_MODE": "index",
             "GRAYSCOPE_GEOIP_CITY_DB": "",
-            "GRAYSCOPE_KAFKA_SESSION_TIMEOUT": "6",
+            # The embedded broker answers a first JoinGroup after half the session timeout.
+            "GRAYSCOPE_KAFKA_SESSION_TIMEOUT": "2",
+            "GRAYSCOPE_KAFKA_REBALANCE_TIMEOUT": "10",
             "GRAYSCOPE_BATCH_TIMEOUT": "0.2",
             "GRAYSCOPE_ES_RETRY_MAX": "1",
             "GRAYSCOPE_LOG_LEVEL": "info",
