@@ -81,8 +81,9 @@ def access_doc(n: int, day: str, client_ip: str = "203.0.113.7", version: str = 
 
 
 def index_sink(svc: ElasticsearchService, **kwargs: Any) -> ElasticsearchSink:
-    return ElasticsearchSink(svc, "index", kwargs.pop("retry_initial", 0.05),
-                             kwargs.pop("retry_max", 0.5), **kwargs)
+    return ElasticsearchSink(
+        svc, "index", kwargs.pop("retry_initial", 0.05), kwargs.pop("retry_max", 0.5), **kwargs
+    )
 
 
 def items_for(sink: ElasticsearchSink, docs: list[dict], prefix: str) -> list[BulkItem]:
@@ -123,8 +124,10 @@ async def test_index_mode_documents_land(service: ElasticsearchService, osmem: O
     sink = index_sink(service)
     docs = [access_doc(n, "2024-05-02") for n in range(30)]
     # 23:30 at -02:00 is 01:30 UTC the next day.
-    docs += [{**access_doc(n, "2024-05-02"), "@timestamp": "2024-05-02T23:30:00-02:00"}
-             for n in range(30, 35)]
+    docs += [
+        {**access_doc(n, "2024-05-02"), "@timestamp": "2024-05-02T23:30:00-02:00"}
+        for n in range(30, 35)
+    ]
     assert await sink.deliver(items_for(sink, docs, "land")) == []
     assert count(osmem, "grayscope-access-2024.05.02") == 30
     assert count(osmem, "grayscope-access-2024.05.03") == 5
@@ -262,9 +265,14 @@ class FakeElasticsearch:
             "name": "es01",
             "cluster_name": "docker-cluster",
             "cluster_uuid": "nC1Zd9fQRGuYyWkl3Z7VIw",
-            "version": {"number": number, "build_flavor": "default", "build_type": "docker",
-                        "lucene_version": "9.12.0", "minimum_wire_compatibility_version": "7.17.0",
-                        "minimum_index_compatibility_version": "7.0.0"},
+            "version": {
+                "number": number,
+                "build_flavor": "default",
+                "build_type": "docker",
+                "lucene_version": "9.12.0",
+                "minimum_wire_compatibility_version": "7.17.0",
+                "minimum_index_compatibility_version": "7.0.0",
+            },
             "tagline": "You Know, for Search",
         }
         self.root = (200, "application/json", orjson.dumps(body))
@@ -278,8 +286,11 @@ class FakeElasticsearch:
             status, ctype, body = self.bulk
         else:
             status, ctype, body = 200, "application/json", b'{"acknowledged":true}'
-        return web.Response(status=status, body=body, headers={
-            "Content-Type": ctype, "X-elastic-product": "Elasticsearch"})
+        return web.Response(
+            status=status,
+            body=body,
+            headers={"Content-Type": ctype, "X-elastic-product": "Elasticsearch"},
+        )
 
 
 @pytest.fixture
@@ -326,10 +337,19 @@ async def test_elasticsearch_gets_its_compatible_media_types(
 
 
 async def test_forbidden_root_falls_back_to_plain_json(fake_es: FakeElasticsearch) -> None:
-    fake_es.root = (403, "application/json", orjson.dumps({
-        "error": {"type": "security_exception",
-                  "reason": "action [cluster:monitor/main] is unauthorized for API key id [k1]"},
-        "status": 403}))
+    fake_es.root = (
+        403,
+        "application/json",
+        orjson.dumps(
+            {
+                "error": {
+                    "type": "security_exception",
+                    "reason": "action [cluster:monitor/main] is unauthorized for API key id [k1]",
+                },
+                "status": 403,
+            }
+        ),
+    )
     fake_es.bulk = (200, "application/json", BULK_OK)
     svc = ElasticsearchService([fake_es.url], api_key="writer-only")
     try:
@@ -346,22 +366,68 @@ async def test_forbidden_root_falls_back_to_plain_json(fake_es: FakeElasticsearc
 @pytest.mark.parametrize(
     ("answer", "error", "match"),
     [
-        ((401, "application/json", orjson.dumps({
-            "error": {"type": "security_exception",
-                      "reason": "unable to authenticate with provided credentials"},
-            "status": 401})), StoreRejected, "401 security_exception"),
-        ((429, "application/json", orjson.dumps({
-            "error": {"type": "es_rejected_execution_exception", "reason": "queue full"},
-            "status": 429})), StoreUnavailable, "429 es_rejected_execution_exception"),
-        ((503, "application/json", orjson.dumps({
-            "error": {"type": "cluster_block_exception",
-                      "reason": "blocked by: [SERVICE_UNAVAILABLE/1/state not recovered]"},
-            "status": 503})), StoreUnavailable, "503"),
-        ((502, "text/html", b"<html><body><h1>502 Bad Gateway</h1></body></html>"),
-         StoreUnavailable, "502 <html>"),
+        (
+            (
+                401,
+                "application/json",
+                orjson.dumps(
+                    {
+                        "error": {
+                            "type": "security_exception",
+                            "reason": "unable to authenticate with provided credentials",
+                        },
+                        "status": 401,
+                    }
+                ),
+            ),
+            StoreRejected,
+            "401 security_exception",
+        ),
+        (
+            (
+                429,
+                "application/json",
+                orjson.dumps(
+                    {
+                        "error": {
+                            "type": "es_rejected_execution_exception",
+                            "reason": "queue full",
+                        },
+                        "status": 429,
+                    }
+                ),
+            ),
+            StoreUnavailable,
+            "429 es_rejected_execution_exception",
+        ),
+        (
+            (
+                503,
+                "application/json",
+                orjson.dumps(
+                    {
+                        "error": {
+                            "type": "cluster_block_exception",
+                            "reason": "blocked by: [SERVICE_UNAVAILABLE/1/state not recovered]",
+                        },
+                        "status": 503,
+                    }
+                ),
+            ),
+            StoreUnavailable,
+            "503",
+        ),
+        (
+            (502, "text/html", b"<html><body><h1>502 Bad Gateway</h1></body></html>"),
+            StoreUnavailable,
+            "502 <html>",
+        ),
         ((504, "", b""), StoreUnavailable, "504"),
-        ((404, "application/json", b'{"error":"no handler found for uri","status":404}'),
-         StoreRejected, "404"),
+        (
+            (404, "application/json", b'{"error":"no handler found for uri","status":404}'),
+            StoreRejected,
+            "404",
+        ),
     ],
 )
 async def test_bulk_failures_are_mapped(

@@ -106,7 +106,8 @@ async def test_spans_arrive_intact(receiver: OtlpReceiver, protocol: str) -> Non
         assert got["attributes"] == span.attributes
         assert got["resource"] == {"service.name": span.service_name}
     assert {s["resource"]["service.name"] for s in received.values()} == {
-        "godoc", "grayscope-unknown"
+        "godoc",
+        "grayscope-unknown",
     }
     assert len(receiver.find("gray.id", "intact01")) == 5
     assert receiver.find("gray.id", "other") == []
@@ -160,7 +161,10 @@ async def test_outage_drops_spans_and_export_resumes(protocol: str) -> None:
     ],
 )
 async def test_only_retriable_failures_are_retried(
-    receiver: OtlpReceiver, protocol: str, http_status: int, grpc_code: grpc.StatusCode,
+    receiver: OtlpReceiver,
+    protocol: str,
+    http_status: int,
+    grpc_code: grpc.StatusCode,
     requests: int,
 ) -> None:
     receiver.fail(http_status=http_status, grpc_code=grpc_code)
@@ -191,23 +195,33 @@ async def test_header_values_are_never_logged(
 
 async def test_json_requests_are_understood(receiver: OtlpReceiver) -> None:
     body = {
-        "resourceSpans": [{
-            "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "js"}}]},
-            "scopeSpans": [{
-                "scope": {"name": "manual"},
-                "spans": [{
-                    "traceId": "5b8efff798038103d269b633813fc60c",
-                    "spanId": "eee19b7ec3c1b174",
-                    "parentSpanId": "eee19b7ec3c1b173",
-                    "name": "GET /",
-                    "kind": 2,
-                    "startTimeUnixNano": "1544712660000000000",
-                    "endTimeUnixNano": "1544712661000000000",
-                    "attributes": [{"key": "gray.id", "value": {"stringValue": "jsonexp1"}}],
-                    "status": {"code": 2},
-                }],
-            }],
-        }]
+        "resourceSpans": [
+            {
+                "resource": {
+                    "attributes": [{"key": "service.name", "value": {"stringValue": "js"}}]
+                },
+                "scopeSpans": [
+                    {
+                        "scope": {"name": "manual"},
+                        "spans": [
+                            {
+                                "traceId": "5b8efff798038103d269b633813fc60c",
+                                "spanId": "eee19b7ec3c1b174",
+                                "parentSpanId": "eee19b7ec3c1b173",
+                                "name": "GET /",
+                                "kind": 2,
+                                "startTimeUnixNano": "1544712660000000000",
+                                "endTimeUnixNano": "1544712661000000000",
+                                "attributes": [
+                                    {"key": "gray.id", "value": {"stringValue": "jsonexp1"}}
+                                ],
+                                "status": {"code": 2},
+                            }
+                        ],
+                    }
+                ],
+            }
+        ]
     }
     async with aiohttp.ClientSession() as session:
         async with session.post(receiver.http_endpoint, json=body) as response:
