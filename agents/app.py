@@ -21,6 +21,7 @@ from faust.types import EventT
 from agents.runtime import Runtime
 from pipeline.config import Settings
 from pipeline.delivery import InputMessage
+from pipeline.errors import ShutdownInterrupted
 from pipeline.model import KafkaCoordinates
 
 log = logging.getLogger(__name__)
@@ -111,10 +112,27 @@ def withhold_acks(events: Sequence[EventT]) -> None:
         event.message.acked = True
 
 
+class GrayscopeApp(faust.App):
+    """faust.App that bounds how long a stop waits for the batch in flight."""
+
+    grayscope_runtime: Runtime
+
+    async def on_stop(self) -> None:
+        # Faust's stop waits until every started message is acked; a batch stuck
+        # behind a dead store never would be. Give it a grace period, then abandon it.
+        if await self.grayscope_runtime.interrupt_inflight():
+            # Messages fetched behind the abandoned batch will never reach the agent
+            # either; withhold them too so the consumer's drain does not wait on them.
+            unacked = getattr(self.consumer, "_unacked_messages", ())
+            for message in list(unacked):
+                message.acked = True
+        await super().on_stop()
+
+
 def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
-    app = faust.App(settings.consumer_group, **faust_settings(settings))
+    app = GrayscopeApp(settings.consumer_group, **faust_settings(settings))
     runtime = runtime or Runtime(settings)
-    app.grayscope_runtime = runtime  # type: ignore[attr-defined]
+    app.grayscope_runtime = runtime
     input_topic = app.topic(*settings.input_topics, value_serializer="raw", key_serializer="raw")
 
     @app.agent(input_topic, name="grayscope-enrich")
@@ -126,6 +144,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
             except asyncio.CancelledError:
                 withhold_acks(events)
                 raise
+            except ShutdownInterrupted:
+                withhold_acks(events)
+                log.warning("stopping: abandoned a batch of %d, to be consumed again", len(events))
+                return
             except BaseException as exc:
                 # The handler retries everything retriable itself; what escapes is fatal
                 # (bad credentials, a bug). Restarting only the agent would skip this

@@ -130,6 +130,12 @@ class Runtime:
             code = 200 if status["ready"] else 503
             return web.json(status, status=code)
 
+    async def interrupt_inflight(self) -> bool:
+        """True when a batch had to be abandoned (its offsets stay uncommitted)."""
+        if self._handler is None:
+            return False
+        return await self._handler.interrupt(self.settings.shutdown_grace)
+
     async def start(self) -> None:
         await self._declare_dlq_topic()
         if self.es_service is not None:

@@ -202,6 +202,12 @@ class Settings(BaseSettings):
     )
     web_port: int = Field(6066, ge=0, le=65535, description="Worker web server port.")
     log_level: str = Field("info", description="Log level.")
+    shutdown_grace: float = Field(
+        10.0,
+        ge=0,
+        description="On SIGTERM, seconds the batch in flight may take to finish; after that "
+        "it is abandoned uncommitted (re-consumed by the next owner).",
+    )
     data_dir: str = Field(
         "", description="Faust state directory (tables); empty: a per-process temporary directory."
     )

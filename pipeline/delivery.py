@@ -9,6 +9,7 @@ to the exporter's bounded queue and never hold up the batch.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ import orjson
 
 from pipeline.core import Enriched, process
 from pipeline.enrich import EnrichContext
+from pipeline.errors import ShutdownInterrupted
 from pipeline.formats.values import ns_to_iso
 from pipeline.model import DeadLetter, KafkaCoordinates, Reason, SpanData
 from pipeline.sinks.dlq import DeadLetterSink
@@ -76,6 +78,28 @@ class BatchHandler:
         self._spans = spans
         self._es_mode = es_mode
         self.stats = BatchStats()
+        self._delivering: asyncio.Task[int] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._interrupted = False
+
+    async def interrupt(self, grace: float) -> bool:
+        """For shutdown: let the batch in flight finish for ``grace`` seconds, then abandon it.
+
+        A batch stuck behind an unreachable store would otherwise hold the
+        worker forever; abandoned batches raise ShutdownInterrupted so the caller
+        leaves their offsets uncommitted.
+        """
+        try:
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
+        except TimeoutError:
+            task = self._delivering
+            if task is not None and not task.done():
+                self._interrupted = True
+                task.cancel()
+                return True
+        return False
 
     async def handle(self, messages: Sequence[InputMessage]) -> BatchOutcome:
         started = time.perf_counter()
@@ -118,21 +142,18 @@ class BatchHandler:
             else:
                 letters.append((result, msg.coords, msg.key))
 
-        stored = 0
-        if items and self._store is not None:
-            rejected = await self._store.deliver(items)
-            stored = len(items) - len(rejected)
-            for item, detail in rejected:
-                msg = item.ref
-                assert isinstance(msg, InputMessage)
-                letters.append(
-                    (
-                        DeadLetter(Reason.MAPPING_REJECTED, detail, msg.value or b""),
-                        msg.coords,
-                        msg.key,
-                    )
-                )
-        await self._dead_letters.send(letters)
+        self._idle.clear()
+        self._delivering = delivering = asyncio.ensure_future(self._deliver(items, letters))
+        try:
+            stored = await delivering
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self._interrupted and not (current is not None and current.cancelling()):
+                raise ShutdownInterrupted("batch abandoned at shutdown") from None
+            raise
+        finally:
+            self._delivering = None
+            self._idle.set()
         if spans and self._spans is not None:
             self._spans.submit(spans)
 
@@ -142,3 +163,21 @@ class BatchHandler:
         stats.documents_stored_total += stored
         stats.last_batch_seconds = time.perf_counter() - started
         return BatchOutcome(stored, len(letters), len(spans))
+
+    async def _deliver(
+        self,
+        items: list[BulkItem],
+        letters: list[tuple[DeadLetter, KafkaCoordinates | None, bytes | None]],
+    ) -> int:
+        """Store the documents, dead-letter what the store rejects; the number stored."""
+        stored = 0
+        if items and self._store is not None:
+            rejected = await self._store.deliver(items)
+            stored = len(items) - len(rejected)
+            for item, detail in rejected:
+                msg = item.ref
+                assert isinstance(msg, InputMessage)
+                letter = DeadLetter(Reason.MAPPING_REJECTED, detail, msg.value or b"")
+                letters.append((letter, msg.coords, msg.key))
+        await self._dead_letters.send(letters)
+        return stored

@@ -55,3 +55,7 @@ class DeadLetterError(SinkError):
     """The dead-letter topic could not be written."""
 
     retriable = True
+
+
+class ShutdownInterrupted(GrayscopeError):
+    """A batch was abandoned because the worker is stopping; its offsets stay uncommitted."""

@@ -379,3 +379,35 @@ async def test_otlp_outage_never_stops_indexing(
     await wait_until(
         lambda: len(receiver.spans()) > 0, 30, "export resumes when the receiver is back"
     )
+
+
+async def test_sigterm_during_store_outage_exits_without_committing_unstored(
+    bootstrap: str,
+    unique_topic: str,
+    topic_factory: Any,
+    store: EmbeddedStore,
+    produce_lines: Any,
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    dlq = await topic_factory(partitions=1, prefix="dlq")
+    env = base_env(bootstrap, unique_topic, dlq, store) | {"GRAYSCOPE_SHUTDOWN_GRACE": "3"}
+    worker = workers(env)
+    worker.wait_ready()
+    lines = list(generate(2000, seed=3))
+    await produce_lines(unique_topic, lines[:500])
+    await wait_until(lambda: store_count(store) >= 500, 60, "first documents")
+    stored = store_ids(store)
+    store.stop()
+    await produce_lines(unique_topic, lines[500:])
+    await wait_until(lambda: worker.metric("grayscope_bulk_retries_total") >= 1, 30, "bulk retries")
+    started = time.monotonic()
+    code = worker.terminate(timeout=60)
+    assert time.monotonic() - started < 30, "SIGTERM must stop the worker in bounded time"
+    assert code is not None
+    stored_max: dict[int, int] = {}
+    for doc_id in stored:
+        partition, offset = (int(x) for x in doc_id.rsplit("-", 2)[1:])
+        stored_max[partition] = max(stored_max.get(partition, -1), offset)
+    committed = await committed_offsets(bootstrap, env["GRAYSCOPE_CONSUMER_GROUP"], unique_topic)
+    for partition, offset in committed.items():
+        assert offset <= stored_max.get(partition, -1) + 1, (partition, offset, stored_max)
