@@ -138,7 +138,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
     @app.agent(input_topic, name="grayscope-enrich")
     async def enrich(stream: faust.StreamT[bytes]) -> None:
         await runtime.wait_ready()
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout):
+        batches = stream.take_events(  # type: ignore[attr-defined]
+            settings.batch_size, within=settings.batch_timeout
+        )
+        async for events in batches:
             try:
                 await runtime.handler.handle(to_input_messages(events))
             except asyncio.CancelledError:

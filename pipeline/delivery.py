@@ -44,7 +44,8 @@ class StoreSink(Protocol):
 
 
 class SpanSink(Protocol):
-    def submit(self, spans: Sequence[SpanData]) -> None: ...
+    def submit(self, spans: Sequence[SpanData]) -> int:
+        """Queue spans without waiting; returns how many were accepted."""
 
 
 @dataclass(slots=True)

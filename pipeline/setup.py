@@ -43,7 +43,7 @@ async def check_store(settings: Settings) -> str:
     try:
         info = await service.connect()
         await service.install_templates()
-        return f"{info.flavor} {info.version} reachable; templates installed"
+        return f"{info.distribution} {info.version} reachable; templates installed"
     finally:
         await service.close()
 

@@ -411,3 +411,33 @@ async def test_sigterm_during_store_outage_exits_without_committing_unstored(
     committed = await committed_offsets(bootstrap, env["GRAYSCOPE_CONSUMER_GROUP"], unique_topic)
     for partition, offset in committed.items():
         assert offset <= stored_max.get(partition, -1) + 1, (partition, offset, stored_max)
+
+
+@pytest.mark.partitions(4)
+async def test_two_workers_share_the_group_through_rebalances(
+    bootstrap: str,
+    unique_topic: str,
+    topic_factory: Any,
+    store: EmbeddedStore,
+    produce_lines: Any,
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    dlq = await topic_factory(partitions=1, prefix="dlq")
+    env = base_env(bootstrap, unique_topic, dlq, store) | {"GRAYSCOPE_BATCH_SIZE": "100"}
+    lines = list(generate(6000, seed=13))
+    first = workers(env)
+    first.wait_ready()
+    placed = await produce_lines(unique_topic, lines[:2000])
+    second = workers(env)  # joins the group: partitions are split between the two
+    second.wait_ready()
+    await wait_until(lambda: store_count(store) >= 2000, 60, "first part")
+    placed += await produce_lines(unique_topic, lines[2000:4000])
+    await wait_until(
+        lambda: second.metric("grayscope_documents_indexed_total") > 0, 60, "second worker indexing"
+    )
+    assert first.terminate() == 0  # leaves the group: the second takes every partition
+    placed += await produce_lines(unique_topic, lines[4000:])
+    expected = {f"{unique_topic}-{p}-{o}" for p, o in placed}
+    await wait_until(lambda: store_count(store) >= len(expected), 90, "all documents")
+    assert store_ids(store) == expected
+    assert second.terminate() == 0
