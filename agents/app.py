@@ -18,8 +18,9 @@ from typing import Any
 import faust
 from faust.types import EventT
 
+from agents.batching import BatchingTransport
 from agents.runtime import Runtime
-from pipeline.config import Settings
+from pipeline.config import ConsumerMode, Settings
 from pipeline.delivery import InputMessage
 from pipeline.errors import ShutdownInterrupted
 from pipeline.model import KafkaCoordinates
@@ -46,6 +47,7 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         # Enough buffered events for two full batches per partition.
         "stream_buffer_maxsize": max(4096, settings.batch_size * 2),
         "broker_commit_every": max(1000, settings.batch_size),
+        "broker_max_poll_records": settings.batch_size,
         "broker_commit_interval": 1.0,
         "broker_session_timeout": settings.kafka_session_timeout,
         "broker_heartbeat_interval": min(3.0, settings.kafka_session_timeout / 4),
@@ -113,9 +115,30 @@ def withhold_acks(events: Sequence[EventT]) -> None:
 
 
 class GrayscopeApp(faust.App):
-    """faust.App that bounds how long a stop waits for the batch in flight."""
+    """faust.App with grayscope's consumption path and bounded shutdown.
+
+    In ``batch`` consumer mode the transport's consumer is a BatchingConsumer
+    (agents/batching.py) that hands the input topics to the pipeline a fetch
+    at a time; everything else stays stock Faust.
+    """
 
     grayscope_runtime: Runtime
+
+    def _new_transport(self) -> Any:
+        if self.grayscope_runtime.settings.consumer_mode is ConsumerMode.BATCH:
+            return BatchingTransport(self.conf.broker_consumer, self)
+        return super()._new_transport()
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        if self.grayscope_runtime.settings.consumer_mode is ConsumerMode.BATCH:
+            self.grayscope_runtime.start_batch_path(self)
+
+    async def _on_partitions_revoked(self, revoked: set[Any]) -> None:
+        # Like Faust waiting for its streams: queued batches are dropped (unacked,
+        # so the next owner reads them again) and the batch in flight finishes.
+        await self.grayscope_runtime.on_partitions_revoked()
+        await super()._on_partitions_revoked(revoked)
 
     async def on_stop(self) -> None:
         # Faust's stop waits until every started message is acked; a batch stuck

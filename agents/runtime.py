@@ -17,8 +17,9 @@ from typing import Any
 import mode
 from aiohttp.web import Response
 
+from agents.batching import BatchPump
 from pipeline.config import Settings
-from pipeline.delivery import BatchHandler
+from pipeline.delivery import BatchHandler, InputMessage
 from pipeline.enrich import EnrichContext
 from pipeline.errors import DeadLetterError, StoreRejected, StoreUnavailable
 from pipeline.geoip import GeoIPResolver
@@ -78,6 +79,7 @@ class Runtime:
         self.dead_letters: DeadLetterSink | None = None
         self._handler: BatchHandler | None = None
         self._ready: asyncio.Event | None = None
+        self.pump: BatchPump | None = None
 
     @property
     def handler(self) -> BatchHandler:
@@ -130,11 +132,41 @@ class Runtime:
             code = 200 if status["ready"] else 503
             return web.json(status, status=code)
 
+    def start_batch_path(self, app: Any) -> None:
+        """Wire the BatchingConsumer to a BatchPump (batch consumer mode)."""
+        consumer = app.consumer
+
+        async def handle(messages: list[InputMessage]) -> None:
+            await self.wait_ready()
+            await self.handler.handle(messages)
+
+        self.pump = BatchPump(
+            lambda: consumer,
+            handle,
+            self.settings.batch_size,
+            self.settings.batch_concurrency,
+        )
+        consumer.batch_topics = frozenset(self.settings.input_topics)
+        consumer.handoff = self.pump.queue
+        self.pump.start()
+
+    async def on_partitions_revoked(self) -> None:
+        if self.pump is not None:
+            dropped = self.pump.drop_queued()
+            if dropped:
+                log.info("rebalance: dropped %d fetched messages, to be read again", dropped)
+            await self.pump.wait_idle()
+
     async def interrupt_inflight(self) -> bool:
         """True when a batch had to be abandoned (its offsets stay uncommitted)."""
+        if self.pump is not None:
+            self.pump.drop_queued()
         if self._handler is None:
             return False
-        return await self._handler.interrupt(self.settings.shutdown_grace)
+        abandoned = await self._handler.interrupt(self.settings.shutdown_grace)
+        if self.pump is not None:
+            await self.pump.stop()
+        return abandoned
 
     async def start(self) -> None:
         await self._declare_dlq_topic()

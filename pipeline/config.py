@@ -31,6 +31,11 @@ DEFAULT_TRUSTED_PROXIES = (
 CommaList = Annotated[list[str], NoDecode]
 
 
+class ConsumerMode(StrEnum):
+    BATCH = "batch"
+    STREAM = "stream"
+
+
 class EsMode(StrEnum):
     DATA_STREAM = "data_stream"
     INDEX = "index"
@@ -94,6 +99,15 @@ class Settings(BaseSettings):
     batch_size: int = Field(1000, ge=1, le=100_000, description="Messages per batch (stream.take).")
     batch_timeout: float = Field(
         0.5, gt=0, le=60, description="Seconds to wait for a batch to fill before flushing it."
+    )
+
+    consumer_mode: ConsumerMode = Field(
+        ConsumerMode.BATCH,
+        description="batch: input topics are handed to the pipeline a fetch at a time inside "
+        "Faust's consumer (fast path); stream: stock Faust agent with stream.take_events.",
+    )
+    batch_concurrency: int = Field(
+        2, ge=1, le=16, description="Batches in flight at once (enrich one while one is stored)."
     )
 
     # --- Elasticsearch / OpenSearch --------------------------------------

@@ -79,26 +79,27 @@ class BatchHandler:
         self._spans = spans
         self._es_mode = es_mode
         self.stats = BatchStats()
-        self._delivering: asyncio.Task[int] | None = None
+        self._delivering: set[asyncio.Task[int]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._interrupted = False
 
     async def interrupt(self, grace: float) -> bool:
-        """For shutdown: let the batch in flight finish for ``grace`` seconds, then abandon it.
+        """For shutdown: let the batches in flight finish for ``grace`` seconds, then abandon them.
 
         A batch stuck behind an unreachable store would otherwise hold the
         worker forever; abandoned batches raise ShutdownInterrupted so the caller
-        leaves their offsets uncommitted.
+        leaves their offsets uncommitted. True when something was abandoned.
         """
         try:
             async with asyncio.timeout(grace):
                 await self._idle.wait()
         except TimeoutError:
-            task = self._delivering
-            if task is not None and not task.done():
+            pending = [task for task in self._delivering if not task.done()]
+            if pending:
                 self._interrupted = True
-                task.cancel()
+                for task in pending:
+                    task.cancel()
                 return True
         return False
 
@@ -143,8 +144,11 @@ class BatchHandler:
             else:
                 letters.append((result, msg.coords, msg.key))
 
+        if self._interrupted:
+            raise ShutdownInterrupted("worker is stopping")
         self._idle.clear()
-        self._delivering = delivering = asyncio.ensure_future(self._deliver(items, letters))
+        delivering = asyncio.ensure_future(self._deliver(items, letters))
+        self._delivering.add(delivering)
         try:
             stored = await delivering
         except asyncio.CancelledError:
@@ -153,8 +157,9 @@ class BatchHandler:
                 raise ShutdownInterrupted("batch abandoned at shutdown") from None
             raise
         finally:
-            self._delivering = None
-            self._idle.set()
+            self._delivering.discard(delivering)
+            if not self._delivering:
+                self._idle.set()
         if spans and self._spans is not None:
             self._spans.submit(spans)
 

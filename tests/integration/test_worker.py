@@ -24,6 +24,8 @@ from tests.integration.worker_proc import WorkerProcess
 
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
 INDEX = "grayscope-access-*"
+# batch: the fast path inside Faust's consumer (default); stream: stock Faust agent.
+CONSUMER_MODES = ["batch", "stream"]
 
 
 def sample_lines() -> list[bytes]:
@@ -100,8 +102,11 @@ async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int,
         await consumer.stop()
 
 
-def base_env(bootstrap: str, topic: str, dlq: str, store: EmbeddedStore | None) -> dict[str, str]:
+def base_env(
+    bootstrap: str, topic: str, dlq: str, store: EmbeddedStore | None, mode: str = "batch"
+) -> dict[str, str]:
     return {
+        "GRAYSCOPE_CONSUMER_MODE": mode,
         "GRAYSCOPE_KAFKA_BROKERS": bootstrap,
         "GRAYSCOPE_INPUT_TOPICS": topic,
         "GRAYSCOPE_DLQ_TOPIC": dlq,
@@ -110,7 +115,9 @@ def base_env(bootstrap: str, topic: str, dlq: str, store: EmbeddedStore | None) 
     }
 
 
+@pytest.mark.parametrize("mode", CONSUMER_MODES)
 async def test_end_to_end_documents_spans_and_dead_letters(
+    mode: str,
     bootstrap: str,
     unique_topic: str,
     topic_factory: Any,
@@ -123,7 +130,7 @@ async def test_end_to_end_documents_spans_and_dead_letters(
 ) -> None:
     dlq = await topic_factory(partitions=1, prefix="dlq")
     city, asn = write_test_dbs(tmp_path)
-    env = base_env(bootstrap, unique_topic, dlq, store)
+    env = base_env(bootstrap, unique_topic, dlq, store, mode)
     env |= {
         "GRAYSCOPE_OTLP_ENDPOINT": receiver.grpc_endpoint,
         "GRAYSCOPE_GEOIP_CITY_DB": str(city),
@@ -211,7 +218,9 @@ async def test_end_to_end_documents_spans_and_dead_letters(
     assert worker.terminate() == 0
 
 
+@pytest.mark.parametrize("mode", CONSUMER_MODES)
 async def test_store_outage_holds_the_partition_and_loses_nothing(
+    mode: str,
     bootstrap: str,
     unique_topic: str,
     topic_factory: Any,
@@ -220,7 +229,7 @@ async def test_store_outage_holds_the_partition_and_loses_nothing(
     workers: Callable[..., WorkerProcess],
 ) -> None:
     dlq = await topic_factory(partitions=1, prefix="dlq")
-    env = base_env(bootstrap, unique_topic, dlq, store)
+    env = base_env(bootstrap, unique_topic, dlq, store, mode)
     worker = workers(env)
     worker.wait_ready()
     lines = list(generate(3000, seed=7))
@@ -259,7 +268,9 @@ async def test_store_outage_holds_the_partition_and_loses_nothing(
     assert worker.metric("grayscope_dead_lettered_total") == 0
 
 
+@pytest.mark.parametrize("mode", CONSUMER_MODES)
 async def test_worker_sigkill_and_restart_loses_and_duplicates_nothing(
+    mode: str,
     bootstrap: str,
     unique_topic: str,
     topic_factory: Any,
@@ -268,7 +279,7 @@ async def test_worker_sigkill_and_restart_loses_and_duplicates_nothing(
     workers: Callable[..., WorkerProcess],
 ) -> None:
     dlq = await topic_factory(partitions=1, prefix="dlq")
-    env = base_env(bootstrap, unique_topic, dlq, store) | {"GRAYSCOPE_BATCH_SIZE": "200"}
+    env = base_env(bootstrap, unique_topic, dlq, store, mode) | {"GRAYSCOPE_BATCH_SIZE": "200"}
     lines = list(generate(6000, seed=11))
     placed = await produce_lines(unique_topic, lines)
     worker = workers(env)

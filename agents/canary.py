@@ -1,0 +1,363 @@
+"""Canary analysis on Faust: windowed tables, their agent, the verdict timer, ``/canary``.
+
+Data flow and why
+-----------------
+Faust tables are sharded like the stream that updates them: a table write
+goes to the changelog partition of the event being processed, and a restarted
+(or new) owner of that partition rebuilds the table from it. The access-log
+topics are partitioned however the shippers chose, so the enrich agent cannot
+keep per-path-group counts itself: one path group's requests are spread over
+every partition and every worker. Hence:
+
+1. ``BatchHandler`` hands each delivered batch to ``CanaryObserver``
+   (``pipeline/canary/observer.py``), which folds it into one compact
+   ``CanaryAggregate`` per (path group, event-time window) and produces it to
+   the internal topic ``<app id>-canary-aggregates``, keyed by path group on
+   the partition ``partition_for(path_group)``.
+2. The ``grayscope-canary`` agent consumes that topic and merges each
+   aggregate into two windowed tables (tumbling windows with ``expires``,
+   changelogged): ``canary-by-stage`` keyed ``(path group, stage)`` and
+   ``canary-by-version`` keyed ``(path group, version)``. Both have the
+   topic's partition count, so each changelog partition matches its source
+   partition and one owner holds *both arms* of a path group.
+3. A timer on every worker judges the path groups of the partitions it owns
+   actively (standby copies are skipped) and publishes changed verdicts to
+   the verdict topic and, when a store is configured, to ``grayscope-verdicts``.
+   ``GET /canary`` shows the latest evaluation (``?format=text`` as a table).
+
+Windows are placed by the request's own time (``@timestamp``); an aggregate
+whose window has already expired (Faust's rule, see ``pipeline/canary/windows.py``)
+is counted as late and ignored. Aggregates are produced after the batch was
+delivered and are best-effort, like spans: a crash between delivery and the
+producer's flush loses one batch's counts, a replayed batch counts twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import faust
+import orjson
+from aiohttp.web import Response
+from faust.types import EventT
+
+from pipeline.canary import windows
+from pipeline.canary.config import CanaryConfig
+from pipeline.canary.counters import CanaryStats
+from pipeline.canary.format import format_verdicts
+from pipeline.canary.observer import CanaryObserver
+from pipeline.canary.records import CanaryAggregate, Verdict, WindowCounts, epoch_to_iso
+from pipeline.canary.routing import partition_for
+from pipeline.canary.verdict import Row, evaluate
+from pipeline.errors import SinkError
+from schemas import VERDICTS_INDEX
+
+log = logging.getLogger(__name__)
+
+STAGE_TABLE = "canary-by-stage"
+VERSION_TABLE = "canary-by-version"
+AGENT_NAME = "grayscope-canary"
+PUBLISH_TIMEOUT = 30.0
+
+Fingerprint = tuple[Any, ...]
+
+
+def aggregates_topic_name(app_id: str) -> str:
+    return f"{app_id}-canary-aggregates"
+
+
+class CanaryAnalysis:
+    """The Faust-facing shell around the pure canary core, one per app."""
+
+    def __init__(
+        self, app: faust.App, config: CanaryConfig, es_service: Any, stats: CanaryStats
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.es_service = es_service
+        self.stats = stats
+        self.aggregates_topic = app.topic(
+            aggregates_topic_name(app.conf.id),
+            partitions=config.partitions,
+            internal=True,  # declared by Faust with this partition count before subscribing
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        self.verdict_topic = app.topic(
+            config.verdict_topic,
+            partitions=1,  # low volume; one partition keeps verdicts in order
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        # Windowed tables are addressed with explicit (key, window range) keys:
+        # every aggregate names its window, so nothing is re-derived from
+        # message timestamps. tumbling() still gives Faust's expiry and the
+        # changelog retention.
+        self.by_stage = self._table(STAGE_TABLE, "canary counts per (path group, stage)")
+        self.by_version = self._table(VERSION_TABLE, "canary counts per (path group, version)")
+        self.verdicts: list[Verdict] = []
+        self.evaluated_at: float | None = None
+        self._published: dict[str, Fingerprint] = {}
+        self._last_gc: dict[int, float] = {}
+
+    def _table(self, name: str, help_text: str) -> Any:
+        wrapper = self.app.Table(name, partitions=self.config.partitions, help=help_text).tumbling(
+            self.config.window_seconds, expires=self.config.expires_seconds
+        )
+        return wrapper.table
+
+    # -- batch side ----------------------------------------------------------
+
+    def publish_aggregates(self, aggregates: Sequence[CanaryAggregate]) -> None:
+        """The observer's ``publish``: buffer aggregates on the app's producer (no wait)."""
+        partitions = self.config.partitions
+        for agg in aggregates:
+            self.aggregates_topic.send_soon(
+                key=agg.path_group.encode(),
+                value=orjson.dumps(agg.to_json()),
+                partition=partition_for(agg.path_group, partitions),
+            )
+
+    # -- table side (inside the agent: table writes need the current event) ---
+
+    def apply(self, event: EventT, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        try:
+            agg = CanaryAggregate.from_json(orjson.loads(event.value))
+        except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+            self.stats.canary_aggregates_invalid_total += 1
+            log.warning("ignoring an invalid canary aggregate: %s", exc)
+            return
+        config = self.config
+        placement = windows.place(
+            agg.window_start, config.window_seconds, config.expires_seconds, now
+        )
+        if placement is windows.Placement.LATE:
+            self.stats.canary_late_events_total += agg.requests
+        elif placement is windows.Placement.FUTURE:
+            self.stats.canary_future_events_total += agg.requests
+        else:
+            self._merge(self.by_stage, agg, agg.by_stage)
+            self._merge(self.by_version, agg, agg.by_version)
+            self.stats.canary_aggregates_applied_total += 1
+        self._collect_garbage(event.message.partition, now)
+
+    def _merge(self, table: Any, agg: CanaryAggregate, arms: dict[str, WindowCounts]) -> None:
+        window_range = table.window.current(agg.window_start)
+        for name, counts in arms.items():
+            key = ((agg.path_group, name), window_range)
+            stored = table.get(key)
+            merged = WindowCounts() if stored is None else WindowCounts.from_json(stored)
+            merged.merge(counts)
+            table[key] = merged.to_json()
+
+    def _collect_garbage(self, partition: int, now: float) -> None:
+        """Delete expired windows of this partition, at most once a window.
+
+        Faust expires the windows it wrote itself, but not those it recovered
+        from the changelog after a restart; deleting them here also writes
+        the tombstones that keep the changelog from growing.
+        """
+        config = self.config
+        if now - self._last_gc.get(partition, 0.0) < config.window_seconds:
+            return
+        self._last_gc[partition] = now
+        for table in (self.by_stage, self.by_version):
+            for key in list(table.keys()):
+                (path_group, _), (start, _end) = key
+                if partition_for(path_group, config.partitions) != partition:
+                    continue
+                if windows.is_stale(int(start), config.window_seconds, config.expires_seconds, now):
+                    table.pop(key, None)
+                    self.stats.canary_windows_expired_total += 1
+
+    # -- verdict side --------------------------------------------------------
+
+    def owned_partitions(self) -> set[int]:
+        topic = self.aggregates_topic.get_topic_name()
+        assignor = getattr(self.app, "assignor", None)
+        if assignor is None:
+            return set()
+        return {tp.partition for tp in assignor.assigned_actives() if tp.topic == topic}
+
+    def _rows(self, table: Any, owned: set[int]) -> Iterator[Row]:
+        partitions = self.config.partitions
+        for key, value in list(table.items()):
+            try:
+                (path_group, name), (start, _end) = key
+                if partition_for(path_group, partitions) not in owned:
+                    continue
+                yield path_group, name, int(start), WindowCounts.from_json(value)
+            except (TypeError, ValueError) as exc:
+                log.warning("skipping an unreadable canary table entry %r: %s", key, exc)
+
+    def evaluate_now(self, now: float | None = None) -> list[Verdict]:
+        now = time.time() if now is None else now
+        owned = self.owned_partitions()
+        config = self.config
+        verdicts = evaluate(
+            self._rows(self.by_stage, owned),
+            self._rows(self.by_version, owned),
+            config.verdict,
+            window_seconds=config.window_seconds,
+            expires_seconds=config.expires_seconds,
+            now=now,
+        )
+        self.verdicts = verdicts
+        self.evaluated_at = now
+        self.stats.canary_evaluations_total += 1
+        return verdicts
+
+    async def tick(self) -> None:
+        """Evaluate, then publish the verdicts that changed since they were last published."""
+        if getattr(self.app, "rebalancing", False) or getattr(self.app, "in_recovery", False):
+            return  # tables are incomplete until recovery is done
+        verdicts = self.evaluate_now()
+        changed = [v for v in verdicts if self._published.get(v.path_group) != _fingerprint(v)]
+        if not changed:
+            return
+        counts = self.stats.canary_verdicts_total
+        for verdict in changed:
+            counts[verdict.decision.value] = counts.get(verdict.decision.value, 0) + 1
+            log.info(
+                "canary verdict %s for %s: %s",
+                verdict.decision.value,
+                verdict.path_group,
+                "; ".join(verdict.reasons),
+            )
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                kafka_ok = await self._to_kafka(changed)
+                store_ok = await self._to_store(changed)
+        except TimeoutError:
+            self.stats.count_error("timeout")
+            log.warning("publishing canary verdicts timed out; retrying next time")
+            return
+        if kafka_ok and store_ok:  # otherwise all are sent again next time (idempotent)
+            for verdict in changed:
+                self._published[verdict.path_group] = _fingerprint(verdict)
+
+    async def _to_kafka(self, verdicts: Sequence[Verdict]) -> bool:
+        try:
+            for verdict in verdicts:
+                await self.verdict_topic.send(
+                    key=verdict.path_group.encode(), value=orjson.dumps(verdict.to_json())
+                )
+        except Exception as exc:  # aiokafka/Faust errors vary by version
+            self.stats.count_error("kafka")
+            log.warning("cannot send canary verdicts to %s: %s", self.config.verdict_topic, exc)
+            return False
+        return True
+
+    async def _to_store(self, verdicts: Sequence[Verdict]) -> bool:
+        if self.es_service is None:
+            return True
+        body = b"".join(
+            orjson.dumps({"index": {"_index": VERDICTS_INDEX, "_id": v.doc_id}})
+            + b"\n"
+            + orjson.dumps(v.to_document())
+            + b"\n"
+            for v in verdicts
+        )
+        try:
+            status, response = await self.es_service.bulk(body)
+        except SinkError as exc:
+            self.stats.count_error("elasticsearch")
+            log.warning("cannot index canary verdicts: %s", exc)
+            return False
+        failed = [
+            item
+            for entry in response.get("items") or ()
+            for item in entry.values()
+            if not 200 <= int(item.get("status", 500)) < 300
+        ]
+        if status >= 300 or response.get("errors") or failed:
+            self.stats.count_error("elasticsearch")
+            detail = failed[0].get("error") if failed else response.get("error")
+            log.warning("the store refused canary verdicts (%s): %s", status, detail)
+            return False
+        return True
+
+    def snapshot(self) -> dict[str, Any]:
+        config = self.config
+        return {
+            "enabled": True,
+            "window_seconds": config.window_seconds,
+            "expires_seconds": config.expires_seconds,
+            "interval_seconds": config.interval_seconds,
+            "alpha": config.verdict.alpha,
+            "min_samples": config.verdict.min_samples,
+            "latency_threshold_ms": config.verdict.latency_threshold_ms,
+            "aggregates_topic": self.aggregates_topic.get_topic_name(),
+            "verdict_topic": config.verdict_topic,
+            "partitions": config.partitions,
+            "owned_partitions": sorted(self.owned_partitions()),
+            "evaluated_at": None if self.evaluated_at is None else epoch_to_iso(self.evaluated_at),
+            "verdicts": [verdict.to_json() for verdict in self.verdicts],
+            "stats": self.stats.as_dict(),
+        }
+
+
+def _fingerprint(verdict: Verdict) -> Fingerprint:
+    return (
+        verdict.window_start,
+        verdict.complete,
+        verdict.decision,
+        verdict.reasons,
+        verdict.canary,
+        verdict.stable,
+        verdict.versions,
+    )
+
+
+def register_canary(app: faust.App, settings: Any, runtime: Any) -> CanaryObserver | None:
+    """Declare the canary tables, agent, timer and ``/canary`` page on ``app``.
+
+    Returns the observer the batch handler feeds, or None when
+    ``canary_enabled`` is off. ``runtime.es_service`` (optional) receives the
+    verdict documents. The analysis object is reachable as ``app.grayscope_canary``.
+    """
+    config = CanaryConfig.from_settings(settings)
+    if not config.enabled:
+        return None
+    stats = CanaryStats()
+    canary = CanaryAnalysis(app, config, getattr(runtime, "es_service", None), stats)
+    app.grayscope_canary = canary  # type: ignore[attr-defined]
+
+    @app.agent(canary.aggregates_topic, name=AGENT_NAME)
+    async def canary_tables(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            try:
+                canary.apply(event)
+            except Exception:  # a bug here must not stop the indexing worker
+                log.exception("canary aggregate could not be applied")
+
+    @app.timer(config.interval_seconds, name="grayscope-canary-verdicts")
+    async def canary_verdicts() -> None:
+        try:
+            await canary.tick()
+        except Exception:
+            log.exception("canary evaluation failed")
+
+    @app.task
+    async def declare_verdict_topic() -> None:
+        try:  # clusters may forbid creation; sends still work where the topic exists
+            await canary.verdict_topic.maybe_declare()
+        except Exception as exc:
+            log.info("verdict topic %s not declared: %s", config.verdict_topic, exc)
+
+    @app.page("/canary")
+    async def canary_page(web: Any, request: Any) -> Any:
+        if request.query.get("format") == "text":
+            return Response(text=format_verdicts(canary.verdicts), content_type="text/plain")
+        return web.json(canary.snapshot())
+
+    return CanaryObserver(config.window_seconds, canary.publish_aggregates, stats)
