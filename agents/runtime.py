@@ -109,7 +109,12 @@ class Runtime:
             retry_max=self.settings.es_retry_max,
         )
         self._handler = BatchHandler(
-            self.context, self.store, self.dead_letters, self.exporter, self.settings.es_mode.value
+            self.context,
+            self.store,
+            self.dead_letters,
+            self.exporter,
+            self.settings.es_mode.value,
+            observe_latency=self.telemetry.delivery_latency.observe_many,
         )
         runtime = self
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -72,12 +72,14 @@ class BatchHandler:
         dead_letters: DeadLetterSink,
         spans: SpanSink | None,
         es_mode: str = "data_stream",
+        observe_latency: Callable[[list[float]], None] | None = None,
     ) -> None:
         self._ctx = ctx
         self._store = store
         self._dead_letters = dead_letters
         self._spans = spans
         self._es_mode = es_mode
+        self._observe_latency = observe_latency
         self.stats = BatchStats()
         self._delivering: set[asyncio.Task[int]] = set()
         self._idle = asyncio.Event()
@@ -162,6 +164,11 @@ class BatchHandler:
                 self._idle.set()
         if spans and self._spans is not None:
             self._spans.submit(spans)
+        if self._observe_latency is not None:
+            now = time.time_ns()
+            self._observe_latency(
+                [(now - m.timestamp_ns) / 1e9 for m in messages if m.timestamp_ns]
+            )
 
         stats = self.stats
         stats.messages_consumed_total += len(messages)
