@@ -34,7 +34,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -68,7 +68,9 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             batch_topics = self.batch_topics
             mine = [tp for tp in records if tp.topic in batch_topics]
             if mine:
-                batch = await self._to_batch({tp: records.pop(tp) for tp in mine}, active)
+                # aiokafka hands us a fresh dict per fetch: taking entries out is safe.
+                fetched = cast(dict[TP, list[Any]], records)
+                batch = await self._to_batch({tp: fetched.pop(tp) for tp in mine}, active)
                 if batch is not None:
                     # Blocks when the pumps are behind: fetching stops, memory stays bounded.
                     await handoff.put(batch)

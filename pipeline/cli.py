@@ -122,10 +122,26 @@ def _kibana_options(parser: argparse.ArgumentParser) -> None:
     imp.set_defaults(handler=_lazy("pipeline.kibana", "run_kibana_import"))
 
 
+def _produce_options(parser: argparse.ArgumentParser) -> None:
+    from pipeline.produce import add_produce_arguments
+
+    add_produce_arguments(parser)
+    parser.set_defaults(handler=_lazy("pipeline.produce", "run_produce"))
+
+
+def _demo_options(parser: argparse.ArgumentParser) -> None:
+    from pipeline.demo import add_demo_arguments
+
+    add_demo_arguments(parser)
+    parser.set_defaults(handler=_lazy("pipeline.demo", "run_demo"))
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "worker": ("run the Faust worker (Kafka -> Elasticsearch + OTLP)", _worker_options),
     "setup": ("install index templates and check connectivity", _setup_options),
     "kibana": ("Kibana saved objects (import)", _kibana_options),
+    "produce": ("send a file, stdin or synthetic traffic to Kafka", _produce_options),
+    "demo": ("run the whole pipeline locally on synthetic gray-release traffic", _demo_options),
 }
 
 

@@ -1,0 +1,213 @@
+"""``grayscope demo`` as a subprocess: a short run end to end, and an interrupted one.
+
+Both check that every process the demo started (broker, store, worker) is
+gone when it exits, by watching its descendants in /proc while it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.demo.report import WORSE_MARK
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+
+RUN_TIMEOUT = 150
+
+
+def demo_argv(*args: str) -> list[str]:
+    """The command as users run it once it is wired into the CLI, else its module."""
+    from pipeline.cli import COMMANDS
+
+    if "demo" in COMMANDS:
+        return [sys.executable, "-m", "pipeline.cli", "demo", *args]
+    return [sys.executable, "-m", "pipeline.demo", *args]
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("GRAYSCOPE_")}
+
+
+def _stat(pid: int) -> tuple[int, str] | None:
+    """(parent pid, start time) of a process, None once it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: fields start after the last ')'.
+    fields = raw[raw.rindex(")") + 2 :].split()
+    if fields[0] == "Z":  # a zombie is dead, only not reaped yet
+        return None
+    return int(fields[1]), fields[19]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+class DescendantWatcher:
+    """Records every descendant of ``root`` seen while it runs: pid -> (start time, command)."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.seen: dict[int, tuple[str, str]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> DescendantWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.scan()
+            self._stop.wait(0.1)
+
+    def scan(self) -> None:
+        parents: dict[int, tuple[int, str]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and (stat := _stat(int(entry))) is not None:
+                parents[int(entry)] = stat
+        family = {self.root}
+        grew = True
+        while grew:
+            grew = False
+            for pid, (ppid, _) in parents.items():
+                if ppid in family and pid not in family:
+                    family.add(pid)
+                    grew = True
+        for pid in family - {self.root}:
+            if pid not in self.seen:
+                self.seen[pid] = (parents[pid][1], _cmdline(pid))
+
+    def commands(self) -> list[str]:
+        return [command for _, command in self.seen.values()]
+
+    def leftovers(self) -> list[str]:
+        """Descendants still alive (same pid and start time: not a reused pid)."""
+        left = []
+        for pid, (started, command) in self.seen.items():
+            stat = _stat(pid)
+            if stat is not None and stat[1] == started:
+                left.append(f"{pid}: {command}")
+        return left
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    return tmp_path / "demo-logs"
+
+
+def start_demo(log_dir: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        demo_argv("--log-dir", str(log_dir), *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+
+
+def logs(log_dir: Path) -> str:
+    out = []
+    for path in sorted(log_dir.glob("*.log")):
+        tail = path.read_text(errors="replace").splitlines()[-15:]
+        out.append(f"--- {path.name}\n" + "\n".join(tail))
+    return "\n".join(out)
+
+
+@pytest.fixture
+def reaper() -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_short_demo_finds_the_regression_and_the_spans(
+    log_dir: Path, reaper: list[subprocess.Popen[str]]
+) -> None:
+    proc = start_demo(log_dir, "--duration", "8", "--rate", "500")
+    reaper.append(proc)
+    with DescendantWatcher(proc.pid) as watcher:
+        stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT)
+    context = f"stderr:\n{stderr}\nstdout:\n{stdout}\nlogs:\n{logs(log_dir)}"
+
+    assert proc.returncode == 0, context
+    assert "stage 3/3: canary share 50%" in stderr, context
+
+    # Everything produced was indexed (the synthetic traffic has no bad lines).
+    head = re.search(r"([\d,]+) requests indexed .*\(([\d,]+) produced, 0 dead-lettered", stdout)
+    assert head is not None, context
+    indexed, produced = (int(g.replace(",", "")) for g in head.groups())
+    assert indexed == produced > 0
+
+    # The regressed path group: canary 5xx rate above stable's, flagged.
+    table = stdout[stdout.index("By path group") :]
+    row = next(line for line in table.splitlines() if line.strip().startswith("/play/share"))
+    stable_rate, canary_rate = (float(p) for p in re.findall(r"([\d.]+)%", row))
+    assert canary_rate > stable_rate, row
+    assert row.endswith(WORSE_MARK), row
+    healthy = next(line for line in table.splitlines() if line.strip().startswith("/godoc/pkg"))
+    assert WORSE_MARK not in healthy
+
+    # Spans of one gray id, found through the receiver like Jaeger's tag search.
+    spans = re.search(r"Spans for gray\.id=(\w+).*\n\s+([\d,]+) spans in ([\d,]+) traces", stdout)
+    assert spans is not None, context
+    assert int(spans.group(2).replace(",", "")) > 0
+    assert f"gray.id={spans.group(1)}" in stdout
+    for title in ("By rollout stage", "By version", "By country", "Busiest gray ids"):
+        assert title in stdout
+
+    commands = " | ".join(watcher.commands())
+    for expected in ("tansu", "osmem-server", "pipeline.cli worker"):
+        assert expected in commands, commands
+    assert watcher.leftovers() == []
+
+
+def test_interrupted_demo_stops_everything(
+    log_dir: Path, reaper: list[subprocess.Popen[str]]
+) -> None:
+    proc = start_demo(log_dir, "--duration", "60", "--rate", "200")
+    reaper.append(proc)
+    assert proc.stderr is not None
+    lines: list[str] = []
+    with DescendantWatcher(proc.pid) as watcher:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("stage 1/3"):
+                break
+        assert any(line.startswith("stage 1/3") for line in lines), "".join(lines)
+        proc.send_signal(signal.SIGINT)
+        stdout, rest = proc.communicate(timeout=RUN_TIMEOUT)
+    stderr = "".join(lines) + rest
+
+    assert proc.returncode == 130, stderr
+    assert "interrupted: stopping" in stderr
+    assert "stopping the worker and the embedded services" in stderr
+    assert "drill-down" not in stdout
+    assert len(watcher.seen) >= 3, watcher.commands()
+    assert watcher.leftovers() == []
