@@ -250,7 +250,10 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _valid_regex(cls, value: str) -> str:
-        re.compile(value)
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
         return value
 
     @field_validator("path_rules", mode="after")
@@ -304,14 +307,20 @@ def load_path_rules(spec: str) -> list[dict[str, str]]:
     """Parse the ``path_rules`` setting (JSON text or ``@file``) into rule dicts."""
     if not spec.strip():
         return []
-    text = Path(spec[1:]).read_bytes() if spec.startswith("@") else spec.encode()
+    try:
+        text = Path(spec[1:]).read_bytes() if spec.startswith("@") else spec.encode()
+    except OSError as exc:
+        raise ValueError(f"cannot read path rules file: {exc}") from exc
     rules = orjson.loads(text)
     if not isinstance(rules, list):
         raise ValueError("path rules must be a JSON list")
     for rule in rules:
         if not isinstance(rule, dict) or not isinstance(rule.get("match"), str):
             raise ValueError("each path rule needs a string 'match' regex")
-        re.compile(rule["match"])
+        try:
+            re.compile(rule["match"])
+        except re.error as exc:
+            raise ValueError(f"path rule {rule['match']!r}: {exc}") from exc
         for key in ("group", "route"):
             if key in rule and not isinstance(rule[key], str):
                 raise ValueError(f"path rule {key!r} must be a string")
