@@ -19,6 +19,7 @@ import faust
 from faust.types import EventT
 
 from agents.batching import BatchingTransport
+from agents.canary import register_canary
 from agents.runtime import Runtime
 from pipeline.config import ConsumerMode, Settings
 from pipeline.delivery import InputMessage
@@ -183,5 +184,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
                 await app.crash(exc)
                 raise
 
+    runtime.canary_observer = register_canary(app, settings, runtime)
     runtime.attach(app)
     return app

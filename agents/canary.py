@@ -62,6 +62,7 @@ STAGE_TABLE = "canary-by-stage"
 VERSION_TABLE = "canary-by-version"
 AGENT_NAME = "grayscope-canary"
 PUBLISH_TIMEOUT = 30.0
+DRAIN_TIMEOUT = 5.0
 
 Fingerprint = tuple[Any, ...]
 
@@ -306,6 +307,24 @@ class CanaryAnalysis:
         }
 
 
+async def drain_producer_buffer(app: Any, timeout: float = DRAIN_TIMEOUT) -> bool:
+    """Wait until the producer buffer is empty; False if it is not within ``timeout``.
+
+    Table changelog writes and ``send_soon`` records wait in that buffer.
+    Faust's own flush at shutdown gives up after 0.1 s without progress (e.g.
+    while the first send to a topic fetches its metadata), and what is left
+    behind is lost: here a table update whose source offset is committed.
+    """
+    buffer = app.producer.buffer
+    deadline = time.monotonic() + timeout
+    while buffer.size:
+        if time.monotonic() > deadline:
+            log.warning("%d canary table writes not flushed at shutdown", buffer.size)
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
 def _fingerprint(verdict: Verdict) -> Fingerprint:
     return (
         verdict.window_start,
@@ -353,6 +372,11 @@ def register_canary(app: faust.App, settings: Any, runtime: Any) -> CanaryObserv
             await canary.verdict_topic.maybe_declare()
         except Exception as exc:
             log.info("verdict topic %s not declared: %s", config.verdict_topic, exc)
+
+    @app.on_before_shutdown.connect
+    async def drain_canary_writes(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # Sent after the consumer stopped, before Faust's own (impatient) producer flush.
+        await drain_producer_buffer(app)
 
     @app.page("/canary")
     async def canary_page(web: Any, request: Any) -> Any:

@@ -18,6 +18,7 @@ import mode
 from aiohttp.web import Response
 
 from agents.batching import BatchPump
+from pipeline.canary.observer import CanaryObserver
 from pipeline.config import Settings
 from pipeline.delivery import BatchHandler, InputMessage
 from pipeline.enrich import EnrichContext
@@ -80,6 +81,7 @@ class Runtime:
         self._handler: BatchHandler | None = None
         self._ready: asyncio.Event | None = None
         self.pump: BatchPump | None = None
+        self.canary_observer: CanaryObserver | None = None  # set by create_app
 
     @property
     def handler(self) -> BatchHandler:
@@ -115,6 +117,7 @@ class Runtime:
             self.exporter,
             self.settings.es_mode.value,
             observe_latency=self.telemetry.delivery_latency.observe_many,
+            observer=self.canary_observer,
         )
         runtime = self
 

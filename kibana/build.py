@@ -27,7 +27,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from schemas import DAILY_INDEX_PREFIX, DATA_STREAM_NAME, access_fields
+from schemas import (
+    DAILY_INDEX_PREFIX,
+    DATA_STREAM_NAME,
+    VERDICTS_INDEX,
+    access_fields,
+    verdict_fields,
+)
 
 OUT = Path(__file__).with_name("grayscope.ndjson")
 
@@ -455,6 +461,143 @@ def lens_top_gray_ids(vis_id: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------
+# Canary verdicts (their own index and data view)
+# --------------------------------------------------------------------------
+
+VERDICTS_DATA_VIEW_ID = "grayscope-verdicts"
+
+
+def verdict_field(name: str) -> str:
+    """A verdict document field; fails the build if the verdict schema does not have it."""
+    if name not in verdict_fields():
+        raise SystemExit(f"kibana/build.py: {name!r} is not in schemas/verdict_fields.json")
+    return name
+
+
+class VerdictLayer(Layer):
+    """A Lens layer over the ``grayscope-verdicts`` data view."""
+
+    def reference(self) -> dict[str, str]:
+        return {**super().reference(), "id": VERDICTS_DATA_VIEW_ID}
+
+    def path_groups(self, size: int) -> str:
+        return self.put(
+            self.col_id("terms:gray.path_group"),
+            {
+                "label": "Path group",
+                "customLabel": True,
+                "dataType": "string",
+                "operationType": "terms",
+                "sourceField": verdict_field("gray.path_group"),
+                "isBucketed": True,
+                "scale": "ordinal",
+                "params": {
+                    "size": size,
+                    "orderBy": {"type": "alphabetical", "fallback": False},
+                    "orderDirection": "asc",
+                    "otherBucket": False,
+                    "missingBucket": False,
+                    "parentFormat": {"id": "terms"},
+                    "include": [],
+                    "exclude": [],
+                    "includeIsRegex": False,
+                    "excludeIsRegex": False,
+                },
+            },
+        )
+
+    def last_value(
+        self, name: str, label: str, *, number: dict[str, Any] | None = None, arrays: bool = False
+    ) -> str:
+        """The value of the newest verdict (by ``@timestamp``, i.e. its window) in the bucket."""
+        params: dict[str, Any] = {
+            "sortField": verdict_field(TIME_FIELD),
+            "showArrayValues": arrays,
+        }
+        if number is not None:
+            params["format"] = number
+        return self.put(
+            self.col_id(f"last:{name}"),
+            {
+                "label": label,
+                "customLabel": True,
+                "dataType": "number" if number is not None else "string",
+                "operationType": "last_value",
+                "sourceField": verdict_field(name),
+                "isBucketed": False,
+                "scale": "ratio" if number is not None else "ordinal",
+                # Only verdicts that have the value, so a sparse one does not blank it.
+                "filter": {"query": f"{name}: *", "language": "kuery"},
+                "params": params,
+            },
+        )
+
+
+PERCENT = {"id": "percent", "params": {"decimals": 2}}
+
+
+def lens_canary_verdicts(vis_id: str) -> dict[str, Any]:
+    layer = VerdictLayer(vis_id)
+    group = layer.path_groups(size=50)
+    columns = [
+        group,
+        layer.last_value("verdict.decision", "Verdict"),
+        layer.last_value("verdict.canary.requests", "Canary requests", number=_NUMBER0),
+        layer.last_value("verdict.canary.error_rate", "Canary 5xx", number=PERCENT),
+        layer.last_value("verdict.stable.error_rate", "Stable 5xx", number=PERCENT),
+        layer.last_value("verdict.p_value", "p (one-sided)", number=_NUMBER4),
+        layer.last_value("verdict.latency.p95_delta_ms", "p95 delta (ms)", number=_MS),
+        layer.last_value("verdict.reasons", "Reasons", arrays=True),
+    ]
+    state = {
+        "layerId": layer.id,
+        "layerType": "data",
+        "columns": [{"columnId": c, "isTransposed": False} for c in columns],
+        "sorting": {"columnId": group, "direction": "asc"},
+        "rowHeight": "auto",
+        "rowHeightLines": 3,
+    }
+    return _lens(
+        vis_id,
+        "Canary verdicts (latest per path group)",
+        "promote / hold / rollback / insufficient_data from the canary analysis: "
+        "two-proportion Z-test on the 5xx rate and the p95 latency delta",
+        "lnsDatatable",
+        layer,
+        state,
+    )
+
+
+_NUMBER0 = {"id": "number", "params": {"decimals": 0}}
+_NUMBER4 = {"id": "number", "params": {"decimals": 4}}
+_MS = {"id": "number", "params": {"decimals": 1, "suffix": " ms"}}
+
+
+def verdicts_data_view() -> dict[str, Any]:
+    formats = {
+        verdict_field("verdict.canary.error_rate"): PERCENT,
+        verdict_field("verdict.stable.error_rate"): PERCENT,
+    }
+    return {
+        "id": VERDICTS_DATA_VIEW_ID,
+        "type": "index-pattern",
+        "attributes": {
+            "title": VERDICTS_INDEX,
+            "name": "grayscope canary verdicts",
+            "timeFieldName": verdict_field(TIME_FIELD),
+            "fieldFormatMap": dumps(formats),
+            "fields": "[]",
+            "fieldAttrs": "{}",
+            "runtimeFieldMap": "{}",
+            "sourceFilters": "[]",
+            "typeMeta": "{}",
+            "allowNoIndex": True,
+        },
+        "references": [],
+    }
+
+
+# --------------------------------------------------------------------------
 # Data view, map, dashboard
 # --------------------------------------------------------------------------
 
@@ -751,6 +894,7 @@ def build_objects() -> list[dict[str, Any]]:
     geo = map_object("grayscope-client-map")
     countries = lens_countries("grayscope-requests-by-country")
     top_ids = lens_top_gray_ids("grayscope-top-gray-ids")
+    verdicts = lens_canary_verdicts("grayscope-canary-verdicts")
 
     layout = [
         (requests, {"x": 0, "y": 0, "w": 12, "h": 6}),
@@ -764,8 +908,9 @@ def build_objects() -> list[dict[str, Any]]:
         (geo, {"x": 0, "y": 43, "w": 28, "h": 16}),
         (countries, {"x": 28, "y": 43, "w": 20, "h": 16}),
         (top_ids, {"x": 0, "y": 59, "w": 48, "h": 14}),
+        (verdicts, {"x": 0, "y": 73, "w": 48, "h": 14}),
     ]
-    objects = [data_view(), *(obj for obj, _ in layout)]
+    objects = [data_view(), verdicts_data_view(), *(obj for obj, _ in layout)]
     objects.append(dashboard("grayscope-overview", layout))
     for obj in objects:
         obj["coreMigrationVersion"] = CORE_MIGRATION_VERSION

@@ -136,12 +136,19 @@ def _demo_options(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=_lazy("pipeline.demo", "run_demo"))
 
 
+def _canary_options(parser: argparse.ArgumentParser) -> None:
+    from pipeline.canary_cli import configure_parser
+
+    configure_parser(parser)
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "worker": ("run the Faust worker (Kafka -> Elasticsearch + OTLP)", _worker_options),
     "setup": ("install index templates and check connectivity", _setup_options),
     "kibana": ("Kibana saved objects (import)", _kibana_options),
     "produce": ("send a file, stdin or synthetic traffic to Kafka", _produce_options),
     "demo": ("run the whole pipeline locally on synthetic gray-release traffic", _demo_options),
+    "canary": ("canary analysis: verdicts of a running worker (status)", _canary_options),
 }
 
 

@@ -198,6 +198,42 @@ class Settings(BaseSettings):
         1_048_576, ge=256, description="Larger messages are dead-lettered."
     )
 
+    # --- Canary analysis ---------------------------------------------------
+    canary_enabled: bool = Field(
+        True, description="Judge canary against stable per path group (tables, verdicts)."
+    )
+    canary_window: int = Field(
+        60, ge=1, le=86_400, description="Tumbling window size in seconds (event time)."
+    )
+    canary_expires: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds a window is kept; older events are late and ignored "
+        "(0 = ten windows).",
+    )
+    canary_interval: float = Field(
+        10.0, gt=0, description="Seconds between verdict evaluations; changes are published."
+    )
+    canary_alpha: float = Field(
+        0.05, gt=0, lt=1, description="Significance level of the one-sided Z-test on the 5xx rate."
+    )
+    canary_min_samples: int = Field(
+        100, ge=1, description="Requests each arm needs in a window before any verdict."
+    )
+    canary_latency_threshold_ms: float = Field(
+        200.0, ge=0, description="Roll back when canary p95 exceeds stable p95 by more than this."
+    )
+    canary_topic: str = Field(
+        "grayscope-canary-verdicts", description="Kafka topic the verdicts are published to."
+    )
+    canary_partitions: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Partitions of <group>-canary-aggregates and the canary changelogs "
+        "(fixed once created).",
+    )
+
     # --- Kibana (for `grayscope kibana import`) ---------------------------
     kibana_url: str = Field(
         "http://localhost:5601", description="Kibana base URL (including any base path)."

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import orjson
 
+from pipeline.canary.observer import CanaryObserver, ObservedEvent
 from pipeline.core import Enriched, process
 from pipeline.enrich import EnrichContext
 from pipeline.errors import ShutdownInterrupted
@@ -73,6 +74,7 @@ class BatchHandler:
         spans: SpanSink | None,
         es_mode: str = "data_stream",
         observe_latency: Callable[[list[float]], None] | None = None,
+        observer: CanaryObserver | None = None,
     ) -> None:
         self._ctx = ctx
         self._store = store
@@ -80,6 +82,7 @@ class BatchHandler:
         self._spans = spans
         self._es_mode = es_mode
         self._observe_latency = observe_latency
+        self._observer = observer
         self.stats = BatchStats()
         self._delivering: set[asyncio.Task[int]] = set()
         self._idle = asyncio.Event()
@@ -115,6 +118,7 @@ class BatchHandler:
         enriched_counts = self.stats.events_enriched_total
         dumps = orjson.dumps
         mode = self._es_mode
+        observed: list[ObservedEvent] | None = [] if self._observer is not None else None
         for msg in messages:
             result = process(msg.value or b"", ctx)
             if isinstance(result, Enriched):
@@ -125,6 +129,8 @@ class BatchHandler:
                     timestamp = doc["@timestamp"] = ns_to_iso(msg.timestamp_ns)
                 dataset = result.record.dataset
                 enriched_counts[dataset] = enriched_counts.get(dataset, 0) + 1
+                if observed is not None:
+                    observed.append((result.record, result.enrichment, msg.timestamp_ns))
                 if self._store is not None:
                     try:
                         index, op = target_for(timestamp, mode)
@@ -164,6 +170,8 @@ class BatchHandler:
                 self._idle.set()
         if spans and self._spans is not None:
             self._spans.submit(spans)
+        if observed and self._observer is not None:
+            self._observer.observe_batch(observed)  # never raises
         if self._observe_latency is not None:
             now = time.time_ns()
             self._observe_latency(

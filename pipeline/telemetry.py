@@ -29,6 +29,8 @@ LABEL_FOR = {
     "export_requests_total": "outcome",
     "bulk_requests_total": "outcome",
     "events_enriched_total": "dataset",
+    "canary_verdicts_total": "decision",
+    "canary_verdict_publish_errors_total": "sink",
 }
 # Bulk requests take from ~1 ms (loopback) to the request timeout.
 BULK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -153,6 +155,7 @@ class Telemetry:
             ("store", ("store", "stats")),
             ("otlp", ("exporter", "stats")),
             ("geoip", ("geoip", "stats")),
+            ("canary", ("canary_observer", "stats")),
         ):
             obj: Any = rt
             for attr in attr_path:

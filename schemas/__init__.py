@@ -95,6 +95,7 @@ def build_templates() -> dict[str, dict[str, Any]]:
         f"component-{MAPPINGS_COMPONENT}.json": mappings,
         f"index-{DATA_STREAM_TEMPLATE}.json": data_stream,
         f"index-{DAILY_INDEX_TEMPLATE}.json": daily,
+        **verdict_templates(),
     }
 
 
@@ -120,3 +121,36 @@ def write_templates() -> None:
     TEMPLATES_DIR.mkdir(exist_ok=True)
     for name, body in build_templates().items():
         (TEMPLATES_DIR / name).write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+
+
+# --- canary verdicts (grayscope-verdicts) ------------------------------------
+
+VERDICTS_INDEX = "grayscope-verdicts"
+VERDICTS_TEMPLATE = "grayscope-verdicts"
+
+
+@cache
+def verdict_fields() -> dict[str, dict[str, Any]]:
+    """Dotted field name -> Elasticsearch mapping of a ``grayscope-verdicts`` document."""
+    data = json.loads((HERE / "verdict_fields.json").read_text())
+    fields: dict[str, dict[str, Any]] = data["fields"]
+    return fields
+
+
+def verdict_templates() -> dict[str, dict[str, Any]]:
+    """File name -> body of the verdicts index template (part of ``build_templates``)."""
+    template = {
+        "index_patterns": [VERDICTS_INDEX],
+        "priority": 200,
+        "template": {
+            # A few documents per path group and window: one shard is plenty.
+            "settings": {"index": {"number_of_shards": 1, "refresh_interval": "5s"}},
+            "mappings": {
+                "dynamic": False,
+                "date_detection": False,
+                "properties": nested_properties(verdict_fields()),
+            },
+        },
+        "_meta": {"managed_by": "grayscope", "description": "grayscope canary verdicts"},
+    }
+    return {f"index-{VERDICTS_TEMPLATE}.json": template}

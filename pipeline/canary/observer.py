@@ -1,0 +1,91 @@
+"""The batch handler's hook: enriched events -> per-batch canary aggregates (pure core).
+
+``BatchHandler`` hands each delivered batch's enriched events to
+``CanaryObserver.observe_batch``; the observer folds them into one
+``CanaryAggregate`` per (path group, window) and passes those to
+``publish``, which the Faust side binds to the aggregates topic. Only the
+aggregates leave the worker: a few records per batch instead of one per
+request, keyed by path group so that one table partition holds both arms
+(and every version) of a path group.
+
+The observer never raises into the batch handler: the canary analysis must
+never hold up or fail the delivery of documents.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+
+from pipeline.canary.counters import CanaryStats
+from pipeline.canary.records import NO_VERSION, CanaryAggregate, WindowCounts
+from pipeline.canary.windows import window_start
+from pipeline.model import AccessRecord, Enrichment
+
+log = logging.getLogger(__name__)
+
+# (record, enrichment, Kafka record timestamp in epoch ns or None)
+ObservedEvent = tuple[AccessRecord, Enrichment, int | None]
+Publish = Callable[[Sequence[CanaryAggregate]], None]
+
+NS_PER_MS = 1_000_000
+
+
+def aggregate(
+    events: Iterable[ObservedEvent], window_seconds: int, stats: CanaryStats
+) -> list[CanaryAggregate]:
+    """Fold events into one aggregate per (path group, window), in first-seen order.
+
+    Event time is the log's own time; the Kafka record time stands in when
+    the log has none (as it does for the document's ``@timestamp``).
+    """
+    out: dict[tuple[str, int], CanaryAggregate] = {}
+    for record, enrichment, fallback_ns in events:
+        stats.canary_events_observed_total += 1
+        path_group = enrichment.path_group
+        if not path_group:
+            stats.canary_events_unrouted_total += 1
+            continue
+        timestamp_ns = record.timestamp_ns or fallback_ns
+        if not timestamp_ns:
+            stats.canary_events_untimed_total += 1
+            continue
+        start = window_start(timestamp_ns, window_seconds)
+        key = (path_group, start)
+        agg = out.get(key)
+        if agg is None:
+            agg = out[key] = CanaryAggregate(path_group, start)
+        duration_ms = None if record.duration_ns is None else record.duration_ns / NS_PER_MS
+        for table, name in (
+            (agg.by_stage, enrichment.stage),
+            (agg.by_version, enrichment.version or NO_VERSION),
+        ):
+            counts = table.get(name)
+            if counts is None:
+                counts = table[name] = WindowCounts()
+            counts.add(record.status, duration_ms)
+    return list(out.values())
+
+
+class CanaryObserver:
+    def __init__(
+        self, window_seconds: int, publish: Publish, stats: CanaryStats | None = None
+    ) -> None:
+        if window_seconds < 1:
+            raise ValueError("the canary window must be at least one second")
+        self.window_seconds = window_seconds
+        self._publish = publish
+        self.stats = stats if stats is not None else CanaryStats()
+
+    def observe_batch(self, events: Iterable[ObservedEvent]) -> int:
+        """Aggregate and publish one delivered batch; returns the number of aggregates."""
+        try:
+            aggregates = aggregate(events, self.window_seconds, self.stats)
+            if aggregates:
+                self._publish(aggregates)
+                self.stats.canary_aggregates_published_total += len(aggregates)
+            return len(aggregates)
+        except Exception:  # a bug or a full producer must not fail the batch
+            self.stats.canary_observer_errors_total += 1
+            log.exception("canary observer failed; this batch is missing from the analysis")
+            return 0

@@ -1,0 +1,115 @@
+"""The batch handler's hook: events folded into per-(path group, window) aggregates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from pipeline.canary.counters import CanaryStats
+from pipeline.canary.observer import CanaryObserver, ObservedEvent, aggregate
+from pipeline.canary.records import NO_VERSION, CanaryAggregate
+from pipeline.model import AccessRecord, Enrichment
+
+NS = 1_000_000_000
+T0 = 1_764_000_000
+
+
+def event(
+    path_group: str | None = "/api/orders",
+    stage: str = "stable",
+    version: str | None = "v1",
+    *,
+    at: float | None = T0 + 1,
+    status: int | None = 200,
+    duration_ms: float | None = 25.0,
+    kafka_at: float | None = None,
+) -> ObservedEvent:
+    record = AccessRecord(
+        dataset="envoy.access",
+        timestamp_ns=None if at is None else int(at * NS),
+        status=status,
+        duration_ns=None if duration_ms is None else int(duration_ms * 1_000_000),
+    )
+    enrichment = Enrichment(stage=stage, version=version, path_group=path_group)
+    return record, enrichment, None if kafka_at is None else int(kafka_at * NS)
+
+
+class Published:
+    def __init__(self) -> None:
+        self.batches: list[list[CanaryAggregate]] = []
+
+    def __call__(self, aggregates: Sequence[CanaryAggregate]) -> None:
+        self.batches.append(list(aggregates))
+
+
+def test_events_fold_into_one_aggregate_per_path_group_and_window() -> None:
+    stats = CanaryStats()
+    events = [
+        event(stage="canary", version="v2", status=503, duration_ms=400),
+        event(stage="canary", version="v2", status=200, duration_ms=300),
+        event(stage="stable", version="v1", status=404),
+        event(stage="stable", version=None, at=T0 + 59.999),
+        event(stage="stable", at=T0 + 60),  # the next window
+        event(path_group="/blog/posts", stage="canary"),
+    ]
+    out = aggregate(events, 60, stats)
+    assert [(a.path_group, a.window_start) for a in out] == [
+        ("/api/orders", T0),
+        ("/api/orders", T0 + 60),
+        ("/blog/posts", T0),
+    ]
+    orders = out[0]
+    assert orders.requests == 4
+    canary, stable = orders.by_stage["canary"], orders.by_stage["stable"]
+    assert (canary.requests, canary.errors_5xx, canary.timed) == (2, 1, 2)
+    assert (canary.min_ms, canary.max_ms) == (300.0, 400.0)
+    assert (stable.requests, stable.errors_4xx) == (2, 1)
+    assert {k: v.requests for k, v in orders.by_version.items()} == {
+        "v2": 2,
+        "v1": 1,
+        NO_VERSION: 1,
+    }
+    assert stats.canary_events_observed_total == 6
+
+
+def test_events_without_path_group_or_time_are_counted_not_aggregated() -> None:
+    stats = CanaryStats()
+    events = [
+        event(path_group=None),
+        event(path_group=""),
+        event(at=None),
+        event(at=None, kafka_at=T0 + 61),  # Kafka time stands in for a missing log time
+        event(status=None, duration_ms=None),
+    ]
+    out = aggregate(events, 60, stats)
+    assert stats.canary_events_unrouted_total == 2
+    assert stats.canary_events_untimed_total == 1
+    assert [(a.window_start, a.requests) for a in out] == [(T0 + 60, 1), (T0, 1)]
+    untimed = out[1].by_stage["stable"]
+    assert (untimed.requests, untimed.timed, untimed.errors_5xx) == (1, 0, 0)
+
+
+def test_observer_publishes_once_per_batch() -> None:
+    published = Published()
+    observer = CanaryObserver(60, published)
+    assert observer.observe_batch([event(), event(stage="canary")]) == 1
+    assert observer.observe_batch([]) == 0
+    assert observer.observe_batch([event(path_group=None)]) == 0
+    assert len(published.batches) == 1
+    assert observer.stats.canary_aggregates_published_total == 1
+
+
+def test_observer_never_raises_into_the_batch() -> None:
+    def broken(aggregates: Sequence[CanaryAggregate]) -> None:
+        raise RuntimeError("producer buffer full")
+
+    observer = CanaryObserver(60, broken)
+    assert observer.observe_batch([event()]) == 0
+    assert observer.stats.canary_observer_errors_total == 1
+    assert observer.stats.canary_aggregates_published_total == 0
+
+
+def test_window_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        CanaryObserver(0, Published())
