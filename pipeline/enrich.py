@@ -17,6 +17,7 @@ from pipeline.extract.client_ip import TrustedProxies
 from pipeline.extract.path_group import PathRules, decoded_path
 from pipeline.extract.trace import trace_context
 from pipeline.extract.url import first_query_values, split_target
+from pipeline.formats.values import remember
 from pipeline.model import AccessRecord, AsnInfo, Enrichment, GeoInfo
 
 if TYPE_CHECKING:
@@ -86,12 +87,30 @@ Step = Callable[[AccessRecord, Enrichment, EnrichContext], None]
 
 
 def url_step(rec: AccessRecord, enr: Enrichment, ctx: EnrichContext) -> None:
-    if rec.uri is None:
+    uri = rec.uri
+    if uri is None:
         return
-    raw_path, query = split_target(rec.uri)
-    enr.url_path = decoded_path(raw_path)
-    enr.url_query = query or None
-    enr.query = first_query_values(query)
+    parts = _TARGETS.get(uri)
+    if parts is None:
+        parts = target_parts(uri)
+        if len(uri) <= _TARGET_MEMO_KEY_MAX:
+            remember(_TARGETS, uri, parts, _TARGET_MEMO_MAX)
+    enr.url_path, enr.url_query, query = parts
+    if query:
+        enr.query = query.copy()  # the memo's dict stays pristine
+
+
+# Request target -> its parts. The same targets come back all the time
+# (``/godoc/pkg/fmt?v=1.22``); long ones are not kept (bounded memory).
+_TARGETS: dict[str, tuple[str, str | None, dict[str, str]]] = {}
+_TARGET_MEMO_MAX = 16_384
+_TARGET_MEMO_KEY_MAX = 2048
+
+
+def target_parts(uri: str) -> tuple[str, str | None, dict[str, str]]:
+    """(decoded path, raw query or None, first value per query arg) of a request target."""
+    raw_path, query = split_target(uri)
+    return decoded_path(raw_path), query or None, first_query_values(query)
 
 
 def gray_step(rec: AccessRecord, enr: Enrichment, ctx: EnrichContext) -> None:
@@ -131,8 +150,9 @@ def service_from(rec: AccessRecord) -> str | None:
         host = cluster.rsplit("|", 1)[1]
         if host:
             return host.split(".", 1)[0]
-    if rec.authority:
-        return rec.authority.rsplit(":", 1)[0] if "]" not in rec.authority else rec.authority
+    authority = rec.authority
+    if authority:
+        return authority.rsplit(":", 1)[0] if "]" not in authority else authority
     return None
 
 

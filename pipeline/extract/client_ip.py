@@ -9,12 +9,16 @@ entry the client wrote itself is never believed past an untrusted hop.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pipeline.cache import BoundedCache
+from pipeline.formats.values import MEMO_KEY_MAX, canonical_ip, remember
 
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# An XFF entry -> (canonical IP or None, trusted?)
+_Entry = tuple[str | None, bool]
+_MEMO_MAX = 65_536
 
 
 def parse_ip(entry: str) -> str | None:
@@ -23,65 +27,80 @@ def parse_ip(entry: str) -> str | None:
     Accepts ``1.2.3.4``, ``1.2.3.4:80``, ``[2001:db8::1]:443``, ``2001:DB8::1``,
     quoted values and IPv4-mapped IPv6 (returned as IPv4).
     """
-    value = entry.strip().strip('"').strip()
-    if not value:
-        return None
-    if value.startswith("["):
-        end = value.find("]")
-        if end < 0:
-            return None
-        value = value[1:end]
-    elif value.count(":") == 1:
-        value = value.split(":", 1)[0]
-    pct = value.find("%")  # IPv6 zone id
-    if pct > 0:
-        value = value[:pct]
-    try:
-        ip = ipaddress.ip_address(value)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
+    return canonical_ip(entry)
 
 
 @dataclass(slots=True)
 class TrustedProxies:
     networks: tuple[_IPNetwork, ...]
-    _parsed: BoundedCache[str, str | None] = field(init=False)
-    _trusted: BoundedCache[str, bool] = field(init=False)
+    # Addresses and XFF entries repeat (proxies, returning clients): one memo
+    # answers "which IP is this and do we trust it" with a single dict lookup.
+    _memo: dict[str, _Entry] = field(init=False, default_factory=dict)
+    _v4: tuple[tuple[int, int], ...] = field(init=False, default=())
+    _v6: tuple[tuple[int, int], ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
-        self._parsed = BoundedCache(parse_ip)
-        self._trusted = BoundedCache(self._is_trusted)
+        self._v4 = tuple(
+            (int(n.network_address), int(n.netmask)) for n in self.networks if n.version == 4
+        )
+        self._v6 = tuple(
+            (int(n.network_address), int(n.netmask)) for n in self.networks if n.version == 6
+        )
 
     @classmethod
     def from_cidrs(cls, cidrs: Iterable[str]) -> TrustedProxies:
         return cls(tuple(ipaddress.ip_network(c.strip(), strict=False) for c in cidrs))
 
-    def _is_trusted(self, ip: str) -> bool:
-        addr = ipaddress.ip_address(ip)
-        return any(addr.version == net.version and addr in net for net in self.networks)
+    def _entry(self, raw: str) -> _Entry:
+        memo = self._memo
+        try:
+            return memo[raw]
+        except KeyError:
+            pass
+        ip = canonical_ip(raw)
+        entry = (ip, ip is not None and self.is_trusted(ip))
+        if len(raw) <= MEMO_KEY_MAX:
+            remember(memo, raw, entry, _MEMO_MAX)
+        return entry
 
     def parse(self, entry: str) -> str | None:
-        return self._parsed.get(entry)
+        return self._entry(entry)[0]
 
     def is_trusted(self, ip: str) -> bool:
         """``ip`` must be canonical (from :meth:`parse`)."""
-        return self._trusted.get(ip)
+        # inet_pton + integer masks: ~10x cheaper than ipaddress objects.
+        if ":" in ip:
+            value = int.from_bytes(socket.inet_pton(socket.AF_INET6, ip), "big")
+            nets = self._v6
+        else:
+            value = int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big")
+            nets = self._v4
+        for net, mask in nets:  # noqa: SIM110 - a plain loop is cheaper than any(<genexpr>)
+            if value & mask == net:
+                return True
+        return False
 
     def client_ip(self, peer: str | None, forwarded_for: str | None) -> str | None:
-        peer_ip = self.parse(peer) if peer else None
-        if peer_ip is not None and not self.is_trusted(peer_ip):
-            return peer_ip
+        # `memo.get(x) or self._entry(x)`: the memo hit without a method call
+        # (entries are non-empty tuples, so always truthy).
+        memo = self._memo
+        peer_ip = None
+        if peer:
+            peer_ip, trusted = memo.get(peer) or self._entry(peer)
+            if peer_ip is not None and not trusted:
+                return peer_ip
         if not forwarded_for:
             return peer_ip
+        if "," not in forwarded_for:
+            # One entry: the client whether or not it is trusted (then it is the left-most).
+            ip = (memo.get(forwarded_for) or self._entry(forwarded_for))[0]
+            return ip if ip is not None else peer_ip
         leftmost: str | None = None
-        for entry in reversed(forwarded_for.split(",")):
-            ip = self.parse(entry)
+        for raw in reversed(forwarded_for.split(",")):
+            ip, trusted = memo.get(raw) or self._entry(raw)
             if ip is None:
                 continue
-            if not self.is_trusted(ip):
+            if not trusted:
                 return ip
             leftmost = ip
         return leftmost if leftmost is not None else peer_ip

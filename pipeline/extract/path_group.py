@@ -6,6 +6,10 @@ import re
 from dataclasses import dataclass, field
 
 from pipeline.extract.url import decode_component
+from pipeline.formats.values import remember
+
+_MEMO_MAX = 16_384
+_MEMO_PATH_MAX = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +42,9 @@ class PathRules:
         if hit is not None:
             return hit
         result = self._classify(path)
-        # Paths are high-cardinality; keep the memo bounded and cheap to reset.
-        if len(memo) >= 16_384:
-            memo.clear()
-        memo[path] = result
+        # Paths are high-cardinality: a bounded memo, cheap to reset, short keys only.
+        if len(path) <= _MEMO_PATH_MAX:
+            remember(memo, path, result, _MEMO_MAX)
         return result
 
     def _classify(self, path: str) -> tuple[str, str | None]:

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import re
-
 from pipeline.model import AccessRecord
 
-_HEX32 = re.compile(r"[0-9a-f]{32}")
-_HEX16 = re.compile(r"[0-9a-f]{16}")
 _ZERO32 = "0" * 32
 _ZERO16 = "0" * 16
 
@@ -38,15 +34,34 @@ def trace_context(rec: AccessRecord) -> tuple[str | None, str | None]:
 
 
 def _traceparent(value: str) -> tuple[str, str] | None:
+    """W3C ``version-traceid-parentid-flags``; None unless every part is well formed.
+
+    Version ``ff`` is invalid; version ``00`` has exactly four parts, later
+    versions may append more. All-zero trace or span ids are invalid.
+    """
     parts = value.strip().lower().split("-")
-    if len(parts) < 4 or len(parts[0]) != 2 or parts[0] == "ff":
+    if len(parts) < 4:
         return None
-    trace_id, span_id = parts[1], parts[2]
-    if not (_HEX32.fullmatch(trace_id) and _HEX16.fullmatch(span_id)):
+    version, trace_id, span_id, flags = parts[0], parts[1], parts[2], parts[3]
+    if len(version) != 2 or not _is_hex(version) or version == "ff":
         return None
-    if trace_id == _ZERO32 or span_id == _ZERO16:
+    if version == "00" and len(parts) != 4:
+        return None
+    if len(flags) != 2 or not _is_hex(flags):
+        return None
+    if len(trace_id) != 32 or not _is_hex(trace_id) or trace_id == _ZERO32:
+        return None
+    if len(span_id) != 16 or not _is_hex(span_id) or span_id == _ZERO16:
         return None
     return trace_id, span_id
+
+
+def _is_hex(value: str) -> bool:
+    """Only lower-case hex digits (and not empty): ``strip`` removes them all."""
+    return bool(value) and not value.strip(_HEX_DIGITS)
+
+
+_HEX_DIGITS = "0123456789abcdef"
 
 
 def trace_id_of(value: str | None) -> str | None:
@@ -54,9 +69,9 @@ def trace_id_of(value: str | None) -> str | None:
     if not value:
         return None
     value = value.strip().lower()
-    if len(value) == 16 and _HEX16.fullmatch(value):
+    if len(value) == 16:
         value = _ZERO16 + value
-    if len(value) == 32 and _HEX32.fullmatch(value) and value != _ZERO32:
+    if len(value) == 32 and _is_hex(value) and value != _ZERO32:
         return value
     return None
 
@@ -65,4 +80,4 @@ def span_id_of(value: str | None) -> str | None:
     if not value:
         return None
     value = value.strip().lower()
-    return value if _HEX16.fullmatch(value) and value != _ZERO16 else None
+    return value if len(value) == 16 and _is_hex(value) and value != _ZERO16 else None

@@ -8,20 +8,36 @@ text line.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
 
 from pipeline.formats.envoy import SIGNATURE_KEYS as ENVOY_KEYS
-from pipeline.formats.envoy import parse_envoy
+from pipeline.formats.envoy import envoy_shape, parse_envoy
 from pipeline.formats.nginx_json import SIGNATURE_KEYS as NGINX_KEYS
-from pipeline.formats.nginx_json import parse_nginx_json
+from pipeline.formats.nginx_json import nginx_shape, parse_nginx_json
 from pipeline.formats.nginx_text import parse_nginx_text
+from pipeline.formats.values import remember
 from pipeline.model import AccessRecord, Reason, RejectedInput
 
 # An envelope inside an envelope (rsyslog -> Fluent Bit -> Kafka) is real; deeper is not.
 MAX_ENVELOPE_DEPTH = 3
 _ENVELOPE_MARKERS = ("@metadata", "source_type", "agent", "ecs", "input", "fluentbit")
+_ENVELOPE_MARKER_SET = frozenset(_ENVELOPE_MARKERS)
+
+_JSON_OPENERS = frozenset(b"{[")
+_Parser = Callable[[dict[str, Any]], AccessRecord]
+# Key tuple -> the parser bound to that key set's shape, or None (not an access
+# log: maybe an envelope). One format config logs the same keys in the same
+# order on every line, so this turns per-line key scans into one dict lookup.
+_SHAPES: dict[tuple[str, ...], _Parser | None] = {}
+_SHAPES_MAX = 1024
+# Only plausible log formats are kept: a stream of huge random objects must not
+# pin megabytes per memo entry.
+_SHAPE_KEYS_MAX = 200
+_SHAPE_CHARS_MAX = 8192
 
 
 def parse_message(raw: bytes, max_bytes: int = 1_048_576) -> AccessRecord:
@@ -31,7 +47,7 @@ def parse_message(raw: bytes, max_bytes: int = 1_048_576) -> AccessRecord:
     stripped = raw.strip()
     if not stripped:
         raise RejectedInput(Reason.EMPTY, "empty message")
-    if stripped[:1] in b"{[":
+    if stripped[0] in _JSON_OPENERS:
         try:
             value = orjson.loads(stripped)
         except orjson.JSONDecodeError as exc:
@@ -49,18 +65,17 @@ def parse_message(raw: bytes, max_bytes: int = 1_048_576) -> AccessRecord:
 
 
 def _parse_value(value: Any, depth: int) -> AccessRecord:
-    if not isinstance(value, dict):
+    if value.__class__ is not dict:
         raise RejectedInput(Reason.NOT_AN_OBJECT, f"JSON {type(value).__name__}, not an object")
-    envoy_score = nginx_score = 0
-    for key in value:
-        if key in ENVOY_KEYS:
-            envoy_score += 1
-        elif key in NGINX_KEYS or key.startswith(("http_", "arg_", "cookie_")):
-            nginx_score += 1
-    if envoy_score or nginx_score:
-        if envoy_score > nginx_score:
-            return parse_envoy(value)
-        return parse_nginx_json(value)
+    keys = tuple(value)
+    try:
+        parser = _SHAPES[keys]
+    except KeyError:
+        parser = _classify(keys)
+        if len(keys) <= _SHAPE_KEYS_MAX and sum(map(len, keys)) <= _SHAPE_CHARS_MAX:
+            remember(_SHAPES, keys, parser, _SHAPES_MAX)
+    if parser is not None:
+        return parser(value)
     inner = _envelope_payload(value)
     if inner is None:
         raise RejectedInput(Reason.UNKNOWN_FORMAT, "JSON object with no access-log keys")
@@ -69,14 +84,29 @@ def _parse_value(value: Any, depth: int) -> AccessRecord:
     return _parse_payload(inner, depth + 1)
 
 
+def _classify(keys: tuple[str, ...]) -> _Parser | None:
+    """The parser for objects with these keys: the format whose keys dominate."""
+    envoy_score = nginx_score = 0
+    for key in keys:
+        if key in ENVOY_KEYS:
+            envoy_score += 1
+        elif key in NGINX_KEYS or key.startswith(("http_", "arg_", "cookie_")):
+            nginx_score += 1
+    if not envoy_score and not nginx_score:
+        return None
+    if envoy_score > nginx_score:
+        return partial(parse_envoy, shape=envoy_shape(keys))
+    return partial(parse_nginx_json, shape=nginx_shape(keys))
+
+
 def _envelope_payload(obj: dict[str, Any]) -> str | dict[str, Any] | None:
     """The line a shipper wrapped, or None when this is no envelope we know."""
     log = obj.get("log")
-    if isinstance(log, (str, dict)) and not isinstance(obj.get("message"), str):
-        return log  # Fluent Bit (tail/forward inputs put the line in `log`)
     message = obj.get("message")
+    if isinstance(log, (str, dict)) and not isinstance(message, str):
+        return log  # Fluent Bit (tail/forward inputs put the line in `log`)
     if isinstance(message, (str, dict)) and (
-        any(marker in obj for marker in _ENVELOPE_MARKERS) or len(obj) <= 8
+        len(obj) <= 8 or not _ENVELOPE_MARKER_SET.isdisjoint(obj)
     ):
         return message  # Filebeat (@metadata) / Vector (source_type) / syslog-ish
     return None

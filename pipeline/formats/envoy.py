@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.formats.values import (
+    MISSING,
     integer,
     millis_to_ns,
-    strip_port,
+    peer_ip,
     text,
     timestamp_to_ns,
 )
@@ -45,36 +48,75 @@ _HEADER_ALIASES = {"gray_id": "x-gray-id", "traceparent": "traceparent", "b3": "
 _FIELD_KEYS = frozenset(("x_forwarded_for",))
 
 
-def parse_envoy(obj: dict[str, Any]) -> AccessRecord:
-    rec = AccessRecord(dataset="envoy.access")
-    get = obj.get
-    rec.timestamp_ns = timestamp_to_ns(get("start_time") or get("time") or get("timestamp"))
-    rec.method = text(get("method"))
-    rec.uri = text(get("path"))
-    rec.protocol = text(get("protocol"))
-    rec.status = integer(get("response_code"), "response_code") or None
-    rec.bytes_sent = integer(get("bytes_sent"), "bytes_sent")
-    rec.bytes_received = integer(get("bytes_received"), "bytes_received")
-    rec.duration_ns = millis_to_ns(get("duration"))
-    rec.upstream_duration_ns = millis_to_ns(get("upstream_service_time"))
-    rec.peer_addr = strip_port(text(get("downstream_remote_address")))
-    rec.forwarded_for = text(get("x_forwarded_for"))
-    rec.user_agent = text(get("user_agent"))
-    rec.request_id = text(get("request_id") or get("x_request_id"))
-    rec.authority = text(get("authority"))
-    rec.upstream_cluster = text(get("upstream_cluster") or get("cluster"))
-    rec.upstream_host = text(get("upstream_host"))
-    rec.trace_id = text(get("trace_id"))
-    headers = rec.headers
-    for key, value in obj.items():
+@dataclass(frozen=True, slots=True)
+class EnvoyShape:
+    """Which keys of one log format carry request headers.
+
+    A deployment logs thousands of lines with the same keys: working this out
+    once per key set (see :mod:`pipeline.formats.detect`) instead of once per
+    line saves a Python-level pass over every key.
+    """
+
+    headers: tuple[tuple[str, str], ...] = ()  # (key, header): ``x_*`` keys, later wins
+    aliases: tuple[tuple[str, str], ...] = ()  # (key, header): only if not set by ``x_*``
+
+
+def envoy_shape(keys: Iterable[str]) -> EnvoyShape:
+    headers = []
+    aliases = []
+    for key in keys:
         if key.startswith("x_") and key not in _FIELD_KEYS:
-            header = text(value)
-            if header is not None:
-                headers[key.replace("_", "-")] = header
+            headers.append((key, key.replace("_", "-")))
         elif key in _HEADER_ALIASES:
-            header = text(value)
-            if header is not None:
-                headers.setdefault(_HEADER_ALIASES[key], header)
+            aliases.append((key, _HEADER_ALIASES[key]))
+    return EnvoyShape(tuple(headers), tuple(aliases))
+
+
+def parse_envoy(obj: dict[str, Any], shape: EnvoyShape | None = None) -> AccessRecord:
+    if shape is None:
+        shape = envoy_shape(obj)
+    get = obj.get
+    missing = MISSING
+    # `v if (v := get(k)).__class__ is str and v not in missing else text(v)` is
+    # text(get(k)) with the common case inlined: half the cost per field, and
+    # this runs for ~15 fields on every line.
+    timestamp_ns = timestamp_to_ns(get("start_time"))
+    if timestamp_ns is None:
+        timestamp_ns = timestamp_to_ns(get("time")) or timestamp_to_ns(get("timestamp"))
+    peer = v if (v := get("downstream_remote_address")).__class__ is str else text(v)
+    request_id = v if (v := get("request_id")).__class__ is str and v not in missing else text(v)
+    cluster = v if (v := get("upstream_cluster")).__class__ is str and v not in missing else text(v)
+    # Positional, in RECORD_FIELDS order (see pipeline.formats.values).
+    rec = AccessRecord(
+        "envoy.access",
+        timestamp_ns,
+        v if (v := get("method")).__class__ is str and v not in missing else text(v),
+        v if (v := get("path")).__class__ is str and v not in missing else text(v),
+        v if (v := get("protocol")).__class__ is str and v not in missing else text(v),
+        integer(get("response_code"), "response_code") or None,
+        integer(get("bytes_sent"), "bytes_sent"),
+        integer(get("bytes_received"), "bytes_received"),
+        millis_to_ns(get("duration")),
+        millis_to_ns(get("upstream_service_time")),
+        peer_ip(peer) if peer else None,
+        v if (v := get("x_forwarded_for")).__class__ is str and v not in missing else text(v),
+        v if (v := get("user_agent")).__class__ is str and v not in missing else text(v),
+        # A "-" in the first key must not hide a value in the second.
+        request_id or text(get("x_request_id")),
+        v if (v := get("authority")).__class__ is str and v not in missing else text(v),
+        cluster or text(get("cluster")),
+        v if (v := get("upstream_host")).__class__ is str and v not in missing else text(v),
+        v if (v := get("trace_id")).__class__ is str and v not in missing else text(v),
+    )
+    headers = rec.headers
+    for key, name in shape.headers:
+        header = v if (v := obj[key]).__class__ is str and v not in missing else text(v)
+        if header is not None:
+            headers[name] = header
+    for key, name in shape.aliases:
+        header = text(obj[key])
+        if header is not None and name not in headers:
+            headers[name] = header
     cookie = text(get("cookie"))
     if cookie is not None:
         rec.cookies.update(parse_cookie_header(cookie))

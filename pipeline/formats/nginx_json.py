@@ -7,14 +7,18 @@ Keys named after nginx variables are understood generically:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.formats.envoy import parse_cookie_header
 from pipeline.formats.values import (
+    MISSING,
     clf_to_ns,
     integer,
+    peer_ip,
     seconds_to_ns,
-    strip_port,
+    start_from_end,
     text,
     timestamp_to_ns,
     upstream_seconds_to_ns,
@@ -42,12 +46,42 @@ SIGNATURE_KEYS = frozenset(
 )
 
 
-def parse_nginx_json(obj: dict[str, Any]) -> AccessRecord:
-    rec = AccessRecord(dataset="nginx.access")
+@dataclass(frozen=True, slots=True)
+class NginxShape:
+    """Which keys of one log format are headers, cookies and query args.
+
+    Worked out once per key set (see :mod:`pipeline.formats.detect`), not once per line.
+    """
+
+    headers: tuple[tuple[str, str], ...] = ()  # (key, header name): ``http_x_y`` -> ``x-y``
+    cookies: tuple[tuple[str, str], ...] = ()  # (key, cookie name)
+    args: tuple[tuple[str, str], ...] = ()  # (key, arg name)
+
+
+def nginx_shape(keys: Iterable[str]) -> NginxShape:
+    headers = []
+    cookies = []
+    args = []
+    for key in keys:
+        if key.startswith("http_"):
+            headers.append((key, key[5:].replace("_", "-")))
+        elif key.startswith("cookie_"):
+            cookies.append((key, key[7:]))
+        elif key.startswith("arg_"):
+            args.append((key, key[4:]))
+    return NginxShape(tuple(headers), tuple(cookies), tuple(args))
+
+
+def parse_nginx_json(obj: dict[str, Any], shape: NginxShape | None = None) -> AccessRecord:
+    if shape is None:
+        shape = nginx_shape(obj)
     get = obj.get
-    method = text(get("request_method"))
-    uri = text(get("request_uri"))
-    protocol = text(get("server_protocol"))
+    missing = MISSING
+    # `v if (v := get(k)).__class__ is str and v not in missing else text(v)` is
+    # text(get(k)) with the common case inlined (see parse_envoy).
+    method = v if (v := get("request_method")).__class__ is str and v not in missing else text(v)
+    uri = v if (v := get("request_uri")).__class__ is str and v not in missing else text(v)
+    protocol = v if (v := get("server_protocol")).__class__ is str and v not in missing else text(v)
     if method is None or uri is None:
         # `$request` is the request line: "GET /path?x=1 HTTP/1.1".
         request = text(get("request"))
@@ -61,19 +95,10 @@ def parse_nginx_json(obj: dict[str, Any]) -> AccessRecord:
     if uri is None:
         path = text(get("uri"))
         if path is not None:
-            args = text(get("args"))
-            uri = f"{path}?{args}" if args else path
-    rec.method = method
-    rec.uri = uri
-    rec.protocol = protocol
-    rec.status = integer(get("status"), "status") or None
-    rec.bytes_sent = integer(get("body_bytes_sent"), "body_bytes_sent")
-    rec.bytes_received = integer(get("request_length"), "request_length")
-    rec.duration_ns = seconds_to_ns(get("request_time"))
-    rec.upstream_duration_ns = upstream_seconds_to_ns(text(get("upstream_response_time")))
-    rec.peer_addr = strip_port(text(get("remote_addr")))
-    rec.request_id = text(get("request_id"))
-    rec.upstream_host = text(get("upstream_addr"))
+            query = text(get("args"))
+            uri = f"{path}?{query}" if query else path
+    peer = v if (v := get("remote_addr")).__class__ is str and v not in missing else text(v)
+    duration_ns = seconds_to_ns(get("request_time"))
     # nginx logs when the response is done; the record wants the request start.
     end_ns = timestamp_to_ns(get("msec")) or timestamp_to_ns(get("time_iso8601"))
     if end_ns is None:
@@ -82,30 +107,50 @@ def parse_nginx_json(obj: dict[str, Any]) -> AccessRecord:
         local = text(get("time_local"))
         if local is not None:
             end_ns = clf_to_ns(local)
-    if end_ns is not None and rec.duration_ns is not None:
-        end_ns -= rec.duration_ns
-    rec.timestamp_ns = end_ns
-    headers, cookies, args = rec.headers, rec.cookies, rec.args
-    for key, value in obj.items():
-        if key.startswith("http_"):
-            header = text(value)
-            if header is not None:
-                headers[key[5:].replace("_", "-")] = header
-        elif key.startswith("cookie_"):
-            cookie = text(value)
+    headers: dict[str, str] = {}
+    for key, name in shape.headers:
+        header = v if (v := obj[key]).__class__ is str and v not in missing else text(v)
+        if header is not None:
+            headers[name] = header
+    hget = headers.get
+    # Positional, in RECORD_FIELDS order (see pipeline.formats.values).
+    rec = AccessRecord(
+        "nginx.access",
+        start_from_end(end_ns, duration_ns),
+        method,
+        uri,
+        protocol,
+        integer(get("status"), "status") or None,
+        integer(get("body_bytes_sent"), "body_bytes_sent"),
+        integer(get("request_length"), "request_length"),
+        duration_ns,
+        upstream_seconds_to_ns(get("upstream_response_time")),
+        peer_ip(peer) if peer is not None else None,
+        hget("x-forwarded-for"),
+        hget("user-agent"),
+        (v if (v := get("request_id")).__class__ is str and v not in missing else text(v))
+        or hget("x-request-id"),
+        hget("host") or text(get("host")) or text(get("server_name")),
+        None,
+        text(get("upstream_addr")),
+        text(get("trace_id")) or text(get("opentelemetry_trace_id")),
+        None,
+        headers,
+    )
+    if shape.cookies:
+        cookies = rec.cookies
+        for key, name in shape.cookies:
+            cookie = text(obj[key])
             if cookie is not None:
-                cookies[key[7:]] = cookie
-        elif key.startswith("arg_"):
-            arg = text(value)
+                cookies[name] = cookie
+    if shape.args:
+        args = rec.args
+        for key, name in shape.args:
+            arg = text(obj[key])
             if arg is not None:
-                args[key[4:]] = arg
-    rec.forwarded_for = headers.get("x-forwarded-for")
-    rec.user_agent = headers.get("user-agent")
-    rec.authority = headers.get("host") or text(get("host")) or text(get("server_name"))
-    rec.trace_id = text(get("trace_id")) or text(get("opentelemetry_trace_id"))
-    if rec.request_id is None:
-        rec.request_id = headers.get("x-request-id")
+                args[name] = arg
     if "cookie" in headers:
+        cookies = rec.cookies
         for name, val in parse_cookie_header(headers["cookie"]).items():
             cookies.setdefault(name, val)
     return rec

@@ -10,10 +10,21 @@ from __future__ import annotations
 
 import re
 
-from pipeline.formats.values import clf_to_ns, integer, seconds_to_ns, text, upstream_seconds_to_ns
+from pipeline.formats.values import (
+    canonical_ip,
+    clf_to_ns,
+    integer,
+    seconds_to_ns,
+    start_from_end,
+    text,
+    upstream_seconds_to_ns,
+)
 from pipeline.model import AccessRecord, Reason, RejectedInput
 
-_QUOTED = r'"((?:[^"\\]|\\.)*)"'
+# A quoted field with backslash escapes, as an unrolled loop: the textbook
+# ``"((?:[^"\\]|\\.)*)"`` takes one alternation step per character and made
+# the combined pattern ~5x slower (9 µs vs 1.7 µs on a 300-byte line).
+_QUOTED = r'"([^"\\]*(?:\\.[^"\\]*)*)"'
 COMBINED = re.compile(
     r"(?P<remote>\S+) \S+ (?P<user>\S+) \[(?P<time>[^\]]+)\] "
     + _QUOTED.replace("(", "(?P<request>", 1)
@@ -25,8 +36,10 @@ COMBINED = re.compile(
     + r")?(?P<rest>.*)"
 )
 _REST_TOKEN = re.compile(
-    r'\s*(?:(?P<key>[A-Za-z_][\w.-]*)=(?:"((?:[^"\\]|\\.)*)"|(\S*))|(?P<bare>\S+))'
+    r"\s*(?:(?P<key>[A-Za-z_][\w.-]*)=(?:" + _QUOTED + r"|(\S*))|(?P<bare>\S+))"
 )
+# `` $request_uri $args version="$arg_v" region="$http_x_forwarded_for"``
+_STRUCTURED = re.compile(r" (/\S*) \S+ version=" + _QUOTED + " region=" + _QUOTED + r"\s*")
 _HEX_ESCAPE = re.compile(rb"\\x([0-9A-Fa-f]{2})")
 
 # Extension keys seen in the wild (``log_format main_ext``) -> what they mean.
@@ -52,29 +65,43 @@ def parse_nginx_text(line: str) -> AccessRecord:
     match = COMBINED.match(line)
     if match is None:
         raise RejectedInput(Reason.UNKNOWN_FORMAT, "not a JSON object nor an nginx combined line")
-    rec = AccessRecord(dataset="nginx.access")
-    rec.peer_addr = text(match["remote"])
-    request = unescape(match["request"])
-    parts = request.split(" ")
+    remote, _user, time_local, request, status, body_bytes, referer, ua, rest = match.groups()
+    method = uri = protocol = None
+    parts = (unescape(request) if "\\" in request else request).split(" ")
     if len(parts) >= 2:
-        rec.method, rec.uri = parts[0], parts[1]
+        method, uri = parts[0], parts[1]
         if len(parts) >= 3:
-            rec.protocol = parts[2]
-    rec.status = integer(match["status"], "status")
-    rec.bytes_sent = integer(match["bytes"], "body_bytes_sent")
-    ua = match["ua"]
-    if ua is not None:
-        rec.user_agent = text(unescape(ua))
-    referer = match["referer"]
+            protocol = parts[2]
+    # Positional, in RECORD_FIELDS order (see pipeline.formats.values).
+    rec = AccessRecord(
+        "nginx.access",
+        None,
+        method,
+        uri,
+        protocol,
+        integer(status, "status") or None,
+        integer(body_bytes, "body_bytes_sent"),
+        None,
+        None,
+        None,
+        canonical_ip(remote),
+        None,
+        None if ua is None else text(unescape(ua) if "\\" in ua else ua),
+    )
     if referer is not None and text(referer) is not None:
         rec.headers["referer"] = unescape(referer)
-    end_ns = clf_to_ns(match["time"])
-    rest = match["rest"]
-    if rest and rest.strip():
-        _read_extensions(rec, rest)
-    if end_ns is not None and rec.duration_ns is not None:
-        end_ns -= rec.duration_ns
-    rec.timestamp_ns = end_ns
+    if rest and not rest.isspace():
+        structured = _STRUCTURED.fullmatch(rest)
+        if structured is not None:
+            # The gray-release `structured` tail; $args is not read (the URI has them).
+            request_uri, version, region = structured.groups()
+            # $request_uri is the original target; $request may differ after rewrites.
+            rec.uri = unescape(request_uri) if "\\" in request_uri else request_uri
+            rec.version_field = text(unescape(version) if "\\" in version else version)
+            rec.forwarded_for = text(unescape(region) if "\\" in region else region)
+        else:
+            _read_extensions(rec, rest)
+    rec.timestamp_ns = start_from_end(clf_to_ns(time_local), rec.duration_ns)
     return rec
 
 

@@ -1,0 +1,193 @@
+"""The ECS document builder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pipeline.document import build_document, geo_document, http_version
+from pipeline.model import AccessRecord, AsnInfo, Enrichment, GeoInfo
+from tests.unit.conftest import FULL_ASN, FULL_GEO, T0_NS
+
+
+def full_record() -> AccessRecord:
+    """An AccessRecord with every field the document reads set."""
+    return AccessRecord(
+        dataset="envoy.access",
+        timestamp_ns=T0_NS + 1_000_000,
+        method="GET",
+        uri="/godoc/pkg/fmt?v=1.22",
+        protocol="HTTP/2",
+        status=200,
+        bytes_sent=5120,
+        bytes_received=10,
+        duration_ns=18_000_000,
+        upstream_duration_ns=16_000_000,
+        peer_addr="10.4.0.1",
+        forwarded_for="73.15.200.7",
+        user_agent="curl/8.5.0",
+        request_id="rid-1",
+        authority="go.dev",
+        upstream_cluster="outbound|8080|canary|godoc.default.svc.cluster.local",
+        upstream_host="10.4.0.12:8080",
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+        version_field="1.22",
+        original='{"the": "line"}',
+    )
+
+
+def full_enrichment() -> Enrichment:
+    """An Enrichment with every optional value set."""
+    return Enrichment(
+        url_path="/godoc/pkg/fmt",
+        url_query="v=1.22",
+        query={"v": "1.22"},
+        gray_id="exp00001",
+        gray_id_source="header",
+        stage="canary",
+        version="1.22",
+        path_group="/godoc/pkg",
+        route="/godoc/pkg/{name}",
+        client_ip="73.15.200.7",
+        geo=FULL_GEO,
+        asn=FULL_ASN,
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+        span_id="00f067aa0ba902b7",
+        service_name="godoc",
+    )
+
+
+def full_document() -> dict[str, Any]:
+    return build_document(full_record(), full_enrichment(), include_original=True)
+
+
+def test_every_field() -> None:
+    assert full_document() == {
+        "@timestamp": "2026-11-20T12:00:00.001Z",
+        "event": {"dataset": "envoy.access", "duration": 18_000_000, "original": '{"the": "line"}'},
+        "http": {
+            "request": {"method": "GET", "id": "rid-1"},
+            "response": {"status_code": 200, "body": {"bytes": 5120}},
+            "version": "2",
+            "route": "/godoc/pkg/{name}",
+        },
+        "url": {"original": "/godoc/pkg/fmt?v=1.22", "path": "/godoc/pkg/fmt", "query": "v=1.22"},
+        "user_agent": {"original": "curl/8.5.0"},
+        "source": {"ip": "10.4.0.1"},
+        "client": {
+            "ip": "73.15.200.7",
+            "geo": {
+                "country_iso_code": "US",
+                "country_name": "United States",
+                "continent_code": "NA",
+                "continent_name": "North America",
+                "region_iso_code": "US-CA",
+                "region_name": "California",
+                "city_name": "San Jose",
+                "location": {"lat": 37.3388, "lon": -121.8916},
+            },
+            "as": {"number": 7922, "organization": {"name": "Comcast Cable Communications, LLC"}},
+        },
+        "trace": {"id": "4bf92f3577b34da6a3ce929d0e0e4736"},
+        "span": {"id": "00f067aa0ba902b7"},
+        "service": {"name": "godoc"},
+        "upstream": {"cluster": "outbound|8080|canary|godoc.default.svc.cluster.local"},
+        "gray": {
+            "stage": "canary",
+            "id": "exp00001",
+            "id_source": "header",
+            "version": "1.22",
+            "path_group": "/godoc/pkg",
+        },
+    }
+
+
+def test_nothing_known_means_a_minimal_document() -> None:
+    document = build_document(AccessRecord(dataset="nginx.access"), Enrichment())
+    assert document == {"event": {"dataset": "nginx.access"}, "gray": {"stage": "stable"}}
+
+
+def test_none_is_never_written() -> None:
+    def leaves(value: Any) -> list[Any]:
+        if isinstance(value, dict):
+            return [leaf for v in value.values() for leaf in leaves(v)]
+        return [value]
+
+    document = build_document(
+        AccessRecord(dataset="nginx.access", method="GET"),
+        Enrichment(client_ip="192.0.2.1", geo=GeoInfo(country_iso_code="US"), asn=AsnInfo()),
+    )
+    assert None not in leaves(document)
+
+
+def test_original_only_when_asked() -> None:
+    assert "original" not in build_document(full_record(), full_enrichment())["event"]
+
+
+@pytest.mark.parametrize(
+    ("record", "http"),
+    [
+        (AccessRecord(dataset="x", request_id="r"), {"request": {"id": "r"}}),
+        (AccessRecord(dataset="x", bytes_sent=0), {"response": {"body": {"bytes": 0}}}),
+        (AccessRecord(dataset="x", status=404), {"response": {"status_code": 404}}),
+        (AccessRecord(dataset="x", protocol="HTTP/1.0"), {"version": "1.0"}),
+        (AccessRecord(dataset="x", protocol="h2c"), None),
+    ],
+)
+def test_partial_http(record: AccessRecord, http: dict[str, Any] | None) -> None:
+    assert build_document(record, Enrichment()).get("http") == http
+
+
+@pytest.mark.parametrize(
+    ("protocol", "version"),
+    [
+        ("HTTP/1.0", "1.0"),
+        ("HTTP/1.1", "1.1"),
+        ("HTTP/2", "2"),
+        ("HTTP/2.0", "2"),
+        ("HTTP/3", "3"),
+        ("http/1.1", "1.1"),
+        ("HTTP/9.9", "9.9"),
+        ("SPDY", None),
+        (None, None),
+    ],
+)
+def test_http_version(protocol: str | None, version: str | None) -> None:
+    assert http_version(protocol) == version
+
+
+def test_geo_location_needs_both_coordinates() -> None:
+    assert "location" not in geo_document(GeoInfo(country_iso_code="US", lat=1.0))
+    assert geo_document(GeoInfo(lat=0.0, lon=0.0)) == {"location": {"lat": 0.0, "lon": 0.0}}
+
+
+def test_empty_geo_and_asn_are_left_out() -> None:
+    document = build_document(
+        AccessRecord(dataset="x"), Enrichment(client_ip="192.0.2.1", geo=GeoInfo(), asn=AsnInfo())
+    )
+    assert document["client"] == {"ip": "192.0.2.1"}
+
+
+@pytest.mark.parametrize(
+    ("asn", "expected"),
+    [
+        (AsnInfo(number=1), {"number": 1}),
+        (AsnInfo(organization="Org"), {"organization": {"name": "Org"}}),
+    ],
+)
+def test_partial_asn(asn: AsnInfo, expected: dict[str, Any]) -> None:
+    document = build_document(AccessRecord(dataset="x"), Enrichment(client_ip="1.1.1.1", asn=asn))
+    assert document["client"]["as"] == expected
+
+
+def test_geo_without_a_client_ip_is_not_written() -> None:
+    document = build_document(AccessRecord(dataset="x"), Enrichment(geo=FULL_GEO))
+    assert "client" not in document
+
+
+def test_gray_id_source_comes_with_the_id() -> None:
+    document = build_document(
+        AccessRecord(dataset="x"), Enrichment(gray_id="abcd", gray_id_source="query")
+    )
+    assert document["gray"] == {"stage": "stable", "id": "abcd", "id_source": "query"}

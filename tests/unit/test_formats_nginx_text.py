@@ -1,0 +1,158 @@
+"""nginx text access logs: combined and the gray-release structured format."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.formats.nginx_text import looks_like_text_log, parse_nginx_text, unescape
+from pipeline.model import Reason, RejectedInput
+from tests.unit.conftest import T0_NS, fixture_lines, sample_lines
+
+COMBINED = (
+    '10.0.0.9 - - [20/Nov/2026:12:00:03 +0000] "GET /godoc/pkg/io?v=1.22 HTTP/1.1" 200 900 '
+    '"https://go.dev/" "curl/8.5.0"'
+)
+
+
+def test_structured_sample() -> None:
+    rec = parse_nginx_text(sample_lines("nginx-structured.log")[0].decode())
+    assert rec.dataset == "nginx.access"
+    assert rec.timestamp_ns == T0_NS + 3_000_000_000
+    assert (rec.method, rec.uri, rec.protocol) == ("GET", "/godoc/pkg/io?v=1.22", "HTTP/1.1")
+    assert (rec.status, rec.bytes_sent) == (200, 900)
+    assert rec.user_agent == "curl/8.5.0"
+    assert rec.peer_addr == "10.0.0.9"
+    assert rec.version_field == "1.22"
+    assert rec.forwarded_for == "192.0.2.45"
+
+
+def test_combined() -> None:
+    rec = parse_nginx_text(COMBINED)
+    assert rec.uri == "/godoc/pkg/io?v=1.22"
+    assert rec.headers == {"referer": "https://go.dev/"}
+    assert rec.version_field is None
+    assert rec.forwarded_for is None
+
+
+def test_combined_without_referer_and_agent() -> None:
+    rec = parse_nginx_text('1.2.3.4 - - [20/Nov/2026:12:00:03 +0000] "GET / HTTP/1.0" 304 -')
+    assert (rec.status, rec.bytes_sent, rec.user_agent) == (304, None, None)
+
+
+def test_dashes_are_missing() -> None:
+    rec = parse_nginx_text('1.2.3.4 - - [20/Nov/2026:12:00:03 +0000] "-" - - "-" "-"')
+    assert (rec.method, rec.uri, rec.status, rec.bytes_sent) == (None, None, None, None)
+    assert rec.user_agent is None
+    assert rec.headers == {}
+
+
+def test_nginx_hex_escapes_in_user_agent() -> None:
+    line = (
+        '10.0.0.9 - - [20/Nov/2026:12:00:04 +0000] "GET / HTTP/1.1" 200 5 "-" '
+        '"Mozilla/5.0 \\x22quoted\\x22 \\x5C back \\xE4\\xB8\\xAD"'
+    )
+    assert parse_nginx_text(line).user_agent == 'Mozilla/5.0 "quoted" \\ back 中'
+
+
+def test_backslash_escaped_quote_inside_a_field() -> None:
+    line = '10.0.0.9 - - [20/Nov/2026:12:00:04 +0000] "GET / HTTP/1.1" 200 5 "-" "a \\"b\\" c"'
+    assert parse_nginx_text(line).user_agent == 'a "b" c'
+
+
+def test_unescape() -> None:
+    assert unescape("plain") == "plain"
+    assert unescape("\\x22x\\x22") == '"x"'
+    assert unescape("\\xE4\\xB8\\xAD") == "中"
+    assert unescape("\\xFF") == "\ufffd"  # not UTF-8: replaced, never an error
+    assert unescape('\\"q\\" \\\\') == '"q" \\'
+
+
+def test_structured_request_uri_wins_over_the_request_line() -> None:
+    """After an internal redirect $request shows the rewritten target; $request_uri the original."""
+    line = (
+        '10.0.0.9 - - [20/Nov/2026:12:00:04 +0000] "GET /index.html HTTP/1.1" 200 5 "-" "-" '
+        '/godoc/pkg/net/http?v=1.23&abt=exp9 - version="-" region="73.15.200.7, 10.0.1.2"'
+    )
+    rec = parse_nginx_text(line)
+    assert rec.uri == "/godoc/pkg/net/http?v=1.23&abt=exp9"
+    assert rec.version_field is None  # "-": the URI's ?v= decides (see the gray tests)
+    assert rec.forwarded_for == "73.15.200.7, 10.0.1.2"
+
+
+def test_structured_args_are_not_read_as_log_fields() -> None:
+    """$args is client data: `?gray_id=...&rt=9` must not become the log's gray_id or rt."""
+    line = (
+        '10.0.0.9 - - [20/Nov/2026:12:00:04 +0000] "GET /x?gray_id=evil00001 HTTP/1.1" 200 5 '
+        '"-" "-" /x?gray_id=evil00001 gray_id=evil00001 version="-" region="-"'
+    )
+    rec = parse_nginx_text(line)
+    assert rec.headers == {}
+    assert rec.duration_ns is None
+
+
+def test_structured_empty_version_and_region() -> None:
+    line = (
+        '10.0.0.9 - - [20/Nov/2026:12:00:08 +0000] "GET / HTTP/1.1" 200 1 "-" "-" '
+        '/ - version="" region="-"'
+    )
+    rec = parse_nginx_text(line)
+    assert rec.version_field is None
+    assert rec.forwarded_for is None
+
+
+def test_extension_pairs() -> None:
+    line = (
+        '192.168.1.10 - - [20/Nov/2026:12:00:07 +0000] "GET /dl/x HTTP/1.1" 206 10 "-" "Wget" '
+        'rt=1.250 urt="0.010, 0.020" request_id=abc123 gray_id=feature01 trace_id=' + "ab" * 16
+    )
+    rec = parse_nginx_text(line)
+    assert rec.duration_ns == 1_250_000_000
+    assert rec.upstream_duration_ns == 30_000_000
+    assert rec.request_id == "abc123"
+    assert rec.headers == {"x-gray-id": "feature01"}
+    assert rec.trace_id == "ab" * 16
+    assert rec.timestamp_ns == T0_NS + 7_000_000_000 - 1_250_000_000
+
+
+def test_ipv6_client_and_time_zone() -> None:
+    line = (
+        '2001:db8::9 - alice [20/Nov/2026:04:00:05 -0800] "POST /play/share HTTP/2.0" 201 15 '
+        '"-" "Go"'
+    )
+    rec = parse_nginx_text(line)
+    assert rec.peer_addr == "2001:db8::9"
+    assert rec.timestamp_ns == T0_NS + 5_000_000_000
+
+
+def test_tls_handshake_bytes_as_the_request() -> None:
+    line = (
+        '10.0.0.9 - - [20/Nov/2026:12:00:06 +0000] "\\x16\\x03\\x01\\x02\\x00\\x01" 400 157 "-" "-"'
+    )
+    rec = parse_nginx_text(line)
+    assert (rec.method, rec.uri, rec.status) == (None, None, 400)
+
+
+def test_non_ip_remote_is_dropped() -> None:
+    line = 'unix: - - [20/Nov/2026:12:00:06 +0000] "GET / HTTP/1.1" 200 1 "-" "-"'
+    assert parse_nginx_text(line).peer_addr is None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "hello world",
+        "10.0.0.9 - - [20/Nov/2026:12:00:03 +0000]",
+        '10.0.0.9 - - [20/Nov/2026:12:00:03 +0000] "GET / HTTP/1.1" 2000 5',
+        '10.0.0.9 - - [20/Nov/2026:12:00:03 +0000] "GET / HTTP/1.1 200 5',  # unterminated quote
+    ],
+)
+def test_not_a_text_log(line: str) -> None:
+    assert not looks_like_text_log(line)
+    with pytest.raises(RejectedInput) as info:
+        parse_nginx_text(line)
+    assert info.value.reason is Reason.UNKNOWN_FORMAT
+
+
+def test_every_fixture_line_parses() -> None:
+    for line in fixture_lines("nginx-text.log"):
+        assert parse_nginx_text(line.decode()).dataset == "nginx.access"
