@@ -150,6 +150,15 @@ def _merge_into(target: dict[K, WindowCounts], key: K, counts: WindowCounts) -> 
         existing.merge(counts)
 
 
+def _enough(group: _PathGroup, start: int, config: VerdictConfig) -> bool:
+    stable = group.stable.get(start)
+    return (
+        group.canary[start].requests >= config.min_samples
+        and stable is not None
+        and stable.requests >= config.min_samples
+    )
+
+
 def evaluate(
     stages: Iterable[Row],
     versions: Iterable[Row],
@@ -188,6 +197,18 @@ def evaluate(
         if picked is None:
             continue
         start, complete = picked
+        note: tuple[str, ...] = ()
+        if complete and not _enough(group, start, config):
+            # A quiet trailing window must not erase what a busy one showed (a rollback
+            # would vanish when traffic drops): judge the latest window with enough data.
+            for earlier in sorted(candidates, reverse=True):
+                if earlier < start and _enough(group, earlier, config):
+                    note = (
+                        f"latest window ({start}) has fewer than {config.min_samples} requests "
+                        f"per arm; judged the latest window with enough ({earlier})",
+                    )
+                    start = earlier
+                    break
         canary = group.canary[start]
         stable = group.stable.get(start, WindowCounts())
         result = judge(canary, stable, config)
@@ -201,7 +222,7 @@ def evaluate(
                 window_seconds=window_seconds,
                 complete=complete,
                 decision=result.decision,
-                reasons=result.reasons,
+                reasons=result.reasons + note,
                 canary=ArmSummary.of(canary),
                 stable=ArmSummary.of(stable),
                 z=result.test.z if result.test else None,

@@ -294,6 +294,7 @@ def build_report(
         canary_version=plan.versions[1],
         summary=summary,
         spans=receiver.spans,
+        worker_url=services.worker_url,
     )
     sections += safe_extra_sections(context)
     counts = result.counts

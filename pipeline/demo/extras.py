@@ -1,22 +1,25 @@
 """Hook for more summary sections after the drill-down.
 
->>> EXTRA SECTIONS HOOK (issue 6: the canary verdict goes here) <<<
-
 :func:`extra_sections` is called once, after the drill-down was computed and
 before it is printed; whatever sections it returns are printed after the
 built-in ones, in order. It gets everything the demo knows in a
 :class:`DemoContext`: a way to query the store, the rollout windows, the
-injected regression, the spans received. It returns no sections for now.
-An exception raised here is reported as a failed section; it does not
-abort the demo or skip the teardown.
+injected regression, the spans received, the worker's URL. It returns the
+canary verdicts the worker computed live (``GET /canary``). An exception
+raised here is reported as a failed section; it does not abort the demo or
+skip the teardown.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.canary import format_verdicts
+from pipeline.canary.client import fetch_verdicts
+from pipeline.canary.records import Verdict
 from pipeline.demo.report import Section
 from pipeline.demo.summary import INDEX_PATTERN, Summary, Window
 from pipeline.synth import Regression
@@ -35,11 +38,36 @@ class DemoContext:
     canary_version: str
     summary: Summary
     spans: Callable[[], list[dict[str, Any]]]  # every span the receiver holds
+    worker_url: str = ""
+
+
+VERDICT_WAIT_SECONDS = 15.0
 
 
 def extra_sections(context: DemoContext) -> list[Section]:
-    """Sections printed after the drill-down; empty until the canary verdict lands."""
-    return []
+    """The worker's live canary verdicts, once the regressed path group has one."""
+    if not context.worker_url:
+        return []
+    verdicts = _wait_for_verdicts(context)
+    title = (
+        "Canary verdicts (worker /canary, `grayscope canary status`: one-sided two-proportion "
+        "Z-test on the 5xx rate, p95 latency delta, latest complete window per path group)"
+    )
+    return [Section(title, format_verdicts(verdicts).rstrip("\n").splitlines())]
+
+
+def _wait_for_verdicts(context: DemoContext) -> list[Verdict]:
+    # The worker judges on a timer; give the last window of the run time to be judged.
+    wanted = context.regression.path_group if context.regression is not None else None
+    deadline = time.monotonic() + VERDICT_WAIT_SECONDS
+    verdicts = fetch_verdicts(context.worker_url)
+    while time.monotonic() < deadline:
+        judged = {v.path_group for v in verdicts if v.complete}
+        if verdicts and (wanted is None or wanted in judged):
+            break
+        time.sleep(0.5)
+        verdicts = fetch_verdicts(context.worker_url)
+    return verdicts
 
 
 def safe_extra_sections(

@@ -146,7 +146,7 @@ def reaper() -> Iterator[list[subprocess.Popen[str]]]:
 def test_short_demo_finds_the_regression_and_the_spans(
     log_dir: Path, reaper: list[subprocess.Popen[str]]
 ) -> None:
-    proc = start_demo(log_dir, "--duration", "8", "--rate", "500")
+    proc = start_demo(log_dir, "--duration", "16", "--rate", "600", "--canary-min-samples", "40")
     reaper.append(proc)
     with DescendantWatcher(proc.pid) as watcher:
         stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT)
@@ -177,6 +177,12 @@ def test_short_demo_finds_the_regression_and_the_spans(
     assert f"gray.id={spans.group(1)}" in stdout
     for title in ("By rollout stage", "By version", "By country", "Busiest gray ids"):
         assert title in stdout
+
+    # The live canary verdict: rollback for the regressed path group, and only for it.
+    verdicts = stdout[stdout.index("Canary verdicts") :].splitlines()
+    rows = {line.split()[0]: line.split()[1] for line in verdicts[2:] if line.startswith("  /")}
+    assert rows.get("/play/share") == "rollback", context
+    assert [group for group, decision in rows.items() if decision == "rollback"] == ["/play/share"]
 
     commands = " | ".join(watcher.commands())
     for expected in ("tansu", "osmem-server", "pipeline.cli worker"):

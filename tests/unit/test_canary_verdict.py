@@ -247,3 +247,30 @@ def test_evaluate_ignores_expired_windows_and_merges_duplicate_rows() -> None:
 
 def test_evaluate_of_nothing_is_nothing() -> None:
     assert evaluate([], [], CONFIG, window_seconds=60, expires_seconds=600, now=T0) == []
+
+
+def test_a_quiet_trailing_window_does_not_erase_a_busy_windows_verdict() -> None:
+    now = T0 + 130.0  # T0 and T0+60 complete
+    stages = [
+        ("/api/orders", "canary", T0, arm(100, 50)),  # the regression, plenty of data
+        ("/api/orders", "stable", T0, arm(100, 0)),
+        ("/api/orders", "canary", T0 + 60, arm(3, 1)),  # traffic stopped: too little
+        ("/api/orders", "stable", T0 + 60, arm(4, 0)),
+    ]
+    (verdict,) = evaluate(stages, [], CONFIG, window_seconds=60, expires_seconds=600, now=now)
+    assert (verdict.window_start, verdict.complete) == (T0, True)
+    assert verdict.decision is Decision.ROLLBACK
+    assert any("latest window" in reason for reason in verdict.reasons)
+
+
+def test_without_any_busy_window_the_latest_is_insufficient() -> None:
+    now = T0 + 130.0
+    stages = [
+        ("/api/orders", "canary", T0, arm(3, 1)),
+        ("/api/orders", "stable", T0, arm(4, 0)),
+        ("/api/orders", "canary", T0 + 60, arm(2, 0)),
+        ("/api/orders", "stable", T0 + 60, arm(2, 0)),
+    ]
+    (verdict,) = evaluate(stages, [], CONFIG, window_seconds=60, expires_seconds=600, now=now)
+    assert verdict.window_start == T0 + 60
+    assert verdict.decision is Decision.INSUFFICIENT_DATA
