@@ -64,14 +64,15 @@ def run_enrich(args: argparse.Namespace, settings: Settings) -> int:
     geoip = _open_geoip(settings)
     ctx = EnrichContext.from_settings(settings, geoip)
     out = sys.stdout.buffer
-    dlq: IO[bytes] = open(args.dlq, "wb") if args.dlq else sys.stderr.buffer  # noqa: SIM115
+    try:
+        dlq: IO[bytes] = open(args.dlq, "wb") if args.dlq else sys.stderr.buffer  # noqa: SIM115
+    except OSError as exc:
+        raise ConfigError("--dlq", f"cannot write {args.dlq}: {exc.strerror}") from exc
     dumps = orjson.dumps
     try:
         for line in sys.stdin.buffer:
             raw = line.rstrip(b"\r\n")
-            if not raw:
-                continue
-            result = process(raw, ctx)
+            result = process(raw, ctx)  # a blank line is dead-lettered as "empty", not skipped
             if isinstance(result, Enriched):
                 out.write(dumps(result.document) + b"\n")
             else:

@@ -449,6 +449,13 @@ async def test_two_workers_share_the_group_through_rebalances(
     assert first.terminate() == 0  # leaves the group: the second takes every partition
     placed += await produce_lines(unique_topic, lines[4000:])
     expected = {f"{unique_topic}-{p}-{o}" for p, o in placed}
-    await wait_until(lambda: store_count(store) >= len(expected), 90, "all documents")
+    try:
+        await wait_until(lambda: store_count(store) >= len(expected), 90, "all documents")
+    except AssertionError as exc:
+        missing = sorted(expected - store_ids(store))
+        raise AssertionError(
+            f"{exc}: {len(missing)} missing, e.g. {missing[:5]}\n"
+            f"second worker:\n{second.tail(80)}\nfirst worker:\n{first.tail(40)}"
+        ) from None
     assert store_ids(store) == expected
     assert second.terminate() == 0

@@ -99,9 +99,11 @@ def test_dead_letters_go_to_stderr_by_default() -> None:
     result = run([], sample + b"\n" + b"{broken\r\n" + b"\n")
     assert result.returncode == 0
     assert len(lines_of(result.stdout)) == 1
-    (record,) = lines_of(result.stderr)
-    assert record["reason"] == "invalid_json"
-    assert record["raw"] == "{broken"
+    # Nothing is silently dropped: the blank line is a dead letter too.
+    broken, blank = lines_of(result.stderr)
+    assert broken["reason"] == "invalid_json"
+    assert broken["raw"] == "{broken"
+    assert blank == {"reason": "empty", "detail": "empty message", "raw": ""}
 
 
 @pytest.mark.parametrize(
