@@ -15,10 +15,13 @@ gap-aware commit, rebalancing, tables, other agents and the web server work
 unchanged. Everything else (table changelogs, other agents' topics) still
 flows through Faust's per-message path.
 
-Semantics kept: an offset is acked only after its batch was delivered; a
-batch interrupted by shutdown is not acked; on revocation queued batches are
-dropped (never acked: the next owner reads them again) and the batch in flight
-finishes first, as Faust's ``wait_empty`` does for streams.
+Semantics kept: an offset is acked only after its batch was delivered, and
+acks are released in fetch order (Faust commits the first run of consecutive
+acked offsets, so an ack that overtook an undelivered batch could be
+committed past it); a batch interrupted by shutdown is not acked; on
+revocation queued batches are dropped (never acked: the next owner reads them
+again), the batches in flight finish first, as Faust's ``wait_empty`` does for
+streams, and anything fetched before the revocation is never acked.
 
 Relies on faust-streaming internals (``_wait_next_records``, ``_acked``,
 ``_acked_index``, ``_read_offset``, ``_add_gap``): the version is pinned in
@@ -50,7 +53,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class FetchedBatch:
-    generation: int
+    epoch: int  # the pump's assignment epoch when fetched
+    sequence: int  # fetch order: acks are released in this order
     messages: list[InputMessage]
     offsets: dict[TP, list[int]]
 
@@ -60,6 +64,8 @@ class BatchingConsumer(faust_aiokafka.Consumer):
 
     batch_topics: frozenset[str] = frozenset()
     handoff: asyncio.Queue[FetchedBatch] | None = None
+    pump_epoch: int = 0
+    _fetch_sequence: int = 0
 
     async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
         records, active = await super()._wait_next_records(timeout)
@@ -115,7 +121,8 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 offsets[tp] = taken
         if not messages:
             return None
-        return FetchedBatch(self.app.consumer_generation_id, messages, offsets)
+        self._fetch_sequence += 1
+        return FetchedBatch(self.pump_epoch, self._fetch_sequence, messages, offsets)
 
     def ack_offsets(self, offsets: dict[TP, list[int]]) -> int:
         """Faust's ``ack`` for plain offsets: marks them committable, gap-aware."""
@@ -161,6 +168,11 @@ class BatchPump:
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.epoch = 0
+        # Faust commits the first run of consecutive acked offsets and tolerates a
+        # one-offset hole before it: acks must therefore reach it in fetch order.
+        self._next_to_release = 1
+        self._finished: dict[int, FetchedBatch | None] = {}
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -187,6 +199,24 @@ class BatchPump:
             except asyncio.QueueEmpty:
                 return dropped
             dropped += len(batch.messages)
+            self._finish(batch.sequence, None)
+
+    def new_epoch(self) -> None:
+        """After a revocation: batches fetched before it will never be acked."""
+        self.epoch += 1
+        self._consumer().pump_epoch = self.epoch
+
+    def _finish(self, sequence: int, delivered: FetchedBatch | None) -> None:
+        """Record a batch as done (delivered, or dropped: None); release acks in order."""
+        self._finished[sequence] = delivered
+        if sequence < self._next_to_release:
+            return
+        consumer = self._consumer()
+        while self._next_to_release in self._finished:
+            batch = self._finished.pop(self._next_to_release)
+            if batch is not None:
+                consumer.ack_offsets(batch.offsets)
+            self._next_to_release += 1
 
     async def wait_idle(self) -> None:
         """Until no batch is being delivered (queued ones are not waited for)."""
@@ -196,10 +226,14 @@ class BatchPump:
         queue = self.queue
         while True:
             batch = await queue.get()
+            if batch.epoch != self.epoch:
+                self._finish(batch.sequence, None)  # fetched before a revocation
+                continue
             self._busy += 1
             self._idle.clear()
             try:
                 await self._deliver(batch)
+                self._finish(batch.sequence, batch)
             except ShutdownInterrupted:
                 log.warning(
                     "stopping: abandoned a batch of %d, to be consumed again", len(batch.messages)
@@ -224,4 +258,3 @@ class BatchPump:
         size = self._batch_size
         for start in range(0, len(messages), size):
             await self._handle(messages[start : start + size])
-        self._consumer().ack_offsets(batch.offsets)

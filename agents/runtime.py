@@ -164,6 +164,7 @@ class Runtime:
             if dropped:
                 log.info("rebalance: dropped %d fetched messages, to be read again", dropped)
             await self.pump.wait_idle()
+            self.pump.new_epoch()
 
     async def interrupt_inflight(self) -> bool:
         """True when a batch had to be abandoned (its offsets stay uncommitted)."""
