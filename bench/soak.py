@@ -1,0 +1,114 @@
+"""Memory soak: a worker under a steady offered load, RSS sampled over time.
+
+``python bench/soak.py --minutes 10 --rate 5000`` prints one line per sample
+(elapsed, consumed, RSS MB) and a JSON summary: the worker's RSS must stay
+flat (bounded caches and queues), not grow with the number of events.
+The store is the instantly-acknowledging bulk endpoint (bench/null_store.py)
+so the run measures the worker, not the test store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.e2e import metrics, produce, start_null_store, start_worker  # noqa: E402
+from pipeline.embedded.broker import EmbeddedBroker, create_topics  # noqa: E402
+from pipeline.synth import generate  # noqa: E402
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--rate", type=float, default=5000)
+    parser.add_argument("--sample-seconds", type=float, default=30)
+    parser.add_argument("--workdir", default="/tmp/grayscope-soak")
+    args = parser.parse_args()
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    broker = EmbeddedBroker.start(log_path=workdir / "tansu.log")
+    null_store, null_url = start_null_store()
+    topic = "soak-" + uuid.uuid4().hex[:8]
+    asyncio.run(create_topics(broker.bootstrap, [topic], 4))
+    proc, port = start_worker(
+        {
+            "GRAYSCOPE_KAFKA_BROKERS": broker.bootstrap,
+            "GRAYSCOPE_INPUT_TOPICS": topic,
+            "GRAYSCOPE_ES_URL": null_url,
+            "GRAYSCOPE_OTLP_ENDPOINT": "",
+        },
+        workdir / "worker.log",
+    )
+    total = int(args.rate * args.minutes * 60)
+    values = list(generate(200_000, seed=9))
+
+    def feed() -> None:
+        # Distinct-enough traffic: the 200k generated lines cycled.
+        asyncio.run(
+            produce(
+                broker.bootstrap,
+                topic,
+                [values[i % len(values)] for i in range(total)],
+                rate=args.rate,
+            )
+        )
+
+    producer = threading.Thread(target=feed, daemon=True)
+    samples = []
+    try:
+        while not metrics(port):
+            time.sleep(0.2)
+        started = time.monotonic()
+        producer.start()
+        while producer.is_alive() or time.monotonic() - started < args.minutes * 60:
+            time.sleep(args.sample_seconds)
+            m = metrics(port)
+            sample = {
+                "elapsed_s": round(time.monotonic() - started),
+                "consumed": int(m.get("grayscope_messages_consumed_total", 0)),
+                "rss_mb": round(rss_mb(proc.pid), 1),
+            }
+            samples.append(sample)
+            print(sample, flush=True)
+            if not producer.is_alive() and sample["consumed"] >= total:
+                break
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        null_store.terminate()
+        broker.stop()
+    rss = [s["rss_mb"] for s in samples]
+    half = len(rss) // 2 or 1
+    print(
+        json.dumps(
+            {
+                "events": total,
+                "rate": args.rate,
+                "rss_first_half_max_mb": max(rss[:half]),
+                "rss_second_half_max_mb": max(rss[half:] or rss),
+                "rss_max_mb": max(rss),
+                "samples": len(samples),
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
