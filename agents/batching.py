@@ -59,8 +59,25 @@ class FetchedBatch:
     offsets: dict[TP, list[int]]
 
 
+# Faust hard-codes fetch_max_wait_ms=1500. One fetch request covers every
+# partition that needs data, so while the table changelogs and the canary
+# topic are idle the broker may hold the request that would refill the busy
+# input partitions for up to that long: the pipeline starves in between.
+FETCH_MAX_WAIT_MS = 50
+
+
+class ShortWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        return consumer
+
+
 class BatchingConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer that diverts batch topics to a queue."""
+
+    def _new_consumer_thread(self) -> Any:
+        return ShortWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     batch_topics: frozenset[str] = frozenset()
     handoff: asyncio.Queue[FetchedBatch] | None = None
@@ -140,7 +157,10 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                         acked_index.add(offset)
                         acked.append(offset)
                         acked_total += 1
-            self._n_acked += acked_total
+            # Not counted in ``_n_acked``: that count makes Faust's per-message drain loop
+            # commit (and flush the producer) inline every ``broker_commit_every`` acks,
+            # i.e. after every batch here. Batches are committed by the periodic
+            # ``broker_commit_interval`` commit instead.
             notify(self._waiting_for_ack)
         return acked_total
 

@@ -337,6 +337,10 @@ def _fingerprint(verdict: Verdict) -> Fingerprint:
     )
 
 
+# Coalesce aggregates for this long before publishing them to the table agent.
+FLUSH_SECONDS = 1.0
+
+
 def register_canary(app: faust.App, settings: Any, runtime: Any) -> CanaryObserver | None:
     """Declare the canary tables, agent, timer and ``/canary`` page on ``app``.
 
@@ -384,4 +388,15 @@ def register_canary(app: faust.App, settings: Any, runtime: Any) -> CanaryObserv
             return Response(text=format_verdicts(canary.verdicts), content_type="text/plain")
         return web.json(canary.snapshot())
 
-    return CanaryObserver(config.window_seconds, canary.publish_aggregates, stats)
+    observer = CanaryObserver(
+        config.window_seconds, canary.publish_aggregates, stats, flush_interval=FLUSH_SECONDS
+    )
+
+    @app.timer(FLUSH_SECONDS, name="grayscope-canary-flush")
+    async def flush_canary_aggregates() -> None:
+        try:
+            observer.flush()
+        except Exception:
+            log.exception("canary aggregates could not be published")
+
+    return observer

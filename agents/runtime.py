@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 from collections.abc import Sequence
@@ -183,6 +184,9 @@ class Runtime:
             await self._connect_store()
         if self.exporter is not None:
             self.exporter.start()
+        # Startup objects (modules, GeoIP metadata, templates) live forever: keep them
+        # out of every future collection.
+        gc.freeze()
         self._ready_event().set()
         log.info("grayscope worker ready", extra={"settings": self.settings.redacted()})
 
