@@ -12,6 +12,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from pipeline.config import load_settings
 from pipeline.errors import ConfigError
 from pipeline.model import SpanData
+from pipeline.sinks.otlp.encode import encode_spans, request_to_dicts
 from pipeline.sinks.otlp.exporter import (
     Endpoint,
     ExportRequestFailed,
@@ -29,12 +30,12 @@ class FakeTransport:
     def __init__(self, *script: Outcome, default: Outcome = None) -> None:
         self.script = list(script)
         self.default = default
-        self.requests: list[ExportTraceServiceRequest] = []
+        self.requests: list[bytes] = []
         self.gate: asyncio.Event | None = None
         self.closed = False
 
-    async def export(self, request: ExportTraceServiceRequest, timeout: float) -> int:
-        self.requests.append(request)
+    async def export(self, body: bytes, timeout: float) -> int:
+        self.requests.append(body)
         if self.gate is not None:
             await self.gate.wait()
         outcome = self.script.pop(0) if self.script else self.default
@@ -45,10 +46,13 @@ class FakeTransport:
     async def close(self) -> None:
         self.closed = True
 
+    def parsed(self) -> list[ExportTraceServiceRequest]:
+        return [ExportTraceServiceRequest.FromString(body) for body in self.requests]
+
     def batch_sizes(self) -> list[int]:
         return [
             sum(len(ss.spans) for rs in r.resource_spans for ss in rs.scope_spans)
-            for r in self.requests
+            for r in self.parsed()
         ]
 
 
@@ -133,6 +137,19 @@ async def test_batches_of_batch_size() -> None:
         "success": 3, "retriable_error": 0, "permanent_error": 0
     }
     await ex.stop()
+
+
+async def test_requests_are_the_encoded_spans_in_submit_order() -> None:
+    transport = FakeTransport()
+    ex = exporter(transport, batch_size=3)
+    submitted = spans(5)
+    ex.submit(submitted)
+    ex.start()
+    assert await ex.flush(timeout=10)
+    await ex.stop()
+    assert transport.parsed() == [encode_spans(submitted[:3]), encode_spans(submitted[3:])]
+    exported = [d for r in transport.parsed() for d in request_to_dicts(r)]
+    assert [d["span_id"] for d in exported] == [s.span_id.hex() for s in submitted]
 
 
 async def test_retries_are_bounded_then_the_batch_is_dropped() -> None:

@@ -1,15 +1,32 @@
 """SpanData <-> OTLP protobuf (pure: no I/O).
 
-``encode_spans`` groups spans by ``service.name`` into one ResourceSpans each
-(first-seen order), with one ScopeSpans named "grayscope". It fills the
-messages in place through ``add()``, which is several times faster than
-building sub-messages and copying them in (this runs for every batch).
-``request_to_dicts`` is the inverse view used by the embedded receiver and
-the tests: plain dicts, ids as lower hex.
+``encode_request`` writes the serialized ExportTraceServiceRequest (the
+OTLP/HTTP body, and the gRPC request message) straight in the protobuf wire
+format: it runs for every span, and building protobuf objects only to
+serialize them cost several times more. Spans are grouped by
+``service.name`` into one ResourceSpans each (first-seen order), with one
+ScopeSpans named "grayscope". Fields go in field-number order and proto3
+defaults are left out, so the bytes are the ones protobuf itself writes for
+the same request. Tags, and the key prefixes of the schema's attribute names
+by value length, are computed once; encoded attributes (string, int and
+fractional double values) and span names are memoised in bounded caches:
+most values repeat (stage, method, route, status, country, coordinates...),
+so most attributes of a span cost one C-level dict lookup.
+
+``encode_spans`` builds the same request from protobuf objects: the
+reference the tests hold ``encode_request`` to. ``request_to_dicts`` is the
+inverse view used by the embedded receiver and the tests: plain dicts, ids as
+lower hex.
+
+Text that is not valid UTF-8 (lone surrogates from lenient JSON) is written
+with "?" for each bad code point: one bad string must not cost the batch.
+Ints outside int64 and timestamps outside uint64 raise ValueError, like
+protobuf.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
@@ -18,6 +35,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, SpanFlags, Status
 
+import schemas
 from pipeline.model import SpanData
 
 SCOPE_NAME = "grayscope"
@@ -41,8 +59,311 @@ def _scope_version() -> str:
 SCOPE_VERSION = _scope_version()
 
 
+# --- wire format ---------------------------------------------------------------
+
+# Cache sizes (entries; a full cache is cleared: values drift, e.g. over a day). The
+# attribute cache also sees per-request values (client address, URL path), hence its size.
+_MAX_ATTRIBUTES = 16_384
+_MAX_INTS = 1024
+_MAX_NAMES = 4096
+_UINT64 = 1 << 64
+_INT64_MIN = -(1 << 63)
+_INT64_MAX = (1 << 63) - 1
+
+_pack_double = struct.Struct("<d").pack
+_pack_fixed32 = struct.Struct("<I").pack
+# start (7, fixed64), end tag (8, fixed64), end: one call for both timestamps.
+_pack_times = struct.Struct("<QBQ").pack
+_pack_fixed64 = struct.Struct("<Q").pack
+
+_BYTE = tuple(bytes((i,)) for i in range(256))
+
+
+def _varint(n: int) -> bytes:
+    """Unsigned base-128 varint (callers map negative int64 to two's complement)."""
+    if n < 0x80:
+        return _BYTE[n]
+    if n < 0x4000:  # a span's length, usually
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _tag(field: int, wire_type: int) -> bytes:
+    return _varint(field << 3 | wire_type)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field: tag, length, payload."""
+    n = len(payload)
+    return tag + (_BYTE[n] if n < 0x80 else _varint(n)) + payload
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
+
+
+# Tags, named message.field (wire type 0 varint, 1 fixed64, 2 length-delimited, 5 fixed32).
+_REQUEST_RESOURCE_SPANS = _tag(1, 2)
+_RESOURCE_SPANS_RESOURCE = _tag(1, 2)
+_RESOURCE_SPANS_SCOPE_SPANS = _tag(2, 2)
+_RESOURCE_ATTRIBUTES = _tag(1, 2)
+_SCOPE_SPANS_SCOPE = _tag(1, 2)
+_SCOPE_SPANS_SPANS = _tag(2, 2)
+_SCOPE_NAME = _tag(1, 2)
+_SCOPE_VERSION = _tag(2, 2)
+_SPAN_TRACE_ID = _tag(1, 2)
+_SPAN_SPAN_ID = _tag(2, 2)
+_SPAN_PARENT_SPAN_ID = _tag(4, 2)
+_SPAN_NAME = _tag(5, 2)
+_SPAN_KIND = _tag(6, 0)
+_SPAN_START = _tag(7, 1)
+_SPAN_END = _tag(8, 1)
+_SPAN_ATTRIBUTES = _tag(9, 2)
+_SPAN_STATUS = _tag(15, 2)
+_SPAN_FLAGS = _tag(16, 5)
+_STATUS_MESSAGE = _tag(2, 2)
+_STATUS_CODE = _tag(3, 0)
+_KV_KEY = _tag(1, 2)
+_KV_VALUE = _tag(2, 2)
+_ANY_STRING = _tag(1, 2)
+_ANY_BOOL = _tag(2, 0)
+_ANY_INT = _tag(3, 0)
+_ANY_DOUBLE = _tag(4, 1)
+
+_TRACE_ID_16 = _SPAN_TRACE_ID + _BYTE[16]
+_SPAN_ID_8 = _SPAN_SPAN_ID + _BYTE[8]
+_PARENT_ID_8 = _SPAN_PARENT_SPAN_ID + _BYTE[8]
+_KIND_SERVER_START = _SPAN_KIND + _varint(_SERVER) + _SPAN_START
+_KIND_SERVER = _SPAN_KIND + _varint(_SERVER)
+_END_TAG = _SPAN_END[0]
+_STATUS_CODE_ERROR = _STATUS_CODE + _varint(_ERROR)
+_FLAGS_ROOT_FIELD = _SPAN_FLAGS + _pack_fixed32(_FLAGS_ROOT)
+_FLAGS_REMOTE_PARENT_FIELD = _SPAN_FLAGS + _pack_fixed32(_FLAGS_REMOTE_PARENT)
+_SCOPE_FIELD = _field(
+    _SCOPE_SPANS_SCOPE,
+    _field(_SCOPE_NAME, _utf8(SCOPE_NAME))
+    + (_field(_SCOPE_VERSION, _utf8(SCOPE_VERSION)) if SCOPE_VERSION else b""),
+)
+
+
+def _any_value(value: object) -> bytes:
+    """The encoded AnyValue of an attribute value (the reference's type order)."""
+    if isinstance(value, str):
+        return _field(_ANY_STRING, _utf8(value))
+    if isinstance(value, bool):  # before int: bool is an int subclass
+        return _ANY_BOOL + _BYTE[value]
+    if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise ValueError(f"attribute value out of int64 range: {value}")
+        return _ANY_INT + _varint(value % _UINT64)
+    if isinstance(value, float):
+        return _ANY_DOUBLE + _pack_double(value)
+    return _field(_ANY_STRING, _utf8(str(value)))
+
+
+def _key_field(key: str) -> bytes:
+    encoded = _utf8(key)
+    return _field(_KV_KEY, encoded) if encoded else b""  # proto3 leaves out ""
+
+
+# The key fields of the schema's attribute names, written once.
+_KEY_FIELDS = {name: _key_field(name) for name in schemas.span_attributes()}
+
+
+def _key_value(key: str, value: object) -> bytes:
+    """One attribute as an encoded ``attributes`` field of a Span."""
+    key_field = _KEY_FIELDS.get(key) or _key_field(key)
+    return _field(_SPAN_ATTRIBUTES, key_field + _field(_KV_VALUE, _any_value(value)))
+
+
+class _AttributeCache(dict[tuple[str, object], bytes]):
+    """(name, value) item -> encoded ``attributes`` field; a lookup encodes what is missing.
+
+    Looked up with the very tuples ``dict.items()`` yields, so the hits of a whole
+    attribute dict take one C-level ``map``. Only values that equal nothing of another
+    type are kept: str, and floats with a fraction (True == 1 == 1.0 and 0.0 == -0.0
+    would share an entry and get one encoding). Ints, the status code, are memoised
+    apart, looked up only once the type is known.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.ints: dict[tuple[str, object], bytes] = {}
+
+    def __missing__(self, item: tuple[str, object]) -> bytes:
+        key, value = item
+        cls = value.__class__
+        if cls is int:
+            encoded = self.ints.get(item)
+            if encoded is None:
+                encoded = _remember(self.ints, item, _key_value(key, value), _MAX_INTS)
+            return encoded
+        if cls is str:
+            heads = _STRING_HEADS.get(key)
+            encoded_value = _utf8(value)  # type: ignore[arg-type]
+            if heads is not None and len(encoded_value) < _HEAD_LENGTHS:
+                encoded = heads[len(encoded_value)] + encoded_value
+            else:
+                encoded = _key_value(key, value)
+            return _remember(self, item, encoded, self.limit)
+        encoded = _key_value(key, value)
+        if cls is float and not value.is_integer():  # type: ignore[attr-defined]
+            _remember(self, item, encoded, self.limit)
+        return encoded
+
+
+def _string_heads(key: str) -> tuple[bytes, ...]:
+    # Everything of a string attribute in front of its value, by the value's length.
+    return tuple(_key_value(key, "x" * n)[: -n or None] for n in range(_HEAD_LENGTHS))
+
+
+_HEAD_LENGTHS = 256
+_STRING_HEADS = {
+    name: _string_heads(name)
+    for name, kind in schemas.span_attributes().items()
+    if kind == "string"
+}
+_ATTRIBUTES = _AttributeCache(_MAX_ATTRIBUTES)
+_NAMES: dict[str, bytes] = {}
+# Span length -> the ScopeSpans.spans tag and length in front of it.
+_SPAN_PREFIXES: dict[int, bytes] = {}
+
+
+def _remember(cache: dict[Any, bytes], key: object, encoded: bytes, limit: int) -> bytes:
+    if len(cache) >= limit:
+        cache.clear()
+    cache[key] = encoded
+    return encoded
+
+
+def _span_prefix(n: int) -> bytes:
+    prefix = _SCOPE_SPANS_SPANS + _varint(n)
+    if n < 0x4000:  # at most 16384 entries
+        _SPAN_PREFIXES[n] = prefix
+    return prefix
+
+
+def _name_field(name: str) -> bytes:
+    encoded = _utf8(name)
+    return _remember(_NAMES, name, _field(_SPAN_NAME, encoded) if encoded else b"", _MAX_NAMES)
+
+
+def _times(start: int, end: int) -> bytes:
+    """Kind, start and end fields (proto3 leaves out zero timestamps)."""
+    try:
+        return (
+            _KIND_SERVER
+            + (_SPAN_START + _pack_fixed64(start) if start else b"")
+            + (_SPAN_END + _pack_fixed64(end) if end else b"")
+        )
+    except struct.error as exc:
+        raise ValueError(f"span time out of uint64 range: {start}, {end}") from exc
+
+
+def _ids(trace_id: bytes, span_id: bytes, parent: bytes | None) -> bytes:
+    return (
+        (_field(_SPAN_TRACE_ID, trace_id) if trace_id else b"")
+        + (_field(_SPAN_SPAN_ID, span_id) if span_id else b"")
+        + (_field(_SPAN_PARENT_SPAN_ID, parent) if parent else b"")
+    )
+
+
+def _span(data: SpanData) -> bytes:
+    """The encoded Span message (without its tag and length)."""
+    trace_id = data.trace_id
+    span_id = data.span_id
+    parent = data.parent_span_id
+    start = data.start_ns
+    end = data.end_ns
+    name = _NAMES.get(data.name)
+    if name is None:
+        name = _name_field(data.name)
+    # The usual span gets a list of ready-made pieces; anything odd the general path.
+    if len(trace_id) == 16 and len(span_id) == 8 and 0 < start < _UINT64 and 0 < end < _UINT64:
+        if not parent:
+            parts = [_TRACE_ID_16, trace_id, _SPAN_ID_8, span_id, name, _KIND_SERVER_START,
+                     _pack_times(start, _END_TAG, end)]
+        elif len(parent) == 8:
+            parts = [_TRACE_ID_16, trace_id, _SPAN_ID_8, span_id, _PARENT_ID_8, parent, name,
+                     _KIND_SERVER_START, _pack_times(start, _END_TAG, end)]
+        else:
+            parts = [_ids(trace_id, span_id, parent), name, _times(start, end)]
+    else:
+        parts = [_ids(trace_id, span_id, parent), name, _times(start, end)]
+    fixed = len(parts)
+    try:
+        parts.extend(map(_ATTRIBUTES.__getitem__, data.attributes.items()))
+    except TypeError:  # an unhashable value: no memo for it (written as its str())
+        del parts[fixed:]
+        parts.extend(_key_value(key, value) for key, value in data.attributes.items())
+    append = parts.append
+    if data.error:
+        message = _utf8(data.status_message)
+        status = (_field(_STATUS_MESSAGE, message) if message else b"") + _STATUS_CODE_ERROR
+        append(_field(_SPAN_STATUS, status))
+    append(_FLAGS_REMOTE_PARENT_FIELD if parent else _FLAGS_ROOT_FIELD)
+    return b"".join(parts)
+
+
+def _resource_field(service_name: str) -> bytes:
+    attribute = _field(
+        _RESOURCE_ATTRIBUTES,
+        _key_field(SERVICE_NAME_KEY) + _field(_KV_VALUE, _field(_ANY_STRING, _utf8(service_name))),
+    )
+    return _field(_RESOURCE_SPANS_RESOURCE, attribute)
+
+
+def encode_request(spans: Sequence[SpanData]) -> bytes:
+    """The serialized export request holding ``spans``, grouped by service."""
+    groups: dict[str, list[bytes]] = {}
+    for data in spans:
+        body = _span(data)
+        group = groups.get(data.service_name)
+        if group is None:
+            group = groups[data.service_name] = []
+        n = len(body)
+        group.append(_SPAN_PREFIXES.get(n) or _span_prefix(n))
+        group.append(body)
+    # The enclosing messages' lengths are added up instead of joining each level: one
+    # copy of the spans into the request (at batch size a level is hundreds of kB).
+    out: list[bytes] = []
+    for service_name, group in groups.items():
+        resource = _resource_field(service_name)
+        scope_spans_length = len(_SCOPE_FIELD) + sum(map(len, group))
+        scope_spans = _RESOURCE_SPANS_SCOPE_SPANS + _varint(scope_spans_length)
+        resource_spans_length = len(resource) + len(scope_spans) + scope_spans_length
+        out.append(_REQUEST_RESOURCE_SPANS + _varint(resource_spans_length))
+        out.append(resource)
+        out.append(scope_spans)
+        out.append(_SCOPE_FIELD)
+        out.extend(group)
+    return b"".join(out)
+
+
+def to_bytes(spans: Sequence[SpanData]) -> bytes:
+    """The serialized export request (the OTLP/HTTP protobuf body); ``encode_request``."""
+    return encode_request(spans)
+
+
+# --- protobuf objects: the reference encoding, and the decoding side ------------
+
+
 def encode_spans(spans: Sequence[SpanData]) -> ExportTraceServiceRequest:
-    """One export request holding ``spans``, grouped by service."""
+    """One export request holding ``spans``, grouped by service, as protobuf objects.
+
+    Fills the messages in place through ``add()`` (several times faster than
+    building sub-messages and copying them in), but still several times slower
+    than ``encode_request``, which the exporter uses.
+    """
     request = ExportTraceServiceRequest()
     by_service: dict[str, ScopeSpans] = {}
     for data in spans:
@@ -52,11 +373,6 @@ def encode_spans(spans: Sequence[SpanData]) -> ExportTraceServiceRequest:
             by_service[data.service_name] = scope_spans
         _fill_span(scope_spans.spans.add(), data)
     return request
-
-
-def to_bytes(spans: Sequence[SpanData]) -> bytes:
-    """The serialized export request (the OTLP/HTTP protobuf body)."""
-    return encode_spans(spans).SerializeToString()
 
 
 def _new_scope_spans(request: ExportTraceServiceRequest, service_name: str) -> ScopeSpans:

@@ -2,12 +2,16 @@
 
 The protocol follows the endpoint: a URL whose path ends in ``/v1/traces`` is
 OTLP/HTTP (protobuf body, aiohttp); a URL without a path is OTLP/gRPC
-(``TraceService/Export`` over ``grpc.aio``; ``https`` = TLS).
+(``TraceService/Export`` over ``grpc.aio``; ``https`` = TLS). Either way the
+request is the bytes of ``encode_request``: no protobuf objects are built (the
+gRPC call takes the bytes as they are, only the response is parsed).
 
 ``submit`` never awaits: spans go into a queue bounded by ``queue_size``;
 what does not fit is dropped and counted. The background task exports
 batches of ``batch_size`` with at most ``max_retries`` retries (exponential
 backoff, only for retriable failures), then drops the batch and counts it.
+Spans are encoded there, once per batch (retries resend the same bytes): off
+the consumer's batch path, though still on the event loop.
 So a collector outage costs spans, never indexing throughput or memory.
 Header values may hold API keys: they are never logged.
 
@@ -26,28 +30,27 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import grpc
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from pipeline.errors import ConfigError, ExportError
 from pipeline.model import SpanData
-from pipeline.sinks.otlp.encode import encode_spans
+from pipeline.sinks.otlp.encode import encode_request
 
 if TYPE_CHECKING:
     from pipeline.config import Settings
+
+    _ExportCall: TypeAlias = grpc.aio.UnaryUnaryMultiCallable[bytes, ExportTraceServiceResponse]
 
 log = logging.getLogger(__name__)
 
 HTTP_PATH_SUFFIX = "/v1/traces"
 DEFAULT_GRPC_PORT = 4317
+GRPC_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 # OTLP/HTTP spec: only these are worth another try (plus connection errors).
 RETRIABLE_HTTP_STATUS = frozenset({429, 502, 503, 504})
 # OTLP/gRPC spec's retryable codes.
@@ -114,10 +117,11 @@ class ExportRequestFailed(ExportError):
 class Transport(Protocol):
     """Sends one export request; returns how many spans the collector rejected.
 
+    ``body`` is a serialized ExportTraceServiceRequest (``encode_request``).
     Raises ``ExportError`` (``retriable`` set) for every delivery failure.
     """
 
-    async def export(self, request: ExportTraceServiceRequest, timeout: float) -> int: ...
+    async def export(self, body: bytes, timeout: float) -> int: ...
 
     async def close(self) -> None: ...
 
@@ -186,11 +190,10 @@ class HttpTransport:
         }
         self._session: aiohttp.ClientSession | None = None
 
-    async def export(self, request: ExportTraceServiceRequest, timeout: float) -> int:
+    async def export(self, body: bytes, timeout: float) -> int:
         if self._session is None:
             # Created lazily: a ClientSession belongs to the loop it was made in.
             self._session = aiohttp.ClientSession()
-        body = request.SerializeToString()
         try:
             async with self._session.post(
                 self._url,
@@ -220,16 +223,20 @@ class HttpTransport:
 
 
 class GrpcTransport:
-    """OTLP/gRPC: ``TraceService/Export`` on a ``grpc.aio`` channel."""
+    """OTLP/gRPC: ``TraceService/Export`` on a ``grpc.aio`` channel.
+
+    A generic unary call without a request serializer: the already serialized
+    request goes out as it is.
+    """
 
     def __init__(self, endpoint: Endpoint, headers: Mapping[str, str]) -> None:
         self._endpoint = endpoint
         # gRPC metadata keys must be lower case.
         self._metadata = tuple((k.lower(), v) for k, v in headers.items())
         self._channel: grpc.aio.Channel | None = None
-        self._stub: TraceServiceStub | None = None
+        self._export: _ExportCall | None = None
 
-    def _connect(self) -> TraceServiceStub:
+    def _connect(self) -> _ExportCall:
         if self._endpoint.secure:
             channel = grpc.aio.secure_channel(
                 self._endpoint.url, grpc.ssl_channel_credentials(), options=GRPC_CHANNEL_OPTIONS
@@ -237,13 +244,17 @@ class GrpcTransport:
         else:
             channel = grpc.aio.insecure_channel(self._endpoint.url, options=GRPC_CHANNEL_OPTIONS)
         self._channel = channel
-        self._stub = TraceServiceStub(channel)
-        return self._stub
+        self._export = channel.unary_unary(
+            GRPC_EXPORT_METHOD,
+            request_serializer=None,  # the request is bytes already
+            response_deserializer=ExportTraceServiceResponse.FromString,
+        )
+        return self._export
 
-    async def export(self, request: ExportTraceServiceRequest, timeout: float) -> int:
-        stub = self._stub or self._connect()
+    async def export(self, body: bytes, timeout: float) -> int:
+        call = self._export or self._connect()
         try:
-            response = await stub.Export(request, timeout=timeout, metadata=self._metadata)
+            response = await call(body, timeout=timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             raise ExportRequestFailed(
@@ -256,7 +267,7 @@ class GrpcTransport:
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
-            self._stub = None
+            self._export = None
 
 
 def make_transport(endpoint: Endpoint, headers: Mapping[str, str]) -> Transport:
@@ -431,12 +442,12 @@ class OtlpExporter:
             self._inflight = 0
 
     async def _export_batch(self, batch: list[SpanData]) -> None:
-        request = encode_spans(batch)
+        body = encode_request(batch)
         attempt = 0
         while True:
             try:
                 async with asyncio.timeout(self.timeout * 2):  # in case a transport hangs
-                    rejected = await self._transport.export(request, self.timeout)
+                    rejected = await self._transport.export(body, self.timeout)
             except TimeoutError as exc:
                 error: ExportError = ExportRequestFailed(
                     f"{self.endpoint.display}: timed out", retriable=True
