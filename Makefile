@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test unit integration lint demo bench bench-core clean
+.PHONY: install test unit integration lint demo bench bench-core bench-spans soak clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -41,3 +41,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+bench-spans: $(STAMP)
+	$(BIN)/python bench/spans.py $(ARGS)
+
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py $(ARGS)
