@@ -102,6 +102,19 @@ async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int,
         await consumer.stop()
 
 
+async def assert_nothing_committed_past(
+    bootstrap: str, env: dict[str, str], topic: str, stored_ids: set[str]
+) -> None:
+    """No committed offset may be past the last document the store acknowledged."""
+    stored_max: dict[int, int] = {}
+    for doc_id in stored_ids:
+        partition, offset = (int(x) for x in doc_id.rsplit("-", 2)[1:])
+        stored_max[partition] = max(stored_max.get(partition, -1), offset)
+    committed = await committed_offsets(bootstrap, env["GRAYSCOPE_CONSUMER_GROUP"], topic)
+    for partition, offset in committed.items():
+        assert offset <= stored_max.get(partition, -1) + 1, (partition, offset, stored_max)
+
+
 def base_env(
     bootstrap: str, topic: str, dlq: str, store: EmbeddedStore | None, mode: str = "batch"
 ) -> dict[str, str]:
@@ -248,13 +261,7 @@ async def test_store_outage_holds_the_partition_and_loses_nothing(
     placed += await produce_lines(unique_topic, during)
     await wait_until(lambda: worker.metric("grayscope_bulk_retries_total") >= 2, 30, "bulk retries")
     # Nothing past what the old store acknowledged may be committed.
-    stored_max: dict[int, int] = {}
-    for doc_id in before_outage:
-        partition, offset = (int(x) for x in doc_id.rsplit("-", 2)[1:])
-        stored_max[partition] = max(stored_max.get(partition, -1), offset)
-    committed = await committed_offsets(bootstrap, env["GRAYSCOPE_CONSUMER_GROUP"], unique_topic)
-    for partition, offset in committed.items():
-        assert offset <= stored_max.get(partition, -1) + 1, (partition, offset, stored_max)
+    await assert_nothing_committed_past(bootstrap, env, unique_topic, before_outage)
 
     store.start_again()  # a fresh, empty store on the same URL
     placed += await produce_lines(unique_topic, after)
@@ -415,13 +422,7 @@ async def test_sigterm_during_store_outage_exits_without_committing_unstored(
     code = worker.terminate(timeout=60)
     assert time.monotonic() - started < 30, "SIGTERM must stop the worker in bounded time"
     assert code is not None
-    stored_max: dict[int, int] = {}
-    for doc_id in stored:
-        partition, offset = (int(x) for x in doc_id.rsplit("-", 2)[1:])
-        stored_max[partition] = max(stored_max.get(partition, -1), offset)
-    committed = await committed_offsets(bootstrap, env["GRAYSCOPE_CONSUMER_GROUP"], unique_topic)
-    for partition, offset in committed.items():
-        assert offset <= stored_max.get(partition, -1) + 1, (partition, offset, stored_max)
+    await assert_nothing_committed_past(bootstrap, env, unique_topic, stored)
 
 
 @pytest.mark.partitions(4)
