@@ -29,7 +29,6 @@ import socket
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -39,6 +38,7 @@ from aiokafka.errors import KafkaError
 from pipeline.embedded.ports import (
     LOOPBACK,
     ChildProcess,
+    EmbeddedService,
     EmbeddedServiceError,
     default_log_path,
     free_port,
@@ -133,7 +133,7 @@ def metadata_probe(host: str, port: int, timeout: float = 0.5) -> list[tuple[str
     return brokers
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(EmbeddedService):
     """A running tansu broker on 127.0.0.1 with memory storage.
 
     Start with :meth:`start`; the object stays valid across :meth:`restart`
@@ -190,18 +190,16 @@ class EmbeddedBroker:
         broker._spawn()
         return broker
 
+    kind = "broker"
+
     @property
     def bootstrap(self) -> str:
         """Bootstrap servers string for Kafka clients."""
         return f"{self.host}:{self.port}"
 
     @property
-    def pid(self) -> int | None:
-        return self._child.pid if self._child is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._child is not None and self._child.running()
+    def address(self) -> str:
+        return self.bootstrap
 
     def _argv(self, port: int) -> list[str]:
         url = f"tcp://{self.host}:{port}"
@@ -271,43 +269,6 @@ class EmbeddedBroker:
         except (OSError, struct.error):
             return False
         return (self.host, port) in brokers
-
-    def stop(self) -> None:
-        """Stop the broker (SIGTERM, SIGKILL after the grace period). Idempotent."""
-        if self._child is None:
-            return
-        child, self._child = self._child, None
-        child.stop(self.stop_grace)
-        log.info("embedded broker on %s stopped", self.bootstrap)
-
-    def start_again(self) -> None:
-        """Start a fresh, empty broker on the port of the previous run (after stop)."""
-        if self.running:
-            raise EmbeddedServiceError(f"broker on {self.bootstrap} is still running")
-        self._child = None
-        self._spawn()
-
-    def restart(self, *, new_port: bool = False) -> None:
-        """Stop and start an empty broker; on the same port unless new_port."""
-        self.stop()
-        if new_port:
-            self._requested_port = None
-        self._spawn()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        state = f"pid={self.pid}" if self.running else "stopped"
-        return f"EmbeddedBroker({self.bootstrap}, {state}, log={self.log_path})"
 
 
 async def create_topics(

@@ -21,6 +21,8 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 from pipeline.errors import GrayscopeError
 
@@ -196,3 +198,72 @@ _live: set[ChildProcess] = set()
 def _stop_leftovers() -> None:
     for child in list(_live):
         child.stop(grace=2.0)
+
+
+class EmbeddedService:
+    """Lifecycle shared by the embedded processes: stop, start again, restart.
+
+    Subclasses set ``kind`` and ``address``, fill the attributes below in
+    ``__init__`` and implement ``_spawn`` (start ``self._child`` on
+    ``self._requested_port`` or a free port, and set ``self.port``).
+    """
+
+    kind = "service"
+    host: str
+    log_path: Path
+    stop_grace: float
+    port: int
+    _requested_port: int | None
+    _child: ChildProcess | None
+
+    @property
+    def address(self) -> str:
+        raise NotImplementedError
+
+    def _spawn(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid if self._child is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._child is not None and self._child.running()
+
+    def stop(self) -> None:
+        """Stop the process (SIGTERM, SIGKILL after the grace period). Idempotent."""
+        if self._child is None:
+            return
+        child, self._child = self._child, None
+        child.stop(self.stop_grace)
+        log.info("embedded %s on %s stopped", self.kind, self.address)
+
+    def start_again(self) -> None:
+        """Start a fresh, empty instance on the port of the previous run (after stop)."""
+        if self.running:
+            raise EmbeddedServiceError(f"{self.kind} on {self.address} is still running")
+        self._child = None
+        self._spawn()
+
+    def restart(self, *, new_port: bool = False) -> None:
+        """Stop and start an empty instance; on the same port unless new_port."""
+        self.stop()
+        if new_port:
+            self._requested_port = None
+        self._spawn()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = f"pid={self.pid}" if self.running else "stopped"
+        return f"{type(self).__name__}({self.address}, {state}, log={self.log_path})"

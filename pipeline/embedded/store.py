@@ -20,7 +20,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import orjson
@@ -28,6 +27,7 @@ import orjson
 from pipeline.embedded.ports import (
     LOOPBACK,
     ChildProcess,
+    EmbeddedService,
     EmbeddedServiceError,
     default_log_path,
     port_accepts,
@@ -74,7 +74,7 @@ def _ready_url(output: str) -> str | None:
     return None
 
 
-class EmbeddedStore:
+class EmbeddedStore(EmbeddedService):
     """A running osmem-server on 127.0.0.1.
 
     Start with :meth:`start`; the object stays valid across :meth:`stop` /
@@ -124,17 +124,15 @@ class EmbeddedStore:
         store._spawn()
         return store
 
+    kind = "store"
+
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     @property
-    def pid(self) -> int | None:
-        return self._child.pid if self._child is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._child is not None and self._child.running()
+    def address(self) -> str:
+        return self.url
 
     def _argv(self, port: int) -> list[str]:
         # Two ways to die with us that, unlike PR_SET_PDEATHSIG, do not care
@@ -191,28 +189,6 @@ class EmbeddedStore:
         except (OSError, ValueError):
             return False
 
-    def stop(self) -> None:
-        """Stop the store (stdin EOF + SIGTERM, SIGKILL after the grace period). Idempotent."""
-        if self._child is None:
-            return
-        child, self._child = self._child, None
-        child.stop(self.stop_grace)
-        log.info("embedded store on %s stopped", self.url)
-
-    def start_again(self) -> None:
-        """Start a fresh, empty store on the port of the previous run."""
-        if self.running:
-            raise EmbeddedServiceError(f"store on {self.url} is still running")
-        self._child = None
-        self._spawn()
-
-    def restart(self, *, new_port: bool = False) -> None:
-        """Stop and start an empty store; on the same port unless new_port."""
-        self.stop()
-        if new_port:
-            self._requested_port = None
-        self._spawn()
-
     def request(
         self,
         method: str,
@@ -244,21 +220,6 @@ class EmbeddedStore:
         except OSError as exc:
             raise EmbeddedServiceError(f"{method} {path}: {exc}") from exc
         return _decode(raw)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        state = f"pid={self.pid}" if self.running else "stopped"
-        return f"EmbeddedStore({self.url}, {state}, log={self.log_path})"
 
 
 def _decode(raw: bytes) -> Any:
