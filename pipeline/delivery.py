@@ -131,6 +131,7 @@ class BatchHandler:
                 enriched_counts[dataset] = enriched_counts.get(dataset, 0) + 1
                 if observed is not None:
                     observed.append((result.record, result.enrichment, msg.timestamp_ns))
+                doc_id = msg.coords.doc_id  # the document _id and the span fallback key
                 if self._store is not None:
                     try:
                         index, op = target_for(timestamp, mode)
@@ -142,11 +143,9 @@ class BatchHandler:
                             (DeadLetter(Reason.INVALID_FIELD, detail, raw), msg.coords, msg.key)
                         )
                         continue
-                    items.append(BulkItem(msg.coords.doc_id, index, op, source, msg))
+                    items.append(BulkItem(doc_id, index, op, source, msg))
                 if want_spans:
-                    span = build_span(
-                        result.record, result.enrichment, fallback_key=msg.coords.doc_id
-                    )
+                    span = build_span(result.record, result.enrichment, fallback_key=doc_id)
                     if span is not None:
                         spans.append(span)
             else:
