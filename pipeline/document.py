@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.formats.values import ns_to_iso
-from pipeline.model import AccessRecord, Enrichment, GeoInfo
+from pipeline.model import AccessRecord, AsnInfo, Enrichment, GeoInfo
 
 _HTTP_VERSIONS = {
     "HTTP/1.0": "1.0",
@@ -32,7 +32,11 @@ def http_version(protocol: str | None) -> str | None:
 def build_document(
     rec: AccessRecord, enr: Enrichment, include_original: bool = False
 ) -> dict[str, Any]:
-    """One ECS document; absent values are left out, never written as null."""
+    """One ECS document; absent values are left out, never written as null.
+
+    Documents may share sub-objects (``client.geo``, ``client.as``) with other
+    documents: serialise them, never modify them.
+    """
     # Written for speed (it runs once per event): direct attribute reads into
     # locals, dict displays for the parts that are always there, and the
     # sub-objects only when they have something in them.
@@ -101,20 +105,20 @@ def build_document(
         client: dict[str, Any] = {"ip": client_ip}
         geo = enr.geo
         if geo is not None:
-            geo_doc = geo_document(geo)
+            # Built once per GeoInfo (they come shared from the GeoIP cache), then
+            # shared by every document of that client: documents are read-only.
+            geo_doc = geo.document
+            if geo_doc is None:
+                geo_doc = geo.document = geo_document(geo)
             if geo_doc:
                 client["geo"] = geo_doc
         asn = enr.asn
         if asn is not None:
-            number, organization = asn.number, asn.organization
-            if number is not None:
-                client["as"] = (
-                    {"number": number}
-                    if organization is None
-                    else {"number": number, "organization": {"name": organization}}
-                )
-            elif organization is not None:
-                client["as"] = {"organization": {"name": organization}}
+            as_doc = asn.document
+            if as_doc is None:
+                as_doc = asn.document = as_document(asn)
+            if as_doc:
+                client["as"] = as_doc
         doc["client"] = client
 
     value = enr.trace_id
@@ -164,4 +168,15 @@ def geo_document(geo: GeoInfo) -> dict[str, Any]:
         out["city_name"] = geo.city_name
     if geo.lat is not None and geo.lon is not None:
         out["location"] = {"lat": geo.lat, "lon": geo.lon}
+    return out
+
+
+def as_document(asn: AsnInfo) -> dict[str, Any]:
+    """``client.as``: number and organization name, those that are known."""
+    number, organization = asn.number, asn.organization
+    out: dict[str, Any] = {}
+    if number is not None:
+        out["number"] = number
+    if organization is not None:
+        out["organization"] = {"name": organization}
     return out

@@ -4,7 +4,10 @@
 extension over an mmap and maps the raw record dicts straight onto
 ``GeoInfo``/``AsnInfo``: decoding a GeoLite2-City record that way takes about
 half the time of building geoip2's model objects (~8 us vs ~17 us measured),
-and a lookup that hits the LRU cache costs well under a microsecond.
+and a lookup that hits the LRU cache costs well under a microsecond. The
+cache also remembers answers per /24 (IPv4) and /48 (IPv6) network when the
+databases hold the answer for that whole network (``get_with_prefix_len``),
+so a new client in a known network is a cache hit too.
 
 Which addresses are looked up: loopback, private (RFC 1918, RFC 4193),
 CGNAT (100.64.0.0/10), link-local, multicast, unspecified/"this network" and
@@ -108,26 +111,37 @@ def _skipped(value: int, nets: tuple[tuple[int, int], ...]) -> bool:
     return False
 
 
-def _parse(ip: str) -> tuple[str, bool] | None:
-    """(address to look up, skip it?) or None when ``ip`` is not an IP address.
+def _parse(ip: str) -> tuple[str, bool, bytes] | None:
+    """(address to look up, skip it?, network key) or None when ``ip`` is not an IP address.
 
     ``inet_pton`` is ~10x cheaper than ``ipaddress`` and strict (no leading
     zeros, no zone ids, no whitespace, no ports). IPv4-mapped IPv6 addresses are
     looked up as IPv4 because not every database aliases ``::ffff:0:0/96``.
+    The network key is the packed /24 (IPv4) or /48 (IPv6) the address lies in:
+    bytes of two distinct lengths, so it never equals an address key (a str).
     """
     try:
         if ":" in ip:
             packed = socket.inet_pton(socket.AF_INET6, ip)
             if packed[:12] == _MAPPED_PREFIX:
                 v4 = packed[12:]
-                return socket.inet_ntop(socket.AF_INET, v4), _skipped(
-                    int.from_bytes(v4, "big"), _SKIP_V4
+                return (
+                    socket.inet_ntop(socket.AF_INET, v4),
+                    _skipped(int.from_bytes(v4, "big"), _SKIP_V4),
+                    v4[:3],
                 )
-            return ip, _skipped(int.from_bytes(packed, "big"), _SKIP_V6)
+            return ip, _skipped(int.from_bytes(packed, "big"), _SKIP_V6), packed[:6]
         packed = socket.inet_pton(socket.AF_INET, ip)
     except (OSError, ValueError, TypeError):
         return None
-    return ip, _skipped(int.from_bytes(packed, "big"), _SKIP_V4)
+    return ip, _skipped(int.from_bytes(packed, "big"), _SKIP_V4), packed[:3]
+
+
+#: The network sizes the cache also remembers answers for: every address of a
+#: /24 (/48) that a database maps as one network (or a larger one) gets the
+#: same answer, so the second client of such a network costs no lookup.
+NETWORK_BITS_V4: Final = 24
+NETWORK_BITS_V6: Final = 48
 
 
 # --- record mapping (pure) --------------------------------------------------
@@ -349,7 +363,8 @@ class GeoIPResolver:
         if cache_size < 0:
             raise ValueError("cache_size must be >= 0")
         self.stats = GeoIPStats()
-        self._cache: OrderedDict[str, GeoResult] = OrderedDict()
+        # Address (str) and network (bytes, see _parse) -> answer, in one LRU order.
+        self._cache: OrderedDict[str | bytes, GeoResult] = OrderedDict()
         self._cache_size = cache_size
         self._reload_interval = reload_interval
         self._clock = clock
@@ -437,34 +452,51 @@ class GeoIPResolver:
             # Not cached: garbage must not evict real addresses.
             self.stats.geoip_invalid_addresses_total += 1
             return _NOTHING
-        address, skip = parsed
+        address, skip, network = parsed
         if skip:
             self.stats.geoip_lookups_skipped_total += 1
             self._remember(ip, _SKIPPED)
             return _NOTHING
+        cache = self._cache
+        entry = cache.get(network)
+        if entry is not None:
+            # Another address of a network the database answers as a whole.
+            cache.move_to_end(network)
+            self.stats.geoip_cache_hits_total += 1
+            self._remember(ip, entry)
+            return entry
         self.stats.geoip_cache_misses_total += 1
         geo = asn = None
+        # The smallest network every answer holds for (the longest prefix; prefix
+        # lengths count within the family of the address looked up: 32 or 128 bits).
+        prefix = 0
         if self._city_reader is not None:
-            geo = geo_from_record(self._get(self._city_reader, address))
+            record, prefix = self._get(self._city_reader, address)
+            geo = geo_from_record(record)
         if self._asn_reader is not None:
-            asn = asn_from_record(self._get(self._asn_reader, address))
-        entry: GeoResult = (geo, asn) if geo is not None or asn is not None else _NOTHING
+            record, asn_prefix = self._get(self._asn_reader, address)
+            asn = asn_from_record(record)
+            prefix = max(prefix, asn_prefix)
+        entry = (geo, asn) if geo is not None or asn is not None else _NOTHING
         self._remember(ip, entry)
+        if prefix <= (NETWORK_BITS_V4 if len(network) == 3 else NETWORK_BITS_V6):
+            self._remember(network, entry)
         return entry
 
-    def _get(self, reader: maxminddb.Reader, address: str) -> Any:
+    def _get(self, reader: maxminddb.Reader, address: str) -> tuple[Any, int]:
+        """(record or None, prefix length of the network it holds for; 128 = unknown)."""
         try:
-            return reader.get(address)
+            return reader.get_with_prefix_len(address)
         except InvalidDatabaseError:
             self.stats.geoip_lookup_errors_total += 1
-            return None
+            return None, 128
         except ValueError:
             # An IPv6 address against an IPv4-only database: simply not found.
-            return None
+            return None, 128
 
-    def _remember(self, ip: str, entry: GeoResult) -> None:
+    def _remember(self, key: str | bytes, entry: GeoResult) -> None:
         if self._cache_size:
-            self._cache[ip] = entry
+            self._cache[key] = entry
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
 

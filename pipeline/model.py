@@ -111,12 +111,18 @@ class GeoInfo:
     city_name: str | None = None
     lat: float | None = None
     lon: float | None = None
+    # ``client.geo`` as a document object, built once per GeoInfo by
+    # pipeline.document: the GeoIP cache shares one GeoInfo between every event
+    # of a client, so their documents share this (read-only) dict too.
+    document: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)
 class AsnInfo:
     number: int | None = None
     organization: str | None = None
+    # ``client.as`` as a document object, built once (see GeoInfo.document).
+    document: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)

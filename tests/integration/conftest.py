@@ -151,10 +151,15 @@ def read_records(bootstrap: str) -> ReadRecords:
 
 
 @pytest.fixture
-def faust_settings() -> dict[str, Any]:
-    """Keyword settings for a test ``faust.App`` against the embedded broker."""
+def faust_settings(tmp_path: Path) -> dict[str, Any]:
+    """Keyword settings for a test ``faust.App`` against the embedded broker.
+
+    ``datadir`` is per test: Faust's default is a directory in the working
+    directory, which would litter the checkout.
+    """
     return {
         **FAUST_EMBEDDED_SETTINGS,
+        "datadir": str(tmp_path / "faust-data"),
         "web_enabled": False,
         "store": "memory://",
         "consumer_auto_offset_reset": "earliest",

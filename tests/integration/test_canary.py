@@ -91,8 +91,8 @@ async def canary_app(
     app = faust.App(
         app_id,
         broker=f"kafka://{bootstrap}",
-        **{**faust_settings, **web, **TANSU_WATERMARK_WORKAROUND},
-        datadir=str(datadir),  # not the working directory
+        # A data directory per app: two apps of one test must not share one.
+        **{**faust_settings, **web, **TANSU_WATERMARK_WORKAROUND, "datadir": str(datadir)},
         table_cleanup_interval=3600,  # Faust's own expiry must not race ours in the tests
         topic_disable_leader=True,
     )

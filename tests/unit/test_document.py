@@ -191,3 +191,17 @@ def test_gray_id_source_comes_with_the_id() -> None:
         AccessRecord(dataset="x"), Enrichment(gray_id="abcd", gray_id_source="query")
     )
     assert document["gray"] == {"stage": "stable", "id": "abcd", "id_source": "query"}
+
+
+def test_documents_of_one_client_share_its_geo_and_as_objects() -> None:
+    """The GeoIP cache hands out one GeoInfo per client; its fragments are built once."""
+    asn = AsnInfo(number=7)
+    geo = GeoInfo(country_iso_code="SE", city_name="Linköping", lat=58.4, lon=15.6)
+    first = build_document(full_record(), Enrichment(client_ip="192.0.2.1", geo=geo, asn=asn))
+    second = build_document(full_record(), Enrichment(client_ip="192.0.2.9", geo=geo, asn=asn))
+    assert first["client"]["geo"] is second["client"]["geo"]
+    assert first["client"]["as"] is second["client"]["as"]
+    assert first["client"]["geo"] == geo_document(geo)
+    # The memo is no part of the value.
+    assert geo == GeoInfo(country_iso_code="SE", city_name="Linköping", lat=58.4, lon=15.6)
+    assert "document" not in repr(geo)

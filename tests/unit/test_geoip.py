@@ -244,27 +244,100 @@ def test_hits_and_misses_are_counted(resolver: GeoIPResolver) -> None:
     assert resolver.stats.geoip_cache_hits_total == 1
 
 
-def test_cache_is_keyed_by_the_string(resolver: GeoIPResolver) -> None:
+def test_another_spelling_of_a_cached_address_is_a_network_hit(resolver: GeoIPResolver) -> None:
     resolver.lookup("2001:4860:4860::8888")
-    resolver.lookup("2001:4860:4860:0:0:0:0:8888")
-    assert resolver.stats.geoip_cache_misses_total == 2
+    resolver.lookup("2001:4860:4860:0:0:0:0:8888")  # a new string, the same /48
+    assert resolver.stats.geoip_cache_misses_total == 1
+    assert resolver.stats.geoip_cache_hits_total == 1
     assert resolver.lookup("2001:4860:4860:0:0:0:0:8888")[0] == EXPECTED_GEO["2001:4860:4860::8888"]
 
 
-def test_lru_is_bounded_and_evicts_least_recently_used(shared_dbs: tuple[Path, Path]) -> None:
-    city, asn = shared_dbs
-    r = GeoIPResolver(str(city), str(asn), cache_size=2, reload_interval=0)
-    r.lookup("8.8.8.8")  # miss
-    r.lookup("81.2.69.142")  # miss
-    r.lookup("8.8.8.8")  # hit: 81.2.69.142 is now the least recently used
-    r.lookup("89.160.20.112")  # miss: evicts 81.2.69.142
+# --- network answers -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("8.8.8.8", "8.8.8.200"),  # a /24 in both databases
+        ("1.0.16.1", "1.0.16.77"),  # a /20: the /24 inside it shares the answer
+        ("2a01:4f8:c17:b8f::2", "2a01:4f8:c17:ffff::9"),  # a /29: the /48 inside it
+        ("9.9.9.9", "9.9.9.10"),  # in neither database: "nothing" holds for the network
+        ("::ffff:8.8.8.8", "8.8.8.9"),  # IPv4-mapped shares the IPv4 network
+    ],
+)
+def test_a_new_address_in_a_network_answered_as_a_whole_costs_no_lookup(
+    resolver: GeoIPResolver, first: str, second: str
+) -> None:
+    expected = resolver.lookup(first)
+    assert resolver.lookup(second) == expected
+    assert resolver.stats.geoip_cache_misses_total == 1
+    assert resolver.stats.geoip_cache_hits_total == 1
+
+
+def test_networks_smaller_than_a_slash_24_are_looked_up_per_address(tmp_path: Path) -> None:
+    small = (
+        CityEntry("203.0.113.0/28", "203.0.113.1", "EU", "FR", "France", 48.85, 2.35),
+        CityEntry("203.0.113.16/28", "203.0.113.17", "EU", "DE", "Germany", 52.52, 13.4),
+    )
+    city = write_city_db(tmp_path / "city.mmdb", small)
+    with GeoIPResolver(str(city), "", cache_size=100, reload_interval=0) as r:
+        first, _ = r.lookup("203.0.113.1")
+        second, _ = r.lookup("203.0.113.17")
+        assert (first, second) == (small[0].expected(), small[1].expected())
+        assert r.stats.geoip_cache_misses_total == 2
+        assert r.lookup("203.0.113.2")[0] == small[0].expected()  # a third lookup
+        assert r.stats.geoip_cache_misses_total == 3
+
+
+def test_network_answer_needs_both_databases_to_hold_it(tmp_path: Path) -> None:
+    """A /24 in the City database but a /28 in the ASN one: per address."""
+    city = write_city_db(tmp_path / "city.mmdb")
+    asn = write_asn_db(
+        tmp_path / "asn.mmdb",
+        (
+            AsnEntry("8.8.8.0/28", "8.8.8.8", 15169, "Google LLC"),
+            AsnEntry("8.8.8.16/28", "8.8.8.20", 64500, "Someone Else"),
+        ),
+    )
+    with GeoIPResolver(str(city), str(asn), cache_size=100, reload_interval=0) as r:
+        assert r.lookup("8.8.8.8")[1] == AsnInfo(15169, "Google LLC")
+        assert r.lookup("8.8.8.20")[1] == AsnInfo(64500, "Someone Else")
+        assert r.stats.geoip_cache_misses_total == 2
+
+
+SMALL_NETWORKS = tuple(
+    CityEntry(f"203.0.113.{16 * i}/28", f"203.0.113.{16 * i + 1}", "EU", iso, iso, 50.0, 10.0)
+    for i, iso in enumerate(("FR", "DE", "NL"))
+)  # /28s: answers are remembered per address only
+
+
+def test_lru_is_bounded_and_evicts_least_recently_used(tmp_path: Path) -> None:
+    city = write_city_db(tmp_path / "city.mmdb", SMALL_NETWORKS)
+    a, b, c = (entry.sample_ip for entry in SMALL_NETWORKS)
+    r = GeoIPResolver(str(city), "", cache_size=2, reload_interval=0)
+    r.lookup(a)  # miss
+    r.lookup(b)  # miss
+    r.lookup(a)  # hit: b is now the least recently used
+    r.lookup(c)  # miss: evicts b
     assert r.cache_len == 2
     assert (r.stats.geoip_cache_hits_total, r.stats.geoip_cache_misses_total) == (1, 3)
-    r.lookup("8.8.8.8")  # still cached
+    r.lookup(a)  # still cached
     assert (r.stats.geoip_cache_hits_total, r.stats.geoip_cache_misses_total) == (2, 3)
-    assert r.lookup("81.2.69.142")[0] == EXPECTED_GEO["81.2.69.142"]  # evicted: looked up again
+    assert r.lookup(b)[0] == SMALL_NETWORKS[1].expected()  # evicted: looked up again
     assert (r.stats.geoip_cache_hits_total, r.stats.geoip_cache_misses_total) == (2, 4)
     assert r.cache_len == 2
+    r.close()
+
+
+def test_network_entries_share_the_lru_bound(shared_dbs: tuple[Path, Path]) -> None:
+    city, asn = shared_dbs
+    r = GeoIPResolver(str(city), str(asn), cache_size=3, reload_interval=0)
+    r.lookup("8.8.8.8")  # miss: the address and its /24
+    r.lookup("81.2.69.142")  # miss: evicts the oldest (8.8.8.8 itself)
+    assert r.cache_len == 3
+    r.lookup("8.8.8.9")  # its /24 is still cached
+    assert (r.stats.geoip_cache_hits_total, r.stats.geoip_cache_misses_total) == (1, 2)
+    assert r.cache_len == 3
     r.close()
 
 
@@ -359,7 +432,7 @@ def test_reload_clears_the_cache(dbs: tuple[Path, Path], clock: FakeClock) -> No
     r = make(city, asn, clock)
     r.lookup("8.8.8.8")
     r.lookup("9.9.9.9")
-    assert r.cache_len == 2
+    assert r.cache_len == 4  # two addresses and their /24s
     write_city_db(city, MOVED)
     assert r.check_reload()
     assert r.cache_len == 0
