@@ -173,7 +173,13 @@ class Telemetry:
         try:
             lag: dict[tuple[str, int], int] = {}
             committed = getattr(consumer, "_committed_offset", {})
+            # Table changelogs are read, never committed: they would show their
+            # whole length as a "lag" that never goes down.
+            tables = getattr(app, "tables", None)
+            changelogs = set(tables.changelog_topics) if tables is not None else set()
             for tp in consumer.assignment():
+                if tp.topic in changelogs:
+                    continue
                 highwater = consumer.highwater(tp)
                 if highwater is None:
                     continue

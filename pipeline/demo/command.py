@@ -259,7 +259,7 @@ def _probe(services: DemoServices) -> Callable[[], Counts]:
         receiver = services.receiver
         return Counts(
             indexed=indexed,
-            spans=len(receiver.spans()) if receiver is not None else 0,
+            spans=receiver.received if receiver is not None else 0,
             consumed=int(consumed) if consumed is not None else None,
             dead_lettered=int(dead) if dead is not None else None,
         )
@@ -299,7 +299,7 @@ def build_report(
     sections += safe_extra_sections(context)
     counts = result.counts
     intro = [
-        *headline(summary, result.produced, counts.dead_lettered or 0, len(receiver.spans())),
+        *headline(summary, result.produced, counts.dead_lettered or 0, receiver.received),
         _rollout_text(result),
         f"regression injected: {_regression_text(plan.regression_path_group)}",
         f"(one _search with terms, filter, range and percentiles aggregations, {took:.1f} s: "

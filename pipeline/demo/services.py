@@ -34,6 +34,8 @@ from pipeline.synth import PATH_RULES
 log = logging.getLogger(__name__)
 
 CONSUMER_GROUP = "grayscope-demo"
+#: Spans the demo's receiver keeps for the drill-down (the newest; all are counted).
+DEMO_SPANS_KEPT = 100_000
 PARTITIONS = 4
 WORKER_READY_TIMEOUT = 90.0
 WORKER_STOP_GRACE = 20.0
@@ -262,7 +264,8 @@ def start_services(
         env={**base_env, **env},
     )
     services.worker = worker
-    services.receiver = receiver = OtlpReceiver.start(grpc_port, http_port)
+    # Bounded: a --keep-running demo must not grow; searches look at the newest spans.
+    services.receiver = receiver = OtlpReceiver.start(grpc_port, http_port, keep=DEMO_SPANS_KEPT)
     say(f"embedded OTLP receiver on {receiver.grpc_endpoint} (gRPC), {receiver.http_endpoint}")
 
     def started() -> bool:

@@ -4,7 +4,10 @@ It serves OTLP/gRPC (``TraceService/Export``) and OTLP/HTTP (``POST
 /v1/traces``, protobuf or JSON, optionally gzip) on free ports of 127.0.0.1,
 from a background thread with its own event loop, so synchronous fixtures,
 async tests and a worker in another process can all talk to it. Received
-spans are kept as plain dicts (``pipeline.sinks.otlp.encode.request_to_dicts``).
+spans are kept as plain dicts (``pipeline.sinks.otlp.encode.request_to_dicts``):
+all of them, or only the newest ``keep`` (a long demo must not grow without
+bound), or none with ``keep=0`` (benchmarks: requests are decoded and their
+spans counted, ``received``).
 ``GET /api/spans?tag=gray.id:abc`` returns them as JSON for other processes,
 like Jaeger's tag search.
 
@@ -28,6 +31,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -75,11 +79,16 @@ class _Servicer(TraceServiceServicer):
 class OtlpReceiver:
     """See the module doc. Thread-safe; all servers run on one private loop thread."""
 
-    def __init__(self, grpc_port: int = 0, http_port: int = 0) -> None:
+    def __init__(self, grpc_port: int = 0, http_port: int = 0, keep: int | None = None) -> None:
+        if keep is not None and keep < 0:
+            raise ValueError("keep must be >= 0 (or None: keep every span)")
         self._grpc_port = grpc_port
         self._http_port = http_port
         self._cond = threading.Condition()
-        self._spans: list[dict[str, Any]] = []
+        # The newest ``keep`` spans as dicts (all when None; 0 = only count them).
+        self._keep = keep
+        self._spans: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._received = 0
         self._requests = {"grpc": 0, "http": 0}
         self._headers: dict[str, dict[str, str]] = {}
         self._fail_http: int | None = None
@@ -91,9 +100,9 @@ class OtlpReceiver:
 
     # --- lifecycle --------------------------------------------------------
     @classmethod
-    def start(cls, grpc_port: int = 0, http_port: int = 0) -> OtlpReceiver:
-        """A running receiver (ports 0 = pick free ones)."""
-        receiver = cls(grpc_port, http_port)
+    def start(cls, grpc_port: int = 0, http_port: int = 0, keep: int | None = None) -> OtlpReceiver:
+        """A running receiver (ports 0 = pick free ones; ``keep``: see the module doc)."""
+        receiver = cls(grpc_port, http_port, keep)
         loop = asyncio.new_event_loop()
         receiver._loop = loop
         receiver._thread = threading.Thread(
@@ -214,20 +223,27 @@ class OtlpReceiver:
         with self._cond:
             return [s for s in self._spans if _matches(s, attribute, value)]
 
+    @property
+    def received(self) -> int:
+        """Spans received since the start (or ``clear``), kept or not."""
+        with self._cond:
+            return self._received
+
     def wait_for(self, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-        """All spans once at least ``n`` arrived; TimeoutError otherwise."""
+        """The kept spans once at least ``n`` arrived; TimeoutError otherwise."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while len(self._spans) < n:
+            while self._received < n:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"{len(self._spans)} of {n} spans received in {timeout}s")
+                    raise TimeoutError(f"{self._received} of {n} spans received in {timeout}s")
                 self._cond.wait(left)
             return list(self._spans)
 
     def clear(self) -> None:
         with self._cond:
             self._spans.clear()
+            self._received = 0
             self._requests = dict.fromkeys(self._requests, 0)
             self._headers.clear()
 
@@ -243,9 +259,17 @@ class OtlpReceiver:
             return self._fail_grpc if protocol == "grpc" else self._fail_http
 
     def _store(self, request: ExportTraceServiceRequest) -> None:
+        if self._keep == 0:
+            # Count only (benchmarks): the request was decoded, nothing is converted.
+            count = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+            with self._cond:
+                self._received += count
+                self._cond.notify_all()
+            return
         spans = request_to_dicts(request)
         with self._cond:
             self._spans.extend(spans)
+            self._received += len(spans)
             self._cond.notify_all()
 
     # --- HTTP handlers --------------------------------------------------------------
@@ -318,11 +342,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--grpc-port", type=int, default=0)
     parser.add_argument("--http-port", type=int, default=0)
+    parser.add_argument(
+        "--keep",
+        type=int,
+        default=None,
+        help="keep only the newest N spans (0: only count them); default: all",
+    )
     args = parser.parse_args(argv)
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())
-    with OtlpReceiver.start(args.grpc_port, args.http_port) as receiver:
+    with OtlpReceiver.start(args.grpc_port, args.http_port, args.keep) as receiver:
         endpoints = {
             "grpc_endpoint": receiver.grpc_endpoint,
             "http_endpoint": receiver.http_endpoint,

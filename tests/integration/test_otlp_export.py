@@ -119,6 +119,21 @@ async def test_spans_arrive_intact(receiver: OtlpReceiver, protocol: str) -> Non
     assert exporter.stats.spans_dropped == 0
 
 
+@pytest.mark.parametrize("keep", [0, 3])
+async def test_receiver_keeps_only_the_newest_spans_but_counts_all(
+    protocol: str, keep: int
+) -> None:
+    with OtlpReceiver.start(keep=keep) as bounded:
+        spans = make_spans(8, "bounded1")
+        async with make_exporter(endpoint(bounded, protocol), batch_size=2) as exporter:
+            exporter.submit(spans)
+            assert await exporter.flush(timeout=30)
+        kept = bounded.wait_for(8, timeout=10)
+        assert bounded.received == 8
+        newest = spans[len(spans) - keep :] if keep else []
+        assert [s["span_id"] for s in kept] == [s.span_id.hex() for s in newest]
+
+
 async def test_outage_drops_spans_and_export_resumes(protocol: str) -> None:
     with OtlpReceiver.start() as receiver:
         exporter = make_exporter(
