@@ -25,6 +25,7 @@ from pipeline.delivery import BatchHandler, InputMessage
 from pipeline.enrich import EnrichContext
 from pipeline.errors import DeadLetterError, StoreRejected, StoreUnavailable
 from pipeline.geoip import GeoIPResolver
+from pipeline.probe import connect_error
 from pipeline.sinks.dlq import DeadLetterSink, Headers
 from pipeline.sinks.elasticsearch.service import ElasticsearchService
 from pipeline.sinks.elasticsearch.sink import ElasticsearchSink
@@ -230,13 +231,9 @@ class Runtime:
         for broker in self.settings.kafka_brokers.split(","):
             host, _, port = broker.strip().rpartition(":")
             try:
-                _, writer = await asyncio.wait_for(
-                    asyncio.open_connection(host or "localhost", int(port or 9092)), timeout=1.0
-                )
-            except (OSError, TimeoutError, ValueError):
+                number = int(port or 9092)
+            except ValueError:
                 continue
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-            return True
+            if await connect_error(host or "localhost", number, timeout=1.0) is None:
+                return True
         return False

@@ -39,6 +39,7 @@ from pipeline.embedded.broker import EmbeddedBroker, create_topics  # noqa: E402
 from pipeline.embedded.ports import free_port  # noqa: E402
 from pipeline.embedded.store import EmbeddedStore  # noqa: E402
 from pipeline.synth import generate  # noqa: E402
+from pipeline.telemetry import sample_sums  # noqa: E402
 
 PARTITIONS = 4
 
@@ -95,16 +96,7 @@ def metrics(port: int) -> dict[str, float]:
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
     except OSError:
         return {}
-    out: dict[str, float] = {}
-    for line in body.decode().splitlines():
-        if line.startswith("#") or " " not in line:
-            continue
-        name, value = line.rsplit(" ", 1)
-        out[name] = out.get(name, 0.0) + float(value)
-        base = name.split("{", 1)[0]
-        if base != name:
-            out[base] = out.get(base, 0.0) + float(value)
-    return out
+    return sample_sums(body.decode())
 
 
 def latency_quantiles(m: dict[str, float], name: str, qs: tuple[float, ...]) -> dict[str, float]:

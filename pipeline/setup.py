@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from pipeline.config import Settings
 from pipeline.errors import GrayscopeError
+from pipeline.probe import connect_error
 
 
 async def check_kafka(settings: Settings, partitions: int) -> str:
@@ -52,11 +53,9 @@ async def check_otlp(settings: Settings) -> str:
     url = urlsplit(settings.otlp_endpoint)
     host = url.hostname or "localhost"
     port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=5)
-    except (OSError, TimeoutError) as exc:
-        raise GrayscopeError(f"OTLP endpoint {host}:{port} unreachable: {exc}") from exc
-    writer.close()
+    error = await connect_error(host, port, timeout=5)
+    if error is not None:
+        raise GrayscopeError(f"OTLP endpoint {host}:{port} unreachable: {error}") from error
     return f"OTLP endpoint {host}:{port} reachable"
 
 

@@ -191,3 +191,34 @@ class Telemetry:
 
     async def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def parse_samples(text: str) -> list[tuple[str, str, float]]:
+    """Prometheus text exposition -> ``(name, label block as written or "", value)``.
+
+    Comments, blank and unreadable lines are skipped. The one reader of
+    ``/metrics`` text for the demo, the benchmarks and the tests.
+    """
+    samples = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        name, brace, labels = series.partition("{")
+        try:
+            samples.append((name.strip(), brace + labels if brace else "", float(value)))
+        except ValueError:
+            continue
+    return samples
+
+
+def sample_sums(text: str) -> dict[str, float]:
+    """Sample name -> value summed over its label sets; also ``name{labels}`` -> value."""
+    out: dict[str, float] = {}
+    for name, labels, value in parse_samples(text):
+        if not name:
+            continue
+        out[name] = out.get(name, 0.0) + value
+        if labels:
+            out[name + labels] = value
+    return out

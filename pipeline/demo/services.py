@@ -30,6 +30,7 @@ from pipeline.embedded.otlp_receiver import OtlpReceiver
 from pipeline.embedded.ports import ChildProcess, EmbeddedServiceError, free_port
 from pipeline.embedded.store import EmbeddedStore
 from pipeline.synth import PATH_RULES
+from pipeline.telemetry import sample_sums
 
 log = logging.getLogger(__name__)
 
@@ -113,17 +114,7 @@ def worker_env(
 
 def parse_metrics(text: str) -> dict[str, float]:
     """Prometheus text exposition -> sample name -> value summed over its labels."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name_part, _, value = line.rpartition(" ")
-        name = name_part.split("{", 1)[0].strip()
-        try:
-            out[name] = out.get(name, 0.0) + float(value)
-        except ValueError:
-            continue
-    return out
+    return sample_sums(text)
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:

@@ -14,6 +14,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from pipeline.telemetry import parse_samples
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -88,13 +90,11 @@ class WorkerProcess:
     def metric(self, name: str, labels: str = "") -> float:
         """Sum of samples named ``name`` (optionally with a label fragment)."""
         _, body = self.get("/metrics")
-        total = 0.0
-        for line in body.decode().splitlines():
-            if line.startswith(name + "{") or line.startswith(name + " "):
-                if labels and labels not in line:
-                    continue
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return sum(
+            value
+            for sample, label_block, value in parse_samples(body.decode())
+            if sample == name and labels in label_block
+        )
 
     def terminate(self, timeout: float = 60) -> int:
         assert self.proc is not None

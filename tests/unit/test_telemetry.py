@@ -6,7 +6,7 @@ import asyncio
 from types import SimpleNamespace
 from typing import NamedTuple
 
-from pipeline.telemetry import Telemetry
+from pipeline.telemetry import Telemetry, parse_samples, sample_sums
 
 
 class TP(NamedTuple):
@@ -59,3 +59,25 @@ def test_table_changelogs_are_not_lag() -> None:
 
 def test_no_consumer_no_gauge() -> None:
     assert Telemetry(SimpleNamespace(app=None)).consumer_lag() is None
+
+
+def test_exposition_parser_reads_names_labels_and_values() -> None:
+    text = "\n".join(
+        [
+            "# HELP grayscope_dead_lettered_total dead letters",
+            "grayscope_messages_consumed_total 1695.0",
+            'grayscope_dead_lettered_total{reason="invalid_json"} 2.0',
+            'grayscope_dead_lettered_total{reason="unknown format"} 3.0',
+            "garbage line",
+            "",
+        ]
+    )
+    assert parse_samples(text) == [
+        ("grayscope_messages_consumed_total", "", 1695.0),
+        ("grayscope_dead_lettered_total", '{reason="invalid_json"}', 2.0),
+        ("grayscope_dead_lettered_total", '{reason="unknown format"}', 3.0),
+    ]
+    sums = sample_sums(text)
+    assert sums["grayscope_dead_lettered_total"] == 5.0
+    assert sums['grayscope_dead_lettered_total{reason="invalid_json"}'] == 2.0
+    assert "garbage" not in sums
