@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from pipeline.formats.values import MEMO_KEY_MAX, remember
 from pipeline.model import AccessRecord
 
 
@@ -21,6 +22,28 @@ class GrayRules:
     canary_subset: str = "canary"
     version_query_arg: str = "v"
     version_subset_pattern: re.Pattern[str] = re.compile(r"^v\d+")
+    # Id candidate -> valid? Experiment ids repeat on every request of their
+    # cohort: a dict hit instead of a regex run (~0.2 µs) on most lines.
+    header_ids: dict[str, bool] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
+    query_ids: dict[str, bool] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def valid_header_id(self, value: str) -> bool:
+        return _checked(self.header_ids, self.id_header_pattern, value)
+
+    def valid_query_id(self, value: str) -> bool:
+        return _checked(self.query_ids, self.id_query_pattern, value)
+
+
+_ID_MEMO_MAX = 8192
+
+
+def _checked(memo: dict[str, bool], pattern: re.Pattern[str], value: str) -> bool:
+    valid = pattern.fullmatch(value) is not None
+    if len(value) <= MEMO_KEY_MAX:
+        remember(memo, value, valid, _ID_MEMO_MAX)
+    return valid
 
 
 def gray_id(
@@ -29,15 +52,24 @@ def gray_id(
     """(id, source) from the first *valid* candidate; invalid values are skipped as is
     (never lower-cased or trimmed into validity)."""
     headers = rec.headers
+    known = rules.header_ids
     for name in rules.id_headers:
         value = headers.get(name)
-        if value is not None and rules.id_header_pattern.fullmatch(value):
-            return value, "header"
+        if value is not None:
+            valid = known.get(value)
+            if valid is None:
+                valid = rules.valid_header_id(value)
+            if valid:
+                return value, "header"
     value = query.get(rules.id_query_arg)
     if value is None:
         value = rec.args.get(rules.id_query_arg)
-    if value is not None and rules.id_query_pattern.fullmatch(value):
-        return value, "query"
+    if value is not None:
+        valid = rules.query_ids.get(value)
+        if valid is None:
+            valid = rules.valid_query_id(value)
+        if valid:
+            return value, "query"
     return None, None
 
 

@@ -117,7 +117,7 @@ def parse_envoy(obj: dict[str, Any], shape: EnvoyShape | None = None) -> AccessR
         header = text(obj[key])
         if header is not None and name not in headers:
             headers[name] = header
-    cookie = text(get("cookie"))
+    cookie = None if (v := get("cookie")) is None else text(v)
     if cookie is not None:
         rec.cookies.update(parse_cookie_header(cookie))
     return rec

@@ -133,7 +133,9 @@ def parse_nginx_json(obj: dict[str, Any], shape: NginxShape | None = None) -> Ac
         hget("host") or text(get("host")) or text(get("server_name")),
         None,
         text(get("upstream_addr")),
-        text(get("trace_id")) or text(get("opentelemetry_trace_id")),
+        # Usually absent: no call for a missing key.
+        (None if (v := get("trace_id")) is None else text(v))
+        or (None if (v := get("opentelemetry_trace_id")) is None else text(v)),
         None,
         headers,
     )

@@ -264,6 +264,16 @@ def epoch_to_ns(number: float) -> int | None:
 def timestamp_to_ns(value: Any) -> int | None:
     """Any logged timestamp form to epoch ns; None when absent or unreadable."""
     if value.__class__ is str:
+        if len(value) == 24 and value[23] == "Z" and value[19] == ".":
+            # Envoy's %START_TIME%, the most common form: iso_to_ns's first case
+            # inlined (two calls less on most Envoy lines).
+            millis = value[20:23]
+            if millis.isdigit() and millis.isascii():
+                try:
+                    ns = _iso_second_ns(value[:19]) + int(millis) * _NS_PER_MS
+                except (ValueError, OverflowError):
+                    return None
+                return ns if 0 <= ns < MAX_TIMESTAMP_NS else None
         if value in _MISSING:
             return None
         if value[0] in _DIGITS and "-" not in value[:5]:
