@@ -18,7 +18,7 @@ from pipeline.extract.path_group import PathRules, decoded_path
 from pipeline.extract.trace import trace_context
 from pipeline.extract.url import first_query_values, split_target
 from pipeline.formats.values import remember
-from pipeline.model import AccessRecord, AsnInfo, Enrichment, GeoInfo
+from pipeline.model import AccessRecord, AsnInfo, Enrichment, GeoInfo, ReadOnlyDict
 
 if TYPE_CHECKING:
     from pipeline.config import Settings
@@ -97,20 +97,20 @@ def url_step(rec: AccessRecord, enr: Enrichment, ctx: EnrichContext) -> None:
             remember(_TARGETS, uri, parts, _TARGET_MEMO_MAX)
     enr.url_path, enr.url_query, query = parts
     if query:
-        enr.query = query.copy()  # the memo's dict stays pristine
+        enr.query = query  # the memo's read-only dict, shared by every event of this target
 
 
 # Request target -> its parts. The same targets come back all the time
 # (``/godoc/pkg/fmt?v=1.22``); long ones are not kept (bounded memory).
-_TARGETS: dict[str, tuple[str, str | None, dict[str, str]]] = {}
+_TARGETS: dict[str, tuple[str, str | None, ReadOnlyDict]] = {}
 _TARGET_MEMO_MAX = 16_384
 _TARGET_MEMO_KEY_MAX = 2048
 
 
-def target_parts(uri: str) -> tuple[str, str | None, dict[str, str]]:
+def target_parts(uri: str) -> tuple[str, str | None, ReadOnlyDict]:
     """(decoded path, raw query or None, first value per query arg) of a request target."""
     raw_path, query = split_target(uri)
-    return decoded_path(raw_path), query or None, first_query_values(query)
+    return decoded_path(raw_path), query or None, ReadOnlyDict(first_query_values(query))
 
 
 def gray_step(rec: AccessRecord, enr: Enrichment, ctx: EnrichContext) -> None:

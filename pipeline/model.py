@@ -66,6 +66,28 @@ class KafkaCoordinates:
         return f"{self.topic}-{self.partition}-{self.offset}"
 
 
+class ReadOnlyDict(dict[str, str]):
+    """A dict that refuses changes, for maps shared between events: the empty
+    default of the record's and the enrichment's name -> value maps (building a
+    record then creates no dicts it does not fill), and memoised query args.
+    Code that adds entries assigns a new dict instead."""
+
+    __slots__ = ()
+
+    def __hash__(self) -> int:  # consistent with ==; lets EMPTY be a dataclass default
+        return len(self)
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a shared read-only dict: assign a new dict instead of changing it")
+
+    __setitem__ = __delitem__ = update = setdefault = pop = popitem = clear = _refuse  # type: ignore[assignment]
+    __ior__ = _refuse  # type: ignore[assignment]
+
+
+#: The shared empty headers/cookies/args/query (read-only).
+EMPTY: dict[str, str] = ReadOnlyDict()
+
+
 @dataclass(slots=True)
 class AccessRecord:
     """One request as logged, normalised across Envoy/Istio and nginx formats.
@@ -94,9 +116,10 @@ class AccessRecord:
     upstream_host: str | None = None
     trace_id: str | None = None  # Envoy %TRACE_ID% as logged
     version_field: str | None = None  # nginx structured `version="..."`
-    headers: dict[str, str] = field(default_factory=dict)
-    cookies: dict[str, str] = field(default_factory=dict)
-    args: dict[str, str] = field(default_factory=dict)  # nginx $arg_<name>
+    # Read-only once built (the defaults are the shared EMPTY).
+    headers: dict[str, str] = field(default=EMPTY)
+    cookies: dict[str, str] = field(default=EMPTY)
+    args: dict[str, str] = field(default=EMPTY)  # nginx $arg_<name>
     original: str | None = None  # the line itself (for event.original)
 
 
@@ -131,7 +154,7 @@ class Enrichment:
 
     url_path: str | None = None
     url_query: str | None = None
-    query: dict[str, str] = field(default_factory=dict)  # first value per arg
+    query: dict[str, str] = field(default=EMPTY)  # first value per arg (read-only)
     gray_id: str | None = None
     gray_id_source: str | None = None  # "header" | "query"
     stage: str = "stable"

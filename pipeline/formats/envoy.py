@@ -86,6 +86,7 @@ def parse_envoy(obj: dict[str, Any], shape: EnvoyShape | None = None) -> AccessR
     peer = v if (v := get("downstream_remote_address")).__class__ is str else text(v)
     request_id = v if (v := get("request_id")).__class__ is str and v not in missing else text(v)
     cluster = v if (v := get("upstream_cluster")).__class__ is str and v not in missing else text(v)
+    headers: dict[str, str] = {}
     # Positional, in RECORD_FIELDS order (see pipeline.formats.values).
     rec = AccessRecord(
         "envoy.access",
@@ -107,8 +108,9 @@ def parse_envoy(obj: dict[str, Any], shape: EnvoyShape | None = None) -> AccessR
         cluster or text(get("cluster")),
         v if (v := get("upstream_host")).__class__ is str and v not in missing else text(v),
         v if (v := get("trace_id")).__class__ is str and v not in missing else text(v),
+        None,
+        headers,
     )
-    headers = rec.headers
     for key, name in shape.headers:
         header = v if (v := obj[key]).__class__ is str and v not in missing else text(v)
         if header is not None:
@@ -119,7 +121,7 @@ def parse_envoy(obj: dict[str, Any], shape: EnvoyShape | None = None) -> AccessR
             headers[name] = header
     cookie = None if (v := get("cookie")) is None else text(v)
     if cookie is not None:
-        rec.cookies.update(parse_cookie_header(cookie))
+        rec.cookies = parse_cookie_header(cookie)
     return rec
 
 

@@ -139,20 +139,23 @@ def parse_nginx_json(obj: dict[str, Any], shape: NginxShape | None = None) -> Ac
         None,
         headers,
     )
-    if shape.cookies:
-        cookies = rec.cookies
+    if shape.cookies or "cookie" in headers:
+        cookies: dict[str, str] = {}
         for key, name in shape.cookies:
             cookie = text(obj[key])
             if cookie is not None:
                 cookies[name] = cookie
+        if "cookie" in headers:
+            for name, val in parse_cookie_header(headers["cookie"]).items():
+                cookies.setdefault(name, val)
+        if cookies:
+            rec.cookies = cookies
     if shape.args:
-        args = rec.args
+        args: dict[str, str] = {}
         for key, name in shape.args:
             arg = text(obj[key])
             if arg is not None:
                 args[name] = arg
-    if "cookie" in headers:
-        cookies = rec.cookies
-        for name, val in parse_cookie_header(headers["cookie"]).items():
-            cookies.setdefault(name, val)
+        if args:
+            rec.args = args
     return rec

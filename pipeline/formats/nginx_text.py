@@ -89,7 +89,7 @@ def parse_nginx_text(line: str) -> AccessRecord:
         None if ua is None else text(unescape(ua) if "\\" in ua else ua),
     )
     if referer is not None and text(referer) is not None:
-        rec.headers["referer"] = unescape(referer)
+        rec.headers = {"referer": unescape(referer)}
     if rest and not rest.isspace():
         structured = _STRUCTURED.fullmatch(rest)
         if structured is not None:
@@ -142,4 +142,5 @@ def _read_extensions(rec: AccessRecord, rest: str) -> None:
             elif key == "trace_id":
                 rec.trace_id = value
             else:
-                rec.headers.setdefault("x-gray-id", value)
+                if "x-gray-id" not in rec.headers:
+                    rec.headers = {**rec.headers, "x-gray-id": value}

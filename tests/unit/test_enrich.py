@@ -62,10 +62,15 @@ def test_a_custom_chain_runs_in_order() -> None:
     assert enr.version == "custom"
 
 
-def test_query_dict_is_private_to_each_enrichment() -> None:
+def test_one_event_cannot_change_the_query_another_event_sees() -> None:
+    """Events of one request target share its memoised query: it refuses changes."""
     first = enrich(ISTIO, EnrichContext())
-    first.query["v"] = "changed"
+    with pytest.raises(TypeError):
+        first.query["v"] = "changed"
+    with pytest.raises(TypeError):
+        first.query.update(v="changed")
     assert enrich(ISTIO, EnrichContext()).query == {"v": "1.20"}
+    assert enrich(AccessRecord(dataset="x", uri="/p"), EnrichContext()).query == {}
 
 
 def test_service_name_setting_overrides() -> None:
