@@ -74,7 +74,7 @@ class ReadOnlyDict(dict[str, str]):
 
     __slots__ = ()
 
-    def __hash__(self) -> int:  # consistent with ==; lets EMPTY be a dataclass default
+    def __hash__(self) -> int:  # type: ignore[override]  # consistent with ==; a dataclass default
         return len(self)
 
     def _refuse(self, *args: Any, **kwargs: Any) -> Any:
