@@ -25,21 +25,35 @@ from pipeline.model import AccessRecord, Reason, RejectedInput
 # ``"((?:[^"\\]|\\.)*)"`` takes one alternation step per character and made
 # the combined pattern ~5x slower (9 µs vs 1.7 µs on a 300-byte line).
 _QUOTED = r'"([^"\\]*(?:\\.[^"\\]*)*)"'
-COMBINED = re.compile(
-    r"(?P<remote>\S+) \S+ (?P<user>\S+) \[(?P<time>[^\]]+)\] "
-    + _QUOTED.replace("(", "(?P<request>", 1)
-    + r" (?P<status>\d{3}|-) (?P<bytes>\d+|-)"
-    + r"(?: "
-    + _QUOTED.replace("(", "(?P<referer>", 1)
-    + " "
-    + _QUOTED.replace("(", "(?P<ua>", 1)
-    + r")?(?P<rest>.*)"
-)
+# Without a backslash in the line a quoted field is just ``"[^"]*"``: the same
+# matches, and SRE scans a one-character negated class with a tight loop instead
+# of a class test per character (the fields are ~200 of a line's ~300 characters).
+_PLAIN_QUOTED = r'"([^"]*)"'
+
+
+def _combined(quoted: str) -> re.Pattern[str]:
+    return re.compile(
+        r"(?P<remote>\S+) \S+ (?P<user>\S+) \[(?P<time>[^\]]+)\] "
+        + quoted.replace("(", "(?P<request>", 1)
+        + r" (?P<status>\d{3}|-) (?P<bytes>\d+|-)"
+        + r"(?: "
+        + quoted.replace("(", "(?P<referer>", 1)
+        + " "
+        + quoted.replace("(", "(?P<ua>", 1)
+        + r")?(?P<rest>.*)"
+    )
+
+
+COMBINED = _combined(_QUOTED)
+COMBINED_PLAIN = _combined(_PLAIN_QUOTED)  # only for lines without a backslash
 _REST_TOKEN = re.compile(
     r"\s*(?:(?P<key>[A-Za-z_][\w.-]*)=(?:" + _QUOTED + r"|(\S*))|(?P<bare>\S+))"
 )
 # `` $request_uri $args version="$arg_v" region="$http_x_forwarded_for"``
 _STRUCTURED = re.compile(r" (/\S*) \S+ version=" + _QUOTED + " region=" + _QUOTED + r"\s*")
+_STRUCTURED_PLAIN = re.compile(
+    r" (/\S*) \S+ version=" + _PLAIN_QUOTED + " region=" + _PLAIN_QUOTED + r"\s*"
+)
 _HEX_ESCAPE = re.compile(rb"\\x([0-9A-Fa-f]{2})")
 
 # Extension keys seen in the wild (``log_format main_ext``) -> what they mean.
@@ -62,7 +76,8 @@ def unescape(value: str) -> str:
 
 
 def parse_nginx_text(line: str) -> AccessRecord:
-    match = COMBINED.match(line)
+    plain = "\\" not in line
+    match = (COMBINED_PLAIN if plain else COMBINED).match(line)
     if match is None:
         raise RejectedInput(Reason.UNKNOWN_FORMAT, "not a JSON object nor an nginx combined line")
     remote, _user, time_local, request, status, body_bytes, referer, ua, rest = match.groups()
@@ -91,7 +106,7 @@ def parse_nginx_text(line: str) -> AccessRecord:
     if referer is not None and text(referer) is not None:
         rec.headers = {"referer": unescape(referer)}
     if rest and not rest.isspace():
-        structured = _STRUCTURED.fullmatch(rest)
+        structured = (_STRUCTURED_PLAIN if plain else _STRUCTURED).fullmatch(rest)
         if structured is not None:
             # The gray-release `structured` tail; $args is not read (the URI has them).
             request_uri, version, region = structured.groups()

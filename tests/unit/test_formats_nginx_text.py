@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipeline.formats.nginx_text import looks_like_text_log, parse_nginx_text, unescape
+from pipeline.formats.nginx_text import (
+    _STRUCTURED,
+    _STRUCTURED_PLAIN,
+    COMBINED_PLAIN,
+    looks_like_text_log,
+    parse_nginx_text,
+    unescape,
+)
+from pipeline.formats.nginx_text import COMBINED as COMBINED_PATTERN
 from pipeline.model import Reason, RejectedInput
 from tests.unit.conftest import T0_NS, fixture_lines, sample_lines
 
@@ -156,3 +166,61 @@ def test_not_a_text_log(line: str) -> None:
 def test_every_fixture_line_parses() -> None:
     for line in fixture_lines("nginx-text.log"):
         assert parse_nginx_text(line.decode()).dataset == "nginx.access"
+
+
+# --- without backslashes the plain patterns match exactly like the escaping ones ----
+
+_PIECES = (" ", " ", '"', '"', "[", "]", "-", "0", "200", "a", "/", "=", "\t", "\u00e9", "\u0663",
+           ' version="', ' region="', "\n")  # fmt: skip
+_REAL = (
+    '10.4.0.9 - - [20/Nov/2026:12:00:00 +0000] "GET /doc/x?v=1.22 HTTP/1.1" 200 10838 '
+    '"https://go.dev/" "curl/8.5.0" /doc/x?v=1.22 v=1.22 version="1.22" region="24.6.10.44"'
+)
+
+
+def _same_matches(line: str) -> None:
+    assert "\\" not in line
+    for escaping, plain in ((COMBINED_PATTERN, COMBINED_PLAIN), (_STRUCTURED, _STRUCTURED_PLAIN)):
+        expected, got = escaping.match(line), plain.match(line)
+        assert (got and got.groups()) == (expected and expected.groups()), line
+        expected, got = escaping.fullmatch(line), plain.fullmatch(line)
+        assert (got and got.groups()) == (expected and expected.groups()), line
+
+
+@given(st.lists(st.sampled_from(_PIECES), max_size=40).map("".join))
+@settings(max_examples=2000, deadline=None)
+def test_plain_patterns_agree_on_generated_lines(line: str) -> None:
+    _same_matches(line)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, len(_REAL)), st.integers(0, 3), st.sampled_from(_PIECES)),
+        max_size=4,
+    )
+)
+@settings(max_examples=2000, deadline=None)
+def test_plain_patterns_agree_on_mutated_lines(edits: list[tuple[int, int, str]]) -> None:
+    line = _REAL
+    for at, cut, piece in edits:
+        line = line[:at] + piece + line[at + cut :]
+    _same_matches(line)
+
+
+_TAIL = ' /doc/x?v=1.22 v=1.22 version="1.22" region="24.6.10.44, 10.0.0.3"  '
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, len(_TAIL)), st.integers(0, 3), st.sampled_from(_PIECES)),
+        max_size=3,
+    )
+)
+@settings(max_examples=2000, deadline=None)
+def test_plain_patterns_agree_on_mutated_structured_tails(
+    edits: list[tuple[int, int, str]],
+) -> None:
+    tail = _TAIL
+    for at, cut, piece in edits:
+        tail = tail[:at] + piece + tail[at + cut :]
+    _same_matches(tail)
