@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 
+from pipeline.canary import histogram
 from pipeline.canary.counters import CanaryStats
 from pipeline.canary.records import NO_VERSION, CanaryAggregate, WindowCounts
-from pipeline.canary.windows import window_start
+from pipeline.canary.windows import NS_PER_S
 from pipeline.model import AccessRecord, Enrichment
 
 log = logging.getLogger(__name__)
@@ -43,31 +45,65 @@ def aggregate(
     Event time is the log's own time; the Kafka record time stands in when
     the log has none (as it does for the document's ``@timestamp``).
     """
-    out: dict[tuple[str, int], CanaryAggregate] = {} if into is None else into
+    # Runs for every event: first one tally per (path group, window, stage,
+    # version) with WindowCounts.add written out inline (a batch has a few
+    # dozen such keys), then each tally is merged into its stage and version
+    # arms. Same counts as adding every event to both arms, ~9 calls less per event.
+    tallies: dict[tuple[str, int, str, str], WindowCounts] = {}
+    size_ns = window_seconds * NS_PER_S
+    bounds = histogram.BOUNDS_MS
+    observed = unrouted = untimed = 0
     for record, enrichment, fallback_ns in events:
-        stats.canary_events_observed_total += 1
+        observed += 1
         path_group = enrichment.path_group
         if not path_group:
-            stats.canary_events_unrouted_total += 1
+            unrouted += 1
             continue
         timestamp_ns = record.timestamp_ns or fallback_ns
         if not timestamp_ns:
-            stats.canary_events_untimed_total += 1
+            untimed += 1
             continue
-        start = window_start(timestamp_ns, window_seconds)
-        key = (path_group, start)
-        agg = out.get(key)
+        key = (
+            path_group,
+            (timestamp_ns - timestamp_ns % size_ns) // NS_PER_S,  # window_start, inlined
+            enrichment.stage,
+            enrichment.version or NO_VERSION,
+        )
+        tally = tallies.get(key)
+        if tally is None:
+            tally = tallies[key] = WindowCounts()
+        tally.requests += 1
+        status = record.status
+        if status is not None:
+            if 500 <= status <= 599:
+                tally.errors_5xx += 1
+            elif 400 <= status <= 499:
+                tally.errors_4xx += 1
+        duration_ns = record.duration_ns
+        if duration_ns is not None:
+            duration_ms = max(duration_ns / NS_PER_MS, 0.0)
+            latency = tally.latency
+            index = bisect_left(bounds, duration_ms if duration_ms > 0 else 0.0)
+            latency[index] = latency.get(index, 0) + 1
+            if tally.min_ms is None or duration_ms < tally.min_ms:
+                tally.min_ms = duration_ms
+            if tally.max_ms is None or duration_ms > tally.max_ms:
+                tally.max_ms = duration_ms
+    stats.canary_events_observed_total += observed
+    stats.canary_events_unrouted_total += unrouted
+    stats.canary_events_untimed_total += untimed
+
+    out: dict[tuple[str, int], CanaryAggregate] = {} if into is None else into
+    for (path_group, start, stage, version), tally in tallies.items():
+        agg = out.get((path_group, start))
         if agg is None:
-            agg = out[key] = CanaryAggregate(path_group, start)
-        duration_ms = None if record.duration_ns is None else record.duration_ns / NS_PER_MS
-        for table, name in (
-            (agg.by_stage, enrichment.stage),
-            (agg.by_version, enrichment.version or NO_VERSION),
-        ):
+            agg = out[(path_group, start)] = CanaryAggregate(path_group, start)
+        for table, name in ((agg.by_stage, stage), (agg.by_version, version)):
             counts = table.get(name)
             if counts is None:
-                counts = table[name] = WindowCounts()
-            counts.add(record.status, duration_ms)
+                table[name] = tally.copy()
+            else:
+                counts.merge(tally)
     return list(out.values())
 
 

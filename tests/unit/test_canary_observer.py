@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.canary.counters import CanaryStats
 from pipeline.canary.observer import CanaryObserver, ObservedEvent, aggregate
-from pipeline.canary.records import NO_VERSION, CanaryAggregate
+from pipeline.canary.records import NO_VERSION, CanaryAggregate, WindowCounts
+from pipeline.canary.windows import window_start
 from pipeline.model import AccessRecord, Enrichment
 
 NS = 1_000_000_000
@@ -113,3 +117,54 @@ def test_observer_never_raises_into_the_batch() -> None:
 def test_window_must_be_positive() -> None:
     with pytest.raises(ValueError):
         CanaryObserver(0, Published())
+
+
+def _one_by_one(events: Sequence[ObservedEvent], window_seconds: int) -> dict[Any, Any]:
+    """The reference: every event added to both of its arms with WindowCounts.add."""
+    out: dict[tuple[str, int], CanaryAggregate] = {}
+    for record, enrichment, fallback_ns in events:
+        timestamp_ns = record.timestamp_ns or fallback_ns
+        if not enrichment.path_group or not timestamp_ns:
+            continue
+        start = window_start(timestamp_ns, window_seconds)
+        agg = out.setdefault(
+            (enrichment.path_group, start), CanaryAggregate(enrichment.path_group, start)
+        )
+        duration = None if record.duration_ns is None else record.duration_ns / 1_000_000
+        for table, name in (
+            (agg.by_stage, enrichment.stage),
+            (agg.by_version, enrichment.version or NO_VERSION),
+        ):
+            table.setdefault(name, WindowCounts()).add(record.status, duration)
+    return {key: (agg.by_stage, agg.by_version) for key, agg in out.items()}
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["/a", "/b", None]),
+            st.sampled_from(["stable", "canary"]),
+            st.sampled_from(["v1", "v2", None]),
+            st.one_of(st.none(), st.floats(T0, T0 + 200)),
+            st.one_of(st.none(), st.integers(100, 599)),
+            st.one_of(st.none(), st.floats(0, 70_000), st.just(-5.0)),
+        ),
+        max_size=60,
+    ),
+    st.sampled_from([1, 10, 60]),
+)
+@settings(max_examples=300, deadline=None)
+def test_aggregates_equal_adding_every_event_to_both_arms(
+    specs: list[tuple[Any, ...]], window_seconds: int
+) -> None:
+    events = [
+        event(pg, stage, version, at=at, status=status, duration_ms=ms, kafka_at=T0 + 3)
+        for pg, stage, version, at, status, ms in specs
+    ]
+    stats = CanaryStats()
+    out = aggregate(events, window_seconds, stats)
+    assert {(a.path_group, a.window_start): (a.by_stage, a.by_version) for a in out} == (
+        _one_by_one(events, window_seconds)
+    )
+    assert stats.canary_events_observed_total == len(events)
+    assert stats.canary_events_unrouted_total == sum(1 for s in specs if s[0] is None)
