@@ -77,46 +77,52 @@ def parse_envoy(obj: dict[str, Any], shape: EnvoyShape | None = None) -> AccessR
         shape = envoy_shape(obj)
     get = obj.get
     missing = MISSING
-    # `v if (v := get(k)).__class__ is str and v not in missing else text(v)` is
-    # text(get(k)) with the common case inlined: half the cost per field, and
-    # this runs for ~15 fields on every line.
+    # `(None if v in missing else v) if (v := get(k)).__class__ is str else text(v)`
+    # is text(get(k)) with the string case (a value or a missing marker) inlined:
+    # half the cost per field, and this runs for ~15 fields on every line.
     timestamp_ns = timestamp_to_ns(get("start_time"))
     if timestamp_ns is None:
         timestamp_ns = timestamp_to_ns(get("time")) or timestamp_to_ns(get("timestamp"))
     peer = v if (v := get("downstream_remote_address")).__class__ is str else text(v)
-    request_id = v if (v := get("request_id")).__class__ is str and v not in missing else text(v)
-    cluster = v if (v := get("upstream_cluster")).__class__ is str and v not in missing else text(v)
+    request_id = (
+        (None if v in missing else v) if (v := get("request_id")).__class__ is str else text(v)
+    )
+    cluster = v if (v := get("upstream_cluster")).__class__ is str else text(v)
+    if cluster in missing:
+        cluster = None
     headers: dict[str, str] = {}
     # Positional, in RECORD_FIELDS order (see pipeline.formats.values).
     rec = AccessRecord(
         "envoy.access",
         timestamp_ns,
-        v if (v := get("method")).__class__ is str and v not in missing else text(v),
-        v if (v := get("path")).__class__ is str and v not in missing else text(v),
-        v if (v := get("protocol")).__class__ is str and v not in missing else text(v),
+        (None if v in missing else v) if (v := get("method")).__class__ is str else text(v),
+        (None if v in missing else v) if (v := get("path")).__class__ is str else text(v),
+        (None if v in missing else v) if (v := get("protocol")).__class__ is str else text(v),
         integer(get("response_code"), "response_code") or None,
         integer(get("bytes_sent"), "bytes_sent"),
         integer(get("bytes_received"), "bytes_received"),
         millis_to_ns(get("duration")),
         millis_to_ns(get("upstream_service_time")),
         peer_ip(peer) if peer else None,
-        v if (v := get("x_forwarded_for")).__class__ is str and v not in missing else text(v),
-        v if (v := get("user_agent")).__class__ is str and v not in missing else text(v),
+        (None if v in missing else v)
+        if (v := get("x_forwarded_for")).__class__ is str
+        else text(v),
+        (None if v in missing else v) if (v := get("user_agent")).__class__ is str else text(v),
         # A "-" in the first key must not hide a value in the second.
         request_id or text(get("x_request_id")),
-        v if (v := get("authority")).__class__ is str and v not in missing else text(v),
+        (None if v in missing else v) if (v := get("authority")).__class__ is str else text(v),
         cluster or text(get("cluster")),
-        v if (v := get("upstream_host")).__class__ is str and v not in missing else text(v),
-        v if (v := get("trace_id")).__class__ is str and v not in missing else text(v),
+        (None if v in missing else v) if (v := get("upstream_host")).__class__ is str else text(v),
+        (None if v in missing else v) if (v := get("trace_id")).__class__ is str else text(v),
         None,
         headers,
     )
     for key, name in shape.headers:
-        header = v if (v := obj[key]).__class__ is str and v not in missing else text(v)
+        header = (None if v in missing else v) if (v := obj[key]).__class__ is str else text(v)
         if header is not None:
             headers[name] = header
     for key, name in shape.aliases:
-        header = text(obj[key])
+        header = (None if v in missing else v) if (v := obj[key]).__class__ is str else text(v)
         if header is not None and name not in headers:
             headers[name] = header
     cookie = None if (v := get("cookie")) is None else text(v)

@@ -77,11 +77,15 @@ def parse_nginx_json(obj: dict[str, Any], shape: NginxShape | None = None) -> Ac
         shape = nginx_shape(obj)
     get = obj.get
     missing = MISSING
-    # `v if (v := get(k)).__class__ is str and v not in missing else text(v)` is
-    # text(get(k)) with the common case inlined (see parse_envoy).
-    method = v if (v := get("request_method")).__class__ is str and v not in missing else text(v)
-    uri = v if (v := get("request_uri")).__class__ is str and v not in missing else text(v)
-    protocol = v if (v := get("server_protocol")).__class__ is str and v not in missing else text(v)
+    # `(None if v in missing else v) if (v := get(k)).__class__ is str else text(v)`
+    # is text(get(k)) with the string case inlined (see parse_envoy).
+    method = (
+        (None if v in missing else v) if (v := get("request_method")).__class__ is str else text(v)
+    )
+    uri = (None if v in missing else v) if (v := get("request_uri")).__class__ is str else text(v)
+    protocol = (
+        (None if v in missing else v) if (v := get("server_protocol")).__class__ is str else text(v)
+    )
     if method is None or uri is None:
         # `$request` is the request line: "GET /path?x=1 HTTP/1.1".
         request = text(get("request"))
@@ -97,7 +101,7 @@ def parse_nginx_json(obj: dict[str, Any], shape: NginxShape | None = None) -> Ac
         if path is not None:
             query = text(get("args"))
             uri = f"{path}?{query}" if query else path
-    peer = v if (v := get("remote_addr")).__class__ is str and v not in missing else text(v)
+    peer = (None if v in missing else v) if (v := get("remote_addr")).__class__ is str else text(v)
     duration_ns = seconds_to_ns(get("request_time"))
     # nginx logs when the response is done; the record wants the request start.
     end_ns = timestamp_to_ns(get("msec")) or timestamp_to_ns(get("time_iso8601"))
@@ -109,7 +113,7 @@ def parse_nginx_json(obj: dict[str, Any], shape: NginxShape | None = None) -> Ac
             end_ns = clf_to_ns(local)
     headers: dict[str, str] = {}
     for key, name in shape.headers:
-        header = v if (v := obj[key]).__class__ is str and v not in missing else text(v)
+        header = (None if v in missing else v) if (v := obj[key]).__class__ is str else text(v)
         if header is not None:
             headers[name] = header
     hget = headers.get
@@ -128,11 +132,11 @@ def parse_nginx_json(obj: dict[str, Any], shape: NginxShape | None = None) -> Ac
         peer_ip(peer) if peer is not None else None,
         hget("x-forwarded-for"),
         hget("user-agent"),
-        (v if (v := get("request_id")).__class__ is str and v not in missing else text(v))
+        ((None if v in missing else v) if (v := get("request_id")).__class__ is str else text(v))
         or hget("x-request-id"),
         hget("host") or text(get("host")) or text(get("server_name")),
         None,
-        text(get("upstream_addr")),
+        (None if v in missing else v) if (v := get("upstream_addr")).__class__ is str else text(v),
         # Usually absent: no call for a missing key.
         (None if (v := get("trace_id")) is None else text(v))
         or (None if (v := get("opentelemetry_trace_id")) is None else text(v)),
@@ -142,7 +146,7 @@ def parse_nginx_json(obj: dict[str, Any], shape: NginxShape | None = None) -> Ac
     if shape.cookies or "cookie" in headers:
         cookies: dict[str, str] = {}
         for key, name in shape.cookies:
-            cookie = text(obj[key])
+            cookie = (None if v in missing else v) if (v := obj[key]).__class__ is str else text(v)
             if cookie is not None:
                 cookies[name] = cookie
         if "cookie" in headers:
@@ -153,7 +157,7 @@ def parse_nginx_json(obj: dict[str, Any], shape: NginxShape | None = None) -> Ac
     if shape.args:
         args: dict[str, str] = {}
         for key, name in shape.args:
-            arg = text(obj[key])
+            arg = (None if v in missing else v) if (v := obj[key]).__class__ is str else text(v)
             if arg is not None:
                 args[name] = arg
         if args:
