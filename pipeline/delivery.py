@@ -25,7 +25,7 @@ from pipeline.errors import ShutdownInterrupted
 from pipeline.formats.values import ns_to_iso
 from pipeline.model import DeadLetter, KafkaCoordinates, Reason, SpanData
 from pipeline.sinks.dlq import DeadLetterSink
-from pipeline.sinks.elasticsearch.request import BulkItem, target_for
+from pipeline.sinks.elasticsearch.request import BulkItem, Op, target_for
 from pipeline.span import build_span
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,7 @@ class BatchHandler:
         enriched_counts = self.stats.events_enriched_total
         dumps = orjson.dumps
         mode = self._es_mode
+        targets: dict[str, tuple[str, Op]] = {}
         observed: list[ObservedEvent] | None = [] if self._observer is not None else None
         for msg in messages:
             result = process(msg.value or b"", ctx)
@@ -134,7 +135,15 @@ class BatchHandler:
                 doc_id = msg.coords.doc_id  # the document _id and the span fallback key
                 if self._store is not None:
                     try:
-                        index, op = target_for(timestamp, mode)
+                        if timestamp.__class__ is str and timestamp.endswith("Z"):
+                            # A UTC timestamp's day is its first ten characters: one
+                            # target_for per day and batch, not per document.
+                            target = targets.get(timestamp[:10])
+                            if target is None:
+                                target = targets[timestamp[:10]] = target_for(timestamp, mode)
+                        else:
+                            target = target_for(timestamp, mode)
+                        index, op = target
                         source = dumps(doc)
                     except (ValueError, TypeError) as exc:  # e.g. an int beyond 64 bits
                         detail = f"document not serialisable: {exc}"[:500]
