@@ -108,7 +108,7 @@ def test_no_time_at_all_is_a_dead_letter_in_index_mode() -> None:
     outcome = asyncio.run(handler(store, producer).handle(messages([envoy_line(None)])))
     assert (outcome.stored, outcome.dead_lettered) == (0, 1)
     assert store.items == []
-    (key, value, headers), = producer.records
+    ((_key, value, headers),) = producer.records
     assert value == envoy_line(None)
     assert dict(headers)["grayscope.reason"] == b"invalid_field"
 
