@@ -157,7 +157,10 @@ class Settings(BaseSettings):
     )
     geoip_asn_db: str = Field("", description="MaxMind ASN .mmdb; empty disables AS lookups.")
     geoip_cache_size: int = Field(
-        65_536, ge=0, description="GeoIP cache entries (one per address, City+ASN; 0 = no cache)."
+        65_536,
+        ge=0,
+        description="GeoIP LRU cache entries: one per address, and one per /24 (IPv4) or /48 "
+        "(IPv6) network the databases answer as a whole (City+ASN; 0 = no cache).",
     )
     geoip_reload_interval: float = Field(
         10.0, ge=0, description="Seconds between checks for a replaced database file (0 = never)."
