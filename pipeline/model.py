@@ -80,6 +80,10 @@ class ReadOnlyDict(dict[str, str]):
     def _refuse(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError("a shared read-only dict: assign a new dict instead of changing it")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # copy, deepcopy and pickle rebuild it whole (the default fills it item by item).
+        return (ReadOnlyDict, (dict(self),))
+
     __setitem__ = __delitem__ = update = setdefault = pop = popitem = clear = _refuse  # type: ignore[assignment]
     __ior__ = _refuse  # type: ignore[assignment]
 

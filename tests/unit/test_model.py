@@ -36,7 +36,10 @@ def test_read_only_dict_reads_like_a_dict() -> None:
     shared = ReadOnlyDict({"v": "1.22"})
     assert shared.get("v") == "1.22" and shared["v"] == "1.22" and "v" in shared
     assert shared == {"v": "1.22"} and EMPTY == {} and not EMPTY
-    assert copy.deepcopy(EMPTY) == {} and pickle.loads(pickle.dumps(EMPTY)) == {}
+    for duplicate in (copy.copy, copy.deepcopy, lambda d: pickle.loads(pickle.dumps(d))):
+        assert duplicate(EMPTY) == {}
+        again = duplicate(shared)
+        assert again == shared and type(again) is ReadOnlyDict
     merged = {**shared, "abt": "x"}  # how code adds entries: a new dict
     assert merged == {"v": "1.22", "abt": "x"} and shared == {"v": "1.22"}
 
