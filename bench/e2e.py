@@ -209,6 +209,18 @@ def run_worker(env: dict[str, str], n: int, log: Path, timeout: float) -> dict[s
             proc.kill()
 
 
+def best_run(
+    env: dict[str, str], n: int, log: Path, timeout: float, repeat: int
+) -> dict[str, Any]:
+    """The fastest of ``repeat`` runs (each a fresh worker and consumer group); every
+    run's rate is kept under ``runs``. This VM's speed drifts by ±15 % over minutes."""
+    runs = [run_worker(env, n, log, timeout) for _ in range(max(1, repeat))]
+    best = max(runs, key=lambda r: r["events_per_s"])
+    best["runs"] = [r["events_per_s"] for r in runs]
+    best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    return best
+
+
 def store_ceiling(store: EmbeddedStore, values: list[bytes], n: int) -> float:
     from pipeline.core import Enriched, process
     from pipeline.enrich import EnrichContext
@@ -275,15 +287,23 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         base = {"GRAYSCOPE_KAFKA_BROKERS": broker.bootstrap, "GRAYSCOPE_INPUT_TOPICS": topic}
         no_sinks = base | {"GRAYSCOPE_ES_URL": "", "GRAYSCOPE_OTLP_ENDPOINT": ""}
         log = workdir / "workers.log"
-        results["b_stock_faust"] = run_worker(
-            no_sinks | {"GRAYSCOPE_CONSUMER_MODE": "stream"}, args.events, log, args.timeout
+        results["b_stock_faust"] = best_run(
+            no_sinks | {"GRAYSCOPE_CONSUMER_MODE": "stream"},
+            args.events,
+            log,
+            args.timeout,
+            args.repeat,
         )
-        results["b_batch_path"] = run_worker(
-            no_sinks | {"GRAYSCOPE_CONSUMER_MODE": "batch"}, args.events, log, args.timeout
+        results["b_batch_path"] = best_run(
+            no_sinks | {"GRAYSCOPE_CONSUMER_MODE": "batch"},
+            args.events,
+            log,
+            args.timeout,
+            args.repeat,
         )
         full = base | {"GRAYSCOPE_OTLP_ENDPOINT": endpoints["grpc_endpoint"]}
-        results["c_full_null_store"] = run_worker(
-            full | {"GRAYSCOPE_ES_URL": null_url}, args.events, log, args.timeout
+        results["c_full_null_store"] = best_run(
+            full | {"GRAYSCOPE_ES_URL": null_url}, args.events, log, args.timeout, args.repeat
         )
         store_n = min(args.events, args.store_events)
         store_topic = topic + "-store"
@@ -361,6 +381,8 @@ def table(results: dict[str, Any]) -> str:
     ):
         r = results[key]
         note = f"RSS {r['peak_rss_mb']} MB"
+        if len(r.get("runs", ())) > 1:
+            note += ", runs " + "/".join(f"{rate:,}" for rate in r["runs"])
         if key.startswith("c_"):
             note += f", spans exported {r['spans_exported']:,} dropped {r['spans_dropped']:,}"
         rows.append((label, r["events_per_s"], note))
@@ -389,6 +411,12 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=5000, help="offered load for the latency run")
     parser.add_argument("--latency-seconds", type=float, default=20)
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of each worker path without a store (b, c'); the fastest counts",
+    )
     parser.add_argument("--workdir", default="/tmp/grayscope-bench")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
