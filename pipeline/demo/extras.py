@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline.canary import format_verdicts
 from pipeline.canary.client import fetch_verdicts
-from pipeline.canary.records import Verdict
+from pipeline.canary.records import Decision, Verdict
 from pipeline.demo.report import Section
 from pipeline.demo.summary import INDEX_PATTERN, Summary, Window
 from pipeline.synth import Regression
@@ -59,15 +59,35 @@ def extra_sections(context: DemoContext) -> list[Section]:
 def _wait_for_verdicts(context: DemoContext) -> list[Verdict]:
     # The worker judges on a timer; give the last window of the run time to be judged.
     wanted = context.regression.path_group if context.regression is not None else None
+    traffic_end = max((w.end_ns for w in context.windows), default=0) / 1e9 or None
     deadline = time.monotonic() + VERDICT_WAIT_SECONDS
     verdicts = fetch_verdicts(context.worker_url)
-    while time.monotonic() < deadline:
-        judged = {v.path_group for v in verdicts if v.complete}
-        if verdicts and (wanted is None or wanted in judged):
-            break
+    while time.monotonic() < deadline and not verdicts_settled(verdicts, wanted, traffic_end):
         time.sleep(0.5)
         verdicts = fetch_verdicts(context.worker_url)
     return verdicts
+
+
+def verdicts_settled(
+    verdicts: Sequence[Verdict], wanted: str | None, traffic_end: float | None
+) -> bool:
+    """Enough to print: the wanted path group has a complete verdict that decides, or
+    that covers the end of the traffic (the last rollout stage has the widest canary
+    share; an early window of a short run may be too thin to decide anything)."""
+    if not verdicts:
+        return False
+    if wanted is None:
+        return True
+    return any(
+        v.path_group == wanted
+        and v.complete
+        and (
+            v.decision is not Decision.INSUFFICIENT_DATA
+            or traffic_end is None
+            or v.window_end >= traffic_end
+        )
+        for v in verdicts
+    )
 
 
 def safe_extra_sections(

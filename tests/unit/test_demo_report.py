@@ -10,8 +10,14 @@ from typing import Any
 import orjson
 import pytest
 
+from pipeline.canary.records import Decision
 from pipeline.config import load_settings
-from pipeline.demo.extras import DemoContext, extra_sections, safe_extra_sections
+from pipeline.demo.extras import (
+    DemoContext,
+    extra_sections,
+    safe_extra_sections,
+    verdicts_settled,
+)
 from pipeline.demo.progress import Counts, drain_line, drained, traffic_line
 from pipeline.demo.report import (
     WORSE_MARK,
@@ -31,6 +37,7 @@ from pipeline.demo.services import parse_metrics, settings_env, worker_env
 from pipeline.demo.stages import plan_stages
 from pipeline.demo.summary import parse_summary
 from pipeline.synth import PATH_RULES
+from tests.unit.test_canary_format import T0, verdict
 from tests.unit.test_demo_summary import CANNED, WINDOWS
 
 # --- tables -------------------------------------------------------------------------------
@@ -301,3 +308,23 @@ def test_a_failing_extra_section_is_reported_not_raised() -> None:
 @pytest.mark.parametrize("hook_result", [[Section("Canary verdict", ["ok"])]])
 def test_extra_sections_pass_through(hook_result: list[Section]) -> None:
     assert safe_extra_sections(context(), lambda ctx: hook_result) == hook_result
+
+
+# --- when the demo has waited long enough for verdicts -------------------------------
+
+
+def test_a_thin_early_window_does_not_end_the_wait_for_verdicts() -> None:
+    thin = verdict("/play/share", Decision.INSUFFICIENT_DATA, window_seconds=10)
+    traffic_end = T0 + 18.0  # the last (widest) stage ran into the next window
+    assert not verdicts_settled([thin], "/play/share", traffic_end)
+    last = verdict(
+        "/play/share", Decision.INSUFFICIENT_DATA, window_start=T0 + 10, window_seconds=10
+    )
+    assert verdicts_settled([last], "/play/share", traffic_end)
+    decided = verdict("/play/share", Decision.ROLLBACK, window_seconds=10)
+    assert verdicts_settled([decided], "/play/share", traffic_end)
+    still_filling = verdict("/play/share", Decision.ROLLBACK, complete=False)
+    assert not verdicts_settled([still_filling], "/play/share", traffic_end)
+    assert not verdicts_settled([decided], "/blog", traffic_end)
+    assert verdicts_settled([thin], None, traffic_end)
+    assert not verdicts_settled([], None, traffic_end)
