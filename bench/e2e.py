@@ -287,20 +287,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         base = {"GRAYSCOPE_KAFKA_BROKERS": broker.bootstrap, "GRAYSCOPE_INPUT_TOPICS": topic}
         no_sinks = base | {"GRAYSCOPE_ES_URL": "", "GRAYSCOPE_OTLP_ENDPOINT": ""}
         log = workdir / "workers.log"
-        results["b_stock_faust"] = best_run(
-            no_sinks | {"GRAYSCOPE_CONSUMER_MODE": "stream"},
-            args.events,
-            log,
-            args.timeout,
-            args.repeat,
-        )
-        results["b_batch_path"] = best_run(
-            no_sinks | {"GRAYSCOPE_CONSUMER_MODE": "batch"},
-            args.events,
-            log,
-            args.timeout,
-            args.repeat,
-        )
+        for key, consumer_mode in (("b_stock_faust", "stream"), ("b_batch_path", "batch")):
+            results[key] = best_run(
+                no_sinks | {"GRAYSCOPE_CONSUMER_MODE": consumer_mode},
+                args.events,
+                log,
+                args.timeout,
+                args.repeat,
+            )
         full = base | {"GRAYSCOPE_OTLP_ENDPOINT": endpoints["grpc_endpoint"]}
         results["c_full_null_store"] = best_run(
             full | {"GRAYSCOPE_ES_URL": null_url}, args.events, log, args.timeout, args.repeat
