@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import logging
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 
-from pipeline.canary import histogram
 from pipeline.canary.counters import CanaryStats
 from pipeline.canary.records import NO_VERSION, CanaryAggregate, WindowCounts
-from pipeline.canary.windows import NS_PER_S
+from pipeline.canary.windows import window_start
 from pipeline.model import AccessRecord, Enrichment
 
 log = logging.getLogger(__name__)
@@ -45,13 +43,10 @@ def aggregate(
     Event time is the log's own time; the Kafka record time stands in when
     the log has none (as it does for the document's ``@timestamp``).
     """
-    # Runs for every event: first one tally per (path group, window, stage,
-    # version) with WindowCounts.add written out inline (a batch has a few
-    # dozen such keys), then each tally is merged into its stage and version
-    # arms. Same counts as adding every event to both arms, ~9 calls less per event.
+    # First one tally per (path group, window, stage, version) — a batch has a
+    # few dozen — then each tally is merged into its stage and its version arm:
+    # one WindowCounts.add per event instead of one per arm. Same counts.
     tallies: dict[tuple[str, int, str, str], WindowCounts] = {}
-    size_ns = window_seconds * NS_PER_S
-    bounds = histogram.BOUNDS_MS
     observed = unrouted = untimed = 0
     for record, enrichment, fallback_ns in events:
         observed += 1
@@ -65,30 +60,15 @@ def aggregate(
             continue
         key = (
             path_group,
-            (timestamp_ns - timestamp_ns % size_ns) // NS_PER_S,  # window_start, inlined
+            window_start(timestamp_ns, window_seconds),
             enrichment.stage,
             enrichment.version or NO_VERSION,
         )
         tally = tallies.get(key)
         if tally is None:
             tally = tallies[key] = WindowCounts()
-        tally.requests += 1
-        status = record.status
-        if status is not None:
-            if 500 <= status <= 599:
-                tally.errors_5xx += 1
-            elif 400 <= status <= 499:
-                tally.errors_4xx += 1
         duration_ns = record.duration_ns
-        if duration_ns is not None:
-            duration_ms = max(duration_ns / NS_PER_MS, 0.0)
-            latency = tally.latency
-            index = bisect_left(bounds, duration_ms if duration_ms > 0 else 0.0)
-            latency[index] = latency.get(index, 0) + 1
-            if tally.min_ms is None or duration_ms < tally.min_ms:
-                tally.min_ms = duration_ms
-            if tally.max_ms is None or duration_ms > tally.max_ms:
-                tally.max_ms = duration_ms
+        tally.add(record.status, None if duration_ns is None else duration_ns / NS_PER_MS)
     stats.canary_events_observed_total += observed
     stats.canary_events_unrouted_total += unrouted
     stats.canary_events_untimed_total += untimed
