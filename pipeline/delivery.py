@@ -138,9 +138,10 @@ class BatchHandler:
                         if timestamp.__class__ is str and timestamp.endswith("Z"):
                             # A UTC timestamp's day is its first ten characters: one
                             # target_for per day and batch, not per document.
-                            target = targets.get(timestamp[:10])
+                            day = timestamp[:10]
+                            target = targets.get(day)
                             if target is None:
-                                target = targets[timestamp[:10]] = target_for(timestamp, mode)
+                                target = targets[day] = target_for(timestamp, mode)
                         else:
                             target = target_for(timestamp, mode)
                         index, op = target
