@@ -112,11 +112,6 @@ def worker_env(
     return env
 
 
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text exposition -> sample name -> value summed over its labels."""
-    return sample_sums(text)
-
-
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -158,7 +153,7 @@ class DemoServices:
             status, body = http_get(self.worker_url + "/metrics")
         except OSError:
             return {}
-        return parse_metrics(body.decode("utf-8", "replace")) if status == 200 else {}
+        return sample_sums(body.decode("utf-8", "replace")) if status == 200 else {}
 
     def worker_running(self) -> bool:
         return self.worker is not None and self.worker.running()

@@ -33,7 +33,7 @@ from pipeline.demo.report import (
     span_section,
     summary_sections,
 )
-from pipeline.demo.services import parse_metrics, settings_env, worker_env
+from pipeline.demo.services import settings_env, worker_env
 from pipeline.demo.stages import plan_stages
 from pipeline.demo.summary import parse_summary
 from pipeline.synth import PATH_RULES
@@ -255,25 +255,6 @@ def test_worker_env_keeps_the_users_path_rules(tmp_path: Path) -> None:
         data_dir=tmp_path,
     )
     assert env["GRAYSCOPE_PATH_RULES"] == rules
-
-
-def test_parse_metrics_sums_labelled_samples() -> None:
-    text = "\n".join(
-        [
-            "# HELP grayscope_messages_consumed_total batches: messages consumed total",
-            "# TYPE grayscope_messages_consumed_total counter",
-            "grayscope_messages_consumed_total 1695.0",
-            'grayscope_dead_lettered_total{reason="invalid_json"} 2.0',
-            'grayscope_dead_lettered_total{reason="unknown_format"} 3.0',
-            'grayscope_bulk_request_duration_seconds_bucket{le="0.005"} 1.0',
-            "garbage line",
-            "",
-        ]
-    )
-    metrics = parse_metrics(text)
-    assert metrics["grayscope_messages_consumed_total"] == 1695.0
-    assert metrics["grayscope_dead_lettered_total"] == 5.0
-    assert "garbage" not in metrics
 
 
 # --- the extra-sections hook ---------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The worker's Prometheus exposition: consumer lag."""
+"""The worker's Prometheus exposition: consumer lag, and the one reader of it."""
 
 from __future__ import annotations
 
@@ -81,3 +81,22 @@ def test_exposition_parser_reads_names_labels_and_values() -> None:
     assert sums["grayscope_dead_lettered_total"] == 5.0
     assert sums['grayscope_dead_lettered_total{reason="invalid_json"}'] == 2.0
     assert "garbage" not in sums
+
+
+def test_worker_metrics_sum_labelled_samples() -> None:
+    text = "\n".join(
+        [
+            "# HELP grayscope_messages_consumed_total batches: messages consumed total",
+            "# TYPE grayscope_messages_consumed_total counter",
+            "grayscope_messages_consumed_total 1695.0",
+            'grayscope_dead_lettered_total{reason="invalid_json"} 2.0',
+            'grayscope_dead_lettered_total{reason="unknown_format"} 3.0',
+            'grayscope_bulk_request_duration_seconds_bucket{le="0.005"} 1.0',
+            "garbage line",
+            "",
+        ]
+    )
+    metrics = sample_sums(text)
+    assert metrics["grayscope_messages_consumed_total"] == 1695.0
+    assert metrics["grayscope_dead_lettered_total"] == 5.0
+    assert "garbage" not in metrics
