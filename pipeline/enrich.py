@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from pipeline.config import DEFAULT_TRUSTED_PROXIES
 from pipeline.extract import gray
 from pipeline.extract.client_ip import TrustedProxies
 from pipeline.extract.path_group import PathRules, decoded_path
@@ -35,18 +36,7 @@ class EnrichContext:
     gray_rules: gray.GrayRules = field(default_factory=gray.GrayRules)
     path_rules: PathRules = field(default_factory=PathRules)
     proxies: TrustedProxies = field(
-        default_factory=lambda: TrustedProxies.from_cidrs(
-            (
-                "127.0.0.0/8",
-                "::1/128",
-                "10.0.0.0/8",
-                "172.16.0.0/12",
-                "192.168.0.0/16",
-                "fc00::/7",
-                "169.254.0.0/16",
-                "fe80::/10",
-            )
-        )
+        default_factory=lambda: TrustedProxies.from_cidrs(DEFAULT_TRUSTED_PROXIES.split(","))
     )
     geoip: GeoLookup | None = None
     service_name: str | None = None
