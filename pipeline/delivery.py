@@ -23,10 +23,11 @@ from pipeline.core import Enriched, process
 from pipeline.enrich import EnrichContext
 from pipeline.errors import ShutdownInterrupted
 from pipeline.formats.values import ns_to_iso
-from pipeline.model import DeadLetter, KafkaCoordinates, Reason, SpanData
+from pipeline.model import DeadLetter, KafkaCoordinates, Reason
 from pipeline.sinks.dlq import DeadLetterSink
 from pipeline.sinks.elasticsearch.request import BulkItem, Op, target_for
-from pipeline.span import build_span
+from pipeline.sinks.otlp.direct import encode_request_span
+from pipeline.sinks.otlp.encode import EncodedSpan
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,8 @@ class StoreSink(Protocol):
 
 
 class SpanSink(Protocol):
-    def submit(self, spans: Sequence[SpanData]) -> int:
-        """Queue spans without waiting; returns how many were accepted."""
+    def submit(self, spans: Sequence[EncodedSpan]) -> int:
+        """Queue encoded spans without waiting; returns how many were accepted."""
 
 
 @dataclass(slots=True)
@@ -113,7 +114,7 @@ class BatchHandler:
         ctx = self._ctx
         items: list[BulkItem] = []
         letters: list[tuple[DeadLetter, KafkaCoordinates | None, bytes | None]] = []
-        spans: list[SpanData] = []
+        spans: list[EncodedSpan] = []
         want_spans = self._spans is not None
         enriched_counts = self.stats.events_enriched_total
         dumps = orjson.dumps
@@ -155,7 +156,7 @@ class BatchHandler:
                         continue
                     items.append(BulkItem(doc_id, index, op, source, msg))
                 if want_spans:
-                    span = build_span(result.record, result.enrichment, fallback_key=doc_id)
+                    span = encode_request_span(result.record, result.enrichment, doc_id)
                     if span is not None:
                         spans.append(span)
             else:

@@ -72,22 +72,11 @@ def build_span(
     start = record.timestamp_ns
     if start is None:
         return None
-    trace_id = _parse_id(enr.trace_id, 16)
-    if trace_id is not None:
-        parent = _parse_id(enr.span_id, 8)
-    else:
-        # A parent span id without the trace it belongs to means nothing.
-        parent = None
-        if record.request_id:
-            trace_id = _digest(_FROM_REQUEST_ID, _utf8(record.request_id))
-        elif fallback_key:
-            trace_id = _digest(_FROM_KEY, _utf8(fallback_key))
-        else:
-            return None
-
-    method = record.method or None
-    if method is not None and method not in KNOWN_METHODS:
-        method = OTHER_METHOD
+    identity = span_identity(record, enr, fallback_key)
+    if identity is None:
+        return None
+    trace_id, parent = identity
+    method = http_method(record.method)
     duration = record.duration_ns
     if not duration or duration < 0:
         duration = 0
@@ -154,7 +143,7 @@ def build_span(
     # order is SpanData's; test_full_span checks every field).
     return SpanData(
         trace_id,
-        _span_id(record, trace_id, parent, fallback_key),
+        span_id(record, trace_id, parent, fallback_key),
         parent,
         span_name(method, enr.route or enr.path_group),
         start,
@@ -166,15 +155,38 @@ def build_span(
     )
 
 
+def span_identity(
+    record: AccessRecord, enr: Enrichment, fallback_key: str | None
+) -> tuple[bytes, bytes | None] | None:
+    """(trace id, parent span id) of a request's span, or None when nothing identifies it."""
+    trace_id = _parse_id(enr.trace_id, 16)
+    if trace_id is not None:
+        return trace_id, _parse_id(enr.span_id, 8)
+    # A parent span id without the trace it belongs to means nothing.
+    if record.request_id:
+        return _digest(_FROM_REQUEST_ID, _utf8(record.request_id)), None
+    if fallback_key:
+        return _digest(_FROM_KEY, _utf8(fallback_key)), None
+    return None
+
+
+def http_method(method: str | None) -> str | None:
+    """The span's method: None when unknown, "_OTHER" for non-standard ones."""
+    if not method:
+        return None
+    return method if method in KNOWN_METHODS else OTHER_METHOD
+
+
 def span_name(method: str | None, target: str | None) -> str:
     """``{method} {target}`` per the HTTP semantic conventions, "HTTP" for unknown methods."""
     verb = method if method and method != OTHER_METHOD else "HTTP"
     return f"{verb} {target}" if target else verb
 
 
-def _span_id(
+def span_id(
     record: AccessRecord, trace_id: bytes, parent: bytes | None, fallback_key: str | None
 ) -> bytes:
+    """The span id: a hash of what tells this proxy's line for the request apart."""
     # Everything that tells one proxy's line apart from another's for the same request;
     # the Kafka key only when the line has no request id (it differs between duplicates).
     # One f-string (0x1f between the fields): the same bytes as before, so replays keep

@@ -16,6 +16,7 @@ import pytest
 
 from pipeline.embedded.otlp_receiver import OtlpReceiver
 from pipeline.model import AccessRecord, Enrichment, GeoInfo, SpanData
+from pipeline.sinks.otlp.encode import EncodedSpan, encode_span
 from pipeline.sinks.otlp.exporter import OtlpExporter
 from pipeline.span import build_span
 
@@ -86,11 +87,15 @@ def make_spans(n: int, gray_id: str, first: int = 0) -> list[SpanData]:
     return out
 
 
+def encoded(spans: list[SpanData]) -> list[EncodedSpan]:
+    return [encode_span(data) for data in spans]
+
+
 async def test_spans_arrive_intact(receiver: OtlpReceiver, protocol: str) -> None:
     spans = make_spans(5, "intact01")
     exporter = make_exporter(endpoint(receiver, protocol), {"x-api-key": "k1"}, batch_size=2)
     async with exporter:
-        assert exporter.submit(spans) == 5
+        assert exporter.submit(encoded(spans)) == 5
         assert await exporter.flush(timeout=30)
     received = {s["span_id"]: s for s in receiver.wait_for(5, timeout=10)}
     assert len(received) == 5
@@ -126,7 +131,7 @@ async def test_receiver_keeps_only_the_newest_spans_but_counts_all(
     with OtlpReceiver.start(keep=keep) as bounded:
         spans = make_spans(8, "bounded1")
         async with make_exporter(endpoint(bounded, protocol), batch_size=2) as exporter:
-            exporter.submit(spans)
+            exporter.submit(encoded(spans))
             assert await exporter.flush(timeout=30)
         kept = bounded.wait_for(8, timeout=10)
         assert bounded.received == 8
@@ -140,13 +145,13 @@ async def test_outage_drops_spans_and_export_resumes(protocol: str) -> None:
             endpoint(receiver, protocol), queue_size=20, batch_size=5, max_retries=2
         )
         async with exporter:
-            exporter.submit(make_spans(1, "before01"))
+            exporter.submit(encoded(make_spans(1, "before01")))
             assert await exporter.flush(timeout=30)
             assert exporter.stats.spans_exported_total == 1  # connected before the outage
 
             receiver.down()
             # submit is a plain call: it cannot wait on the network.
-            assert exporter.submit(make_spans(30, "outage01")) == 20
+            assert exporter.submit(encoded(make_spans(30, "outage01"))) == 20
             assert exporter.stats.spans_dropped_total["queue_full"] == 10
             assert await exporter.flush(timeout=60)
             assert exporter.stats.spans_dropped_total["export_failed"] == 20
@@ -156,7 +161,7 @@ async def test_outage_drops_spans_and_export_resumes(protocol: str) -> None:
             receiver.up()
             # gRPC reconnects with backoff: offer one span at a time until one gets through.
             for attempt in range(300):
-                exporter.submit(make_spans(1, "back0001", first=attempt))
+                exporter.submit(encoded(make_spans(1, "back0001", first=attempt)))
                 assert await exporter.flush(timeout=30)
                 if exporter.stats.spans_exported_total == 2:
                     break
@@ -185,7 +190,7 @@ async def test_only_retriable_failures_are_retried(
     receiver.fail(http_status=http_status, grpc_code=grpc_code)
     exporter = make_exporter(endpoint(receiver, protocol), max_retries=2)
     async with exporter:
-        exporter.submit(make_spans(4, "failing1"))
+        exporter.submit(encoded(make_spans(4, "failing1")))
         assert await exporter.flush(timeout=30)
     assert receiver.request_count(protocol) == requests
     assert exporter.stats.spans_dropped_total["export_failed"] == 4
@@ -201,7 +206,7 @@ async def test_header_values_are_never_logged(
         endpoint(receiver, protocol), {"authorization": "Bearer s3cr3t-t0ken"}, max_retries=1
     )
     async with exporter:
-        exporter.submit(make_spans(2, "secret01"))
+        exporter.submit(encoded(make_spans(2, "secret01")))
         assert await exporter.flush(timeout=30)
     assert receiver.last_headers(protocol)["authorization"] == "Bearer s3cr3t-t0ken"
     assert "OTLP export failed" in caplog.text
@@ -266,7 +271,7 @@ async def test_receiver_in_another_process() -> None:
         endpoints = orjson.loads(process.stdout.readline())
         exporter = make_exporter(endpoints["http_endpoint"])
         async with exporter:
-            exporter.submit(make_spans(3, "xproc001"))
+            exporter.submit(encoded(make_spans(3, "xproc001")))
             assert await exporter.flush(timeout=30)
         assert exporter.stats.spans_exported_total == 3
         search = endpoints["http_endpoint"].replace("/v1/traces", "/api/spans")

@@ -255,7 +255,7 @@ def test_unhashable_and_other_values_are_written_as_text() -> None:
 
 
 def test_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(encode._ATTRIBUTES, "limit", 8)
+    monkeypatch.setattr(encode, "_ATTRIBUTES", encode._AttributeCache(8))  # empty, small
     spans = [span(i, attributes={"client.address": f"192.0.2.{i}", "n": i}) for i in range(50)]
     assert_same_as_reference(spans)
     assert len(encode._ATTRIBUTES) <= 8

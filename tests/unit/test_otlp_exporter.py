@@ -12,7 +12,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from pipeline.config import load_settings
 from pipeline.errors import ConfigError
 from pipeline.model import SpanData
-from pipeline.sinks.otlp.encode import encode_spans, request_to_dicts
+from pipeline.sinks.otlp.encode import EncodedSpan, encode_span, encode_spans, request_to_dicts
 from pipeline.sinks.otlp.exporter import (
     Endpoint,
     ExportRequestFailed,
@@ -56,7 +56,7 @@ class FakeTransport:
         ]
 
 
-def spans(n: int) -> list[SpanData]:
+def span_data(n: int) -> list[SpanData]:
     return [
         SpanData(
             trace_id=i.to_bytes(16, "big"),
@@ -72,6 +72,11 @@ def spans(n: int) -> list[SpanData]:
         )
         for i in range(1, n + 1)
     ]
+
+
+def spans(n: int) -> list[EncodedSpan]:
+    """What the batch handler submits: encoded spans."""
+    return [encode_span(data) for data in span_data(n)]
 
 
 def exporter(transport: FakeTransport, **kwargs: Any) -> OtlpExporter:
@@ -142,8 +147,8 @@ async def test_batches_of_batch_size() -> None:
 async def test_requests_are_the_encoded_spans_in_submit_order() -> None:
     transport = FakeTransport()
     ex = exporter(transport, batch_size=3)
-    submitted = spans(5)
-    ex.submit(submitted)
+    submitted = span_data(5)
+    ex.submit([encode_span(data) for data in submitted])
     ex.start()
     assert await ex.flush(timeout=10)
     await ex.stop()

@@ -208,13 +208,7 @@ class _AttributeCache(dict[tuple[str, object], bytes]):
                 encoded = _remember(self.ints, item, _key_value(key, value), _MAX_INTS)
             return encoded
         if cls is str:
-            heads = _STRING_HEADS.get(key)
-            encoded_value = _utf8(value)  # type: ignore[arg-type]
-            if heads is not None and len(encoded_value) < _HEAD_LENGTHS:
-                encoded = heads[len(encoded_value)] + encoded_value
-            else:
-                encoded = _key_value(key, value)
-            return _remember(self, item, encoded, self.limit)
+            return _remember(self, item, attribute_field(key, value), self.limit)
         encoded = _key_value(key, value)
         if cls is float and not value.is_integer():  # type: ignore[attr-defined]
             _remember(self, item, encoded, self.limit)
@@ -232,6 +226,18 @@ _STRING_HEADS = {
     for name, kind in schemas.span_attributes().items()
     if kind == "string"
 }
+
+
+def attribute_field(key: str, value: object) -> bytes:
+    """One attribute as an encoded ``attributes`` field of a Span."""
+    if value.__class__ is str:
+        heads = _STRING_HEADS.get(key)
+        encoded = _utf8(value)  # type: ignore[arg-type]
+        if heads is not None and len(encoded) < _HEAD_LENGTHS:
+            return heads[len(encoded)] + encoded
+    return _key_value(key, value)
+
+
 _ATTRIBUTES = _AttributeCache(_MAX_ATTRIBUTES)
 _NAMES: dict[str, bytes] = {}
 # Span length -> the ScopeSpans.spans tag and length in front of it.
@@ -277,41 +283,59 @@ def _ids(trace_id: bytes, span_id: bytes, parent: bytes | None) -> bytes:
     )
 
 
-def _span(data: SpanData) -> bytes:
-    """The encoded Span message (without its tag and length)."""
-    trace_id = data.trace_id
-    span_id = data.span_id
-    parent = data.parent_span_id
-    start = data.start_ns
-    end = data.end_ns
-    name = _NAMES.get(data.name)
-    if name is None:
-        name = _name_field(data.name)
+def span_head(
+    trace_id: bytes, span_id: bytes, parent: bytes | None, name: bytes, start: int, end: int
+) -> list[bytes]:
+    """The fields in front of a span's attributes, as pieces to join (``name``: its field)."""
     # The usual span gets a list of ready-made pieces; anything odd the general path.
     if len(trace_id) == 16 and len(span_id) == 8 and 0 < start < _UINT64 and 0 < end < _UINT64:
         if not parent:
-            parts = [_TRACE_ID_16, trace_id, _SPAN_ID_8, span_id, name, _KIND_SERVER_START,
-                     _pack_times(start, _END_TAG, end)]
-        elif len(parent) == 8:
-            parts = [_TRACE_ID_16, trace_id, _SPAN_ID_8, span_id, _PARENT_ID_8, parent, name,
-                     _KIND_SERVER_START, _pack_times(start, _END_TAG, end)]
-        else:
-            parts = [_ids(trace_id, span_id, parent), name, _times(start, end)]
-    else:
-        parts = [_ids(trace_id, span_id, parent), name, _times(start, end)]
+            return [_TRACE_ID_16, trace_id, _SPAN_ID_8, span_id, name, _KIND_SERVER_START,
+                    _pack_times(start, _END_TAG, end)]
+        if len(parent) == 8:
+            return [_TRACE_ID_16, trace_id, _SPAN_ID_8, span_id, _PARENT_ID_8, parent, name,
+                    _KIND_SERVER_START, _pack_times(start, _END_TAG, end)]
+    return [_ids(trace_id, span_id, parent), name, _times(start, end)]
+
+
+def span_tail(error: bool, status_message: str, parent: bytes | None) -> bytes:
+    """The fields after a span's attributes: status (errors only) and flags."""
+    flags = _FLAGS_REMOTE_PARENT_FIELD if parent else _FLAGS_ROOT_FIELD
+    if not error:
+        return flags
+    message = _utf8(status_message)
+    status = (_field(_STATUS_MESSAGE, message) if message else b"") + _STATUS_CODE_ERROR
+    return _field(_SPAN_STATUS, status) + flags
+
+
+def name_field(name: str) -> bytes:
+    """The encoded ``name`` field of a span (memoised)."""
+    encoded = _NAMES.get(name)
+    return _name_field(name) if encoded is None else encoded
+
+
+def _span(data: SpanData) -> bytes:
+    """The encoded Span message (without its tag and length)."""
+    parent = data.parent_span_id
+    parts = span_head(
+        data.trace_id, data.span_id, parent, name_field(data.name), data.start_ns, data.end_ns
+    )
     fixed = len(parts)
     try:
         parts.extend(map(_ATTRIBUTES.__getitem__, data.attributes.items()))
     except TypeError:  # an unhashable value: no memo for it (written as its str())
         del parts[fixed:]
         parts.extend(_key_value(key, value) for key, value in data.attributes.items())
-    append = parts.append
-    if data.error:
-        message = _utf8(data.status_message)
-        status = (_field(_STATUS_MESSAGE, message) if message else b"") + _STATUS_CODE_ERROR
-        append(_field(_SPAN_STATUS, status))
-    append(_FLAGS_REMOTE_PARENT_FIELD if parent else _FLAGS_ROOT_FIELD)
+    parts.append(span_tail(data.error, data.status_message, parent))
     return b"".join(parts)
+
+
+# A span ready for a request: its service name and its encoded Span message.
+EncodedSpan = tuple[str, bytes]
+
+
+def encode_span(data: SpanData) -> EncodedSpan:
+    return data.service_name, _span(data)
 
 
 def _resource_field(service_name: str) -> bytes:
@@ -324,12 +348,16 @@ def _resource_field(service_name: str) -> bytes:
 
 def encode_request(spans: Sequence[SpanData]) -> bytes:
     """The serialized export request holding ``spans``, grouped by service."""
+    return frame_request([encode_span(data) for data in spans])
+
+
+def frame_request(spans: Sequence[EncodedSpan]) -> bytes:
+    """The serialized export request holding these encoded spans, grouped by service."""
     groups: dict[str, list[bytes]] = {}
-    for data in spans:
-        body = _span(data)
-        group = groups.get(data.service_name)
+    for service_name, body in spans:
+        group = groups.get(service_name)
         if group is None:
-            group = groups[data.service_name] = []
+            group = groups[service_name] = []
         n = len(body)
         group.append(_SPAN_PREFIXES.get(n) or _span_prefix(n))
         group.append(body)

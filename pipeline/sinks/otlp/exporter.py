@@ -3,15 +3,17 @@
 The protocol follows the endpoint: a URL whose path ends in ``/v1/traces`` is
 OTLP/HTTP (protobuf body, aiohttp); a URL without a path is OTLP/gRPC
 (``TraceService/Export`` over ``grpc.aio``; ``https`` = TLS). Either way the
-request is the bytes of ``encode_request``: no protobuf objects are built (the
-gRPC call takes the bytes as they are, only the response is parsed).
+request is the bytes of ``encode.frame_request``: no protobuf objects are built
+(the gRPC call takes the bytes as they are, only the response is parsed).
 
 ``submit`` never awaits: spans go into a queue bounded by ``queue_size``;
 what does not fit is dropped and counted. The background task exports
 batches of ``batch_size`` with at most ``max_retries`` retries (exponential
 backoff, only for retriable failures), then drops the batch and counts it.
-Spans are encoded there, once per batch (retries resend the same bytes): off
-the consumer's batch path, though still on the event loop.
+Spans arrive encoded (``encode.EncodedSpan``: the batch handler writes each
+span's wire bytes straight from the request, ``direct.encode_request_span``);
+the task frames them into one request per batch (retries resend the same
+bytes).
 So a collector outage costs spans, never indexing throughput or memory.
 Header values may hold API keys: they are never logged.
 
@@ -38,8 +40,7 @@ import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from pipeline.errors import ConfigError, ExportError
-from pipeline.model import SpanData
-from pipeline.sinks.otlp.encode import encode_request
+from pipeline.sinks.otlp.encode import EncodedSpan, frame_request
 
 if TYPE_CHECKING:
     from pipeline.config import Settings
@@ -117,7 +118,7 @@ class ExportRequestFailed(ExportError):
 class Transport(Protocol):
     """Sends one export request; returns how many spans the collector rejected.
 
-    ``body`` is a serialized ExportTraceServiceRequest (``encode_request``).
+    ``body`` is a serialized ExportTraceServiceRequest (``frame_request``).
     Raises ``ExportError`` (``retriable`` set) for every delivery failure.
     """
 
@@ -309,7 +310,7 @@ class OtlpExporter:
         self.retry_max = retry_max
         self.stats = OtlpStats()
         self._transport = transport or make_transport(self.endpoint, headers or {})
-        self._queue: deque[SpanData] = deque()
+        self._queue: deque[EncodedSpan] = deque()
         self._inflight = 0  # spans of the batch being exported
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -335,7 +336,7 @@ class OtlpExporter:
         )
 
     # --- producer side (never awaits) ------------------------------------
-    def submit(self, spans: Iterable[SpanData]) -> int:
+    def submit(self, spans: Iterable[EncodedSpan]) -> int:
         """Queue ``spans``; returns how many were accepted (the rest are counted dropped)."""
         queue = self._queue
         if self._stopping:
@@ -441,8 +442,8 @@ class OtlpExporter:
                 self.stats.spans_dropped_total[DropReason.EXPORT_FAILED] += len(batch)
             self._inflight = 0
 
-    async def _export_batch(self, batch: list[SpanData]) -> None:
-        body = encode_request(batch)
+    async def _export_batch(self, batch: list[EncodedSpan]) -> None:
+        body = frame_request(batch)
         attempt = 0
         while True:
             try:
