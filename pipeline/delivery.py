@@ -19,6 +19,7 @@ from typing import Protocol
 import orjson
 
 from pipeline.canary.observer import CanaryObserver, ObservedEvent
+from pipeline.canary.observer import observed as observe
 from pipeline.core import Enriched, process
 from pipeline.enrich import EnrichContext
 from pipeline.errors import ShutdownInterrupted
@@ -132,7 +133,7 @@ class BatchHandler:
                 dataset = result.record.dataset
                 enriched_counts[dataset] = enriched_counts.get(dataset, 0) + 1
                 if observed is not None:
-                    observed.append((result.record, result.enrichment, msg.timestamp_ns))
+                    observed.append(observe(result.record, result.enrichment, msg.timestamp_ns))
                 doc_id = msg.coords.doc_id  # the document _id and the span fallback key
                 if self._store is not None:
                     try:

@@ -25,8 +25,26 @@ from pipeline.model import AccessRecord, Enrichment
 
 log = logging.getLogger(__name__)
 
-# (record, enrichment, Kafka record timestamp in epoch ns or None)
-ObservedEvent = tuple[AccessRecord, Enrichment, int | None]
+# What the analysis needs of one request: (path group, event time in epoch ns — the
+# log's, else the Kafka record's —, stage, version, status, duration in ns). A few
+# fields instead of the record and enrichment, so that those can be freed as soon as
+# the request's document and span are written instead of at the end of the batch
+# (measured: ~1 µs per event less in the batch handler, from a smaller working set).
+ObservedEvent = tuple[str | None, int | None, str, str | None, int | None, int | None]
+
+
+def observed(
+    record: AccessRecord, enrichment: Enrichment, fallback_ns: int | None
+) -> ObservedEvent:
+    """The ObservedEvent of one enriched request (``fallback_ns``: the Kafka record time)."""
+    return (
+        enrichment.path_group,
+        record.timestamp_ns or fallback_ns,
+        enrichment.stage,
+        enrichment.version,
+        record.status,
+        record.duration_ns,
+    )
 Publish = Callable[[Sequence[CanaryAggregate]], None]
 
 NS_PER_MS = 1_000_000
@@ -41,35 +59,32 @@ def aggregate(
     """Fold events into one aggregate per (path group, window), in first-seen order.
 
     Event time is the log's own time; the Kafka record time stands in when
-    the log has none (as it does for the document's ``@timestamp``).
+    the log has none (as it does for the document's ``@timestamp``; see ``observed``).
     """
     # First one tally per (path group, window, stage, version) — a batch has a
     # few dozen — then each tally is merged into its stage and its version arm:
     # one WindowCounts.add per event instead of one per arm. Same counts.
     tallies: dict[tuple[str, int, str, str], WindowCounts] = {}
-    observed = unrouted = untimed = 0
-    for record, enrichment, fallback_ns in events:
-        observed += 1
-        path_group = enrichment.path_group
+    seen = unrouted = untimed = 0
+    for path_group, timestamp_ns, stage, version, status, duration_ns in events:
+        seen += 1
         if not path_group:
             unrouted += 1
             continue
-        timestamp_ns = record.timestamp_ns or fallback_ns
         if not timestamp_ns:
             untimed += 1
             continue
         key = (
             path_group,
             window_start(timestamp_ns, window_seconds),
-            enrichment.stage,
-            enrichment.version or NO_VERSION,
+            stage,
+            version or NO_VERSION,
         )
         tally = tallies.get(key)
         if tally is None:
             tally = tallies[key] = WindowCounts()
-        duration_ns = record.duration_ns
-        tally.add(record.status, None if duration_ns is None else duration_ns / NS_PER_MS)
-    stats.canary_events_observed_total += observed
+        tally.add(status, None if duration_ns is None else duration_ns / NS_PER_MS)
+    stats.canary_events_observed_total += seen
     stats.canary_events_unrouted_total += unrouted
     stats.canary_events_untimed_total += untimed
 

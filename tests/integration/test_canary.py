@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer
 
 from agents.canary import CanaryAnalysis, register_canary
 from pipeline.canary import CanaryObserver, Decision, Verdict, fetch_verdicts, format_verdicts
-from pipeline.canary.observer import ObservedEvent
+from pipeline.canary.observer import ObservedEvent, observed
 from pipeline.embedded.ports import free_port
 from pipeline.embedded.store import EmbeddedStore
 from pipeline.model import AccessRecord, Enrichment
@@ -73,7 +73,7 @@ def requests(
             duration_ns=int((latency_ms + i % 40) * 1_000_000),  # a 40 ms spread
         )
         enrichment = Enrichment(stage=stage, version=version, path_group=path_group)
-        out.append((record, enrichment, None))
+        out.append(observed(record, enrichment, None))
     return out
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.canary.counters import CanaryStats
-from pipeline.canary.observer import CanaryObserver, ObservedEvent, aggregate
+from pipeline.canary.observer import CanaryObserver, ObservedEvent, aggregate, observed
 from pipeline.canary.records import NO_VERSION, CanaryAggregate, WindowCounts
 from pipeline.canary.windows import window_start
 from pipeline.model import AccessRecord, Enrichment
@@ -36,7 +36,7 @@ def event(
         duration_ns=None if duration_ms is None else int(duration_ms * 1_000_000),
     )
     enrichment = Enrichment(stage=stage, version=version, path_group=path_group)
-    return record, enrichment, None if kafka_at is None else int(kafka_at * NS)
+    return observed(record, enrichment, None if kafka_at is None else int(kafka_at * NS))
 
 
 class Published:
@@ -122,20 +122,14 @@ def test_window_must_be_positive() -> None:
 def _one_by_one(events: Sequence[ObservedEvent], window_seconds: int) -> dict[Any, Any]:
     """The reference: every event added to both of its arms with WindowCounts.add."""
     out: dict[tuple[str, int], CanaryAggregate] = {}
-    for record, enrichment, fallback_ns in events:
-        timestamp_ns = record.timestamp_ns or fallback_ns
-        if not enrichment.path_group or not timestamp_ns:
+    for path_group, timestamp_ns, stage, version, status, duration_ns in events:
+        if not path_group or not timestamp_ns:
             continue
         start = window_start(timestamp_ns, window_seconds)
-        agg = out.setdefault(
-            (enrichment.path_group, start), CanaryAggregate(enrichment.path_group, start)
-        )
-        duration = None if record.duration_ns is None else record.duration_ns / 1_000_000
-        for table, name in (
-            (agg.by_stage, enrichment.stage),
-            (agg.by_version, enrichment.version or NO_VERSION),
-        ):
-            table.setdefault(name, WindowCounts()).add(record.status, duration)
+        agg = out.setdefault((path_group, start), CanaryAggregate(path_group, start))
+        duration = None if duration_ns is None else duration_ns / 1_000_000
+        for table, name in ((agg.by_stage, stage), (agg.by_version, version or NO_VERSION)):
+            table.setdefault(name, WindowCounts()).add(status, duration)
     return {key: (agg.by_stage, agg.by_version) for key, agg in out.items()}
 
 
