@@ -13,6 +13,8 @@ collecting the SpanData objects adds a little on top):
   encode   ``encode_request`` (direct wire format) and the protobuf-object
            reference ``encode_spans(...).SerializeToString()``, in batches of
            ``--batch`` spans like the exporter's
+  direct   what the worker runs: ``encode_request_span`` (request -> span bytes
+           in one pass, no SpanData) plus ``frame_request`` per batch
 
     .venv/bin/python bench/spans.py
     .venv/bin/python bench/spans.py --events 50000 --json
@@ -40,7 +42,8 @@ from pipeline.core import Enriched, process  # noqa: E402
 from pipeline.enrich import EnrichContext  # noqa: E402
 from pipeline.geoip import GeoIPResolver  # noqa: E402
 from pipeline.model import AccessRecord, Enrichment, SpanData  # noqa: E402
-from pipeline.sinks.otlp.encode import encode_request, encode_spans  # noqa: E402
+from pipeline.sinks.otlp.direct import encode_request_span  # noqa: E402
+from pipeline.sinks.otlp.encode import encode_request, encode_spans, frame_request  # noqa: E402
 from pipeline.span import build_span  # noqa: E402
 from pipeline.synth import generate  # noqa: E402
 
@@ -155,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         best_cpu(fresh_batches, encode_with(reference_bytes), repeat) * per_span
     )
     results["total_us"] = results["build_us"] + results["encode_us"]
+
+    def direct(evs: list[Event]) -> object:
+        encoded = [s for r, e, k in evs if (s := encode_request_span(r, e, k)) is not None]
+        size = args.batch
+        return [frame_request(encoded[i : i + size]) for i in range(0, len(encoded), size)]
+
+    results["direct_us"] = best_cpu(fresh_events, direct, repeat) * per_event
     if baseline is not None:
         results["total_baseline_us"] = results["build_baseline_us"] + results["encode_reference_us"]
 
@@ -172,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     total_before = results.get("total_baseline_us")
     print(f"  total        now {results['total_us']:6.2f} µs/span "
           + (f"   before {total_before:6.2f}" if total_before is not None else ""))
+    print(f"  direct       {results['direct_us']:6.2f} µs/event (what the worker runs: request ->"
+          " span bytes, framed per batch)")
     return 0
 
 
