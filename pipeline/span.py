@@ -69,17 +69,10 @@ def build_span(
     record: AccessRecord, enr: Enrichment, *, fallback_key: str | None = None
 ) -> SpanData | None:
     """The SERVER span of one request, or None when it has no time or no identity."""
-    start = record.timestamp_ns
-    if start is None:
+    skeleton = span_skeleton(record, enr, fallback_key)
+    if skeleton is None:
         return None
-    identity = span_identity(record, enr, fallback_key)
-    if identity is None:
-        return None
-    trace_id, parent = identity
-    method = http_method(record.method)
-    duration = record.duration_ns
-    if not duration or duration < 0:
-        duration = 0
+    trace_id, parent, method, start, end = skeleton
     status = record.status
     error = status is not None and 500 <= status <= 599
 
@@ -147,12 +140,29 @@ def build_span(
         parent,
         span_name(method, enr.route or enr.path_group),
         start,
-        start + duration,
+        end,
         error,
         f"HTTP {status}" if error else "",
         enr.service_name or UNKNOWN_SERVICE,
         attributes,  # type: ignore[arg-type]  # the Nones are gone
     )
+
+
+def span_skeleton(
+    record: AccessRecord, enr: Enrichment, fallback_key: str | None
+) -> tuple[bytes, bytes | None, str | None, int, int] | None:
+    """(trace id, parent span id, method, start, end) of a request's span, or None when
+    it has no time or no identity. An unknown duration gives a zero-length span."""
+    start = record.timestamp_ns
+    if start is None:
+        return None
+    identity = span_identity(record, enr, fallback_key)
+    if identity is None:
+        return None
+    duration = record.duration_ns
+    if not duration or duration < 0:
+        duration = 0
+    return identity[0], identity[1], http_method(record.method), start, start + duration
 
 
 def span_identity(

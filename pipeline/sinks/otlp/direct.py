@@ -30,10 +30,9 @@ from pipeline.sinks.otlp.encode import (
 from pipeline.span import (
     UNKNOWN_SERVICE,
     build_span,
-    http_method,
     span_id,
-    span_identity,
     span_name,
+    span_skeleton,
 )
 
 # Entries per attribute memo; the client address and URL path see per-request values.
@@ -90,17 +89,10 @@ def encode_request_span(
     Also None where the reference encoder raises (a time outside uint64, an int
     beyond int64): that request gets no span, the others of the batch do.
     """
-    start = record.timestamp_ns
-    if start is None:
+    skeleton = span_skeleton(record, enr, fallback_key)
+    if skeleton is None:
         return None
-    identity = span_identity(record, enr, fallback_key)
-    if identity is None:
-        return None
-    trace_id, parent = identity
-    method = http_method(record.method)
-    duration = record.duration_ns
-    if not duration or duration < 0:
-        duration = 0
+    trace_id, parent, method, start, end = skeleton
     status = record.status
     if status is not None and status.__class__ is not int:
         status = int(status)
@@ -119,7 +111,7 @@ def encode_request_span(
             parent,
             name_field(span_name(method, enr.route or enr.path_group)),
             start,
-            start + duration,
+            end,
         )
     except ValueError:  # a time outside uint64 (a line from before 1970): no span
         return None
