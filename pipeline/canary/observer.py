@@ -45,6 +45,8 @@ def observed(
         record.status,
         record.duration_ns,
     )
+
+
 Publish = Callable[[Sequence[CanaryAggregate]], None]
 
 NS_PER_MS = 1_000_000

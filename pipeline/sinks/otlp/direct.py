@@ -28,17 +28,19 @@ from pipeline.sinks.otlp.encode import (
     span_tail,
 )
 from pipeline.span import (
+    KIND_TYPES,
+    NO_GEO,
     UNKNOWN_SERVICE,
     build_span,
     span_id,
     span_name,
+    span_numbers,
     span_skeleton,
 )
 
 # Entries per attribute memo; the client address and URL path see per-request values.
 MEMO_LIMITS = {"client.address": 16_384, "url.path": 8192, "user_agent.original": 8192}
 DEFAULT_MEMO_LIMIT = 2048
-_NO_GEO = GeoInfo()
 
 
 class _AttributeMemo(dict[object, bytes]):
@@ -53,7 +55,7 @@ class _AttributeMemo(dict[object, bytes]):
     def __init__(self, name: str, kind: str, limit: int) -> None:
         super().__init__()
         self.name = name
-        self.kept: type = {"string": str, "int": int, "double": float, "bool": bool}[kind]
+        self.kept = KIND_TYPES[kind]
         self.limit = limit
         self._seed()
 
@@ -93,16 +95,8 @@ def encode_request_span(
     if skeleton is None:
         return None
     trace_id, parent, method, start, end = skeleton
-    status = record.status
-    if status is not None and status.__class__ is not int:
-        status = int(status)
-    geo = enr.geo or _NO_GEO
-    lat = geo.lat
-    if lat is not None and lat.__class__ is not float:
-        lat = float(lat)
-    lon = geo.lon
-    if lon is not None and lon.__class__ is not float:
-        lon = float(lon)
+    geo = enr.geo or NO_GEO
+    status, lat, lon = span_numbers(record.status, geo)
 
     try:
         parts = span_head(
@@ -113,7 +107,7 @@ def encode_request_span(
             start,
             end,
         )
-    except ValueError:  # a time outside uint64 (a line from before 1970): no span
+    except ValueError:  # a time outside uint64 (a line dated after 2554): no span
         return None
     # In the order of schemas/span_attributes.json (checked at import, see below).
     values = (
