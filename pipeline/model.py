@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class Reason(StrEnum):
@@ -52,9 +52,12 @@ class RejectedInput(Exception):
         self.detail = detail
 
 
-@dataclass(slots=True, frozen=True)
-class KafkaCoordinates:
-    """Where a message came from; the document ``_id`` is derived from it."""
+class KafkaCoordinates(NamedTuple):
+    """Where a message came from; the document ``_id`` is derived from it.
+
+    A named tuple, not a frozen dataclass: one is made per consumed message,
+    and a frozen dataclass's ``__init__`` costs twice as much.
+    """
 
     topic: str
     partition: int
@@ -142,6 +145,9 @@ class GeoInfo:
     # pipeline.document: the GeoIP cache shares one GeoInfo between every event
     # of a client, so their documents share this (read-only) dict too.
     document: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    # The span's geo attributes as OTLP wire bytes, built once per GeoInfo by
+    # pipeline.sinks.otlp.direct (shared the same way).
+    span_fields: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from typing import Any
 
-from agents.batching import BatchPump, FetchedBatch
+from faust.transport.consumer import Consumer as FaustConsumer
+from faust.types import TP
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from intervaltree import IntervalTree
+
+from agents.batching import BatchingConsumer, BatchPump, FetchedBatch
 from pipeline.delivery import InputMessage
 from pipeline.model import KafkaCoordinates
 
@@ -80,3 +87,62 @@ async def test_dropped_batches_release_the_ones_behind_them_without_acking() -> 
     await asyncio.sleep(0.02)
     assert consumer.acked == [list(range(10, 20))]
     await pump.stop()
+
+
+# --- BatchingConsumer's commit bookkeeping against Faust's own -----------------------
+
+
+def bare_consumer(
+    acked: list[int], committed: int | None, gaps: list[tuple[int, int]]
+) -> BatchingConsumer:
+    """The acking state Faust keeps per partition, without an app or a connection."""
+    consumer = object.__new__(BatchingConsumer)
+    consumer._acked = defaultdict(list, {TP_A: list(acked)})
+    consumer._acked_index = defaultdict(set, {TP_A: set(acked)})
+    consumer._committed_offset = defaultdict(lambda: None, {TP_A: committed})
+    tree = IntervalTree()
+    for start, length in gaps:
+        tree.addi(start, start + length)
+    consumer._gap = defaultdict(IntervalTree, {TP_A: tree})
+    consumer._read_offset = defaultdict(lambda: None)
+    return consumer
+
+
+TP_A = TP("t", 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    acked=st.lists(st.integers(0, 60), max_size=40),
+    committed=st.none() | st.integers(0, 40),
+    gaps=st.lists(st.tuples(st.integers(0, 60), st.integers(1, 5)), max_size=3),
+)
+def test_new_offset_matches_faust(
+    acked: list[int], committed: int | None, gaps: list[tuple[int, int]]
+) -> None:
+    ours = bare_consumer(acked, committed, gaps)
+    faust_own = bare_consumer(acked, committed, gaps)
+    expected = FaustConsumer._new_offset(faust_own, TP_A)
+    assert ours._new_offset(TP_A) == expected
+    assert sorted(ours._acked[TP_A]) == sorted(faust_own._acked[TP_A])
+    assert ours._acked_index[TP_A] == faust_own._acked_index[TP_A]
+
+
+def test_new_offset_of_one_run_of_acks() -> None:
+    consumer = bare_consumer([12, 10, 11, 13], committed=10, gaps=[])
+    assert consumer._new_offset(TP_A) == 14
+    assert consumer._acked[TP_A] == [] and consumer._acked_index[TP_A] == set()
+    waiting = bare_consumer([12, 13], committed=10, gaps=[])  # 10 and 11 not acked yet
+    assert waiting._new_offset(TP_A) is None
+    assert waiting._acked[TP_A] == [12, 13]
+
+
+def test_ack_offsets_skips_what_is_acked_or_committed_already() -> None:
+    consumer = bare_consumer([5], committed=3, gaps=[])
+    consumer.assignment = lambda: {TP_A}  # type: ignore[method-assign]
+    consumer._waiting_for_ack = None
+    assert consumer.ack_offsets({TP_A: [2, 3, 4, 5, 6]}) == 3  # 2: committed; 5: acked
+    assert sorted(consumer._acked[TP_A]) == [3, 4, 5, 6]
+    assert consumer.ack_offsets({TP_A: [7, 8], TP("gone", 0): [1]}) == 2  # fast path
+    assert consumer._acked[TP_A][-2:] == [7, 8] and {7, 8} <= consumer._acked_index[TP_A]
+    assert consumer._new_offset(TP_A) == 9
