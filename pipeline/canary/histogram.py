@@ -19,7 +19,7 @@ so changing them needs new table names.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 PER_DECADE: Final = 20
@@ -47,6 +47,16 @@ def bucket_range(index: int) -> tuple[float, float]:
 def add(histogram: dict[int, int], duration_ms: float, count: int = 1) -> None:
     index = bucket_index(duration_ms)
     histogram[index] = histogram.get(index, 0) + count
+
+
+def add_all(histogram: dict[int, int], durations_ms: Iterable[float]) -> None:
+    """``add`` for each of many durations (one call instead of one per request)."""
+    bounds = BOUNDS_MS
+    get = histogram.get
+    for duration_ms in durations_ms:
+        # As bucket_index, inline: this runs once per request.
+        index = bisect_left(bounds, duration_ms if duration_ms > 0 else 0.0)
+        histogram[index] = get(index, 0) + 1
 
 
 def merge(into: dict[int, int], other: Mapping[int, int]) -> None:

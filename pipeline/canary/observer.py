@@ -50,6 +50,7 @@ def observed(
 Publish = Callable[[Sequence[CanaryAggregate]], None]
 
 NS_PER_MS = 1_000_000
+NS_PER_S = 1_000_000_000
 
 
 def aggregate(
@@ -63,10 +64,11 @@ def aggregate(
     Event time is the log's own time; the Kafka record time stands in when
     the log has none (as it does for the document's ``@timestamp``; see ``observed``).
     """
-    # First one tally per (path group, window, stage, version) — a batch has a
-    # few dozen — then each tally is merged into its stage and its version arm:
-    # one WindowCounts.add per event instead of one per arm. Same counts.
-    tallies: dict[tuple[str, int, str, str], WindowCounts] = {}
+    # First the requests of each (path group, window, stage, version) — a batch has
+    # a few dozen — are gathered, counted into one tally each, and each tally is merged
+    # into its stage and its version arm: per request only a tuple and two appends.
+    groups: dict[tuple[str, int, str, str], tuple[list[int | None], list[float]]] = {}
+    starts: dict[int, int] = {}  # epoch second -> its window's start (seconds repeat)
     seen = unrouted = untimed = 0
     for path_group, timestamp_ns, stage, version, status, duration_ns in events:
         seen += 1
@@ -76,22 +78,25 @@ def aggregate(
         if not timestamp_ns:
             untimed += 1
             continue
-        key = (
-            path_group,
-            window_start(timestamp_ns, window_seconds),
-            stage,
-            version or NO_VERSION,
-        )
-        tally = tallies.get(key)
-        if tally is None:
-            tally = tallies[key] = WindowCounts()
-        tally.add(status, None if duration_ns is None else duration_ns / NS_PER_MS)
+        second = timestamp_ns // NS_PER_S
+        start = starts.get(second)
+        if start is None:
+            start = starts[second] = window_start(timestamp_ns, window_seconds)
+        key = (path_group, start, stage, version or NO_VERSION)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = ([], [])
+        group[0].append(status)
+        if duration_ns is not None:
+            group[1].append(duration_ns / NS_PER_MS)
     stats.canary_events_observed_total += seen
     stats.canary_events_unrouted_total += unrouted
     stats.canary_events_untimed_total += untimed
 
     out: dict[tuple[str, int], CanaryAggregate] = {} if into is None else into
-    for (path_group, start, stage, version), tally in tallies.items():
+    for (path_group, start, stage, version), (statuses, durations_ms) in groups.items():
+        tally = WindowCounts()
+        tally.add_requests(statuses, durations_ms)
         agg = out.get((path_group, start))
         if agg is None:
             agg = out[(path_group, start)] = CanaryAggregate(path_group, start)

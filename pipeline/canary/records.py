@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -58,6 +58,21 @@ class WindowCounts:
             duration_ms = max(duration_ms, 0.0)
             histogram.add(self.latency, duration_ms)
             self._extremes(duration_ms, duration_ms)
+
+    def add_requests(self, statuses: Sequence[int | None], durations_ms: Sequence[float]) -> None:
+        """``add`` for many requests at once: every request's status, and the
+        durations of those that logged one (same counts, one call per tally)."""
+        self.requests += len(statuses)
+        for status in statuses:
+            if status is not None and 400 <= status <= 599:
+                if status >= 500:
+                    self.errors_5xx += 1
+                else:
+                    self.errors_4xx += 1
+        if durations_ms:
+            clamped = [duration if duration > 0.0 else 0.0 for duration in durations_ms]
+            histogram.add_all(self.latency, clamped)
+            self._extremes(min(clamped), max(clamped))
 
     def _extremes(self, low: float | None, high: float | None) -> None:
         if low is not None and (self.min_ms is None or low < self.min_ms):

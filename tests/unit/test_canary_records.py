@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import schemas
 from pipeline.canary.records import (
@@ -40,6 +42,26 @@ def test_window_counts_count_by_status_class() -> None:
     assert (c.requests, c.timed) == (12, 11)
     c.add(200, -3.0)  # clock steps: counted as 0 ms
     assert c.min_ms == 0.0 and c.max_ms == 10.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.none() | st.integers(0, 700),
+            st.none() | st.floats(-5.0, 2e6, allow_nan=False),
+        ),
+        max_size=30,
+    )
+)
+def test_add_requests_counts_as_add_does(requests: list[tuple[int | None, float | None]]) -> None:
+    one_by_one, at_once = WindowCounts(), WindowCounts()
+    for status, duration_ms in requests:
+        one_by_one.add(status, duration_ms)
+    at_once.add_requests(
+        [status for status, _ in requests], [ms for _, ms in requests if ms is not None]
+    )
+    assert at_once == one_by_one
 
 
 def test_window_counts_merge_and_copy() -> None:

@@ -81,6 +81,20 @@ _MEMOS = tuple(
     for name, kind in schemas.span_attributes().items()
 )
 _lookup = dict.__getitem__
+# The geo attributes come last in the schema: encoded once per GeoInfo (the GeoIP
+# cache shares one GeoInfo between all the clients of a network), the others per request.
+_GEO_ATTRIBUTES = 4
+_REQUEST_MEMOS = _MEMOS[:-_GEO_ATTRIBUTES]
+_GEO_MEMOS = _MEMOS[-_GEO_ATTRIBUTES:]
+
+
+def _geo_fields(geo: GeoInfo) -> bytes:
+    """The geo attributes' fields, kept on the GeoInfo (b"" too: a GeoInfo with
+    nothing to show is then encoded again each time, cheaply)."""
+    _, lat, lon = span_numbers(None, geo)
+    fields = b"".join(map(_lookup, _GEO_MEMOS, (geo.country_iso_code, geo.city_name, lat, lon)))
+    geo.span_fields = fields
+    return fields
 
 
 def encode_request_span(
@@ -95,8 +109,11 @@ def encode_request_span(
     if skeleton is None:
         return None
     trace_id, parent, method, start, end = skeleton
-    geo = enr.geo or NO_GEO
-    status, lat, lon = span_numbers(record.status, geo)
+    status = record.status
+    if status is not None and status.__class__ is not int:
+        status = span_numbers(status, NO_GEO)[0]
+    geo = enr.geo
+    geo_fields = b"" if geo is None else geo.span_fields or _geo_fields(geo)
 
     try:
         parts = span_head(
@@ -121,15 +138,12 @@ def encode_request_span(
         status,
         enr.client_ip,
         record.user_agent,
-        geo.country_iso_code,
-        geo.city_name,
-        lat,
-        lon,
     )
     try:
-        parts.extend(map(_lookup, _MEMOS, values))
+        parts.extend(map(_lookup, _REQUEST_MEMOS, values))
     except ValueError:  # a status code beyond int64
         return None
+    parts.append(geo_fields)
     if status is not None and 500 <= status <= 599:
         parts.append(span_tail(True, f"HTTP {status}", parent))
     else:
