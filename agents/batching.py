@@ -165,7 +165,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 committed = self._committed_offset[tp]
                 acked_index = self._acked_index[tp]
                 acked = self._acked[tp]
-                # The usual case, in C: none committed or acked yet (offsets ascend).
+                # The usual case, in C: none committed or acked yet (offsets ascend, distinct).
                 if (committed is None or tp_offsets[0] >= committed) and acked_index.isdisjoint(
                     tp_offsets
                 ):
@@ -200,7 +200,9 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         if acked and not self._gap[tp]:
             acked.sort()
             first, last = acked[0], acked[-1]
-            if last - first == len(acked) - 1:  # one run, no duplicates
+            # One run: as many distinct offsets as the span holds (a hole and a duplicate
+            # would cancel out in the span test alone).
+            if last - first == len(acked) - 1 and len(set(acked)) == len(acked):
                 committed = self._committed_offset[tp]
                 if committed and first - committed > 1:
                     return None  # an earlier offset is not acked yet

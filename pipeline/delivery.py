@@ -122,20 +122,23 @@ class BatchHandler:
         mode = self._es_mode
         targets: dict[str, tuple[str, Op]] = {}
         observed: list[ObservedEvent] | None = [] if self._observer is not None else None
+        store = self._store
+        append_item = items.append
+        append_span = spans.append
         for msg in messages:
             result = process(msg.value or b"", ctx)
-            if isinstance(result, Enriched):
-                doc = result.document
+            if result.__class__ is Enriched:
+                record, enrichment, doc = result.record, result.enrichment, result.document
                 timestamp = doc.get("@timestamp")
                 if timestamp is None and msg.timestamp_ns:
                     # Data streams require @timestamp: fall back to the Kafka record time.
                     timestamp = doc["@timestamp"] = ns_to_iso(msg.timestamp_ns)
-                dataset = result.record.dataset
+                dataset = record.dataset
                 enriched_counts[dataset] = enriched_counts.get(dataset, 0) + 1
                 if observed is not None:
-                    observed.append(observe(result.record, result.enrichment, msg.timestamp_ns))
+                    observed.append(observe(record, enrichment, msg.timestamp_ns))
                 doc_id = msg.coords.doc_id  # the document _id and the span fallback key
-                if self._store is not None:
+                if store is not None:
                     try:
                         if timestamp.__class__ is str and timestamp.endswith("Z"):
                             # A UTC timestamp's day is its first ten characters: one
@@ -146,7 +149,6 @@ class BatchHandler:
                                 target = targets[day] = target_for(timestamp, mode)
                         else:
                             target = target_for(timestamp, mode)
-                        index, op = target
                         source = dumps(doc)
                     except (ValueError, TypeError) as exc:  # e.g. an int beyond 64 bits
                         detail = f"document not serialisable: {exc}"[:500]
@@ -155,13 +157,13 @@ class BatchHandler:
                             (DeadLetter(Reason.INVALID_FIELD, detail, raw), msg.coords, msg.key)
                         )
                         continue
-                    items.append(BulkItem(doc_id, index, op, source, msg))
+                    append_item(BulkItem(doc_id, target[0], target[1], source, msg))
                 if want_spans:
-                    span = encode_request_span(result.record, result.enrichment, doc_id)
+                    span = encode_request_span(record, enrichment, doc_id)
                     if span is not None:
-                        spans.append(span)
+                        append_span(span)
             else:
-                letters.append((result, msg.coords, msg.key))
+                letters.append((result, msg.coords, msg.key))  # type: ignore[arg-type]
 
         if self._interrupted:
             raise ShutdownInterrupted("worker is stopping")

@@ -128,6 +128,11 @@ def test_new_offset_matches_faust(
     assert ours._acked_index[TP_A] == faust_own._acked_index[TP_A]
 
 
+def test_new_offset_when_a_duplicate_fills_the_span_of_a_hole() -> None:
+    consumer = bare_consumer([9, 9, 7], committed=None, gaps=[])
+    assert consumer._new_offset(TP_A) == 8  # 8 is missing: the run is [7]
+
+
 def test_new_offset_of_one_run_of_acks() -> None:
     consumer = bare_consumer([12, 10, 11, 13], committed=10, gaps=[])
     assert consumer._new_offset(TP_A) == 14
