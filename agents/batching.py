@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from aiokafka.consumer.fetcher import PartitionRecords
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.tuples import ack_lock
@@ -66,11 +67,47 @@ class FetchedBatch:
 FETCH_MAX_WAIT_MS = 50
 
 
+class DecodedRecords(PartitionRecords):
+    """aiokafka's fetched records of one partition, handed out as decoded, not as ConsumerRecords.
+
+    For the batch topics only: ``_to_batch`` reads ``offset``, ``timestamp``, ``key`` and
+    ``value``, which the decoded record (aiokafka's C record) has as well. Skipping the
+    ConsumerRecord (eleven fields, two ``len``, a headers tuple) saves ~0.5 µs per record
+    on the consumer thread, which holds the GIL the batch handler needs. Skipping, aborted
+    transactions, control batches and positions stay aiokafka's own code.
+    """
+
+    def _consumer_record(self, tp: Any, record: Any) -> Any:
+        return record
+
+
 class ShortWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
         return consumer
+
+    async def _fetch_records(
+        self,
+        consumer: Any,
+        active_partitions: set[TP],
+        timeout: float | None = None,
+        max_records: int | None = None,
+    ) -> Any:
+        batch_topics = cast(BatchingConsumer, self.consumer).batch_topics
+        if batch_topics:
+            for tp, fetched in consumer._fetcher._records.items():
+                records: Any = getattr(fetched, "_partition_records", None)  # FetchError: none
+                if (
+                    records.__class__ is PartitionRecords
+                    and tp.topic in batch_topics
+                    and records._key_deserializer is None  # Faust decodes itself
+                    and records._value_deserializer is None
+                ):
+                    records.__class__ = DecodedRecords
+        return await super()._fetch_records(
+            consumer, active_partitions, timeout=timeout, max_records=max_records
+        )
 
 
 class BatchingConsumer(faust_aiokafka.Consumer):
