@@ -24,9 +24,10 @@ again), the batches in flight finish first, as Faust's ``wait_empty`` does for
 streams, and anything fetched before the revocation is never acked.
 
 Relies on faust-streaming internals (``_wait_next_records``, ``_acked``,
-``_acked_index``, ``_read_offset``, ``_add_gap``): the version is pinned in
-pyproject.toml and tests/integration cover acks, commits, rebalances with two
-workers, store outage and SIGKILL with this path on.
+``_acked_index``, ``_read_offset``, ``_add_gap``, ``_new_offset``) and on
+aiokafka's (``PartitionRecords``, the fetcher's ``_records``): both versions
+are pinned in pyproject.toml and tests/integration cover acks, commits,
+rebalances with two workers, store outage and SIGKILL with this path on.
 """
 
 from __future__ import annotations
