@@ -223,7 +223,6 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             notify(self._waiting_for_ack)
         return acked_total
 
-
     def _new_offset(self, tp: TP) -> int | None:
         """Faust's ``_new_offset`` with a shortcut for its usual input.
 

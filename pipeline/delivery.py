@@ -127,7 +127,7 @@ class BatchHandler:
         append_span = spans.append
         for msg in messages:
             result = process(msg.value or b"", ctx)
-            if result.__class__ is Enriched:
+            if isinstance(result, Enriched):
                 record, enrichment, doc = result.record, result.enrichment, result.document
                 timestamp = doc.get("@timestamp")
                 if timestamp is None and msg.timestamp_ns:
@@ -163,7 +163,7 @@ class BatchHandler:
                     if span is not None:
                         append_span(span)
             else:
-                letters.append((result, msg.coords, msg.key))  # type: ignore[arg-type]
+                letters.append((result, msg.coords, msg.key))
 
         if self._interrupted:
             raise ShutdownInterrupted("worker is stopping")

@@ -7,8 +7,10 @@ the same bytes — ``encode_request_span(record, enr, key)`` equals
 on a fully populated request and property-tested — without the SpanData,
 the attribute dict and its (name, value) tuples: each attribute is one
 lookup in a memo of that attribute's encoded fields, keyed by the value
-alone, all of them in one C-level ``map``. Identity, method and name rules
-are ``pipeline.span``'s own functions.
+alone, all of them in one C-level ``map``; the four geo attributes (last in
+the schema) are encoded once per ``GeoInfo`` and kept on it, since the GeoIP
+cache shares one GeoInfo between all the clients of a network. Identity,
+method and name rules are ``pipeline.span``'s own functions.
 
 Memos are bounded (cleared when full, like encode's): most values repeat
 (stage, method, route, status, country, coordinates); per-request ones
