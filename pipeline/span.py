@@ -56,7 +56,7 @@ OTHER_METHOD = "_OTHER"
 
 AttrValue = str | int | float | bool
 
-NO_GEO = GeoInfo()
+_NO_GEO = GeoInfo()
 # The schema's attribute kinds as Python types.
 KIND_TYPES: dict[str, type] = {"string": str, "int": int, "double": float, "bool": bool}
 
@@ -76,8 +76,9 @@ def build_span(
     if skeleton is None:
         return None
     trace_id, parent, method, start, end = skeleton
-    geo = enr.geo or NO_GEO
-    status, lat, lon = span_numbers(record.status, geo)
+    geo = enr.geo or _NO_GEO
+    status = span_status(record.status)
+    lat, lon = span_coordinates(geo)
     error = status is not None and 500 <= status <= 599
     values: dict[str, AttrValue | None] = {
         "gray.id": enr.gray_id,
@@ -113,20 +114,23 @@ def build_span(
     )
 
 
-def span_numbers(
-    status: int | None, geo: GeoInfo
-) -> tuple[int | None, float | None, float | None]:
-    """The status code and coordinates as the schema's kinds (int, double): a GeoIP
-    database may hold whole numbers as ints."""
+def span_status(status: int | None) -> int | None:
+    """The status code as the schema's kind (int)."""
     if status is not None and status.__class__ is not int:
-        status = int(status)
+        return int(status)
+    return status
+
+
+def span_coordinates(geo: GeoInfo) -> tuple[float | None, float | None]:
+    """(lat, lon) as the schema's kind (double): a GeoIP database may hold whole
+    numbers as ints."""
     lat = geo.lat
     if lat is not None and lat.__class__ is not float:
         lat = float(lat)
     lon = geo.lon
     if lon is not None and lon.__class__ is not float:
         lon = float(lon)
-    return status, lat, lon
+    return lat, lon
 
 
 def span_skeleton(

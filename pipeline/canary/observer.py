@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from pipeline.canary.counters import CanaryStats
 from pipeline.canary.records import NO_VERSION, CanaryAggregate, WindowCounts
-from pipeline.canary.windows import window_start
+from pipeline.canary.windows import NS_PER_S, window_start
 from pipeline.model import AccessRecord, Enrichment
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,6 @@ def observed(
 Publish = Callable[[Sequence[CanaryAggregate]], None]
 
 NS_PER_MS = 1_000_000
-NS_PER_S = 1_000_000_000
 
 
 def aggregate(

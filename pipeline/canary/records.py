@@ -70,9 +70,8 @@ class WindowCounts:
                 else:
                     self.errors_4xx += 1
         if durations_ms:
-            clamped = [duration if duration > 0.0 else 0.0 for duration in durations_ms]
-            histogram.add_all(self.latency, clamped)
-            self._extremes(min(clamped), max(clamped))
+            histogram.add_all(self.latency, durations_ms)  # negatives count as 0 ms there
+            self._extremes(max(min(durations_ms), 0.0), max(max(durations_ms), 0.0))
 
     def _extremes(self, low: float | None, high: float | None) -> None:
         if low is not None and (self.min_ms is None or low < self.min_ms):

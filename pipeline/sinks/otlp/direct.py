@@ -31,13 +31,13 @@ from pipeline.sinks.otlp.encode import (
 )
 from pipeline.span import (
     KIND_TYPES,
-    NO_GEO,
     UNKNOWN_SERVICE,
     build_span,
+    span_coordinates,
     span_id,
     span_name,
-    span_numbers,
     span_skeleton,
+    span_status,
 )
 
 # Entries per attribute memo; the client address and URL path see per-request values.
@@ -93,7 +93,7 @@ _GEO_MEMOS = _MEMOS[-_GEO_ATTRIBUTES:]
 def _geo_fields(geo: GeoInfo) -> bytes:
     """The geo attributes' fields, kept on the GeoInfo (b"" too: a GeoInfo with
     nothing to show is then encoded again each time, cheaply)."""
-    _, lat, lon = span_numbers(None, geo)
+    lat, lon = span_coordinates(geo)
     fields = b"".join(map(_lookup, _GEO_MEMOS, (geo.country_iso_code, geo.city_name, lat, lon)))
     geo.span_fields = fields
     return fields
@@ -112,8 +112,8 @@ def encode_request_span(
         return None
     trace_id, parent, method, start, end = skeleton
     status = record.status
-    if status is not None and status.__class__ is not int:
-        status = span_numbers(status, NO_GEO)[0]
+    if status is not None and status.__class__ is not int:  # the call only when needed
+        status = span_status(status)
     geo = enr.geo
     geo_fields = b"" if geo is None else geo.span_fields or _geo_fields(geo)
 
