@@ -1,5 +1,10 @@
 # Every target bootstraps .venv from pyproject.toml by itself.
-PYTHON ?= python3.11
+# The interpreter's build matters to throughput: Debian's /usr/bin/python3.11 (a
+# static interpreter built with PGO and LTO, as the python:3.11-slim image the
+# Dockerfile uses is) ran the worker ~12 % faster than a default pyenv build
+# (shared libpython, no PGO/LTO); bench/README.md, "Session 5". Taken when present;
+# `make PYTHON=...` picks another.
+PYTHON ?= $(or $(wildcard /usr/bin/python3.11),python3.11)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -8,7 +13,7 @@ STAMP := $(VENV)/.installed
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); python3.11 -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
