@@ -143,6 +143,38 @@ def start_worker(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes
     return proc, port
 
 
+def cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU time (user + system) of each of the process's threads, by thread id."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def cpu_per_event(pid: int, before: dict[int, float], events: float) -> dict[str, float]:
+    """CPU µs per event since ``before``: the whole process, its main thread, the rest.
+
+    Steadier than events/s on a shared VM whose speed drifts: it does not count
+    the time the worker waited for a core. The main thread runs the event loop
+    (enrichment, sinks, Faust); the others are mostly aiokafka's consumer thread.
+    """
+    after = cpu_seconds(pid)
+    used = {tid: seconds - before.get(tid, 0.0) for tid, seconds in after.items()}
+    per_event = 1e6 / max(events, 1.0)
+    total = sum(used.values())
+    main = used.get(pid, 0.0)
+    return {
+        "cpu_us_per_event": round(total * per_event, 2),
+        "main_thread_cpu_us_per_event": round(main * per_event, 2),
+        "other_threads_cpu_us_per_event": round((total - main) * per_event, 2),
+    }
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -161,6 +193,8 @@ def run_worker(env: dict[str, str], n: int, log: Path, timeout: float) -> dict[s
     try:
         deadline = time.monotonic() + timeout
         first = None
+        cpu_before: dict[int, float] = {}
+        cpu: dict[str, float] = {}
         previous = (time.perf_counter(), 0.0)
         m: dict[str, float] = {}
         end = previous[0]
@@ -169,7 +203,9 @@ def run_worker(env: dict[str, str], n: int, log: Path, timeout: float) -> dict[s
             now, done = time.perf_counter(), m.get("grayscope_messages_consumed_total", 0.0)
             if done and first is None:
                 first = (now, done)
+                cpu_before = cpu_seconds(proc.pid)
             if done >= n:
+                cpu = cpu_per_event(proc.pid, cpu_before, done - first[1])
                 before, count = previous
                 end = before + (now - before) * (n - count) / max(done - count, 1.0)
                 end = max(end, first[0] if first else end)
@@ -198,6 +234,7 @@ def run_worker(env: dict[str, str], n: int, log: Path, timeout: float) -> dict[s
                 ),
                 3,
             ),
+            **cpu,
             "peak_rss_mb": round(peak_rss_mb(proc.pid), 1),
             "metrics": m,
         }
@@ -217,6 +254,7 @@ def best_run(
     runs = [run_worker(env, n, log, timeout) for _ in range(max(1, repeat))]
     best = max(runs, key=lambda r: r["events_per_s"])
     best["runs"] = [r["events_per_s"] for r in runs]
+    best["runs_cpu_us_per_event"] = [r.get("cpu_us_per_event") for r in runs]
     best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
     return best
 
@@ -391,6 +429,11 @@ def table(results: dict[str, Any]) -> str:
     ):
         r = results[key]
         note = f"RSS {r['peak_rss_mb']} MB"
+        if "cpu_us_per_event" in r:
+            note += (
+                f", CPU {r['cpu_us_per_event']} µs/event"
+                f" (main {r['main_thread_cpu_us_per_event']})"
+            )
         if len(r.get("runs", ())) > 1:
             note += ", runs " + "/".join(f"{rate:,}" for rate in r["runs"])
         if key.startswith("c_"):
@@ -402,6 +445,12 @@ def table(results: dict[str, Any]) -> str:
         out.append(f"{label:48} {rate:>10,} {rate / ceiling:>7.2f}  {note}")
     stock, batch = results["b_stock_faust"]["events_per_s"], results["b_batch_path"]["events_per_s"]
     out.append(f"batch path vs stock Faust: {batch / max(stock, 1):.1f}x")
+    full = results["c_full_null_store"]
+    if "cpu_us_per_event" in full:
+        out.append(
+            f"full path CPU: {full['cpu_us_per_event']} µs/event; 30,000 events/s on one core "
+            f"needs <= {1e6 / 30_000:.1f} µs/event"
+        )
     lat = results["e_latency"]
     out.append(
         f"e. latency at {lat['offered_events_per_s']:,} events/s "

@@ -21,7 +21,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.e2e import metrics, produce, start_null_store, start_worker  # noqa: E402
+from bench.e2e import (  # noqa: E402
+    metrics,
+    produce,
+    start_null_store,
+    start_receiver,
+    start_worker,
+)
 from pipeline.embedded.broker import EmbeddedBroker, create_topics  # noqa: E402
 from pipeline.synth import generate  # noqa: E402
 
@@ -39,11 +45,17 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=5000)
     parser.add_argument("--sample-seconds", type=float, default=30)
     parser.add_argument("--workdir", default="/tmp/grayscope-soak")
+    parser.add_argument(
+        "--no-spans",
+        action="store_true",
+        help="no OTLP export (default: spans to a counting OTLP receiver, the full worker)",
+    )
     args = parser.parse_args()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     broker = EmbeddedBroker.start(log_path=workdir / "tansu.log")
     null_store, null_url = start_null_store()
+    receiver, endpoints = (None, {}) if args.no_spans else start_receiver()
     topic = "soak-" + uuid.uuid4().hex[:8]
     asyncio.run(create_topics(broker.bootstrap, [topic], 4))
     proc, port = start_worker(
@@ -51,7 +63,7 @@ def main() -> int:
             "GRAYSCOPE_KAFKA_BROKERS": broker.bootstrap,
             "GRAYSCOPE_INPUT_TOPICS": topic,
             "GRAYSCOPE_ES_URL": null_url,
-            "GRAYSCOPE_OTLP_ENDPOINT": "",
+            "GRAYSCOPE_OTLP_ENDPOINT": endpoints.get("grpc_endpoint", ""),
         },
         workdir / "worker.log",
     )
@@ -83,6 +95,7 @@ def main() -> int:
                 "elapsed_s": round(time.monotonic() - started),
                 "consumed": int(m.get("grayscope_messages_consumed_total", 0)),
                 "rss_mb": round(rss_mb(proc.pid), 1),
+                "spans_dropped": int(m.get("grayscope_spans_dropped_total", 0)),
             }
             samples.append(sample)
             print(sample, flush=True)
@@ -92,6 +105,9 @@ def main() -> int:
         proc.terminate()
         proc.wait(30)
         null_store.terminate()
+        if receiver is not None:
+            receiver.terminate()
+            receiver.wait(10)
         broker.stop()
     rss = [s["rss_mb"] for s in samples]
     half = len(rss) // 2 or 1
@@ -99,7 +115,10 @@ def main() -> int:
         json.dumps(
             {
                 "events": total,
+                "consumed": samples[-1]["consumed"] if samples else 0,
                 "rate": args.rate,
+                "spans": not args.no_spans,
+                "spans_dropped": samples[-1]["spans_dropped"] if samples else 0,
                 "rss_first_half_max_mb": max(rss[:half]),
                 "rss_second_half_max_mb": max(rss[half:] or rss),
                 "rss_max_mb": max(rss),
