@@ -1,7 +1,7 @@
 # Every target bootstraps .venv from pyproject.toml by itself.
 # The interpreter's build matters to throughput: Debian's /usr/bin/python3.11 (a
 # static interpreter built with PGO and LTO, as the python:3.11-slim image the
-# Dockerfile uses is) ran the worker ~12 % faster than a default pyenv build
+# Dockerfile uses is) ran the enrichment core ~15 % faster than a default pyenv build
 # (shared libpython, no PGO/LTO); bench/README.md, "Session 5". Taken when present;
 # `make PYTHON=...` picks another.
 PYTHON ?= $(or $(wildcard /usr/bin/python3.11),python3.11)

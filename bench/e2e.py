@@ -308,9 +308,10 @@ def start_receiver() -> tuple[subprocess.Popen[bytes], dict[str, str]]:
 def interpreter() -> dict[str, str]:
     """Which Python ran the workers (their ``sys.executable`` is this one's).
 
-    Its build moves every figure: a static interpreter built with PGO and LTO
-    (Debian's, the python:3.11 images') ran the full path ~12 % faster here than
-    a pyenv build without them that calls into a shared libpython.
+    Its build moves the figures: a static interpreter built with PGO and LTO
+    (Debian's, the python:3.11 images') ran the enrichment core ~15 % faster than
+    a pyenv build without them that calls into a shared libpython (bench/README.md,
+    "Session 5").
     """
     maps = Path("/proc/self/maps")
     shared = "libpython" in maps.read_text() if maps.exists() else None
