@@ -1,12 +1,14 @@
-"""The core entry point: one raw message value in, a document or a dead letter out.
+"""The core entry points: raw message values in, documents or dead letters out.
 
-Never raises for bad input: every failure becomes a DeadLetter with a reason
-from the bounded set in :class:`pipeline.model.Reason`.
+``process`` takes one message; ``process_batch`` many, with the same result
+for each. Neither raises for bad input: every failure becomes a DeadLetter
+with a reason from the bounded set in :class:`pipeline.model.Reason`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +38,60 @@ def process(
         return Enriched(
             record, enrichment, build_document(record, enrichment, ctx.include_original)
         )
-    except RejectedInput as exc:
+    except Exception as exc:
+        return _dead_letter(exc, raw)
+
+
+def process_batch(
+    raws: Sequence[bytes], ctx: EnrichContext, chain: tuple[Step, ...] = DEFAULT_CHAIN
+) -> list[Enriched | DeadLetter]:
+    """``process`` of every message, in order, computed one stage at a time.
+
+    Every message is parsed, then each enrichment step runs over every record,
+    then every document is built. Message by message, each stage evicts the
+    previous one's code, memos and objects from the CPU caches, so the next
+    message finds them cold again; a stage at a time keeps them hot (measured:
+    ~25 % less CPU per event in the batch handler; bench/README.md, "Session 5").
+    The steps are pure functions of the record and the context, so the order
+    changes no result; a message that fails a stage is dead-lettered there and
+    skips the rest, as in ``process``.
+    """
+    out: list[Enriched | DeadLetter | None] = [None] * len(raws)
+    max_bytes = ctx.max_message_bytes
+    include_original = ctx.include_original
+    pending: list[tuple[int, AccessRecord, Enrichment]] = []
+    for i, raw in enumerate(raws):
+        try:
+            record = parse_message(raw, max_bytes)
+            if include_original:
+                record.original = raw.decode("utf-8", "replace").rstrip("\r\n")
+        except Exception as exc:
+            out[i] = _dead_letter(exc, raw)
+            continue
+        pending.append((i, record, Enrichment()))
+    for step in chain:
+        failed = False
+        for i, record, enrichment in pending:
+            try:
+                step(record, enrichment, ctx)
+            except Exception as exc:
+                out[i] = _dead_letter(exc, raws[i])
+                failed = True
+        if failed:
+            pending = [entry for entry in pending if out[entry[0]] is None]
+    for i, record, enrichment in pending:
+        try:
+            document = build_document(record, enrichment, include_original)
+        except Exception as exc:
+            out[i] = _dead_letter(exc, raws[i])
+            continue
+        out[i] = Enriched(record, enrichment, document)
+    return out  # type: ignore[return-value]  # every slot is filled by one of the stages
+
+
+def _dead_letter(exc: Exception, raw: bytes) -> DeadLetter:
+    if isinstance(exc, RejectedInput):
         return DeadLetter(exc.reason, exc.detail, raw)
-    except Exception as exc:  # a bug must not stop the stream: dead-letter and say so
-        log.exception("internal error while enriching a message")
-        return DeadLetter(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:500], raw)
+    # A bug must not stop the stream: dead-letter and say so.
+    log.exception("internal error while enriching a message")
+    return DeadLetter(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:500], raw)

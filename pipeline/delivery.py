@@ -20,11 +20,11 @@ import orjson
 
 from pipeline.canary.observer import CanaryObserver, ObservedEvent
 from pipeline.canary.observer import observed as observe
-from pipeline.core import Enriched, process
+from pipeline.core import Enriched, process_batch
 from pipeline.enrich import EnrichContext
 from pipeline.errors import ShutdownInterrupted
 from pipeline.formats.values import ns_to_iso
-from pipeline.model import DeadLetter, KafkaCoordinates, Reason
+from pipeline.model import AccessRecord, DeadLetter, Enrichment, KafkaCoordinates, Reason
 from pipeline.sinks.dlq import DeadLetterSink
 from pipeline.sinks.elasticsearch.request import BulkItem, Op, target_for
 from pipeline.sinks.otlp.direct import encode_request_span
@@ -115,7 +115,6 @@ class BatchHandler:
         ctx = self._ctx
         items: list[BulkItem] = []
         letters: list[tuple[DeadLetter, KafkaCoordinates | None, bytes | None]] = []
-        spans: list[EncodedSpan] = []
         want_spans = self._spans is not None
         enriched_counts = self.stats.events_enriched_total
         dumps = orjson.dumps
@@ -124,9 +123,12 @@ class BatchHandler:
         observed: list[ObservedEvent] | None = [] if self._observer is not None else None
         store = self._store
         append_item = items.append
-        append_span = spans.append
-        for msg in messages:
-            result = process(msg.value or b"", ctx)
+        # Stage by stage over the whole batch (process_batch, then documents, then spans)
+        # rather than message by message: each stage's code and memos stay in the CPU
+        # caches (bench/README.md, "Session 5": ~25 % less CPU per event in the handler).
+        results = process_batch([msg.value or b"" for msg in messages], ctx)
+        span_inputs: list[tuple[AccessRecord, Enrichment, str]] = []
+        for msg, result in zip(messages, results, strict=True):
             if isinstance(result, Enriched):
                 record, enrichment, doc = result.record, result.enrichment, result.document
                 timestamp = doc.get("@timestamp")
@@ -159,11 +161,16 @@ class BatchHandler:
                         continue
                     append_item(BulkItem(doc_id, target[0], target[1], source, msg))
                 if want_spans:
-                    span = encode_request_span(record, enrichment, doc_id)
-                    if span is not None:
-                        append_span(span)
+                    span_inputs.append((record, enrichment, doc_id))
             else:
                 letters.append((result, msg.coords, msg.key))
+        del results  # the documents are in the bulk items now: free them before the wait
+        spans = [
+            span
+            for record, enrichment, doc_id in span_inputs
+            if (span := encode_request_span(record, enrichment, doc_id)) is not None
+        ]
+        del span_inputs
 
         if self._interrupted:
             raise ShutdownInterrupted("worker is stopping")
