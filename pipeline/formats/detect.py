@@ -41,8 +41,23 @@ _SHAPE_KEYS_MAX = 200
 _SHAPE_CHARS_MAX = 8192
 
 
+# What parsing a message comes down to: (the format's parser, its arguments).
+ParseJob = tuple[Callable[..., AccessRecord], tuple[Any, ...]]
+
+
 def parse_message(raw: bytes, max_bytes: int = 1_048_576) -> AccessRecord:
     """Parse one message value. Raises RejectedInput with a bounded reason."""
+    parse, args = resolve_message(raw, max_bytes)
+    return parse(*args)
+
+
+def resolve_message(raw: bytes, max_bytes: int = 1_048_576) -> ParseJob:
+    """Everything of ``parse_message`` but the last call: which parser, with what.
+
+    Decoding, envelopes and format detection happen here (RejectedInput for what
+    none of them accepts); the returned parser may still reject the line. A batch
+    can so run each format's parser over all of its lines in a row (``process_batch``).
+    """
     if len(raw) > max_bytes:
         raise RejectedInput(Reason.TOO_LARGE, f"{len(raw)} bytes > limit {max_bytes}")
     stripped = raw.strip()
@@ -55,17 +70,17 @@ def parse_message(raw: bytes, max_bytes: int = 1_048_576) -> AccessRecord:
             if "utf-8" in str(exc).lower():
                 raise RejectedInput(Reason.INVALID_ENCODING, "not valid UTF-8") from None
             raise RejectedInput(Reason.INVALID_JSON, str(exc)[:200]) from None
-        return _parse_value(value, 0)
+        return _resolve_value(value, 0)
     try:
         line = stripped.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RejectedInput(
             Reason.INVALID_ENCODING, f"not valid UTF-8 at byte {exc.start}"
         ) from None
-    return parse_nginx_text(line)
+    return parse_nginx_text, (line,)
 
 
-def _parse_value(value: Any, depth: int) -> AccessRecord:
+def _resolve_value(value: Any, depth: int) -> ParseJob:
     if value.__class__ is not dict:
         raise RejectedInput(Reason.NOT_AN_OBJECT, f"JSON {type(value).__name__}, not an object")
     keys = tuple(value)
@@ -77,13 +92,13 @@ def _parse_value(value: Any, depth: int) -> AccessRecord:
             remember(_SHAPES, keys, parser, _SHAPES_MAX)
     if parser is not None:
         parse, shape = parser
-        return parse(value, shape)
+        return parse, (value, shape)
     inner = _envelope_payload(value)
     if inner is None:
         raise RejectedInput(Reason.UNKNOWN_FORMAT, "JSON object with no access-log keys")
     if depth >= MAX_ENVELOPE_DEPTH:
         raise RejectedInput(Reason.UNKNOWN_FORMAT, "envelopes nested too deep")
-    return _parse_payload(inner, depth + 1)
+    return _resolve_payload(inner, depth + 1)
 
 
 def _classify(keys: tuple[str, ...]) -> _Parser | None:
@@ -114,9 +129,9 @@ def _envelope_payload(obj: dict[str, Any]) -> str | dict[str, Any] | None:
     return None
 
 
-def _parse_payload(inner: str | dict[str, Any], depth: int) -> AccessRecord:
+def _resolve_payload(inner: str | dict[str, Any], depth: int) -> ParseJob:
     if isinstance(inner, dict):
-        return _parse_value(inner, depth)
+        return _resolve_value(inner, depth)
     payload = inner.strip()
     if not payload:
         raise RejectedInput(Reason.EMPTY, "envelope carries an empty line")
@@ -125,5 +140,5 @@ def _parse_payload(inner: str | dict[str, Any], depth: int) -> AccessRecord:
             value = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
             raise RejectedInput(Reason.INVALID_JSON, f"in envelope: {str(exc)[:200]}") from None
-        return _parse_value(value, depth)
-    return parse_nginx_text(payload)
+        return _resolve_value(value, depth)
+    return parse_nginx_text, (payload,)

@@ -154,3 +154,30 @@ def test_key_order_does_not_change_the_result() -> None:
     obj = orjson.loads(ISTIO)
     reordered = dict(reversed(list(obj.items())))
     assert parse_message(orjson.dumps(reordered)) == parse_message(ISTIO)
+
+
+def test_resolve_message_names_the_format_parser_and_its_arguments() -> None:
+    from pipeline.formats.envoy import parse_envoy
+    from pipeline.formats.nginx_json import parse_nginx_json
+    from pipeline.formats.nginx_text import parse_nginx_text
+
+    expected = {
+        "istio-default.json.log": parse_envoy,
+        "fluent-bit-envelope.json": parse_envoy,  # the envelope is unwrapped first
+        "nginx.json.log": parse_nginx_json,
+        "filebeat-envelope.json": parse_nginx_json,
+        "nginx-structured.log": parse_nginx_text,
+        "vector-envelope.json": parse_nginx_text,
+    }
+    for name, parser in expected.items():
+        for line in sample_lines(name):
+            parse, args = detect.resolve_message(line)
+            assert parse is parser, name
+            assert parse(*args) == parse_message(line)
+
+
+def test_resolve_message_rejects_what_parse_message_rejects() -> None:
+    for raw in (b"", b"[1]", b"{not json", b'{"a": 1}', b"\xff\xfe"):
+        with pytest.raises(RejectedInput) as info:
+            detect.resolve_message(raw)
+        assert info.value.reason is rejected(raw).reason
