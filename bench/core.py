@@ -23,6 +23,7 @@ import os
 import pstats
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -34,7 +35,7 @@ from pipeline.enrich import DEFAULT_CHAIN, EnrichContext, enrich, geo_step
 from pipeline.extract.path_group import PathRules
 from pipeline.formats.detect import parse_message
 from pipeline.geoip import GeoIPResolver
-from pipeline.model import RejectedInput
+from pipeline.model import DeadLetter, RejectedInput
 from pipeline.synth import PATH_RULES, Regression, generate
 
 
@@ -51,8 +52,12 @@ def make_context(city_db: str, cache_size: int) -> tuple[EnrichContext, GeoIPRes
     return EnrichContext(path_rules=rules, geoip=geoip), geoip
 
 
-def end_to_end(lines: list[bytes], ctx: EnrichContext) -> tuple[float, float, int, int]:
-    """(wall seconds, CPU seconds, documents, dead letters) for the per-message path.
+def end_to_end(
+    lines: list[bytes], ctx: EnrichContext, batch: int = 0
+) -> tuple[float, float, int, int]:
+    """(wall seconds, CPU seconds, documents, dead letters): message by message
+    (``process``), or with ``batch`` > 0 through ``process_batch`` in batches of
+    that size (the worker's path).
 
     CPU time is reported too: on a shared machine it is the steadier figure
     (time spent descheduled is not billed to the pipeline).
@@ -60,30 +65,21 @@ def end_to_end(lines: list[bytes], ctx: EnrichContext) -> tuple[float, float, in
     dumps = orjson.dumps
     docs = dead = 0
     start, start_cpu = time.perf_counter(), time.process_time()
-    for raw in lines:
-        result = process(raw, ctx)
+    results: Iterable[Enriched | DeadLetter] = (
+        (process(raw, ctx) for raw in lines)
+        if batch <= 0
+        else (
+            result
+            for first in range(0, len(lines), batch)
+            for result in process_batch(lines[first : first + batch], ctx)
+        )
+    )
+    for result in results:
         if type(result) is Enriched:
             dumps(result.document)
             docs += 1
         else:
             dead += 1
-    return time.perf_counter() - start, time.process_time() - start_cpu, docs, dead
-
-
-def end_to_end_batches(
-    lines: list[bytes], ctx: EnrichContext, size: int
-) -> tuple[float, float, int, int]:
-    """``end_to_end`` through ``process_batch`` in batches of ``size`` (the worker's path)."""
-    dumps = orjson.dumps
-    docs = dead = 0
-    start, start_cpu = time.perf_counter(), time.process_time()
-    for first in range(0, len(lines), size):
-        for result in process_batch(lines[first : first + size], ctx):
-            if type(result) is Enriched:
-                dumps(result.document)
-                docs += 1
-            else:
-                dead += 1
     return time.perf_counter() - start, time.process_time() - start_cpu, docs, dead
 
 
@@ -211,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     batch_best = batch_best_cpu = float("inf")
     for _ in range(max(1, args.repeat)):
         ctx, geoip = make_context(city_db, args.cache_size)
-        seconds, cpu_seconds, _, _ = end_to_end_batches(lines, ctx, max(1, args.batch))
+        seconds, cpu_seconds, _, _ = end_to_end(lines, ctx, max(1, args.batch))
         batch_best, batch_best_cpu = min(batch_best, seconds), min(batch_best_cpu, cpu_seconds)
         if geoip is not None:
             geoip.close()
