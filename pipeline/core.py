@@ -33,7 +33,7 @@ def process(
     try:
         record = parse_message(raw, ctx.max_message_bytes)
         if ctx.include_original:
-            record.original = raw.decode("utf-8", "replace").rstrip("\r\n")
+            record.original = _original(raw)
         enrichment = enrich(record, ctx, chain)
         return Enriched(
             record, enrichment, build_document(record, enrichment, ctx.include_original)
@@ -78,7 +78,7 @@ def process_batch(
             try:
                 record = parse(*args)
                 if include_original:
-                    record.original = raws[i].decode("utf-8", "replace").rstrip("\r\n")
+                    record.original = _original(raws[i])
             except Exception as exc:
                 out[i] = _dead_letter(exc, raws[i])
                 continue
@@ -101,6 +101,11 @@ def process_batch(
             continue
         out[i] = Enriched(record, enrichment, document)
     return out  # type: ignore[return-value]  # every slot is filled by one of the stages
+
+
+def _original(raw: bytes) -> str:
+    """``event.original``: the raw line as text, without its line ending."""
+    return raw.decode("utf-8", "replace").rstrip("\r\n")
 
 
 def _dead_letter(exc: Exception, raw: bytes) -> DeadLetter:

@@ -164,7 +164,7 @@ class BatchHandler:
                     span_inputs.append((record, enrichment, doc_id))
             else:
                 letters.append((result, msg.coords, msg.key))
-        del results  # the documents are in the bulk items now: free them before the wait
+        del results  # serialised or not wanted: free the documents before the delivery wait
         spans = [
             span
             for record, enrichment, doc_id in span_inputs
