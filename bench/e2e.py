@@ -35,6 +35,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline import native  # noqa: E402
 from pipeline.embedded.broker import EmbeddedBroker, create_topics  # noqa: E402
 from pipeline.embedded.ports import free_port  # noqa: E402
 from pipeline.embedded.store import EmbeddedStore  # noqa: E402
@@ -312,10 +313,13 @@ def interpreter() -> dict[str, str]:
     """
     maps = Path("/proc/self/maps")
     shared = "libpython" in maps.read_text() if maps.exists() else None
+    built = [m for m in native.NATIVE_MODULES if native.compiled_path(m) is not None]
     return {
         "executable": os.path.realpath(sys.executable),
         "version": sys.version.split()[0],
         "libpython": "unknown" if shared is None else "shared" if shared else "static",
+        # The workers import the mypyc-built core when it is built (pipeline/native.py).
+        "compiled_core": f"{len(built)}/{len(native.NATIVE_MODULES)}",
     }
 
 
@@ -476,7 +480,10 @@ def table(results: dict[str, Any]) -> str:
     )
     out.append(f"GeoIP cache hit ratio (batch path): {results['b_batch_path']['geoip_hit_ratio']}")
     py = results["python"]
-    out.append(f"Python {py['version']} {py['executable']} (libpython {py['libpython']})")
+    out.append(
+        f"Python {py['version']} {py['executable']} (libpython {py['libpython']}), "
+        f"compiled core modules {py['compiled_core']}"
+    )
     return "\n".join(out)
 
 

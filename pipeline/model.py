@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+from pipeline.readonly import ReadOnlyDict
+
 
 class Reason(StrEnum):
     """Bounded set of dead-letter reasons (also a metric label)."""
@@ -67,28 +69,6 @@ class KafkaCoordinates(NamedTuple):
     def doc_id(self) -> str:
         # Readable and unique per message: a replay of the same offset overwrites.
         return f"{self.topic}-{self.partition}-{self.offset}"
-
-
-class ReadOnlyDict(dict[str, str]):
-    """A dict that refuses changes, for maps shared between events: the empty
-    default of the record's and the enrichment's name -> value maps (building a
-    record then creates no dicts it does not fill), and memoised query args.
-    Code that adds entries assigns a new dict instead."""
-
-    __slots__ = ()
-
-    def __hash__(self) -> int:  # type: ignore[override]  # consistent with ==; a dataclass default
-        return len(self)
-
-    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError("a shared read-only dict: assign a new dict instead of changing it")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # copy, deepcopy and pickle rebuild it whole (the default fills it item by item).
-        return (ReadOnlyDict, (dict(self),))
-
-    __setitem__ = __delitem__ = update = setdefault = pop = popitem = clear = _refuse  # type: ignore[assignment]
-    __ior__ = _refuse  # type: ignore[assignment]
 
 
 #: The shared empty headers/cookies/args/query (read-only).

@@ -41,6 +41,7 @@ Cost
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import schemas
 from pipeline.model import AccessRecord, Enrichment, GeoInfo, SpanData
@@ -124,10 +125,12 @@ def span_status(status: int | None) -> int | None:
 def span_coordinates(geo: GeoInfo) -> tuple[float | None, float | None]:
     """(lat, lon) as the schema's kind (double): a GeoIP database may hold whole
     numbers as ints."""
-    lat = geo.lat
+    # Any, not float: compiled (pipeline.native), a float-typed value is trusted
+    # to be a float, and an int that reached it would stay an int.
+    lat: Any = geo.lat
     if lat is not None and lat.__class__ is not float:
         lat = float(lat)
-    lon = geo.lon
+    lon: Any = geo.lon
     if lon is not None and lon.__class__ is not float:
         lon = float(lon)
     return lat, lon

@@ -27,7 +27,7 @@ protobuf.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from typing import Any
 
@@ -321,11 +321,14 @@ def _span(data: SpanData) -> bytes:
         data.trace_id, data.span_id, parent, name_field(data.name), data.start_ns, data.end_ns
     )
     fixed = len(parts)
+    # Read as values of any type: the compiled core (pipeline.native) would
+    # otherwise check each against AttrValue and raise for what str() can write.
+    attributes: Mapping[str, object] = data.attributes
     try:
-        parts.extend(map(_ATTRIBUTES.__getitem__, data.attributes.items()))
+        parts.extend(map(_ATTRIBUTES.__getitem__, attributes.items()))
     except TypeError:  # an unhashable value: no memo for it (written as its str())
         del parts[fixed:]
-        parts.extend(_key_value(key, value) for key, value in data.attributes.items())
+        parts.extend(_key_value(key, value) for key, value in attributes.items())
     parts.append(span_tail(data.error, data.status_message, parent))
     return b"".join(parts)
 
@@ -434,11 +437,12 @@ def _fill_span(span: Span, data: SpanData) -> None:
         span.status.code = _ERROR
         span.status.message = _valid_utf8(data.status_message)
     attributes = span.attributes
-    for key, value in data.attributes.items():
+    values: Mapping[str, object] = data.attributes  # any type: see _span
+    for key, value in values.items():
         _set_value(attributes.add(key=key).value, value)
 
 
-def _set_value(target: AnyValue, value: str | int | float | bool) -> None:
+def _set_value(target: AnyValue, value: object) -> None:
     if isinstance(value, str):
         try:
             target.string_value = value

@@ -1,0 +1,130 @@
+"""The enrichment core compiled to C with mypyc: which modules, and whether in use.
+
+The hot path (parsing, extraction, documents, span encoding) is plain typed
+Python; ``make install`` (and the Docker build) compiles these modules with
+mypyc, the compiler mypy and black ship with, into extension modules that sit
+beside their sources. Python imports an extension module before a same-named
+``.py``, so nothing else changes: the same functions, the same plain data,
+~30 % less CPU per event for the worker (bench/README.md, "Session 6").
+Without a C compiler everything runs as plain Python, with the same results
+(the unit tests run in both forms: ``make test``).
+
+This file imports nothing from the package, so ``python pipeline/native.py``
+prints the source paths for the build (Makefile, setup.py) without a venv.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+#: Compiled modules, in dependency order. Each must be mypyc-clean: no
+#: monkeypatching of its functions (compiled calls bind at build time), no
+#: identity tests against values mypyc may re-box, no dict subclasses.
+NATIVE_MODULES = (
+    "pipeline.model",
+    "pipeline.formats.values",
+    "pipeline.formats.envoy",
+    "pipeline.formats.nginx_json",
+    "pipeline.formats.nginx_text",
+    "pipeline.formats.detect",
+    "pipeline.extract.url",
+    "pipeline.extract.gray",
+    "pipeline.extract.path_group",
+    "pipeline.extract.client_ip",
+    "pipeline.extract.trace",
+    "pipeline.enrich",
+    "pipeline.document",
+    "pipeline.core",
+    "pipeline.span",
+    "pipeline.sinks.otlp.encode",
+    "pipeline.sinks.otlp.direct",
+)
+
+#: mypyc's shared library for all of them (``pipeline/core_native__mypyc.*.so``);
+#: each module's own extension is a small shim that loads it.
+GROUP_NAME = "pipeline.core_native"
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def source_path(module: str) -> Path:
+    return _ROOT.joinpath(*module.split(".")).with_suffix(".py")
+
+
+def source_paths() -> list[str]:
+    """Repository-relative sources of the compiled modules (the build's input)."""
+    return [str(source_path(m).relative_to(_ROOT)) for m in NATIVE_MODULES]
+
+
+def compiled_path(module: str) -> Path | None:
+    """The built extension module beside the source, if there is one."""
+    source = source_path(module)
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = source.with_name(source.stem + suffix)
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def group_library() -> Path | None:
+    """The shared library holding the compiled code, if built."""
+    base = _ROOT.joinpath(*GROUP_NAME.split("."))
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = base.with_name(base.name + "__mypyc" + suffix)
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def stale_modules() -> list[str]:
+    """Compiled modules whose source changed after the build: Python would
+    silently run the old code. ``make native`` rebuilds them."""
+    library = group_library()
+    if library is None:
+        return [m for m in NATIVE_MODULES if compiled_path(m) is not None]  # shims alone
+    built = library.stat().st_mtime
+    return [
+        m
+        for m in NATIVE_MODULES
+        if compiled_path(m) is not None and source_path(m).stat().st_mtime > built
+    ]
+
+
+def loaded_native(modules: Sequence[str] = NATIVE_MODULES) -> list[str]:
+    """Which of ``modules`` were imported from an extension module."""
+    out = []
+    for name in modules:
+        module = sys.modules.get(name)
+        origin = getattr(module, "__file__", None) or ""
+        if origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+            out.append(name)
+    return out
+
+
+class _SourceFirst(importlib.abc.MetaPathFinder):
+    """Finds the compiled modules' ``.py`` sources even where a build exists."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in NATIVE_MODULES:
+            return None
+        return importlib.util.spec_from_file_location(fullname, source_path(fullname))
+
+
+def prefer_sources() -> None:
+    """Import the plain-Python form of every compiled module from now on (tests)."""
+    if any(name in sys.modules for name in NATIVE_MODULES):
+        raise RuntimeError("prefer_sources() must run before the core is imported")
+    if not any(isinstance(finder, _SourceFirst) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _SourceFirst())
+
+
+if __name__ == "__main__":
+    print(" ".join(source_paths()))

@@ -1,0 +1,86 @@
+"""pipeline.native: the list of compiled modules, the stale-build guard, the source-first switch."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import native
+
+SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
+
+
+def test_every_listed_module_exists_and_is_pure_core() -> None:
+    for module, path in zip(native.NATIVE_MODULES, native.source_paths(), strict=True):
+        assert Path(path).suffix == ".py" and not Path(path).is_absolute()
+        assert native.source_path(module).is_file(), module
+        # The I/O shell stays interpreted: no Faust, Kafka or HTTP client in the compiled set.
+        assert not module.startswith(("agents", "pipeline.sinks.elasticsearch"))
+
+
+def test_the_build_reads_the_same_list(tmp_path: Path) -> None:
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, str(native.source_path("pipeline.native"))],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out == native.source_paths()
+
+
+def test_the_running_core_is_the_built_one() -> None:
+    """Compiled where built (``make test``'s first pass), plain Python under tests/pure.py."""
+    import pipeline.core  # the core is imported either way
+    import pipeline.sinks.otlp.direct  # noqa: F401
+
+    pure = any(isinstance(f, native._SourceFirst) for f in sys.meta_path)
+    built = native.group_library() is not None
+    loaded = native.loaded_native()
+    if built and not pure:
+        assert loaded == list(native.NATIVE_MODULES)
+    else:
+        assert loaded == []
+
+
+def _fake_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    monkeypatch.setattr(native, "_ROOT", tmp_path)
+    monkeypatch.setattr(native, "NATIVE_MODULES", ("pipeline.core",))
+    (tmp_path / "pipeline").mkdir()
+    source = tmp_path / "pipeline" / "core.py"
+    source.write_text("")
+    shim = tmp_path / "pipeline" / f"core{SUFFIX}"
+    shim.write_bytes(b"")
+    return source, shim
+
+
+def test_a_source_changed_after_the_build_is_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, shim = _fake_tree(tmp_path, monkeypatch)
+    assert native.stale_modules() == ["pipeline.core"]  # a shim without its library
+    library = tmp_path / "pipeline" / f"core_native__mypyc{SUFFIX}"
+    library.write_bytes(b"")
+    os.utime(source, (1_000, 1_000))
+    os.utime(shim, (1_000, 1_000))  # shims keep old times: only the library counts
+    os.utime(library, (2_000, 2_000))
+    assert native.stale_modules() == []
+    os.utime(source, (3_000, 3_000))
+    assert native.stale_modules() == ["pipeline.core"]
+
+
+def test_without_a_build_nothing_is_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _source, shim = _fake_tree(tmp_path, monkeypatch)
+    shim.unlink()
+    assert native.stale_modules() == []
+    assert native.compiled_path("pipeline.core") is None
+
+
+def test_sources_first_must_come_before_the_core() -> None:
+    with pytest.raises(RuntimeError, match="before the core"):
+        native.prefer_sources()  # the core is already imported in this session
