@@ -145,6 +145,9 @@ class Settings(BaseSettings):
         20_000, ge=1, description="Spans buffered before new ones are dropped."
     )
     otlp_batch_size: int = Field(512, ge=1, description="Spans per export request.")
+    otlp_concurrent_exports: int = Field(
+        4, ge=1, description="Export requests in flight at once (each up to a batch of spans)."
+    )
     otlp_max_retries: int = Field(
         3, ge=0, description="Retries per export request before dropping it."
     )

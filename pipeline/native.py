@@ -44,6 +44,10 @@ NATIVE_MODULES = (
     "pipeline.span",
     "pipeline.sinks.otlp.encode",
     "pipeline.sinks.otlp.direct",
+    "pipeline.sinks.elasticsearch.request",
+    "pipeline.canary.windows",
+    "pipeline.canary.observer",
+    "pipeline.delivery",
 )
 
 #: mypyc's shared library for all of them (``pipeline/core_native__mypyc.*.so``);

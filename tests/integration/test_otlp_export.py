@@ -130,7 +130,10 @@ async def test_receiver_keeps_only_the_newest_spans_but_counts_all(
 ) -> None:
     with OtlpReceiver.start(keep=keep) as bounded:
         spans = make_spans(8, "bounded1")
-        async with make_exporter(endpoint(bounded, protocol), batch_size=2) as exporter:
+        # One request at a time: "newest" is arrival order, which concurrent requests shuffle.
+        async with make_exporter(
+            endpoint(bounded, protocol), batch_size=2, max_concurrent=1
+        ) as exporter:
             exporter.submit(encoded(spans))
             assert await exporter.flush(timeout=30)
         kept = bounded.wait_for(8, timeout=10)

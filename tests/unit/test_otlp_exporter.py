@@ -130,6 +130,63 @@ async def test_a_stuck_collector_never_blocks_submit() -> None:
     assert transport.closed
 
 
+async def settle(transport: FakeTransport, requests: int) -> None:
+    for _ in range(200):
+        if len(transport.requests) >= requests:
+            break
+        await asyncio.sleep(0)
+    for _ in range(20):  # and let anything beyond that show up
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("max_concurrent", [1, 3])
+async def test_up_to_max_concurrent_requests_are_in_flight(max_concurrent: int) -> None:
+    transport = FakeTransport()
+    transport.gate = asyncio.Event()
+    ex = exporter(transport, batch_size=2, max_concurrent=max_concurrent)
+    ex.start()
+    ex.submit(spans(10))
+    await settle(transport, max_concurrent)
+    assert len(transport.requests) == max_concurrent  # the rest wait for a free slot
+    assert ex.stats.spans_queued == 10 - 2 * max_concurrent
+    transport.gate.set()
+    assert await ex.flush(timeout=10)
+    assert transport.batch_sizes() == [2] * 5
+    assert ex.stats.spans_exported_total == 10
+    await ex.stop()
+
+
+async def test_stop_counts_every_batch_in_flight_as_dropped() -> None:
+    transport = FakeTransport()
+    transport.gate = asyncio.Event()  # never opened
+    ex = exporter(transport, batch_size=2, max_concurrent=3, timeout=60.0)
+    ex.start()
+    ex.submit(spans(9))
+    await settle(transport, 3)
+    await ex.stop(flush_timeout=0.01)
+    assert ex.stats.spans_dropped_total["shutdown"] == 9  # 3 queued + 3 batches of 2 in flight
+    assert ex.stats.spans_exported_total == 0
+
+
+async def test_flush_waits_for_every_request_in_flight() -> None:
+    transport = FakeTransport()
+    transport.gate = asyncio.Event()
+    ex = exporter(transport, batch_size=2, max_concurrent=4)
+    ex.start()
+    ex.submit(spans(6))
+    await settle(transport, 3)
+    assert not await ex.flush(timeout=0.05)  # the queue is empty, the requests are not done
+    transport.gate.set()
+    assert await ex.flush(timeout=10)
+    assert ex.stats.spans_exported_total == 6
+    await ex.stop()
+
+
+def test_max_concurrent_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_concurrent"):
+        exporter(FakeTransport(), max_concurrent=0)
+
+
 async def test_batches_of_batch_size() -> None:
     transport = FakeTransport()
     ex = exporter(transport, batch_size=3)
@@ -337,8 +394,10 @@ def test_from_settings() -> None:
             otlp_batch_size=3,
             otlp_max_retries=1,
             otlp_timeout=2.5,
+            otlp_concurrent_exports=2,
         )
     )
     assert ex is not None
+    assert ex.max_concurrent == 2
     assert ex.endpoint.protocol == "http"
     assert (ex.queue_size, ex.batch_size, ex.max_retries, ex.timeout) == (7, 3, 1, 2.5)

@@ -37,7 +37,7 @@ class BulkItem:
     index: str
     op: Op
     source: bytes
-    ref: object = None
+    ref: Any = None  # Any, not object: mypyc (pipeline.native) cannot resolve builtins here
 
 
 def target_for(timestamp: str | int | float | None, mode: str) -> tuple[str, Op]:
