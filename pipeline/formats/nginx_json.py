@@ -13,7 +13,6 @@ from typing import Any
 
 from pipeline.formats.envoy import parse_cookie_header
 from pipeline.formats.values import (
-    MISSING,
     clf_to_ns,
     integer,
     peer_ip,
@@ -75,20 +74,13 @@ def nginx_shape(keys: Iterable[str]) -> NginxShape:
 def parse_nginx_json(obj: dict[str, Any], shape: NginxShape | None = None) -> AccessRecord:
     if shape is None:
         shape = nginx_shape(obj)
-    get = obj.get
-    missing = MISSING
-    # `(None if v in missing else v) if (v := get(k)).__class__ is str else text(v)`
-    # is text(get(k)) with the string case inlined (see parse_envoy).
-    method = (
-        (None if v in missing else v) if (v := get("request_method")).__class__ is str else text(v)
-    )
-    uri = (None if v in missing else v) if (v := get("request_uri")).__class__ is str else text(v)
-    protocol = (
-        (None if v in missing else v) if (v := get("server_protocol")).__class__ is str else text(v)
-    )
+    # text(obj.get(k)) per field, as in parse_envoy.
+    method = text(obj.get("request_method"))
+    uri = text(obj.get("request_uri"))
+    protocol = text(obj.get("server_protocol"))
     if method is None or uri is None:
         # `$request` is the request line: "GET /path?x=1 HTTP/1.1".
-        request = text(get("request"))
+        request = text(obj.get("request"))
         if request is not None:
             parts = request.split(" ")
             if len(parts) >= 2:
@@ -97,26 +89,25 @@ def parse_nginx_json(obj: dict[str, Any], shape: NginxShape | None = None) -> Ac
                 if len(parts) >= 3:
                     protocol = protocol or parts[2]
     if uri is None:
-        path = text(get("uri"))
+        path = text(obj.get("uri"))
         if path is not None:
-            query = text(get("args"))
+            query = text(obj.get("args"))
             uri = f"{path}?{query}" if query else path
-    peer = (None if v in missing else v) if (v := get("remote_addr")).__class__ is str else text(v)
-    duration_ns = seconds_to_ns(get("request_time"))
+    peer = text(obj.get("remote_addr"))
+    duration_ns = seconds_to_ns(obj.get("request_time"))
     # nginx logs when the response is done; the record wants the request start.
-    end_ns = timestamp_to_ns(get("msec")) or timestamp_to_ns(get("time_iso8601"))
+    end_ns = timestamp_to_ns(obj.get("msec")) or timestamp_to_ns(obj.get("time_iso8601"))
     if end_ns is None:
-        end_ns = timestamp_to_ns(get("@timestamp") or get("timestamp") or get("time"))
+        end_ns = timestamp_to_ns(obj.get("@timestamp") or obj.get("timestamp") or obj.get("time"))
     if end_ns is None:
-        local = text(get("time_local"))
+        local = text(obj.get("time_local"))
         if local is not None:
             end_ns = clf_to_ns(local)
     headers: dict[str, str] = {}
     for key, name in shape.headers:
-        header = (None if v in missing else v) if (v := obj[key]).__class__ is str else text(v)
+        header = text(obj[key])
         if header is not None:
             headers[name] = header
-    hget = headers.get
     # Positional, in RECORD_FIELDS order (see pipeline.formats.values).
     rec = AccessRecord(
         "nginx.access",
@@ -124,29 +115,26 @@ def parse_nginx_json(obj: dict[str, Any], shape: NginxShape | None = None) -> Ac
         method,
         uri,
         protocol,
-        integer(get("status"), "status") or None,
-        integer(get("body_bytes_sent"), "body_bytes_sent"),
-        integer(get("request_length"), "request_length"),
+        integer(obj.get("status"), "status") or None,
+        integer(obj.get("body_bytes_sent"), "body_bytes_sent"),
+        integer(obj.get("request_length"), "request_length"),
         duration_ns,
-        upstream_seconds_to_ns(get("upstream_response_time")),
+        upstream_seconds_to_ns(obj.get("upstream_response_time")),
         peer_ip(peer) if peer is not None else None,
-        hget("x-forwarded-for"),
-        hget("user-agent"),
-        ((None if v in missing else v) if (v := get("request_id")).__class__ is str else text(v))
-        or hget("x-request-id"),
-        hget("host") or text(get("host")) or text(get("server_name")),
+        headers.get("x-forwarded-for"),
+        headers.get("user-agent"),
+        (text(obj.get("request_id"))) or headers.get("x-request-id"),
+        headers.get("host") or text(obj.get("host")) or text(obj.get("server_name")),
         None,
-        (None if v in missing else v) if (v := get("upstream_addr")).__class__ is str else text(v),
-        # Usually absent: no call for a missing key.
-        (None if (v := get("trace_id")) is None else text(v))
-        or (None if (v := get("opentelemetry_trace_id")) is None else text(v)),
+        text(obj.get("upstream_addr")),
+        text(obj.get("trace_id")) or text(obj.get("opentelemetry_trace_id")),
         None,
         headers,
     )
     if shape.cookies or "cookie" in headers:
         cookies: dict[str, str] = {}
         for key, name in shape.cookies:
-            cookie = (None if v in missing else v) if (v := obj[key]).__class__ is str else text(v)
+            cookie = text(obj[key])
             if cookie is not None:
                 cookies[name] = cookie
         if "cookie" in headers:
@@ -157,7 +145,7 @@ def parse_nginx_json(obj: dict[str, Any], shape: NginxShape | None = None) -> Ac
     if shape.args:
         args: dict[str, str] = {}
         for key, name in shape.args:
-            arg = (None if v in missing else v) if (v := obj[key]).__class__ is str else text(v)
+            arg = text(obj[key])
             if arg is not None:
                 args[name] = arg
         if args:
