@@ -116,7 +116,6 @@ def _action_line_without_id(op: str, index: str) -> bytes:
 def build_bulk_body(items: Iterable[BulkItem]) -> bytes:
     """The NDJSON ``_bulk`` body for these items, in order."""
     parts: list[bytes] = []
-    append = parts.append
     # Consecutive items mostly share their action prefix (same op, same daily index):
     # look it up again only when the target changes.
     target: tuple[str, str] | None = None
@@ -124,20 +123,20 @@ def build_bulk_body(items: Iterable[BulkItem]) -> bytes:
     for item in items:
         doc_id = item.doc_id
         if doc_id is None:
-            append(_action_line_without_id(item.op, item.index))
+            parts.append(_action_line_without_id(item.op, item.index))
         else:
             if target is None or target[0] != item.op or target[1] != item.index:
                 target = (item.op, item.index)
                 prefix = _action_prefix(item.op, item.index)
-            append(prefix)
+            parts.append(prefix)
             # Kafka-derived ids need no escaping: encoding them directly is ~20x cheaper
             # than a small orjson.dumps (and four str methods beat one regex call).
             printable = doc_id.isascii() and doc_id.isprintable()
             if printable and '"' not in doc_id and "\\" not in doc_id:
-                append(doc_id.encode())
+                parts.append(doc_id.encode())
             else:
-                append(orjson.dumps(doc_id)[1:-1])
-            append(b'"}}\n')
-        append(item.source)
-        append(b"\n")
+                parts.append(orjson.dumps(doc_id)[1:-1])
+            parts.append(b'"}}\n')
+        parts.append(item.source)
+        parts.append(b"\n")
     return b"".join(parts)
