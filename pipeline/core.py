@@ -20,11 +20,19 @@ from pipeline.model import AccessRecord, DeadLetter, Enrichment, Reason, Rejecte
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Enriched:
     record: AccessRecord
     enrichment: Enrichment
     document: dict[str, Any]
+
+    # Written out for the compiled core (see pipeline.model.AccessRecord).
+    def __init__(
+        self, record: AccessRecord, enrichment: Enrichment, document: dict[str, Any]
+    ) -> None:
+        self.record = record
+        self.enrichment = enrichment
+        self.document = document
 
 
 def process(

@@ -24,7 +24,14 @@ from pipeline.core import Enriched, process_batch
 from pipeline.enrich import EnrichContext
 from pipeline.errors import ShutdownInterrupted
 from pipeline.formats.values import ns_to_iso
-from pipeline.model import AccessRecord, DeadLetter, Enrichment, KafkaCoordinates, Reason
+from pipeline.model import (
+    AccessRecord,
+    DeadLetter,
+    Enrichment,
+    KafkaCoordinates,
+    Reason,
+    document_id,
+)
 from pipeline.sinks.dlq import DeadLetterSink
 from pipeline.sinks.elasticsearch.request import BulkItem, Op, target_for
 from pipeline.sinks.otlp.direct import encode_request_span
@@ -33,13 +40,28 @@ from pipeline.sinks.otlp.encode import EncodedSpan
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class InputMessage:
     value: bytes | None
     key: bytes | None
     coords: KafkaCoordinates
     timestamp_ns: int | None = None  # the Kafka record timestamp
     received_ns: int = 0  # when the worker took it (for latency metrics)
+
+    # Written out for the compiled core (see pipeline.model.AccessRecord).
+    def __init__(
+        self,
+        value: bytes | None,
+        key: bytes | None,
+        coords: KafkaCoordinates,
+        timestamp_ns: int | None = None,
+        received_ns: int = 0,
+    ) -> None:
+        self.value = value
+        self.key = key
+        self.coords = coords
+        self.timestamp_ns = timestamp_ns
+        self.received_ns = received_ns
 
 
 class StoreSink(Protocol):
@@ -138,7 +160,7 @@ class BatchHandler:
                 enriched_counts[dataset] = enriched_counts.get(dataset, 0) + 1
                 if observed is not None:
                     observed.append(observe(record, enrichment, msg.timestamp_ns))
-                doc_id = msg.coords.doc_id  # the document _id and the span fallback key
+                doc_id = document_id(msg.coords)  # the document _id and the span fallback key
                 if store is not None:
                     try:
                         if timestamp.__class__ is str and timestamp.endswith("Z"):

@@ -67,15 +67,22 @@ class KafkaCoordinates(NamedTuple):
 
     @property
     def doc_id(self) -> str:
-        # Readable and unique per message: a replay of the same offset overwrites.
-        return f"{self.topic}-{self.partition}-{self.offset}"
+        return document_id(self)
+
+
+def document_id(coords: KafkaCoordinates) -> str:
+    """A message's document ``_id`` (and span fallback key): readable and unique per
+    message, so a replay of the same offset overwrites. A function, not only the
+    property: compiled (pipeline.native), calling it is native, the property is not."""
+    topic, partition, offset = coords
+    return f"{topic}-{partition}-{offset}"
 
 
 #: The shared empty headers/cookies/args/query (read-only).
 EMPTY: dict[str, str] = ReadOnlyDict()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class AccessRecord:
     """One request as logged, normalised across Envoy/Istio and nginx formats.
 
@@ -109,6 +116,60 @@ class AccessRecord:
     args: dict[str, str] = field(default=EMPTY)  # nginx $arg_<name>
     original: str | None = None  # the line itself (for event.original)
 
+    # A written-out __init__ (same signature as the dataclass's): compiled
+    # (pipeline.native) it is native code, where the generated one stays an
+    # interpreted function (~1 µs per record). tests/unit/test_model.py holds it
+    # to the fields.
+    def __init__(
+        self,
+        dataset: str,
+        timestamp_ns: int | None = None,
+        method: str | None = None,
+        uri: str | None = None,
+        protocol: str | None = None,
+        status: int | None = None,
+        bytes_sent: int | None = None,
+        bytes_received: int | None = None,
+        duration_ns: int | None = None,
+        upstream_duration_ns: int | None = None,
+        peer_addr: str | None = None,
+        forwarded_for: str | None = None,
+        user_agent: str | None = None,
+        request_id: str | None = None,
+        authority: str | None = None,
+        upstream_cluster: str | None = None,
+        upstream_host: str | None = None,
+        trace_id: str | None = None,
+        version_field: str | None = None,
+        headers: dict[str, str] = EMPTY,
+        cookies: dict[str, str] = EMPTY,
+        args: dict[str, str] = EMPTY,
+        original: str | None = None,
+    ) -> None:
+        self.dataset = dataset
+        self.timestamp_ns = timestamp_ns
+        self.method = method
+        self.uri = uri
+        self.protocol = protocol
+        self.status = status
+        self.bytes_sent = bytes_sent
+        self.bytes_received = bytes_received
+        self.duration_ns = duration_ns
+        self.upstream_duration_ns = upstream_duration_ns
+        self.peer_addr = peer_addr
+        self.forwarded_for = forwarded_for
+        self.user_agent = user_agent
+        self.request_id = request_id
+        self.authority = authority
+        self.upstream_cluster = upstream_cluster
+        self.upstream_host = upstream_host
+        self.trace_id = trace_id
+        self.version_field = version_field
+        self.headers = headers
+        self.cookies = cookies
+        self.args = args
+        self.original = original
+
 
 @dataclass(slots=True)
 class GeoInfo:
@@ -138,7 +199,7 @@ class AsnInfo:
     document: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Enrichment:
     """What the enrichment chain derived from an AccessRecord."""
 
@@ -157,6 +218,41 @@ class Enrichment:
     trace_id: str | None = None  # 32 lower-hex
     span_id: str | None = None  # 16 lower-hex (parent span from the caller)
     service_name: str | None = None
+
+    # Written out for the compiled core, as AccessRecord's.
+    def __init__(
+        self,
+        url_path: str | None = None,
+        url_query: str | None = None,
+        query: dict[str, str] = EMPTY,
+        gray_id: str | None = None,
+        gray_id_source: str | None = None,
+        stage: str = "stable",
+        version: str | None = None,
+        path_group: str | None = None,
+        route: str | None = None,
+        client_ip: str | None = None,
+        geo: GeoInfo | None = None,
+        asn: AsnInfo | None = None,
+        trace_id: str | None = None,
+        span_id: str | None = None,
+        service_name: str | None = None,
+    ) -> None:
+        self.url_path = url_path
+        self.url_query = url_query
+        self.query = query
+        self.gray_id = gray_id
+        self.gray_id_source = gray_id_source
+        self.stage = stage
+        self.version = version
+        self.path_group = path_group
+        self.route = route
+        self.client_ip = client_ip
+        self.geo = geo
+        self.asn = asn
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.service_name = service_name
 
 
 @dataclass(slots=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
 import pickle
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from pipeline.core import Enriched, process
 from pipeline.enrich import EnrichContext
 from pipeline.model import EMPTY, AccessRecord, Enrichment, ReadOnlyDict
+from pipeline.native import loaded_native
 from tests.unit.conftest import all_sample_lines, corpus_lines
 
 
@@ -57,3 +60,39 @@ def test_processing_every_sample_leaves_the_shared_default_empty() -> None:
     results = [process(line, ctx) for line in lines]
     assert any(isinstance(r, Enriched) for r in results)
     assert EMPTY == {} and len(EMPTY) == 0
+
+
+# The per-event dataclasses write their __init__ out (native code when compiled,
+# pipeline.native); it must stay the dataclass's: same names, order and defaults.
+def _written_out() -> list[type]:
+    from pipeline.core import Enriched
+    from pipeline.delivery import InputMessage
+    from pipeline.sinks.elasticsearch.request import BulkItem
+
+    return [AccessRecord, Enrichment, Enriched, InputMessage, BulkItem]
+
+
+@pytest.mark.parametrize("cls", _written_out(), ids=lambda cls: cls.__name__)
+def test_written_out_inits_match_the_fields(cls: type) -> None:
+    if loaded_native([cls.__module__]):
+        pytest.skip("a compiled __init__ has no signature; make test's plain-Python pass checks")
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    fields = dataclasses.fields(cls)
+    assert [p.name for p in params] == [f.name for f in fields]
+    for param, fld in zip(params, fields, strict=True):
+        if fld.default is not dataclasses.MISSING:
+            assert param.default is fld.default, fld.name
+        else:
+            assert fld.default_factory is dataclasses.MISSING, fld.name
+            assert param.default is inspect.Parameter.empty, fld.name
+
+
+def test_written_out_inits_set_every_field() -> None:
+    record = AccessRecord("envoy.access", status=200, original="line")
+    assert record == AccessRecord(
+        "envoy.access", None, None, None, None, 200, *([None] * 13), EMPTY, EMPTY, EMPTY, "line"
+    )
+    assert record.headers is EMPTY and record.cookies is EMPTY and record.args is EMPTY
+    enrichment = Enrichment(stage="canary", service_name="svc")
+    assert enrichment.stage == "canary" and enrichment.service_name == "svc"
+    assert enrichment.query is EMPTY and enrichment.geo is None and Enrichment().stage == "stable"

@@ -24,7 +24,7 @@ MODES = ("data_stream", "index")
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class BulkItem:
     """One document of a bulk request.
 
@@ -38,6 +38,16 @@ class BulkItem:
     op: Op
     source: bytes
     ref: Any = None  # Any, not object: mypyc (pipeline.native) cannot resolve builtins here
+
+    # Written out for the compiled core (see pipeline.model.AccessRecord).
+    def __init__(
+        self, doc_id: str | None, index: str, op: Op, source: bytes, ref: Any = None
+    ) -> None:
+        self.doc_id = doc_id
+        self.index = index
+        self.op = op
+        self.source = source
+        self.ref = ref
 
 
 def target_for(timestamp: str | int | float | None, mode: str) -> tuple[str, Op]:
