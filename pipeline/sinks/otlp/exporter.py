@@ -392,12 +392,7 @@ class OtlpExporter:
             return not self._queue
         self._flush_requested = True
         self._wake.set()
-        try:
-            async with asyncio.timeout(timeout):
-                await self._idle.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await _wait(self._idle, timeout)
 
     async def stop(self, flush_timeout: float = 5.0) -> None:
         """Export what is queued for up to ``flush_timeout`` s, drop the rest, close."""
@@ -469,12 +464,7 @@ class OtlpExporter:
         between, so clearing the event loses no wake-up.
         """
         self._wake.clear()
-        try:
-            async with asyncio.timeout(timeout):
-                await self._wake.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await _wait(self._wake, timeout)
 
     def _start_export(self, batch: list[EncodedSpan]) -> None:
         self.stats.spans_queued = len(self._queue)
@@ -548,6 +538,16 @@ class OtlpExporter:
         self._failing = True
         log.log(level, "OTLP export failed after %d retries, %d spans dropped: %s",
                 retries, dropped, error)
+
+
+async def _wait(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait for ``event`` up to ``timeout`` seconds (None: forever); False on timeout."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 def _retry_after(value: str | None) -> float | None:
