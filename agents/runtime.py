@@ -195,8 +195,8 @@ class Runtime:
             "grayscope worker ready",
             extra={
                 "settings": self.settings.redacted(),
-                # mypyc-built core in use (pipeline/native.py): "17/17", or "0/17"
-                # where it runs as plain Python (~30 % more CPU per event).
+                # mypyc-built core in use (pipeline/native.py): all of its modules, or
+                # "0/N" where it runs as plain Python (~30 % more CPU per event).
                 "compiled_core": f"{len(compiled)}/{len(NATIVE_MODULES)}",
             },
         )

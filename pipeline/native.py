@@ -66,24 +66,24 @@ def source_paths() -> list[str]:
     return [str(source_path(m).relative_to(_ROOT)) for m in NATIVE_MODULES]
 
 
-def compiled_path(module: str) -> Path | None:
-    """The built extension module beside the source, if there is one."""
-    source = source_path(module)
+def _extension(path: Path) -> Path | None:
+    """The extension module built for ``path`` (a name without suffix), if there is one."""
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        candidate = source.with_name(source.stem + suffix)
+        candidate = path.with_name(path.name + suffix)
         if candidate.exists():
             return candidate
     return None
+
+
+def compiled_path(module: str) -> Path | None:
+    """The built extension module beside the source, if there is one."""
+    return _extension(source_path(module).with_suffix(""))
 
 
 def group_library() -> Path | None:
     """The shared library holding the compiled code, if built."""
     base = _ROOT.joinpath(*GROUP_NAME.split("."))
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        candidate = base.with_name(base.name + "__mypyc" + suffix)
-        if candidate.exists():
-            return candidate
-    return None
+    return _extension(base.with_name(base.name + "__mypyc"))
 
 
 def stale_modules() -> list[str]:
