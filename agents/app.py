@@ -18,13 +18,13 @@ from typing import Any
 import faust
 from faust.types import EventT
 
-from agents.batching import BatchingTransport
+from agents.batching import BatchPathApp, batch_path_problem, unacked_messages
 from agents.canary import register_canary
+from agents.handler import InputMessage
 from agents.runtime import Runtime
 from pipeline.config import ConsumerMode, Settings
-from pipeline.delivery import InputMessage
+from pipeline.core.model import KafkaCoordinates
 from pipeline.errors import ShutdownInterrupted
-from pipeline.model import KafkaCoordinates
 
 log = logging.getLogger(__name__)
 
@@ -115,31 +115,25 @@ def withhold_acks(events: Sequence[EventT]) -> None:
         event.message.acked = True
 
 
-class GrayscopeApp(faust.App):
+class GrayscopeApp(BatchPathApp, faust.App):
     """faust.App with grayscope's consumption path and bounded shutdown.
 
     In ``batch`` consumer mode the transport's consumer is a BatchingConsumer
     (agents/batching.py) that hands the input topics to the pipeline a fetch
-    at a time; everything else stays stock Faust.
+    at a time; everything else stays stock Faust. On faust-streaming or
+    aiokafka versions the batch path was not tested with, the worker warns and
+    uses the stock stream path (``create_app``).
     """
 
     grayscope_runtime: Runtime
 
-    def _new_transport(self) -> Any:
-        if self.grayscope_runtime.settings.consumer_mode is ConsumerMode.BATCH:
-            return BatchingTransport(self.conf.broker_consumer, self)
-        return super()._new_transport()
-
     async def on_start(self) -> None:
         await super().on_start()
-        if self.grayscope_runtime.settings.consumer_mode is ConsumerMode.BATCH:
+        if self.batch_path:
             self.grayscope_runtime.start_batch_path(self)
 
-    async def _on_partitions_revoked(self, revoked: set[Any]) -> None:
-        # Like Faust waiting for its streams: queued batches are dropped (unacked,
-        # so the next owner reads them again) and the batch in flight finishes.
+    async def on_revoked(self) -> None:
         await self.grayscope_runtime.on_partitions_revoked()
-        await super()._on_partitions_revoked(revoked)
 
     async def on_stop(self) -> None:
         # Faust's stop waits until every started message is acked; a batch stuck
@@ -147,8 +141,7 @@ class GrayscopeApp(faust.App):
         if await self.grayscope_runtime.interrupt_inflight():
             # Messages fetched behind the abandoned batch will never reach the agent
             # either; withhold them too so the consumer's drain does not wait on them.
-            unacked = getattr(self.consumer, "_unacked_messages", ())
-            for message in list(unacked):
+            for message in unacked_messages(self.consumer):
                 message.acked = True
         await super().on_stop()
 
@@ -157,6 +150,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
     app = GrayscopeApp(settings.consumer_group, **faust_settings(settings))
     runtime = runtime or Runtime(settings)
     app.grayscope_runtime = runtime
+    app.batch_path = settings.consumer_mode is ConsumerMode.BATCH
+    if app.batch_path and (problem := batch_path_problem()) is not None:
+        log.warning(
+            "batch consumption path not tested on %s: using Faust's stock stream path", problem
+        )
+        app.batch_path = False
     input_topic = app.topic(*settings.input_topics, value_serializer="raw", key_serializer="raw")
 
     @app.agent(input_topic, name="grayscope-enrich")

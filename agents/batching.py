@@ -23,11 +23,18 @@ revocation queued batches are dropped (never acked: the next owner reads them
 again), the batches in flight finish first, as Faust's ``wait_empty`` does for
 streams, and anything fetched before the revocation is never acked.
 
-Relies on faust-streaming internals (``_wait_next_records``, ``_acked``,
-``_acked_index``, ``_read_offset``, ``_add_gap``, ``_new_offset``) and on
-aiokafka's (``PartitionRecords``, the fetcher's ``_records``): both versions
-are pinned in pyproject.toml and tests/integration cover acks, commits,
-rebalances with two workers, store outage and SIGKILL with this path on.
+This module is the one fence around faust-streaming's and aiokafka's
+private names: nothing else in the project touches them (the app's private
+overrides are the ``BatchPathApp`` mixin below; consumer lag and unacked
+messages are read through ``consumer_lag`` and ``unacked_messages``). Every
+private name it uses is listed in ``FAUST_PRIVATE_NAMES`` and
+``AIOKAFKA_PRIVATE_NAMES``; tests/unit/test_batching_fence.py fails when the
+module uses one that is not listed, or when the installed libraries lack one.
+Both versions are pinned in pyproject.toml (``TESTED_VERSIONS``); at start-up
+``batch_path_problem`` tells the worker when it runs on other versions, and the
+worker then falls back to Faust's stock stream path with a warning.
+tests/integration cover acks, commits, rebalances with two workers, store
+outage and SIGKILL with this path on.
 """
 
 from __future__ import annotations
@@ -46,11 +53,99 @@ from faust.types import TP
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
-from pipeline.delivery import InputMessage
+from agents.handler import InputMessage
+from pipeline.core.model import KafkaCoordinates
 from pipeline.errors import ShutdownInterrupted
-from pipeline.model import KafkaCoordinates
 
 log = logging.getLogger(__name__)
+
+#: The versions this module was written and tested against (pyproject.toml pins them).
+TESTED_VERSIONS = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
+
+#: faust-streaming's private names this module uses: (class, name). Overridden
+#: methods are called through ``super()``; attributes are read and changed in place.
+FAUST_PRIVATE_NAMES: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("faust.App", "_new_transport"),
+        ("faust.App", "_on_partitions_revoked"),
+        ("faust.App", "_consumer"),
+        ("faust.transport.consumer.Consumer", "_wait_next_records"),
+        ("faust.transport.consumer.Consumer", "_read_offset"),
+        ("faust.transport.consumer.Consumer", "_buffered_partitions"),
+        ("faust.transport.consumer.Consumer", "_add_gap"),
+        ("faust.transport.consumer.Consumer", "_committed_offset"),
+        ("faust.transport.consumer.Consumer", "_acked_index"),
+        ("faust.transport.consumer.Consumer", "_acked"),
+        ("faust.transport.consumer.Consumer", "_waiting_for_ack"),
+        ("faust.transport.consumer.Consumer", "_new_offset"),
+        ("faust.transport.consumer.Consumer", "_gap"),
+        ("faust.transport.consumer.Consumer", "_unacked_messages"),
+        ("faust.transport.drivers.aiokafka.Consumer", "_new_consumer_thread"),
+        ("faust.transport.drivers.aiokafka.AIOKafkaConsumerThread", "_create_worker_consumer"),
+        ("faust.transport.drivers.aiokafka.AIOKafkaConsumerThread", "_fetch_records"),
+    }
+)
+
+#: aiokafka's private names this module uses: (class, name).
+AIOKAFKA_PRIVATE_NAMES: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("aiokafka.AIOKafkaConsumer", "_fetch_max_wait_ms"),
+        ("aiokafka.AIOKafkaConsumer", "_fetcher"),
+        ("aiokafka.consumer.fetcher.Fetcher", "_records"),
+        ("aiokafka.consumer.fetcher.FetchResult", "_partition_records"),
+        ("aiokafka.consumer.fetcher.PartitionRecords", "_key_deserializer"),
+        ("aiokafka.consumer.fetcher.PartitionRecords", "_value_deserializer"),
+        ("aiokafka.consumer.fetcher.PartitionRecords", "_consumer_record"),
+    }
+)
+
+
+def batch_path_problem(installed: dict[str, str] | None = None) -> str | None:
+    """Why the batch path must not run here (other library versions), or None."""
+    from importlib import metadata
+
+    if installed is None:
+        installed = {}
+        for name in TESTED_VERSIONS:
+            try:
+                installed[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                installed[name] = "not installed"
+    wrong = [
+        f"{name} {installed.get(name)} (tested: {version})"
+        for name, version in TESTED_VERSIONS.items()
+        if installed.get(name) != version
+    ]
+    return ", ".join(wrong) or None
+
+
+def unacked_messages(consumer: Any) -> list[Any]:
+    """The consumer's started-but-unacked messages (Faust's ``_unacked_messages``)."""
+    return list(getattr(consumer, "_unacked_messages", ()))
+
+
+def consumer_lag(app: Any) -> dict[tuple[str, int], int] | None:
+    """(topic, partition) -> high watermark - committed offset, for the app's consumer.
+
+    Table changelogs are left out: they are read, never committed, and would
+    show their whole length as a lag that never goes down. None before the
+    consumer exists.
+    """
+    consumer = getattr(app, "_consumer", None) if app is not None else None
+    if consumer is None:
+        return None
+    committed = getattr(consumer, "_committed_offset", {})
+    tables = getattr(app, "tables", None)
+    changelogs = set(tables.changelog_topics) if tables is not None else set()
+    lag: dict[tuple[str, int], int] = {}
+    for tp in consumer.assignment():
+        if tp.topic in changelogs:
+            continue
+        highwater = consumer.highwater(tp)
+        if highwater is None:
+            continue
+        lag[(tp.topic, tp.partition)] = max(0, highwater - (committed.get(tp) or 0))
+    return lag
 
 
 @dataclass(slots=True)
@@ -253,6 +348,31 @@ class BatchingTransport(faust_aiokafka.Transport):
     Consumer = BatchingConsumer
 
 
+class BatchPathApp:
+    """The private overrides a ``faust.App`` needs for the batch path (a mixin).
+
+    ``batch_path`` says whether this app consumes through ``BatchingConsumer``;
+    ``on_revoked`` runs before Faust's own revocation handling (like Faust
+    waiting for its streams: queued batches are dropped, unacked, so the next
+    owner reads them again, and the batch in flight finishes).
+    """
+
+    batch_path: bool = False
+
+    async def on_revoked(self) -> None:
+        return None
+
+    def _new_transport(self) -> Any:
+        if self.batch_path:
+            conf: Any = self.conf  # type: ignore[attr-defined]
+            return BatchingTransport(conf.broker_consumer, self)
+        return super()._new_transport()  # type: ignore[misc]
+
+    async def _on_partitions_revoked(self, revoked: set[Any]) -> None:
+        await self.on_revoked()
+        await super()._on_partitions_revoked(revoked)  # type: ignore[misc]
+
+
 class BatchPump:
     """Takes fetched batches off the queue, delivers them, acks them."""
 
@@ -264,7 +384,7 @@ class BatchPump:
         concurrency: int,
     ) -> None:
         self.queue: asyncio.Queue[FetchedBatch] = asyncio.Queue(maxsize=max(2, concurrency * 2))
-        self._consumer = consumer_getter
+        self._consumer_of = consumer_getter
         self._handle = handle
         self._batch_size = batch_size
         self._concurrency = concurrency
@@ -308,14 +428,14 @@ class BatchPump:
     def new_epoch(self) -> None:
         """After a revocation: batches fetched before it will never be acked."""
         self.epoch += 1
-        self._consumer().pump_epoch = self.epoch
+        self._consumer_of().pump_epoch = self.epoch
 
     def _finish(self, sequence: int, delivered: FetchedBatch | None) -> None:
         """Record a batch as done (delivered, or dropped: None); release acks in order."""
         self._finished[sequence] = delivered
         if sequence < self._next_to_release:
             return
-        consumer = self._consumer()
+        consumer = self._consumer_of()
         while self._next_to_release in self._finished:
             batch = self._finished.pop(self._next_to_release)
             if batch is not None:
@@ -349,7 +469,7 @@ class BatchPump:
                 # What escapes the handler is fatal (credentials, a bug): stop the worker
                 # so its successor resumes at the last commit.
                 log.critical("fatal error, stopping the worker: %s", exc)
-                consumer = self._consumer()
+                consumer = self._consumer_of()
                 await consumer.app.crash(exc)
                 return
             finally:

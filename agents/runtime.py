@@ -11,22 +11,21 @@ import asyncio
 import contextlib
 import gc
 import logging
-import random
 from collections.abc import Sequence
 from typing import Any
 
 import mode
 from aiohttp.web import Response
 
-from agents.batching import BatchPump
+from agents.batching import BatchPump, consumer_lag
+from agents.handler import BatchHandler, InputMessage
 from pipeline.canary.observer import CanaryObserver
-from pipeline.config import Settings
-from pipeline.delivery import BatchHandler, InputMessage
-from pipeline.enrich import EnrichContext
+from pipeline.config import Settings, enrich_context
 from pipeline.errors import DeadLetterError, StoreRejected, StoreUnavailable
 from pipeline.geoip import GeoIPResolver
 from pipeline.native import NATIVE_MODULES, loaded_native
 from pipeline.probe import connect_error
+from pipeline.retry import Backoff
 from pipeline.sinks.dlq import DeadLetterSink, Headers
 from pipeline.sinks.elasticsearch.service import ElasticsearchService
 from pipeline.sinks.elasticsearch.sink import ElasticsearchSink
@@ -64,7 +63,7 @@ class Runtime:
             if (settings.geoip_city_db or settings.geoip_asn_db)
             else None
         )
-        self.context = EnrichContext.from_settings(settings, self.geoip)
+        self.context = enrich_context(settings, self.geoip)
         self.telemetry = Telemetry(self)
         self.es_service: ElasticsearchService | None = None
         self.store: ElasticsearchSink | None = None
@@ -207,7 +206,8 @@ class Runtime:
 
     async def _connect_store(self) -> None:
         assert self.es_service is not None
-        delay = self.settings.es_retry_initial
+        backoff = Backoff(self.settings.es_retry_initial, self.settings.es_retry_max)
+        attempt = 0
         while True:
             try:
                 await self.es_service.connect()
@@ -216,10 +216,14 @@ class Runtime:
                 return
             except StoreUnavailable as exc:
                 log.warning("document store unreachable at startup (%s); retrying", exc)
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))
-                delay = min(delay * 2, self.settings.es_retry_max)
+                await backoff.wait(attempt)
+                attempt += 1
             except StoreRejected:
                 raise
+
+    def consumer_lag(self) -> dict[tuple[str, int], int] | None:
+        """(topic, partition) -> messages not yet committed, for ``/metrics``."""
+        return consumer_lag(self.app)
 
     async def stop(self) -> None:
         if self.exporter is not None:

@@ -19,14 +19,12 @@ import orjson
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pipeline.core.enrich import EnrichContext, GeoLookup
+from pipeline.core.extract import gray
+from pipeline.core.extract.client_ip import DEFAULT_TRUSTED_PROXIES, TrustedProxies
+from pipeline.core.extract.path_group import PathRules
+from pipeline.credentials import redact_url
 from pipeline.errors import ConfigError
-
-DEFAULT_TRUSTED_PROXIES = (
-    "127.0.0.0/8,::1/128,"  # loopback
-    "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,"  # RFC 1918
-    "fc00::/7,"  # RFC 4193
-    "169.254.0.0/16,fe80::/10"  # link-local
-)
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -317,7 +315,7 @@ class Settings(BaseSettings):
             yield (
                 name,
                 (
-                    ",".join(_strip_userinfo(u) for u in self.es_hosts())
+                    ",".join(redact_url(u) for u in self.es_hosts())
                     if name == "es_url"
                     else value
                 ),
@@ -329,20 +327,11 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict safe to log (secrets masked)."""
         out = self.model_dump(mode="json")
-        out["es_url"] = ",".join(_strip_userinfo(u) for u in self.es_hosts())
+        out["es_url"] = ",".join(redact_url(u) for u in self.es_hosts())
         for name, info in type(self).model_fields.items():
             if info.annotation is SecretStr:
                 out[name] = "**********" if getattr(self, name).get_secret_value() else ""
         return out
-
-
-def _strip_userinfo(url: str) -> str:
-    """``https://user:pass@host:9200`` -> ``https://host:9200`` (never log credentials)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    authority, slash, path = rest.partition("/")
-    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
 
 
 def load_path_rules(spec: str) -> list[dict[str, str]]:
@@ -405,3 +394,31 @@ def load_settings(**values: Any) -> Settings:
         loc = first["loc"][0] if first["loc"] else "settings"
         setting = f"GRAYSCOPE_{str(loc).upper()}"
         raise ConfigError(setting, first["msg"]) from exc
+
+
+def enrich_context(settings: Settings, geoip: GeoLookup | None = None) -> EnrichContext:
+    """The enrichment chain's lookup context from the settings (and an open GeoIP reader)."""
+    rules = gray.GrayRules(
+        id_headers=tuple(settings.gray_id_headers),
+        id_header_pattern=re.compile(settings.gray_id_header_pattern),
+        id_query_arg=settings.gray_id_query_arg.lower(),
+        id_query_pattern=re.compile(settings.gray_id_query_pattern),
+        canary_header=settings.canary_header.lower(),
+        canary_header_value=settings.canary_header_value.lower(),
+        canary_cookie=settings.canary_cookie,
+        canary_cookie_value=settings.canary_cookie_value,
+        canary_subset=settings.canary_subset,
+        version_query_arg=settings.version_query_arg.lower(),
+        version_subset_pattern=re.compile(settings.version_subset_pattern),
+    )
+    return EnrichContext(
+        gray_rules=rules,
+        path_rules=PathRules.from_config(
+            load_path_rules(settings.path_rules), settings.path_group_depth
+        ),
+        proxies=TrustedProxies.from_cidrs(settings.trusted_proxies),
+        geoip=geoip,
+        service_name=settings.service_name or None,
+        include_original=settings.include_original,
+        max_message_bytes=settings.max_message_bytes,
+    )

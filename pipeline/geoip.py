@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import maxminddb
 from maxminddb import InvalidDatabaseError
 
+from pipeline.core.model import AsnInfo, GeoInfo
 from pipeline.errors import GeoIPDatabaseError
-from pipeline.model import AsnInfo, GeoInfo
 
 if TYPE_CHECKING:
     from pipeline.config import Settings

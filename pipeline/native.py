@@ -23,38 +23,35 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-#: Compiled modules, in dependency order. Each must be mypyc-clean: no
-#: monkeypatching of its functions (compiled calls bind at build time), no
-#: identity tests against values mypyc may re-box, no dict subclasses.
-NATIVE_MODULES = (
-    "pipeline.model",
-    "pipeline.formats.values",
-    "pipeline.formats.envoy",
-    "pipeline.formats.nginx_json",
-    "pipeline.formats.nginx_text",
-    "pipeline.formats.detect",
-    "pipeline.extract.url",
-    "pipeline.extract.gray",
-    "pipeline.extract.path_group",
-    "pipeline.extract.client_ip",
-    "pipeline.extract.trace",
-    "pipeline.enrich",
-    "pipeline.document",
-    "pipeline.core",
-    "pipeline.span",
-    "pipeline.sinks.otlp.encode",
-    "pipeline.sinks.otlp.direct",
-    "pipeline.sinks.elasticsearch.request",
-    "pipeline.canary.windows",
-    "pipeline.canary.observer",
-    "pipeline.delivery",
-)
+_ROOT = Path(__file__).resolve().parent.parent
+
+#: The compiled set is exactly the pure core's folder: every module under it.
+CORE_PACKAGE = "pipeline.core"
+
+
+def _core_modules() -> tuple[str, ...]:
+    """Every module of ``pipeline/core/`` (packages' ``__init__`` files stay interpreted).
+
+    Each must be mypyc-clean: no monkeypatching of its functions (compiled calls
+    bind at build time), no identity tests against values mypyc may re-box, no
+    dict subclasses with overrides (``pipeline.core (its __init__)`` stays outside for that).
+    """
+    folder = _ROOT.joinpath(*CORE_PACKAGE.split("."))
+    return tuple(
+        sorted(
+            ".".join(path.relative_to(_ROOT).with_suffix("").parts)
+            for path in folder.rglob("*.py")
+            if path.name != "__init__.py"
+        )
+    )
+
+
+#: Compiled modules (sorted by name; mypyc builds them as one group).
+NATIVE_MODULES = _core_modules()
 
 #: mypyc's shared library for all of them (``pipeline/core_native__mypyc.*.so``);
 #: each module's own extension is a small shim that loads it.
 GROUP_NAME = "pipeline.core_native"
-
-_ROOT = Path(__file__).resolve().parent.parent
 
 
 def source_path(module: str) -> Path:

@@ -166,26 +166,10 @@ class Telemetry:
                 yield component, obj
 
     def consumer_lag(self) -> dict[tuple[str, int], int] | None:
-        app = getattr(self._runtime, "app", None)
-        consumer = getattr(app, "_consumer", None) if app is not None else None
-        if consumer is None:
-            return None
+        """(topic, partition) -> high watermark - committed offset; None when unknown."""
+        lag = getattr(self._runtime, "consumer_lag", None)
         try:
-            lag: dict[tuple[str, int], int] = {}
-            committed = getattr(consumer, "_committed_offset", {})
-            # Table changelogs are read, never committed: they would show their
-            # whole length as a "lag" that never goes down.
-            tables = getattr(app, "tables", None)
-            changelogs = set(tables.changelog_topics) if tables is not None else set()
-            for tp in consumer.assignment():
-                if tp.topic in changelogs:
-                    continue
-                highwater = consumer.highwater(tp)
-                if highwater is None:
-                    continue
-                position = committed.get(tp) or 0
-                lag[(tp.topic, tp.partition)] = max(0, highwater - position)
-            return lag
+            return lag() if lag is not None else None
         except Exception:  # lag is best effort: never break a scrape
             return None
 

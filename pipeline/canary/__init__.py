@@ -10,7 +10,7 @@ from pipeline.canary.client import fetch_canary, fetch_verdicts, verdicts_from_p
 from pipeline.canary.config import CanaryConfig
 from pipeline.canary.counters import CanaryStats
 from pipeline.canary.format import format_verdicts
-from pipeline.canary.observer import CanaryObserver, ObservedEvent, observed
+from pipeline.canary.observer import CanaryObserver, ObservedEvent
 from pipeline.canary.records import ArmSummary, CanaryAggregate, Decision, Verdict, WindowCounts
 from pipeline.canary.verdict import VerdictConfig, evaluate, judge
 from pipeline.canary.ztest import ZTest, two_proportion_ztest
@@ -32,7 +32,6 @@ __all__ = [
     "fetch_verdicts",
     "format_verdicts",
     "judge",
-    "observed",
     "two_proportion_ztest",
     "verdicts_from_payload",
 ]

@@ -9,15 +9,10 @@ from typing import Any
 import orjson
 
 from pipeline.canary.records import Verdict
-from pipeline.errors import GrayscopeError
+from pipeline.errors import CanaryUnavailable
 
 DEFAULT_URL = "http://localhost:6066"
 
-
-class CanaryUnavailable(GrayscopeError):
-    """The worker's /canary page could not be read."""
-
-    retriable = True
 
 
 def canary_url(base_url: str) -> str:

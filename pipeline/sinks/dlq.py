@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pipeline.core.model import DeadLetter, KafkaCoordinates
 from pipeline.errors import DeadLetterError
-from pipeline.model import DeadLetter, KafkaCoordinates
+from pipeline.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,7 @@ class DeadLetterSink:
     ) -> None:
         self._producer = producer
         self._topic = topic
-        self._retry_initial = retry_initial
-        self._retry_max = retry_max
-        self._sleep = sleep
+        self._backoff = Backoff(retry_initial, retry_max, sleep=sleep)
         self.stats = DeadLetterStats()
 
     async def send(
@@ -82,7 +80,7 @@ class DeadLetterSink:
             (key, letter.raw, dead_letter_headers(letter, source))
             for letter, source, key in letters
         ]
-        delay = self._retry_initial
+        attempt = 0
         while True:
             try:
                 await self._producer.send_batch(self._topic, records)
@@ -91,8 +89,8 @@ class DeadLetterSink:
                 # An unwritable dead-letter topic must hold the partition, not drop data.
                 self.stats.dlq_send_retries_total += 1
                 log.warning("dead-letter topic %s unavailable (%s); retrying", self._topic, exc)
-                await self._sleep(delay * (0.5 + random.random() / 2))
-                delay = min(delay * 2, self._retry_max)
+                await self._backoff.wait(attempt)
+                attempt += 1
         counts = self.stats.dead_lettered_total
         for letter, _, _ in letters:
             counts[letter.reason.value] = counts.get(letter.reason.value, 0) + 1

@@ -27,10 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from pipeline.config import Settings, add_settings_arguments, settings_from_args
-from pipeline.errors import ConfigError
-from pipeline.kibana import (
-    KibanaImportError,
+from pipeline.commands.kibana import (
     add_kibana_arguments,
     build_request,
     import_url,
@@ -38,6 +35,8 @@ from pipeline.kibana import (
     parse_import_response,
     run_kibana_import,
 )
+from pipeline.config import Settings, add_settings_arguments, settings_from_args
+from pipeline.errors import ConfigError, KibanaImportError
 
 ROOT = Path(__file__).resolve().parents[2]
 NDJSON = ROOT / "kibana" / "grayscope.ndjson"
@@ -144,7 +143,7 @@ def free_port() -> int:
 
 
 def cli_has_kibana_import() -> bool:
-    from pipeline.cli import build_parser
+    from pipeline.commands.main import build_parser
 
     try:
         with contextlib.redirect_stderr(io.StringIO()):
@@ -390,7 +389,7 @@ def test_parse_import_response_success() -> None:
 
 @pytest.mark.skipif(not cli_has_kibana_import(), reason="`grayscope kibana import` not wired yet")
 def test_cli_exit_codes(kibana: FakeKibana, capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline.cli import main
+    from pipeline.commands.main import main
 
     assert main(["kibana", "import", "--kibana-url", kibana.url]) == 0
     kibana.answer(500, {"statusCode": 500, "error": "Internal Server Error", "message": "boom"})
@@ -401,7 +400,10 @@ def test_cli_exit_codes(kibana: FakeKibana, capsys: pytest.CaptureFixture[str]) 
 @pytest.mark.skipif(not cli_has_kibana_import(), reason="`grayscope kibana import` not wired yet")
 def test_cli_process(kibana: FakeKibana) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "kibana", "import", "--kibana-url", kibana.url],
+        [
+            sys.executable, "-m", "pipeline.commands.main",
+            "kibana", "import", "--kibana-url", kibana.url,
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -15,9 +15,17 @@ from typing import Any
 import pytest
 
 import schemas
-from pipeline.core import Enriched, process
-from pipeline.enrich import EnrichContext
-from pipeline.model import AsnInfo, DeadLetter, GeoInfo
+from pipeline.core.enrich import EnrichContext
+from pipeline.core.model import (
+    AccessRecord,
+    AsnInfo,
+    DeadLetter,
+    Enrichment,
+    GeoInfo,
+    InputMessage,
+    KafkaCoordinates,
+)
+from pipeline.core.process import Enriched, Observation, observations, process
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
@@ -180,3 +188,9 @@ def core_ctx() -> EnrichContext:
 def core_process() -> Callable[[bytes], Enriched | DeadLetter]:
     ctx = EnrichContext()
     return lambda raw: process(raw, ctx)
+
+
+def observed(record: AccessRecord, enrichment: Enrichment, kafka_ns: int | None) -> Observation:
+    """The canary/metrics Observation of one request (``kafka_ns``: the Kafka record time)."""
+    msg = InputMessage(None, None, KafkaCoordinates("t", 0, 0), kafka_ns)
+    return observations([msg], [Enriched(record, enrichment, {})])[0]

@@ -10,10 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.canary.counters import CanaryStats
-from pipeline.canary.observer import CanaryObserver, ObservedEvent, aggregate, observed
+from pipeline.canary.observer import CanaryObserver, ObservedEvent, aggregate
 from pipeline.canary.records import NO_VERSION, CanaryAggregate, WindowCounts
 from pipeline.canary.windows import window_start
-from pipeline.model import AccessRecord, Enrichment
+from pipeline.core.model import AccessRecord, Enrichment
+from tests.unit.conftest import observed
 
 NS = 1_000_000_000
 T0 = 1_764_000_000

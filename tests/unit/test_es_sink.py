@@ -10,20 +10,19 @@ import orjson
 import pytest
 
 from pipeline.config import EsMode, load_settings
+from pipeline.core.bulk import BulkItem
+from pipeline.credentials import authorization, redact_url
 from pipeline.errors import ConfigError, StoreRejected, StoreUnavailable
-from pipeline.sinks.elasticsearch.request import BulkItem
 from pipeline.sinks.elasticsearch.service import (
     ELASTICSEARCH,
     OPENSEARCH,
     PLAIN_MEDIA_TYPES,
     ElasticsearchService,
     ServerInfo,
-    auth_header,
     detect_server,
     media_types_for,
-    redact_url,
 )
-from pipeline.sinks.elasticsearch.sink import ElasticsearchSink, EsSinkStats, backoff_delay
+from pipeline.sinks.elasticsearch.sink import ElasticsearchSink, EsSinkStats
 
 Doc = dict[str, Any]
 Handler = Callable[[list[tuple[str, Doc]]], tuple[int, dict[str, Any]]]
@@ -293,15 +292,8 @@ async def test_backoff_is_capped_and_jittered() -> None:
     service = FakeService(*([down] * 8), all_ok)
     sink, sleep = make_sink(service, rng=lambda: next(draws))
     await sink.deliver(make_items(1))
-    # Bounds double from 0.1 up to the 1.0 cap; each delay is bound * draw.
-    assert sleep.delays == pytest.approx([0.05, 0.2, 0.1, 0.8, 1.0, 1.0, 0.0, 1.0])
-
-
-def test_backoff_delay_bounds() -> None:
-    assert backoff_delay(0, 0.2, 30.0, lambda: 1.0) == pytest.approx(0.2)
-    assert backoff_delay(3, 0.2, 30.0, lambda: 1.0) == pytest.approx(1.6)
-    assert backoff_delay(10_000, 0.2, 30.0, lambda: 1.0) == 30.0  # no overflow
-    assert backoff_delay(5, 0.2, 30.0, lambda: 0.0) == 0.0
+    # Bounds double from 0.1 up to the 1.0 cap; each delay is bound * (1 + draw) / 2.
+    assert sleep.delays == pytest.approx([0.075, 0.2, 0.25, 0.8, 1.0, 1.0, 0.5, 1.0])
 
 
 async def test_outage_warnings_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
@@ -384,6 +376,14 @@ def test_media_types() -> None:
     assert es9.ndjson == "application/vnd.elasticsearch+x-ndjson; compatible-with=9"
     es8 = media_types_for(ServerInfo(ELASTICSEARCH, "8.15.0", 8))
     assert es8.ndjson == "application/vnd.elasticsearch+x-ndjson; compatible-with=8"
+
+
+def auth_header(api_key: str = "", username: str = "", password: str = "") -> str | None:
+    service = ElasticsearchService(
+        ["http://127.0.0.1:9"], api_key=api_key, username=username, password=password
+    )
+    assert service._auth == authorization(api_key=api_key, username=username, password=password)
+    return service._auth
 
 
 def test_auth_header() -> None:

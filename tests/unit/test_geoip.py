@@ -11,6 +11,7 @@ import maxminddb
 import pytest
 
 from pipeline.config import load_settings
+from pipeline.core.model import AsnInfo, GeoInfo
 from pipeline.errors import ConfigError, GeoIPDatabaseError
 from pipeline.geoip import (
     ASN_SETTING,
@@ -19,7 +20,6 @@ from pipeline.geoip import (
     asn_from_record,
     geo_from_record,
 )
-from pipeline.model import AsnInfo, GeoInfo
 from tests.geoip_data import (
     DEFAULT_ASN_ENTRIES,
     DEFAULT_CITY_ENTRIES,

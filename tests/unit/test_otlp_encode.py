@@ -18,16 +18,17 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 import schemas
-from pipeline.model import AccessRecord, Enrichment, GeoInfo, SpanData
-from pipeline.sinks.otlp import encode
-from pipeline.sinks.otlp.encode import (
-    SCOPE_NAME,
+from pipeline.core.model import AccessRecord, Enrichment, GeoInfo
+from pipeline.core.otlp_wire import SCOPE_NAME
+from tests.oracles import otlp_reference as reference_module
+from tests.oracles.otlp_reference import (
+    SpanData,
+    build_span,
     encode_request,
     encode_spans,
     request_to_dicts,
     to_bytes,
 )
-from pipeline.span import build_span
 
 
 def span(n: int, service: str = "godoc", **overrides: Any) -> SpanData:
@@ -255,10 +256,10 @@ def test_unhashable_and_other_values_are_written_as_text() -> None:
 
 
 def test_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(encode, "_ATTRIBUTES", encode._AttributeCache(8))  # empty, small
+    monkeypatch.setattr(reference_module, "_ATTRIBUTES", reference_module._AttributeCache(8))
     spans = [span(i, attributes={"client.address": f"192.0.2.{i}", "n": i}) for i in range(50)]
     assert_same_as_reference(spans)
-    assert len(encode._ATTRIBUTES) <= 8
+    assert len(reference_module._ATTRIBUTES) <= 8
 
 
 def test_a_large_batch() -> None:
@@ -319,3 +320,16 @@ def test_nan_and_infinities_are_doubles_too(spans: list[SpanData], value: float)
     for extra in (math.nan, math.inf, -math.inf, value):
         spans[0].attributes["geo.location.lat"] = extra
         assert encode_request(spans) == reference(spans)
+
+
+def test_the_cores_enum_numbers_are_protobufs() -> None:
+    # The core writes these as numbers so that it imports no protobuf module.
+    from opentelemetry.proto.trace.v1.trace_pb2 import SpanFlags, Status
+
+    from pipeline.core import otlp_wire as encode
+
+    assert encode.SPAN_KIND_SERVER == Span.SpanKind.SPAN_KIND_SERVER
+    assert encode.STATUS_CODE_ERROR == Status.StatusCode.STATUS_CODE_ERROR
+    assert encode.FLAG_CONTEXT_HAS_IS_REMOTE == SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
+    assert encode.FLAG_CONTEXT_IS_REMOTE == SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
+    assert encode.FLAG_SAMPLED == SpanFlags.SPAN_FLAGS_TRACE_FLAGS_MASK & 0x01

@@ -10,16 +10,15 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from pipeline.config import load_settings
-from pipeline.errors import ConfigError
-from pipeline.model import SpanData
-from pipeline.sinks.otlp.encode import EncodedSpan, encode_span, encode_spans, request_to_dicts
+from pipeline.core.otlp_wire import EncodedSpan
+from pipeline.errors import ConfigError, ExportRequestFailed
 from pipeline.sinks.otlp.exporter import (
     Endpoint,
-    ExportRequestFailed,
     OtlpExporter,
     parse_endpoint,
     parse_headers,
 )
+from tests.oracles.otlp_reference import SpanData, encode_span, encode_spans, request_to_dicts
 
 Outcome = BaseException | int | None  # raise it / rejected spans / plain success
 

@@ -11,12 +11,9 @@ from typing import Any
 
 import pytest
 
-from pipeline.config import load_settings
-from pipeline.errors import ConfigError
-from pipeline.produce import (
+from pipeline.commands.produce import (
     KafkaSender,
     LineSplitter,
-    ProduceError,
     ProduceStats,
     RateSchedule,
     StatusLine,
@@ -34,6 +31,8 @@ from pipeline.produce import (
     synthetic_chunk_size,
     synthetic_values,
 )
+from pipeline.config import load_settings
+from pipeline.errors import ConfigError, ProduceError
 
 # --- rate schedule ------------------------------------------------------------------
 

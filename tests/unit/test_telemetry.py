@@ -6,6 +6,7 @@ import asyncio
 from types import SimpleNamespace
 from typing import NamedTuple
 
+from agents.batching import consumer_lag
 from pipeline.telemetry import Telemetry, parse_samples, sample_sums
 
 
@@ -30,7 +31,7 @@ class FakeConsumer:
 
 def telemetry_for(consumer: FakeConsumer, changelogs: set[str]) -> Telemetry:
     app = SimpleNamespace(_consumer=consumer, tables=SimpleNamespace(changelog_topics=changelogs))
-    return Telemetry(SimpleNamespace(app=app))
+    return Telemetry(SimpleNamespace(app=app, consumer_lag=lambda: consumer_lag(app)))
 
 
 def test_lag_is_high_watermark_minus_committed_for_consumed_topics() -> None:
@@ -59,6 +60,8 @@ def test_table_changelogs_are_not_lag() -> None:
 
 def test_no_consumer_no_gauge() -> None:
     assert Telemetry(SimpleNamespace(app=None)).consumer_lag() is None
+    runtime = SimpleNamespace(consumer_lag=lambda: consumer_lag(None))
+    assert Telemetry(runtime).consumer_lag() is None
 
 
 def test_exposition_parser_reads_names_labels_and_values() -> None:

@@ -17,12 +17,10 @@ errors, timeouts, 408/429/5xx) and ``StoreRejected`` (not retriable:
 
 from __future__ import annotations
 
-import base64
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from elastic_transport import (
@@ -39,6 +37,7 @@ from elastic_transport import (
 )
 from elasticsearch import AsyncElasticsearch
 
+from pipeline.credentials import authorization, redact_url
 from pipeline.errors import ConfigError, SinkError, StoreRejected, StoreUnavailable
 from pipeline.sinks.elasticsearch.classify import (
     RequestOutcome,
@@ -103,29 +102,6 @@ def media_types_for(info: ServerInfo) -> MediaTypes:
     return PLAIN_MEDIA_TYPES
 
 
-def auth_header(api_key: str = "", username: str = "", password: str = "") -> str | None:
-    """The ``Authorization`` value: API key (encoded, or ``id:key``) or basic auth."""
-    if api_key and username:
-        raise ConfigError("GRAYSCOPE_ES_API_KEY", "set an API key or a user name, not both")
-    if api_key:
-        # Elasticsearch hands out the "encoded" form; Beats-style "id:key" is encoded here.
-        token = base64.b64encode(api_key.encode()).decode() if ":" in api_key else api_key
-        return f"ApiKey {token}"
-    if username:
-        return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
-    return None
-
-
-def redact_url(url: str) -> str:
-    """The URL without user info, for logs and reprs."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
 class _PassThroughJson(Serializer):
     """Bytes go out untouched (bodies are pre-serialised); responses decode with orjson.
 
@@ -184,7 +160,9 @@ class ElasticsearchService:
             raise ConfigError("GRAYSCOPE_ES_URL", "no Elasticsearch URL configured")
         self._hosts = [redact_url(h) for h in hosts]
         self._auth_kind = "api_key" if api_key else "basic" if username else "none"
-        self._auth = auth_header(api_key, username, password)
+        if api_key and username:
+            raise ConfigError("GRAYSCOPE_ES_API_KEY", "set an API key or a user name, not both")
+        self._auth = authorization(api_key=api_key, username=username, password=password)
         self._timeout = request_timeout
         options: dict[str, Any] = {"verify_certs": verify_certs}
         if ca_certs:

@@ -18,14 +18,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pipeline.core.bulk import MODES, BulkItem, build_bulk_body, build_item
 from pipeline.errors import StoreRejected, StoreUnavailable
+from pipeline.retry import Backoff
 from pipeline.sinks.elasticsearch.classify import (
     RequestOutcome,
     classify_bulk,
     classify_status,
     error_detail,
 )
-from pipeline.sinks.elasticsearch.request import MODES, BulkItem, build_bulk_body, build_item
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +51,6 @@ class EsSinkStats:
     bulk_requests_total: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(BULK_OUTCOMES, 0)
     )
-
-
-def backoff_delay(attempt: int, initial: float, cap: float, rng: Callable[[], float]) -> float:
-    """Full jitter: uniform in [0, min(cap, initial * 2**attempt))."""
-    return rng() * min(cap, initial * 2 ** min(attempt, 62))
 
 
 class _Throttled:
@@ -104,11 +100,8 @@ class ElasticsearchSink:
             raise ValueError(f"unknown Elasticsearch mode {mode!r} (data_stream or index)")
         self.service = service
         self.mode = str(mode)
-        self.retry_initial = retry_initial
-        self.retry_max = retry_max
+        self.backoff = Backoff(retry_initial, retry_max, rng=rng, sleep=sleep)
         self.stats = stats if stats is not None else EsSinkStats()
-        self._sleep = sleep
-        self._rng = rng
         self._clock = clock
         self._observe_latency = observe_latency
         self._down = _Throttled(clock)
@@ -205,7 +198,7 @@ class ElasticsearchSink:
     async def _backoff(self, attempt: int, documents: int) -> None:
         self.stats.bulk_retries_total += 1
         self.stats.documents_retried_total += documents
-        await self._sleep(backoff_delay(attempt, self.retry_initial, self.retry_max, self._rng))
+        await self.backoff.wait(attempt)
 
     def _observe(self, started: float) -> None:
         if self._observe_latency is not None:

@@ -1,6 +1,5 @@
-"""OTLP span sink: ``encode`` (pure SpanData -> protobuf) and ``exporter`` (I/O)."""
+"""OTLP span sink: the exporter (I/O). Spans arrive encoded (``pipeline.core.otlp``)."""
 
-from pipeline.sinks.otlp.encode import encode_spans, to_bytes
 from pipeline.sinks.otlp.exporter import OtlpExporter, OtlpStats
 
-__all__ = ["OtlpExporter", "OtlpStats", "encode_spans", "to_bytes"]
+__all__ = ["OtlpExporter", "OtlpStats"]

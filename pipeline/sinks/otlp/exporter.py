@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -43,8 +42,9 @@ import aiohttp
 import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from pipeline.errors import ConfigError, ExportError
-from pipeline.sinks.otlp.encode import EncodedSpan, frame_request
+from pipeline.core.otlp_wire import EncodedSpan, frame_request
+from pipeline.errors import ConfigError, ExportError, ExportRequestFailed
+from pipeline.retry import Backoff
 
 if TYPE_CHECKING:
     from pipeline.config import Settings
@@ -110,13 +110,6 @@ class OtlpStats:
     def spans_dropped(self) -> int:
         return sum(self.spans_dropped_total.values())
 
-
-class ExportRequestFailed(ExportError):
-    """One export request failed; ``retriable`` says whether to try it again."""
-
-    def __init__(self, message: str, *, retriable: bool, retry_after: float | None = None) -> None:
-        super().__init__(message, retriable=retriable)
-        self.retry_after = retry_after
 
 
 class Transport(Protocol):
@@ -314,8 +307,7 @@ class OtlpExporter:
         self.timeout = timeout
         self.max_concurrent = max_concurrent
         self.flush_interval = flush_interval
-        self.retry_initial = retry_initial
-        self.retry_max = retry_max
+        self.backoff = Backoff(retry_initial, retry_max)
         self.stats = OtlpStats()
         self._transport = transport or make_transport(self.endpoint, headers or {})
         self._queue: deque[EncodedSpan] = deque()
@@ -507,18 +499,11 @@ class OtlpExporter:
             outcome = Outcome.RETRIABLE_ERROR if error.retriable else Outcome.PERMANENT_ERROR
             self.stats.export_requests_total[outcome] += 1
             if error.retriable and attempt < self.max_retries:
-                await asyncio.sleep(self._backoff(attempt, getattr(error, "retry_after", None)))
+                await self.backoff.wait(attempt, getattr(error, "retry_after", None))
                 attempt += 1
                 continue
             self._record_failure(len(batch), error, attempt)
             return
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        delay = min(self.retry_initial * (2**attempt), self.retry_max)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.retry_max))
-        # Jitter keeps many workers from retrying a recovering collector in lock step.
-        return delay * random.uniform(0.5, 1.0)
 
     def _record_success(self, sent: int, rejected: int) -> None:
         rejected = max(0, min(rejected, sent))

@@ -1,0 +1,186 @@
+"""One batch of Kafka messages -> documents, dead letters and spans, delivered.
+
+The worker's path for a batch, one named step each (``BatchHandler.handle``):
+
+1. ``process_batch`` (pipeline/core/process.py): parse, enrich, build documents;
+2. ``build_bulk_items`` (pipeline/core/bulk.py): serialise the documents with
+   their ``_id`` and target, and collect the dead letters;
+3. ``encode_spans`` (pipeline/core/otlp.py): one OTLP span per request;
+4. ``_deliver``: the store's bulk requests (pipeline/sinks/elasticsearch/),
+   then every dead letter to the dead-letter topic (pipeline/sinks/dlq.py);
+5. ``_after_delivery``: spans to the exporter's bounded queue (never holding up
+   the batch), the canary observer, latency and stats.
+
+``handle`` returns only when every message of the batch is stored or
+dead-lettered: the caller (agents/batching.py, or the stock Faust stream in
+agents/app.py) may then let the offsets be committed. Faust-agnostic on
+purpose. The per-event work of steps 1-3 runs in the compiled core, a stage at
+a time over the whole batch (bench/README.md, "Session 5").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pipeline.canary.observer import CanaryObserver
+from pipeline.core.bulk import BulkItem, Rejection, build_bulk_items
+from pipeline.core.enrich import EnrichContext
+from pipeline.core.model import DeadLetter, InputMessage, Reason
+from pipeline.core.otlp import encode_spans
+from pipeline.core.otlp_wire import EncodedSpan
+from pipeline.core.process import (
+    Observation,
+    count_datasets,
+    observations,
+    process_batch,
+)
+from pipeline.errors import ShutdownInterrupted
+from pipeline.sinks.dlq import DeadLetterSink
+
+log = logging.getLogger(__name__)
+
+
+class StoreSink(Protocol):
+    async def deliver(self, items: list[BulkItem]) -> list[tuple[BulkItem, str]]: ...
+
+
+class SpanSink(Protocol):
+    def submit(self, spans: Sequence[EncodedSpan]) -> int:
+        """Queue encoded spans without waiting; returns how many were accepted."""
+
+
+@dataclass(slots=True)
+class BatchStats:
+    messages_consumed_total: int = 0
+    batches_total: int = 0
+    events_enriched_total: dict[str, int] = field(default_factory=dict)  # by dataset
+    documents_stored_total: int = 0
+    last_batch_seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    stored: int
+    dead_lettered: int
+    spans: int
+
+
+class BatchHandler:
+    def __init__(
+        self,
+        ctx: EnrichContext,
+        store: StoreSink | None,
+        dead_letters: DeadLetterSink,
+        spans: SpanSink | None,
+        es_mode: str = "data_stream",
+        observe_latency: Callable[[list[float]], None] | None = None,
+        observer: CanaryObserver | None = None,
+    ) -> None:
+        self._ctx = ctx
+        self._store = store
+        self._dead_letters = dead_letters
+        self._spans = spans
+        self._es_mode = es_mode
+        self._observe_latency = observe_latency
+        self._observer = observer
+        self.stats = BatchStats()
+        self._delivering: set[asyncio.Task[int]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._interrupted = False
+
+    async def interrupt(self, grace: float) -> bool:
+        """For shutdown: let the batches in flight finish for ``grace`` seconds, then abandon them.
+
+        A batch stuck behind an unreachable store would otherwise hold the
+        worker forever; abandoned batches raise ShutdownInterrupted so the caller
+        leaves their offsets uncommitted. True when something was abandoned.
+        """
+        try:
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
+        except TimeoutError:
+            pending = [task for task in self._delivering if not task.done()]
+            if pending:
+                self._interrupted = True
+                for task in pending:
+                    task.cancel()
+                return True
+        return False
+
+    async def handle(self, messages: Sequence[InputMessage]) -> BatchOutcome:
+        started = time.perf_counter()
+        results = process_batch([msg.value or b"" for msg in messages], self._ctx)
+        mode = self._es_mode if self._store is not None else None
+        items, letters = build_bulk_items(messages, results, mode)
+        spans = encode_spans(messages, results) if self._spans is not None else []
+        observed = observations(messages, results) if self._observer is not None else []
+        count_datasets(results, self.stats.events_enriched_total)
+        del results  # serialised and encoded: free the documents before the delivery wait
+        stored = await self._deliver_guarded(items, letters)
+        self._after_delivery(messages, spans, observed)
+        stats = self.stats
+        stats.messages_consumed_total += len(messages)
+        stats.batches_total += 1
+        stats.documents_stored_total += stored
+        stats.last_batch_seconds = time.perf_counter() - started
+        return BatchOutcome(stored, len(letters), len(spans))
+
+    async def _deliver_guarded(self, items: list[BulkItem], letters: list[Rejection]) -> int:
+        """``_deliver`` as a task ``interrupt`` can abandon at shutdown."""
+        if self._interrupted:
+            raise ShutdownInterrupted("worker is stopping")
+        self._idle.clear()
+        delivering = asyncio.ensure_future(self._deliver(items, letters))
+        self._delivering.add(delivering)
+        try:
+            return await delivering
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self._interrupted and not (current is not None and current.cancelling()):
+                raise ShutdownInterrupted("batch abandoned at shutdown") from None
+            raise
+        finally:
+            self._delivering.discard(delivering)
+            if not self._delivering:
+                self._idle.set()
+
+    def _after_delivery(
+        self,
+        messages: Sequence[InputMessage],
+        spans: list[EncodedSpan],
+        observed: list[Observation],
+    ) -> None:
+        """What follows a delivered batch; none of it can fail or hold up the batch."""
+        if spans and self._spans is not None:
+            self._spans.submit(spans)
+        if observed and self._observer is not None:
+            self._observer.observe_batch(observed)  # never raises
+        if self._observe_latency is not None:
+            now = time.time_ns()
+            self._observe_latency(
+                [(now - m.timestamp_ns) / 1e9 for m in messages if m.timestamp_ns]
+            )
+
+    async def _deliver(
+        self,
+        items: list[BulkItem],
+        letters: list[Rejection],
+    ) -> int:
+        """Store the documents, dead-letter what the store rejects; the number stored."""
+        stored = 0
+        if items and self._store is not None:
+            rejected = await self._store.deliver(items)
+            stored = len(items) - len(rejected)
+            for item, detail in rejected:
+                msg = item.ref
+                assert isinstance(msg, InputMessage)
+                letter = DeadLetter(Reason.MAPPING_REJECTED, detail, msg.value or b"")
+                letters.append((letter, msg.coords, msg.key))
+        await self._dead_letters.send(letters)
+        return stored

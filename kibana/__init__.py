@@ -1,0 +1,1 @@
+"""Kibana saved objects (package data: grayscope.ndjson) and their generator (build.py)."""

@@ -1,0 +1,42 @@
+"""The pure enrichment core: one Kafka message value in, a document and a span out.
+
+Parsing (``formats``), extraction (``extract``), the enrichment chain
+(``enrich``), documents (``document``), the batch stages (``process``), the
+bulk request builder (``bulk``) and the OTLP span encoding (``span``,
+``otlp``, ``otlp_wire``) are plain functions over plain data (``model``). They
+import nothing outside this folder but the schemas: no Kafka, Faust, HTTP or
+gRPC client, no clock, no environment.
+
+This folder is exactly the compiled set: ``make native`` compiles every module
+in it with mypyc (:mod:`pipeline.native` lists them from the folder). Package
+``__init__`` files are never compiled, which is why the one class that must stay
+interpreted lives here: ``ReadOnlyDict``. mypyc compiles a dict subclass into a
+native class whose overrides the dict's C slots bypass, so a compiled
+ReadOnlyDict would accept changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ReadOnlyDict(dict[str, str]):
+    """A dict that refuses changes, for maps shared between events: the empty
+    default of the record's and the enrichment's name -> value maps (building a
+    record then creates no dicts it does not fill), and memoised query args.
+    Code that adds entries assigns a new dict instead."""
+
+    __slots__ = ()
+
+    def __hash__(self) -> int:  # type: ignore[override]  # consistent with ==; a dataclass default
+        return len(self)
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a shared read-only dict: assign a new dict instead of changing it")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # copy, deepcopy and pickle rebuild it whole (the default fills it item by item).
+        return (ReadOnlyDict, (dict(self),))
+
+    __setitem__ = __delitem__ = update = setdefault = pop = popitem = clear = _refuse  # type: ignore[assignment]
+    __ior__ = _refuse  # type: ignore[assignment]

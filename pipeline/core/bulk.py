@@ -1,0 +1,205 @@
+"""Bulk request building: where a document goes and the NDJSON body (pure).
+
+Documents arrive already serialised (orjson bytes), so building a bulk body
+is only joining byte strings: the action line prefix per (op, index) is
+cached and the per-item cost is the ``_id`` encoding.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from functools import lru_cache
+from typing import Any, Literal
+
+import orjson
+
+from pipeline.core.formats.values import ns_to_iso
+from pipeline.core.model import DeadLetter, InputMessage, KafkaCoordinates, Reason, document_id
+from pipeline.core.process import Enriched
+from schemas import DAILY_INDEX_PREFIX, DATA_STREAM_NAME
+
+Op = Literal["create", "index"]
+MODES = ("data_stream", "index")
+
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+@dataclass(slots=True, init=False)
+class BulkItem:
+    """One document of a bulk request.
+
+    ``source`` is the orjson-serialised document (one line, no newline);
+    ``ref`` is whatever the caller needs back (e.g. the Kafka event) when the
+    item is rejected.
+    """
+
+    doc_id: str | None
+    index: str
+    op: Op
+    source: bytes
+    ref: Any = None  # Any, not object: mypyc (pipeline.native) cannot resolve builtins here
+
+    # Written out for the compiled core (see pipeline.core.model.AccessRecord).
+    def __init__(
+        self, doc_id: str | None, index: str, op: Op, source: bytes, ref: Any = None
+    ) -> None:
+        self.doc_id = doc_id
+        self.index = index
+        self.op = op
+        self.source = source
+        self.ref = ref
+
+
+def target_for(timestamp: str | int | float | None, mode: str) -> tuple[str, Op]:
+    """``(index, op)`` for a document with this ``@timestamp`` in this mode.
+
+    Data streams only accept ``create`` (a replayed ``_id`` answers 409, which
+    means "already there"); daily indices take ``index`` so a replay
+    overwrites. Raises ``ValueError`` for an unknown mode or, in index mode, a
+    timestamp that names no day.
+    """
+    if mode == "data_stream":
+        return DATA_STREAM_NAME, "create"
+    if mode == "index":
+        return daily_index(timestamp), "index"
+    raise ValueError(f"unknown Elasticsearch mode {mode!r} (data_stream or index)")
+
+
+def daily_index(timestamp: str | int | float | None) -> str:
+    """``grayscope-access-YYYY.MM.DD`` of the UTC day of an ISO 8601 / epoch-millis timestamp."""
+    if isinstance(timestamp, str):
+        # "YYYY-MM-DDTHH:MM:SS" is 19 chars; an offset, if any, follows. UTC and
+        # offset-less timestamps (ES reads those as UTC) take the cached fast path.
+        tail = timestamp[19:]
+        if ("+" not in tail and "-" not in tail) or tail.endswith(("+00:00", "-00:00", "+0000")):
+            return _index_for_day(timestamp[:10])
+        return _index_for_day(_utc_day(timestamp))
+    if isinstance(timestamp, int | float) and not isinstance(timestamp, bool):
+        try:
+            day = datetime.fromtimestamp(timestamp / 1000, UTC).strftime("%Y-%m-%d")
+        except (OverflowError, OSError, ValueError) as exc:
+            raise ValueError(f"@timestamp {timestamp!r} is out of range") from exc
+        return _index_for_day(day)
+    raise ValueError(f"@timestamp {timestamp!r} names no day")
+
+
+@lru_cache(maxsize=1024)
+def _index_for_day(day: str) -> str:
+    try:
+        if not _DAY.fullmatch(day):
+            raise ValueError("not YYYY-MM-DD")
+        date.fromisoformat(day)
+    except ValueError as exc:
+        raise ValueError(f"@timestamp day {day!r} is not a YYYY-MM-DD date") from exc
+    return DAILY_INDEX_PREFIX + day.replace("-", ".")
+
+
+def _utc_day(timestamp: str) -> str:
+    try:
+        parsed = datetime.fromisoformat(timestamp)
+    except ValueError as exc:
+        raise ValueError(f"@timestamp {timestamp!r} is not ISO 8601") from exc
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(UTC)
+    return parsed.strftime("%Y-%m-%d")
+
+
+def build_item(
+    document: Mapping[str, Any], *, doc_id: str | None, mode: str, ref: object = None
+) -> BulkItem:
+    """Serialise one document and work out its target (see ``target_for``)."""
+    index, op = target_for(document.get("@timestamp"), mode)
+    return BulkItem(doc_id, index, op, orjson.dumps(document), ref)
+
+
+@lru_cache(maxsize=1024)
+def _action_prefix(op: str, index: str) -> bytes:
+    # Everything of the action line up to the _id string's contents.
+    return b'{"' + op.encode() + b'":{"_index":' + orjson.dumps(index) + b',"_id":"'
+
+
+@lru_cache(maxsize=1024)
+def _action_line_without_id(op: str, index: str) -> bytes:
+    return orjson.dumps({op: {"_index": index}}) + b"\n"
+
+
+def build_bulk_body(items: Iterable[BulkItem]) -> bytes:
+    """The NDJSON ``_bulk`` body for these items, in order."""
+    parts: list[bytes] = []
+    # Consecutive items mostly share their action prefix (same op, same daily index):
+    # look it up again only when the target changes.
+    target: tuple[str, str] | None = None
+    prefix = b""
+    for item in items:
+        doc_id = item.doc_id
+        if doc_id is None:
+            parts.append(_action_line_without_id(item.op, item.index))
+        else:
+            if target is None or target[0] != item.op or target[1] != item.index:
+                target = (item.op, item.index)
+                prefix = _action_prefix(item.op, item.index)
+            parts.append(prefix)
+            # Kafka-derived ids need no escaping: encoding them directly is ~20x cheaper
+            # than a small orjson.dumps (and four str methods beat one regex call).
+            printable = doc_id.isascii() and doc_id.isprintable()
+            if printable and '"' not in doc_id and "\\" not in doc_id:
+                parts.append(doc_id.encode())
+            else:
+                parts.append(orjson.dumps(doc_id)[1:-1])
+            parts.append(b'"}}\n')
+        parts.append(item.source)
+        parts.append(b"\n")
+    return b"".join(parts)
+
+
+# A message for the dead-letter topic: the letter, and the record it came from.
+Rejection = tuple[DeadLetter, KafkaCoordinates | None, bytes | None]
+
+
+def build_bulk_items(
+    messages: Sequence[InputMessage],
+    results: Sequence[Enriched | DeadLetter],
+    mode: str | None,
+) -> tuple[list[BulkItem], list[Rejection]]:
+    """A batch's bulk items (``_id`` from the Kafka coordinates) and its dead letters.
+
+    ``mode`` is the store's (``target_for``); None when there is no store: then
+    only the dead letters. A document that cannot be serialised (an int beyond
+    64 bits) is dead-lettered with ``invalid_field``. Documents without
+    ``@timestamp`` get the Kafka record time: data streams require one.
+    """
+    items: list[BulkItem] = []
+    letters: list[Rejection] = []
+    targets: dict[str, tuple[str, Op]] = {}
+    for msg, result in zip(messages, results, strict=True):
+        if not isinstance(result, Enriched):
+            letters.append((result, msg.coords, msg.key))
+            continue
+        if mode is None:
+            continue
+        doc = result.document
+        timestamp = doc.get("@timestamp")
+        if timestamp is None and msg.timestamp_ns:
+            timestamp = doc["@timestamp"] = ns_to_iso(msg.timestamp_ns)
+        try:
+            if isinstance(timestamp, str) and timestamp.endswith("Z"):
+                # A UTC timestamp's day is its first ten characters: one target_for
+                # per day and batch, not per document.
+                day = timestamp[:10]
+                target = targets.get(day)
+                if target is None:
+                    target = targets[day] = target_for(timestamp, mode)
+            else:
+                target = target_for(timestamp, mode)
+            source = orjson.dumps(doc)
+        except (ValueError, TypeError) as exc:  # e.g. an int beyond 64 bits
+            detail = f"document not serialisable: {exc}"[:500]
+            letters.append(
+                (DeadLetter(Reason.INVALID_FIELD, detail, msg.value or b""), msg.coords, msg.key)
+            )
+            continue
+        items.append(BulkItem(document_id(msg.coords), target[0], target[1], source, msg))
+    return items, letters

@@ -1,0 +1,273 @@
+"""Plain data passed between the pure stages of the pipeline.
+
+``AccessRecord`` is one access-log line normalised across formats (what was
+logged, nothing inferred); ``Enrichment`` is what the enrichment chain works
+out from it; ``DeadLetter`` is a rejected input with a reason from a bounded
+set. Slots keep the per-event allocation small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+from pipeline.core import ReadOnlyDict
+
+
+class Reason(StrEnum):
+    """Bounded set of dead-letter reasons (also a metric label)."""
+
+    INVALID_ENCODING = "invalid_encoding"
+    INVALID_JSON = "invalid_json"
+    NOT_AN_OBJECT = "not_an_object"
+    UNKNOWN_FORMAT = "unknown_format"
+    TOO_LARGE = "too_large"
+    EMPTY = "empty"
+    INVALID_FIELD = "invalid_field"
+    MAPPING_REJECTED = "mapping_rejected"
+    INTERNAL_ERROR = "internal_error"
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A rejected input: never dropped, always explained."""
+
+    reason: Reason
+    detail: str
+    raw: bytes
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason.value,
+            "detail": self.detail,
+            "raw": self.raw.decode("utf-8", "backslashreplace"),
+        }
+
+
+
+class KafkaCoordinates(NamedTuple):
+    """Where a message came from; the document ``_id`` is derived from it.
+
+    A named tuple, not a frozen dataclass: one is made per consumed message,
+    and a frozen dataclass's ``__init__`` costs twice as much.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def doc_id(self) -> str:
+        return document_id(self)
+
+
+def document_id(coords: KafkaCoordinates) -> str:
+    """A message's document ``_id`` (and span fallback key): readable and unique per
+    message, so a replay of the same offset overwrites. A function, not only the
+    property: compiled (pipeline.native), calling it is native, the property is not."""
+    topic, partition, offset = coords
+    return f"{topic}-{partition}-{offset}"
+
+
+#: The shared empty headers/cookies/args/query (read-only).
+EMPTY: dict[str, str] = ReadOnlyDict()
+
+
+@dataclass(slots=True, init=False)
+class AccessRecord:
+    """One request as logged, normalised across Envoy/Istio and nginx formats.
+
+    Missing values are ``None`` (Envoy's ``"-"``, nginx's ``""`` and JSON
+    ``null`` all become ``None``). Header, cookie and query-arg names are
+    lower-case; header names use ``-`` (``x-abtest-id``).
+    """
+
+    dataset: str  # "envoy.access" | "nginx.access"
+    timestamp_ns: int | None = None  # epoch nanoseconds
+    method: str | None = None
+    uri: str | None = None  # request target as logged: path[?query]
+    protocol: str | None = None  # "HTTP/1.1"
+    status: int | None = None
+    bytes_sent: int | None = None  # response body bytes
+    bytes_received: int | None = None
+    duration_ns: int | None = None
+    upstream_duration_ns: int | None = None
+    peer_addr: str | None = None  # direct peer IP, port stripped
+    forwarded_for: str | None = None  # raw X-Forwarded-For
+    user_agent: str | None = None
+    request_id: str | None = None
+    authority: str | None = None
+    upstream_cluster: str | None = None
+    upstream_host: str | None = None
+    trace_id: str | None = None  # Envoy %TRACE_ID% as logged
+    version_field: str | None = None  # nginx structured `version="..."`
+    # Read-only once built (the defaults are the shared EMPTY).
+    headers: dict[str, str] = field(default=EMPTY)
+    cookies: dict[str, str] = field(default=EMPTY)
+    args: dict[str, str] = field(default=EMPTY)  # nginx $arg_<name>
+    original: str | None = None  # the line itself (for event.original)
+
+    # A written-out __init__ (same signature as the dataclass's): compiled
+    # (pipeline.native) it is native code, where the generated one stays an
+    # interpreted function (~1 µs per record). tests/unit/test_model.py holds it
+    # to the fields.
+    def __init__(
+        self,
+        dataset: str,
+        timestamp_ns: int | None = None,
+        method: str | None = None,
+        uri: str | None = None,
+        protocol: str | None = None,
+        status: int | None = None,
+        bytes_sent: int | None = None,
+        bytes_received: int | None = None,
+        duration_ns: int | None = None,
+        upstream_duration_ns: int | None = None,
+        peer_addr: str | None = None,
+        forwarded_for: str | None = None,
+        user_agent: str | None = None,
+        request_id: str | None = None,
+        authority: str | None = None,
+        upstream_cluster: str | None = None,
+        upstream_host: str | None = None,
+        trace_id: str | None = None,
+        version_field: str | None = None,
+        headers: dict[str, str] = EMPTY,
+        cookies: dict[str, str] = EMPTY,
+        args: dict[str, str] = EMPTY,
+        original: str | None = None,
+    ) -> None:
+        self.dataset = dataset
+        self.timestamp_ns = timestamp_ns
+        self.method = method
+        self.uri = uri
+        self.protocol = protocol
+        self.status = status
+        self.bytes_sent = bytes_sent
+        self.bytes_received = bytes_received
+        self.duration_ns = duration_ns
+        self.upstream_duration_ns = upstream_duration_ns
+        self.peer_addr = peer_addr
+        self.forwarded_for = forwarded_for
+        self.user_agent = user_agent
+        self.request_id = request_id
+        self.authority = authority
+        self.upstream_cluster = upstream_cluster
+        self.upstream_host = upstream_host
+        self.trace_id = trace_id
+        self.version_field = version_field
+        self.headers = headers
+        self.cookies = cookies
+        self.args = args
+        self.original = original
+
+
+@dataclass(slots=True)
+class GeoInfo:
+    country_iso_code: str | None = None
+    country_name: str | None = None
+    continent_code: str | None = None
+    continent_name: str | None = None
+    region_iso_code: str | None = None  # "US-CA"
+    region_name: str | None = None
+    city_name: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    # ``client.geo`` as a document object, built once per GeoInfo by
+    # pipeline.core.document: the GeoIP cache shares one GeoInfo between every event
+    # of a client, so their documents share this (read-only) dict too.
+    document: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    # The span's geo attributes as OTLP wire bytes, built once per GeoInfo by
+    # pipeline.core.otlp (shared the same way).
+    span_fields: bytes | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(slots=True)
+class AsnInfo:
+    number: int | None = None
+    organization: str | None = None
+    # ``client.as`` as a document object, built once (see GeoInfo.document).
+    document: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(slots=True, init=False)
+class Enrichment:
+    """What the enrichment chain derived from an AccessRecord."""
+
+    url_path: str | None = None
+    url_query: str | None = None
+    query: dict[str, str] = field(default=EMPTY)  # first value per arg (read-only)
+    gray_id: str | None = None
+    gray_id_source: str | None = None  # "header" | "query"
+    stage: str = "stable"
+    version: str | None = None
+    path_group: str | None = None
+    route: str | None = None
+    client_ip: str | None = None
+    geo: GeoInfo | None = None
+    asn: AsnInfo | None = None
+    trace_id: str | None = None  # 32 lower-hex
+    span_id: str | None = None  # 16 lower-hex (parent span from the caller)
+    service_name: str | None = None
+
+    # Written out for the compiled core, as AccessRecord's.
+    def __init__(
+        self,
+        url_path: str | None = None,
+        url_query: str | None = None,
+        query: dict[str, str] = EMPTY,
+        gray_id: str | None = None,
+        gray_id_source: str | None = None,
+        stage: str = "stable",
+        version: str | None = None,
+        path_group: str | None = None,
+        route: str | None = None,
+        client_ip: str | None = None,
+        geo: GeoInfo | None = None,
+        asn: AsnInfo | None = None,
+        trace_id: str | None = None,
+        span_id: str | None = None,
+        service_name: str | None = None,
+    ) -> None:
+        self.url_path = url_path
+        self.url_query = url_query
+        self.query = query
+        self.gray_id = gray_id
+        self.gray_id_source = gray_id_source
+        self.stage = stage
+        self.version = version
+        self.path_group = path_group
+        self.route = route
+        self.client_ip = client_ip
+        self.geo = geo
+        self.asn = asn
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.service_name = service_name
+
+
+@dataclass(slots=True, init=False)
+class InputMessage:
+    """One Kafka record as the worker hands it to the core: value, key, coordinates."""
+
+    value: bytes | None
+    key: bytes | None
+    coords: KafkaCoordinates
+    timestamp_ns: int | None = None  # the Kafka record timestamp
+    received_ns: int = 0  # when the worker took it (for latency metrics)
+
+    # Written out for the compiled core (see pipeline.core.model.AccessRecord).
+    def __init__(
+        self,
+        value: bytes | None,
+        key: bytes | None,
+        coords: KafkaCoordinates,
+        timestamp_ns: int | None = None,
+        received_ns: int = 0,
+    ) -> None:
+        self.value = value
+        self.key = key
+        self.coords = coords
+        self.timestamp_ns = timestamp_ns
+        self.received_ns = received_ns

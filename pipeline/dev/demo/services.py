@@ -1,0 +1,264 @@
+"""The demo's processes: embedded broker, store and OTLP receiver, and the real worker.
+
+The worker is ``python -m pipeline.commands.main worker`` in a child process with its
+settings in ``GRAYSCOPE_*`` variables, exactly as an operator would run it.
+Every child gets its own session (a terminal Ctrl-C reaches only the demo,
+which stops them in order) and dies with the demo if the demo is killed
+(PR_SET_PDEATHSIG, the store's parent-pid watch): start them from the main
+thread. :meth:`DemoServices.stop` is idempotent and safe on a half-started set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import SecretStr
+
+from pipeline.config import Settings
+from pipeline.dev.embedded.broker import EmbeddedBroker, create_topics
+from pipeline.dev.embedded.otlp_receiver import OtlpReceiver
+from pipeline.dev.embedded.ports import ChildProcess, free_port
+from pipeline.dev.embedded.store import EmbeddedStore
+from pipeline.dev.synth import PATH_RULES
+from pipeline.errors import EmbeddedServiceError
+from pipeline.telemetry import sample_sums
+
+log = logging.getLogger(__name__)
+
+CONSUMER_GROUP = "grayscope-demo"
+#: Spans the demo's receiver keeps for the drill-down (the newest; all are counted).
+DEMO_SPANS_KEPT = 100_000
+PARTITIONS = 4
+WORKER_READY_TIMEOUT = 90.0
+WORKER_STOP_GRACE = 20.0
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Every setting as its ``GRAYSCOPE_*`` variable, so a child sees exactly these."""
+    env: dict[str, str] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            text = value.get_secret_value()
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, Enum):
+            text = str(value.value)
+        elif isinstance(value, list):
+            text = ",".join(str(v) for v in value)
+        else:
+            text = str(value)
+        env[f"GRAYSCOPE_{name.upper()}"] = text
+    return env
+
+
+def worker_env(
+    settings: Settings,
+    *,
+    bootstrap: str,
+    topic: str,
+    store_url: str,
+    otlp_endpoint: str,
+    web_port: int,
+    data_dir: Path,
+) -> dict[str, str]:
+    """The worker's settings: the demo's own, pointed at the embedded services."""
+    env = settings_env(settings)
+    env.update(
+        {
+            "GRAYSCOPE_KAFKA_BROKERS": bootstrap,
+            "GRAYSCOPE_INPUT_TOPICS": topic,
+            "GRAYSCOPE_CONSUMER_GROUP": CONSUMER_GROUP,
+            "GRAYSCOPE_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
+            "GRAYSCOPE_KAFKA_SASL_USERNAME": "",
+            "GRAYSCOPE_KAFKA_SASL_PASSWORD": "",
+            # The embedded broker answers a first JoinGroup after half the session timeout.
+            "GRAYSCOPE_KAFKA_SESSION_TIMEOUT": "2",
+            "GRAYSCOPE_KAFKA_REBALANCE_TIMEOUT": "10",
+            "GRAYSCOPE_ES_URL": store_url,
+            # The embedded store has no data streams.
+            "GRAYSCOPE_ES_MODE": "index",
+            "GRAYSCOPE_ES_API_KEY": "",
+            "GRAYSCOPE_ES_USERNAME": "",
+            "GRAYSCOPE_ES_PASSWORD": "",
+            "GRAYSCOPE_ES_RETRY_MAX": "2",
+            "GRAYSCOPE_ES_INSTALL_TEMPLATES": "true",
+            "GRAYSCOPE_OTLP_ENDPOINT": otlp_endpoint,
+            "GRAYSCOPE_OTLP_HEADERS": "",
+            "GRAYSCOPE_WEB_HOST": "127.0.0.1",
+            "GRAYSCOPE_WEB_PORT": str(web_port),
+            "GRAYSCOPE_DATA_DIR": str(data_dir),
+        }
+    )
+    if settings.canary_window == Settings.model_fields["canary_window"].default:
+        # A demo minute needs short windows to judge the 50% stage on its own; a strict
+        # alpha keeps seven path groups judged at once from crying wolf by chance.
+        env["GRAYSCOPE_CANARY_WINDOW"] = "10"
+        env["GRAYSCOPE_CANARY_INTERVAL"] = "2"
+        env["GRAYSCOPE_CANARY_ALPHA"] = "0.001"
+    if not settings.path_rules.strip():
+        # The synthetic traffic's routes; the default (first two segments) would
+        # make every blog post its own path group.
+        env["GRAYSCOPE_PATH_RULES"] = orjson.dumps(list(PATH_RULES)).decode()
+    return env
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+@dataclass(slots=True)
+class DemoServices:
+    log_dir: Path
+    topic: str
+    dlq_topic: str
+    broker: EmbeddedBroker | None = None
+    store: EmbeddedStore | None = None
+    receiver: OtlpReceiver | None = None
+    worker: ChildProcess | None = None
+    worker_port: int = 0
+
+    @property
+    def worker_url(self) -> str:
+        return f"http://127.0.0.1:{self.worker_port}"
+
+    @property
+    def worker_log(self) -> Path:
+        return self.log_dir / "worker.log"
+
+    def worker_health(self) -> dict[str, Any] | None:
+        try:
+            _, body = http_get(self.worker_url + "/healthz")
+            health = orjson.loads(body)
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        return health if isinstance(health, dict) else None
+
+    def worker_metrics(self) -> dict[str, float]:
+        """The worker's counters; empty while it cannot be reached."""
+        try:
+            status, body = http_get(self.worker_url + "/metrics")
+        except OSError:
+            return {}
+        return sample_sums(body.decode("utf-8", "replace")) if status == 200 else {}
+
+    def worker_running(self) -> bool:
+        return self.worker is not None and self.worker.running()
+
+    def worker_failure(self, what: str) -> str:
+        if self.worker is None:
+            return what
+        return self.worker.describe_failure(what)
+
+    def check_worker(self) -> None:
+        """EmbeddedServiceError (with the end of its log) once the worker has exited."""
+        worker = self.worker
+        if worker is not None and not worker.running():
+            code = worker.proc.returncode
+            raise EmbeddedServiceError(self.worker_failure(f"the worker exited with code {code}"))
+
+    @property
+    def started_anything(self) -> bool:
+        return any(x is not None for x in (self.broker, self.store, self.receiver, self.worker))
+
+    def stop(self) -> None:
+        """Worker first (SIGTERM, then SIGKILL after a grace period; it still needs the
+        broker and store to finish its batch), then the services. Idempotent."""
+        errors: list[str] = []
+        for name, action in (
+            ("worker", self._stop_worker),
+            ("OTLP receiver", self._stop_receiver),
+            ("broker", self._stop_broker),
+            ("store", self._stop_store),
+        ):
+            try:
+                action()
+            except Exception as exc:  # keep stopping the others
+                errors.append(f"{name}: {exc}")
+        if errors:
+            log.warning("demo teardown: %s", "; ".join(errors))
+
+    def _stop_worker(self) -> None:
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            code = worker.stop(WORKER_STOP_GRACE)
+            log.info("worker stopped with exit code %s", code)
+
+    def _stop_receiver(self) -> None:
+        receiver, self.receiver = self.receiver, None
+        if receiver is not None:
+            receiver.stop()
+
+    def _stop_broker(self) -> None:
+        broker, self.broker = self.broker, None
+        if broker is not None:
+            broker.stop()
+
+    def _stop_store(self) -> None:
+        store, self.store = self.store, None
+        if store is not None:
+            store.stop()
+
+
+def start_services(
+    services: DemoServices,
+    settings: Settings,
+    *,
+    base_env: Mapping[str, str],
+    say: Callable[[str], None],
+) -> None:
+    """Start everything into ``services``, in dependency order.
+
+    On failure or interruption the caller stops what was started (``services.stop()``);
+    a child caught between its start and its assignment here is stopped at exit.
+    """
+    log_dir = services.log_dir
+    services.broker = broker = EmbeddedBroker.start(log_path=log_dir / "broker.log")
+    say(f"embedded Kafka-protocol broker (tansu) on {broker.bootstrap}")
+    services.store = store = EmbeddedStore.start(log_path=log_dir / "store.log")
+    say(f"embedded Elasticsearch-API store (osmem) on {store.url}")
+    asyncio.run(create_topics(broker.bootstrap, [services.topic, services.dlq_topic], PARTITIONS))
+    # The receiver starts after the worker: forking while gRPC's threads run
+    # makes gRPC log a warning about its fork handlers. Its ports are picked now.
+    grpc_port, http_port = free_port(), free_port()
+    services.worker_port = free_port()
+    env = worker_env(
+        settings,
+        bootstrap=broker.bootstrap,
+        topic=services.topic,
+        store_url=store.url,
+        otlp_endpoint=f"http://127.0.0.1:{grpc_port}",
+        web_port=services.worker_port,
+        data_dir=log_dir / "worker-data",
+    )
+    worker = ChildProcess(
+        [sys.executable, "-m", "pipeline.commands.main", "worker"],
+        log_path=services.worker_log,
+        env={**base_env, **env},
+    )
+    services.worker = worker
+    # Bounded: a --keep-running demo must not grow; searches look at the newest spans.
+    services.receiver = receiver = OtlpReceiver.start(grpc_port, http_port, keep=DEMO_SPANS_KEPT)
+    say(f"embedded OTLP receiver on {receiver.grpc_endpoint} (gRPC), {receiver.http_endpoint}")
+
+    def started() -> bool:
+        health = services.worker_health()
+        return bool(health and health.get("started"))
+
+    worker.wait_until(started, timeout=WORKER_READY_TIMEOUT, what="grayscope worker")
+    geo = settings.geoip_city_db or "none (GRAYSCOPE_GEOIP_CITY_DB is empty)"
+    say(f"grayscope worker pid {worker.pid} on {services.worker_url} (GeoIP: {geo})")
