@@ -18,8 +18,10 @@
     ├── CommandError                 a command failed for good
     │   ├── ProduceError             Kafka unreachable or the producer failed
     │   └── KibanaImportError        Kibana unreachable or refused the import
-    ├── EmbeddedServiceError         a local service could not be started (dev tooling)
-    │   └── StoreHTTPError           the embedded store answered an error status
+    ├── ServiceError                 a local service (dev tooling: grayscope stack, the
+    │   │                            embedded stand-ins) could not be fetched, started, reached
+    │   └── EmbeddedServiceError     an embedded stand-in could not be started
+    │       └── StoreHTTPError       the embedded store answered an error status
     └── ShutdownInterrupted          a batch abandoned at shutdown; offsets stay uncommitted
 
 ``retriable`` is what callers decide on: the store sink, the dead-letter sink,
@@ -125,8 +127,12 @@ class KibanaImportError(CommandError):
     """Kibana could not be reached or refused the import."""
 
 
-class EmbeddedServiceError(GrayscopeError):
-    """A local service could not be started (binary missing, crashed, not ready)."""
+class ServiceError(GrayscopeError):
+    """A local service of the dev stack could not be fetched, started or reached."""
+
+
+class EmbeddedServiceError(ServiceError):
+    """An embedded stand-in could not be started (binary missing, crashed, not ready)."""
 
 
 class StoreHTTPError(EmbeddedServiceError):
