@@ -30,12 +30,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final, Self
 
-from pipeline.dev.stack.kafka import (  # noqa: F401 - re-exported for the demo and benches
-    create_topics,
-    produce_values,
-    read_topic,
-    topic_names,
-)
 from pipeline.dev.embedded.ports import (
     LOOPBACK,
     ChildProcess,
@@ -43,6 +37,12 @@ from pipeline.dev.embedded.ports import (
     default_log_path,
     free_port,
     port_accepts,
+)
+from pipeline.dev.stack.kafka import (  # noqa: F401 - re-exported for the demo and benches
+    create_topics,
+    produce_values,
+    read_topic,
+    topic_names,
 )
 from pipeline.errors import EmbeddedServiceError
 
