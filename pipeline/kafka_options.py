@@ -190,7 +190,11 @@ async def replication_factor(admin: Any, settings: Settings) -> int:
         cluster = await admin.describe_cluster()
         broker_id = str(cluster["brokers"][0]["node_id"])
         responses = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.BROKER, broker_id, ["default.replication.factor"])]
+            [
+                ConfigResource(
+                    ConfigResourceType.BROKER, broker_id, {"default.replication.factor": None}
+                )
+            ]
         )
         for response in responses:
             for resource in response.resources:
