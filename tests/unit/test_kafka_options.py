@@ -147,7 +147,9 @@ def test_configured_replication_factor_wins() -> None:
 def test_default_replication_factor_is_the_clusters() -> None:
     admin = FakeAdmin(default_factor="3")
     assert asyncio.run(replication_factor(admin, load_settings())) == 3
-    assert [(r.name, r.configs) for r in admin.asked] == [("2", {"default.replication.factor": None})]
+    assert [(r.name, r.configs) for r in admin.asked] == [
+        ("2", {"default.replication.factor": None})
+    ]
 
 
 @pytest.mark.parametrize("admin", [FakeAdmin(fail=True), FakeAdmin(default_factor=None)])
