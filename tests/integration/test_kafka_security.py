@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.dev.stack.kafka import KafkaNode, kafka_lib, read_topic
-from pipeline.embedded.store import EmbeddedStore
+from pipeline.dev.embedded.store import EmbeddedStore
 from tests.integration.conftest import unique_name
 from tests.integration.secure_kafka import MECHANISM, make_ca, make_certificates, secure_node
 from tests.integration.test_worker import (
@@ -69,7 +69,7 @@ def service_cache() -> Path:
 def grayscope(command: list[str], env: dict[str, str], timeout: float = 120) -> tuple[int, str]:
     """Run a grayscope command; its exit status and everything it printed."""
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *command],
+        [sys.executable, "-m", "pipeline.commands.main", *command],
         env={**os.environ, "GRAYSCOPE_OTLP_ENDPOINT": "", **env},
         capture_output=True,
         text=True,
