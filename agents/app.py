@@ -25,17 +25,14 @@ from agents.runtime import Runtime
 from pipeline.config import ConsumerMode, Settings
 from pipeline.core.model import KafkaCoordinates
 from pipeline.errors import ShutdownInterrupted
+from pipeline.kafka_options import faust_broker_settings
 
 log = logging.getLogger(__name__)
 
 
-def faust_broker_url(brokers: str) -> list[str]:
-    return [f"kafka://{b.strip()}" for b in brokers.split(",") if b.strip()]
-
-
 def faust_settings(settings: Settings) -> dict[str, Any]:
     conf: dict[str, Any] = {
-        "broker": faust_broker_url(settings.kafka_brokers),
+        **faust_broker_settings(settings),
         "value_serializer": "raw",
         "key_serializer": "raw",
         "web_host": settings.web_host,
@@ -56,33 +53,7 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "topic_allow_declare": True,
         "topic_disable_leader": True,
     }
-    credentials = kafka_credentials(settings)
-    if credentials is not None:
-        conf["broker_credentials"] = credentials
     return conf
-
-
-def kafka_credentials(settings: Settings) -> Any:
-    protocol = settings.kafka_security_protocol
-    if protocol == "PLAINTEXT":
-        return None
-    import ssl
-
-    ssl_context = ssl.create_default_context() if protocol.endswith("SSL") else None
-    if protocol.startswith("SASL"):
-        password = settings.kafka_sasl_password.get_secret_value()
-        mechanism = settings.kafka_sasl_mechanism.upper()
-        if mechanism.startswith("SCRAM"):
-            return faust.SASLCredentials(
-                username=settings.kafka_sasl_username,
-                password=password,
-                ssl_context=ssl_context,
-                mechanism=mechanism,
-            )
-        return faust.SASLCredentials(
-            username=settings.kafka_sasl_username, password=password, ssl_context=ssl_context
-        )
-    return faust.SSLCredentials(ssl_context)
 
 
 def to_input_messages(events: Sequence[EventT]) -> list[InputMessage]:

@@ -80,6 +80,18 @@ class Settings(BaseSettings):
     )
     kafka_sasl_username: str = Field("", description="SASL user name.")
     kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password (secret).")
+    kafka_ssl_ca_file: str = Field(
+        "",
+        description="PEM file of the CA certificates that signed the brokers' certificates "
+        "(SSL, SASL_SSL); empty: the system's trust store.",
+    )
+    kafka_topic_replication_factor: int = Field(
+        -1,
+        ge=-1,
+        le=32,
+        description="Replication factor of the topics `grayscope setup` creates; -1: the "
+        "cluster's `default.replication.factor`.",
+    )
     kafka_session_timeout: float = Field(
         10.0,
         ge=1,
@@ -308,6 +320,21 @@ class Settings(BaseSettings):
         value = value.upper()
         if value not in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}:
             raise ValueError("must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+        return value
+
+    @field_validator("kafka_sasl_mechanism", mode="after")
+    @classmethod
+    def _valid_mechanism(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}:
+            raise ValueError("must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+        return value
+
+    @field_validator("kafka_topic_replication_factor", mode="after")
+    @classmethod
+    def _valid_replication_factor(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (the cluster's default) or at least 1")
         return value
 
     def __repr_args__(self):  # type: ignore[no-untyped-def]

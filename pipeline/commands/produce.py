@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TextIO
 
 from pipeline.errors import ConfigError, GrayscopeError, ProduceError
+from pipeline.kafka_options import check_login, client_options
 
 if TYPE_CHECKING:
     from pipeline.config import Settings
@@ -367,24 +368,6 @@ def synthetic_chunk_size(rate: float) -> int:
 
 
 # --- the Kafka side ----------------------------------------------------------------
-
-
-def kafka_client_options(settings: Settings) -> dict[str, Any]:
-    """aiokafka connection keywords (bootstrap, security, SASL) from the settings."""
-    options: dict[str, Any] = {"bootstrap_servers": settings.kafka_brokers}
-    protocol = settings.kafka_security_protocol
-    if protocol == "PLAINTEXT":
-        return options
-    options["security_protocol"] = protocol
-    if protocol.endswith("SSL"):
-        import ssl
-
-        options["ssl_context"] = ssl.create_default_context()
-    if protocol.startswith("SASL"):
-        options["sasl_mechanism"] = settings.kafka_sasl_mechanism.upper()
-        options["sasl_plain_username"] = settings.kafka_sasl_username
-        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
-    return options
 
 
 def check_compression(name: str) -> str | None:
@@ -769,9 +752,11 @@ def run_produce(args: argparse.Namespace, settings: Settings) -> int:
     compression = check_compression(args.compression)
     if not settings.input_topics:
         raise ConfigError("GRAYSCOPE_INPUT_TOPICS", "no input topic configured")
+    options = client_options(settings)  # ConfigError before any connection
+    asyncio.run(check_login(settings))
     sender = KafkaSender(
         settings.input_topics[0],
-        kafka_client_options(settings),
+        options,
         rate=args.rate,
         compression=compression,
         partition=args.partition,

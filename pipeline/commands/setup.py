@@ -13,26 +13,42 @@ from urllib.parse import urlsplit
 
 from pipeline.config import Settings
 from pipeline.errors import GrayscopeError
+from pipeline.kafka_options import (
+    check_login,
+    client_options,
+    raise_topic_errors,
+    replication_factor,
+)
 from pipeline.probe import connect_error
 
 
 async def check_kafka(settings: Settings, partitions: int) -> str:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_brokers, request_timeout_ms=10_000)
+    await check_login(settings)
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=10_000)
     try:
         await admin.start()
     except Exception as exc:
-        raise GrayscopeError(f"Kafka unreachable at {settings.kafka_brokers}: {exc}") from exc
+        raise GrayscopeError(
+            f"Kafka unreachable at {settings.kafka_brokers} (GRAYSCOPE_KAFKA_BROKERS): {exc}"
+        ) from exc
     try:
         existing = set(await admin.list_topics())
         wanted = [*settings.input_topics, settings.dlq_topic]
         missing = [t for t in wanted if t not in existing]
+        created = ""
         if missing:
-            await admin.create_topics(
-                [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing]
+            replicas = await replication_factor(admin, settings)
+            response = await admin.create_topics(
+                [
+                    NewTopic(t, num_partitions=partitions, replication_factor=replicas)
+                    for t in missing
+                ]
             )
-        return f"topics ok ({', '.join(wanted)}; created: {', '.join(missing) or 'none'})"
+            raise_topic_errors(response)
+            created = f" with {partitions} partitions x {replicas} replicas"
+        return f"topics ok ({', '.join(wanted)}; created: {', '.join(missing) or 'none'}{created})"
     finally:
         await admin.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 
 import faust
@@ -10,6 +11,7 @@ import faust
 from agents.app import create_app
 from agents.runtime import Runtime
 from pipeline.config import Settings
+from pipeline.kafka_options import check_login
 from pipeline.logs import logging_config
 
 # A batch allocates a few hundred thousand short-lived objects; with CPython's
@@ -21,6 +23,8 @@ GC_THRESHOLDS = (100_000, 50, 100)
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     gc.set_threshold(*GC_THRESHOLDS)
     runtime = Runtime(settings)  # fails fast on bad GeoIP paths etc., before Faust starts
+    # A refused login or certificate is a configuration error: say which setting, exit.
+    asyncio.run(check_login(settings))
     app = create_app(settings, runtime)
     worker = faust.Worker(
         app,

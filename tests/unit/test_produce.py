@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from pipeline.config import load_settings
+from pipeline.errors import ConfigError
 from pipeline.commands.produce import (
     KafkaSender,
     LineSplitter,
@@ -24,7 +26,6 @@ from pipeline.commands.produce import (
     format_duration,
     format_rate,
     iterate,
-    kafka_client_options,
     progress_line,
     run_produce,
     summary_line,
@@ -221,25 +222,6 @@ def test_compression_that_needs_cramjam_says_so_or_works() -> None:
             check_compression("zstd")
     else:
         assert check_compression("zstd") == "zstd"
-
-
-def test_client_options_plaintext_and_sasl() -> None:
-    plain = kafka_client_options(load_settings(kafka_brokers="a:9092,b:9092"))
-    assert plain == {"bootstrap_servers": "a:9092,b:9092"}
-    sasl = kafka_client_options(
-        load_settings(
-            kafka_brokers="k:9093",
-            kafka_security_protocol="sasl_ssl",
-            kafka_sasl_mechanism="scram-sha-512",
-            kafka_sasl_username="u",
-            kafka_sasl_password="secret",
-        )
-    )
-    assert sasl["security_protocol"] == "SASL_SSL"
-    assert sasl["sasl_mechanism"] == "SCRAM-SHA-512"
-    assert sasl["sasl_plain_username"] == "u"
-    assert sasl["sasl_plain_password"] == "secret"
-    assert sasl["ssl_context"] is not None
 
 
 def parse(*argv: str) -> argparse.Namespace:

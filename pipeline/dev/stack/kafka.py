@@ -19,7 +19,9 @@ restarts), ``voters`` (``"1@127.0.0.1:9093,2@…"``; default: this node alone),
 ``cluster_id`` (all nodes of one cluster share it), ``extra_properties``
 (override or add any ``server.properties`` line, e.g. ``listeners``,
 ``listener.security.protocol.map``, ``sasl.enabled.mechanisms``),
-``jvm_options`` (e.g. ``-Djava.security.auth.login.config=…``) and ``ready``
+``jvm_options`` (e.g. ``-Djava.security.auth.login.config=…``),
+``format_options`` (more ``StorageTool format`` arguments, e.g. ``--add-scram
+SCRAM-SHA-512=[name=u,password=p]`` for SCRAM users at bootstrap) and ``ready``
 (a probe to use instead of the PLAINTEXT Metadata probe, for a node without a
 PLAINTEXT listener).
 
@@ -143,6 +145,7 @@ class KafkaNode:
         cluster_id: str | None = None,
         extra_properties: Mapping[str, str] | None = None,
         jvm_options: Sequence[str] = (),
+        format_options: Sequence[str] = (),
         heap: str = HEAP,
         ready: Callable[[], bool] | None = None,
         java_home: str | None = None,
@@ -159,6 +162,7 @@ class KafkaNode:
         self.voters = voters or f"{node_id}@{self.host}:{self.controller_port}"
         self.extra_properties = dict(extra_properties or {})
         self.jvm_options = list(jvm_options)
+        self.format_options = list(format_options)
         self.heap = heap
         self.java = java_binary(java_home)
         self._cluster_id = cluster_id
@@ -260,6 +264,7 @@ class KafkaNode:
             "-c",
             str(self.properties_path),
             "--ignore-formatted",
+            *self.format_options,
         ]
         result = subprocess.run(argv, capture_output=True, text=True, check=False)
         if result.returncode != 0:

@@ -1,0 +1,226 @@
+"""How grayscope connects to Kafka: one place for bootstrap servers and security.
+
+The worker (Faust), ``grayscope produce`` and ``grayscope setup`` (aiokafka) all
+take their connection from here, so a SASL or SSL cluster reached by one is
+reached by all. :func:`client_options` gives aiokafka's keywords,
+:func:`faust_broker_settings` Faust's ``broker``/``broker_credentials`` from the
+same :class:`KafkaSecurity`; :func:`check_login` turns a refused login into a
+:class:`~pipeline.errors.ConfigError` that names the setting to fix (aiokafka
+itself only reports "Unable to bootstrap").
+
+Secrets: the password is read from its ``SecretStr`` only where a client is
+built; no message produced here contains it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import SecretStr
+
+from pipeline.config import Settings
+from pipeline.errors import ConfigError, GrayscopeError
+
+SASL_SETTINGS = "GRAYSCOPE_KAFKA_SASL_USERNAME / GRAYSCOPE_KAFKA_SASL_PASSWORD"
+CA_SETTING = "GRAYSCOPE_KAFKA_SSL_CA_FILE"
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """The security half of a Kafka connection, validated once."""
+
+    protocol: str = "PLAINTEXT"
+    ssl_context: ssl.SSLContext | None = None
+    sasl_mechanism: str | None = None
+    sasl_username: str = ""
+    sasl_password: SecretStr = field(default_factory=lambda: SecretStr(""))
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.sasl_mechanism is not None
+
+
+def bootstrap_servers(settings: Settings) -> list[str]:
+    return [b.strip() for b in settings.kafka_brokers.split(",") if b.strip()]
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext:
+    """A verifying TLS context: the configured CA file, else the system's trust store."""
+    cafile = settings.kafka_ssl_ca_file or None
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError(CA_SETTING, f"cannot load {cafile}: {reason}") from exc
+
+
+def security(settings: Settings) -> KafkaSecurity:
+    protocol = settings.kafka_security_protocol
+    context = ssl_context(settings) if protocol.endswith("SSL") else None
+    if not protocol.startswith("SASL"):
+        return KafkaSecurity(protocol=protocol, ssl_context=context)
+    if not settings.kafka_sasl_username:
+        raise ConfigError("GRAYSCOPE_KAFKA_SASL_USERNAME", f"required with {protocol}")
+    return KafkaSecurity(
+        protocol=protocol,
+        ssl_context=context,
+        sasl_mechanism=settings.kafka_sasl_mechanism,
+        sasl_username=settings.kafka_sasl_username,
+        sasl_password=settings.kafka_sasl_password,
+    )
+
+
+def security_options(sec: KafkaSecurity) -> dict[str, Any]:
+    """aiokafka's security keywords; empty for PLAINTEXT (aiokafka's default)."""
+    if sec.protocol == "PLAINTEXT":
+        return {}
+    options: dict[str, Any] = {"security_protocol": sec.protocol}
+    if sec.ssl_context is not None:
+        options["ssl_context"] = sec.ssl_context
+    if sec.uses_sasl:
+        options["sasl_mechanism"] = sec.sasl_mechanism
+        options["sasl_plain_username"] = sec.sasl_username
+        options["sasl_plain_password"] = sec.sasl_password.get_secret_value()
+    return options
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """aiokafka client keywords (bootstrap, security, SASL) from the settings."""
+    return {
+        "bootstrap_servers": settings.kafka_brokers,
+        **security_options(security(settings)),
+    }
+
+
+def faust_broker_settings(settings: Settings) -> dict[str, Any]:
+    """Faust's ``broker`` and, unless PLAINTEXT, ``broker_credentials``."""
+    import faust
+
+    conf: dict[str, Any] = {"broker": [f"kafka://{b}" for b in bootstrap_servers(settings)]}
+    sec = security(settings)
+    if sec.uses_sasl:
+        conf["broker_credentials"] = faust.SASLCredentials(
+            username=sec.sasl_username,
+            password=sec.sasl_password.get_secret_value(),
+            ssl_context=sec.ssl_context,
+            mechanism=sec.sasl_mechanism,
+        )
+    elif sec.ssl_context is not None:
+        conf["broker_credentials"] = faust.SSLCredentials(sec.ssl_context)
+    return conf
+
+
+def _host_port(server: str) -> tuple[str, int]:
+    host, _, port = server.rpartition(":")
+    if not host:
+        return server, 9092
+    return host.strip("[]"), int(port)
+
+
+async def check_login(settings: Settings, timeout: float = 10.0) -> None:
+    """Raise ConfigError when a broker refuses the configured login or certificate.
+
+    Connects to the bootstrap servers in turn until one answers; an unreachable
+    cluster is not this check's business (callers report or wait for it).
+    """
+    from aiokafka.conn import create_conn
+    from aiokafka.errors import (
+        KafkaError,
+        SaslAuthenticationFailed,
+        UnsupportedSaslMechanismError,
+    )
+
+    sec = security(settings)
+    if sec.protocol == "PLAINTEXT":
+        return
+    for server in bootstrap_servers(settings):
+        try:
+            host, port = _host_port(server)
+        except ValueError:
+            raise ConfigError("GRAYSCOPE_KAFKA_BROKERS", f"not host:port: {server!r}") from None
+        try:
+            conn = await asyncio.wait_for(
+                create_conn(
+                    host,
+                    port,
+                    request_timeout_ms=int(timeout * 1000),
+                    security_protocol=sec.protocol,
+                    ssl_context=sec.ssl_context,
+                    sasl_mechanism=sec.sasl_mechanism or "PLAIN",
+                    sasl_plain_username=sec.sasl_username or None,
+                    sasl_plain_password=sec.sasl_password.get_secret_value() or None,
+                ),
+                timeout,
+            )
+        except (SaslAuthenticationFailed, UnsupportedSaslMechanismError) as exc:
+            raise ConfigError(
+                SASL_SETTINGS,
+                f"Kafka at {server} refused the {sec.sasl_mechanism} login of user "
+                f"{sec.sasl_username!r}: {exc}",
+            ) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise ConfigError(
+                CA_SETTING,
+                f"cannot verify the certificate of Kafka at {server}: {exc.verify_message}",
+            ) from None
+        except (TimeoutError, OSError, KafkaError):
+            continue  # unreachable or not answering: try the next one
+        conn.close()
+        return
+
+
+REPLICATION_SETTING = "GRAYSCOPE_KAFKA_TOPIC_REPLICATION_FACTOR"
+
+
+async def replication_factor(admin: Any, settings: Settings) -> int:
+    """The replication factor for new topics: the configured one, else the cluster's default.
+
+    The default is read from a broker's ``default.replication.factor``
+    (DescribeConfigs) rather than sent as -1: that needs CreateTopics v4
+    (KIP-464), which aiokafka does not speak.
+    """
+    if settings.kafka_topic_replication_factor > 0:
+        return settings.kafka_topic_replication_factor
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    try:
+        cluster = await admin.describe_cluster()
+        broker_id = str(cluster["brokers"][0]["node_id"])
+        responses = await admin.describe_configs(
+            [
+                ConfigResource(
+                    ConfigResourceType.BROKER, broker_id, {"default.replication.factor": None}
+                )
+            ]
+        )
+        for response in responses:
+            for resource in response.resources:
+                for entry in resource[4]:
+                    if entry[0] == "default.replication.factor":
+                        return int(entry[1])
+    except Exception as exc:  # aiokafka errors, an unexpected response shape
+        raise ConfigError(
+            REPLICATION_SETTING,
+            f"cannot read the cluster's default.replication.factor ({exc}); set it explicitly",
+        ) from exc
+    raise ConfigError(
+        REPLICATION_SETTING, "the cluster reports no default.replication.factor; set it explicitly"
+    )
+
+
+def raise_topic_errors(response: Any) -> None:
+    """GrayscopeError naming each topic a CreateTopics response refused (exists is fine)."""
+    from aiokafka.errors import TopicAlreadyExistsError, for_code
+
+    failures = []
+    for topic_error in response.topic_errors:
+        topic, code = topic_error[0], topic_error[1]
+        message = topic_error[2] if len(topic_error) > 2 else None
+        if code == 0 or for_code(code) is TopicAlreadyExistsError:
+            continue
+        failures.append(f"{topic}: {for_code(code).__name__} {message or ''}".strip())
+    if failures:
+        raise GrayscopeError("cannot create topics: " + "; ".join(failures))
