@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.dev.stack.kafka import KafkaNode, kafka_lib, read_topic
 from pipeline.dev.embedded.store import EmbeddedStore
+from pipeline.dev.stack.kafka import KafkaNode, kafka_lib, read_topic
 from tests.integration.conftest import unique_name
 from tests.integration.secure_kafka import MECHANISM, make_ca, make_certificates, secure_node
 from tests.integration.test_worker import (

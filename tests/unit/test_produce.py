@@ -11,8 +11,6 @@ from typing import Any
 
 import pytest
 
-from pipeline.config import load_settings
-from pipeline.errors import ConfigError
 from pipeline.commands.produce import (
     KafkaSender,
     LineSplitter,
