@@ -31,6 +31,12 @@ from pipeline.embedded.broker import (
     read_topic,
 )
 from pipeline.embedded.store import EmbeddedStore
+from tests.integration.jaeger_fixtures import (  # noqa: F401 - fixtures, registered here
+    jaeger,
+    jaeger_binary,
+    jaeger_query,
+    jaeger_relay,
+)
 
 _HERE = Path(__file__).parent
 DEFAULT_PARTITIONS = 3

@@ -193,7 +193,11 @@ def jaeger_config(ports: JaegerPorts, upstream: str | None = None) -> dict[str, 
             "service": {
                 "telemetry": telemetry,
                 "pipelines": {
-                    "traces": {"receivers": ["otlp"], "processors": ["batch"], "exporters": ["otlp"]}
+                    "traces": {
+                        "receivers": ["otlp"],
+                        "processors": ["batch"],
+                        "exporters": ["otlp"],
+                    }
                 },
             },
         }
@@ -299,8 +303,9 @@ class JaegerServer:
 
     def _ready(self) -> bool:
         ports = self._ports()
-        if not (port_accepts(LOOPBACK, ports.otlp_grpc) and port_accepts(LOOPBACK, ports.otlp_http)):
-            return False
+        for port in (ports.otlp_grpc, ports.otlp_http):
+            if not port_accepts(LOOPBACK, port):
+                return False
         return self.upstream is not None or http_ok(f"{self.query_url}/api/services")
 
     def start(self) -> Self:
@@ -371,7 +376,7 @@ class JaegerQuery:
         if params:
             url += "?" + urllib.parse.urlencode(params)
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout) as response:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=self.timeout) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
@@ -420,15 +425,24 @@ class JaegerQuery:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline.dev.stack.jaeger build --cache-dir DIR``: print the binary's path."""
+    """``python -m pipeline.dev.stack.jaeger build``: build if needed, print the binary's path.
+
+    The cache is ``GRAYSCOPE_CACHE_DIR`` (default ``${XDG_CACHE_HOME:-~/.cache}/grayscope``).
+    """
     import argparse
+
+    from pipeline.config import StackSettings
 
     parser = argparse.ArgumentParser(prog="python -m pipeline.dev.stack.jaeger")
     parser.add_argument("command", choices=["build"])
-    parser.add_argument("--cache-dir", type=Path, required=True)
+    parser.add_argument("--cache-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(build_jaeger(args.cache_dir))
+    try:
+        print(build_jaeger(args.cache_dir or Path(StackSettings().cache_dir)))
+    except ServiceError as exc:
+        print(f"error: {exc}")
+        return 1
     return 0
 
 
