@@ -25,7 +25,7 @@ from pipeline.dev.stack.jaeger import JaegerQuery, JaegerServer, build_jaeger
 
 @pytest.fixture(scope="session")
 def jaeger_binary() -> Path:
-    return build_jaeger(Path(StackSettings().cache_dir))
+    return build_jaeger(Path(StackSettings.model_validate({}).cache_dir))
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -146,14 +146,23 @@ class JaegerPorts:
     query_grpc: int = 0
 
     @classmethod
-    def pick(cls, *, query: bool) -> JaegerPorts:
-        """Free loopback ports, distinct from each other."""
-        ports: list[int] = []
-        while len(ports) < (5 if query else 3):
-            port = free_port()
-            if port not in ports:
-                ports.append(port)
-        return cls(*ports)
+    def pick(cls, *, query: bool, wanted: Mapping[str, int] | None = None) -> JaegerPorts:
+        """Free loopback ports, distinct from each other; ``wanted`` ones (by field name,
+        e.g. a previous run's, 0 = any) where given."""
+        names = ["otlp_grpc", "otlp_http", "metrics"]
+        if query:
+            names += ["query_http", "query_grpc"]
+        wanted = wanted or {}
+        chosen: dict[str, int] = {}
+        for name in names:
+            port = int(wanted.get(name, 0))
+            while not port or port in chosen.values():
+                port = free_port()
+            chosen[name] = port
+        return cls(**chosen)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: port for name, port in asdict(self).items() if port}
 
 
 def jaeger_config(ports: JaegerPorts, upstream: str | None = None) -> dict[str, Any]:
@@ -242,10 +251,12 @@ class JaegerServer:
         *,
         upstream: str | None = None,
         name: str | None = None,
+        ports: Mapping[str, int] | None = None,
         startup_timeout: float = 60.0,
         detached: bool = False,
     ) -> None:
         self.binary = binary
+        self.wanted_ports = dict(ports or {})
         self.data_dir = data_dir
         self.upstream = upstream
         self.name = name or ("jaeger" if upstream is None else "jaeger-relay")
@@ -309,10 +320,12 @@ class JaegerServer:
         return self.upstream is not None or http_ok(f"{self.query_url}/api/services")
 
     def start(self) -> Self:
-        """Start on fresh free ports (retried when a port was taken meanwhile)."""
+        """Start on free ports: the ``ports`` asked for, else fresh ones (fresh ones are
+        picked again when one was taken before Jaeger bound it)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for attempt in range(1, START_ATTEMPTS + 1):
-            self.ports = JaegerPorts.pick(query=self.upstream is None)
+            wanted = self.wanted_ports if attempt == 1 else {}
+            self.ports = JaegerPorts.pick(query=self.upstream is None, wanted=wanted)
             self.config_path.write_text(json.dumps(jaeger_config(self.ports, self.upstream)))
             self._process = ManagedProcess(
                 self.name,
@@ -439,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        print(build_jaeger(args.cache_dir or Path(StackSettings().cache_dir)))
+        print(build_jaeger(args.cache_dir or Path(StackSettings.model_validate({}).cache_dir)))
     except ServiceError as exc:
         print(f"error: {exc}")
         return 1
