@@ -24,8 +24,8 @@ from pipeline.dev.stack.jaeger import JaegerQuery, JaegerServer, build_jaeger
 
 
 @pytest.fixture(scope="session")
-def jaeger_binary() -> Path:
-    return build_jaeger(Path(StackSettings.model_validate({}).cache_dir))
+def jaeger_binary(stack_settings: StackSettings) -> Path:
+    return build_jaeger(Path(stack_settings.cache_dir))
 
 
 @pytest.fixture(scope="session")

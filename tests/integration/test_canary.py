@@ -21,8 +21,8 @@ from aiokafka import AIOKafkaConsumer
 from agents.canary import CanaryAnalysis, register_canary
 from pipeline.canary import CanaryObserver, Decision, Verdict, fetch_verdicts, format_verdicts
 from pipeline.canary.observer import ObservedEvent, observed
-from pipeline.embedded.ports import free_port
-from pipeline.embedded.store import EmbeddedStore
+from pipeline.dev.stack.opensearch import OpenSearchNode
+from pipeline.dev.stack.process import free_port
 from pipeline.model import AccessRecord, Enrichment
 from pipeline.sinks.elasticsearch.service import ElasticsearchService
 from schemas import VERDICTS_INDEX
@@ -32,14 +32,6 @@ from tests.integration.conftest import ReadRecords, unique_name
 GUARD = 60.0
 NS = 1_000_000_000
 WINDOW = 60
-
-# tansu (this build) advances a partition's high watermark only to the *first*
-# offset of the last produced batch + 1: after one batch of records 0..4,
-# ListOffsets(latest) answers 1. Faust recovers a table up to the high
-# watermark, so the tail of a multi-record changelog batch would silently be
-# left out after a restart. One record per batch keeps the watermark right.
-TANSU_WATERMARK_WORKAROUND = {"producer_max_batch_size": 1}
-
 
 def canary_settings(app_id: str, **changes: Any) -> SimpleNamespace:
     values = {
@@ -92,7 +84,7 @@ async def canary_app(
         app_id,
         broker=f"kafka://{bootstrap}",
         # A data directory per app: two apps of one test must not share one.
-        **{**faust_settings, **web, **TANSU_WATERMARK_WORKAROUND, "datadir": str(datadir)},
+        **{**faust_settings, **web, "datadir": str(datadir)},
         table_cleanup_interval=3600,  # Faust's own expiry must not race ours in the tests
         topic_disable_leader=True,
     )
@@ -134,7 +126,7 @@ async def topic_partitions(bootstrap: str, topic: str) -> int:
 
 async def test_verdicts_reach_the_web_page_the_topic_and_the_store(
     bootstrap: str,
-    store: EmbeddedStore,
+    store: OpenSearchNode,
     read_records: ReadRecords,
     faust_settings: dict[str, Any],
     tmp_path: Path,

@@ -1,4 +1,4 @@
-"""The worker end to end against real processes: tansu broker, osmem store,
+"""The worker end to end against real processes: Apache Kafka, OpenSearch, an
 OTLP receiver, and ``grayscope worker`` itself as a subprocess.
 """
 
@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
+from pipeline.dev.stack.opensearch import OpenSearchNode
 from pipeline.embedded.otlp_receiver import OtlpReceiver
-from pipeline.embedded.store import EmbeddedStore
 from pipeline.synth import generate
 from tests.geoip_data import EXPECTED_GEO, write_test_dbs
 from tests.integration.conftest import unique_name
@@ -45,6 +45,12 @@ def receiver() -> Iterator[OtlpReceiver]:
 
 
 @pytest.fixture
+def outage_store(store_factory: Callable[..., OpenSearchNode]) -> OpenSearchNode:
+    """A dedicated node: these tests stop the store and start it again (same data)."""
+    return store_factory()
+
+
+@pytest.fixture
 def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
@@ -58,13 +64,13 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         worker.kill()
 
 
-def store_ids(store: EmbeddedStore) -> set[str]:
+def store_ids(store: OpenSearchNode) -> set[str]:
     store.request("POST", f"/{INDEX}/_refresh")
     body = store.request("POST", f"/{INDEX}/_search", {"size": 10_000, "_source": False})
     return {hit["_id"] for hit in body["hits"]["hits"]}
 
 
-def store_count(store: EmbeddedStore) -> int:
+def store_count(store: OpenSearchNode) -> int:
     try:
         store.request("POST", f"/{INDEX}/_refresh")
         return int(store.request("GET", f"/{INDEX}/_count")["count"])
@@ -82,24 +88,14 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -
 
 
 async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    """The group's committed offsets, read without joining the group."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
+    """The group's committed offsets, read with the admin API (without joining the group)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer.topics()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        out = {}
-        for partition in partitions:
-            offset = await consumer.committed(TopicPartition(topic, partition))
-            if offset is not None:
-                out[partition] = offset
-        return out
+        offsets = await admin.list_consumer_group_offsets(group)
     finally:
-        await consumer.stop()
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
 
 async def assert_nothing_committed_past(
@@ -116,7 +112,7 @@ async def assert_nothing_committed_past(
 
 
 def base_env(
-    bootstrap: str, topic: str, dlq: str, store: EmbeddedStore | None, mode: str = "batch"
+    bootstrap: str, topic: str, dlq: str, store: OpenSearchNode | None, mode: str = "batch"
 ) -> dict[str, str]:
     return {
         "GRAYSCOPE_CONSUMER_MODE": mode,
@@ -134,7 +130,7 @@ async def test_end_to_end_documents_spans_and_dead_letters(
     bootstrap: str,
     unique_topic: str,
     topic_factory: Any,
-    store: EmbeddedStore,
+    store: OpenSearchNode,
     receiver: OtlpReceiver,
     produce_lines: Any,
     read_records: Any,
@@ -237,10 +233,11 @@ async def test_store_outage_holds_the_partition_and_loses_nothing(
     bootstrap: str,
     unique_topic: str,
     topic_factory: Any,
-    store: EmbeddedStore,
+    outage_store: OpenSearchNode,
     produce_lines: Any,
     workers: Callable[..., WorkerProcess],
 ) -> None:
+    store = outage_store
     dlq = await topic_factory(partitions=1, prefix="dlq")
     env = base_env(bootstrap, unique_topic, dlq, store, mode)
     worker = workers(env)
@@ -263,7 +260,7 @@ async def test_store_outage_holds_the_partition_and_loses_nothing(
     # Nothing past what the old store acknowledged may be committed.
     await assert_nothing_committed_past(bootstrap, env, unique_topic, before_outage)
 
-    store.start_again()  # a fresh, empty store on the same URL
+    store.start()  # back on the same URL, with what it had stored
     placed += await produce_lines(unique_topic, after)
     expected = {f"{unique_topic}-{p}-{o}" for p, o in placed}
     await wait_until(
@@ -281,7 +278,7 @@ async def test_worker_sigkill_and_restart_loses_and_duplicates_nothing(
     bootstrap: str,
     unique_topic: str,
     topic_factory: Any,
-    store: EmbeddedStore,
+    store: OpenSearchNode,
     produce_lines: Any,
     workers: Callable[..., WorkerProcess],
 ) -> None:
@@ -309,7 +306,7 @@ async def test_mapping_rejection_dead_letters_only_that_message(
     bootstrap: str,
     unique_topic: str,
     topic_factory: Any,
-    store: EmbeddedStore,
+    store: OpenSearchNode,
     produce_lines: Any,
     read_records: Any,
     workers: Callable[..., WorkerProcess],
@@ -368,7 +365,7 @@ async def test_otlp_outage_never_stops_indexing(
     bootstrap: str,
     unique_topic: str,
     topic_factory: Any,
-    store: EmbeddedStore,
+    store: OpenSearchNode,
     receiver: OtlpReceiver,
     produce_lines: Any,
     workers: Callable[..., WorkerProcess],
@@ -403,10 +400,11 @@ async def test_sigterm_during_store_outage_exits_without_committing_unstored(
     bootstrap: str,
     unique_topic: str,
     topic_factory: Any,
-    store: EmbeddedStore,
+    outage_store: OpenSearchNode,
     produce_lines: Any,
     workers: Callable[..., WorkerProcess],
 ) -> None:
+    store = outage_store
     dlq = await topic_factory(partitions=1, prefix="dlq")
     env = base_env(bootstrap, unique_topic, dlq, store) | {"GRAYSCOPE_SHUTDOWN_GRACE": "3"}
     worker = workers(env)
@@ -430,7 +428,7 @@ async def test_two_workers_share_the_group_through_rebalances(
     bootstrap: str,
     unique_topic: str,
     topic_factory: Any,
-    store: EmbeddedStore,
+    store: OpenSearchNode,
     produce_lines: Any,
     workers: Callable[..., WorkerProcess],
 ) -> None:
