@@ -428,9 +428,15 @@ class JaegerQuery:
         )
         return list(body.get("data") or []) if body else []
 
-    def get_trace_otlp(self, trace_id: str) -> dict[str, Any] | None:
-        """One trace as OTLP JSON (``resourceSpans``), or None when Jaeger has none."""
-        body = self._get(f"/api/v3/traces/{trace_id}")
+    def get_trace_otlp(self, trace_id: str, *, raw: bool = True) -> dict[str, Any] | None:
+        """One trace as OTLP JSON (``resourceSpans``), or None when Jaeger has none.
+
+        ``raw``: as stored, without the query service's adjustments (clock skew,
+        which adds ``@jaeger@warnings`` to a span whose parent is not in the trace:
+        the caller's span of a logged request never is).
+        """
+        params = {"raw_traces": "true"} if raw else None
+        body = self._get(f"/api/v3/traces/{trace_id}", params)
         if not body:
             return None
         result = body.get("result", body)
