@@ -23,7 +23,7 @@ from pipeline.canary import CanaryObserver, Decision, Verdict, fetch_verdicts, f
 from pipeline.canary.observer import ObservedEvent, observed
 from pipeline.dev.stack.opensearch import OpenSearchNode
 from pipeline.dev.stack.process import free_port
-from pipeline.model import AccessRecord, Enrichment
+from pipeline.core.model import AccessRecord, Enrichment
 from pipeline.sinks.elasticsearch.service import ElasticsearchService
 from schemas import VERDICTS_INDEX
 from tests.integration.conftest import ReadRecords, unique_name
