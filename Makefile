@@ -15,7 +15,8 @@ NATIVE ?= 1
 NATIVE_SRC := $(shell python3 pipeline/native.py 2>/dev/null || $(PYTHON) pipeline/native.py)
 NATIVE_STAMP := pipeline/.native-built
 
-.PHONY: install native clean-native services test unit integration lint demo bench bench-core bench-spans soak clean
+.PHONY: install native clean-native services test unit integration lint demo bench bench-core bench-spans soak clean \
+	debian-packages jaeger
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -61,12 +62,30 @@ unit: install
 services: $(STAMP)
 	$(BIN)/grayscope stack fetch
 
-integration: install services
+integration: install services debian-packages jaeger
 	$(BIN)/python -m pytest tests/integration -q
+
+# Programs the integration tests run that are no Python package (nginx, kcat,
+# rsyslog's omkafka): installed with apt-get when missing (root, or sudo).
+DEBIAN_PACKAGES := $(shell sed -e 's/\#.*//' tests/debian-packages.txt)
+debian-packages:
+	@missing=""; for pkg in $(DEBIAN_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		echo "apt-get install$$missing"; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			$$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+# Jaeger v2 built with Go into the service cache (minutes the first time, then nothing).
+jaeger: $(STAMP)
+	$(BIN)/python -m pipeline.dev.stack.jaeger build
 
 # Everything against the compiled core, then the unit tests against the plain
 # Python one (the same results either way; tests/pure.py).
-test: install lint services
+test: install lint services debian-packages jaeger
 	$(BIN)/python -m pytest tests -q
 	$(BIN)/python -m pytest -p tests.pure tests/unit -q
 

@@ -162,6 +162,11 @@ class Settings(BaseSettings):
         3, ge=0, description="Retries per export request before dropping it."
     )
     otlp_timeout: float = Field(5.0, gt=0, description="Per-export timeout in seconds.")
+    jaeger_url: str = Field(
+        "",
+        description="Jaeger query service base URL (e.g. http://localhost:16686): where "
+        "`grayscope demo` and the docs search spans by gray.id; the worker does not use it.",
+    )
 
     # --- GeoIP -------------------------------------------------------------
     geoip_city_db: str = Field(

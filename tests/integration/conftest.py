@@ -39,6 +39,12 @@ from pipeline.dev.stack.kafka import (
     read_topic,
 )
 from pipeline.dev.stack.opensearch import SLIM_MODULES, OpenSearchNode, opensearch_lib
+from tests.integration.jaeger_fixtures import (  # noqa: F401 - fixtures, registered here
+    jaeger,
+    jaeger_binary,
+    jaeger_query,
+    jaeger_relay,
+)
 
 log = logging.getLogger(__name__)
 

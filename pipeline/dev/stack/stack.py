@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import StackSettings
+from pipeline.dev.stack.jaeger import JaegerServer, build_jaeger
 from pipeline.dev.stack.kafka import KafkaNode, kafka_lib
 from pipeline.dev.stack.opensearch import OpenSearchNode, opensearch_lib
 from pipeline.dev.stack.process import (
@@ -129,12 +130,38 @@ def _start_opensearch(settings: StackSettings, folder: Path, ports: Mapping[str,
     )
 
 
+def _fetch_jaeger(settings: StackSettings) -> None:
+    build_jaeger(Path(settings.cache_dir))
+
+
+def _start_jaeger(settings: StackSettings, folder: Path, ports: Mapping[str, int]) -> Started:
+    wanted = {name: _reusable(ports, name) for name in ports}
+    server = JaegerServer(
+        build_jaeger(Path(settings.cache_dir)), folder, ports=wanted, detached=True
+    ).start()
+    pid = server.pid
+    assert pid is not None and server.ports is not None
+    return Started(
+        pid=pid,
+        start_time=process_start_time(pid),
+        env={
+            "GRAYSCOPE_OTLP_ENDPOINT": server.otlp_grpc_endpoint,
+            "GRAYSCOPE_JAEGER_URL": server.query_url,
+        },
+        ports=server.ports.as_dict(),
+        probe_port=server.ports.query_http,
+        log_path=str(server.log_path),
+        stop_grace=10.0,
+    )
+
+
 #: The stack's services in start order. Jaeger (GRAYSCOPE_OTLP_ENDPOINT,
 #: GRAYSCOPE_JAEGER_URL) and Prometheus (GRAYSCOPE_PROMETHEUS_URL) append
 #: their specs here.
 SERVICES: list[ServiceSpec] = [
     ServiceSpec("kafka", _fetch_kafka, _start_kafka),
     ServiceSpec("opensearch", _fetch_opensearch, _start_opensearch),
+    ServiceSpec("jaeger", _fetch_jaeger, _start_jaeger),
 ]
 
 

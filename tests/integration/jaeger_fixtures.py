@@ -1,0 +1,50 @@
+"""Jaeger fixtures (registered by ``conftest.py``): real Jaeger v2 processes.
+
+- ``jaeger`` (session): one all-in-one Jaeger (memory store, OTLP receivers,
+  query API) for the run. Tests isolate themselves by unique gray ids and
+  service names, never by restarting it.
+- ``jaeger_relay`` (session): a second Jaeger binary configured as an OTLP →
+  OTLP relay into ``jaeger``, the place of the OTel Collector users run in
+  front of Jaeger.
+- ``jaeger_query``: the query API client bound to ``jaeger``.
+
+The binary is built into the service cache the first time (``make jaeger``
+does it ahead of the suite).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import StackSettings
+from pipeline.dev.stack.jaeger import JaegerQuery, JaegerServer, build_jaeger
+
+
+@pytest.fixture(scope="session")
+def jaeger_binary(stack_settings: StackSettings) -> Path:
+    return build_jaeger(Path(stack_settings.cache_dir))
+
+
+@pytest.fixture(scope="session")
+def jaeger(jaeger_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JaegerServer]:
+    with JaegerServer(jaeger_binary, tmp_path_factory.mktemp("jaeger")).start() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def jaeger_relay(
+    jaeger_binary: Path, jaeger: JaegerServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[JaegerServer]:
+    relay = JaegerServer(
+        jaeger_binary, tmp_path_factory.mktemp("jaeger-relay"), upstream=jaeger.otlp_grpc_target
+    )
+    with relay.start():
+        yield relay
+
+
+@pytest.fixture
+def jaeger_query(jaeger: JaegerServer) -> JaegerQuery:
+    return JaegerQuery(jaeger.query_url)
