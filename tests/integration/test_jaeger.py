@@ -24,13 +24,13 @@ import pytest
 
 import schemas
 from pipeline.config import load_settings
-from pipeline.core.process import Enriched, process
-from pipeline.dev.stack.jaeger import JaegerQuery, JaegerServer
 from pipeline.core.enrich import EnrichContext
-from pipeline.geoip import GeoIPResolver
 from pipeline.core.otlp import encode_request_span
-from pipeline.sinks.otlp.exporter import OtlpExporter
+from pipeline.core.process import Enriched, process
 from pipeline.core.span import build_span
+from pipeline.dev.stack.jaeger import JaegerQuery, JaegerServer
+from pipeline.geoip import GeoIPResolver
+from pipeline.sinks.otlp.exporter import OtlpExporter
 from tests.geoip_data import EXPECTED_GEO, write_test_dbs
 from tests.integration.conftest import unique_name
 from tests.integration.worker_proc import WorkerProcess
