@@ -25,6 +25,7 @@ from pipeline.delivery import BatchHandler, InputMessage
 from pipeline.enrich import EnrichContext
 from pipeline.errors import DeadLetterError, StoreRejected, StoreUnavailable
 from pipeline.geoip import GeoIPResolver
+from pipeline.metrics.requests import RequestMetrics
 from pipeline.native import NATIVE_MODULES, loaded_native
 from pipeline.probe import connect_error
 from pipeline.sinks.dlq import DeadLetterSink, Headers
@@ -66,6 +67,11 @@ class Runtime:
         )
         self.context = EnrichContext.from_settings(settings, self.geoip)
         self.telemetry = Telemetry(self)
+        self.request_metrics = (
+            RequestMetrics(settings.metrics_max_path_groups, settings.metrics_max_versions)
+            if settings.request_metrics
+            else None
+        )
         self.es_service: ElasticsearchService | None = None
         self.store: ElasticsearchSink | None = None
         if settings.es_hosts():
@@ -121,6 +127,7 @@ class Runtime:
             self.settings.es_mode.value,
             observe_latency=self.telemetry.delivery_latency.observe_many,
             observer=self.canary_observer,
+            request_metrics=self.request_metrics,
         )
         runtime = self
 

@@ -24,6 +24,7 @@ from pipeline.core import Enriched, process_batch
 from pipeline.enrich import EnrichContext
 from pipeline.errors import ShutdownInterrupted
 from pipeline.formats.values import ns_to_iso
+from pipeline.metrics.requests import RequestMetrics
 from pipeline.model import (
     AccessRecord,
     DeadLetter,
@@ -99,6 +100,7 @@ class BatchHandler:
         es_mode: str = "data_stream",
         observe_latency: Callable[[list[float]], None] | None = None,
         observer: CanaryObserver | None = None,
+        request_metrics: RequestMetrics | None = None,
     ) -> None:
         self._ctx = ctx
         self._store = store
@@ -107,6 +109,7 @@ class BatchHandler:
         self._es_mode = es_mode
         self._observe_latency = observe_latency
         self._observer = observer
+        self._request_metrics = request_metrics
         self.stats = BatchStats()
         self._delivering: set[asyncio.Task[int]] = set()
         self._idle = asyncio.Event()
@@ -148,6 +151,8 @@ class BatchHandler:
         # rather than message by message: each stage's code and memos stay in the CPU
         # caches (bench/README.md, "Session 5": ~25 % less CPU per event in the handler).
         results = process_batch([msg.value or b"" for msg in messages], ctx)
+        if self._request_metrics is not None:
+            self._request_metrics.add_batch(results)
         span_inputs: list[tuple[AccessRecord, Enrichment, str]] = []
         for msg, result in zip(messages, results, strict=True):
             if isinstance(result, Enriched):
