@@ -15,7 +15,7 @@ NATIVE ?= 1
 NATIVE_SRC := $(shell python3 pipeline/native.py 2>/dev/null || $(PYTHON) pipeline/native.py)
 NATIVE_STAMP := pipeline/.native-built
 
-.PHONY: install native clean-native test unit integration lint demo bench bench-core bench-spans soak clean
+.PHONY: install native clean-native debian-packages test unit integration lint demo bench bench-core bench-spans soak clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -46,19 +46,32 @@ clean-native:
 
 install: $(STAMP) native
 
+# Debian packages the tests run (deploy/debian-packages.txt: promtool, Prometheus,
+# Alertmanager, ...): the missing ones are installed (as root, or through sudo).
+DEBIAN_PACKAGES := $(shell sed -e 's/\#.*//' deploy/debian-packages.txt)
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+debian-packages:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	fi
+
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline agents schemas tests bench
 	$(BIN)/mypy
 
-unit: install
+unit: install debian-packages
 	$(BIN)/python -m pytest tests/unit -q
 
-integration: install
+integration: install debian-packages
 	$(BIN)/python -m pytest tests/integration -q
 
 # Everything against the compiled core, then the unit tests against the plain
 # Python one (the same results either way; tests/pure.py).
-test: install lint
+test: install lint debian-packages
 	$(BIN)/python -m pytest tests -q
 	$(BIN)/python -m pytest -p tests.pure tests/unit -q
 
