@@ -109,7 +109,8 @@ def promtool() -> str:
 def check_expressions(exprs: dict[str, str], workdir: Path) -> None:
     """Parse every expression with promtool (as recording rules); fail naming the broken one."""
     rules = [
-        {"record": f"grayscope_check:expr_{n}", "expr": expr} for n, expr in enumerate(exprs.values())
+        {"record": f"grayscope_check:expr_{n}", "expr": expr}
+        for n, expr in enumerate(exprs.values())
     ]
     path = workdir / "expressions.rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "check", "rules": rules}]}))
