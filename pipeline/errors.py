@@ -59,3 +59,7 @@ class DeadLetterError(SinkError):
 
 class ShutdownInterrupted(GrayscopeError):
     """A batch was abandoned because the worker is stopping; its offsets stay uncommitted."""
+
+
+class ServiceError(GrayscopeError):
+    """A local service of the dev stack could not be fetched, started or reached."""

@@ -22,19 +22,20 @@ Behaviour of this tansu build (v0.6.0-510f3e2) that clients must know about:
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import socket
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Final, Self
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
-
+from pipeline.dev.stack.kafka import (  # noqa: F401 - re-exported for the demo and benches
+    create_topics,
+    produce_values,
+    read_topic,
+    topic_names,
+)
 from pipeline.embedded.ports import (
     LOOPBACK,
     ChildProcess,
@@ -269,114 +270,3 @@ class EmbeddedBroker(EmbeddedService):
         except (OSError, struct.error):
             return False
         return (self.host, port) in brokers
-
-
-async def create_topics(
-    bootstrap: str,
-    names: Sequence[str],
-    partitions: int = 1,
-    *,
-    replication_factor: int = 1,
-    configs: Mapping[str, str] | None = None,
-    timeout: float = 10.0,
-) -> None:
-    """Create topics; ones that already exist are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
-    try:
-        await admin.start()
-        response = await admin.create_topics(
-            [
-                NewTopic(name, partitions, replication_factor, topic_configs=dict(configs or {}))
-                for name in names
-            ],
-            timeout_ms=int(timeout * 1000),
-        )
-    except KafkaError as exc:
-        raise EmbeddedServiceError(f"cannot create topics {list(names)}: {exc}") from exc
-    finally:
-        await admin.close()
-    failed = [
-        f"{topic}: {code} {message}"
-        for topic, code, message in response.topic_errors
-        if code not in (0, _TOPIC_ALREADY_EXISTS)
-    ]
-    if failed:
-        raise EmbeddedServiceError(f"cannot create topics: {'; '.join(failed)}")
-
-
-async def topic_names(bootstrap: str, *, timeout: float = 10.0) -> set[str]:
-    """Names of the topics the broker has now."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
-    try:
-        await admin.start()
-        return set(await admin.list_topics())
-    except KafkaError as exc:
-        raise EmbeddedServiceError(f"cannot list topics: {exc}") from exc
-    finally:
-        await admin.close()
-
-
-async def produce_values(
-    bootstrap: str,
-    topic: str,
-    values: Iterable[bytes | str],
-    *,
-    partition: int | None = None,
-    key: bytes | None = None,
-    acks: int | str = "all",
-) -> list[tuple[int, int]]:
-    """Send values in order and wait for each ack; returns (partition, offset) per value."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=acks)
-    placed: list[tuple[int, int]] = []
-    try:
-        await producer.start()
-        for value in values:
-            raw = value.encode() if isinstance(value, str) else value
-            meta = await producer.send_and_wait(topic, raw, key=key, partition=partition)
-            placed.append((meta.partition, meta.offset))
-    except KafkaError as exc:
-        raise EmbeddedServiceError(f"cannot produce to {topic}: {exc}") from exc
-    finally:
-        await producer.stop()
-    return placed
-
-
-async def read_topic(
-    bootstrap: str, topic: str, *, timeout: float = 10.0
-) -> list[ConsumerRecord[Any, Any]]:
-    """Every record currently in the topic, all partitions, without a consumer group.
-
-    Records are ordered by (partition, offset); a topic that does not exist
-    reads as empty (and is not auto-created).
-    """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    records: list[ConsumerRecord[Any, Any]] = []
-    try:
-        await consumer.start()
-        # A full metadata fetch, not the topic's own: that would auto-create it.
-        if topic not in await consumer.topics():
-            return []
-        partitions = consumer.partitions_for_topic(topic) or set()
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
-        ends = await consumer.end_offsets(assigned)
-        pending = {tp for tp in assigned if ends[tp] > 0}
-        async with asyncio.timeout(timeout):
-            while pending:
-                batch = await consumer.getmany(*pending, timeout_ms=200)
-                for recs in batch.values():
-                    records.extend(recs)
-                for tp in list(pending):
-                    if await consumer.position(tp) >= ends[tp]:
-                        pending.discard(tp)
-    except KafkaError as exc:
-        raise EmbeddedServiceError(f"cannot read {topic}: {exc}") from exc
-    except TimeoutError as exc:
-        raise EmbeddedServiceError(f"reading {topic} took longer than {timeout} s") from exc
-    finally:
-        await consumer.stop()
-    records.sort(key=lambda r: (r.partition, r.offset))
-    return records

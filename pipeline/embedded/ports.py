@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from pipeline.errors import GrayscopeError
+from pipeline.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ LOOPBACK = "127.0.0.1"
 _PR_SET_PDEATHSIG = 1
 
 
-class EmbeddedServiceError(GrayscopeError):
+class EmbeddedServiceError(ServiceError):
     """An embedded service could not be started (binary missing, crashed, not ready)."""
 
 
