@@ -6,9 +6,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
-from tests.promql import exported_metric_names, metric_names, promtool
+from tests.promql import check_expressions, exported_metric_names, metric_names, promtool
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULES = RULES_DIR / "grayscope-rules.yml"
@@ -62,3 +63,9 @@ def test_the_metric_name_reader() -> None:
         "histogram_quantile(0.95, foo:bar:rate5m) > bool 0.2 and up offset 5m"
     )
     assert metric_names(expr) == {"grayscope_x_bucket", "foo:bar:rate5m", "up"}
+
+
+def test_the_expression_checker_rejects_what_promtool_cannot_parse(tmp_path: Path) -> None:
+    check_expressions({"fine": "sum(rate(grayscope_http_requests_total[5m]))"}, tmp_path)
+    with pytest.raises(AssertionError, match="broken"):
+        check_expressions({"broken": "sum(rate(grayscope_http_requests_total[5m])"}, tmp_path)
