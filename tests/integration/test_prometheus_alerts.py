@@ -93,7 +93,24 @@ class Run:
             f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
             for p in sorted(self.log_dir.rglob("*.log"))
         )
-        return f"alerts at the webhook: {self.webhook.alerts}\n{logs}"
+        views = []
+        for expr in (
+            "path_group:grayscope_canary_p95_excess_seconds:5m",
+            "sum by (path_group) "
+            '(increase(grayscope_http_request_duration_seconds_count{stage="canary"}[5s]))',
+            "sum(grayscope_consumer_lag)",
+            "sum(rate(grayscope_messages_consumed_total[5s]))",
+        ):
+            try:
+                views.append(f"{expr}: {self.prometheus.query(expr)}")
+            except (OSError, ValueError) as exc:
+                views.append(f"{expr}: {exc}")
+        try:
+            views.append(f"prometheus alerts: {self.prometheus.alerts()}")
+        except (OSError, ValueError) as exc:
+            views.append(f"prometheus alerts: {exc}")
+        prometheus = "\n".join(views)
+        return f"alerts at the webhook: {self.webhook.alerts}\n{prometheus}\n{logs}"
 
 
 @pytest.fixture
