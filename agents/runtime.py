@@ -68,9 +68,7 @@ class Runtime:
         self.context = EnrichContext.from_settings(settings, self.geoip)
         self.telemetry = Telemetry(self)
         self.request_metrics = (
-            RequestMetrics(settings.metrics_max_path_groups, settings.metrics_max_versions)
-            if settings.request_metrics
-            else None
+            RequestMetrics.from_settings(settings) if settings.request_metrics else None
         )
         self.es_service: ElasticsearchService | None = None
         self.store: ElasticsearchSink | None = None

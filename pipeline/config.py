@@ -260,6 +260,12 @@ class Settings(BaseSettings):
         description="Versions with their own label on the request metrics (first seen first); "
         "the rest, and values not shaped like a version, are counted as `other`.",
     )
+    metrics_label_idle_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="When a cap is full, a path group or version unseen this long gives its "
+        "place (and drops its series) to a new one; 0 = never.",
+    )
 
     # --- Kibana (for `grayscope kibana import`) ---------------------------
     kibana_url: str = Field(

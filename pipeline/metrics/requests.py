@@ -9,7 +9,8 @@ the worker's ``/metrics`` renders the totals (``pipeline.telemetry``):
 
 Cardinality is bounded whatever the input: the first ``max_path_groups`` path
 groups and ``max_versions`` versions seen get their own label value, later
-ones are counted as ``other`` (a value that does not look like a version —
+ones are counted as ``other`` (or take the place of one idle for
+``label_idle_seconds``) (a value that does not look like a version —
 too long, odd characters, an IP address — is ``other`` from the start), stage
 is ``canary``/``stable``, status class ``1xx``..``5xx`` or ``other``. Labels
 carry no client address, gray id or raw path. Counters are plain per-worker
@@ -17,16 +18,19 @@ totals, so the workers of a group add up (``sum by (...)``).
 
 Counting happens when a batch has been processed, before its delivery: a batch
 re-consumed after a crash is counted again (as its spans are exported again).
-Pure counting over plain data: no I/O, no clock, no locks (one event loop).
+Pure counting over plain data: no I/O, no locks (one event loop); the clock
+(one read per batch, for idle labels) is injected.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+from pipeline.config import Settings
 from pipeline.core import Enriched
 
 OTHER = "other"
@@ -78,33 +82,64 @@ def looks_like_path_group(value: str) -> bool:
 
 
 class LabelCap:
-    """First come, first labelled: at most ``limit`` distinct values, then ``other``.
+    """At most ``limit`` distinct values keep their name; the rest are ``other``.
 
-    Values refused (over the limit or misshapen) are not remembered, so the
-    memory is bounded too; asking again costs one dict lookup and a length test.
+    First come, first labelled. With ``idle_seconds``, a value not seen for that
+    long gives its place to the next new one when the cap is full (``on_evict``
+    drops its series), so a long-lived worker follows new versions instead of
+    counting every release after the twentieth as ``other``. Refused values
+    (over the limit or misshapen) are not remembered: the memory is bounded too,
+    and asking again costs a dict lookup and a comparison.
     """
 
-    def __init__(self, limit: int, admissible: Callable[[str], bool] | None = None) -> None:
+    def __init__(
+        self,
+        limit: int,
+        admissible: Callable[[str], bool] | None = None,
+        idle_seconds: float = 0.0,
+        on_evict: Callable[[str], None] | None = None,
+    ) -> None:
         self.limit = limit
+        self.idle_seconds = idle_seconds
         self._admissible = admissible
-        self._known: dict[str, str] = {}
+        self._on_evict = on_evict
+        self._last_seen: dict[str, float] = {}
+        # While full: no entry can be idle before this time (skips the scan for one).
+        self._no_idle_until = 0.0
 
-    def label(self, value: str | None) -> str:
+    def label(self, value: str | None, now: float = 0.0) -> str:
         if value is None or value == "":
             return NONE
-        known = self._known.get(value)
-        if known is not None:
-            return known
-        if len(self._known) >= self.limit:
-            return OTHER
+        last_seen = self._last_seen
+        if value in last_seen:
+            last_seen[value] = now
+            return value
         check = self._admissible
         if check is not None and not check(value):
             return OTHER
-        self._known[value] = value
+        if len(last_seen) >= self.limit and not self._evict_one(now):
+            return OTHER
+        last_seen[value] = now
         return value
 
+    def _evict_one(self, now: float) -> bool:
+        if self.idle_seconds <= 0 or now < self._no_idle_until:
+            return False
+        last_seen = self._last_seen
+        oldest = min(last_seen, key=last_seen.__getitem__)
+        if now - last_seen[oldest] < self.idle_seconds:
+            self._no_idle_until = last_seen[oldest] + self.idle_seconds
+            return False
+        del last_seen[oldest]
+        if self._on_evict is not None:
+            self._on_evict(oldest)
+        return True
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._last_seen
+
     def __len__(self) -> int:
-        return len(self._known)
+        return len(self._last_seen)
 
 
 class DurationHistogram:
@@ -135,11 +170,43 @@ class DurationHistogram:
 class RequestMetrics:
     """Request counters and duration histograms of one worker."""
 
-    def __init__(self, max_path_groups: int = 50, max_versions: int = 20) -> None:
-        self.path_groups = LabelCap(max_path_groups, looks_like_path_group)
-        self.versions = LabelCap(max_versions, looks_like_version)
+    def __init__(
+        self,
+        max_path_groups: int = 50,
+        max_versions: int = 20,
+        label_idle_seconds: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path_groups = LabelCap(
+            max_path_groups,
+            looks_like_path_group,
+            label_idle_seconds,
+            lambda value: self._forget(0, value),
+        )
+        self.versions = LabelCap(
+            max_versions,
+            looks_like_version,
+            label_idle_seconds,
+            lambda value: self._forget(2, value),
+        )
         self.requests: dict[RequestKey, int] = {}
         self.durations: dict[SeriesKey, DurationHistogram] = {}
+        self._clock = clock
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RequestMetrics:
+        return cls(
+            settings.metrics_max_path_groups,
+            settings.metrics_max_versions,
+            settings.metrics_label_idle_seconds,
+        )
+
+    def _forget(self, position: int, value: str) -> None:
+        """Drop the series of an evicted label value (Prometheus sees them go stale)."""
+        for key in [k for k in self.requests if k[position] == value]:
+            del self.requests[key]
+        for series in [k for k in self.durations if k[position] == value]:
+            del self.durations[series]
 
     def add_batch(self, results: Iterable[object]) -> None:
         """Count the enriched requests of one processed batch (dead letters are skipped)."""
@@ -168,11 +235,12 @@ class RequestMetrics:
 
     def _fold(self, groups: BatchGroups) -> None:
         requests, histograms = self.requests, self.durations
+        now = self._clock()
         for (path_group, stage, version, status), durations in groups.items():
             series: SeriesKey = (
-                self.path_groups.label(path_group),
+                self.path_groups.label(path_group, now),
                 stage if stage in STAGES else OTHER,
-                self.versions.label(version),
+                self.versions.label(version, now),
             )
             key: RequestKey = (*series, status_class(status))
             requests[key] = requests.get(key, 0) + len(durations)
@@ -192,8 +260,9 @@ class RequestMetrics:
         severe decision among them.
         """
         current: dict[str, str] = {}
+        now = self._clock()
         for path_group, decision in verdicts:
-            label = self.path_groups.label(path_group)
+            label = self.path_groups.label(path_group, now)
             if decision not in SEVERITY:
                 continue
             seen = current.get(label)

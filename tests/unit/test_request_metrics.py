@@ -241,3 +241,49 @@ def test_the_worker_exposes_them_with_the_verdicts_of_its_canary_analysis() -> N
 def test_no_request_metrics_no_families() -> None:
     body, _ = asyncio.run(Telemetry(SimpleNamespace(app=None)).render())
     assert b"grayscope_http_requests_total" not in body
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_idle_version_gives_its_place_and_its_series_to_a_new_one() -> None:
+    clock = FakeClock()
+    metrics = RequestMetrics(max_path_groups=5, max_versions=2, label_idle_seconds=60, clock=clock)
+    metrics.add_batch([request(version="v1"), request(version="v2")])
+    clock.now = 30.0
+    metrics.add_batch([request(version="v2"), request(version="v3")])  # full, nothing idle
+    assert {k[2] for k in metrics.requests} == {"v1", "v2", OTHER}
+    clock.now = 61.0  # v1 last seen at 0: idle; v2 seen at 30: not
+    metrics.add_batch([request(version="v3")])
+    assert {k[2] for k in metrics.requests} == {"v2", "v3", OTHER}
+    assert "v1" not in metrics.versions and ("/api/cart", "stable", "v1") not in metrics.durations
+    # v1 again, nothing idle: other.
+    metrics.add_batch([request(version="v1")])
+    assert metrics.requests[("/api/cart", "stable", OTHER, "2xx")] == 2
+
+
+def test_without_idle_eviction_the_first_values_stay() -> None:
+    clock = FakeClock()
+    metrics = RequestMetrics(max_versions=1, label_idle_seconds=0, clock=clock)
+    metrics.add_batch([request(version="v1")])
+    clock.now = 1e9
+    metrics.add_batch([request(version="v2")])
+    assert {k[2] for k in metrics.requests} == {"v1", OTHER}
+
+
+def test_eviction_under_adversarial_input_stays_bounded() -> None:
+    clock = FakeClock()
+    metrics = RequestMetrics(max_path_groups=10, max_versions=3, label_idle_seconds=1, clock=clock)
+    for batch in range(200):
+        clock.now = float(batch)
+        metrics.add_batch(
+            [request(path_group=f"/p{batch}-{i}", version=f"v{batch}-{i}") for i in range(50)]
+        )
+        assert len(metrics.path_groups) <= 10 and len(metrics.versions) <= 3
+        assert len({k[0] for k in metrics.requests}) <= 11
+        assert len({k[2] for k in metrics.requests}) <= 4
