@@ -1,7 +1,7 @@
 """The ``grayscope`` command line.
 
 Subcommands: enrich (stdin -> documents), worker, setup, produce, demo,
-kibana import, canary status. Every subcommand takes the settings as flags
+kibana import, canary status, stack up|env|status|down. Every subcommand takes the settings as flags
 that mirror the ``GRAYSCOPE_*`` environment variables.
 """
 
@@ -137,6 +137,12 @@ def _demo_options(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=_lazy("pipeline.demo", "run_demo"))
 
 
+def _stack_options(parser: argparse.ArgumentParser) -> None:
+    from pipeline.dev.stack.command import add_stack_arguments
+
+    add_stack_arguments(parser)
+
+
 def _canary_options(parser: argparse.ArgumentParser) -> None:
     from pipeline.canary_cli import configure_parser
 
@@ -150,6 +156,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "produce": ("send a file, stdin or synthetic traffic to Kafka", _produce_options),
     "demo": ("run the whole pipeline locally on synthetic gray-release traffic", _demo_options),
     "canary": ("canary analysis: verdicts of a running worker (status)", _canary_options),
+    "stack": ("the real local services (Kafka, OpenSearch, ...) without Docker", _stack_options),
 }
 
 

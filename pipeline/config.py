@@ -432,3 +432,47 @@ def load_settings(**values: Any) -> Settings:
         loc = first["loc"][0] if first["loc"] else "settings"
         setting = f"GRAYSCOPE_{str(loc).upper()}"
         raise ConfigError(setting, first["msg"]) from exc
+
+
+def _home_subdir(xdg_value: str | None, fallback: str, *parts: str) -> str:
+    base = Path(xdg_value) if xdg_value else Path.home() / fallback
+    return str(base.joinpath(*parts))
+
+
+def default_cache_dir() -> str:
+    """``${XDG_CACHE_HOME:-~/.cache}/grayscope``."""
+    import os
+
+    return _home_subdir(os.environ.get("XDG_CACHE_HOME"), ".cache", "grayscope")
+
+
+def default_stack_dir() -> str:
+    """``${XDG_STATE_HOME:-~/.local/state}/grayscope/stack``."""
+    import os
+
+    return _home_subdir(os.environ.get("XDG_STATE_HOME"), ".local/state", "grayscope", "stack")
+
+
+class StackSettings(BaseSettings):
+    """Settings of the local development stack (``grayscope stack``, the integration tests).
+
+    Apart from :class:`Settings`: a worker never needs them.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="GRAYSCOPE_", extra="ignore", frozen=True)
+
+    cache_dir: str = Field(
+        default_factory=default_cache_dir,
+        description="Downloads and builds of the local stack's services (Maven jars, "
+        "binaries), shared by every stack and test run: ${XDG_CACHE_HOME:-~/.cache}/grayscope.",
+    )
+    stack_dir: str = Field(
+        default_factory=default_stack_dir,
+        description="Where `grayscope stack up` keeps its services' data, logs and pid files "
+        "(`--dir` overrides): ${XDG_STATE_HOME:-~/.local/state}/grayscope/stack.",
+    )
+    java_home: str = Field(
+        "",
+        description="JDK for the stack's Java services (Kafka, OpenSearch); empty: `java` on "
+        "PATH. Needs Java 17 or newer.",
+    )

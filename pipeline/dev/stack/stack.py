@@ -1,0 +1,241 @@
+"""``grayscope stack``: the real local services as detached processes under one folder.
+
+Layout of a stack folder (``--dir``, default ``GRAYSCOPE_STACK_DIR``)::
+
+    <dir>/<service>/            the service's data and config (kept by `down`)
+    <dir>/<service>/*.log       its log
+    <dir>/<service>/state.json  pid, process start time, ports, exported endpoints
+                                (kept after `down`: the next `up` reuses the ports)
+
+**Registration point for more services.** :data:`SERVICES` lists one
+:class:`ServiceSpec` per service, in start order. A module adds its service
+by defining a spec (a ``fetch`` that resolves/builds it into the cache and a
+``start`` that starts it detached and says what it exports) and appending it
+there: ``up``/``env``/``status``/``down`` and ``make services`` then handle it
+with no other change. ``env`` prints only the services that run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import StackSettings
+from pipeline.dev.stack.kafka import KafkaNode, kafka_lib
+from pipeline.dev.stack.opensearch import OpenSearchNode, opensearch_lib
+from pipeline.dev.stack.process import (
+    LOOPBACK,
+    pid_alive,
+    port_accepts,
+    process_start_time,
+    stop_pid,
+)
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+
+
+@dataclass(frozen=True)
+class Started:
+    """What a running service leaves in its state file."""
+
+    pid: int
+    start_time: int | None
+    #: ``GRAYSCOPE_*`` variables that point a worker at it (``stack env``).
+    env: dict[str, str]
+    #: Named ports, reused by the next ``up`` when still free (clients keep their config).
+    ports: dict[str, int] = field(default_factory=dict)
+    #: The port that must accept connections for ``status`` to call it up.
+    probe_port: int = 0
+    log_path: str = ""
+    stop_grace: float = 30.0
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    #: Resolve or build the service into the cache (no-op when warm).
+    fetch: Callable[[StackSettings], None]
+    #: Start it detached in its folder (ports of the previous run, when still free).
+    start: Callable[[StackSettings, Path, Mapping[str, int]], Started]
+
+
+def _reusable(ports: Mapping[str, int], name: str) -> int:
+    port = int(ports.get(name, 0))
+    return port if port and not port_accepts(LOOPBACK, port) else 0
+
+
+def _java_home(settings: StackSettings) -> str | None:
+    return settings.java_home or None
+
+
+def _fetch_kafka(settings: StackSettings) -> None:
+    kafka_lib(Path(settings.cache_dir))
+
+
+def _start_kafka(settings: StackSettings, folder: Path, ports: Mapping[str, int]) -> Started:
+    node = KafkaNode(
+        data_dir=folder,
+        lib=kafka_lib(Path(settings.cache_dir)),
+        port=_reusable(ports, "broker"),
+        controller_port=_reusable(ports, "controller"),
+        java_home=_java_home(settings),
+        detached=True,
+    )
+    node.start()
+    pid = node.process.pid
+    assert pid is not None
+    return Started(
+        pid=pid,
+        start_time=process_start_time(pid),
+        env={"GRAYSCOPE_KAFKA_BROKERS": node.bootstrap},
+        ports={"broker": node.port, "controller": node.controller_port},
+        probe_port=node.port,
+        log_path=str(node.process.log_path),
+        stop_grace=node.process.stop_grace,
+    )
+
+
+def _fetch_opensearch(settings: StackSettings) -> None:
+    opensearch_lib(Path(settings.cache_dir))
+
+
+def _start_opensearch(settings: StackSettings, folder: Path, ports: Mapping[str, int]) -> Started:
+    node = OpenSearchNode(
+        data_dir=folder,
+        lib=opensearch_lib(Path(settings.cache_dir)),
+        http_port=_reusable(ports, "http"),
+        transport_port=_reusable(ports, "transport"),
+        java_home=_java_home(settings),
+        detached=True,
+    )
+    node.start()
+    pid = node.process.pid
+    assert pid is not None
+    return Started(
+        pid=pid,
+        start_time=process_start_time(pid),
+        env={"GRAYSCOPE_ES_URL": node.url},
+        ports={"http": node.http_port, "transport": node.transport_port},
+        probe_port=node.http_port,
+        log_path=str(node.process.log_path),
+        stop_grace=node.process.stop_grace,
+    )
+
+
+#: The stack's services in start order. Jaeger (GRAYSCOPE_OTLP_ENDPOINT,
+#: GRAYSCOPE_JAEGER_URL) and Prometheus (GRAYSCOPE_PROMETHEUS_URL) append
+#: their specs here.
+SERVICES: list[ServiceSpec] = [
+    ServiceSpec("kafka", _fetch_kafka, _start_kafka),
+    ServiceSpec("opensearch", _fetch_opensearch, _start_opensearch),
+]
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    state: str  # "running", "not answering", "stopped"
+    started: Started | None
+
+
+class Stack:
+    """The services of one stack folder."""
+
+    def __init__(self, settings: StackSettings, folder: Path | None = None) -> None:
+        self.settings = settings
+        self.folder = (folder or Path(settings.stack_dir)).expanduser().resolve()
+
+    def _state_path(self, name: str) -> Path:
+        return self.folder / name / STATE_FILE
+
+    def _load(self, name: str) -> Started | None:
+        try:
+            data: dict[str, Any] = json.loads(self._state_path(name).read_text())
+            return Started(**data)
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def _alive(self, started: Started | None) -> bool:
+        if started is None or not pid_alive(started.pid):
+            return False
+        return started.start_time is None or process_start_time(started.pid) == started.start_time
+
+    def fetch(self) -> None:
+        """Resolve every service into the cache (what `make services` runs)."""
+        for spec in SERVICES:
+            spec.fetch(self.settings)
+
+    def up(self, report: Callable[[str], None] = print) -> None:
+        """Start every service that is not running; return once all answer."""
+        started_now: list[tuple[ServiceSpec, Started]] = []
+        try:
+            for spec in SERVICES:
+                previous = self._load(spec.name)
+                if self._alive(previous):
+                    report(f"{spec.name}: already running (pid {previous.pid})")  # type: ignore[union-attr]
+                    continue
+                folder = self.folder / spec.name
+                folder.mkdir(parents=True, exist_ok=True)
+                report(f"{spec.name}: starting (data and log in {folder})")
+                spec.fetch(self.settings)
+                started = spec.start(
+                    self.settings, folder, previous.ports if previous is not None else {}
+                )
+                self._state_path(spec.name).write_text(json.dumps(asdict(started), indent=2))
+                started_now.append((spec, started))
+                endpoints = " ".join(f"{k}={v}" for k, v in started.env.items())
+                report(f"{spec.name}: up (pid {started.pid}) {endpoints}")
+        except BaseException:
+            # All or nothing for this call: what it started goes down again.
+            for spec, started in reversed(started_now):
+                stop_pid(started.pid, grace=started.stop_grace, start_time=started.start_time)
+                self._state_path(spec.name).unlink(missing_ok=True)
+            raise
+
+    def env(self) -> dict[str, str]:
+        """The endpoint variables of the services that run."""
+        out: dict[str, str] = {}
+        for spec in SERVICES:
+            started = self._load(spec.name)
+            if self._alive(started):
+                out.update(started.env)  # type: ignore[union-attr]
+        return out
+
+    def status(self) -> list[ServiceStatus]:
+        out = []
+        for spec in SERVICES:
+            started = self._load(spec.name)
+            if not self._alive(started):
+                out.append(ServiceStatus(spec.name, "stopped", started))
+            elif (
+                started is not None
+                and started.probe_port
+                and not port_accepts(LOOPBACK, started.probe_port)
+            ):
+                out.append(ServiceStatus(spec.name, "not answering", started))
+            else:
+                out.append(ServiceStatus(spec.name, "running", started))
+        return out
+
+    def down(self, report: Callable[[str], None] = print) -> None:
+        """Stop every service this folder started (reverse order); data stays."""
+        for spec in reversed(SERVICES):
+            started = self._load(spec.name)
+            if started is None:
+                continue
+            if self._alive(started):
+                report(f"{spec.name}: stopping (pid {started.pid})")
+                stop_pid(started.pid, grace=started.stop_grace, start_time=started.start_time)
+            # The state file stays: the next `up` takes the same ports again, so
+            # clients keep their configuration.
+
+
+def export_lines(env: Mapping[str, str]) -> str:
+    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items())
