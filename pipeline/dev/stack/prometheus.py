@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 ROOT: Final = Path(__file__).resolve().parents[3]
 #: The rules users load (README "Prometheus, Alertmanager and Grafana").
 RULES: Final = ROOT / "deploy" / "prometheus" / "grayscope-rules.yml"
+#: What the stack's Prometheus scrapes until its targets.json says otherwise: a worker
+#: on this machine with the default web port (Settings.web_port).
+WORKER_TARGET: Final = f"{LOOPBACK}:6066"
 PROMETHEUS_BINARY: Final = "prometheus"
 ALERTMANAGER_BINARY: Final = "prometheus-alertmanager"  # Debian's name for alertmanager
 #: Starts that lose the race for a free port are retried on another one.
@@ -119,10 +122,10 @@ class _Service:
 
     name = "service"
 
-    def __init__(self, data_dir: Path, *, detached: bool = False) -> None:
+    def __init__(self, data_dir: Path, *, port: int = 0, detached: bool = False) -> None:
         self.data_dir = data_dir
         self.detached = detached
-        self.port = 0
+        self.port = port  # 0: a free one
         self.process: ManagedProcess | None = None
 
     @property
@@ -143,8 +146,9 @@ class _Service:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(self.config(), indent=2) + "\n")
         last: ServiceError | None = None
-        for _ in range(PORT_ATTEMPTS):
-            self.port = free_port()
+        wanted = self.port
+        for attempt in range(PORT_ATTEMPTS):
+            self.port = wanted if wanted and attempt == 0 else free_port()
             self.process = ManagedProcess(
                 self.name,
                 self.argv(),
@@ -189,9 +193,10 @@ class Alertmanager(_Service):
         group_wait: str = "1s",
         group_interval: str = "1s",
         repeat_interval: str = "1h",
+        port: int = 0,
         detached: bool = False,
     ) -> None:
-        super().__init__(data_dir, detached=detached)
+        super().__init__(data_dir, port=port, detached=detached)
         self.webhook_url = webhook_url
         self.group_wait = group_wait
         self.group_interval = group_interval
@@ -242,10 +247,15 @@ class Prometheus(_Service):
         scrape_interval: str = "15s",
         evaluation_interval: str = "15s",
         job: str = "grayscope",
+        targets_file: Path | None = None,
+        port: int = 0,
         detached: bool = False,
     ) -> None:
-        super().__init__(data_dir, detached=detached)
+        super().__init__(data_dir, port=port, detached=detached)
         self.scrape_targets = list(scrape_targets)
+        #: With a targets file, the scrape targets are read from it (file_sd: edit it to
+        #: add workers, no restart); ``scrape_targets`` only seed it when it is missing.
+        self.targets_file = targets_file
         self.rule_files = [Path(p) for p in rule_files]
         self.alertmanager_url = alertmanager_url
         self.scrape_interval = scrape_interval
@@ -260,13 +270,22 @@ class Prometheus(_Service):
             },
             "rule_files": [str(p.resolve()) for p in self.rule_files],
             "scrape_configs": [
-                {"job_name": self.job, "static_configs": [{"targets": self.scrape_targets}]}
+                {"job_name": self.job, "file_sd_configs": [{"files": [str(self.targets_file)]}]}
+                if self.targets_file is not None
+                else {"job_name": self.job, "static_configs": [{"targets": self.scrape_targets}]}
             ],
         }
         if self.alertmanager_url:
             target = urllib.parse.urlsplit(self.alertmanager_url).netloc
             config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [target]}]}]}
         return config
+
+    def start(self) -> Prometheus:
+        if self.targets_file is not None and not self.targets_file.exists():
+            self.targets_file.parent.mkdir(parents=True, exist_ok=True)
+            self.targets_file.write_text(json.dumps([{"targets": self.scrape_targets}]) + "\n")
+        super().start()
+        return self
 
     def argv(self) -> list[str]:
         return [
