@@ -48,12 +48,26 @@ clean-native:
 install: $(STAMP) native
 
 # ruff, mypy and the architecture contract (who may import whom: tests/unit/test_architecture.py).
+
+# Debian packages the tests run (deploy/debian-packages.txt: promtool, Prometheus,
+# Alertmanager, ...): the missing ones are installed (as root, or through sudo).
+DEBIAN_PACKAGES := $(shell sed -e 's/\#.*//' deploy/debian-packages.txt)
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+debian-packages:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	fi
+
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline agents schemas tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_architecture.py
 
-unit: install
+unit: install debian-packages
 	$(BIN)/python -m pytest tests/unit -q
 
 # The real services the integration tier starts as plain processes (Apache Kafka,
@@ -64,20 +78,6 @@ services: $(STAMP)
 
 integration: install services debian-packages jaeger
 	$(BIN)/python -m pytest tests/integration -q
-
-# Programs the integration tests run that are no Python package (nginx, kcat,
-# rsyslog's omkafka): installed with apt-get when missing (root, or sudo).
-DEBIAN_PACKAGES := $(shell sed -e 's/\#.*//' tests/debian-packages.txt)
-debian-packages:
-	@missing=""; for pkg in $(DEBIAN_PACKAGES); do \
-		dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$pkg"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
-		echo "apt-get install$$missing"; \
-		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-			$$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	fi
 
 # Jaeger v2 built with Go into the service cache (minutes the first time, then nothing).
 jaeger: $(STAMP)

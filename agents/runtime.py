@@ -23,6 +23,7 @@ from pipeline.canary.observer import CanaryObserver
 from pipeline.config import Settings, enrich_context
 from pipeline.errors import DeadLetterError, StoreRejected, StoreUnavailable
 from pipeline.geoip import GeoIPResolver
+from pipeline.metrics.requests import RequestMetrics
 from pipeline.native import NATIVE_MODULES, loaded_native
 from pipeline.probe import connect_error
 from pipeline.retry import Backoff
@@ -65,6 +66,9 @@ class Runtime:
         )
         self.context = enrich_context(settings, self.geoip)
         self.telemetry = Telemetry(self)
+        self.request_metrics = (
+            RequestMetrics.from_settings(settings) if settings.request_metrics else None
+        )
         self.es_service: ElasticsearchService | None = None
         self.store: ElasticsearchSink | None = None
         if settings.es_hosts():
@@ -120,6 +124,7 @@ class Runtime:
             self.settings.es_mode.value,
             observe_latency=self.telemetry.delivery_latency.observe_many,
             observer=self.canary_observer,
+            request_metrics=self.request_metrics,
         )
         runtime = self
 

@@ -255,6 +255,33 @@ class Settings(BaseSettings):
         "(fixed once created).",
     )
 
+    # --- Request metrics (worker /metrics) -----------------------------------
+    request_metrics: bool = Field(
+        True,
+        description="Count the access logs' requests on /metrics (grayscope_http_requests_total, "
+        "grayscope_http_request_duration_seconds, grayscope_canary_verdict).",
+    )
+    metrics_max_path_groups: int = Field(
+        50,
+        ge=1,
+        le=10_000,
+        description="Path groups with their own label on the request metrics (first seen "
+        "first); the rest are counted as `other`.",
+    )
+    metrics_max_versions: int = Field(
+        20,
+        ge=1,
+        le=10_000,
+        description="Versions with their own label on the request metrics (first seen first); "
+        "the rest, and values not shaped like a version, are counted as `other`.",
+    )
+    metrics_label_idle_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="When a cap is full, a path group or version unseen this long gives its "
+        "place (and drops its series) to a new one; 0 = never.",
+    )
+
     # --- Kibana (for `grayscope kibana import`) ---------------------------
     kibana_url: str = Field(
         "http://localhost:5601", description="Kibana base URL (including any base path)."

@@ -22,6 +22,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from pipeline.metrics.requests import RequestMetrics
+
 PREFIX = "grayscope_"
 LABEL_FOR = {
     "dead_lettered_total": "reason",
@@ -130,6 +132,41 @@ class _StatsCollector:
             for (topic, partition), value in sorted(lag.items()):
                 family.add_metric([topic, str(partition)], value)
             yield family
+        requests = self._telemetry.request_metrics()
+        if requests is not None:
+            yield from request_metric_families(requests, self._telemetry.current_verdicts())
+
+
+def request_metric_families(
+    requests: RequestMetrics, verdicts: list[tuple[str, str]]
+) -> Iterator[Metric]:
+    """The access logs' request metrics (pipeline/metrics/requests.py) as metric families."""
+    counter = CounterMetricFamily(
+        PREFIX + "http_requests",
+        "requests in the access logs, by path group, stage, version and status class",
+        labels=["path_group", "stage", "version", "status_class"],
+    )
+    for key, count in sorted(requests.requests.items()):
+        counter.add_metric(list(key), count)
+    yield counter
+    histogram = HistogramMetricFamily(
+        PREFIX + "http_request_duration_seconds",
+        "request duration as logged by the proxy, by path group, stage and version",
+        labels=["path_group", "stage", "version"],
+    )
+    for series, durations in sorted(requests.durations.items()):
+        histogram.add_metric(
+            list(series), list(durations.cumulative()), sum_value=durations.sum_seconds
+        )
+    yield histogram
+    gauge = GaugeMetricFamily(
+        PREFIX + "canary_verdict",
+        "current canary verdict per path group: 1 for the current decision, 0 for the others",
+        labels=["path_group", "decision"],
+    )
+    for path_group, decision, value in requests.verdict_series(verdicts):
+        gauge.add_metric([path_group, decision], value)
+    yield gauge
 
 
 class Telemetry:
@@ -164,6 +201,26 @@ class Telemetry:
                     break
             if obj is not None:
                 yield component, obj
+
+    def request_metrics(self) -> RequestMetrics | None:
+        metrics = getattr(self._runtime, "request_metrics", None)
+        return metrics if isinstance(metrics, RequestMetrics) else None
+
+    def current_verdicts(self) -> list[tuple[str, str]]:
+        """``(path group, decision)`` of the canary verdicts this worker evaluated last.
+
+        The only interface to the verdict engine: the app's ``grayscope_canary``
+        (agents/canary.py) holds ``verdicts``, each with a ``path_group`` and a
+        ``decision`` (a string enum). Absent (canary analysis off): none.
+        """
+        canary = getattr(getattr(self._runtime, "app", None), "grayscope_canary", None)
+        out = []
+        for verdict in getattr(canary, "verdicts", None) or ():
+            decision = getattr(verdict, "decision", None)
+            path_group = getattr(verdict, "path_group", None)
+            if isinstance(path_group, str) and decision is not None:
+                out.append((path_group, str(getattr(decision, "value", decision))))
+        return out
 
     def consumer_lag(self) -> dict[tuple[str, int], int] | None:
         """(topic, partition) -> high watermark - committed offset; None when unknown."""

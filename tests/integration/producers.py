@@ -12,7 +12,7 @@
 - :class:`RsyslogShipper`: rsyslogd (``-n``, own config, pid file and work
   dir) tails a file with imfile and sends each line with omkafka (librdkafka).
 
-The Debian packages come from ``tests/debian-packages.txt`` (``make
+The Debian packages come from ``deploy/debian-packages.txt`` (``make
 debian-packages``, a prerequisite of ``make test``).
 """
 

@@ -109,6 +109,9 @@ def test_compose_has_the_stack(services: dict[str, dict[str, Any]]) -> None:
         "kibana-objects",
         "traffic",
         "geoipupdate",
+        "prometheus",
+        "alertmanager",
+        "grafana",
     }
     assert expected <= set(services)
 
@@ -331,3 +334,90 @@ def test_interpolate() -> None:
     assert interpolate("${A-}") == ""
     assert interpolate("${A}") == ""
     assert interpolate("pre $${A} ${B:--Xms1g}") == "pre ${A} -Xms1g"
+
+
+# --------------------------------------------------------------------------
+# Prometheus, Alertmanager, Grafana (deploy/prometheus, deploy/grafana)
+# --------------------------------------------------------------------------
+
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
+GRAFANA_DIR = ROOT / "deploy" / "grafana"
+
+
+def mounted(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> repo-relative source of a service's bind mounts."""
+    return {
+        target: source.removeprefix("./")
+        for source, target in volume_mounts(service)
+        if source.startswith("./")
+    }
+
+
+def test_prometheus_scrapes_the_worker_with_the_rules_and_alertmanager(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    prometheus = services["prometheus"]
+    mounts = mounted(prometheus)
+    config_arg = next(a for a in prometheus["command"] if a.startswith("--config.file="))
+    config_path = config_arg.split("=", 1)[1]
+    assert mounts[config_path] == "deploy/prometheus/prometheus.yml"
+    config = yaml.safe_load((ROOT / mounts[config_path]).read_text())
+    for rule_file in config["rule_files"]:
+        assert mounts[rule_file] == "deploy/prometheus/grayscope-rules.yml"
+    worker_port = int(environment(services["worker"]).get("GRAYSCOPE_WEB_PORT", "6066"))
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    assert f"worker:{worker_port}" in targets
+    assert worker_port in published_ports(services["worker"])
+    (alertmanagers,) = config["alerting"]["alertmanagers"]
+    (target,) = alertmanagers["static_configs"][0]["targets"]
+    host, port = target.split(":")
+    assert host in services and int(port) in published_ports(services[host])
+    assert depends_on(prometheus).keys() >= {"worker", "alertmanager"}
+
+
+def test_alertmanager_config_is_mounted(services: dict[str, dict[str, Any]]) -> None:
+    alertmanager = services["alertmanager"]
+    config_arg = next(a for a in alertmanager["command"] if a.startswith("--config.file="))
+    source = mounted(alertmanager)[config_arg.split("=", 1)[1]]
+    config = yaml.safe_load((ROOT / source).read_text())
+    receivers = {r["name"] for r in config["receivers"]}
+    assert config["route"]["receiver"] in receivers
+
+
+def test_grafana_provisions_the_data_source_and_the_board(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    grafana = services["grafana"]
+    mounts = mounted(grafana)
+    assert mounts["/etc/grafana/provisioning"] == "deploy/grafana/provisioning"
+    provisioning = ROOT / mounts["/etc/grafana/provisioning"]
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    url = urlsplit(datasource["url"])
+    assert datasource["type"] == "prometheus"
+    assert url.hostname in services and url.port in published_ports(services[url.hostname])
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "grayscope.yml").read_text())[
+        "providers"
+    ]
+    board_dir = provider["options"]["path"]
+    assert mounts[board_dir] == "deploy/grafana/dashboards"
+    boards = list((ROOT / mounts[board_dir]).glob("*.json"))
+    assert boards
+    home = environment(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (
+        home.startswith(board_dir + "/")
+        and (ROOT / mounts[board_dir] / home.removeprefix(board_dir + "/")).is_file()
+    )
+    assert "prometheus" in depends_on(grafana)
+
+
+def test_monitoring_ports(services: dict[str, dict[str, Any]]) -> None:
+    assert 9090 in published_ports(services["prometheus"])
+    assert 9093 in published_ports(services["alertmanager"])
+    assert 3000 in published_ports(services["grafana"])

@@ -36,6 +36,15 @@ from pipeline.dev.stack.process import (
     process_start_time,
     stop_pid,
 )
+from pipeline.dev.stack.prometheus import (
+    ALERTMANAGER_BINARY,
+    PROMETHEUS_BINARY,
+    RULES,
+    WORKER_TARGET,
+    Alertmanager,
+    Prometheus,
+    binary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +164,59 @@ def _start_jaeger(settings: StackSettings, folder: Path, ports: Mapping[str, int
     )
 
 
+def _fetch_monitoring(settings: StackSettings) -> None:
+    binary(PROMETHEUS_BINARY)  # Debian packages (make debian-packages): nothing to fetch
+    binary(ALERTMANAGER_BINARY)
+
+
+def _started(process: Any, env: dict[str, str], port: int) -> Started:
+    pid = process.pid
+    assert pid is not None
+    return Started(
+        pid=pid,
+        start_time=process_start_time(pid),
+        env=env,
+        ports={"http": port},
+        probe_port=port,
+        log_path=str(process.log_path),
+        stop_grace=process.stop_grace,
+    )
+
+
+def _start_alertmanager(settings: StackSettings, folder: Path, ports: Mapping[str, int]) -> Started:
+    alertmanager = Alertmanager(
+        folder, port=_reusable(ports, "http"), group_wait="10s", detached=True
+    )
+    alertmanager.start()
+    assert alertmanager.process is not None
+    return _started(
+        alertmanager.process, {"GRAYSCOPE_ALERTMANAGER_URL": alertmanager.url}, alertmanager.port
+    )
+
+
+def _start_prometheus(settings: StackSettings, folder: Path, ports: Mapping[str, int]) -> Started:
+    # The alertmanager started just before (its state file names its port).
+    try:
+        alertmanager = json.loads((folder.parent / "alertmanager" / STATE_FILE).read_text())
+        alertmanager_url: str | None = alertmanager["env"]["GRAYSCOPE_ALERTMANAGER_URL"]
+    except (OSError, ValueError, KeyError):
+        alertmanager_url = None
+    prometheus = Prometheus(
+        folder,
+        scrape_targets=[WORKER_TARGET],
+        targets_file=folder / "targets.json",  # add workers here; read without a restart
+        rule_files=[RULES],
+        alertmanager_url=alertmanager_url,
+        port=_reusable(ports, "http"),
+        detached=True,
+    )
+    prometheus.start()
+    assert prometheus.process is not None
+    return _started(
+        prometheus.process, {"GRAYSCOPE_PROMETHEUS_URL": prometheus.url}, prometheus.port
+    )
+
+
 #: The stack's services in start order. Jaeger (GRAYSCOPE_OTLP_ENDPOINT,
 #: GRAYSCOPE_JAEGER_URL) and Prometheus (GRAYSCOPE_PROMETHEUS_URL) append
 #: their specs here.
@@ -162,6 +224,8 @@ SERVICES: list[ServiceSpec] = [
     ServiceSpec("kafka", _fetch_kafka, _start_kafka),
     ServiceSpec("opensearch", _fetch_opensearch, _start_opensearch),
     ServiceSpec("jaeger", _fetch_jaeger, _start_jaeger),
+    ServiceSpec("alertmanager", _fetch_monitoring, _start_alertmanager),
+    ServiceSpec("prometheus", _fetch_monitoring, _start_prometheus),
 ]
 
 
