@@ -14,8 +14,8 @@ from typing import NamedTuple
 import pytest
 import yaml
 
-from pipeline.canary.counters import CanaryStats
 from agents.handler import BatchStats
+from pipeline.canary.counters import CanaryStats
 from pipeline.geoip import GeoIPStats
 from pipeline.metrics.requests import RequestMetrics
 from pipeline.sinks.dlq import DeadLetterStats

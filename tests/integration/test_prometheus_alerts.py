@@ -30,9 +30,9 @@ from typing import Any
 import orjson
 import pytest
 
+from pipeline.dev.embedded.store import EmbeddedStore
 from pipeline.dev.stack.process import LOOPBACK
 from pipeline.dev.stack.prometheus import RULES, Alertmanager, Prometheus, scaled_rules
-from pipeline.dev.embedded.store import EmbeddedStore
 from pipeline.dev.synth import PATH_RULES
 from tests.integration.worker_proc import WorkerProcess
 
