@@ -9,7 +9,8 @@ The worker's path for a batch, one named step each (``BatchHandler.handle``):
 4. ``_deliver``: the store's bulk requests (pipeline/sinks/elasticsearch/),
    then every dead letter to the dead-letter topic (pipeline/sinks/dlq.py);
 5. ``_after_delivery``: spans to the exporter's bounded queue (never holding up
-   the batch), the canary observer, latency and stats.
+   the batch), the canary observer, latency and stats. (The request metrics,
+   ``pipeline/metrics/``, count each batch once it is processed.)
 
 ``handle`` returns only when every message of the batch is stored or
 dead-lettered: the caller (agents/batching.py, or the stock Faust stream in
@@ -40,6 +41,7 @@ from pipeline.core.process import (
     process_batch,
 )
 from pipeline.errors import ShutdownInterrupted
+from pipeline.metrics.requests import RequestMetrics
 from pipeline.sinks.dlq import DeadLetterSink
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,7 @@ class BatchHandler:
         es_mode: str = "data_stream",
         observe_latency: Callable[[list[float]], None] | None = None,
         observer: CanaryObserver | None = None,
+        request_metrics: RequestMetrics | None = None,
     ) -> None:
         self._ctx = ctx
         self._store = store
@@ -88,6 +91,7 @@ class BatchHandler:
         self._es_mode = es_mode
         self._observe_latency = observe_latency
         self._observer = observer
+        self._request_metrics = request_metrics
         self.stats = BatchStats()
         self._delivering: set[asyncio.Task[int]] = set()
         self._idle = asyncio.Event()
@@ -121,6 +125,9 @@ class BatchHandler:
         spans = encode_spans(messages, results) if self._spans is not None else []
         observed = observations(messages, results) if self._observer is not None else []
         count_datasets(results, self.stats.events_enriched_total)
+        if self._request_metrics is not None:
+            # Counted once processed, before delivery (pipeline/metrics/requests.py).
+            self._request_metrics.add_batch(results)
         del results  # serialised and encoded: free the documents before the delivery wait
         stored = await self._deliver_guarded(items, letters)
         self._after_delivery(messages, spans, observed)
