@@ -32,6 +32,7 @@ NATIVE_MODULES = (
     "pipeline.formats.envoy",
     "pipeline.formats.nginx_json",
     "pipeline.formats.nginx_text",
+    "pipeline.formats.envoy_text",
     "pipeline.formats.detect",
     "pipeline.extract.url",
     "pipeline.extract.gray",

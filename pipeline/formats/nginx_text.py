@@ -1,9 +1,23 @@
-"""nginx text access logs: ``combined`` and the gray-release ``structured`` format.
+"""nginx text access logs: ``combined`` and its common variants.
 
-structured = combined + `` $request_uri $args version="$arg_v" region="$http_x_forwarded_for"``.
-Anything after combined is read generically: bare tokens by position
-(``$request_uri``, ``$args``), then ``key="value"`` or ``key=value`` pairs.
-nginx's default escaping writes ``"``, ``\\`` and non-ASCII bytes as ``\\xXX``.
+One pattern reads what every variant shares: ``[$host ]$remote_addr - $remote_user
+[$time_local] "$request" $status $body_bytes_sent[ $request_time] "$http_referer"
+"$http_user_agent"``. The first field may also be an address list (the
+forwarding chain, logged instead of ``$remote_addr``) and may follow a virtual host.
+What comes after the user agent says which variant it is:
+
+- nothing: ``combined``;
+- `` $request_uri $args version="$arg_v" region="$http_x_forwarded_for"``: the
+  gray-release ``structured`` format;
+- ingress-nginx's ``upstreaminfo``: `` $request_length $request_time
+  [$proxy_upstream_name] [$proxy_alternative_upstream_name] $upstream_addr
+  $upstream_response_length $upstream_response_time $upstream_status $req_id``;
+- one more (quoted) field: ``main``'s ``"$http_x_forwarded_for"``;
+- else read generically: bare tokens by position (``$request_uri``), then
+  ``key="value"`` or ``key=value`` pairs (``log_format main_ext``).
+
+A line that is none of these is ``unknown_format``, never half-parsed. nginx's
+default escaping writes ``"``, ``\\`` and non-ASCII bytes as ``\\xXX``.
 """
 
 from __future__ import annotations
@@ -30,12 +44,21 @@ _QUOTED = r'"([^"\\]*(?:\\.[^"\\]*)*)"'
 # of a class test per character (the fields are ~200 of a line's ~300 characters).
 _PLAIN_QUOTED = r'"([^"]*)"'
 
+# ``$remote_addr``: one token (the fast path, tried first).
+_ONE_FIELD = r"(?P<remote>\S+)"
+# A virtual host and/or an address list before ``- $remote_user [``: anything up to
+# the first ``[`` (lazy; it cannot pass a ``[``, so it ends at one place: linear).
+_LONG_HEAD = r"(?P<remote>[^\[]+?)"
 
-def _combined(quoted: str) -> re.Pattern[str]:
+
+def _combined(quoted: str, head: str) -> re.Pattern[str]:
     return re.compile(
-        r"(?P<remote>\S+) \S+ (?P<user>\S+) \[(?P<time>[^\]]+)\] "
+        head
+        + r" \S+ (?P<user>\S+) \[(?P<time>[^\]]+)\] "
         + quoted.replace("(", "(?P<request>", 1)
         + r" (?P<status>\d{3}|-) (?P<bytes>\d+|-)"
+        # `$body_bytes_sent $request_time "$http_referer"` (a common variant).
+        + r"(?: (?P<rt>\d+\.\d+))?"
         + r"(?: "
         + quoted.replace("(", "(?P<referer>", 1)
         + " "
@@ -44,25 +67,37 @@ def _combined(quoted: str) -> re.Pattern[str]:
     )
 
 
-COMBINED = _combined(_QUOTED)
-COMBINED_PLAIN = _combined(_PLAIN_QUOTED)  # only for lines without a backslash
+COMBINED = _combined(_QUOTED, _ONE_FIELD)
+COMBINED_PLAIN = _combined(_PLAIN_QUOTED, _ONE_FIELD)  # only for lines without a backslash
+HEADED = _combined(_QUOTED, _LONG_HEAD)
+HEADED_PLAIN = _combined(_PLAIN_QUOTED, _LONG_HEAD)
 _REST_TOKEN = re.compile(
-    r"\s*(?:(?P<key>[A-Za-z_][\w.-]*)=(?:" + _QUOTED + r"|(\S*))|(?P<bare>\S+))"
+    r"\s*(?:(?P<key>[A-Za-z_][\w.-]*)=(?:"
+    + _QUOTED.replace("(", "(?P<value>", 1)
+    + r"|(?P<plain>\S*))|"
+    + _QUOTED.replace("(", "(?P<quoted>", 1)
+    + r"|(?P<bare>\S+))"
 )
 # `` $request_uri $args version="$arg_v" region="$http_x_forwarded_for"``
 _STRUCTURED = re.compile(r" (/\S*) \S+ version=" + _QUOTED + " region=" + _QUOTED + r"\s*")
 _STRUCTURED_PLAIN = re.compile(
     r" (/\S*) \S+ version=" + _PLAIN_QUOTED + " region=" + _PLAIN_QUOTED + r"\s*"
 )
+# ingress-nginx ``upstreaminfo`` after the user agent: request length, request
+# time, [upstream], [alternative upstream], then the upstream lists and $req_id.
+_UPSTREAMINFO = re.compile(r" (\d+|-) (\d+\.\d+|-) \[([^\]\s]*)\] \[([^\]\s]*)\] (\S.*)")
+# A virtual host: a DNS name or an IP, maybe with a port.
+_VHOST = re.compile(r"[A-Za-z0-9_.-]+(?::\d{1,5})?|\[[0-9A-Fa-f:.]+\](?::\d{1,5})?")
 _HEX_ESCAPE = re.compile(rb"\\x([0-9A-Fa-f]{2})")
 
 # Extension keys seen in the wild (``log_format main_ext``) -> what they mean.
 _REQUEST_TIME_KEYS = ("request_time", "rt")
 _UPSTREAM_TIME_KEYS = ("upstream_response_time", "urt")
+_UNKNOWN = "not a JSON object, nor an nginx or Envoy access-log line"
 
 
 def looks_like_text_log(line: str) -> bool:
-    return COMBINED.match(line) is not None
+    return COMBINED.match(line) is not None or HEADED.match(line) is not None
 
 
 def unescape(value: str) -> str:
@@ -75,18 +110,43 @@ def unescape(value: str) -> str:
     return raw.decode("utf-8", "replace")
 
 
+def split_request(request: str) -> tuple[str | None, str | None, str | None]:
+    """``$request`` -> (method, target, protocol): the method is the first token, the
+    protocol the last when it is ``HTTP/…``, the target all between (it may hold spaces)."""
+    parts = request.split(" ")
+    count = len(parts)
+    if count == 3 and parts[2].startswith("HTTP/"):
+        return parts[0], parts[1], parts[2]  # the usual case
+    if count < 2 or not parts[0]:
+        return None, None, None
+    if count == 2:
+        return parts[0], parts[1] or None, None
+    if parts[-1].startswith("HTTP/"):
+        return parts[0], " ".join(parts[1:-1]) or None, parts[-1]
+    return parts[0], " ".join(parts[1:]), None
+
+
 def parse_nginx_text(line: str) -> AccessRecord:
     plain = "\\" not in line
     match = (COMBINED_PLAIN if plain else COMBINED).match(line)
     if match is None:
-        raise RejectedInput(Reason.UNKNOWN_FORMAT, "not a JSON object nor an nginx combined line")
-    remote, _user, time_local, request, status, body_bytes, referer, ua, rest = match.groups()
-    method = uri = protocol = None
-    parts = (unescape(request) if "\\" in request else request).split(" ")
-    if len(parts) >= 2:
-        method, uri = parts[0], parts[1]
-        if len(parts) >= 3:
-            protocol = parts[2]
+        match = (HEADED_PLAIN if plain else HEADED).match(line)
+        if match is None:
+            raise RejectedInput(Reason.UNKNOWN_FORMAT, _UNKNOWN)
+    remote, _user, time_local, request, status, body_bytes, request_time, referer, ua, rest = (
+        match.groups()
+    )
+    if referer is None and rest and not rest.isspace():
+        # `combined` without referrer and user agent is the common log format; text
+        # after the byte count that is no referrer/user agent pair is a format we do
+        # not know: reading on would misplace every later field.
+        raise RejectedInput(
+            Reason.UNKNOWN_FORMAT,
+            "nginx text line: after the byte count neither a request time nor"
+            ' "$http_referer" "$http_user_agent"',
+        )
+    method, uri, protocol = split_request(unescape(request) if "\\" in request else request)
+    duration_ns = seconds_to_ns(request_time) if request_time is not None else None
     # Positional, in RECORD_FIELDS order (see pipeline.formats.values).
     rec = AccessRecord(
         "nginx.access",
@@ -97,12 +157,16 @@ def parse_nginx_text(line: str) -> AccessRecord:
         integer(status, "status") or None,
         integer(body_bytes, "body_bytes_sent"),
         None,
+        duration_ns,
         None,
         None,
-        canonical_ip(remote),
         None,
         None if ua is None else text(unescape(ua) if "\\" in ua else ua),
     )
+    if " " in remote or "," in remote or '"' in remote:
+        _read_head(rec, remote)
+    else:
+        rec.peer_addr = canonical_ip(remote)
     if referer is not None and text(referer) is not None:
         rec.headers = {"referer": unescape(referer)}
     if rest and not rest.isspace():
@@ -115,9 +179,92 @@ def parse_nginx_text(line: str) -> AccessRecord:
             rec.version_field = text(unescape(version) if "\\" in version else version)
             rec.forwarded_for = text(unescape(region) if "\\" in region else region)
         else:
-            _read_extensions(rec, rest)
+            upstream = _UPSTREAMINFO.fullmatch(rest.rstrip())
+            if upstream is not None:
+                _read_upstreaminfo(rec, upstream)
+            else:
+                _read_extensions(rec, rest)
     rec.timestamp_ns = start_from_end(clf_to_ns(time_local), rec.duration_ns)
     return rec
+
+
+def _read_head(rec: AccessRecord, head: str) -> None:
+    """``[$host ]$remote_addr`` where the address may be a list (right-most = peer).
+
+    The list is what ``$proxy_add_x_forwarded_for`` (or ``$http_x_forwarded_for``)
+    logs: the forwarding chain, its right-most entry the direct peer; the client
+    is then picked from it under the trusted-proxy rules, like any X-Forwarded-For.
+    """
+    groups: list[str] = []
+    joining = False
+    for token in head.replace('"', " ").split(" "):
+        if not token:
+            continue
+        if joining:
+            groups[-1] += " " + token
+        else:
+            groups.append(token)
+        joining = token.endswith(",")
+    if not groups or len(groups) > 2 or joining:
+        raise RejectedInput(Reason.UNKNOWN_FORMAT, f"nginx text line: first fields {head[:64]!r}")
+    forwarded: list[str] = []
+    if len(groups) == 2:
+        first = groups[0]
+        if "," in first:
+            forwarded = [entry.strip() for entry in first.split(",")]  # XFF, then the peer
+        elif _VHOST.fullmatch(first) is not None:
+            rec.authority = first
+        else:
+            raise RejectedInput(
+                Reason.UNKNOWN_FORMAT, f"nginx text line: no virtual host {first[:64]!r}"
+            )
+    chain = [entry.strip() for entry in groups[-1].split(",")]
+    peer = canonical_ip(chain[-1])
+    if peer is None:
+        raise RejectedInput(
+            Reason.UNKNOWN_FORMAT, f"nginx text line: no client address in {head[:64]!r}"
+        )
+    rec.peer_addr = peer
+    forwarded += chain[:-1]
+    if forwarded:
+        rec.forwarded_for = ", ".join(forwarded)
+
+
+def _read_upstreaminfo(rec: AccessRecord, match: re.Match[str]) -> None:
+    request_length, request_time, upstream, _alternative, lists = match.groups()
+    tokens = lists.split(" ")
+    request_id = tokens.pop()
+    # $upstream_addr, $upstream_response_length, $upstream_response_time,
+    # $upstream_status: lists when nginx tried several servers (``a, b``) or
+    # passed an internal redirect (``a : b``); each may hold spaces.
+    fields: list[list[str]] = []
+    joining = False
+    for token in tokens:
+        if token == ":" and fields:
+            joining = True
+            continue
+        item = token[:-1] if token.endswith(",") else token
+        if joining:
+            fields[-1].append(item)
+        else:
+            fields.append([item])
+        joining = token.endswith(",")
+    if len(fields) != 4 or joining:
+        raise RejectedInput(
+            Reason.UNKNOWN_FORMAT,
+            "ingress-nginx upstreaminfo: expected $upstream_addr $upstream_response_length"
+            " $upstream_response_time $upstream_status $req_id",
+        )
+    addresses, _lengths, times, statuses = fields
+    rec.bytes_received = integer(request_length, "request_length")
+    rec.duration_ns = seconds_to_ns(request_time)
+    rec.upstream_cluster = text(upstream)
+    rec.upstream_host = text(addresses[-1])
+    rec.upstream_duration_ns = upstream_seconds_to_ns(",".join(times))
+    last_status = statuses[-1]
+    if last_status.isdigit() and last_status.isascii() and len(last_status) == 3:
+        rec.upstream_status = int(last_status)
+    rec.request_id = text(request_id)
 
 
 def _read_extensions(rec: AccessRecord, rest: str) -> None:
@@ -126,10 +273,17 @@ def _read_extensions(rec: AccessRecord, rest: str) -> None:
     for token in _REST_TOKEN.finditer(rest):
         key = token["key"]
         if key is not None:
-            quoted, plain = token.group(2), token.group(3)
+            quoted, plain = token["value"], token["plain"]
             pairs[key] = unescape(quoted) if quoted is not None else plain
+        elif token["quoted"] is not None:
+            bare.append(unescape(token["quoted"]))
         elif token["bare"] is not None:
             bare.append(token["bare"])
+    if len(bare) == 1 and not pairs and not bare[0].startswith("/"):
+        # `main`: combined + "$http_x_forwarded_for" (also unquoted).
+        if rec.forwarded_for is None:
+            rec.forwarded_for = text(bare[0])
+        return
     if bare:
         request_uri = text(bare[0])
         if request_uri is not None and request_uri.startswith("/"):
