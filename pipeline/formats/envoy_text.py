@@ -16,7 +16,7 @@ is read as: the head, any fields, the four numbers followed by the five quoted
 headers, then Istio's tail by position; a quoted tail field that is a W3C
 ``traceparent`` or a B3 trace id (a custom format's ``"%REQ(TRACEPARENT)%"``)
 is read as that header. Envoy does not escape quotes in values: the user agent
-may hold ``"`` (it is the one quoted field that ends where the next four fit).
+may hold ``"`` (it is the one quoted field that ends where the last four fit).
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ _HEAD = re.compile(r'\[([^\]]*)\] "([^"]*)" (\d+|-) \S+ (.*)')
 # %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "
 # (at a token start: no scan from inside a digit run).
 _NUMBERS = re.compile(r'(?<!\S)(\d+|-) (\d+|-) (\d+|-) (\d+|-) "')
-_HEADERS = re.compile(r'"([^"]*)" "(.*?)" "([^"]*)" "([^"]*)" "([^"]*)"(?= |$)')
+# The user agent is greedy: it ends at the last place where the other four fit,
+# so quotes inside it (Envoy writes them raw) stay in it.
+_HEADERS = re.compile(r'"([^"]*)" "(.*)" "([^"]*)" "([^"]*)" "([^"]*)"(?= |$)')
 _TAIL_TOKEN = re.compile(r' *(?:"([^"]*)"|(\S+))')
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _B3_TRACE_ID = re.compile(r"[0-9a-f]{16}(?:[0-9a-f]{16})?")

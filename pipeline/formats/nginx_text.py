@@ -87,8 +87,10 @@ _STRUCTURED_PLAIN = re.compile(
 # time, [upstream], [alternative upstream], then the upstream lists and $req_id.
 _UPSTREAMINFO = re.compile(r" (\d+|-) (\d+\.\d+|-) \[([^\]\s]*)\] \[([^\]\s]*)\] (\S.*)")
 # A virtual host: a DNS name or an IP, maybe with a port.
-_VHOST = re.compile(r"[A-Za-z0-9_.-]+(?::\d{1,5})?|\[[0-9A-Fa-f:.]+\](?::\d{1,5})?")
-_HEX_ESCAPE = re.compile(rb"\\x([0-9A-Fa-f]{2})")
+_VHOST = re.compile(r"[A-Za-z0-9_.-]+(?::\d{1,5})?")
+# nginx's escapes: ``\xXX`` (quotes, backslashes, non-ASCII); ``\"`` and ``\\``
+# (``escape=default`` of older versions and hand-written formats).
+_ESCAPE = re.compile(rb'\\x([0-9A-Fa-f]{2})|\\(["\\])')
 
 # Extension keys seen in the wild (``log_format main_ext``) -> what they mean.
 _REQUEST_TIME_KEYS = ("request_time", "rt")
@@ -105,9 +107,14 @@ def unescape(value: str) -> str:
     if "\\" not in value:
         return value
     raw = value.encode("utf-8", "surrogateescape")
-    raw = _HEX_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), raw)
-    raw = raw.replace(b'\\"', b'"').replace(b"\\\\", b"\\")
+    # One pass: ``\x5C\x22`` is a backslash and a quote, not an escaped quote.
+    raw = _ESCAPE.sub(_unescaped, raw)
     return raw.decode("utf-8", "replace")
+
+
+def _unescaped(match: re.Match[bytes]) -> bytes:
+    hex_digits = match.group(1)
+    return bytes((int(hex_digits, 16),)) if hex_digits is not None else match.group(2)
 
 
 def split_request(request: str) -> tuple[str | None, str | None, str | None]:
@@ -115,7 +122,7 @@ def split_request(request: str) -> tuple[str | None, str | None, str | None]:
     protocol the last when it is ``HTTP/…``, the target all between (it may hold spaces)."""
     parts = request.split(" ")
     count = len(parts)
-    if count == 3 and parts[2].startswith("HTTP/"):
+    if count == 3 and parts[2].startswith("HTTP/") and parts[0] and parts[1]:
         return parts[0], parts[1], parts[2]  # the usual case
     if count < 2 or not parts[0]:
         return None, None, None
