@@ -12,8 +12,8 @@ counts (1.8+: ``%RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS%
 "%UPSTREAM_TRANSPORT_FAILURE_REASON%"``) and after the upstream host
 (``%UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS%
 %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%``). So the line
-is read as: the head, any fields, the four numbers followed by the five quoted
-headers, then Istio's tail by position; a quoted tail field that is a W3C
+is read as: the head, Istio's middle fields (either version), the four numbers,
+the five quoted headers, then Istio's tail by position; a quoted tail field that is a W3C
 ``traceparent`` or a B3 trace id (a custom format's ``"%REQ(TRACEPARENT)%"``)
 is read as that header. Envoy does not escape quotes in values: the user agent
 may hold ``"`` (it is the one quoted field that ends where the last four fit).
@@ -24,17 +24,31 @@ from __future__ import annotations
 import re
 
 from pipeline.formats.nginx_text import split_request
-from pipeline.formats.values import integer, millis_to_ns, peer_ip, text, timestamp_to_ns
+from pipeline.formats.values import (
+    MAX_TAIL_FIELDS,
+    integer,
+    millis_to_ns,
+    peer_ip,
+    text,
+    timestamp_to_ns,
+)
 from pipeline.model import AccessRecord, Reason, RejectedInput
 
-_HEAD = re.compile(r'\[([^\]]*)\] "([^"]*)" (\d+|-) \S+ (.*)')
-# %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "
-# (at a token start: no scan from inside a digit run).
-_NUMBERS = re.compile(r'(?<!\S)(\d+|-) (\d+|-) (\d+|-) (\d+|-) "')
+# [%START_TIME%] "request" %RESPONSE_CODE% %RESPONSE_FLAGS% then Istio's middle
+# fields, if any: 1.8+ `%RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS%
+# "%UPSTREAM_TRANSPORT_FAILURE_REASON%"`, 1.5-1.7 `"%DYNAMIC_METADATA(istio.mixer:status)%"
+# "%UPSTREAM_TRANSPORT_FAILURE_REASON%"`; then %BYTES_RECEIVED% %BYTES_SENT% %DURATION%
+# %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%. Anchored: no search over the line.
+_HEAD = re.compile(
+    r'\[([^\]]*)\] "([^"]*)" (\d+|-) \S+ (?:[^\s"]+ [^\s"]+ "[^"]*" |"[^"]*" "[^"]*" )?'
+    r"(\d+|-) (\d+|-) (\d+|-) (\d+|-) "
+)
 # The user agent is greedy: it ends at the last place where the other four fit,
 # so quotes inside it (Envoy writes them raw) stay in it.
 _HEADERS = re.compile(r'"([^"]*)" "(.*)" "([^"]*)" "([^"]*)" "([^"]*)"(?= |$)')
-_TAIL_TOKEN = re.compile(r' *(?:"([^"]*)"|(\S+))')
+# Found by finditer's search (no leading ` *`: trailing blanks would be re-scanned
+# from every position).
+_TAIL_TOKEN = re.compile(r'"([^"]*)"|(\S+)')
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _B3_TRACE_ID = re.compile(r"[0-9a-f]{16}(?:[0-9a-f]{16})?")
 
@@ -48,18 +62,19 @@ def parse_envoy_text(line: str) -> AccessRecord:
     head = _HEAD.match(line)
     if head is None:
         raise RejectedInput(
-            Reason.UNKNOWN_FORMAT, 'Envoy TEXT line: no [%START_TIME%] "request" status flags'
+            Reason.UNKNOWN_FORMAT,
+            'Envoy TEXT line: no [%START_TIME%] "request" status flags, byte counts and durations',
         )
-    start_time, request, status, rest = head.groups()
-    numbers = _NUMBERS.search(rest)
-    headers = None if numbers is None else _HEADERS.match(rest, numbers.end() - 1)
-    if numbers is None or headers is None:
+    headers = _HEADERS.match(line, head.end())
+    if headers is None:
         raise RejectedInput(
             Reason.UNKNOWN_FORMAT,
-            'Envoy TEXT line: no byte counts, durations and the "X-FORWARDED-FOR" "USER-AGENT"'
-            ' "X-REQUEST-ID" ":AUTHORITY" "UPSTREAM_HOST" fields',
+            'Envoy TEXT line: no "X-FORWARDED-FOR" "USER-AGENT" "X-REQUEST-ID" ":AUTHORITY"'
+            ' "UPSTREAM_HOST" fields',
         )
-    bytes_received, bytes_sent, duration, upstream_time = numbers.groups()
+    start_time, request, status, bytes_received, bytes_sent, duration, upstream_time = (
+        head.groups()
+    )
     forwarded_for, user_agent, request_id, authority, upstream_host = headers.groups()
     parts = request.split(" ")
     if len(parts) == 3:
@@ -86,7 +101,7 @@ def parse_envoy_text(line: str) -> AccessRecord:
         None,
         text(upstream_host),
     )
-    tail = rest[headers.end() :]
+    tail = line[headers.end() :]
     if tail and not tail.isspace():
         _read_tail(rec, tail)
     return rec
@@ -96,7 +111,12 @@ def _read_tail(rec: AccessRecord, tail: str) -> None:
     """Istio's fields by position; trace headers by their form."""
     bare: list[str] = []
     trace_headers: dict[str, str] = {}
-    for token in _TAIL_TOKEN.finditer(tail):
+    for count, token in enumerate(_TAIL_TOKEN.finditer(tail)):
+        if count == MAX_TAIL_FIELDS:
+            raise RejectedInput(
+                Reason.UNKNOWN_FORMAT,
+                f"Envoy TEXT line: more than {MAX_TAIL_FIELDS} fields after the upstream host",
+            )
         quoted, plain = token.groups()
         if plain is not None:
             bare.append(plain)

@@ -79,8 +79,9 @@ MAX_COOKIES = 64
 MAX_QUERY_ARGS = 128
 #: X-Forwarded-For entries walked, from the right (the hops nearest to us).
 MAX_FORWARDED_HOPS = 32
-#: Entries of an upstream list (ingress-nginx retries: ``10.0.0.1:80, 10.0.0.2:80``).
-MAX_UPSTREAM_TRIES = 32
+#: Fields after the known part of a text line (nginx extension pairs, Istio's
+#: tail): more is ``unknown_format`` (no format logs that many).
+MAX_TAIL_FIELDS = 64
 
 
 def text(value: Any) -> str | None:
