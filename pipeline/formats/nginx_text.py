@@ -55,7 +55,7 @@ _ONE_FIELD = r"(?P<remote>\S+)"
 # the first ``[`` (lazy; it cannot pass a ``[``, so it ends at one place: linear),
 # at most MAX_HEAD characters (nginx's default header buffers hold 8 KiB).
 MAX_HEAD = 16_384
-_LONG_HEAD = r"(?P<remote>[^\[]{1,%d}?)" % MAX_HEAD
+_LONG_HEAD = rf"(?P<remote>[^\[]{{1,{MAX_HEAD}}}?)"
 
 
 def _combined(quoted: str, head: str) -> re.Pattern[str]:

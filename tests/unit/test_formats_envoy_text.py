@@ -69,7 +69,8 @@ def test_istio_version_from_the_subset() -> None:
 
 
 def test_istio_pre_1_8_middle_fields() -> None:
-    # 1.5-1.7: %RESPONSE_FLAGS% "%DYNAMIC_METADATA(istio.mixer:status)%" "%UPSTREAM_TRANSPORT_FAILURE_REASON%"
+    # 1.5-1.7: %RESPONSE_FLAGS% "%DYNAMIC_METADATA(istio.mixer:status)%"
+    # "%UPSTREAM_TRANSPORT_FAILURE_REASON%"
     line = ISTIO.replace('via_upstream - "-"', '"-" "delayed connect error: 111"')
     rec = parse_envoy_text(line)
     assert (rec.status, rec.bytes_sent, rec.user_agent) == (200, 1024, "curl/8.5.0")
@@ -100,7 +101,8 @@ def test_user_agent_with_raw_quotes_and_backslashes() -> None:
 
 
 def test_non_ascii_path_and_authority() -> None:
-    line = ENVOY.replace("/godoc/pkg/net/http?v=1.22", "/café/中").replace('"go.dev"', '"bücher.example"')
+    line = ENVOY.replace("/godoc/pkg/net/http?v=1.22", "/café/中")
+    line = line.replace('"go.dev"', '"bücher.example"')
     rec = parse_envoy_text(line)
     assert (rec.uri, rec.authority) == ("/café/中", "bücher.example")
     assert doc(line)["url"]["path"] == "/café/中"

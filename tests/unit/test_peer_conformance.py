@@ -31,7 +31,6 @@ import ipaddress
 import json
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest

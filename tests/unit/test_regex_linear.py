@@ -18,6 +18,7 @@ parser (``parse_message``) must stay within the budget too.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import time
@@ -119,7 +120,9 @@ def crafted(prefix: str, unit: str, ending: str, size: int) -> str:
 
 def _apply(pattern: re.Pattern[Any], use: str) -> Callable[[str], Any]:
     def run(line: str) -> Any:
-        subject: Any = line.encode("utf-8", "surrogatepass") if isinstance(pattern.pattern, bytes) else line
+        subject: Any = line
+        if isinstance(pattern.pattern, bytes):
+            subject = line.encode("utf-8", "surrogatepass")
         if use == "finditer":  # the parsers read at most MAX_TAIL_FIELDS tokens
             return list(itertools.islice(pattern.finditer(subject), MAX_TAIL_FIELDS + 1))
         if use == "sub":
@@ -139,10 +142,8 @@ def _seconds(run: Callable[[str], Any], line: str, repeat: int = 3) -> float:
 
 
 def _parse(line: str) -> None:
-    try:
+    with contextlib.suppress(RejectedInput):
         parse_message(line.encode("utf-8", "surrogatepass"), LIMIT)
-    except RejectedInput:
-        pass
 
 
 _PLAIN_SECONDS: dict[int, float] = {}
