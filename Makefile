@@ -15,7 +15,7 @@ NATIVE ?= 1
 NATIVE_SRC := $(shell python3 pipeline/native.py 2>/dev/null || $(PYTHON) pipeline/native.py)
 NATIVE_STAMP := pipeline/.native-built
 
-.PHONY: install native clean-native services test unit integration lint demo bench bench-core bench-spans soak clean \
+.PHONY: install native clean-native services test unit integration lint demo bench bench-core bench-spans soak fuzz clean \
 	debian-packages jaeger
 
 $(BIN)/python:
@@ -100,6 +100,20 @@ bench: install
 
 clean: clean-native
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# Coverage-guided fuzzing of the core entry point (atheris; tests/fuzz/fuzz_core.py).
+# Not part of `make test`. Seeds: tests/fuzz/corpus (in the repo); what the fuzzer
+# finds goes to FUZZ_DIR (outside the repo). FUZZ_SECONDS=0 runs until stopped.
+FUZZ_SECONDS ?= 600
+FUZZ_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/grayscope/fuzz-corpus
+FUZZ_STAMP := $(VENV)/.fuzz-installed
+$(FUZZ_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[embedded,dev,fuzz]"
+	@touch $(FUZZ_STAMP)
+fuzz: $(FUZZ_STAMP)
+	@mkdir -p $(FUZZ_DIR)
+	$(BIN)/python tests/fuzz/fuzz_core.py $(FUZZ_DIR) tests/fuzz/corpus \
+		-max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -max_len=8192 $(ARGS)
 
 bench-spans: install
 	$(BIN)/python bench/spans.py $(ARGS)

@@ -62,6 +62,15 @@ def build_document(
         )
     elif request_id is not None:
         http["request"] = {"id": request_id}
+    headers = rec.headers
+    if headers:
+        value = headers.get("referer")
+        if value is not None:
+            request = http.get("request")
+            if request is None:
+                http["request"] = {"referrer": value}
+            else:
+                request["referrer"] = value
     status = rec.status
     body_bytes = rec.bytes_sent
     if status is not None:
@@ -130,9 +139,24 @@ def build_document(
     value = enr.service_name
     if value is not None:
         doc["service"] = {"name": value}
+    upstream: dict[str, Any] = {}
     value = rec.upstream_cluster
     if value is not None:
-        doc["upstream"] = {"cluster": value}
+        upstream["cluster"] = value
+    value = rec.upstream_host
+    if value is not None:
+        upstream["address"] = value
+    value = rec.upstream_status
+    if value is not None:
+        upstream["status_code"] = value
+    value = rec.upstream_duration_ns
+    if value is not None:
+        upstream["duration"] = value
+    if upstream:
+        doc["upstream"] = upstream
+    if rec.truncated or enr.truncated:
+        # Which fields were cut at their limit (README, "Limits").
+        doc["tags"] = [f"truncated_{name}" for name in (*rec.truncated, *enr.truncated)]
 
     gray_doc: dict[str, Any] = {"stage": enr.stage}
     value = enr.gray_id

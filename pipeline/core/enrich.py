@@ -12,10 +12,14 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pipeline.core.extract import gray
-from pipeline.core.extract.client_ip import DEFAULT_TRUSTED_PROXIES, TrustedProxies
+from pipeline.core.extract.client_ip import (
+    DEFAULT_TRUSTED_PROXIES,
+    TrustedProxies,
+    forwarded_truncated,
+)
 from pipeline.core.extract.path_group import PathRules, decoded_path
 from pipeline.core.extract.trace import trace_context
-from pipeline.core.extract.url import first_query_values, split_target
+from pipeline.core.extract.url import first_query_values, query_truncated, split_target
 from pipeline.core.formats.values import remember
 from pipeline.core.model import AccessRecord, AsnInfo, Enrichment, GeoInfo, ReadOnlyDict
 
@@ -55,6 +59,8 @@ def url_step(rec: AccessRecord, enr: Enrichment, ctx: EnrichContext) -> None:
     enr.url_path, enr.url_query, query = parts
     if query:
         enr.query = query  # the memo's read-only dict, shared by every event of this target
+        if query_truncated(enr.url_query):
+            enr.truncated = (*enr.truncated, "query_args")
 
 
 # Request target -> its parts. The same targets come back all the time
@@ -84,7 +90,10 @@ def path_group_step(rec: AccessRecord, enr: Enrichment, ctx: EnrichContext) -> N
 
 
 def client_ip_step(rec: AccessRecord, enr: Enrichment, ctx: EnrichContext) -> None:
-    enr.client_ip = ctx.proxies.client_ip(rec.peer_addr, rec.forwarded_for)
+    forwarded_for = rec.forwarded_for
+    enr.client_ip = ctx.proxies.client_ip(rec.peer_addr, forwarded_for)
+    if forwarded_for is not None and forwarded_truncated(forwarded_for):
+        enr.truncated = (*enr.truncated, "forwarded_for")
 
 
 def geo_step(rec: AccessRecord, enr: Enrichment, ctx: EnrichContext) -> None:

@@ -107,6 +107,9 @@ class AccessRecord:
     cookies: dict[str, str] = field(default=EMPTY)
     args: dict[str, str] = field(default=EMPTY)  # nginx $arg_<name>
     original: str | None = None  # the line itself (for event.original)
+    upstream_status: int | None = None  # the last upstream's status (ingress-nginx)
+    # Fields cut at their limit by the parser (``cookies``): the document's ``tags`` say so.
+    truncated: tuple[str, ...] = ()
 
     # A written-out __init__ (same signature as the dataclass's): compiled
     # (pipeline.native) it is native code, where the generated one stays an
@@ -137,6 +140,8 @@ class AccessRecord:
         cookies: dict[str, str] = EMPTY,
         args: dict[str, str] = EMPTY,
         original: str | None = None,
+        upstream_status: int | None = None,
+        truncated: tuple[str, ...] = (),
     ) -> None:
         self.dataset = dataset
         self.timestamp_ns = timestamp_ns
@@ -161,6 +166,8 @@ class AccessRecord:
         self.cookies = cookies
         self.args = args
         self.original = original
+        self.upstream_status = upstream_status
+        self.truncated = truncated
 
 
 @dataclass(slots=True)
@@ -210,6 +217,8 @@ class Enrichment:
     trace_id: str | None = None  # 32 lower-hex
     span_id: str | None = None  # 16 lower-hex (parent span from the caller)
     service_name: str | None = None
+    # Fields cut at their limit by a step (``query_args``, ``forwarded_for``).
+    truncated: tuple[str, ...] = ()
 
     # Written out for the compiled core, as AccessRecord's.
     def __init__(
@@ -229,6 +238,7 @@ class Enrichment:
         trace_id: str | None = None,
         span_id: str | None = None,
         service_name: str | None = None,
+        truncated: tuple[str, ...] = (),
     ) -> None:
         self.url_path = url_path
         self.url_query = url_query
@@ -245,6 +255,7 @@ class Enrichment:
         self.trace_id = trace_id
         self.span_id = span_id
         self.service_name = service_name
+        self.truncated = truncated
 
 
 @dataclass(slots=True, init=False)

@@ -56,6 +56,8 @@ CORPORA = (
     "envoy-typed.log",
     "nginx-json.log",
     "nginx-text.log",
+    "nginx-variants.log",
+    "envoy-text.log",
     "envelopes.log",
 )
 
@@ -123,7 +125,10 @@ def mapping_problems(document: dict[str, Any]) -> list[str]:
             continue
         kind = mapping["type"]
         if kind == "keyword":
-            ok = isinstance(value, str)
+            # An array of keywords (``tags``) is a keyword field too.
+            ok = isinstance(value, str) or (
+                isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+            )
         elif kind == "long":
             ok = type(value) is int and _LONG[0] <= value <= _LONG[1]
         elif kind == "date":

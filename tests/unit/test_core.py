@@ -37,7 +37,11 @@ ISTIO_DOC: dict[str, Any] = {
     "source": {"ip": "10.4.0.1"},
     "client": {"ip": "192.0.2.10"},
     "service": {"name": "godoc"},
-    "upstream": {"cluster": "outbound|8080|v1|godoc.default.svc.cluster.local"},
+    "upstream": {
+        "cluster": "outbound|8080|v1|godoc.default.svc.cluster.local",
+        "address": "10.4.0.12:8080",
+        "duration": 16_000_000,
+    },
     "gray": {"stage": "stable", "version": "1.20", "path_group": "/godoc/pkg"},
 }
 
@@ -52,6 +56,7 @@ NGINX_JSON_DOC: dict[str, Any] = {
     "user_agent": {"original": "curl/8.5.0"},
     "source": {"ip": "10.0.0.9"},
     "client": {"ip": "192.0.2.44"},
+    "upstream": {"duration": 3_000_000},
     "gray": {
         "stage": "stable",
         "id": "feature01",

@@ -33,7 +33,10 @@ def full_record() -> AccessRecord:
         upstream_host="10.4.0.12:8080",
         trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
         version_field="1.22",
+        headers={"referer": "https://go.dev/"},
         original='{"the": "line"}',
+        upstream_status=200,
+        truncated=("cookies",),
     )
 
 
@@ -55,6 +58,7 @@ def full_enrichment() -> Enrichment:
         trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
         span_id="00f067aa0ba902b7",
         service_name="godoc",
+        truncated=("forwarded_for",),
     )
 
 
@@ -67,7 +71,7 @@ def test_every_field() -> None:
         "@timestamp": "2026-11-20T12:00:00.001Z",
         "event": {"dataset": "envoy.access", "duration": 18_000_000, "original": '{"the": "line"}'},
         "http": {
-            "request": {"method": "GET", "id": "rid-1"},
+            "request": {"method": "GET", "id": "rid-1", "referrer": "https://go.dev/"},
             "response": {"status_code": 200, "body": {"bytes": 5120}},
             "version": "2",
             "route": "/godoc/pkg/{name}",
@@ -92,7 +96,13 @@ def test_every_field() -> None:
         "trace": {"id": "4bf92f3577b34da6a3ce929d0e0e4736"},
         "span": {"id": "00f067aa0ba902b7"},
         "service": {"name": "godoc"},
-        "upstream": {"cluster": "outbound|8080|canary|godoc.default.svc.cluster.local"},
+        "upstream": {
+            "cluster": "outbound|8080|canary|godoc.default.svc.cluster.local",
+            "address": "10.4.0.12:8080",
+            "status_code": 200,
+            "duration": 16_000_000,
+        },
+        "tags": ["truncated_cookies", "truncated_forwarded_for"],
         "gray": {
             "stage": "canary",
             "id": "exp00001",
@@ -133,6 +143,10 @@ def test_original_only_when_asked() -> None:
         (AccessRecord(dataset="x", status=404), {"response": {"status_code": 404}}),
         (AccessRecord(dataset="x", protocol="HTTP/1.0"), {"version": "1.0"}),
         (AccessRecord(dataset="x", protocol="h2c"), None),
+        (
+            AccessRecord(dataset="x", headers={"referer": "https://a/"}),
+            {"request": {"referrer": "https://a/"}},
+        ),
     ],
 )
 def test_partial_http(record: AccessRecord, http: dict[str, Any] | None) -> None:

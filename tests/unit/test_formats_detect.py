@@ -77,6 +77,8 @@ def test_every_corpus_line_is_recognised() -> None:
         "envoy-typed.log",
         "nginx-json.log",
         "nginx-text.log",
+        "nginx-variants.log",
+        "envoy-text.log",
         "envelopes.log",
     ):
         for line in fixture_lines(name):
@@ -113,6 +115,12 @@ def test_surrounding_whitespace_is_ignored() -> None:
         (b"42", Reason.UNKNOWN_FORMAT),
         (b'"a string"', Reason.UNKNOWN_FORMAT),
         (b'{"status": "OK", "request_uri": "/"}', Reason.INVALID_FIELD),
+        # Text lines are never invalid_json, whatever they open with.
+        (b"[2026-11-20T12:00:00.000Z] something else", Reason.UNKNOWN_FORMAT),
+        (b'[2026-11-20T12:00:00.000Z] "GET / HTTP/1.1" 200 - 0 1', Reason.UNKNOWN_FORMAT),
+        (b"[error] 31#31: open() failed", Reason.UNKNOWN_FORMAT),
+        (b'{"log": "[2026-11-20T12:00:00.000Z] \\"GET /\\" x"}', Reason.UNKNOWN_FORMAT),
+        (b"2021/04/01 13:02:31 [error] 31#31: *1 open() failed", Reason.UNKNOWN_FORMAT),
     ],
 )
 def test_dead_letter_reasons(raw: bytes, reason: Reason) -> None:
@@ -182,3 +190,20 @@ def test_resolve_message_rejects_what_parse_message_rejects() -> None:
         with pytest.raises(RejectedInput) as info:
             detect.resolve_message(raw)
         assert info.value.reason is rejected(raw).reason
+
+
+def test_envoy_text_is_recognised_bare_and_in_an_envelope() -> None:
+    (line,) = fixture_lines("envoy-text.log")[:1]
+    bare = parse_message(line)
+    assert bare.dataset == "envoy.access"
+    wrapped = orjson.dumps({"log": line.decode(), "stream": "stdout"})
+    assert parse_message(wrapped) == bare
+
+
+def test_objects_with_too_many_keys_are_too_large() -> None:
+    obj = {f"http_x_{i}": "v" for i in range(detect.MAX_JSON_KEYS + 1)}
+    error = rejected(orjson.dumps(obj))
+    assert error.reason is Reason.TOO_LARGE
+    assert "keys" in error.detail
+    del obj["http_x_0"]
+    assert isinstance(parse_message(orjson.dumps(obj)), AccessRecord)

@@ -10,6 +10,8 @@ from pipeline.core.formats.nginx_text import (
     _STRUCTURED,
     _STRUCTURED_PLAIN,
     COMBINED_PLAIN,
+    HEADED,
+    HEADED_PLAIN,
     looks_like_text_log,
     parse_nginx_text,
     unescape,
@@ -181,7 +183,11 @@ _REAL = (
 
 def _same_matches(line: str) -> None:
     assert "\\" not in line
-    for escaping, plain in ((COMBINED_PATTERN, COMBINED_PLAIN), (_STRUCTURED, _STRUCTURED_PLAIN)):
+    for escaping, plain in (
+        (COMBINED_PATTERN, COMBINED_PLAIN),
+        (HEADED, HEADED_PLAIN),
+        (_STRUCTURED, _STRUCTURED_PLAIN),
+    ):
         expected, got = escaping.match(line), plain.match(line)
         assert (got and got.groups()) == (expected and expected.groups()), line
         expected, got = escaping.fullmatch(line), plain.fullmatch(line)

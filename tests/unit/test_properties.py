@@ -146,6 +146,52 @@ def test_nginx_text_lines_built_from_arbitrary_parts(parts: list[str], tail: str
     check(line.encode())
 
 
+@FAST
+@given(
+    st.lists(text_field, min_size=4, max_size=4),
+    st.sampled_from(["", "shop.example ", "10.0.0.1, 10.0.0.2 ", '"10.0.0.1, 10.0.0.2" 10.0.0.3 ']),
+    st.sampled_from(["", " 0.202", " 1.5"]),
+    st.sampled_from(
+        [
+            "",
+            ' "{0}"',
+            " {0}",
+            " 462 0.050 [{0}] [] {1} 19437 {2} {3} rid",
+            " 462 {0} [u] [{1}] 10.0.0.1:80, {2} 1, 2 0.1, {3} 502, {0} rid",
+            " 1 - [] [] - - - - -",
+        ]
+    ),
+)
+def test_nginx_variant_lines_built_from_arbitrary_parts(
+    parts: list[str], head: str, request_time: str, tail: str
+) -> None:
+    a, b, c, d = parts
+    line = (
+        f'{head}{a} - - [20/Nov/2026:12:00:03 +0000] "GET {b} HTTP/1.1" 200 5{request_time} '
+        f'"{c}" "{d}"' + tail.format(a, b, c, d)
+    )
+    check(line.encode())
+
+
+@FAST
+@given(
+    st.lists(text_field, min_size=8, max_size=8),
+    st.sampled_from(["", 'via_upstream - "{0}" ', '"-" "{0}" ']),
+    st.sampled_from(["", " {1} 10.4.0.3:41000 10.4.1.20:8080 {2} - default", ' "{3}"']),
+)
+def test_envoy_text_lines_built_from_arbitrary_parts(
+    parts: list[str], middle: str, tail: str
+) -> None:
+    a, b, c, d, e, f, g, h = parts
+    line = (
+        f'[{a}] "GET {b} HTTP/1.1" 200 - '
+        + middle.format(c)
+        + f'0 {len(d)} 3 - "{d}" "{e}" "{f}" "{g}" "{h}"'
+        + tail.format(a, "outbound|80|" + b + "|x", c, d)
+    )
+    check(line.encode())
+
+
 # --- mutated valid lines -------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pipeline.core.formats.values import MEMO_KEY_MAX, canonical_ip, remember
+from pipeline.core.formats.values import MAX_FORWARDED_HOPS, MEMO_KEY_MAX, canonical_ip, remember
 
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # An XFF entry -> (canonical IP or None, trusted?)
@@ -105,7 +105,12 @@ class TrustedProxies:
             ip = (memo.get(forwarded_for) or self._entry(forwarded_for))[0]
             return ip if ip is not None else peer_ip
         leftmost: str | None = None
-        for raw in reversed(forwarded_for.split(",")):
+        # The right-most MAX_FORWARDED_HOPS entries: the hops nearest to us, which
+        # the trusted-proxy walk reads first (the left ones are client-supplied).
+        hops = forwarded_for.rsplit(",", MAX_FORWARDED_HOPS)
+        if len(hops) > MAX_FORWARDED_HOPS:
+            del hops[0]
+        for raw in reversed(hops):
             ip, trusted = memo.get(raw) or self._entry(raw)
             if ip is None:
                 continue
@@ -113,3 +118,9 @@ class TrustedProxies:
                 return ip
             leftmost = ip
         return leftmost if leftmost is not None else peer_ip
+
+
+def forwarded_truncated(forwarded_for: str) -> bool:
+    """Whether the walk left entries of this X-Forwarded-For unread (more than
+    ``MAX_FORWARDED_HOPS``)."""
+    return forwarded_for.count(",") >= MAX_FORWARDED_HOPS

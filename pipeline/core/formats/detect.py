@@ -2,8 +2,9 @@
 
 Shipper envelopes are unwrapped first (Fluent Bit ``log``, Filebeat
 ``message`` + ``@metadata``, Vector ``message`` + ``source_type``), then the
-payload is recognised by its keys (Envoy/Istio vs nginx JSON) or as an nginx
-text line.
+payload is recognised by its keys (Envoy/Istio vs nginx JSON) or as a text
+line: Envoy/Istio TEXT (``[%START_TIME%] "..."``) or nginx. A text line is never
+``invalid_json``: only what opens like a JSON object and is none is.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import orjson
 
 from pipeline.core.formats.envoy import SIGNATURE_KEYS as ENVOY_KEYS
 from pipeline.core.formats.envoy import envoy_shape, parse_envoy
+from pipeline.core.formats.envoy_text import looks_like_envoy_text, parse_envoy_text
 from pipeline.core.formats.nginx_json import SIGNATURE_KEYS as NGINX_KEYS
 from pipeline.core.formats.nginx_json import nginx_shape, parse_nginx_json
 from pipeline.core.formats.nginx_text import parse_nginx_text
-from pipeline.core.formats.values import remember
+from pipeline.core.formats.values import MAX_JSON_KEYS, remember
 from pipeline.core.model import AccessRecord, Reason
 from pipeline.errors import RejectedInput
 
@@ -64,12 +66,18 @@ def resolve_message(raw: bytes, max_bytes: int = 1_048_576) -> ParseJob:
     stripped = raw.strip()
     if not stripped:
         raise RejectedInput(Reason.EMPTY, "empty message")
-    if stripped[0] in _JSON_OPENERS:
+    if stripped[0] in _JSON_OPENERS and not (stripped[0] == _ARRAY and b'] "' in stripped[:80]):
         try:
             value = orjson.loads(stripped)
         except orjson.JSONDecodeError as exc:
             if "utf-8" in str(exc).lower():
                 raise RejectedInput(Reason.INVALID_ENCODING, "not valid UTF-8") from None
+            if stripped[0] == _ARRAY:
+                # `[` also opens Envoy's TEXT lines (and custom text formats).
+                raise RejectedInput(
+                    Reason.UNKNOWN_FORMAT,
+                    "neither a JSON object nor an Envoy TEXT line ([%START_TIME%] \"...\")",
+                ) from None
             raise RejectedInput(Reason.INVALID_JSON, str(exc)[:200]) from None
         return _resolve_value(value, 0)
     try:
@@ -78,12 +86,26 @@ def resolve_message(raw: bytes, max_bytes: int = 1_048_576) -> ParseJob:
         raise RejectedInput(
             Reason.INVALID_ENCODING, f"not valid UTF-8 at byte {exc.start}"
         ) from None
+    return _text_job(line)
+
+
+_ARRAY = ord("[")
+
+
+def _text_job(line: str) -> ParseJob:
+    """The parser for a text line: Envoy/Istio TEXT when it opens like one, else nginx."""
+    if line[0] == "[" and looks_like_envoy_text(line):
+        return parse_envoy_text, (line,)
     return parse_nginx_text, (line,)
 
 
 def _resolve_value(value: Any, depth: int) -> ParseJob:
     if value.__class__ is not dict:
         raise RejectedInput(Reason.NOT_AN_OBJECT, f"JSON {type(value).__name__}, not an object")
+    if len(value) > MAX_JSON_KEYS:
+        raise RejectedInput(
+            Reason.TOO_LARGE, f"JSON object with {len(value)} keys > limit {MAX_JSON_KEYS}"
+        )
     keys = tuple(value)
     try:
         parser = _SHAPES[keys]
@@ -136,10 +158,15 @@ def _resolve_payload(inner: str | dict[str, Any], depth: int) -> ParseJob:
     payload = inner.strip()
     if not payload:
         raise RejectedInput(Reason.EMPTY, "envelope carries an empty line")
-    if payload[0] in "{[":
+    if payload[0] in "{[" and not looks_like_envoy_text(payload):
         try:
             value = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
+            if payload[0] == "[":
+                raise RejectedInput(
+                    Reason.UNKNOWN_FORMAT,
+                    "in envelope: neither a JSON object nor an Envoy TEXT line",
+                ) from None
             raise RejectedInput(Reason.INVALID_JSON, f"in envelope: {str(exc)[:200]}") from None
         return _resolve_value(value, depth)
-    return parse_nginx_text, (payload,)
+    return _text_job(payload)

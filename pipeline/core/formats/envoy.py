@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.core.formats.values import (
+    MAX_COOKIES,
     integer,
     millis_to_ns,
     peer_ip,
@@ -118,14 +119,23 @@ def parse_envoy(obj: dict[str, Any], shape: EnvoyShape | None = None) -> AccessR
     cookie = text(obj.get("cookie"))
     if cookie is not None:
         rec.cookies = parse_cookie_header(cookie)
+        if cookies_truncated(cookie):
+            rec.truncated = ("cookies",)
     return rec
 
 
 def parse_cookie_header(value: str) -> dict[str, str]:
-    """``a=1; b=2`` -> {"a": "1", "b": "2"}; first occurrence wins, like browsers send."""
+    """``a=1; b=2`` -> {"a": "1", "b": "2"}; first occurrence wins, like browsers send.
+
+    At most ``MAX_COOKIES`` are read (see :func:`cookies_truncated`)."""
     cookies: dict[str, str] = {}
-    for part in value.split(";"):
+    for part in value.split(";", MAX_COOKIES)[:MAX_COOKIES]:
         name, sep, val = part.strip().partition("=")
         if sep and name and name not in cookies:
             cookies[name] = val.strip('"')
     return cookies
+
+
+def cookies_truncated(value: str) -> bool:
+    """Whether :func:`parse_cookie_header` left cookies of this header unread."""
+    return value.count(";", 0, len(value) - 1) >= MAX_COOKIES

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.core.formats.envoy import parse_cookie_header
+from pipeline.core.formats.envoy import cookies_truncated, parse_cookie_header
 from pipeline.core.formats.values import (
     clf_to_ns,
     integer,
@@ -140,6 +140,8 @@ def parse_nginx_json(obj: dict[str, Any], shape: NginxShape | None = None) -> Ac
         if "cookie" in headers:
             for name, val in parse_cookie_header(headers["cookie"]).items():
                 cookies.setdefault(name, val)
+            if cookies_truncated(headers["cookie"]):
+                rec.truncated = ("cookies",)
         if cookies:
             rec.cookies = cookies
     if shape.args:

@@ -67,6 +67,23 @@ MAX_LONG = 2**63 - 1
 #: Timestamps are readable in [1970-01-01, 10000-01-01): ``ns_to_iso`` renders those.
 MAX_TIMESTAMP_NS = 253_402_300_800 * _NS_PER_S
 
+# Per-field limits (README, "Limits"). A message is bounded by the size limit;
+# these bound what one field of it may cost and keep. Client-controlled lists
+# (cookies, query args, X-Forwarded-For) are cut, never dead-lettered: a client
+# must not be able to hide its requests from the canary analysis by sending many.
+# A cut is named in the document's ``tags`` (``truncated_<field>``).
+#: Keys of one JSON object (header/cookie/arg keys among them): more is ``too_large``.
+MAX_JSON_KEYS = 512
+#: Cookies read from one Cookie header (the first ones are kept).
+MAX_COOKIES = 64
+#: Distinct query args read from one request target (the first ones are kept).
+MAX_QUERY_ARGS = 128
+#: X-Forwarded-For entries walked, from the right (the hops nearest to us).
+MAX_FORWARDED_HOPS = 32
+#: Fields after the known part of a text line (nginx extension pairs, Istio's
+#: tail): more is ``unknown_format`` (no format logs that many).
+MAX_TAIL_FIELDS = 64
+
 
 def text(value: Any) -> str | None:
     """A present string value, or None for the formats' missing markers."""
