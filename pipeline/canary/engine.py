@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.canary import evidence, histogram
-from pipeline.canary.records import Decision, WindowCounts
+from pipeline.canary.records import Analysis, Decision, WindowCounts
 
 LATENCY_LEVELS = (0.50, 0.95, 0.99)
 HISTORY_LIMIT = 720  # windows kept for the report (12 h of minute windows)
@@ -48,7 +48,7 @@ STATE_VERSION = 1
 
 
 @dataclass(slots=True, frozen=True)
-class EngineConfig:
+class VerdictConfig:
     alpha: float = 0.05
     min_samples: int = 100  # minimum canary exposure (requests) before promote
     latency_threshold_ms: float = 200.0
@@ -239,6 +239,29 @@ def fold(
         del state.history[: len(state.history) - HISTORY_LIMIT]
 
 
+def advance(
+    state: GroupState,
+    canary: Mapping[int, WindowCounts],
+    stable: Mapping[int, WindowCounts],
+    window_seconds: int,
+    up_to: float,
+    psi0: float = 1.1,
+) -> int:
+    """Fold, in order, every window that ended by ``up_to`` and is newer than the state.
+
+    Returns the number of windows folded.
+    """
+    folded = 0
+    empty = WindowCounts()
+    for start in sorted(set(canary) | set(stable)):
+        if start <= state.last_window or start + window_seconds > up_to:
+            continue
+        before = state.last_window
+        fold(state, start, window_seconds, canary.get(start, empty), stable.get(start, empty), psi0)
+        folded += state.last_window != before
+    return folded
+
+
 def latency_log_e(state: GroupState) -> float:
     """log of the mean of the latency levels' e-values (H0: canary no slower, psi = 1)."""
     values = [evidence.log_e_value(level, evidence.CENTRE) for level in state.latency_loglik]
@@ -261,28 +284,8 @@ class Assessment:
 
     path_group: str
     decision: Decision
-    rule: str
     reasons: tuple[str, ...]
-    weight: float
-    e_value: float  # the group's (families averaged, latency gated)
-    error_e_value: float
-    latency_e_value: float
-    latency_gate: bool
-    rollout_e_value: float
-    threshold: float  # 1 / alpha
-    rate_ratio: float | None
-    rate_ratio_lower: float | None
-    rate_ratio_upper: float | None
-    error_increase_upper: float | None  # anytime-valid bound of canary - stable 5xx rate
-    p95_delta_ms: float | None  # stratified estimate
-    p95_delta_lower_ms: float | None
-    p95_delta_upper_ms: float | None
-    more_canary_requests: int | None
-    windows: int
-    canary_requests: int
-    canary_errors_5xx: int
-    stable_requests: int
-    stable_errors_5xx: int
+    analysis: Analysis
 
 
 @dataclass(slots=True, frozen=True)
@@ -338,7 +341,7 @@ def _pct(rate: float) -> str:
 
 def assess(
     states: Mapping[str, GroupState],
-    config: EngineConfig,
+    config: VerdictConfig,
     *,
     window_seconds: int,
     checks: Mapping[str, WindowCheck] | None = None,
@@ -426,11 +429,8 @@ def assess(
                 )
             reasons.extend(state.rollback_reasons if name in sticky and not named else ())
             reasons.append(evidence_text)
-        elif named or sticky:
-            decision, rule = Decision.HOLD, "hold: the rollout is being rolled back"
-            culprits = ", ".join(sorted(set(named) | sticky))
-            reasons += [f"the rollout is rolled back because of {culprits}", evidence_text]
         else:
+            # The other groups are judged on their own; the rollback is said, not imposed.
             decision, rule, reasons, more = _judge_open(
                 state,
                 config,
@@ -444,38 +444,43 @@ def assess(
                 weight,
                 window_seconds,
             )
+            culprits = sorted(set(named) | sticky)
+            if culprits:
+                reasons.append(f"the rollout is rolled back because of {', '.join(culprits)}")
         out[name] = Assessment(
-            path_group=name,
-            decision=decision,
-            rule=rule,
-            reasons=tuple(reasons),
-            weight=weight,
-            e_value=f["e"],
-            error_e_value=f["error_e"],
-            latency_e_value=f["latency_e"],
-            latency_gate=f["gate"],
-            rollout_e_value=rollout_e,
-            threshold=threshold,
-            rate_ratio=estimate,
-            rate_ratio_lower=lower,
-            rate_ratio_upper=upper,
-            error_increase_upper=increase_upper,
-            p95_delta_ms=p95_est,
-            p95_delta_lower_ms=p95_low,
-            p95_delta_upper_ms=p95_high,
-            more_canary_requests=more,
-            windows=state.windows,
-            canary_requests=canary.requests,
-            canary_errors_5xx=canary.errors_5xx,
-            stable_requests=stable.requests,
-            stable_errors_5xx=stable.errors_5xx,
+            name,
+            decision,
+            tuple(reasons),
+            Analysis(
+                rule=rule,
+                weight=weight,
+                e_value=f["e"],
+                error_e_value=f["error_e"],
+                latency_e_value=f["latency_e"],
+                latency_counted=f["gate"],
+                rollout_e_value=rollout_e,
+                threshold=threshold,
+                rate_ratio=estimate,
+                rate_ratio_lower=lower,
+                rate_ratio_upper=upper,
+                error_increase_upper=increase_upper,
+                p95_delta_ms=p95_est,
+                p95_delta_lower_ms=p95_low,
+                p95_delta_upper_ms=p95_high,
+                more_canary_requests=more,
+                windows=state.windows,
+                canary_requests=canary.requests,
+                canary_errors_5xx=canary.errors_5xx,
+                stable_requests=stable.requests,
+                stable_errors_5xx=stable.errors_5xx,
+            ),
         )
     return out
 
 
 def _judge_open(
     state: GroupState,
-    config: EngineConfig,
+    config: VerdictConfig,
     f: Mapping[str, Any],
     check: WindowCheck,
     rates: str,
@@ -588,7 +593,7 @@ def _judge_open(
 
 def _more_requests(
     state: GroupState,
-    config: EngineConfig,
+    config: VerdictConfig,
     f: Mapping[str, Any],
     increase_upper: float,
     weight: float,
