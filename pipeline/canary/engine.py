@@ -319,6 +319,45 @@ def weights(states: Mapping[str, GroupState], scale: float = 1.0) -> dict[str, f
     return out
 
 
+#: Share of the rollout's evidence that pools all path groups (a bad build is bad
+#: everywhere: pooled strata add up their information); the rest is the groups' own.
+POOLED_SHARE = 0.5
+
+
+def _pooled_e(
+    states: Mapping[str, GroupState],
+    facts: Mapping[str, Mapping[str, Any]],
+    null: int,
+    config: VerdictConfig,
+    weight_scale: float,
+) -> float:
+    """The e-value of all groups' windows as strata of one test (common rate ratio).
+
+    The stratified log-likelihood of a common psi is the sum of the groups'. The
+    latency part counts while the canary-weighted mean p95 increase reaches the
+    threshold. Scaled by ``weight_scale`` (this worker's share of the partitions).
+    """
+    names = [name for name in facts if name in states]
+    if not names:
+        return 0.0
+    error = [sum(values) for values in zip(*(states[n].error_loglik for n in names), strict=True)]
+    levels = []
+    for level in range(len(LATENCY_LEVELS)):
+        summed = [
+            sum(values)
+            for values in zip(*(states[n].latency_loglik[level] for n in names), strict=True)
+        ]
+        levels.append(evidence.log_e_value(summed, evidence.CENTRE))
+    exposure = [(states[n].canary.requests, facts[n]["p95"][0]) for n in names]
+    weighted = [(k, d) for k, d in exposure if d is not None and k > 0]
+    total = sum(k for k, _ in weighted)
+    mean_delta = sum(k * d for k, d in weighted) / total if total else None
+    gate = mean_delta is not None and mean_delta >= config.latency_threshold_ms
+    error_e = _exp(evidence.log_e_value(error, null))
+    latency_e = _exp(_log_mean_exp(levels)) if gate else 0.0
+    return weight_scale * (error_e + latency_e) / 2.0
+
+
 def _p95_delta(state: GroupState, alpha: float) -> tuple[float | None, float | None, float | None]:
     canary_hist = state.canary.latency
     estimate = None
@@ -371,7 +410,10 @@ def assess(
             "e": group_e,
             "p95": (p95_est, p95_low, p95_high),
         }
-    rollout_e = sum(group_weights.get(name, 0.0) * f["e"] for name, f in facts.items())
+    pooled = _pooled_e(states, facts, null, config, weight_scale)
+    rollout_e = POOLED_SHARE * pooled + (1.0 - POOLED_SHARE) * sum(
+        group_weights.get(name, 0.0) * f["e"] for name, f in facts.items()
+    )
     sticky = {name for name, s in states.items() if s.rolled_back}
     named: list[str] = []
     if rollout_e >= threshold:
