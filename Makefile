@@ -15,7 +15,7 @@ NATIVE ?= 1
 NATIVE_SRC := $(shell python3 pipeline/native.py 2>/dev/null || $(PYTHON) pipeline/native.py)
 NATIVE_STAMP := pipeline/.native-built
 
-.PHONY: install native clean-native test unit integration lint demo bench bench-core bench-spans soak clean
+.PHONY: install native clean-native debian-packages test unit integration lint demo bench bench-core bench-spans soak clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -53,12 +53,22 @@ lint: $(STAMP)
 unit: install
 	$(BIN)/python -m pytest tests/unit -q
 
-integration: install
+# Debian packages the test suite needs: chromium renders the canary report
+# (tests/integration/test_canary_report_browser.py). Installed when missing.
+DEBIAN_PACKAGES := chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+debian-packages:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+integration: install debian-packages
 	$(BIN)/python -m pytest tests/integration -q
 
 # Everything against the compiled core, then the unit tests against the plain
 # Python one (the same results either way; tests/pure.py).
-test: install lint
+test: install lint debian-packages
 	$(BIN)/python -m pytest tests -q
 	$(BIN)/python -m pytest -p tests.pure tests/unit -q
 

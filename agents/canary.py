@@ -33,7 +33,7 @@ every partition and every worker. Hence:
    (the timer cannot write a table; the agent applies it to the state).
    Changed verdicts go to the verdict topic and, when a store is configured,
    to ``grayscope-verdicts``. ``GET /canary`` shows the latest evaluation
-   (``?format=text`` as a table).
+   (``?format=text`` as a table; ``?format=html`` or a browser: the report).
 
 Windows are placed by the request's own time (``@timestamp``); an aggregate
 whose window has already expired (Faust's rule, see ``pipeline/canary/windows.py``)
@@ -68,6 +68,7 @@ from pipeline.canary.records import (
     WindowCounts,
     epoch_to_iso,
 )
+from pipeline.canary.report import render_html, rollout_series
 from pipeline.canary.routing import partition_for
 from pipeline.canary.verdict import Row, evaluate
 from pipeline.errors import SinkError
@@ -79,6 +80,7 @@ STAGE_TABLE = "canary-by-stage"
 VERSION_TABLE = "canary-by-version"
 EVIDENCE_TABLE = "canary-evidence"
 CONTROL_ROLLBACK = "rollback"  # control record: make a rollback sticky in the state
+TIMELINE_LIMIT = 500  # decision changes kept per path group for the report
 AGENT_NAME = "grayscope-canary"
 PUBLISH_TIMEOUT = 30.0
 DRAIN_TIMEOUT = 5.0
@@ -129,6 +131,8 @@ class CanaryAnalysis:
             help="canary rollout state per path group (evidence, cumulative counts)",
         )
         self._fold_checked: dict[str, int] = {}  # path group -> last window checked
+        self.judged_states: dict[str, GroupState] = {}  # what the last verdicts saw
+        self.timeline: dict[str, list[tuple[float, str]]] = {}  # decision changes, per group
         self._sticky: dict[str, tuple[str, ...]] = {}  # rollbacks not yet in the table
         self.verdicts: list[Verdict] = []
         self.evaluated_at: float | None = None
@@ -303,6 +307,7 @@ class CanaryAnalysis:
         owned = self.owned_partitions()
         config = self.config
         states = self._states(owned, now)
+        judged: dict[str, GroupState] = {}
         verdicts = evaluate(
             self._rows(self.by_stage, owned),
             self._rows(self.by_version, owned),
@@ -312,7 +317,14 @@ class CanaryAnalysis:
             now=now,
             states=states,
             weight_scale=len(owned) / config.partitions,
+            judged_states=judged,
         )
+        self.judged_states = judged
+        for verdict in verdicts:
+            changes = self.timeline.setdefault(verdict.path_group, [])
+            if not changes or changes[-1][1] != verdict.decision.value:
+                changes.append((now, verdict.decision.value))
+                del changes[:-TIMELINE_LIMIT]
         for verdict in verdicts:
             state = states.get(verdict.path_group)
             if verdict.decision is Decision.ROLLBACK and not (state and state.rolled_back):
@@ -428,6 +440,8 @@ class CanaryAnalysis:
             "owned_partitions": sorted(self.owned_partitions()),
             "evaluated_at": None if self.evaluated_at is None else epoch_to_iso(self.evaluated_at),
             "verdicts": [verdict.to_json() for verdict in self.verdicts],
+            "rollouts": rollout_series(self.judged_states),
+            "timeline": {k: [list(e) for e in v] for k, v in self.timeline.items()},
             "stats": self.stats.as_dict(),
         }
 
@@ -509,8 +523,12 @@ def register_canary(app: faust.App, settings: Any, runtime: Any) -> CanaryObserv
 
     @app.page("/canary")
     async def canary_page(web: Any, request: Any) -> Any:
-        if request.query.get("format") == "text":
+        wanted = request.query.get("format")
+        if wanted == "text":
             return Response(text=format_verdicts(canary.verdicts), content_type="text/plain")
+        accept = request.headers.get("Accept", "")
+        if wanted == "html" or (wanted is None and "text/html" in accept):
+            return Response(text=render_html(canary.snapshot()), content_type="text/html")
         return web.json(canary.snapshot())
 
     observer = CanaryObserver(

@@ -33,6 +33,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_settings_arguments(status)
     status.set_defaults(handler=run_canary_status)
 
+    report = actions.add_parser(
+        "report", help="write the canary report of a running worker as one HTML file"
+    )
+    report.add_argument("--html", required=True, metavar="FILE", help="the file to write")
+    report.add_argument(
+        "--url",
+        default=None,
+        help="worker web URL (default: http://localhost:<GRAYSCOPE_WEB_PORT>, i.e. :6066)",
+    )
+    report.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for the worker (default 5)"
+    )
+    add_settings_arguments(report)
+    report.set_defaults(handler=run_canary_report)
+
     simulate = actions.add_parser(
         "simulate",
         help="compare verdict engines on simulated A/A and A/B rollouts (needs numpy)",
@@ -107,4 +122,23 @@ def run_canary_simulate(
         out.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         out.write(simulate.format_table(result))
+    return 0
+
+
+def run_canary_report(
+    args: argparse.Namespace, settings: Settings, out: IO[str] | None = None
+) -> int:
+    from pathlib import Path
+
+    from pipeline.canary.report import render_html
+
+    out = out or sys.stdout
+    url = worker_url(args, settings)
+    payload = fetch_canary(url, timeout=getattr(args, "timeout", 5.0))
+    target = Path(args.html)
+    try:
+        target.write_text(render_html(payload), encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("--html", f"cannot write {target}: {exc.strerror}") from exc
+    out.write(f"wrote {target} ({len(payload.get('verdicts') or [])} path groups)\n")
     return 0

@@ -162,7 +162,10 @@ class GroupState:
                 latency_loglik=latency,
                 rolled_back=bool(data["rolled_back"]),
                 rollback_reasons=tuple(str(r) for r in data["rollback_reasons"]),
-                history=[[float(v) for v in point] for point in data["history"]],
+                history=[
+                    [math.nan if v is None else float(v) for v in point]
+                    for point in data["history"]
+                ],
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed canary group state: {exc}") from exc
@@ -234,7 +237,23 @@ def fold(
     state.canary.merge(canary)
     state.stable.merge(stable)
     error_e = evidence.log_e_value(state.error_loglik, evidence.grid_index(psi0))
-    state.history.append([float(start), error_e, latency_log_e(state)])
+    estimate, lower, upper = evidence.ratio_interval(state.error_loglik, 0.05)
+    c95 = histogram.percentile(state.canary.latency, 0.95)
+    s95 = histogram.percentile(state.stable_weighted, 0.95)
+    delta = math.nan if c95 is None or s95 is None else c95 - s95
+    # [window start, log e (5xx), log e (latency), rate ratio, its 95 % CS (upper 0:
+    # unbounded), p95 delta (NaN: unknown)]: the report's time series.
+    state.history.append(
+        [
+            float(start),
+            error_e,
+            latency_log_e(state),
+            estimate,
+            lower,
+            0.0 if math.isinf(upper) else upper,
+            delta,
+        ]
+    )
     if len(state.history) > HISTORY_LIMIT:
         del state.history[: len(state.history) - HISTORY_LIMIT]
 

@@ -248,6 +248,7 @@ def evaluate(
     now: float,
     states: Mapping[str, GroupState] | None = None,
     weight_scale: float = 1.0,
+    judged_states: dict[str, GroupState] | None = None,
 ) -> list[Verdict]:
     """One verdict per path group with canary traffic in a live window, by path group.
 
@@ -255,6 +256,8 @@ def evaluate(
     tables (stale windows, past their expiry, are ignored); ``states`` the
     persisted rollout states by path group; ``weight_scale`` the share of all
     canary partitions this worker judges (see ``engine.weights``).
+    ``judged_states``, when given, receives the states the verdicts were judged
+    on (the persisted ones plus the windows folded provisionally).
     """
     groups: dict[str, _PathGroup] = defaultdict(_PathGroup)
     for path_group, stage, start, counts in stages:
@@ -275,6 +278,8 @@ def evaluate(
     current = provisional_states(
         dict(groups), dict(states or {}), window_seconds=window_seconds, up_to=now, psi0=config.psi0
     )
+    if judged_states is not None:
+        judged_states.update(current)
     checks = window_checks(dict(groups), current, config, window_seconds=window_seconds, now=now)
     assessments = engine.assess(
         current, config, window_seconds=window_seconds, checks=checks, weight_scale=weight_scale

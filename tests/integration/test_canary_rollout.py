@@ -3,7 +3,9 @@ a rollback made sticky through the control record, both recovered after a restar
 
 from __future__ import annotations
 
+import asyncio
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,11 @@ from tests.integration.test_canary import (
     requests,
     wait_for,
 )
+
+
+def fetch_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
 
 
 def state_of(canary: CanaryAnalysis, path_group: str) -> GroupState | None:
@@ -58,7 +65,7 @@ async def test_rollback_is_folded_sticky_and_recovered(
     async with canary_app(bootstrap, app_id, settings, faust_settings, tmp_path) as (
         canary,
         observer,
-        _,
+        url,
     ):
         await wait_for(lambda: state_of(canary, "/pay") is not None, "the recovered state")
         recovered = state_of(canary, "/pay")
@@ -71,5 +78,8 @@ async def test_rollback_is_folded_sticky_and_recovered(
         )
         await wait_for(lambda: "/pay" in by_path_group(canary.verdicts), "a verdict for /pay")
         verdict = by_path_group(canary.verdicts)["/pay"]
+        page = await asyncio.to_thread(fetch_text, f"{url}/canary?format=html")
+    assert page.startswith("<!DOCTYPE html>") and 'data-path-group="/pay"' in page
+    assert 'class="chart evidence"' in page and "<polyline" in page
     assert verdict.decision is Decision.ROLLBACK
     assert verdict.analysis is not None and verdict.analysis.rule.startswith("rollback")
