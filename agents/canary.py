@@ -20,10 +20,20 @@ every partition and every worker. Hence:
    ``canary-by-version`` keyed ``(path group, version)``. Both have the
    topic's partition count, so each changelog partition matches its source
    partition and one owner holds *both arms* of a path group.
-3. A timer on every worker judges the path groups of the partitions it owns
-   actively (standby copies are skipped) and publishes changed verdicts to
-   the verdict topic and, when a store is configured, to ``grayscope-verdicts``.
-   ``GET /canary`` shows the latest evaluation (``?format=text`` as a table).
+3. The same agent folds every window that ended more than a window ago into
+   the path group's rollout state (``pipeline/canary/engine.py``: the
+   e-processes, cumulative counts and histograms, the sticky rollback) in the
+   changelogged table ``canary-evidence`` keyed by path group: the windows
+   expire, the rollout's evidence must not. A path group without canary
+   traffic for ``rollout_idle_seconds`` starts a new rollout.
+4. A timer on every worker judges the path groups of the partitions it owns
+   actively (standby copies are skipped): the persisted states plus the
+   complete windows not folded yet, decided by the anytime-valid engine. A
+   new rollback is made sticky by a control record on the aggregates topic
+   (the timer cannot write a table; the agent applies it to the state).
+   Changed verdicts go to the verdict topic and, when a store is configured,
+   to ``grayscope-verdicts``. ``GET /canary`` shows the latest evaluation
+   (``?format=text`` as a table; ``?format=html`` or a browser: the report).
 
 Windows are placed by the request's own time (``@timestamp``); an aggregate
 whose window has already expired (Faust's rule, see ``pipeline/canary/windows.py``)
@@ -48,9 +58,17 @@ from faust.types import EventT
 from pipeline.canary import windows
 from pipeline.canary.config import CanaryConfig
 from pipeline.canary.counters import CanaryStats
+from pipeline.canary.engine import GroupState, advance
 from pipeline.canary.format import format_verdicts
 from pipeline.canary.observer import CanaryObserver
-from pipeline.canary.records import CanaryAggregate, Verdict, WindowCounts, epoch_to_iso
+from pipeline.canary.records import (
+    CanaryAggregate,
+    Decision,
+    Verdict,
+    WindowCounts,
+    epoch_to_iso,
+)
+from pipeline.canary.report import render_html, rollout_series
 from pipeline.canary.routing import partition_for
 from pipeline.canary.verdict import Row, evaluate
 from pipeline.errors import SinkError
@@ -60,6 +78,9 @@ log = logging.getLogger(__name__)
 
 STAGE_TABLE = "canary-by-stage"
 VERSION_TABLE = "canary-by-version"
+EVIDENCE_TABLE = "canary-evidence"
+CONTROL_ROLLBACK = "rollback"  # control record: make a rollback sticky in the state
+TIMELINE_LIMIT = 500  # decision changes kept per path group for the report
 AGENT_NAME = "grayscope-canary"
 PUBLISH_TIMEOUT = 30.0
 DRAIN_TIMEOUT = 5.0
@@ -104,6 +125,15 @@ class CanaryAnalysis:
         # changelog retention.
         self.by_stage = self._table(STAGE_TABLE, "canary counts per (path group, stage)")
         self.by_version = self._table(VERSION_TABLE, "canary counts per (path group, version)")
+        self.evidence = app.Table(
+            EVIDENCE_TABLE,
+            partitions=config.partitions,
+            help="canary rollout state per path group (evidence, cumulative counts)",
+        )
+        self._fold_checked: dict[str, int] = {}  # path group -> last window checked
+        self.judged_states: dict[str, GroupState] = {}  # what the last verdicts saw
+        self.timeline: dict[str, list[tuple[float, str]]] = {}  # decision changes, per group
+        self._sticky: dict[str, tuple[str, ...]] = {}  # rollbacks not yet in the table
         self.verdicts: list[Verdict] = []
         self.evaluated_at: float | None = None
         self._published: dict[str, Fingerprint] = {}
@@ -132,7 +162,11 @@ class CanaryAnalysis:
     def apply(self, event: EventT, now: float | None = None) -> None:
         now = time.time() if now is None else now
         try:
-            agg = CanaryAggregate.from_json(orjson.loads(event.value))
+            data = orjson.loads(event.value)
+            if isinstance(data, dict) and data.get("kind") == CONTROL_ROLLBACK:
+                self._apply_rollback(data)
+                return
+            agg = CanaryAggregate.from_json(data)
         except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
             self.stats.canary_aggregates_invalid_total += 1
             log.warning("ignoring an invalid canary aggregate: %s", exc)
@@ -149,7 +183,58 @@ class CanaryAnalysis:
             self._merge(self.by_stage, agg, agg.by_stage)
             self._merge(self.by_version, agg, agg.by_version)
             self.stats.canary_aggregates_applied_total += 1
+            self._fold(agg.path_group, agg.window_start, now)
         self._collect_garbage(event.message.partition, now)
+
+    def _state(self, path_group: str) -> GroupState | None:
+        stored = self.evidence.get(path_group)
+        if stored is None:
+            return None
+        try:
+            return GroupState.from_json(stored)
+        except ValueError as exc:
+            log.warning("discarding an unreadable canary state for %s: %s", path_group, exc)
+            return None
+
+    def _apply_rollback(self, data: dict[str, Any]) -> None:
+        path_group = str(data.get("path_group") or "")
+        state = self._state(path_group)
+        if not path_group or state is None:
+            return
+        state.rolled_back = True
+        state.rollback_reasons = tuple(str(r) for r in data.get("reasons") or ())
+        self.evidence[path_group] = state.to_json()
+        self._sticky.pop(path_group, None)
+
+    def _fold(self, path_group: str, window_start: int, now: float) -> None:
+        """Fold the group's windows that ended over a window ago into its state: later
+        aggregates for them are unlikely (and late then, not counted in the evidence).
+
+        Once per foldable window, unless an aggregate for a foldable window arrives."""
+        config = self.config
+        size = config.window_seconds
+        up_to = now - size
+        target = int(up_to // size) * size
+        if self._fold_checked.get(path_group) == target and window_start > target:
+            return
+        self._fold_checked[path_group] = target
+        state = self._state(path_group)
+        if state is not None and state.last_canary_at < now - config.rollout_idle_seconds:
+            state = None  # the rollout ended: a new one starts with fresh evidence
+        if state is None:
+            state = GroupState(path_group)
+        oldest = int(now - config.expires_seconds) // size * size
+        first = max(oldest, state.last_window + size)
+        canary: dict[int, WindowCounts] = {}
+        stable: dict[int, WindowCounts] = {}
+        for start in range(first, target + 1, size):
+            window_range = self.by_stage.window.current(start)
+            for stage, into in (("canary", canary), ("stable", stable)):
+                stored = self.by_stage.get(((path_group, stage), window_range))
+                if stored is not None:
+                    into[start] = WindowCounts.from_json(stored)
+        if advance(state, canary, stable, size, up_to, config.verdict.psi0):
+            self.evidence[path_group] = state.to_json()
 
     def _merge(self, table: Any, agg: CanaryAggregate, arms: dict[str, WindowCounts]) -> None:
         window_range = table.window.current(agg.window_start)
@@ -200,10 +285,29 @@ class CanaryAnalysis:
             except (TypeError, ValueError) as exc:
                 log.warning("skipping an unreadable canary table entry %r: %s", key, exc)
 
+    def _states(self, owned: set[int], now: float) -> dict[str, GroupState]:
+        partitions = self.config.partitions
+        out: dict[str, GroupState] = {}
+        for path_group in list(self.evidence.keys()):
+            if partition_for(str(path_group), partitions) not in owned:
+                continue
+            state = self._state(str(path_group))
+            if state is None:
+                continue
+            if state.last_canary_at < now - self.config.rollout_idle_seconds:
+                continue  # an ended rollout; its next window starts a new one
+            reasons = self._sticky.get(state.path_group)
+            if reasons is not None and not state.rolled_back:
+                state.rolled_back, state.rollback_reasons = True, reasons
+            out[state.path_group] = state
+        return out
+
     def evaluate_now(self, now: float | None = None) -> list[Verdict]:
         now = time.time() if now is None else now
         owned = self.owned_partitions()
         config = self.config
+        states = self._states(owned, now)
+        judged: dict[str, GroupState] = {}
         verdicts = evaluate(
             self._rows(self.by_stage, owned),
             self._rows(self.by_version, owned),
@@ -211,11 +315,40 @@ class CanaryAnalysis:
             window_seconds=config.window_seconds,
             expires_seconds=config.expires_seconds,
             now=now,
+            states=states,
+            weight_scale=len(owned) / config.partitions,
+            judged_states=judged,
         )
+        self.judged_states = judged
+        for verdict in verdicts:
+            changes = self.timeline.setdefault(verdict.path_group, [])
+            if not changes or changes[-1][1] != verdict.decision.value:
+                changes.append((now, verdict.decision.value))
+                del changes[:-TIMELINE_LIMIT]
+        for verdict in verdicts:
+            state = states.get(verdict.path_group)
+            if verdict.decision is Decision.ROLLBACK and not (state and state.rolled_back):
+                self._make_sticky(verdict)
         self.verdicts = verdicts
         self.evaluated_at = now
         self.stats.canary_evaluations_total += 1
         return verdicts
+
+    def _make_sticky(self, verdict: Verdict) -> None:
+        """Remember a new rollback here and, through the agent, in the group's state."""
+        if verdict.path_group in self._sticky:
+            return
+        self._sticky[verdict.path_group] = verdict.reasons
+        record = {
+            "kind": CONTROL_ROLLBACK,
+            "path_group": verdict.path_group,
+            "reasons": list(verdict.reasons),
+        }
+        self.aggregates_topic.send_soon(
+            key=verdict.path_group.encode(),
+            value=orjson.dumps(record),
+            partition=partition_for(verdict.path_group, self.config.partitions),
+        )
 
     async def tick(self) -> None:
         """Evaluate, then publish the verdicts that changed since they were last published."""
@@ -297,12 +430,18 @@ class CanaryAnalysis:
             "alpha": config.verdict.alpha,
             "min_samples": config.verdict.min_samples,
             "latency_threshold_ms": config.verdict.latency_threshold_ms,
+            "psi0": config.verdict.psi0,
+            "promote_error_margin": config.verdict.promote_error_margin,
+            "warmup_windows": config.verdict.warmup_windows,
+            "rollout_idle_seconds": config.rollout_idle_seconds,
             "aggregates_topic": self.aggregates_topic.get_topic_name(),
             "verdict_topic": config.verdict_topic,
             "partitions": config.partitions,
             "owned_partitions": sorted(self.owned_partitions()),
             "evaluated_at": None if self.evaluated_at is None else epoch_to_iso(self.evaluated_at),
             "verdicts": [verdict.to_json() for verdict in self.verdicts],
+            "rollouts": rollout_series(self.judged_states),
+            "timeline": {k: [list(e) for e in v] for k, v in self.timeline.items()},
             "stats": self.stats.as_dict(),
         }
 
@@ -384,8 +523,12 @@ def register_canary(app: faust.App, settings: Any, runtime: Any) -> CanaryObserv
 
     @app.page("/canary")
     async def canary_page(web: Any, request: Any) -> Any:
-        if request.query.get("format") == "text":
+        wanted = request.query.get("format")
+        if wanted == "text":
             return Response(text=format_verdicts(canary.verdicts), content_type="text/plain")
+        accept = request.headers.get("Accept", "")
+        if wanted == "html" or (wanted is None and "text/html" in accept):
+            return Response(text=render_html(canary.snapshot()), content_type="text/html")
         return web.json(canary.snapshot())
 
     observer = CanaryObserver(

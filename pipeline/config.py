@@ -236,13 +236,47 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds between verdict evaluations; changes are published."
     )
     canary_alpha: float = Field(
-        0.05, gt=0, lt=1, description="Significance level of the one-sided Z-test on the 5xx rate."
+        0.05,
+        gt=0,
+        lt=1,
+        description="Chance of any false rollback over a whole rollout, all path groups "
+        "and metrics together (anytime-valid: evidence against 1/alpha).",
     )
     canary_min_samples: int = Field(
-        100, ge=1, description="Requests each arm needs in a window before any verdict."
+        100, ge=1, description="Canary requests a path group needs before promote (exposure)."
     )
     canary_latency_threshold_ms: float = Field(
-        200.0, ge=0, description="Roll back when canary p95 exceeds stable p95 by more than this."
+        200.0,
+        ge=0,
+        description="Smallest canary p95 increase worth a rollback (needs evidence as well); "
+        "promote needs the p95 increase bounded below it.",
+    )
+    canary_psi0: float = Field(
+        1.1,
+        ge=1.0,
+        le=10.0,
+        description="Null 5xx rate ratio: evidence is against a canary/stable ratio above it.",
+    )
+    canary_promote_error_margin: float = Field(
+        0.005,
+        gt=0,
+        lt=1,
+        description="Promote needs the canary's 5xx rate bounded below stable's plus this.",
+    )
+    canary_warmup_windows: int = Field(
+        1, ge=0, description="Complete windows a rollout needs before promote or insufficient_data."
+    )
+    canary_horizon_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="insufficient_data when a decision needs more canary traffic than this "
+        "long at the current rate.",
+    )
+    canary_rollout_idle_seconds: float = Field(
+        1800.0,
+        gt=0,
+        description="A path group without canary traffic this long ends its rollout "
+        "(its evidence and a sticky rollback are cleared).",
     )
     canary_topic: str = Field(
         "grayscope-canary-verdicts", description="Kafka topic the verdicts are published to."

@@ -25,6 +25,7 @@ class CanaryConfig:
     partitions: int = 1
     verdict_topic: str = DEFAULT_VERDICT_TOPIC
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
+    rollout_idle_seconds: float = 1800.0
 
     @classmethod
     def from_settings(cls, settings: Any) -> CanaryConfig:
@@ -47,6 +48,10 @@ class CanaryConfig:
                 alpha=float(get("canary_alpha", 0.05)),
                 min_samples=int(get("canary_min_samples", 100)),
                 latency_threshold_ms=float(get("canary_latency_threshold_ms", 200.0)),
+                psi0=float(get("canary_psi0", 1.1)),
+                promote_error_margin=float(get("canary_promote_error_margin", 0.005)),
+                warmup_windows=int(get("canary_warmup_windows", 1)),
+                horizon_seconds=float(get("canary_horizon_seconds", 3600.0)),
             )
         except ValueError as exc:
             raise ConfigError("GRAYSCOPE_CANARY_*", str(exc)) from exc
@@ -61,6 +66,9 @@ class CanaryConfig:
             partitions=int(partitions),
             verdict_topic=topic,
             verdict=verdict,
+            rollout_idle_seconds=_number(
+                get("canary_rollout_idle_seconds", 1800.0), "canary_rollout_idle_seconds", minimum=1
+            ),
         )
 
 

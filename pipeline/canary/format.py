@@ -20,6 +20,8 @@ COLUMNS = (
     "DP95 MS",
     "Z",
     "P",
+    "EVIDENCE",
+    "RATE RATIO [CS]",
 )
 NUMERIC_FROM = 3  # right-align the columns from here on
 
@@ -40,6 +42,19 @@ def _window(verdict: Verdict) -> str:
     return f"{start} {verdict.window_seconds}s{partial}"
 
 
+def _analysis(verdict: Verdict) -> list[str]:
+    """The group's evidence against 1/alpha and the rate ratio's confidence sequence."""
+    a = verdict.analysis
+    if a is None:
+        return ["-", "-"]
+    ratio = "-"
+    if a.rate_ratio is not None:
+        low = "0" if not a.rate_ratio_lower else f"{a.rate_ratio_lower:.2f}"
+        high = "inf" if a.rate_ratio_upper is None else f"{a.rate_ratio_upper:.2f}"
+        ratio = f"{a.rate_ratio:.2f}[{low},{high}]"
+    return [f"{a.e_value:.3g}/{a.threshold:g}", ratio]
+
+
 def format_verdicts(verdicts: Sequence[Verdict]) -> str:
     """One row per verdict, its reasons indented below it; ends with a newline."""
     if not verdicts:
@@ -56,6 +71,7 @@ def format_verdicts(verdicts: Sequence[Verdict]) -> str:
                 _opt(verdict.p95_delta_ms, "+.1f"),
                 _opt(verdict.z, ".2f"),
                 _opt(verdict.p_value, ".3g"),
+                *_analysis(verdict),
             ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
@@ -70,5 +86,7 @@ def format_verdicts(verdicts: Sequence[Verdict]) -> str:
     out = [line(rows[0])]
     for verdict, row in zip(verdicts, rows[1:], strict=True):
         out.append(line(row))
+        if verdict.analysis is not None:
+            out.append(f"    rule: {verdict.analysis.rule}")
         out.extend(f"    - {reason}" for reason in verdict.reasons)
     return "\n".join(out) + "\n"

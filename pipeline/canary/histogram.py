@@ -69,7 +69,7 @@ def total(histogram: Mapping[int, int]) -> int:
 
 
 def percentile(
-    histogram: Mapping[int, int],
+    histogram: Mapping[int, float],
     q: float,
     minimum: float | None = None,
     maximum: float | None = None,
@@ -82,11 +82,11 @@ def percentile(
     """
     if not 0.0 <= q <= 1.0:
         raise ValueError(f"quantile {q} is not in [0, 1]")
-    count = total(histogram)
+    count = sum(histogram.values())  # counts may be weights (a reweighted histogram)
     if count <= 0:
         return None
     rank = q * count
-    seen = 0
+    seen = 0.0
     last = 0
     for index in sorted(histogram):
         in_bucket = histogram[index]

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -248,6 +249,122 @@ class ArmSummary:
         )
 
 
+ANALYSIS_CAP = 1e300  # e-values beyond this are stored as this (JSON has no infinity)
+
+
+@dataclass(slots=True, frozen=True)
+class Analysis:
+    """The anytime-valid analysis behind a verdict (``pipeline/canary/engine.py``).
+
+    Rollout-wide: cumulative counts since the rollout of the path group began,
+    the e-values (evidence) against the threshold ``1/alpha``, the effects with
+    their confidence sequences, and the rule that decided.
+    """
+
+    rule: str
+    weight: float  # the group's share of the rollout's evidence
+    e_value: float  # the group's (5xx and latency averaged; latency gated)
+    error_e_value: float
+    latency_e_value: float
+    latency_counted: bool  # the p95 increase estimate reached the threshold
+    rollout_e_value: float
+    threshold: float  # 1 / alpha
+    rate_ratio: float | None = None
+    rate_ratio_lower: float | None = None
+    rate_ratio_upper: float | None = None
+    error_increase_upper: float | None = None  # canary - stable 5xx rate, upper bound
+    p95_delta_ms: float | None = None
+    p95_delta_lower_ms: float | None = None
+    p95_delta_upper_ms: float | None = None
+    more_canary_requests: int | None = None
+    windows: int = 0
+    canary_requests: int = 0
+    canary_errors_5xx: int = 0
+    stable_requests: int = 0
+    stable_errors_5xx: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        def finite(value: float | None) -> float | None:
+            if value is None or math.isnan(value) or math.isinf(value):
+                return None
+            return min(value, ANALYSIS_CAP)
+
+        def pruned(values: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in values.items() if v is not None}
+
+        return {
+            "rule": self.rule,
+            "evidence": pruned(
+                {
+                    "e_value": finite(self.e_value),
+                    "error_e_value": finite(self.error_e_value),
+                    "latency_e_value": finite(self.latency_e_value),
+                    "latency_counted": self.latency_counted,
+                    "rollout_e_value": finite(self.rollout_e_value),
+                    "threshold": self.threshold,
+                    "weight": self.weight,
+                }
+            ),
+            "effect": pruned(
+                {
+                    "rate_ratio": finite(self.rate_ratio),
+                    "rate_ratio_lower": finite(self.rate_ratio_lower),
+                    "rate_ratio_upper": finite(self.rate_ratio_upper),
+                    "error_increase_upper": finite(self.error_increase_upper),
+                    "p95_delta_ms": _round(finite(self.p95_delta_ms)),
+                    "p95_delta_lower_ms": _round(finite(self.p95_delta_lower_ms)),
+                    "p95_delta_upper_ms": _round(finite(self.p95_delta_upper_ms)),
+                }
+            ),
+            "rollout": pruned(
+                {
+                    "windows": self.windows,
+                    "canary_requests": self.canary_requests,
+                    "canary_errors_5xx": self.canary_errors_5xx,
+                    "stable_requests": self.stable_requests,
+                    "stable_errors_5xx": self.stable_errors_5xx,
+                    "more_canary_requests": self.more_canary_requests,
+                }
+            ),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Analysis | None:
+        if not isinstance(data, Mapping) or "rule" not in data:
+            return None
+        ev = data.get("evidence") or {}
+        effect = data.get("effect") or {}
+        rollout = data.get("rollout") or {}
+        more = rollout.get("more_canary_requests")
+        return cls(
+            rule=str(data["rule"]),
+            weight=float(ev.get("weight", 0.0)),
+            e_value=float(ev.get("e_value", 0.0)),
+            error_e_value=float(ev.get("error_e_value", 0.0)),
+            latency_e_value=float(ev.get("latency_e_value", 0.0)),
+            latency_counted=bool(ev.get("latency_counted", False)),
+            rollout_e_value=float(ev.get("rollout_e_value", 0.0)),
+            threshold=float(ev.get("threshold", 0.0)),
+            rate_ratio=_opt_float(effect.get("rate_ratio")),
+            rate_ratio_lower=_opt_float(effect.get("rate_ratio_lower")),
+            rate_ratio_upper=_opt_float(effect.get("rate_ratio_upper")),
+            error_increase_upper=_opt_float(effect.get("error_increase_upper")),
+            p95_delta_ms=_opt_float(effect.get("p95_delta_ms")),
+            p95_delta_lower_ms=_opt_float(effect.get("p95_delta_lower_ms")),
+            p95_delta_upper_ms=_opt_float(effect.get("p95_delta_upper_ms")),
+            more_canary_requests=None if more is None else int(more),
+            windows=int(rollout.get("windows", 0)),
+            canary_requests=int(rollout.get("canary_requests", 0)),
+            canary_errors_5xx=int(rollout.get("canary_errors_5xx", 0)),
+            stable_requests=int(rollout.get("stable_requests", 0)),
+            stable_errors_5xx=int(rollout.get("stable_errors_5xx", 0)),
+        )
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
 @dataclass(slots=True, frozen=True)
 class Verdict:
     path_group: str
@@ -266,6 +383,7 @@ class Verdict:
     latency_threshold_ms: float
     evaluated_at: float  # epoch seconds
     versions: tuple[tuple[str, ArmSummary], ...] = ()
+    analysis: Analysis | None = None
 
     @property
     def window_end(self) -> int:
@@ -301,6 +419,8 @@ class Verdict:
             verdict["p_value"] = self.p_value
         if self.p95_delta_ms is not None:
             verdict["latency"]["p95_delta_ms"] = round(self.p95_delta_ms, 3)
+        if self.analysis is not None:
+            verdict.update(self.analysis.to_json())
         return {
             "@timestamp": epoch_to_iso(self.window_start),
             "gray": {"path_group": self.path_group},
@@ -343,6 +463,7 @@ class Verdict:
                 latency_threshold_ms=float(latency.get("threshold_ms", 0.0)),
                 evaluated_at=iso_to_epoch(verdict["evaluated_at"]),
                 versions=versions,
+                analysis=Analysis.from_json(verdict),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a verdict document: {exc}") from exc

@@ -1,35 +1,33 @@
-"""Canary against stable, per path group and window: the decision rules (pure).
+"""Canary against stable per path group: the verdicts (pure).
 
-For the window being judged (see ``windows.pick_window``), with the canary
-arm ``c`` and the stable arm ``s`` of one path group:
+``evaluate`` is the live decision: the rows of the window tables plus each
+path group's persisted rollout state (``engine.GroupState``) -> one verdict
+per path group with canary traffic in a live window. Complete windows not yet
+in a state are folded in provisionally, the data-quality checks (a missing
+window, a sample-ratio mismatch) are computed from the live windows, and
+``engine.assess`` decides with the anytime-valid evidence of the whole
+rollout. The window shown in a verdict (its counts, z, p, p95 delta) is the
+latest complete one, described, not judged on its own.
 
-1. ``insufficient_data`` when either arm has fewer than ``min_samples``
-   requests. No other rule applies; z and p are still reported when both
-   arms have traffic.
-2. ``rollback`` when the canary's 5xx rate is *significantly higher*
-   (two-proportion Z-test, one-sided, ``p < alpha``) **or** its p95 latency
-   exceeds stable's by more than ``latency_threshold_ms``. Latency is only
-   compared when both arms have at least ``min_samples`` requests with a
-   logged duration.
-3. ``hold`` when nothing calls for a rollback but the canary is not shown to
-   be as good: its 5xx rate is higher (not significantly), or latency could
-   not be compared (too few timed requests, e.g. a log format without
-   durations).
-4. ``promote`` otherwise: enough samples, 5xx rate not higher than stable's,
-   p95 within the threshold.
-
-Every verdict carries the reasons (human-readable strings) for its decision.
+``judge`` is the previous rule, kept as the baseline the simulator compares
+with (``grayscope canary simulate``: "per-window Z-test"): per window, a
+one-sided two-proportion Z-test at ``alpha`` or a p95 difference over the
+threshold means rollback. Repeated every window and path group its false
+rollbacks add up (issue 17); it is not used for live verdicts any more.
 4xx responses are reported but never judged: they are mostly the client's doing.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from pipeline.canary import windows
+from pipeline.canary import engine, windows
+from pipeline.canary.engine import GroupState, VerdictConfig, WindowCheck
 from pipeline.canary.records import ArmSummary, Decision, Verdict, WindowCounts
 from pipeline.canary.ztest import ZTest, two_proportion_ztest
 
@@ -38,21 +36,6 @@ STABLE = "stable"
 
 K = TypeVar("K")
 Row = tuple[str, str, int, WindowCounts]  # (path group, stage or version, window start, counts)
-
-
-@dataclass(slots=True, frozen=True)
-class VerdictConfig:
-    alpha: float = 0.05
-    min_samples: int = 100
-    latency_threshold_ms: float = 200.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.alpha < 1.0:
-            raise ValueError("alpha must lie strictly between 0 and 1")
-        if self.min_samples < 1:
-            raise ValueError("min_samples must be at least 1")
-        if self.latency_threshold_ms < 0:
-            raise ValueError("latency_threshold_ms must not be negative")
 
 
 @dataclass(slots=True, frozen=True)
@@ -159,6 +142,102 @@ def _enough(group: _PathGroup, start: int, config: VerdictConfig) -> bool:
     )
 
 
+def provisional_states(
+    groups: dict[str, _PathGroup],
+    states: dict[str, GroupState],
+    *,
+    window_seconds: int,
+    up_to: float,
+    psi0: float,
+) -> dict[str, GroupState]:
+    """Copies of the persisted states with the complete windows they lack folded in."""
+    out: dict[str, GroupState] = {}
+    for path_group in sorted(set(groups) | set(states)):
+        state = states.get(path_group)
+        state = GroupState(path_group) if state is None else state.copy()
+        group = groups.get(path_group)
+        if group is not None:
+            engine.advance(state, group.canary, group.stable, window_seconds, up_to, psi0)
+        if state.first_window >= 0 or state.rolled_back:
+            out[path_group] = state
+    return out
+
+
+def window_checks(
+    groups: dict[str, _PathGroup],
+    states: dict[str, GroupState],
+    config: VerdictConfig,
+    *,
+    window_seconds: int,
+    now: float,
+) -> dict[str, WindowCheck]:
+    """Missing windows and sample-ratio mismatches, from the complete live windows."""
+    with_canary = {name for name, g in groups.items() if any(c.requests for c in g.canary.values())}
+    # Per window, each group's canary share: a group is compared with the median of the
+    # others (one broken group must not shift what the others are held to).
+    shares: dict[int, dict[str, float]] = defaultdict(dict)
+    for name in with_canary:
+        g = groups[name]
+        for start in set(g.canary) | set(g.stable):
+            if start + window_seconds > now:
+                continue
+            c = g.canary.get(start, WindowCounts()).requests
+            n = c + g.stable.get(start, WindowCounts()).requests
+            if n > 0:
+                shares[start][name] = c / n
+    out: dict[str, WindowCheck] = {}
+    for name, state in states.items():
+        found = groups.get(name)
+        if found is None or state.first_window < 0:
+            continue
+        g = found
+        # A hole: a complete window without one arm between windows with both. An
+        # empty trailing window is traffic stopping (or still in flight), not a hole.
+        missing = None
+        complete = sorted(
+            start for start in set(g.canary) | set(g.stable) if start + window_seconds <= now
+        )
+        both = [
+            start
+            for start in complete
+            if g.canary.get(start, WindowCounts()).requests
+            and g.stable.get(start, WindowCounts()).requests
+        ]
+        if both:
+            for start in range(max(state.first_window, both[0]), both[-1], window_seconds):
+                if not g.canary.get(start, WindowCounts()).requests:
+                    missing = CANARY
+                elif not g.stable.get(start, WindowCounts()).requests:
+                    missing = STABLE
+        srm_z = srm_share = None
+        if name in with_canary:
+            x = n = 0
+            expected = variance = 0.0
+            for start in set(g.canary) | set(g.stable):
+                if start + window_seconds > now:
+                    continue
+                c = g.canary.get(start, WindowCounts()).requests
+                total = c + g.stable.get(start, WindowCounts()).requests
+                others = [v for k, v in shares[start].items() if k != name]
+                if not others or total <= 0:
+                    continue
+                share = statistics.median(others)
+                x += c
+                n += total
+                expected += total * share
+                variance += total * share * (1.0 - share)
+            if n > 0 and variance > 0:
+                z = (x - expected) / math.sqrt(variance)
+                observed_share, expected_share = x / n, expected / n
+                if abs(z) >= config.srm_z and abs(observed_share - expected_share) >= (
+                    config.srm_relative * expected_share
+                ):
+                    srm_z, srm_share = z, (observed_share, expected_share)
+        if missing is not None or srm_z is not None:
+            out[name] = WindowCheck(missing, srm_z, srm_share)
+    return out
+
+
 def evaluate(
     stages: Iterable[Row],
     versions: Iterable[Row],
@@ -167,11 +246,18 @@ def evaluate(
     window_seconds: int,
     expires_seconds: float,
     now: float,
+    states: Mapping[str, GroupState] | None = None,
+    weight_scale: float = 1.0,
+    judged_states: dict[str, GroupState] | None = None,
 ) -> list[Verdict]:
     """One verdict per path group with canary traffic in a live window, by path group.
 
     ``stages`` / ``versions`` are the rows of the per-stage and per-version
-    tables; stale windows (past their expiry) are ignored.
+    tables (stale windows, past their expiry, are ignored); ``states`` the
+    persisted rollout states by path group; ``weight_scale`` the share of all
+    canary partitions this worker judges (see ``engine.weights``).
+    ``judged_states``, when given, receives the states the verdicts were judged
+    on (the persisted ones plus the windows folded provisionally).
     """
     groups: dict[str, _PathGroup] = defaultdict(_PathGroup)
     for path_group, stage, start, counts in stages:
@@ -189,6 +275,16 @@ def evaluate(
             per_version = groups[path_group].versions.setdefault(start, {})
             _merge_into(per_version, version, counts)
 
+    current = provisional_states(
+        dict(groups), dict(states or {}), window_seconds=window_seconds, up_to=now, psi0=config.psi0
+    )
+    if judged_states is not None:
+        judged_states.update(current)
+    checks = window_checks(dict(groups), current, config, window_seconds=window_seconds, now=now)
+    assessments = engine.assess(
+        current, config, window_seconds=window_seconds, checks=checks, weight_scale=weight_scale
+    )
+
     verdicts = []
     for path_group in sorted(groups):
         group = groups[path_group]
@@ -199,19 +295,31 @@ def evaluate(
         start, complete = picked
         note: tuple[str, ...] = ()
         if complete and not _enough(group, start, config):
-            # A quiet trailing window must not erase what a busy one showed (a rollback
-            # would vanish when traffic drops): judge the latest window with enough data.
+            # A quiet trailing window is not the one to show: the latest with enough data is.
             for earlier in sorted(candidates, reverse=True):
                 if earlier < start and _enough(group, earlier, config):
                     note = (
                         f"latest window ({start}) has fewer than {config.min_samples} requests "
-                        f"per arm; judged the latest window with enough ({earlier})",
+                        f"per arm; shown: the latest window with enough ({earlier})",
                     )
                     start = earlier
                     break
         canary = group.canary[start]
         stable = group.stable.get(start, WindowCounts())
-        result = judge(canary, stable, config)
+        described = judge(canary, stable, config)
+        assessment = assessments.get(path_group)
+        if assessment is None:
+            decision = Decision.HOLD
+            reasons: tuple[str, ...] = (
+                "warm-up: no complete window with both canary and stable requests yet",
+            )
+            analysis = None
+        else:
+            decision, reasons, analysis = (
+                assessment.decision,
+                assessment.reasons,
+                assessment.analysis,
+            )
         breakdown = sorted(
             group.versions.get(start, {}).items(), key=lambda item: (-item[1].requests, item[0])
         )
@@ -221,18 +329,26 @@ def evaluate(
                 window_start=start,
                 window_seconds=window_seconds,
                 complete=complete,
-                decision=result.decision,
-                reasons=result.reasons + note,
+                decision=decision,
+                reasons=reasons + note,
                 canary=ArmSummary.of(canary),
                 stable=ArmSummary.of(stable),
-                z=result.test.z if result.test else None,
-                p_value=result.test.p_value if result.test else None,
+                z=described.test.z if described.test else None,
+                p_value=described.test.p_value if described.test else None,
                 alpha=config.alpha,
                 min_samples=config.min_samples,
-                p95_delta_ms=result.p95_delta_ms,
+                p95_delta_ms=_window_p95_delta(canary, stable),
                 latency_threshold_ms=config.latency_threshold_ms,
                 evaluated_at=now,
                 versions=tuple((name, ArmSummary.of(counts)) for name, counts in breakdown),
+                analysis=analysis,
             )
         )
     return verdicts
+
+
+def _window_p95_delta(canary: WindowCounts, stable: WindowCounts) -> float | None:
+    canary_p95, stable_p95 = canary.percentile(0.95), stable.percentile(0.95)
+    if canary_p95 is None or stable_p95 is None:
+        return None
+    return canary_p95 - stable_p95

@@ -114,7 +114,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "kibana": ("Kibana saved objects (import)", _kibana_options),
     "produce": ("send a file, stdin or synthetic traffic to Kafka", _produce_options),
     "demo": ("run the whole pipeline locally on synthetic gray-release traffic", _demo_options),
-    "canary": ("canary analysis: verdicts of a running worker (status)", _canary_options),
+    "canary": ("canary analysis: verdicts of a running worker (status), simulate", _canary_options),
     "stack": ("the real local services (Kafka, OpenSearch, ...) without Docker", _stack_options),
 }
 

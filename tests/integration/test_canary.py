@@ -39,6 +39,9 @@ def canary_settings(app_id: str, **changes: Any) -> SimpleNamespace:
         "canary_window": WINDOW,
         "canary_interval": 0.3,
         "canary_min_samples": 50,
+        # A few hundred requests bound a 5xx increase only to a few points: promote here
+        # needs a margin that wide (the default, 0.5 points, needs thousands).
+        "canary_promote_error_margin": 0.1,
         "canary_partitions": 1,
         "canary_topic": f"{app_id}-verdicts",
     }

@@ -106,3 +106,20 @@ def test_client_helpers() -> None:
     assert verdicts_from_payload({}) == []
     with pytest.raises(CanaryUnavailable):
         verdicts_from_payload({"verdicts": [{"nope": 1}]})
+
+
+def test_report_writes_the_html_page(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.setattr(canary_cli, "fetch_canary", lambda url, timeout=5.0: payload([0]))
+    target = tmp_path / "report.html"
+    args = parser().parse_args(["canary", "report", "--html", str(target), "--url", "http://w"])
+    out = io.StringIO()
+    assert canary_cli.run_canary_report(args, load_settings(), out) == 0
+    page = target.read_text()
+    assert page.startswith("<!DOCTYPE html>") and 'data-path-group="/api/orders"' in page
+    assert "wrote" in out.getvalue()
+
+
+def test_simulate_arguments() -> None:
+    args = parser().parse_args(["canary", "simulate", "--json", "--rollouts", "7", "--seed", "3"])
+    assert (args.json, args.rollouts, args.seed) == (True, 7, 3)
+    assert args.handler is canary_cli.run_canary_simulate

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.canary.format import format_verdicts
-from pipeline.canary.records import ArmSummary, Decision, Verdict
+from pipeline.canary.records import Analysis, ArmSummary, Decision, Verdict
 
 T0 = 1_764_000_000
 
@@ -67,11 +67,33 @@ def test_rows_columns_and_reasons() -> None:
         "+190.2",
         "7.25",
         "2.1e-13",
+        "-",
+        "-",
     ]
     assert lines[2:4] == ["    - first reason", "    - second reason"]
     blog = lines[4].split()
     assert blog[:6] == ["/blog", "insufficient_data", "2025-11-24", "16:00:00", "60s", "partial"]
-    assert blog[6:] == ["3", "0.00", "-", "0", "-", "-", "-", "-", "-"]
+    assert blog[6:] == ["3", "0.00", "-", "0", "-", "-", "-", "-", "-", "-", "-"]
     assert lines[5] == "    - canary: 3 requests"
     # Columns line up: every numeric column ends where its header ends.
     assert len({len(line) for line in (lines[0], lines[1])}) == 1
+
+
+def test_the_analysis_columns_and_the_deciding_rule() -> None:
+    analysis = Analysis(
+        rule="rollback: rollout evidence reached 1/alpha (sticky)",
+        weight=0.5,
+        e_value=1234.5,
+        error_e_value=2469.0,
+        latency_e_value=0.5,
+        latency_counted=False,
+        rollout_e_value=617.0,
+        threshold=20.0,
+        rate_ratio=7.4,
+        rate_ratio_lower=3.3,
+        rate_ratio_upper=None,
+    )
+    lines = format_verdicts([verdict("/api", Decision.ROLLBACK, analysis=analysis)]).splitlines()
+    assert lines[0].split()[-4:] == ["EVIDENCE", "RATE", "RATIO", "[CS]"]
+    assert lines[1].split()[-2:] == ["1.23e+03/20", "7.40[3.30,inf]"]
+    assert lines[2] == "    rule: rollback: rollout evidence reached 1/alpha (sticky)"

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import schemas
 from pipeline.canary.records import (
+    Analysis,
     ArmSummary,
     CanaryAggregate,
     Decision,
@@ -133,6 +134,31 @@ def test_aggregate_rejects_malformed_json(data: Any) -> None:
         CanaryAggregate.from_json(data)
 
 
+FULL_ANALYSIS = Analysis(
+    rule="rollback: rollout evidence reached 1/alpha (sticky)",
+    weight=0.5,
+    e_value=1234.5,
+    error_e_value=2469.0,
+    latency_e_value=0.5,
+    latency_counted=False,
+    rollout_e_value=617.25,
+    threshold=20.0,
+    rate_ratio=7.4,
+    rate_ratio_lower=3.3,
+    rate_ratio_upper=16.4,
+    error_increase_upper=0.21,
+    p95_delta_ms=12.5,
+    p95_delta_lower_ms=-20.0,
+    p95_delta_upper_ms=41.0,
+    more_canary_requests=0,
+    windows=3,
+    canary_requests=600,
+    canary_errors_5xx=90,
+    stable_requests=1200,
+    stable_errors_5xx=12,
+)
+
+
 def full_verdict(**changes: Any) -> Verdict:
     values: dict[str, Any] = {
         "path_group": "/api/orders",
@@ -151,6 +177,7 @@ def full_verdict(**changes: Any) -> Verdict:
         "latency_threshold_ms": 200.0,
         "evaluated_at": T0 + 75.25,
         "versions": (("v2", ArmSummary.of(counts(200, 30))), ("v1", ArmSummary.of(counts(400)))),
+        "analysis": FULL_ANALYSIS,
     }
     values.update(changes)
     return Verdict(**values)
@@ -231,6 +258,17 @@ def test_verdict_json_round_trip() -> None:
     assert [name for name, _ in back.versions] == ["v2", "v1"]
     assert back.window_start == T0 and back.evaluated_at == pytest.approx(T0 + 75.25)
     assert Verdict.from_json(verdict.to_document()).versions == ()
+    assert back.analysis == FULL_ANALYSIS
+
+
+def test_an_unbounded_effect_is_left_out_of_the_document() -> None:
+    from dataclasses import replace
+
+    analysis = replace(FULL_ANALYSIS, rate_ratio_upper=float("inf"), p95_delta_upper_ms=None)
+    doc = full_verdict(analysis=analysis).to_document()
+    assert "rate_ratio_upper" not in doc["verdict"]["effect"]
+    assert "p95_delta_upper_ms" not in doc["verdict"]["effect"]
+    assert Verdict.from_json(doc).analysis == replace(analysis, rate_ratio_upper=None)
 
 
 @pytest.mark.parametrize("doc", [{}, {"verdict": {}}, {"gray": {}, "verdict": {"decision": "x"}}])

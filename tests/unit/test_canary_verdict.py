@@ -187,13 +187,13 @@ def test_config_is_validated(kwargs: dict[str, float]) -> None:
 
 
 # --------------------------------------------------------------------------
-# evaluate: rows of the tables -> one verdict per path group
+# evaluate: rows of the tables + rollout states -> one verdict per path group
 # --------------------------------------------------------------------------
 
 CONFIG = VerdictConfig(min_samples=10)
 
 
-def test_evaluate_judges_the_latest_complete_window_per_path_group() -> None:
+def test_evaluate_shows_the_latest_complete_window_and_judges_the_rollout() -> None:
     now = T0 + 130.0  # T0 and T0+60 complete, T0+120 filling
     stages = [
         ("/api/orders", "canary", T0, arm(100, 50)),
@@ -217,16 +217,20 @@ def test_evaluate_judges_the_latest_complete_window_per_path_group() -> None:
     assert [v.path_group for v in verdicts] == ["/api/orders", "/blog/posts"]
     orders, blog = verdicts
     assert (orders.window_start, orders.complete) == (T0 + 60, True)
-    assert orders.decision is Decision.PROMOTE
+    # The window shown is clean, but the rollout's first window was not: rollback.
+    assert orders.decision is Decision.ROLLBACK
+    assert orders.analysis is not None and orders.analysis.windows == 2
+    assert orders.analysis.canary_errors_5xx == 50 and orders.analysis.canary_requests == 200
+    assert orders.analysis.rule.startswith("rollback")
     assert (orders.canary.requests, orders.stable.requests) == (100, 100)
     assert [name for name, _ in orders.versions] == ["v1", "v2", "v3"]
     assert [s.requests for _, s in orders.versions] == [100, 60, 40]
     assert orders.window_end == T0 + 120 and orders.evaluated_at == now
     assert (orders.alpha, orders.min_samples, orders.latency_threshold_ms) == (0.05, 10, 200.0)
-    # Before any of its windows ended, a path group is judged on the current one.
+    # Before any of its windows ended, a path group is shown its current one, in warm-up.
     assert (blog.window_start, blog.complete) == (T0 + 120, False)
-    assert blog.decision is Decision.ROLLBACK
-    assert blog.versions == ()
+    assert blog.decision is Decision.HOLD and blog.analysis is None
+    assert "warm-up" in blog.reasons[0]
 
 
 def test_evaluate_ignores_expired_windows_and_merges_duplicate_rows() -> None:
@@ -242,6 +246,7 @@ def test_evaluate_ignores_expired_windows_and_merges_duplicate_rows() -> None:
     (verdict,) = evaluate(stages, [], CONFIG, window_seconds=60, expires_seconds=600, now=now)
     assert verdict.window_start == T0
     assert verdict.canary.requests == 20 and verdict.stable.requests == 20
+    assert verdict.decision is Decision.HOLD  # the expired regression is not in the rollout
     assert evaluate(stages[:2], [], CONFIG, window_seconds=60, expires_seconds=600, now=now) == []
 
 
@@ -263,7 +268,7 @@ def test_a_quiet_trailing_window_does_not_erase_a_busy_windows_verdict() -> None
     assert any("latest window" in reason for reason in verdict.reasons)
 
 
-def test_without_any_busy_window_the_latest_is_insufficient() -> None:
+def test_below_the_minimum_exposure_the_verdict_is_insufficient() -> None:
     now = T0 + 130.0
     stages = [
         ("/api/orders", "canary", T0, arm(3, 1)),
@@ -274,3 +279,4 @@ def test_without_any_busy_window_the_latest_is_insufficient() -> None:
     (verdict,) = evaluate(stages, [], CONFIG, window_seconds=60, expires_seconds=600, now=now)
     assert verdict.window_start == T0 + 60
     assert verdict.decision is Decision.INSUFFICIENT_DATA
+    assert "fewer than the minimum of 10" in verdict.reasons[0]

@@ -112,11 +112,10 @@ def worker_env(
         }
     )
     if settings.canary_window == Settings.model_fields["canary_window"].default:
-        # A demo minute needs short windows to judge the 50% stage on its own; a strict
-        # alpha keeps seven path groups judged at once from crying wolf by chance.
+        # A demo minute needs short windows for the verdicts to move while it runs. The
+        # default alpha holds for the whole rollout and all path groups at once.
         env["GRAYSCOPE_CANARY_WINDOW"] = "10"
         env["GRAYSCOPE_CANARY_INTERVAL"] = "2"
-        env["GRAYSCOPE_CANARY_ALPHA"] = "0.001"
     if not settings.path_rules.strip():
         # The synthetic traffic's routes; the default (first two segments) would
         # make every blog post its own path group.

@@ -1,0 +1,680 @@
+"""The rollout state of one path group and the anytime-valid decision (pure).
+
+A *rollout* of a path group starts with its first window that has both
+canary and stable requests and lasts until canary traffic has been gone for
+``rollout_idle_seconds``. Its ``GroupState`` is everything the verdicts need
+from the whole rollout (the window tables keep only the last few windows):
+cumulative counts and histograms, the log-likelihood grids of the e-processes
+(``pipeline/canary/evidence.py``), a bounded history for the report, and the
+sticky rollback. ``fold`` adds one complete window; the worker persists the
+state in a changelogged Faust table.
+
+``assess`` turns the states of all path groups into decisions:
+
+1. The evidence of a group is the mean of its families' e-values: the 5xx
+   e-process (``H0: rate ratio <= psi0``) and the latency e-process (the mean
+   over the p50/p95/p99 thresholds, ``H0: canary no slower``), the latter
+   counted only while the estimated p95 increase is at least the configured
+   threshold (a gate can only lower an e-value, so validity stays).
+2. The rollout's evidence is the weighted average over groups (weights fixed
+   by the traffic of the rollout's first window, a reserve for groups that
+   appear later): an e-process under any dependence between groups and
+   families. ``rollback`` when it reaches ``1/alpha``; e-BH names the groups.
+3. Otherwise per group: ``hold`` during warm-up, on a sample-ratio mismatch
+   or a missing window; ``insufficient_data`` below the minimum exposure or
+   when the requests a decision still needs would take longer than the
+   horizon; ``promote`` once the anytime-valid bounds exclude a meaningful
+   regression (5xx increase beyond ``promote_error_margin``, p95 increase
+   beyond the latency threshold); ``hold`` while neither is reached.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.canary import evidence, histogram
+from pipeline.canary.records import Analysis, Decision, WindowCounts
+
+LATENCY_LEVELS = (0.50, 0.95, 0.99)
+HISTORY_LIMIT = 720  # windows kept for the report (12 h of minute windows)
+#: Earlier stable requests needed before a level's threshold comes from them; until
+#: then the pooled current window sets it (also valid: under H0 the arms are exchangeable).
+THRESHOLD_MIN_STABLE = 200
+RESERVE = 0.1  # weight kept for path groups that join a rollout after its first window
+STATE_VERSION = 1
+
+
+@dataclass(slots=True, frozen=True)
+class VerdictConfig:
+    alpha: float = 0.05
+    min_samples: int = 100  # minimum canary exposure (requests) before promote
+    latency_threshold_ms: float = 200.0
+    psi0: float = 1.1  # null rate ratio for the 5xx e-process
+    promote_error_margin: float = 0.005  # largest 5xx increase (absolute) still promotable
+    warmup_windows: int = 1
+    horizon_seconds: float = 3600.0
+    srm_z: float = 5.0
+    srm_relative: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError("alpha must lie strictly between 0 and 1")
+        if self.min_samples < 1:
+            raise ValueError("min_samples must be at least 1")
+        if self.latency_threshold_ms < 0:
+            raise ValueError("latency_threshold_ms must not be negative")
+        if self.psi0 < 1.0:
+            raise ValueError("psi0 must be at least 1")
+        if not 0.0 < self.promote_error_margin < 1.0:
+            raise ValueError("promote_error_margin must lie strictly between 0 and 1")
+        if self.warmup_windows < 0 or self.horizon_seconds <= 0:
+            raise ValueError("warmup_windows must be >= 0 and horizon_seconds > 0")
+
+
+@dataclass(slots=True)
+class GroupState:
+    """One path group's rollout so far (JSON-serialisable, see ``to_json``)."""
+
+    path_group: str
+    first_window: int = -1
+    last_window: int = -1  # start of the last folded window
+    windows: int = 0
+    first_stable: int = 0  # stable requests of the first window: the group's weight
+    last_canary_at: float = 0.0  # end of the last window with canary traffic
+    canary: WindowCounts = field(default_factory=WindowCounts)
+    stable: WindowCounts = field(default_factory=WindowCounts)
+    # Stable, reweighted window by window to the canary's number of requests: the
+    # stratified comparison for the p95 estimate (a ramp during a diurnal swing must
+    # not read as a regression).
+    stable_weighted: dict[int, float] = field(default_factory=dict)
+    error_loglik: list[float] = field(default_factory=evidence.zero_loglik)
+    latency_loglik: list[list[float]] = field(
+        default_factory=lambda: [evidence.zero_loglik() for _ in LATENCY_LEVELS]
+    )
+    rolled_back: bool = False
+    rollback_reasons: tuple[str, ...] = ()
+    history: list[list[float]] = field(default_factory=list)
+
+    def copy(self) -> GroupState:
+        return GroupState(
+            self.path_group,
+            self.first_window,
+            self.last_window,
+            self.windows,
+            self.first_stable,
+            self.last_canary_at,
+            self.canary.copy(),
+            self.stable.copy(),
+            dict(self.stable_weighted),
+            list(self.error_loglik),
+            [list(level) for level in self.latency_loglik],
+            self.rolled_back,
+            self.rollback_reasons,
+            [list(point) for point in self.history],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": STATE_VERSION,
+            "path_group": self.path_group,
+            "first_window": self.first_window,
+            "last_window": self.last_window,
+            "windows": self.windows,
+            "first_stable": self.first_stable,
+            "last_canary_at": self.last_canary_at,
+            "canary": self.canary.to_json(),
+            "stable": self.stable.to_json(),
+            "stable_weighted": {str(k): v for k, v in sorted(self.stable_weighted.items())},
+            "error_loglik": self.error_loglik,
+            "latency_loglik": self.latency_loglik,
+            "rolled_back": self.rolled_back,
+            "rollback_reasons": list(self.rollback_reasons),
+            "history": self.history,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> GroupState:
+        if not isinstance(data, Mapping) or data.get("v") != STATE_VERSION:
+            raise ValueError("not a canary group state (version 1)")
+        try:
+            error = [float(v) for v in data["error_loglik"]]
+            latency = [[float(v) for v in level] for level in data["latency_loglik"]]
+            if len(error) != evidence.GRID_SIZE or len(latency) != len(LATENCY_LEVELS):
+                raise ValueError("log-likelihood grid of the wrong size")
+            if any(len(level) != evidence.GRID_SIZE for level in latency):
+                raise ValueError("log-likelihood grid of the wrong size")
+            return cls(
+                path_group=str(data["path_group"]),
+                first_window=int(data["first_window"]),
+                last_window=int(data["last_window"]),
+                windows=int(data["windows"]),
+                first_stable=int(data["first_stable"]),
+                last_canary_at=float(data["last_canary_at"]),
+                canary=WindowCounts.from_json(data["canary"]),
+                stable=WindowCounts.from_json(data["stable"]),
+                stable_weighted={
+                    int(k): float(v) for k, v in dict(data["stable_weighted"]).items()
+                },
+                error_loglik=error,
+                latency_loglik=latency,
+                rolled_back=bool(data["rolled_back"]),
+                rollback_reasons=tuple(str(r) for r in data["rollback_reasons"]),
+                history=[
+                    [math.nan if v is None else float(v) for v in point]
+                    for point in data["history"]
+                ],
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed canary group state: {exc}") from exc
+
+
+def slow_counts(counts: WindowCounts, above_bucket: int) -> int:
+    """Timed requests in buckets above ``above_bucket`` (exactly: bucket bounds are thresholds)."""
+    return sum(count for index, count in counts.latency.items() if index > above_bucket)
+
+
+def _threshold_bucket(
+    state: GroupState, canary: WindowCounts, stable: WindowCounts, q: float
+) -> int:
+    earlier = state.stable
+    need = max(THRESHOLD_MIN_STABLE, int(20 / (1.0 - q)))
+    if earlier.timed >= need:
+        source = earlier
+    else:
+        source = canary.copy()
+        source.merge(stable)
+    value = source.percentile(q)
+    return -1 if value is None else histogram.bucket_index(value)
+
+
+def fold(
+    state: GroupState,
+    start: int,
+    window_seconds: int,
+    canary: WindowCounts,
+    stable: WindowCounts,
+    psi0: float = 1.1,
+) -> None:
+    """Add one complete window to the rollout (in place). Windows must come in order."""
+    if start <= state.last_window:
+        return
+    if state.first_window < 0:
+        if canary.requests <= 0 or stable.requests <= 0:
+            return  # the rollout begins with its first window that has both arms
+        state.first_window = start
+        state.first_stable = stable.requests
+    state.last_window = start
+    state.windows += 1
+    if canary.requests > 0:
+        state.last_canary_at = float(start + window_seconds)
+    evidence.accumulate(
+        state.error_loglik,
+        evidence.window_loglik(
+            canary.errors_5xx,
+            canary.errors_5xx + stable.errors_5xx,
+            canary.requests,
+            stable.requests,
+        ),
+    )
+    if canary.timed > 0 and stable.timed > 0:
+        for level, q in enumerate(LATENCY_LEVELS):
+            bucket = _threshold_bucket(state, canary, stable, q)
+            if bucket < 0:
+                continue
+            slow_canary = slow_counts(canary, bucket)
+            slow_total = slow_canary + slow_counts(stable, bucket)
+            evidence.accumulate(
+                state.latency_loglik[level],
+                evidence.window_loglik(slow_canary, slow_total, canary.timed, stable.timed),
+            )
+        scale = canary.timed / stable.timed
+        weighted = state.stable_weighted
+        for index, count in stable.latency.items():
+            weighted[index] = weighted.get(index, 0.0) + count * scale
+    state.canary.merge(canary)
+    state.stable.merge(stable)
+    error_e = evidence.log_e_value(state.error_loglik, evidence.grid_index(psi0))
+    estimate, lower, upper = evidence.ratio_interval(state.error_loglik, 0.05)
+    c95 = histogram.percentile(state.canary.latency, 0.95)
+    s95 = histogram.percentile(state.stable_weighted, 0.95)
+    delta = math.nan if c95 is None or s95 is None else c95 - s95
+    # [window start, log e (5xx), log e (latency), rate ratio, its 95 % CS (upper 0:
+    # unbounded), p95 delta (NaN: unknown)]: the report's time series.
+    state.history.append(
+        [
+            float(start),
+            error_e,
+            latency_log_e(state),
+            estimate,
+            lower,
+            0.0 if math.isinf(upper) else upper,
+            delta,
+        ]
+    )
+    if len(state.history) > HISTORY_LIMIT:
+        del state.history[: len(state.history) - HISTORY_LIMIT]
+
+
+def advance(
+    state: GroupState,
+    canary: Mapping[int, WindowCounts],
+    stable: Mapping[int, WindowCounts],
+    window_seconds: int,
+    up_to: float,
+    psi0: float = 1.1,
+) -> int:
+    """Fold, in order, every window that ended by ``up_to`` and is newer than the state.
+
+    Returns the number of windows folded.
+    """
+    folded = 0
+    empty = WindowCounts()
+    for start in sorted(set(canary) | set(stable)):
+        if start <= state.last_window or start + window_seconds > up_to:
+            continue
+        before = state.last_window
+        fold(state, start, window_seconds, canary.get(start, empty), stable.get(start, empty), psi0)
+        folded += state.last_window != before
+    return folded
+
+
+def latency_log_e(state: GroupState) -> float:
+    """log of the mean of the latency levels' e-values (H0: canary no slower, psi = 1)."""
+    values = [evidence.log_e_value(level, evidence.CENTRE) for level in state.latency_loglik]
+    return _log_mean_exp(values)
+
+
+def _log_mean_exp(values: Sequence[float]) -> float:
+    top = max(values)
+    if top == -math.inf:
+        return top
+    return top + math.log(sum(math.exp(v - top) for v in values) / len(values))
+
+
+# --- assessment -----------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class Assessment:
+    """What the rollout's evidence says about one path group (all numbers explained)."""
+
+    path_group: str
+    decision: Decision
+    reasons: tuple[str, ...]
+    analysis: Analysis
+
+
+@dataclass(slots=True, frozen=True)
+class WindowCheck:
+    """Data-quality facts about a group's latest complete window (from the live tables)."""
+
+    missing_arm: str | None = None  # "canary" / "stable" when that arm has no requests
+    srm_z: float | None = None  # sample-ratio mismatch z-score against the other groups
+    srm_share: tuple[float, float] | None = None  # (observed, expected) canary share
+
+
+def _exp(log_value: float) -> float:
+    return math.exp(min(log_value, 700.0))
+
+
+def weights(states: Mapping[str, GroupState], scale: float = 1.0) -> dict[str, float]:
+    """Fixed weights per group: traffic of the rollout's first window, a reserve for later ones."""
+    live = {name: s for name, s in states.items() if s.first_window >= 0}
+    if not live:
+        return {}
+    start = min(s.first_window for s in live.values())
+    founders = {name: s for name, s in live.items() if s.first_window == start}
+    total = sum(s.first_stable for s in founders.values())
+    out: dict[str, float] = {}
+    for name, s in founders.items():
+        share = s.first_stable / total if total > 0 else 1.0 / len(founders)
+        out[name] = scale * (1.0 - RESERVE) * share
+    later = sorted((s.first_window, name) for name, s in live.items() if name not in founders)
+    for rank, (_, name) in enumerate(later, start=1):
+        out[name] = scale * RESERVE * 0.5**rank
+    return out
+
+
+#: Share of the rollout's evidence that pools all path groups (a bad build is bad
+#: everywhere: pooled strata add up their information); the rest is the groups' own.
+POOLED_SHARE = 0.5
+
+
+def _pooled_e(
+    states: Mapping[str, GroupState],
+    facts: Mapping[str, Mapping[str, Any]],
+    null: int,
+    config: VerdictConfig,
+    weight_scale: float,
+) -> float:
+    """The e-value of all groups' windows as strata of one test (common rate ratio).
+
+    The stratified log-likelihood of a common psi is the sum of the groups'. The
+    latency part counts while the canary-weighted mean p95 increase reaches the
+    threshold. Scaled by ``weight_scale`` (this worker's share of the partitions).
+    """
+    names = [name for name in facts if name in states]
+    if not names:
+        return 0.0
+    error = [sum(values) for values in zip(*(states[n].error_loglik for n in names), strict=True)]
+    levels = []
+    for level in range(len(LATENCY_LEVELS)):
+        summed = [
+            sum(values)
+            for values in zip(*(states[n].latency_loglik[level] for n in names), strict=True)
+        ]
+        levels.append(evidence.log_e_value(summed, evidence.CENTRE))
+    exposure = [(states[n].canary.requests, facts[n]["p95"][0]) for n in names]
+    weighted = [(k, d) for k, d in exposure if d is not None and k > 0]
+    total = sum(k for k, _ in weighted)
+    mean_delta = sum(k * d for k, d in weighted) / total if total else None
+    gate = mean_delta is not None and mean_delta >= config.latency_threshold_ms
+    error_e = _exp(evidence.log_e_value(error, null))
+    latency_e = _exp(_log_mean_exp(levels)) if gate else 0.0
+    return weight_scale * (error_e + latency_e) / 2.0
+
+
+def _p95_delta(state: GroupState, alpha: float) -> tuple[float | None, float | None, float | None]:
+    canary_hist = state.canary.latency
+    estimate = None
+    c95 = histogram.percentile(canary_hist, 0.95, state.canary.min_ms, state.canary.max_ms)
+    s95 = histogram.percentile(
+        state.stable_weighted, 0.95, state.stable.min_ms, state.stable.max_ms
+    )
+    if c95 is not None and s95 is not None:
+        estimate = c95 - s95
+    c_low, c_high = evidence.quantile_bounds(canary_hist, 0.95, alpha / 2.0)
+    s_low, s_high = evidence.quantile_bounds(state.stable.latency, 0.95, alpha / 2.0)
+    upper = None if c_high is None else c_high - (s_low or 0.0)
+    lower = None if c_low is None or s_high is None else c_low - s_high
+    return estimate, lower, upper
+
+
+def _pct(rate: float) -> str:
+    return f"{rate * 100:.2f}%"
+
+
+def assess(
+    states: Mapping[str, GroupState],
+    config: VerdictConfig,
+    *,
+    window_seconds: int,
+    checks: Mapping[str, WindowCheck] | None = None,
+    weight_scale: float = 1.0,
+) -> dict[str, Assessment]:
+    """The decision for every group with a rollout (see the module docstring)."""
+    checks = checks or {}
+    alpha = config.alpha
+    threshold = 1.0 / alpha
+    group_weights = weights(states, weight_scale)
+    null = evidence.grid_index(config.psi0)
+    facts: dict[str, dict[str, Any]] = {}
+    for name, state in states.items():
+        if state.first_window < 0:
+            continue
+        error_log_e = evidence.log_e_value(state.error_loglik, null)
+        lat_log_e = latency_log_e(state)
+        p95_est, p95_low, p95_high = _p95_delta(state, alpha)
+        gate = p95_est is not None and p95_est >= config.latency_threshold_ms
+        error_e = _exp(error_log_e)
+        latency_e = _exp(lat_log_e)
+        group_e = (error_e + (latency_e if gate else 0.0)) / 2.0
+        facts[name] = {
+            "error_e": error_e,
+            "latency_e": latency_e,
+            "gate": gate,
+            "e": group_e,
+            "p95": (p95_est, p95_low, p95_high),
+        }
+    pooled = _pooled_e(states, facts, null, config, weight_scale)
+    rollout_e = POOLED_SHARE * pooled + (1.0 - POOLED_SHARE) * sum(
+        group_weights.get(name, 0.0) * f["e"] for name, f in facts.items()
+    )
+    sticky = {name for name, s in states.items() if s.rolled_back}
+    named: list[str] = []
+    if rollout_e >= threshold:
+        weighted = {
+            name: len(facts) * group_weights.get(name, 0.0) * f["e"] for name, f in facts.items()
+        }
+        named = evidence.ebh(weighted, alpha) or [max(weighted, key=lambda n: weighted[n])]
+    out: dict[str, Assessment] = {}
+    for name, f in facts.items():
+        state = states[name]
+        canary, stable = state.canary, state.stable
+        estimate, lower, upper = evidence.ratio_interval(state.error_loglik, alpha)
+        c_high = evidence.rate_bounds(canary.errors_5xx, canary.requests, alpha)[1]
+        s_low = evidence.rate_bounds(stable.errors_5xx, stable.requests, alpha)[0]
+        increase_upper = c_high - s_low
+        p95_est, p95_low, p95_high = f["p95"]
+        c_rate = canary.errors_5xx / canary.requests if canary.requests else 0.0
+        s_rate = stable.errors_5xx / stable.requests if stable.requests else 0.0
+        rates = (
+            f"5xx rate over the rollout: canary {_pct(c_rate)}"
+            f" ({canary.errors_5xx}/{canary.requests})"
+            f" vs stable {_pct(s_rate)} ({stable.errors_5xx}/{stable.requests}),"
+            f" rate ratio {estimate:.2f} [{lower:.2f}, {upper:.2f}]"
+        )
+        weight = group_weights.get(name, 0.0)
+        evidence_text = (
+            f"evidence {f['e']:.3g} (5xx {f['error_e']:.3g}, latency {f['latency_e']:.3g}"
+            f"{'' if f['gate'] else ' not counted: p95 increase below the threshold'}),"
+            f" weight {weight:.3f}; rollout evidence {rollout_e:.3g} vs 1/alpha = {threshold:g}"
+        )
+        latency_text = ""
+        if p95_est is not None:
+            bounds = (
+                f"[{'-inf' if p95_low is None else f'{p95_low:+.0f}'}, "
+                f"{'+inf' if p95_high is None else f'{p95_high:+.0f}'}] ms"
+            )
+            latency_text = (
+                f"p95 latency {p95_est:+.1f} ms {bounds}"
+                f" vs the {config.latency_threshold_ms:g} ms threshold"
+            )
+        reasons: list[str] = []
+        more: int | None = None
+        check = checks.get(name, WindowCheck())
+        if name in sticky or name in named:
+            decision, rule = (
+                Decision.ROLLBACK,
+                "rollback: rollout evidence reached 1/alpha (sticky)",
+            )
+            if f["error_e"] * weight * len(facts) >= 1.0 or f["error_e"] >= threshold:
+                reasons.append(f"{rates}: significantly higher (5xx evidence {f['error_e']:.3g})")
+            if latency_text and p95_est is not None and p95_est >= config.latency_threshold_ms:
+                reasons.append(
+                    f"{latency_text}: exceeds the {config.latency_threshold_ms:g} ms threshold"
+                    f" (latency evidence {f['latency_e']:.3g})"
+                )
+            reasons.extend(state.rollback_reasons if name in sticky and not named else ())
+            reasons.append(evidence_text)
+        else:
+            # The other groups are judged on their own; the rollback is said, not imposed.
+            decision, rule, reasons, more = _judge_open(
+                state,
+                config,
+                f,
+                check,
+                rates,
+                latency_text,
+                evidence_text,
+                increase_upper,
+                p95_high,
+                weight,
+                window_seconds,
+            )
+            culprits = sorted(set(named) | sticky)
+            if culprits:
+                reasons.append(f"the rollout is rolled back because of {', '.join(culprits)}")
+        out[name] = Assessment(
+            name,
+            decision,
+            tuple(reasons),
+            Analysis(
+                rule=rule,
+                weight=weight,
+                e_value=f["e"],
+                error_e_value=f["error_e"],
+                latency_e_value=f["latency_e"],
+                latency_counted=f["gate"],
+                rollout_e_value=rollout_e,
+                threshold=threshold,
+                rate_ratio=estimate,
+                rate_ratio_lower=lower,
+                rate_ratio_upper=upper,
+                error_increase_upper=increase_upper,
+                p95_delta_ms=p95_est,
+                p95_delta_lower_ms=p95_low,
+                p95_delta_upper_ms=p95_high,
+                more_canary_requests=more,
+                windows=state.windows,
+                canary_requests=canary.requests,
+                canary_errors_5xx=canary.errors_5xx,
+                stable_requests=stable.requests,
+                stable_errors_5xx=stable.errors_5xx,
+            ),
+        )
+    return out
+
+
+def _judge_open(
+    state: GroupState,
+    config: VerdictConfig,
+    f: Mapping[str, Any],
+    check: WindowCheck,
+    rates: str,
+    latency_text: str,
+    evidence_text: str,
+    increase_upper: float,
+    p95_high: float | None,
+    weight: float,
+    window_seconds: int,
+) -> tuple[Decision, str, list[str], int | None]:
+    """The decision of a group while the rollout is not rolled back."""
+    canary = state.canary
+    reasons = [rates]
+    if latency_text:
+        p95_est = f["p95"][0]
+        over = p95_est is not None and p95_est >= config.latency_threshold_ms
+        reasons.append(
+            latency_text
+            + (
+                f": exceeds the {config.latency_threshold_ms:g} ms threshold, not yet significant"
+                if over
+                else ""
+            )
+        )
+    reasons.append(evidence_text)
+    more = _more_requests(state, config, f, increase_upper, weight)
+    if more is not None:
+        reasons.append(f"about {more} more canary requests for a decision")
+    if state.windows < config.warmup_windows:
+        return (
+            Decision.HOLD,
+            "hold: warm-up",
+            [f"warm-up: {state.windows} of {config.warmup_windows} windows", *reasons],
+            more,
+        )
+    if check.srm_z is not None and check.srm_share is not None:
+        observed, expected = check.srm_share
+        return (
+            Decision.HOLD,
+            "hold: sample-ratio mismatch",
+            [
+                f"sample-ratio mismatch: canary share {_pct(observed)}"
+                f" vs {_pct(expected)} expected (z={check.srm_z:.1f})",
+                *reasons,
+            ],
+            more,
+        )
+    if check.missing_arm is not None:
+        return (
+            Decision.HOLD,
+            "hold: missing window",
+            [f"the latest complete window has no {check.missing_arm} requests", *reasons],
+            more,
+        )
+    if canary.requests < config.min_samples:
+        return (
+            Decision.INSUFFICIENT_DATA,
+            "insufficient_data: below the minimum exposure",
+            [
+                f"canary: {canary.requests} requests,"
+                f" fewer than the minimum of {config.min_samples}",
+                *reasons,
+            ],
+            more,
+        )
+    timed_short = canary.timed < config.min_samples or state.stable.timed < config.min_samples
+    error_ok = increase_upper <= config.promote_error_margin
+    latency_ok = (
+        not timed_short and p95_high is not None and p95_high <= config.latency_threshold_ms
+    )
+    if error_ok and latency_ok:
+        return (
+            Decision.PROMOTE,
+            "promote: the bounds exclude a meaningful regression",
+            [
+                f"5xx increase at most {increase_upper * 100:+.2f} pp"
+                f" <= margin {config.promote_error_margin * 100:.2f} pp",
+                f"p95 increase at most {p95_high:+.0f} ms <= {config.latency_threshold_ms:g} ms",
+                *reasons,
+            ],
+            None,
+        )
+    if more is not None and state.windows > 0:
+        rate = canary.requests / (state.windows * window_seconds)
+        if rate <= 0 or more / rate > config.horizon_seconds:
+            return (
+                Decision.INSUFFICIENT_DATA,
+                "insufficient_data: a decision needs more than the horizon",
+                [
+                    f"at {rate:.2f} canary requests/s a decision needs"
+                    f" more than {config.horizon_seconds:g} s",
+                    *reasons,
+                ],
+                more,
+            )
+    doubts = []
+    if not error_ok:
+        doubts.append(
+            f"5xx increase could be up to {increase_upper * 100:+.2f} pp"
+            f" (margin {config.promote_error_margin * 100:.2f} pp)"
+        )
+    if timed_short:
+        doubts.append(
+            f"p95 latency not compared: fewer than {config.min_samples} timed requests in an arm"
+        )
+    elif not latency_ok:
+        doubts.append("p95 increase not yet bounded below the threshold")
+    return Decision.HOLD, "hold: no decision yet", [*doubts, *reasons], more
+
+
+def _more_requests(
+    state: GroupState,
+    config: VerdictConfig,
+    f: Mapping[str, Any],
+    increase_upper: float,
+    weight: float,
+) -> int | None:
+    """About how many more canary requests until promote or rollback (rough, for people)."""
+    n = state.canary.requests
+    if n <= 0:
+        return None
+    guesses: list[float] = []
+    log_e = math.log(max(f["e"], 1e-300))
+    if log_e > 0 and weight > 0:
+        needed = math.log(1.0 / (config.alpha * weight))
+        guesses.append(n * max(needed / log_e - 1.0, 0.0))
+    c_rate = state.canary.errors_5xx / n
+    s_rate = state.stable.errors_5xx / state.stable.requests if state.stable.requests else 0.0
+    diff = c_rate - s_rate
+    width = increase_upper - diff
+    room = config.promote_error_margin - diff
+    if room > 0 and width > 0:
+        guesses.append(n * max((width / room) ** 2 - 1.0, 0.0))
+    if not guesses:
+        return None
+    return round(min(guesses))

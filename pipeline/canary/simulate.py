@@ -1,0 +1,566 @@
+"""``grayscope canary simulate``: verdict engines side by side on simulated rollouts.
+
+Needs numpy (a dev dependency, with scipy): the command says so when it is
+missing; nothing else in the package imports this module.
+
+The world (every engine sees the same streams)
+----------------------------------------------
+A rollout has ``WINDOWS`` windows; the canary's share of requests ramps
+1 % -> 5 % -> 25 % -> 50 % (a quarter of the windows each). ``GROUPS`` path
+groups share the traffic by a Zipf law (s = 1.1); the traffic swings over a
+day (+-50 %, one period per rollout). Each group has its own 5xx base rate,
+log-uniform in 0.01 .. 1 %, and a log-normal latency (median 20 .. 200 ms,
+log-sd 0.4 .. 1.0: skewed) that swings with the traffic (+-20 %). Incidents
+(2 % of windows, lasting 1-5 windows) raise the 5xx rate of *both* arms by
+5 points. In A/A the canary is stable; in A/B its 5xx odds are multiplied by
+psi in {1.5, 2, 5} or its latency scaled so its p95 rises by +50 / +250 /
++400 ms -- in every path group (a bad build). +50 ms is below the 200 ms
+threshold: not a regression to roll back, its rollback rate is reported.
+
+Per window and group the counts are drawn as binomials; latency enters
+through counts above thresholds (exact binomials from the log-normal) and
+through per-window p95 estimates (normal approximation of the sample
+quantile) -- cheap enough for thousands of rollouts.
+
+The engines
+-----------
+- ``grayscope``: the live engine's rule (``pipeline/canary/engine.py``),
+  vectorised: the stratified rate-ratio e-processes for 5xx and for the
+  requests slower than stable's previous-window p50/p95/p99, the latency part
+  gated by the p95 increase estimate, groups weighted by their first window's
+  traffic; rollback when the weighted average reaches 1/alpha.
+- ``ztest_per_window``: the previous rule (``verdict.judge``): per window and
+  group, a one-sided two-proportion Z-test at alpha or a p95 difference over
+  200 ms, both arms >= 100 requests.
+- ``kayenta``: NetflixACAJudge per path group, judged every ``KAYENTA_EVERY``
+  windows on *cumulative* data (all windows since the start): per metric (5xx
+  rate, p95) the per-window series of canary and baseline, IQR outlier removal
+  (factor 3), Mann-Whitney with a 98 % Hodges-Lehmann confidence interval;
+  "High" when the interval's lower end exceeds 25 % of the estimate (the
+  effect-size gate). Metrics are scored equally; a score below the marginal
+  threshold 75 fails the canary (one High metric of two scores 50).
+- ``argo_rollouts``: an AnalysisTemplate per group measured every window on
+  the canary: 5xx rate <= 2 x the group's base rate + 0.5 points and p95 <=
+  stable's p95 + 200 ms; the analysis fails when failed measurements exceed
+  ``failureLimit`` = 3. A window without canary requests is inconclusive.
+- ``flagger``: per window a check per metric against ``thresholdRange`` (the
+  same two bounds); a failed check increments ``failedChecks``; rollback once
+  ``failedChecks`` reaches ``threshold`` = 5.
+
+Figures per engine: A/A false rollbacks over whole rollouts (with a 95 %
+Clopper-Pearson upper bound), A/B detected fraction (rollback before the end)
+and the median of the detection delay in canary requests over the oracle
+SPRT's: the number of canary requests at which the accumulated expected
+log-likelihood ratio (KL per request, knowing the true effect and stable's
+true rates) reaches ln(1/alpha).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.canary import engine, evidence
+
+ENGINES = ("grayscope", "ztest_per_window", "kayenta", "argo_rollouts", "flagger")
+GROUPS = 20
+WINDOWS = 120
+REQUESTS_PER_WINDOW = 12_000.0
+SHARES = (0.01, 0.05, 0.25, 0.50)
+LEVELS = engine.LATENCY_LEVELS
+KAYENTA_EVERY = 20
+ARGO_FAILURE_LIMIT = 3
+FLAGGER_THRESHOLD = 5
+LATENCY_THRESHOLD_MS = 200.0
+MIN_SAMPLES = 100
+ERROR_PSIS = (1.5, 2.0, 5.0)
+LATENCY_SHIFTS_MS = (50.0, 250.0, 400.0)
+Z_975 = 1.959963984540054
+Z_99 = 2.3263478740408408
+
+
+@dataclass(slots=True)
+class Scenario:
+    name: str
+    psi: float = 1.0  # canary/stable 5xx odds ratio
+    p95_shift_ms: float = 0.0  # canary p95 increase (latency scaled)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.psi > 1.0 or self.p95_shift_ms >= LATENCY_THRESHOLD_MS
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Per engine: the window of the first rollback (-1: none) and canary requests by then."""
+
+    rollback_window: dict[str, np.ndarray] = field(default_factory=dict)
+    delay_requests: dict[str, np.ndarray] = field(default_factory=dict)
+    oracle_requests: np.ndarray | None = None
+
+
+def _quantile_lognormal(mu: np.ndarray, sigma: np.ndarray, q: float) -> np.ndarray:
+    return np.exp(mu + sigma * _norm_ppf(q))
+
+
+def _norm_ppf(q: float) -> float:
+    """Inverse normal CDF by bisection on ``math.erfc`` (a handful of calls per run)."""
+    low, high = -10.0, 10.0
+    for _ in range(80):
+        mid = (low + high) / 2.0
+        if 0.5 * math.erfc(-mid / math.sqrt(2.0)) < q:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2.0
+
+
+def _norm_sf(z: np.ndarray) -> np.ndarray:
+    """Upper normal tail, vectorised (Abramowitz & Stegun 7.1.26 for erfc, |error| < 1.5e-7)."""
+    x = np.abs(z) / math.sqrt(2.0)
+    t = 1.0 / (1.0 + 0.3275911 * x)
+    poly = t * (
+        0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429)))
+    )
+    erfc = poly * np.exp(-x * x)
+    return np.asarray(np.where(z >= 0, 0.5 * erfc, 1.0 - 0.5 * erfc))
+
+
+def _survival(threshold: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    return _norm_sf((np.log(threshold) - mu) / sigma)
+
+
+def _density_at_quantile(mu: np.ndarray, sigma: np.ndarray, q: float) -> np.ndarray:
+    z = _norm_ppf(q)
+    x = np.exp(mu + sigma * z)
+    return np.asarray(np.exp(-0.5 * z * z) / (x * sigma * math.sqrt(2.0 * math.pi)))
+
+
+def run_scenario(
+    scenario: Scenario, rollouts: int, rng: np.random.Generator, alpha: float
+) -> Outcome:
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        return _run(scenario, rollouts, rng, alpha)
+
+
+def _run(scenario: Scenario, rollouts: int, rng: np.random.Generator, alpha: float) -> Outcome:
+    r, g, w_count = rollouts, GROUPS, WINDOWS
+    zipf = 1.0 / np.arange(1, g + 1) ** 1.1
+    zipf /= zipf.sum()
+    base = np.exp(rng.uniform(math.log(1e-4), math.log(1e-2), (r, g)))
+    mu0 = np.log(rng.uniform(20.0, 200.0, (r, g)))
+    sigma = rng.uniform(0.4, 1.0, (r, g))
+    z95 = _norm_ppf(0.95)
+    # Canary latency: scaled so that its p95 (at the mean level) rises by the shift.
+    p95_stable = np.exp(mu0 + sigma * z95)
+    scale = np.log1p(scenario.p95_shift_ms / p95_stable)
+    phase = rng.uniform(0.0, 2.0 * math.pi, r)[:, None]
+    incident = np.zeros(r, dtype=int)
+
+    # Only the grid points the rollback needs: the null, then the null + OFFSETS.
+    grid_err = _columns(evidence.grid_index(1.1))
+    grid_lat = _columns(evidence.CENTRE)
+    err_ll = np.zeros((r, g, grid_err.size))
+    lat_ll = np.zeros((r, g, len(LEVELS), grid_lat.size))
+    first_stable = np.full((r, g), -1.0)
+    first_window = np.full((r, g), -1)
+    canary_total = np.zeros((r, g))  # canary requests so far (for the p95 estimate's error)
+    canary_requests_all = np.zeros(r)
+    oracle_kl = np.zeros(r)
+    oracle_at = np.full(r, np.nan)
+    threshold_log = math.log(1.0 / alpha)
+
+    rollback = {name: np.full(r, -1) for name in ENGINES}
+    delay = {name: np.full(r, np.nan) for name in ENGINES}
+    argo_failed = np.zeros((r, g), dtype=int)
+    flagger_failed = np.zeros((r, g), dtype=int)
+    kay_err_c = np.full((r, g, w_count), np.nan)
+    kay_err_s = np.full((r, g, w_count), np.nan)
+    kay_lat_c = np.full((r, g, w_count), np.nan)
+    kay_lat_s = np.full((r, g, w_count), np.nan)
+    err_thr = 2.0 * base + 0.005
+
+    previous_mu = mu0.copy()
+    for w in range(w_count):
+        share = SHARES[min(len(SHARES) - 1, w * len(SHARES) // w_count)]
+        diurnal = 1.0 + 0.5 * np.sin(2.0 * math.pi * w / w_count + phase)
+        slower = 0.2 * np.sin(2.0 * math.pi * w / w_count + phase)
+        mu = mu0 + np.log1p(slower)
+        starting = rng.random(r) < 0.02
+        incident = np.where(
+            incident > 0, incident - 1, np.where(starting, rng.integers(1, 6, r), 0)
+        )
+        rate_s = np.clip(base + 0.05 * (incident > 0)[:, None], 0.0, 1.0)
+        odds = rate_s / (1.0 - rate_s) * scenario.psi
+        rate_c = odds / (1.0 + odds)
+        n = rng.poisson(REQUESTS_PER_WINDOW * zipf[None, :] * diurnal)
+        n1 = rng.binomial(n, share)
+        n0 = n - n1
+        x1 = rng.binomial(n1, rate_c)
+        x0 = rng.binomial(n0, rate_s)
+        mu_c = mu + scale
+
+        # -- oracle: expected log-LR per canary request, knowing the truth ---------
+        kl_err = rate_c * np.log(np.maximum(rate_c, 1e-300) / rate_s) + (1 - rate_c) * np.log(
+            (1 - rate_c) / (1 - rate_s)
+        )
+        kl_lat = scale**2 / (2.0 * sigma**2)
+        before = oracle_kl.copy()
+        oracle_kl += (n1 * (kl_err + kl_lat)).sum(axis=1)
+        crossing = np.isnan(oracle_at) & (oracle_kl >= threshold_log)
+        if crossing.any():
+            # interpolate within the window (requests arrive evenly)
+            frac = (threshold_log - before) / np.maximum(oracle_kl - before, 1e-300)
+            oracle_at = np.where(crossing, canary_requests_all + frac * n1.sum(axis=1), oracle_at)
+        canary_requests_all += n1.sum(axis=1)
+
+        # -- grayscope -------------------------------------------------------------
+        both = (n1 > 0) & (n0 > 0)
+        new = both & (first_window < 0)
+        first_window = np.where(new, w, first_window)
+        first_stable = np.where(new, n0, first_stable)
+        _accumulate(err_ll, x1, x1 + x0, n1, n0, grid_err)
+        for level, q in enumerate(LEVELS):
+            tau = _quantile_lognormal(previous_mu, sigma, q)  # stable's earlier windows
+            s_stable = _survival(tau, mu, sigma)
+            s_canary = _survival(tau, mu_c, sigma)
+            slow1 = rng.binomial(n1, s_canary)
+            slow0 = rng.binomial(n0, s_stable)
+            _accumulate(lat_ll[:, :, level, :], slow1, slow1 + slow0, n1, n0, grid_lat)
+        previous_mu = mu
+        canary_total += n1
+        e_err = np.exp(_log_e(err_ll))
+        e_lat = np.exp(
+            _log_mean_exp(
+                np.stack([_log_e(lat_ll[:, :, k, :]) for k in range(len(LEVELS))], axis=-1)
+            )
+        )
+        density = _density_at_quantile(mu0 + scale, sigma, 0.95)
+        se = np.sqrt(0.95 * 0.05 / np.maximum(canary_total, 1.0)) / density
+        estimate = (np.exp(mu0 + scale + sigma * z95) - p95_stable) + rng.normal(
+            0.0, 1.0, (r, g)
+        ) * se
+        gate = (estimate >= LATENCY_THRESHOLD_MS) & (canary_total > 0)
+        group_e = (e_err + np.where(gate, e_lat, 0.0)) / 2.0
+        weights = _weights(first_window, first_stable)
+        # the pooled strata of all groups (engine._pooled_e)
+        pooled_err = np.exp(_log_e(err_ll.sum(axis=1)))
+        pooled_lat = np.exp(
+            _log_mean_exp(
+                np.stack(
+                    [_log_e(lat_ll[:, :, k, :].sum(axis=1)) for k in range(len(LEVELS))],
+                    axis=-1,
+                )
+            )
+        )
+        mean_delta = (canary_total * estimate).sum(axis=1) / np.maximum(
+            canary_total.sum(axis=1), 1.0
+        )
+        pooled = (pooled_err + np.where(mean_delta >= LATENCY_THRESHOLD_MS, pooled_lat, 0.0)) / 2.0
+        rollout_e = engine.POOLED_SHARE * np.minimum(pooled, 1e300) + (
+            1.0 - engine.POOLED_SHARE
+        ) * (weights * np.minimum(group_e, 1e300)).sum(axis=1)
+        _record(rollback, delay, "grayscope", rollout_e >= 1.0 / alpha, w, canary_requests_all)
+
+        # -- per-window p95 estimates (for the threshold rules) -------------------
+        p95_c = _window_p95(mu_c, sigma, n1, rng)
+        p95_s = _window_p95(mu, sigma, n0, rng)
+
+        # -- today's per-window Z-test --------------------------------------------
+        enough = (n1 >= MIN_SAMPLES) & (n0 >= MIN_SAMPLES)
+        pooled = (x1 + x0) / np.maximum(n1 + n0, 1)
+        var = pooled * (1 - pooled) * (1.0 / np.maximum(n1, 1) + 1.0 / np.maximum(n0, 1))
+        z = np.where(
+            var > 0,
+            (x1 / np.maximum(n1, 1) - x0 / np.maximum(n0, 1)) / np.sqrt(np.maximum(var, 1e-300)),
+            0.0,
+        )
+        p_value = _norm_sf(z)
+        bad = enough & ((p_value < alpha) | (p95_c - p95_s > LATENCY_THRESHOLD_MS))
+        _record(rollback, delay, "ztest_per_window", bad.any(axis=1), w, canary_requests_all)
+
+        # -- Argo Rollouts / Flagger: thresholds on the canary's own metrics --------
+        measured = n1 > 0
+        failed = measured & (
+            (x1 / np.maximum(n1, 1) > err_thr) | (p95_c > p95_stable + LATENCY_THRESHOLD_MS)
+        )
+        argo_failed += failed
+        _record(
+            rollback,
+            delay,
+            "argo_rollouts",
+            (argo_failed > ARGO_FAILURE_LIMIT).any(axis=1),
+            w,
+            canary_requests_all,
+        )
+        flagger_failed += failed
+        _record(
+            rollback,
+            delay,
+            "flagger",
+            (flagger_failed >= FLAGGER_THRESHOLD).any(axis=1),
+            w,
+            canary_requests_all,
+        )
+
+        # -- Kayenta: per-window series, judged on everything so far ---------------
+        kay_err_c[:, :, w] = np.where(n1 > 0, x1 / np.maximum(n1, 1), np.nan)
+        kay_err_s[:, :, w] = np.where(n0 > 0, x0 / np.maximum(n0, 1), np.nan)
+        kay_lat_c[:, :, w] = np.where(n1 > 0, p95_c, np.nan)
+        kay_lat_s[:, :, w] = np.where(n0 > 0, p95_s, np.nan)
+        if (w + 1) % KAYENTA_EVERY == 0:
+            high_err = _kayenta_high(kay_err_c[:, :, : w + 1], kay_err_s[:, :, : w + 1])
+            high_lat = _kayenta_high(kay_lat_c[:, :, : w + 1], kay_lat_s[:, :, : w + 1])
+            score = 100.0 * (2 - high_err.astype(int) - high_lat.astype(int)) / 2.0
+            _record(rollback, delay, "kayenta", (score < 75.0).any(axis=1), w, canary_requests_all)
+
+    return Outcome(rollback, delay, oracle_at)
+
+
+def _record(
+    rollback: dict[str, np.ndarray],
+    delay: dict[str, np.ndarray],
+    name: str,
+    fired: Any,
+    window: int,
+    canary_requests: np.ndarray,
+) -> None:
+    new = fired & (rollback[name] < 0)
+    rollback[name] = np.where(new, window, rollback[name])
+    delay[name] = np.where(new, canary_requests, delay[name])
+
+
+def _accumulate(
+    loglik: np.ndarray,
+    x: np.ndarray,
+    m: np.ndarray,
+    n1: np.ndarray,
+    n0: np.ndarray,
+    grid: np.ndarray,
+) -> None:
+    """``evidence.window_loglik`` for every (rollout, group) at once, added in place:
+    ``x (log odds + log psi) - m log(1 + odds psi)`` (the same as its two softplus terms)."""
+    informative = (m > 0) & (n1 > 0) & (n0 > 0)
+    if not informative.any():
+        return
+    xs, ms = x[informative].astype(float), m[informative].astype(float)
+    odds = n1[informative] / n0[informative]
+    t = np.log(odds)[:, None] + grid
+    inc = xs[:, None] * t - ms[:, None] * np.log1p(odds[:, None] * np.exp(grid))
+    loglik[informative] += inc
+
+
+def _columns(null: int) -> np.ndarray:
+    """log psi at the null and at the null + each offset inside the grid."""
+    indices = [null] + [null + o for o in evidence.OFFSETS if null + o < evidence.GRID_SIZE]
+    return np.array([evidence.GRID[i] for i in indices])
+
+
+def _log_e(loglik: np.ndarray) -> np.ndarray:
+    """``evidence.log_e_value`` (upper side) on ``_columns`` rows: column 0 is the null."""
+    terms = loglik[..., 1:] - loglik[..., :1]
+    top = terms.max(axis=-1)
+    count = len(evidence.OFFSETS)
+    return np.asarray(top + np.log(np.exp(terms - top[..., None]).sum(axis=-1) / count))
+
+
+def _log_mean_exp(values: np.ndarray) -> np.ndarray:
+    top = values.max(axis=-1)
+    return np.asarray(top + np.log(np.exp(values - top[..., None]).mean(axis=-1)))
+
+
+def _weights(first_window: np.ndarray, first_stable: np.ndarray) -> np.ndarray:
+    """``engine.weights`` row by row: founders by first-window traffic, a reserve after."""
+    started = first_window >= 0
+    start = np.where(started, first_window, np.iinfo(np.int64).max).min(axis=1)
+    founders = started & (first_window == start[:, None])
+    total = np.where(founders, first_stable, 0.0).sum(axis=1)
+    out = np.where(
+        founders, (1.0 - engine.RESERVE) * first_stable / np.maximum(total, 1.0)[:, None], 0.0
+    )
+    later = started & ~founders
+    if later.any():
+        # rank later groups by (first window, index): 0.1 * 2**-rank
+        key = np.where(
+            later, first_window * 1000 + np.arange(first_window.shape[1]), np.iinfo(np.int64).max
+        )
+        order = np.argsort(key, axis=1)
+        ranks = np.empty_like(order)
+        np.put_along_axis(
+            ranks,
+            order,
+            np.arange(1, order.shape[1] + 1)[None, :].repeat(order.shape[0], 0),
+            axis=1,
+        )
+        out = np.where(later, engine.RESERVE * 0.5**ranks, out)
+    return np.asarray(out)
+
+
+def _window_p95(
+    mu: np.ndarray, sigma: np.ndarray, n: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """A window's sample p95: the true one plus the sample quantile's normal error."""
+    truth = _quantile_lognormal(mu, sigma, 0.95)
+    density = _density_at_quantile(mu, sigma, 0.95)
+    se = np.sqrt(0.95 * 0.05 / np.maximum(n, 1)) / density
+    return np.asarray(np.maximum(truth + rng.normal(0.0, 1.0, mu.shape) * se, 0.0))
+
+
+def _nan_quantile(values: np.ndarray, q: float) -> np.ndarray:
+    """Per row (last axis) quantile ignoring NaN, linear interpolation (keepdims)."""
+    ordered = np.sort(values, axis=-1)  # NaN last
+    count = np.sum(~np.isnan(values), axis=-1, keepdims=True)
+    position = np.maximum(count - 1, 0) * q
+    low = np.floor(position).astype(int)
+    high = np.minimum(low + 1, np.maximum(count - 1, 0))
+    a = np.take_along_axis(ordered, low, axis=-1)
+    b = np.take_along_axis(ordered, high, axis=-1)
+    return np.asarray(np.where(count > 0, a + (b - a) * (position - low), np.nan))
+
+
+def _iqr_clean(values: np.ndarray) -> np.ndarray:
+    """Kayenta's IQR outlier removal (factor 3): outliers and missing become NaN."""
+    q1 = _nan_quantile(values, 0.25)
+    q3 = _nan_quantile(values, 0.75)
+    iqr = q3 - q1
+    keep = (values >= q1 - 3.0 * iqr) & (values <= q3 + 3.0 * iqr)
+    return np.where(keep, values, np.nan)
+
+
+def _kayenta_high(canary: np.ndarray, control: np.ndarray) -> np.ndarray:
+    """Mann-Whitney / Hodges-Lehmann 98 % interval per (rollout, group); High when its lower
+    end exceeds a quarter of the estimate (``MannWhitneyClassifier``, fraction 0.25)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: no data
+        a = _iqr_clean(canary)
+        b = _iqr_clean(control)
+    rows = a.shape[0] * a.shape[1]
+    a2 = a.reshape(rows, -1)
+    b2 = b.reshape(rows, -1)
+    out = np.zeros(rows, dtype=bool)
+    chunk = max(1, 4_000_000 // max(a2.shape[1] * b2.shape[1], 1))
+    for lo in range(0, rows, chunk):
+        diffs = (a2[lo : lo + chunk, :, None] - b2[lo : lo + chunk, None, :]).reshape(
+            min(chunk, rows - lo), -1
+        )
+        m = np.sum(~np.isnan(a2[lo : lo + chunk]), axis=1)
+        n = np.sum(~np.isnan(b2[lo : lo + chunk]), axis=1)
+        count = m * n
+        diffs.sort(axis=1)  # NaN last
+        ok = count > 0
+        mid = np.clip((count - 1) // 2, 0, None)
+        estimate = np.take_along_axis(diffs, mid[:, None], axis=1)[:, 0]
+        k = np.floor(count / 2.0 - Z_99 * np.sqrt(count * (m + n + 1) / 12.0)).astype(int)
+        k = np.clip(k, 0, np.maximum(count - 1, 0))
+        lower = np.take_along_axis(diffs, k[:, None], axis=1)[:, 0]
+        same = np.all(np.nan_to_num(a2[lo : lo + chunk]) == 0.0, axis=1) & np.all(
+            np.nan_to_num(b2[lo : lo + chunk]) == 0.0, axis=1
+        )
+        out[lo : lo + chunk] = ok & ~same & (lower > 0.25 * estimate) & (estimate > 0)
+    return out.reshape(a.shape[0], a.shape[1])
+
+
+def scenarios() -> tuple[Scenario, list[Scenario]]:
+    aa = Scenario("A/A")
+    ab = [Scenario(f"5xx odds x{psi:g}", psi=psi) for psi in ERROR_PSIS] + [
+        Scenario(f"p95 +{shift:g} ms", p95_shift_ms=shift) for shift in LATENCY_SHIFTS_MS
+    ]
+    return aa, ab
+
+
+def simulate(
+    rollouts: int = 1000, seed: int = 1, alpha: float = 0.05, ab_rollouts: int | None = None
+) -> dict[str, Any]:
+    """All engines on the A/A and A/B scenarios; the JSON of ``--json``."""
+    rng = np.random.default_rng(seed)
+    aa, ab = scenarios()
+    ab_count = ab_rollouts if ab_rollouts is not None else max(50, rollouts // 5)
+    outcome = _chunked(aa, rollouts, rng, alpha)
+    result: dict[str, Any] = {}
+    ab_outcomes = [(s, _chunked(s, ab_count, rng, alpha)) for s in ab]
+    for name in ENGINES:
+        false = int((outcome.rollback_window[name] >= 0).sum())
+        ratios: list[float] = []
+        detected = within3 = total = 0
+        per_scenario: dict[str, Any] = {}
+        for scenario, out in ab_outcomes:
+            fired = out.rollback_window[name] >= 0
+            assert out.oracle_requests is not None
+            ratio = out.delay_requests[name] / out.oracle_requests
+            ratio = np.where(fired & ~np.isnan(out.oracle_requests), ratio, np.inf)
+            per_scenario[scenario.name] = {
+                "rollback_fraction": round(float(fired.mean()), 4),
+                "median_delay_ratio": _finite(float(np.median(ratio))),
+            }
+            if scenario.is_regression:
+                total += fired.size
+                detected += int(fired.sum())
+                within3 += int((ratio <= 3.0).sum())
+                ratios.extend(ratio.tolist())
+        result[name] = {
+            "aa_rollouts": rollouts,
+            "aa_false_rollbacks": false,
+            "aa_false_rollback_rate": round(false / rollouts, 4),
+            "aa_false_rollback_upper95": round(evidence.clopper_pearson_upper(false, rollouts), 4),
+            "ab_rollouts": total,
+            "ab_detected_fraction": round(detected / total, 4) if total else None,
+            "ab_detected_within_3x_oracle": round(within3 / total, 4) if total else None,
+            "ab_median_delay_ratio": _finite(float(np.median(ratios))) if ratios else None,
+            "ab_by_scenario": per_scenario,
+        }
+    result["_settings"] = {
+        "alpha": alpha,
+        "seed": seed,
+        "groups": GROUPS,
+        "windows": WINDOWS,
+        "ab_rollouts_per_scenario": ab_count,
+        "canary_shares": list(SHARES),
+    }
+    return result
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isinf(value) or math.isnan(value) else round(value, 3)
+
+
+def _chunked(scenario: Scenario, rollouts: int, rng: np.random.Generator, alpha: float) -> Outcome:
+    """Run in chunks of rollouts (bounded memory) and concatenate."""
+    size = 250
+    parts = [
+        run_scenario(scenario, min(size, rollouts - lo), rng, alpha)
+        for lo in range(0, rollouts, size)
+    ]
+    merged = Outcome()
+    for name in ENGINES:
+        merged.rollback_window[name] = np.concatenate([p.rollback_window[name] for p in parts])
+        merged.delay_requests[name] = np.concatenate([p.delay_requests[name] for p in parts])
+    merged.oracle_requests = np.concatenate(
+        [p.oracle_requests for p in parts if p.oracle_requests is not None]
+    )
+    return merged
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The README table."""
+    lines = [
+        "| engine | A/A false rollbacks | 95 % upper bound | A/B detected"
+        " | within 3x oracle | median delay / oracle |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in ENGINES:
+        r = result[name]
+        ratio = r["ab_median_delay_ratio"]
+        rate = r["aa_false_rollback_rate"] * 100
+        upper = r["aa_false_rollback_upper95"] * 100
+        detected = r["ab_detected_fraction"] * 100
+        within = r["ab_detected_within_3x_oracle"] * 100
+        lines.append(
+            f"| {name} | {r['aa_false_rollbacks']}/{r['aa_rollouts']} ({rate:.1f} %)"
+            f" | {upper:.1f} % | {detected:.0f} % | {within:.0f} %"
+            f" | {'never' if ratio is None else f'{ratio:.2f}'} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,99 @@
+"""The simulator: its vectorised engine equals the live engine's pieces; the JSON contract."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+
+import numpy as np
+import orjson
+import pytest
+
+from pipeline.canary import engine, evidence, simulate
+from pipeline.canary.engine import GroupState
+from pipeline.commands.canary import run_canary_simulate
+from pipeline.config import Settings
+
+KEYS = {
+    "aa_rollouts",
+    "aa_false_rollbacks",
+    "aa_false_rollback_upper95",
+    "ab_detected_fraction",
+    "ab_median_delay_ratio",
+}
+
+
+def test_vectorised_window_likelihood_equals_the_engines() -> None:
+    rng = np.random.default_rng(2)
+    n1 = rng.integers(0, 500, (4, 6))
+    n0 = rng.integers(0, 5000, (4, 6))
+    x = rng.binomial(n1, 0.05)
+    y = rng.binomial(n0, 0.04)
+    for null in (evidence.grid_index(1.1), evidence.CENTRE):
+        columns = simulate._columns(null)
+        loglik = np.zeros((4, 6, columns.size))
+        simulate._accumulate(loglik, x, x + y, n1, n0, columns)
+        log_e = simulate._log_e(loglik)
+        for i in range(4):
+            for j in range(6):
+                total = evidence.zero_loglik()
+                evidence.accumulate(
+                    total,
+                    evidence.window_loglik(
+                        int(x[i, j]), int(x[i, j] + y[i, j]), int(n1[i, j]), int(n0[i, j])
+                    ),
+                )
+                assert log_e[i, j] == pytest.approx(evidence.log_e_value(total, null), abs=1e-9)
+
+
+def test_vectorised_weights_equal_the_engines() -> None:
+    first_window = np.array([[0, 0, 3, -1, 2]])
+    first_stable = np.array([[300.0, 100.0, 50.0, -1.0, 20.0]])
+    got = simulate._weights(first_window, first_stable)[0]
+    states = {
+        f"g{i}": GroupState(f"g{i}", first_window=int(w), first_stable=int(s))
+        for i, (w, s) in enumerate(zip(first_window[0], first_stable[0], strict=True))
+    }
+    expected = engine.weights(states)
+    for i in range(5):
+        assert got[i] == pytest.approx(expected.get(f"g{i}", 0.0))
+
+
+def test_normal_tail_and_quantile_helpers() -> None:
+    z = np.array([-3.0, -1.0, 0.0, 1.644854, 4.0])
+    expected = [0.5 * math.erfc(v / math.sqrt(2)) for v in z]
+    assert simulate._norm_sf(z) == pytest.approx(expected, abs=2e-7)
+    assert simulate._norm_ppf(0.95) == pytest.approx(1.644853627, abs=1e-8)
+    values = np.array([[1.0, np.nan, 3.0, 2.0], [np.nan, np.nan, np.nan, np.nan]])
+    q = simulate._nan_quantile(values, 0.5)
+    assert q[0, 0] == pytest.approx(2.0) and math.isnan(q[1, 0])
+
+
+def test_kayenta_flags_a_clear_shift_and_passes_identical_series() -> None:
+    rng = np.random.default_rng(4)
+    control = rng.normal(100, 5, (1, 2, 30))
+    canary = control + np.array([0.0, 40.0])[None, :, None] + rng.normal(0, 1, (1, 2, 30))
+    high = simulate._kayenta_high(canary, control)
+    assert high.tolist() == [[False, True]]
+
+
+def test_simulate_reports_every_engine_with_the_design_keys() -> None:
+    result = simulate.simulate(rollouts=8, seed=3, ab_rollouts=4)
+    assert set(simulate.ENGINES) <= set(result)
+    for name in simulate.ENGINES:
+        figures = result[name]
+        assert set(figures) >= KEYS
+        assert figures["aa_rollouts"] == 8
+        assert 0 <= figures["aa_false_rollbacks"] <= 8
+        assert figures["aa_false_rollback_upper95"] >= figures["aa_false_rollbacks"] / 8
+    assert result["grayscope"]["ab_by_scenario"]["5xx odds x5"]["rollback_fraction"] == 1.0
+    assert "| grayscope |" in simulate.format_table(result)
+
+
+def test_the_command_prints_json() -> None:
+    out = io.StringIO()
+    args = argparse.Namespace(json=True, rollouts=4, ab_rollouts=2, seed=5, alpha=0.05)
+    assert run_canary_simulate(args, Settings(), out) == 0
+    data = orjson.loads(out.getvalue())
+    assert set(data["grayscope"]) >= KEYS
