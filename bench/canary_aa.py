@@ -108,7 +108,9 @@ def replay(
     def flush() -> None:
         nonlocal next_tick
         results = process_batch(batch, ctx)
-        messages = [InputMessage(raw, None, KafkaCoordinates("t", 0, i)) for i, raw in enumerate(batch)]
+        messages = [
+            InputMessage(raw, None, KafkaCoordinates("t", 0, i)) for i, raw in enumerate(batch)
+        ]
         observed_events = observations(messages, results)
         for agg in aggregate(observed_events, window, stats):
             for stage, counts in agg.by_stage.items():
