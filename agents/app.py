@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def faust_settings(settings: Settings) -> dict[str, Any]:
     conf: dict[str, Any] = {
-        **faust_broker_settings(settings),
+        **faust_broker_settings(settings.kafka),
         "value_serializer": "raw",
         "key_serializer": "raw",
         "web_host": settings.web_host,

@@ -60,19 +60,19 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.geoip = (
-            GeoIPResolver.from_settings(settings)
+            GeoIPResolver.from_settings(settings.geoip)
             if (settings.geoip_city_db or settings.geoip_asn_db)
             else None
         )
         self.context = enrich_context(settings, self.geoip)
         self.telemetry = Telemetry(self)
         self.request_metrics = (
-            RequestMetrics.from_settings(settings) if settings.request_metrics else None
+            RequestMetrics.from_settings(settings.metrics) if settings.metrics.enabled else None
         )
         self.es_service: ElasticsearchService | None = None
         self.store: ElasticsearchSink | None = None
         if settings.es_hosts():
-            self.es_service = ElasticsearchService.from_settings(settings)
+            self.es_service = ElasticsearchService.from_settings(settings.store)
             self.store = ElasticsearchSink(
                 self.es_service,
                 settings.es_mode.value,
@@ -80,7 +80,7 @@ class Runtime:
                 retry_max=settings.es_retry_max,
                 observe_latency=self.telemetry.bulk_latency.observe,
             )
-        self.exporter = OtlpExporter.from_settings(settings)
+        self.exporter = OtlpExporter.from_settings(settings.otlp)
         self.app: Any = None
         self._producer: FaustRecordProducer | None = None
         self.dead_letters: DeadLetterSink | None = None

@@ -46,7 +46,7 @@ from pipeline.core.model import AsnInfo, GeoInfo
 from pipeline.errors import GeoIPDatabaseError
 
 if TYPE_CHECKING:
-    from pipeline.config import Settings
+    from pipeline.config import GeoIPSettings
 
 log = logging.getLogger(__name__)
 
@@ -386,12 +386,12 @@ class GeoIPResolver:
         self._install_readers()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> GeoIPResolver:
+    def from_settings(cls, geoip: GeoIPSettings) -> GeoIPResolver:
         return cls(
-            city_db=settings.geoip_city_db,
-            asn_db=settings.geoip_asn_db,
-            cache_size=settings.geoip_cache_size,
-            reload_interval=settings.geoip_reload_interval,
+            city_db=geoip.city_db,
+            asn_db=geoip.asn_db,
+            cache_size=geoip.cache_size,
+            reload_interval=geoip.reload_interval,
         )
 
     # --- introspection ---------------------------------------------------

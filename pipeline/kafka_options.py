@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from pipeline.config import Settings
+from pipeline.config import KafkaSettings
 from pipeline.errors import ConfigError, GrayscopeError
 
 SASL_SETTINGS = "GRAYSCOPE_KAFKA_SASL_USERNAME / GRAYSCOPE_KAFKA_SASL_PASSWORD"
@@ -43,13 +43,13 @@ class KafkaSecurity:
         return self.sasl_mechanism is not None
 
 
-def bootstrap_servers(settings: Settings) -> list[str]:
-    return [b.strip() for b in settings.kafka_brokers.split(",") if b.strip()]
+def bootstrap_servers(kafka: KafkaSettings) -> list[str]:
+    return [b.strip() for b in kafka.brokers.split(",") if b.strip()]
 
 
-def ssl_context(settings: Settings) -> ssl.SSLContext:
+def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext:
     """A verifying TLS context: the configured CA file, else the system's trust store."""
-    cafile = settings.kafka_ssl_ca_file or None
+    cafile = kafka.ssl_ca_file or None
     try:
         return ssl.create_default_context(cafile=cafile)
     except (OSError, ssl.SSLError) as exc:
@@ -57,19 +57,19 @@ def ssl_context(settings: Settings) -> ssl.SSLContext:
         raise ConfigError(CA_SETTING, f"cannot load {cafile}: {reason}") from exc
 
 
-def security(settings: Settings) -> KafkaSecurity:
-    protocol = settings.kafka_security_protocol
-    context = ssl_context(settings) if protocol.endswith("SSL") else None
+def security(kafka: KafkaSettings) -> KafkaSecurity:
+    protocol = kafka.security_protocol
+    context = ssl_context(kafka) if protocol.endswith("SSL") else None
     if not protocol.startswith("SASL"):
         return KafkaSecurity(protocol=protocol, ssl_context=context)
-    if not settings.kafka_sasl_username:
+    if not kafka.sasl_username:
         raise ConfigError("GRAYSCOPE_KAFKA_SASL_USERNAME", f"required with {protocol}")
     return KafkaSecurity(
         protocol=protocol,
         ssl_context=context,
-        sasl_mechanism=settings.kafka_sasl_mechanism,
-        sasl_username=settings.kafka_sasl_username,
-        sasl_password=settings.kafka_sasl_password,
+        sasl_mechanism=kafka.sasl_mechanism,
+        sasl_username=kafka.sasl_username,
+        sasl_password=kafka.sasl_password,
     )
 
 
@@ -87,20 +87,20 @@ def security_options(sec: KafkaSecurity) -> dict[str, Any]:
     return options
 
 
-def client_options(settings: Settings) -> dict[str, Any]:
+def client_options(kafka: KafkaSettings) -> dict[str, Any]:
     """aiokafka client keywords (bootstrap, security, SASL) from the settings."""
     return {
-        "bootstrap_servers": settings.kafka_brokers,
-        **security_options(security(settings)),
+        "bootstrap_servers": kafka.brokers,
+        **security_options(security(kafka)),
     }
 
 
-def faust_broker_settings(settings: Settings) -> dict[str, Any]:
+def faust_broker_settings(kafka: KafkaSettings) -> dict[str, Any]:
     """Faust's ``broker`` and, unless PLAINTEXT, ``broker_credentials``."""
     import faust
 
-    conf: dict[str, Any] = {"broker": [f"kafka://{b}" for b in bootstrap_servers(settings)]}
-    sec = security(settings)
+    conf: dict[str, Any] = {"broker": [f"kafka://{b}" for b in bootstrap_servers(kafka)]}
+    sec = security(kafka)
     if sec.uses_sasl:
         conf["broker_credentials"] = faust.SASLCredentials(
             username=sec.sasl_username,
@@ -120,7 +120,7 @@ def _host_port(server: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def check_login(settings: Settings, timeout: float = 10.0) -> None:
+async def check_login(kafka: KafkaSettings, timeout: float = 10.0) -> None:
     """Raise ConfigError when a broker refuses the configured login or certificate.
 
     Connects to the bootstrap servers in turn until one answers; an unreachable
@@ -133,10 +133,10 @@ async def check_login(settings: Settings, timeout: float = 10.0) -> None:
         UnsupportedSaslMechanismError,
     )
 
-    sec = security(settings)
+    sec = security(kafka)
     if sec.protocol == "PLAINTEXT":
         return
-    for server in bootstrap_servers(settings):
+    for server in bootstrap_servers(kafka):
         try:
             host, port = _host_port(server)
         except ValueError:
@@ -175,15 +175,15 @@ async def check_login(settings: Settings, timeout: float = 10.0) -> None:
 REPLICATION_SETTING = "GRAYSCOPE_KAFKA_TOPIC_REPLICATION_FACTOR"
 
 
-async def replication_factor(admin: Any, settings: Settings) -> int:
+async def replication_factor(admin: Any, kafka: KafkaSettings) -> int:
     """The replication factor for new topics: the configured one, else the cluster's default.
 
     The default is read from a broker's ``default.replication.factor``
     (DescribeConfigs) rather than sent as -1: that needs CreateTopics v4
     (KIP-464), which aiokafka does not speak.
     """
-    if settings.kafka_topic_replication_factor > 0:
-        return settings.kafka_topic_replication_factor
+    if kafka.topic_replication_factor > 0:
+        return kafka.topic_replication_factor
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     try:

@@ -24,7 +24,7 @@ EXIT_OK = 0
 def _open_geoip(settings: Settings) -> GeoIPResolver | None:
     if not settings.geoip_city_db and not settings.geoip_asn_db:
         return None
-    return GeoIPResolver.from_settings(settings)
+    return GeoIPResolver.from_settings(settings.geoip)
 
 
 def run_enrich(args: argparse.Namespace, settings: Settings) -> int:

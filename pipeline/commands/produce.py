@@ -752,8 +752,8 @@ def run_produce(args: argparse.Namespace, settings: Settings) -> int:
     compression = check_compression(args.compression)
     if not settings.input_topics:
         raise ConfigError("GRAYSCOPE_INPUT_TOPICS", "no input topic configured")
-    options = client_options(settings)  # ConfigError before any connection
-    asyncio.run(check_login(settings))
+    options = client_options(settings.kafka)  # ConfigError before any connection
+    asyncio.run(check_login(settings.kafka))
     sender = KafkaSender(
         settings.input_topics[0],
         options,

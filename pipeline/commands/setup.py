@@ -25,8 +25,8 @@ from pipeline.probe import connect_error
 async def check_kafka(settings: Settings, partitions: int) -> str:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    await check_login(settings)
-    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=10_000)
+    await check_login(settings.kafka)
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka), request_timeout_ms=10_000)
     try:
         await admin.start()
     except Exception as exc:
@@ -39,7 +39,7 @@ async def check_kafka(settings: Settings, partitions: int) -> str:
         missing = [t for t in wanted if t not in existing]
         created = ""
         if missing:
-            replicas = await replication_factor(admin, settings)
+            replicas = await replication_factor(admin, settings.kafka)
             response = await admin.create_topics(
                 [
                     NewTopic(t, num_partitions=partitions, replication_factor=replicas)
@@ -56,7 +56,7 @@ async def check_kafka(settings: Settings, partitions: int) -> str:
 async def check_store(settings: Settings) -> str:
     from pipeline.sinks.elasticsearch.service import ElasticsearchService
 
-    service = ElasticsearchService.from_settings(settings)
+    service = ElasticsearchService.from_settings(settings.store)
     try:
         info = await service.connect()
         await service.install_templates()

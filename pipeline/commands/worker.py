@@ -24,7 +24,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     gc.set_threshold(*GC_THRESHOLDS)
     runtime = Runtime(settings)  # fails fast on bad GeoIP paths etc., before Faust starts
     # A refused login or certificate is a configuration error: say which setting, exit.
-    asyncio.run(check_login(settings))
+    asyncio.run(check_login(settings.kafka))
     app = create_app(settings, runtime)
     worker = faust.Worker(
         app,

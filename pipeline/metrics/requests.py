@@ -30,7 +30,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from pipeline.config import Settings
+from pipeline.config import MetricsSettings
 from pipeline.core.process import Enriched
 
 OTHER = "other"
@@ -194,12 +194,8 @@ class RequestMetrics:
         self._clock = clock
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RequestMetrics:
-        return cls(
-            settings.metrics_max_path_groups,
-            settings.metrics_max_versions,
-            settings.metrics_label_idle_seconds,
-        )
+    def from_settings(cls, metrics: MetricsSettings) -> RequestMetrics:
+        return cls(metrics.max_path_groups, metrics.max_versions, metrics.label_idle_seconds)
 
     def _forget(self, position: int, value: str) -> None:
         """Drop the series of an evicted label value (Prometheus sees them go stale)."""

@@ -141,7 +141,7 @@ def make_cases(host: str) -> list[Case]:
 def enrich_context(tmp_path_factory: pytest.TempPathFactory) -> EnrichContext:
     city, asn = write_test_dbs(tmp_path_factory.mktemp("geoip"))
     settings = load_settings(geoip_city_db=str(city), geoip_asn_db=str(asn))
-    return enrich_context(settings, GeoIPResolver.from_settings(settings))
+    return enrich_context(settings, GeoIPResolver.from_settings(settings.geoip))
 
 
 def enrich_lines(cases: list[Case], ctx: EnrichContext) -> list[Enriched]:

@@ -138,3 +138,25 @@ def test_secrets_are_redacted() -> None:
     assert redacted["es_password"] == redacted["es_api_key"] == "**********"
     assert redacted["kafka_sasl_password"] == "**********"
     assert "hunter2" not in orjson.dumps(redacted).decode()
+
+
+def test_every_section_field_reads_a_documented_flat_setting() -> None:
+    from dataclasses import fields
+
+    from pipeline.config import SECTIONS, Settings
+
+    settings = load_settings(kafka_brokers="a:1,b:2", es_url="http://x:9200,http://y:9200")
+    seen: set[str] = set()
+    for name, cls in SECTIONS.items():
+        section = getattr(settings, name)
+        assert isinstance(section, cls)
+        for item in fields(cls):
+            setting = item.metadata["setting"]
+            assert Settings.model_fields[setting].description, setting
+            value = getattr(settings, setting)
+            expected = tuple(value) if isinstance(value, list) else value
+            assert getattr(section, item.name) == expected
+            assert setting not in seen  # one section per setting
+            seen.add(setting)
+    assert settings.kafka.brokers == "a:1,b:2"
+    assert settings.store.hosts() == ["http://x:9200", "http://y:9200"]

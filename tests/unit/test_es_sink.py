@@ -424,7 +424,7 @@ async def test_no_secret_in_reprs() -> None:
     settings = load_settings(es_api_key=secrets[0], es_password=secrets[1])
     text = repr(settings) + str(settings) + str(settings.redacted())
     with_key = ElasticsearchService.from_settings(
-        load_settings(es_url="https://user:urlpass@es.example:9200", es_api_key=secrets[0])
+        load_settings(es_url="https://user:urlpass@es.example:9200", es_api_key=secrets[0]).store
     )
     with_password = ElasticsearchService(
         ["https://user:urlpass@es.example:9200"], username="grayscope", password=secrets[1]

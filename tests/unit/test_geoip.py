@@ -670,7 +670,7 @@ def test_from_settings(shared_dbs: tuple[Path, Path]) -> None:
     settings = load_settings(
         geoip_city_db=str(city), geoip_asn_db=str(asn), geoip_cache_size=5, geoip_reload_interval=0
     )
-    with GeoIPResolver.from_settings(settings) as r:
+    with GeoIPResolver.from_settings(settings.geoip) as r:
         assert r.lookup("192.0.2.44") == (EXPECTED_GEO["192.0.2.44"], EXPECTED_ASN["192.0.2.44"])
 
 

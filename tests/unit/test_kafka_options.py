@@ -38,12 +38,12 @@ def scram(**values: Any) -> Settings:
 
 def test_plaintext_is_bootstrap_only() -> None:
     settings = load_settings(kafka_brokers="a:9092,b:9092")
-    assert client_options(settings) == {"bootstrap_servers": "a:9092,b:9092"}
-    assert faust_broker_settings(settings) == {"broker": ["kafka://a:9092", "kafka://b:9092"]}
+    assert client_options(settings.kafka) == {"bootstrap_servers": "a:9092,b:9092"}
+    assert faust_broker_settings(settings.kafka) == {"broker": ["kafka://a:9092", "kafka://b:9092"]}
 
 
 def test_sasl_ssl_scram_options() -> None:
-    options = client_options(scram())
+    options = client_options(scram().kafka)
     assert options["security_protocol"] == "SASL_SSL"
     assert options["sasl_mechanism"] == "SCRAM-SHA-512"
     assert options["sasl_plain_username"] == "grayscope"
@@ -69,7 +69,7 @@ def test_faust_and_aiokafka_see_the_same_connection(protocol: str, mechanism: st
     )
     faust_conf = faust_settings(settings)
     from_faust = dict(credentials_to_aiokafka_auth(faust_conf["broker_credentials"]))
-    direct = client_options(settings)
+    direct = client_options(settings.kafka)
     direct.pop("bootstrap_servers")
     # The contexts are built per call; both verify with the same trust store.
     assert (from_faust.pop("ssl_context") is None) == (direct.pop("ssl_context", None) is None)
@@ -79,7 +79,7 @@ def test_faust_and_aiokafka_see_the_same_connection(protocol: str, mechanism: st
 def test_sasl_needs_a_user_name() -> None:
     settings = load_settings(kafka_security_protocol="SASL_PLAINTEXT")
     with pytest.raises(ConfigError, match="GRAYSCOPE_KAFKA_SASL_USERNAME"):
-        client_options(settings)
+        client_options(settings.kafka)
 
 
 def test_unknown_mechanism_is_refused_at_load() -> None:
@@ -90,20 +90,22 @@ def test_unknown_mechanism_is_refused_at_load() -> None:
 def test_missing_ca_file_names_the_setting(tmp_path: Any) -> None:
     settings = scram(kafka_ssl_ca_file=str(tmp_path / "absent.pem"))
     with pytest.raises(ConfigError, match="GRAYSCOPE_KAFKA_SSL_CA_FILE") as raised:
-        client_options(settings)
+        client_options(settings.kafka)
     assert SECRET not in str(raised.value)
 
 
 def test_no_secret_in_any_representation() -> None:
     settings = scram()
-    sec = security(settings)
-    faust_conf = faust_broker_settings(settings)
-    for text in (repr(settings), str(settings.redacted()), repr(sec), repr(faust_conf)):
+    sec = security(settings.kafka)
+    faust_conf = faust_broker_settings(settings.kafka)
+    for text in (
+        repr(settings), str(settings.redacted()), repr(settings.kafka), repr(sec), repr(faust_conf)
+    ):
         assert SECRET not in text
 
 
 def test_check_login_is_a_no_op_on_plaintext() -> None:
-    asyncio.run(check_login(load_settings(kafka_brokers="127.0.0.1:1")))
+    asyncio.run(check_login(load_settings(kafka_brokers="127.0.0.1:1").kafka))
 
 
 def test_replication_factor_zero_is_refused() -> None:
@@ -140,13 +142,13 @@ class FakeAdmin:
 def test_configured_replication_factor_wins() -> None:
     admin = FakeAdmin()
     settings = load_settings(kafka_topic_replication_factor=2)
-    assert asyncio.run(replication_factor(admin, settings)) == 2
+    assert asyncio.run(replication_factor(admin, settings.kafka)) == 2
     assert admin.asked == []
 
 
 def test_default_replication_factor_is_the_clusters() -> None:
     admin = FakeAdmin(default_factor="3")
-    assert asyncio.run(replication_factor(admin, load_settings())) == 3
+    assert asyncio.run(replication_factor(admin, load_settings().kafka)) == 3
     assert [(r.name, r.configs) for r in admin.asked] == [
         ("2", {"default.replication.factor": None})
     ]
@@ -155,7 +157,7 @@ def test_default_replication_factor_is_the_clusters() -> None:
 @pytest.mark.parametrize("admin", [FakeAdmin(fail=True), FakeAdmin(default_factor=None)])
 def test_unreadable_default_names_the_setting(admin: FakeAdmin) -> None:
     with pytest.raises(ConfigError, match="GRAYSCOPE_KAFKA_TOPIC_REPLICATION_FACTOR"):
-        asyncio.run(replication_factor(admin, load_settings()))
+        asyncio.run(replication_factor(admin, load_settings().kafka))
 
 
 @dataclass

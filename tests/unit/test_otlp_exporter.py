@@ -384,7 +384,7 @@ def test_a_bad_header_entry_does_not_echo_its_value() -> None:
 
 
 def test_from_settings() -> None:
-    assert OtlpExporter.from_settings(load_settings(otlp_endpoint="")) is None
+    assert OtlpExporter.from_settings(load_settings(otlp_endpoint="").otlp) is None
     ex = OtlpExporter.from_settings(
         load_settings(
             otlp_endpoint="http://collector:4318/v1/traces",
@@ -394,7 +394,7 @@ def test_from_settings() -> None:
             otlp_max_retries=1,
             otlp_timeout=2.5,
             otlp_concurrent_exports=2,
-        )
+        ).otlp
     )
     assert ex is not None
     assert ex.max_concurrent == 2

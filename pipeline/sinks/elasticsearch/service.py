@@ -37,6 +37,7 @@ from elastic_transport import (
 )
 from elasticsearch import AsyncElasticsearch
 
+from pipeline.config import StoreSettings
 from pipeline.credentials import authorization, redact_url
 from pipeline.errors import ConfigError, SinkError, StoreRejected, StoreUnavailable
 from pipeline.sinks.elasticsearch.classify import (
@@ -189,16 +190,16 @@ class ElasticsearchService:
         self._media = PLAIN_MEDIA_TYPES
 
     @classmethod
-    def from_settings(cls, settings: Any) -> ElasticsearchService:
-        """Build from ``pipeline.config.Settings`` (duck-typed to keep this module light)."""
+    def from_settings(cls, store: StoreSettings) -> ElasticsearchService:
+        """Build from the store's settings section."""
         return cls(
-            settings.es_hosts(),
-            api_key=settings.es_api_key.get_secret_value(),
-            username=settings.es_username,
-            password=settings.es_password.get_secret_value(),
-            ca_certs=settings.es_ca_certs,
-            verify_certs=settings.es_verify_certs,
-            request_timeout=settings.es_request_timeout,
+            store.hosts(),
+            api_key=store.api_key.get_secret_value(),
+            username=store.username,
+            password=store.password.get_secret_value(),
+            ca_certs=store.ca_certs,
+            verify_certs=store.verify_certs,
+            request_timeout=store.request_timeout,
         )
 
     def __repr__(self) -> str:

@@ -47,7 +47,7 @@ from pipeline.errors import ConfigError, ExportError, ExportRequestFailed
 from pipeline.retry import Backoff
 
 if TYPE_CHECKING:
-    from pipeline.config import Settings
+    from pipeline.config import OtlpSettings
 
     _ExportCall: TypeAlias = grpc.aio.UnaryUnaryMultiCallable[bytes, ExportTraceServiceResponse]
 
@@ -323,18 +323,18 @@ class OtlpExporter:
         self._queue_full_logged = False  # likewise for a full queue, until an export succeeds
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> OtlpExporter | None:
-        """The configured exporter, or None when ``otlp_endpoint`` is empty (export off)."""
-        if not settings.otlp_endpoint.strip():
+    def from_settings(cls, otlp: OtlpSettings) -> OtlpExporter | None:
+        """The configured exporter, or None when the endpoint is empty (export off)."""
+        if not otlp.endpoint.strip():
             return None
         return cls(
-            settings.otlp_endpoint,
-            parse_headers(settings.otlp_headers),
-            queue_size=settings.otlp_queue_size,
-            batch_size=settings.otlp_batch_size,
-            max_retries=settings.otlp_max_retries,
-            timeout=settings.otlp_timeout,
-            max_concurrent=settings.otlp_concurrent_exports,
+            otlp.endpoint,
+            parse_headers(otlp.headers),
+            queue_size=otlp.queue_size,
+            batch_size=otlp.batch_size,
+            max_retries=otlp.max_retries,
+            timeout=otlp.timeout,
+            max_concurrent=otlp.concurrent_exports,
         )
 
     # --- producer side (never awaits) ------------------------------------
