@@ -113,8 +113,10 @@ class AccessRecord:
 
     # A written-out __init__ (same signature as the dataclass's): compiled
     # (pipeline.native) it is native code, where the generated one stays an
-    # interpreted function (~1 µs per record). tests/unit/test_model.py holds it
-    # to the fields.
+    # interpreted function. Kept because it pays: with dataclass-generated __init__s
+    # the handler's per-event stages run 6.3 % more instructions (275.8k -> 293.1k
+    # per event; bench/instructions.py, bench/README.md "Session 7").
+    # tests/unit/test_model.py holds it to the fields.
     def __init__(
         self,
         dataset: str,
@@ -220,7 +222,7 @@ class Enrichment:
     # Fields cut at their limit by a step (``query_args``, ``forwarded_for``).
     truncated: tuple[str, ...] = ()
 
-    # Written out for the compiled core, as AccessRecord's.
+    # Written out for the compiled core, as AccessRecord's (measured there).
     def __init__(
         self,
         url_path: str | None = None,
@@ -268,7 +270,7 @@ class InputMessage:
     timestamp_ns: int | None = None  # the Kafka record timestamp
     received_ns: int = 0  # when the worker took it (for latency metrics)
 
-    # Written out for the compiled core (see pipeline.core.model.AccessRecord).
+    # Written out for the compiled core (measured: see AccessRecord).
     def __init__(
         self,
         value: bytes | None,

@@ -119,9 +119,7 @@ def encode_request_span(
     if skeleton is None:
         return None
     trace_id, parent, method, start, end = skeleton
-    status = record.status
-    if status is not None and status.__class__ is not int:  # the call only when needed
-        status = span_status(status)
+    status = span_status(record.status)
     geo = enr.geo
     geo_fields = b"" if geo is None else geo.span_fields or _geo_fields(geo)
 

@@ -195,7 +195,7 @@ _STRING_HEADS = {
 
 def attribute_field(key: str, value: object) -> bytes:
     """One attribute as an encoded ``attributes`` field of a Span."""
-    if value.__class__ is str:
+    if isinstance(value, str):
         heads = _STRING_HEADS.get(key)
         encoded = _utf8(value)  # type: ignore[arg-type]
         if heads is not None and len(encoded) < _HEAD_LENGTHS:

@@ -33,7 +33,7 @@ class Enriched:
     enrichment: Enrichment
     document: dict[str, Any]
 
-    # Written out for the compiled core (see pipeline.core.model.AccessRecord).
+    # Written out for the compiled core (measured: see pipeline.core.model.AccessRecord).
     def __init__(
         self, record: AccessRecord, enrichment: Enrichment, document: dict[str, Any]
     ) -> None:

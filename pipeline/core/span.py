@@ -67,9 +67,7 @@ _SPAN = hashlib.blake2b(b"s\x00", digest_size=8)
 
 def span_status(status: int | None) -> int | None:
     """The status code as the schema's kind (int)."""
-    if status is not None and status.__class__ is not int:
-        return int(status)
-    return status
+    return None if status is None else int(status)
 
 
 def span_coordinates(geo: GeoInfo) -> tuple[float | None, float | None]:
@@ -78,12 +76,8 @@ def span_coordinates(geo: GeoInfo) -> tuple[float | None, float | None]:
     # Any, not float: compiled (pipeline.native), a float-typed value is trusted
     # to be a float, and an int that reached it would stay an int.
     lat: Any = geo.lat
-    if lat is not None and lat.__class__ is not float:
-        lat = float(lat)
     lon: Any = geo.lon
-    if lon is not None and lon.__class__ is not float:
-        lon = float(lon)
-    return lat, lon
+    return (None if lat is None else float(lat)), (None if lon is None else float(lon))
 
 
 def span_skeleton(

@@ -100,7 +100,7 @@ def _text_job(line: str) -> ParseJob:
 
 
 def _resolve_value(value: Any, depth: int) -> ParseJob:
-    if value.__class__ is not dict:
+    if not isinstance(value, dict):
         raise RejectedInput(Reason.NOT_AN_OBJECT, f"JSON {type(value).__name__}, not an object")
     if len(value) > MAX_JSON_KEYS:
         raise RejectedInput(

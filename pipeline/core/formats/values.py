@@ -104,7 +104,7 @@ def integer(value: Any, field: str) -> int | None:
     Fractions are truncated (``200.0`` -> 200); non-finite numbers and values
     outside a ``long`` are garbage too.
     """
-    if value.__class__ is str:
+    if isinstance(value, str):
         if value.isdigit() and value.isascii() and len(value) < 19:
             return int(value)  # the usual case, surely within a long
         if value in _MISSING:
@@ -113,7 +113,7 @@ def integer(value: Any, field: str) -> int | None:
             number = int(value)
         except ValueError:
             number = _float_to_int(_float_or_none(value), field, value)
-    elif value is None or value.__class__ is bool:
+    elif value is None or isinstance(value, bool):
         return None
     elif isinstance(value, int):
         number = int(value)
@@ -141,9 +141,9 @@ def _float_to_int(number: float | None, field: str, raw: Any) -> int:
 
 def _number(value: Any) -> float | None:
     """A finite number, or None for missing markers, garbage, NaN and infinities."""
-    if value is None or value.__class__ is bool:
+    if value is None or isinstance(value, bool):
         return None
-    if value.__class__ is str:
+    if isinstance(value, str):
         if value in _MISSING:
             return None
         number = _float_or_none(value)
@@ -170,18 +170,17 @@ _MAX_SECONDS = MAX_LONG / _NS_PER_S
 def millis_to_ns(value: Any) -> int | None:
     """Envoy durations are integer milliseconds."""
     # Fast paths for what Envoy logs (a digit string, or an int when typed).
-    cls = value.__class__
-    if cls is str:
+    if isinstance(value, str):
         if value.isdigit() and value.isascii() and len(value) < 13:
             return int(value) * _NS_PER_MS  # < 10^12 ms: the ns fit a long
-    elif cls is int and 0 <= value <= _MAX_MILLIS:
+    elif isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_MILLIS:
         return int(value) * _NS_PER_MS
     return _duration(_number(value), _NS_PER_MS)
 
 
 def seconds_to_ns(value: Any) -> int | None:
     """nginx times are seconds with millisecond resolution (``0.004``)."""
-    if value.__class__ is str:
+    if isinstance(value, str):
         if value in _MISSING:
             return None
         try:
@@ -277,7 +276,7 @@ def epoch_to_ns(number: float) -> int | None:
 
 def timestamp_to_ns(value: Any) -> int | None:
     """Any logged timestamp form to epoch ns; None when absent or unreadable."""
-    if value.__class__ is str:
+    if isinstance(value, str):
         if len(value) == 24 and value[23] == "Z" and value[19] == ".":
             # Envoy's %START_TIME% (milliseconds, UTC; naive means UTC in
             # _iso_second_ns), the most common form: two calls less than iso_to_ns.
