@@ -15,7 +15,7 @@ NATIVE ?= 1
 NATIVE_SRC := $(shell python3 pipeline/native.py 2>/dev/null || $(PYTHON) pipeline/native.py)
 NATIVE_STAMP := pipeline/.native-built
 
-.PHONY: install native clean-native test unit integration lint demo bench bench-core bench-spans soak clean \
+.PHONY: install native clean-native services test unit integration lint demo bench bench-core bench-spans soak clean \
 	debian-packages jaeger
 
 $(BIN)/python:
@@ -54,7 +54,14 @@ lint: $(STAMP)
 unit: install
 	$(BIN)/python -m pytest tests/unit -q
 
-integration: install debian-packages jaeger
+# The real services the integration tier starts as plain processes (Apache Kafka,
+# OpenSearch, Jaeger; pipeline/dev/stack): jars resolved with Maven into
+# $${XDG_CACHE_HOME:-~/.cache}/grayscope (and ~/.m2), Jaeger built there with Go
+# (minutes the first time). A no-op when warm.
+services: $(STAMP)
+	$(BIN)/grayscope stack fetch
+
+integration: install services debian-packages
 	$(BIN)/python -m pytest tests/integration -q
 
 # Programs the integration tests run that are no Python package (nginx, kcat,
@@ -71,13 +78,13 @@ debian-packages:
 			$$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-# Jaeger v2 built with Go into the service cache (minutes the first time, then nothing).
+# Only the Jaeger build of `make services` (minutes the first time, then nothing).
 jaeger: $(STAMP)
 	$(BIN)/python -m pipeline.dev.stack.jaeger build
 
 # Everything against the compiled core, then the unit tests against the plain
 # Python one (the same results either way; tests/pure.py).
-test: install lint debian-packages jaeger
+test: install lint services debian-packages
 	$(BIN)/python -m pytest tests -q
 	$(BIN)/python -m pytest -p tests.pure tests/unit -q
 
