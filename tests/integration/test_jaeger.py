@@ -24,13 +24,13 @@ import pytest
 
 import schemas
 from pipeline.config import load_settings
-from pipeline.core import Enriched, process
+from pipeline.core.process import Enriched, process
 from pipeline.dev.stack.jaeger import JaegerQuery, JaegerServer
-from pipeline.enrich import EnrichContext
+from pipeline.core.enrich import EnrichContext
 from pipeline.geoip import GeoIPResolver
-from pipeline.sinks.otlp.direct import encode_request_span
+from pipeline.core.otlp import encode_request_span
 from pipeline.sinks.otlp.exporter import OtlpExporter
-from pipeline.span import build_span
+from pipeline.core.span import build_span
 from tests.geoip_data import EXPECTED_GEO, write_test_dbs
 from tests.integration.conftest import unique_name
 from tests.integration.worker_proc import WorkerProcess
@@ -141,7 +141,7 @@ def make_cases(host: str) -> list[Case]:
 def enrich_context(tmp_path_factory: pytest.TempPathFactory) -> EnrichContext:
     city, asn = write_test_dbs(tmp_path_factory.mktemp("geoip"))
     settings = load_settings(geoip_city_db=str(city), geoip_asn_db=str(asn))
-    return EnrichContext.from_settings(settings, GeoIPResolver.from_settings(settings))
+    return enrich_context(settings, GeoIPResolver.from_settings(settings))
 
 
 def enrich_lines(cases: list[Case], ctx: EnrichContext) -> list[Enriched]:
@@ -222,7 +222,7 @@ def assert_found_in_jaeger(
     for case, item in zip(cases, enriched, strict=True):
         trace_id = case.trace_id
         if not trace_id:
-            # Derived from nginx's $request_id (pipeline.span): the reference builder's.
+            # Derived from nginx's $request_id (pipeline.core.span): the reference builder's.
             reference = build_span(item.record, item.enrichment)
             assert reference is not None
             trace_id = reference.trace_id.hex()

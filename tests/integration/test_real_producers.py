@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from pipeline.dev.stack.jaeger import JaegerQuery, JaegerServer
-from pipeline.span import UNKNOWN_SERVICE
+from pipeline.core.span import UNKNOWN_SERVICE
 from tests.geoip_data import EXPECTED_GEO, write_test_dbs
 from tests.integration.conftest import unique_name
 from tests.integration.producers import NginxSite, RsyslogShipper, kcat_produce
