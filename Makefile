@@ -71,21 +71,22 @@ unit: install debian-packages
 	$(BIN)/python -m pytest tests/unit -q
 
 # The real services the integration tier starts as plain processes (Apache Kafka,
-# OpenSearch; pipeline/dev/stack): their jars resolved with Maven into
-# $${XDG_CACHE_HOME:-~/.cache}/grayscope (and ~/.m2). A no-op when warm.
+# OpenSearch, Jaeger; pipeline/dev/stack): jars resolved with Maven into
+# $${XDG_CACHE_HOME:-~/.cache}/grayscope (and ~/.m2), Jaeger built there with Go
+# (minutes the first time). A no-op when warm.
 services: $(STAMP)
 	$(BIN)/grayscope stack fetch
 
-integration: install services debian-packages jaeger
+integration: install services debian-packages
 	$(BIN)/python -m pytest tests/integration -q
 
-# Jaeger v2 built with Go into the service cache (minutes the first time, then nothing).
+# Only the Jaeger build of `make services` (minutes the first time, then nothing).
 jaeger: $(STAMP)
 	$(BIN)/python -m pipeline.dev.stack.jaeger build
 
 # Everything against the compiled core, then the unit tests against the plain
 # Python one (the same results either way; tests/pure.py).
-test: install lint services debian-packages jaeger
+test: install lint services debian-packages
 	$(BIN)/python -m pytest tests -q
 	$(BIN)/python -m pytest -p tests.pure tests/unit -q
 

@@ -20,6 +20,7 @@ Every test under this directory is marked ``integration``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -37,6 +38,7 @@ from pipeline.dev.stack.kafka import (
     kafka_lib,
     produce_values,
     read_topic,
+    wait_for_group_coordinator,
 )
 from pipeline.dev.stack.opensearch import SLIM_MODULES, OpenSearchNode, opensearch_lib
 from tests.integration.jaeger_fixtures import (  # noqa: F401 - fixtures, registered here
@@ -108,6 +110,9 @@ def _services(
         kafka.spawn()
         store.spawn()
         kafka.wait_ready()
+        # While OpenSearch starts: the first consumer group of a fresh cluster would
+        # otherwise wait for __consumer_offsets inside whichever test comes first.
+        asyncio.run(wait_for_group_coordinator(kafka.bootstrap))
         store.wait_ready()
         log.warning(
             "session services ready in %.1f s: kafka %s, opensearch %s",

@@ -8,8 +8,8 @@
   front of Jaeger.
 - ``jaeger_query``: the query API client bound to ``jaeger``.
 
-The binary is built into the service cache the first time (``make jaeger``
-does it ahead of the suite).
+The binary is built into the service cache the first time (``make services``,
+a prerequisite of ``make test``, does it ahead of the suite; ``make jaeger`` only that).
 """
 
 from __future__ import annotations

@@ -106,13 +106,19 @@ def test_stack_up_env_status_down(tmp_path: Path) -> None:
             shlex.split(line.removeprefix("export "))[0].split("=", 1)
             for line in env_out.stdout.splitlines()
         )
-        assert set(exported) == {"GRAYSCOPE_KAFKA_BROKERS", "GRAYSCOPE_ES_URL"}
+        assert set(exported) == {
+            "GRAYSCOPE_KAFKA_BROKERS",
+            "GRAYSCOPE_ES_URL",
+            "GRAYSCOPE_OTLP_ENDPOINT",
+            "GRAYSCOPE_JAEGER_URL",
+        }
         assert exported["GRAYSCOPE_KAFKA_BROKERS"].startswith("127.0.0.1:")
         assert exported["GRAYSCOPE_ES_URL"].startswith("http://127.0.0.1:")
 
         status = grayscope("stack", "status", "--dir", str(folder))
         assert status.returncode == 0, status.stdout
         assert "kafka: running" in status.stdout and "opensearch: running" in status.stdout
+        assert "jaeger: running" in status.stdout
 
         again = grayscope("stack", "up", "--dir", str(folder))
         assert again.returncode == 0 and "already running" in again.stderr
@@ -121,6 +127,8 @@ def test_stack_up_env_status_down(tmp_path: Path) -> None:
         setup = grayscope("setup", env=exported)
         assert setup.returncode == 0, setup.stdout + setup.stderr
         assert "opensearch" in setup.stdout.lower()
+        assert "OTLP endpoint" in setup.stdout and "reachable" in setup.stdout
+        assert http_ok(exported["GRAYSCOPE_JAEGER_URL"] + "/api/services")
     finally:
         down = grayscope("stack", "down", "--dir", str(folder))
     assert down.returncode == 0, down.stderr

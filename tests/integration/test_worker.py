@@ -18,6 +18,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pipeline.dev.embedded.otlp_receiver import OtlpReceiver
 from pipeline.dev.stack.opensearch import OpenSearchNode
 from pipeline.dev.synth import generate
+from pipeline.errors import ServiceError
+from schemas import DATA_STREAM_NAME
 from tests.geoip_data import EXPECTED_GEO, write_test_dbs
 from tests.integration.conftest import unique_name
 from tests.integration.worker_proc import WorkerProcess
@@ -458,3 +460,51 @@ async def test_two_workers_share_the_group_through_rebalances(
         ) from None
     assert store_ids(store) == expected
     assert second.terminate() == 0
+
+
+def data_stream_ids(store: OpenSearchNode) -> list[str]:
+    try:
+        store.request("POST", f"/{DATA_STREAM_NAME}/_refresh")
+        body = store.request(
+            "POST", f"/{DATA_STREAM_NAME}/_search", {"size": 10_000, "_source": False}
+        )
+    except ServiceError:  # not created yet
+        return []
+    return [hit["_id"] for hit in body["hits"]["hits"]]
+
+
+async def test_default_data_stream_mode_stores_once_and_a_replay_answers_409(
+    bootstrap: str,
+    unique_topic: str,
+    topic_factory: Any,
+    store: OpenSearchNode,
+    produce_lines: Any,
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    dlq = await topic_factory(partitions=1, prefix="dlq")
+    env = base_env(bootstrap, unique_topic, dlq, store) | {"GRAYSCOPE_ES_MODE": "data_stream"}
+    placed = await produce_lines(unique_topic, list(generate(600, seed=17)))
+    expected = sorted(f"{unique_topic}-{p}-{o}" for p, o in placed)
+    worker = workers(env)
+    worker.wait_ready()
+    await wait_until(lambda: len(data_stream_ids(store)) >= len(expected), 60, "documents")
+    assert worker.terminate() == 0
+    # The worker installed the templates; the data stream was made by the first `create`.
+    template = store.request("GET", "/_index_template/grayscope-access-data-stream")
+    assert template["index_templates"][0]["index_template"]["data_stream"] is not None
+    streams = store.request("GET", f"/_data_stream/{DATA_STREAM_NAME}")["data_streams"]
+    assert [s["name"] for s in streams] == [DATA_STREAM_NAME]
+
+    # A replay of every offset (a new group from the start): each `create` answers 409,
+    # counts as stored, and the offsets are committed; nothing is duplicated.
+    replay_env = env | {"GRAYSCOPE_CONSUMER_GROUP": unique_name("replay")}
+    replay = workers(replay_env)
+    replay.wait_ready()
+    await wait_until(
+        lambda: replay.metric("grayscope_documents_indexed_total") >= len(expected),
+        60,
+        "the replay acknowledged",
+    )
+    assert sorted(data_stream_ids(store)) == expected
+    assert replay.metric("grayscope_dead_lettered_total") == 0
+    assert replay.terminate() == 0

@@ -233,8 +233,9 @@ class OpenSearchNode:
             with urllib.request.urlopen(req, timeout=timeout) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
+            body = _decode(exc.read())
             raise StoreHTTPError(
-                f"{method} {path}: HTTP {exc.code}", status=exc.code, body=_decode(exc.read())
+                f"{method} {path}: HTTP {exc.code} {str(body)[:500]}", status=exc.code, body=body
             ) from exc
         except OSError as exc:
             raise ServiceError(f"{method} {path}: {exc}") from exc
