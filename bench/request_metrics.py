@@ -25,11 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import Settings
 from pipeline.core.process import process_batch
-from pipeline.core.enrich import EnrichContext
+from pipeline.dev.synth import PATH_RULES, generate
 from pipeline.geoip import GeoIPResolver
 from pipeline.metrics.requests import RequestMetrics
 from pipeline.native import loaded_native
-from pipeline.dev.synth import PATH_RULES, generate
 
 BATCH = 1000
 
