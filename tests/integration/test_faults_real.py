@@ -229,7 +229,14 @@ async def assert_ledger(
         if accounted >= expected or time.monotonic() > deadline:
             break
         await asyncio.sleep(1)
-    assert accounted == expected, f"{len(expected - accounted)} messages neither stored nor dead"
+    if accounted != expected:
+        missing = sorted(expected - accounted)
+        committed = await committed_offsets(bootstrap, env["GRAYSCOPE_CONSUMER_GROUP"], topic)
+        records = {(r.partition, r.offset): r.value for r in await read_topic(bootstrap, topic)}
+        raise AssertionError(
+            f"{len(missing)} messages neither stored nor dead-lettered: "
+            f"{[(m, records.get(m, b'?')[:60]) for m in missing[:5]]}; committed {committed}"
+        )
     assert max(Counter(ids).values(), default=1) == 1, "a document stored twice"
     assert max(Counter(dead).values(), default=1) == 1, "a message dead-lettered twice"
     assert not {coordinates(i) for i in ids} & set(dead), "stored and dead-lettered"
@@ -264,6 +271,7 @@ def lines(count: int, seed: int) -> list[bytes]:
 # --- the tests ---------------------------------------------------------------------
 
 
+@pytest.mark.timeout(900)  # a cluster, OpenSearch and workers on a shared 2-core box
 async def test_setup_takes_the_clusters_replication_and_a_killed_broker_loses_nothing(
     kafka3: KafkaCluster,
     opensearch: OpenSearchNode,
@@ -311,6 +319,7 @@ async def replica_counts(bootstrap: str, topic: str) -> list[int]:
         await admin.close()
 
 
+@pytest.mark.timeout(900)  # a cluster, OpenSearch and workers on a shared 2-core box
 async def test_three_workers_on_six_partitions_one_killed_one_added(
     kafka3: KafkaCluster,
     opensearch: OpenSearchNode,
@@ -336,6 +345,7 @@ async def test_three_workers_on_six_partitions_one_killed_one_added(
         assert worker.terminate() == 0
 
 
+@pytest.mark.timeout(900)  # a cluster, OpenSearch and workers on a shared 2-core box
 async def test_opensearch_stopped_and_restarted_mid_stream(
     kafka3: KafkaCluster,
     opensearch: OpenSearchNode,
@@ -374,6 +384,7 @@ async def test_opensearch_stopped_and_restarted_mid_stream(
     assert worker.terminate() == 0
 
 
+@pytest.mark.timeout(900)  # a cluster, OpenSearch and workers on a shared 2-core box
 async def test_a_lone_broker_sigkilled_and_restarted_on_its_log_dir(
     tmp_path: Path,
     opensearch: OpenSearchNode,
@@ -424,6 +435,7 @@ def request_json_ndjson(url: str, body: str) -> tuple[int, Any]:
         return 0, None
 
 
+@pytest.mark.timeout(900)  # a cluster, OpenSearch and workers on a shared 2-core box
 async def test_real_bulk_rejections_are_retried_until_stored(
     tmp_path: Path,
     kafka3: KafkaCluster,
