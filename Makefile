@@ -15,7 +15,7 @@ NATIVE ?= 1
 NATIVE_SRC := $(shell python3 pipeline/native.py 2>/dev/null || $(PYTHON) pipeline/native.py)
 NATIVE_STAMP := pipeline/.native-built
 
-.PHONY: install native clean-native test unit integration lint demo bench bench-core bench-spans soak clean
+.PHONY: install native clean-native services test unit integration lint demo bench bench-core bench-spans soak clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -53,12 +53,18 @@ lint: $(STAMP)
 unit: install
 	$(BIN)/python -m pytest tests/unit -q
 
-integration: install
+# The real services the integration tier starts as plain processes (Apache Kafka,
+# OpenSearch; pipeline/dev/stack): their jars resolved with Maven into
+# $${XDG_CACHE_HOME:-~/.cache}/grayscope (and ~/.m2). A no-op when warm.
+services: $(STAMP)
+	$(BIN)/grayscope stack fetch
+
+integration: install services
 	$(BIN)/python -m pytest tests/integration -q
 
 # Everything against the compiled core, then the unit tests against the plain
 # Python one (the same results either way; tests/pure.py).
-test: install lint
+test: install lint services
 	$(BIN)/python -m pytest tests -q
 	$(BIN)/python -m pytest -p tests.pure tests/unit -q
 

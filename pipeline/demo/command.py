@@ -1,6 +1,7 @@
 """``grayscope demo``: the whole pipeline on one machine, then the drill-down.
 
-Starts an embedded broker, store and OTLP receiver and the real worker (see
+Starts a broker, a store (the embedded stand-ins, or with ``--real-stack``
+Apache Kafka and OpenSearch) and an OTLP receiver and the real worker (see
 :mod:`pipeline.demo.services`), sends a staged gray release with a canary
 regression through them (:mod:`pipeline.demo.traffic`), waits for the worker
 to index it, and prints what a Kibana user would drill down to, computed by
@@ -98,6 +99,12 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         help="after the summary keep everything up, print the endpoints, wait for Ctrl-C",
     )
     parser.add_argument(
+        "--real-stack",
+        action="store_true",
+        help="run on Apache Kafka and OpenSearch (Java 17; the first run fetches their jars "
+        "with Maven) instead of the embedded stand-ins",
+    )
+    parser.add_argument(
         "--log-dir",
         metavar="PATH",
         default=None,
@@ -158,7 +165,10 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     services = DemoServices(
-        log_dir=log_dir, topic=settings.input_topics[0], dlq_topic=settings.dlq_topic
+        log_dir=log_dir,
+        topic=settings.input_topics[0],
+        dlq_topic=settings.dlq_topic,
+        real_stack=args.real_stack,
     )
     summarised = False
     try:
@@ -202,7 +212,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         with _signals_ignored():
             if services.started_anything:
-                status.message("stopping the worker and the embedded services")
+                status.message("stopping the worker and the services")
                 services.stop()
         signal.signal(signal.SIGTERM, previous_term)
         signal.signal(signal.SIGINT, previous_int)
@@ -299,6 +309,7 @@ def build_report(
     sections += safe_extra_sections(context)
     counts = result.counts
     intro = [
+        "services: " + "; ".join(services.labels),
         *headline(summary, result.produced, counts.dead_lettered or 0, receiver.received),
         _rollout_text(result),
         f"regression injected: {_regression_text(plan.regression_path_group)}",

@@ -175,7 +175,10 @@ def span_section(gray_id: str | None, spans: Sequence[Mapping[str, Any]]) -> Sec
         return Section(
             "Spans by gray id", ["no gray id was indexed, so there is nothing to search"]
         )
-    title = f"Spans for gray.id={gray_id} (OTLP receiver; Jaeger: Tags gray.id={gray_id})"
+    title = (
+        f"Spans for gray.id={gray_id} (grayscope's OTLP receiver, a stand-in for Jaeger; "
+        f"in Jaeger: Tags gray.id={gray_id})"
+    )
     if not spans:
         return Section(title, ["no spans found"])
     errors = sum(1 for s in spans if str(s.get("status_code", "")).endswith("ERROR"))

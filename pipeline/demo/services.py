@@ -1,4 +1,10 @@
-"""The demo's processes: embedded broker, store and OTLP receiver, and the real worker.
+"""The demo's processes: a broker, a store, an OTLP receiver, and the real worker.
+
+Two sets of services: the embedded stand-ins (tansu for Kafka, osmem for the
+Elasticsearch API; no Java, start in well under a second), or with
+``--real-stack`` Apache Kafka and OpenSearch from :mod:`pipeline.dev.stack`
+(Java 17; the first run fetches their jars). Traces go to grayscope's own OTLP
+receiver either way (a stand-in for Jaeger). Results are labelled with what ran.
 
 The worker is ``python -m pipeline.cli worker`` in a child process with its
 settings in ``GRAYSCOPE_*`` variables, exactly as an operator would run it.
@@ -16,7 +22,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -24,7 +30,9 @@ from typing import Any
 import orjson
 from pydantic import SecretStr
 
-from pipeline.config import Settings
+from pipeline.config import Settings, StackSettings
+from pipeline.dev.stack.kafka import KafkaNode, kafka_lib, kafka_version
+from pipeline.dev.stack.opensearch import OpenSearchNode, opensearch_lib, opensearch_version
 from pipeline.embedded.broker import EmbeddedBroker, create_topics
 from pipeline.embedded.otlp_receiver import OtlpReceiver
 from pipeline.embedded.ports import ChildProcess, EmbeddedServiceError, free_port
@@ -70,6 +78,7 @@ def worker_env(
     otlp_endpoint: str,
     web_port: int,
     data_dir: Path,
+    real_stack: bool = False,
 ) -> dict[str, str]:
     """The worker's settings: the demo's own, pointed at the embedded services."""
     env = settings_env(settings)
@@ -81,11 +90,13 @@ def worker_env(
             "GRAYSCOPE_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
             "GRAYSCOPE_KAFKA_SASL_USERNAME": "",
             "GRAYSCOPE_KAFKA_SASL_PASSWORD": "",
-            # The embedded broker answers a first JoinGroup after half the session timeout.
-            "GRAYSCOPE_KAFKA_SESSION_TIMEOUT": "2",
+            # The embedded broker answers a first JoinGroup after half the session
+            # timeout; Apache Kafka allows 6 s at the least.
+            "GRAYSCOPE_KAFKA_SESSION_TIMEOUT": "6" if real_stack else "2",
             "GRAYSCOPE_KAFKA_REBALANCE_TIMEOUT": "10",
             "GRAYSCOPE_ES_URL": store_url,
-            # The embedded store has no data streams.
+            # The embedded store has no data streams; the drill-down reads the daily
+            # indices on either store.
             "GRAYSCOPE_ES_MODE": "index",
             "GRAYSCOPE_ES_API_KEY": "",
             "GRAYSCOPE_ES_USERNAME": "",
@@ -125,8 +136,11 @@ class DemoServices:
     log_dir: Path
     topic: str
     dlq_topic: str
-    broker: EmbeddedBroker | None = None
-    store: EmbeddedStore | None = None
+    real_stack: bool = False
+    broker: EmbeddedBroker | KafkaNode | None = None
+    store: EmbeddedStore | OpenSearchNode | None = None
+    #: What ran, for the report: e.g. "Kafka: tansu (embedded stand-in)".
+    labels: list[str] = field(default_factory=list)
     receiver: OtlpReceiver | None = None
     worker: ChildProcess | None = None
     worker_port: int = 0
@@ -226,10 +240,20 @@ def start_services(
     a child caught between its start and its assignment here is stopped at exit.
     """
     log_dir = services.log_dir
-    services.broker = broker = EmbeddedBroker.start(log_path=log_dir / "broker.log")
-    say(f"embedded Kafka-protocol broker (tansu) on {broker.bootstrap}")
-    services.store = store = EmbeddedStore.start(log_path=log_dir / "store.log")
-    say(f"embedded Elasticsearch-API store (osmem) on {store.url}")
+    broker: EmbeddedBroker | KafkaNode
+    store: EmbeddedStore | OpenSearchNode
+    if services.real_stack:
+        broker, store = _start_real_stack(services, say)
+    else:
+        services.broker = broker = EmbeddedBroker.start(log_path=log_dir / "broker.log")
+        say(f"embedded Kafka-protocol broker (tansu, a stand-in) on {broker.bootstrap}")
+        services.store = store = EmbeddedStore.start(log_path=log_dir / "store.log")
+        say(f"embedded Elasticsearch-API store (osmem, an in-memory stand-in) on {store.url}")
+        services.labels += [
+            "Kafka: tansu (embedded stand-in)",
+            "store: osmem (in-memory stand-in for the Elasticsearch API)",
+        ]
+    services.labels.append("traces: grayscope's OTLP receiver (stand-in for Jaeger)")
     asyncio.run(create_topics(broker.bootstrap, [services.topic, services.dlq_topic], PARTITIONS))
     # The receiver starts after the worker: forking while gRPC's threads run
     # makes gRPC log a warning about its fork handlers. Its ports are picked now.
@@ -243,6 +267,7 @@ def start_services(
         otlp_endpoint=f"http://127.0.0.1:{grpc_port}",
         web_port=services.worker_port,
         data_dir=log_dir / "worker-data",
+        real_stack=services.real_stack,
     )
     worker = ChildProcess(
         [sys.executable, "-m", "pipeline.cli", "worker"],
@@ -261,3 +286,25 @@ def start_services(
     worker.wait_until(started, timeout=WORKER_READY_TIMEOUT, what="grayscope worker")
     geo = settings.geoip_city_db or "none (GRAYSCOPE_GEOIP_CITY_DB is empty)"
     say(f"grayscope worker pid {worker.pid} on {services.worker_url} (GeoIP: {geo})")
+
+
+def _start_real_stack(
+    services: DemoServices, say: Callable[[str], None]
+) -> tuple[KafkaNode, OpenSearchNode]:
+    """Apache Kafka and OpenSearch, started at the same time, data under the log dir."""
+    cache = Path(StackSettings.model_validate({}).cache_dir)
+    say("Apache Kafka and OpenSearch: fetching (first run only) and starting, ~30-60 s")
+    kafka = KafkaNode(data_dir=services.log_dir / "kafka", lib=kafka_lib(cache))
+    store = OpenSearchNode(data_dir=services.log_dir / "opensearch", lib=opensearch_lib(cache))
+    services.broker, services.store = kafka, store
+    kafka.spawn()
+    store.spawn()
+    kafka.wait_ready()
+    store.wait_ready()
+    say(f"Apache Kafka {kafka_version()} (KRaft) on {kafka.bootstrap}")
+    say(f"OpenSearch {opensearch_version()} on {store.url}")
+    services.labels += [
+        f"Kafka: Apache Kafka {kafka_version()}",
+        f"store: OpenSearch {opensearch_version()}",
+    ]
+    return kafka, store

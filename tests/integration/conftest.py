@@ -1,20 +1,28 @@
-"""Fixtures for integration tests: real tansu broker and osmem store processes.
+"""Fixtures for integration tests: real Apache Kafka (KRaft) and OpenSearch processes.
 
-- ``broker`` (session): one embedded broker for the whole run; tests isolate
-  themselves with ``unique_topic`` / ``topic_factory`` and unique group ids.
-  Never stop or restart it in a test: use ``broker_factory`` for outages.
-- ``store`` (function): a fresh, empty store per test (starting one takes
-  ~30 ms); ``store_factory`` starts more, e.g. to stop one and start it again
-  on the same port.
-- ``produce_lines`` / ``read_records``: aiokafka helpers bound to ``broker``.
-- ``faust_settings``: the Faust ``App`` keyword settings a test app needs
-  against the embedded broker (see ``pipeline.embedded.broker``).
+Both come from ``pipeline.dev.stack`` (jars fetched into the grayscope cache by
+``make services``; a warm cache fetches nothing) and run on free loopback ports.
+
+- ``kafka`` / ``bootstrap`` (session): one broker for the whole run, started
+  together with ``opensearch``; tests isolate themselves with ``unique_topic`` /
+  ``topic_factory`` and unique group ids (``unique_name``). Never stop it in a
+  test: use ``kafka_factory`` for a broker a test may kill or restart.
+- ``opensearch`` (session): one node for the whole run. ``store`` (function) is
+  that node, wiped before the test (every data stream, index and template
+  deleted: tests run one at a time, so each sees an empty cluster). Tests that
+  stop the store use ``store_factory`` (a dedicated node, on its own data dir:
+  ``stop()`` / ``start()`` bring it back on the same URL with its data).
+- ``produce_lines`` / ``read_records``: aiokafka helpers bound to ``bootstrap``.
+- ``faust_settings``: the Faust ``App`` keyword settings a test app needs.
 
 Every test under this directory is marked ``integration``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
@@ -23,17 +31,25 @@ from typing import Any
 import pytest
 from aiokafka import ConsumerRecord
 
-from pipeline.embedded.broker import (
-    FAUST_EMBEDDED_SETTINGS,
-    EmbeddedBroker,
+from pipeline.config import StackSettings
+from pipeline.dev.stack.kafka import (
+    KafkaNode,
     create_topics,
+    kafka_lib,
     produce_values,
     read_topic,
+    wait_for_group_coordinator,
 )
-from pipeline.embedded.store import EmbeddedStore
+from pipeline.dev.stack.opensearch import SLIM_MODULES, OpenSearchNode, opensearch_lib
+
+log = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
 DEFAULT_PARTITIONS = 3
+
+#: Session and heartbeat for consumers in tests: Kafka's smallest allowed session
+#: (group.min.session.timeout.ms, 6 s) so a killed member's partitions move fast.
+SESSION_TIMEOUT_S = 6.0
 
 TopicFactory = Callable[..., Awaitable[str]]
 ProduceLines = Callable[..., Awaitable[list[tuple[int, int]]]]
@@ -58,50 +74,111 @@ def unique_name(prefix: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    log_path = tmp_path_factory.mktemp("broker") / "tansu.log"
-    with EmbeddedBroker.start(log_path=log_path) as running:
-        yield running
+def stack_settings() -> StackSettings:
+    return StackSettings.model_validate({})
 
 
 @pytest.fixture(scope="session")
-def bootstrap(broker: EmbeddedBroker) -> str:
-    return broker.bootstrap
+def kafka_jars(stack_settings: StackSettings) -> Path:
+    return kafka_lib(Path(stack_settings.cache_dir))
+
+
+@pytest.fixture(scope="session")
+def opensearch_jars(stack_settings: StackSettings) -> Path:
+    return opensearch_lib(Path(stack_settings.cache_dir))
+
+
+def new_opensearch(data_dir: Path, lib: Path, **kwargs: Any) -> OpenSearchNode:
+    return OpenSearchNode(data_dir=data_dir, lib=lib, modules=SLIM_MODULES, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def _services(
+    tmp_path_factory: pytest.TempPathFactory, kafka_jars: Path, opensearch_jars: Path
+) -> Iterator[tuple[KafkaNode, OpenSearchNode]]:
+    """The session's broker and store, started at the same time (from the main thread)."""
+    kafka = KafkaNode(data_dir=tmp_path_factory.mktemp("kafka"), lib=kafka_jars)
+    store = new_opensearch(tmp_path_factory.mktemp("opensearch"), opensearch_jars)
+    started = time.monotonic()
+    try:
+        kafka.spawn()
+        store.spawn()
+        kafka.wait_ready()
+        # While OpenSearch starts: the first consumer group of a fresh cluster would
+        # otherwise wait for __consumer_offsets inside whichever test comes first.
+        asyncio.run(wait_for_group_coordinator(kafka.bootstrap))
+        store.wait_ready()
+        log.warning(
+            "session services ready in %.1f s: kafka %s, opensearch %s",
+            time.monotonic() - started,
+            kafka.bootstrap,
+            store.url,
+        )
+        yield kafka, store
+    finally:
+        store.stop()
+        kafka.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka(_services: tuple[KafkaNode, OpenSearchNode]) -> KafkaNode:
+    return _services[0]
+
+
+@pytest.fixture(scope="session")
+def opensearch(_services: tuple[KafkaNode, OpenSearchNode]) -> OpenSearchNode:
+    return _services[1]
+
+
+@pytest.fixture(scope="session")
+def bootstrap(kafka: KafkaNode) -> str:
+    return kafka.bootstrap
 
 
 @pytest.fixture
-def broker_factory(tmp_path: Path) -> Iterator[Callable[..., EmbeddedBroker]]:
-    """Dedicated brokers a test may stop and restart; all stopped at teardown."""
-    started: list[EmbeddedBroker] = []
-
-    def start(port: int | None = None) -> EmbeddedBroker:
-        log_path = tmp_path / f"tansu-{len(started)}.log"
-        started.append(EmbeddedBroker.start(port=port, log_path=log_path))
-        return started[-1]
-
-    yield start
-    for running in started:
-        running.stop()
+def store(opensearch: OpenSearchNode) -> OpenSearchNode:
+    """The session's OpenSearch node, emptied for this test. Do not stop it."""
+    opensearch.wipe()
+    return opensearch
 
 
 @pytest.fixture
-def store_factory(tmp_path: Path) -> Iterator[Callable[..., EmbeddedStore]]:
-    """Fresh stores; all stopped at teardown."""
-    started: list[EmbeddedStore] = []
+def store_factory(tmp_path: Path, opensearch_jars: Path) -> Iterator[Callable[..., OpenSearchNode]]:
+    """Dedicated OpenSearch nodes a test may stop and start; all stopped at teardown.
 
-    def start(port: int | None = None) -> EmbeddedStore:
-        log_path = tmp_path / f"osmem-{len(started)}.log"
-        started.append(EmbeddedStore.start(port=port, log_path=log_path))
-        return started[-1]
+    ``store_factory(**kwargs)`` starts one (keyword arguments of OpenSearchNode,
+    e.g. ``write_queue_size``); ``store_factory(start=False)`` only prepares it.
+    """
+    nodes: list[OpenSearchNode] = []
 
-    yield start
-    for running in started:
-        running.stop()
+    def make(*, start: bool = True, **kwargs: Any) -> OpenSearchNode:
+        node = new_opensearch(tmp_path / f"opensearch-{len(nodes)}", opensearch_jars, **kwargs)
+        nodes.append(node)
+        return node.start() if start else node
+
+    yield make
+    for node in nodes:
+        node.stop()
 
 
 @pytest.fixture
-def store(store_factory: Callable[..., EmbeddedStore]) -> EmbeddedStore:
-    return store_factory()
+def kafka_factory(tmp_path: Path, kafka_jars: Path) -> Iterator[Callable[..., KafkaNode]]:
+    """Dedicated Kafka nodes a test may kill and restart; all stopped at teardown.
+
+    Keyword arguments go to KafkaNode (node_id, voters, cluster_id,
+    extra_properties, ...); ``start=False`` only prepares the node.
+    """
+    nodes: list[KafkaNode] = []
+
+    def make(*, start: bool = True, **kwargs: Any) -> KafkaNode:
+        kwargs.setdefault("data_dir", tmp_path / f"kafka-{len(nodes)}")
+        node = KafkaNode(lib=kafka_jars, **kwargs)
+        nodes.append(node)
+        return node.start() if start else node
+
+    yield make
+    for node in nodes:
+        node.stop()
 
 
 @pytest.fixture
@@ -152,13 +229,15 @@ def read_records(bootstrap: str) -> ReadRecords:
 
 @pytest.fixture
 def faust_settings(tmp_path: Path) -> dict[str, Any]:
-    """Keyword settings for a test ``faust.App`` against the embedded broker.
+    """Keyword settings for a test ``faust.App`` against the session broker.
 
     ``datadir`` is per test: Faust's default is a directory in the working
     directory, which would litter the checkout.
     """
     return {
-        **FAUST_EMBEDDED_SETTINGS,
+        "broker_session_timeout": SESSION_TIMEOUT_S,
+        "broker_heartbeat_interval": SESSION_TIMEOUT_S / 4,
+        "broker_rebalance_timeout": 10.0,
         "datadir": str(tmp_path / "faust-data"),
         "web_enabled": False,
         "store": "memory://",

@@ -1,39 +1,34 @@
-"""The Elasticsearch sink against a real osmem-server (OpenSearch-compatible)
-and against a small fake Elasticsearch 8/9 that records what it is sent."""
+"""The Elasticsearch sink against real OpenSearch 2.19 (daily indices and data
+streams) and against a small fake Elasticsearch 8/9 that records what it is sent
+(no Elasticsearch server is available to the tests: the request-level tests keep
+its media types, auth headers and status mapping)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
-from osmem_server import OsmemServer
 
+from pipeline.dev.stack.opensearch import OpenSearchNode
 from pipeline.errors import StoreRejected, StoreUnavailable
 from pipeline.sinks.elasticsearch.request import BulkItem
 from pipeline.sinks.elasticsearch.service import ELASTICSEARCH, OPENSEARCH, ElasticsearchService
 from pipeline.sinks.elasticsearch.sink import ElasticsearchSink
-from schemas import component_templates, index_templates
+from schemas import DATA_STREAM_NAME, component_templates, index_templates
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def osmem() -> Iterator[OsmemServer]:
-    server = OsmemServer.start(japanese=False)
-    yield server
-    server.close()
-
-
 @pytest.fixture
-async def service(osmem: OsmemServer) -> AsyncIterator[ElasticsearchService]:
-    svc = ElasticsearchService([osmem.url], request_timeout=10)
+async def service(store: OpenSearchNode) -> AsyncIterator[ElasticsearchService]:
+    svc = ElasticsearchService([store.url], request_timeout=10)
     yield svc
     await svc.close()
 
@@ -90,7 +85,7 @@ def items_for(sink: ElasticsearchSink, docs: list[dict], prefix: str) -> list[Bu
     return [sink.item(doc, f"{prefix}-{n}", ref=n) for n, doc in enumerate(docs)]
 
 
-def count(server: OsmemServer, index: str) -> int:
+def count(server: OpenSearchNode, index: str) -> int:
     server.request("POST", f"/{index}/_refresh")
     result: int = server.request("GET", f"/{index}/_count")["count"]
     return result
@@ -105,21 +100,23 @@ async def test_flavour_is_opensearch(service: ElasticsearchService) -> None:
 
 
 async def test_templates_install_idempotently(
-    service: ElasticsearchService, osmem: OsmemServer
+    service: ElasticsearchService, store: OpenSearchNode
 ) -> None:
     await service.install_templates()
     await service.install_templates()
-    listed = osmem.request("GET", "/_index_template")["index_templates"]
+    listed = store.request("GET", "/_index_template")["index_templates"]
     names = {t["name"] for t in listed}
     assert set(index_templates()) <= names
     daily = next(t for t in listed if t["name"] == "grayscope-access-daily")["index_template"]
     assert daily["index_patterns"] == ["grayscope-access-*"]
     assert daily["composed_of"] == ["grayscope-access-settings", "grayscope-access-mappings"]
     for name in component_templates():
-        assert osmem.request("GET", f"/_component_template/{name}")["component_templates"]
+        assert store.request("GET", f"/_component_template/{name}")["component_templates"]
 
 
-async def test_index_mode_documents_land(service: ElasticsearchService, osmem: OsmemServer) -> None:
+async def test_index_mode_documents_land(
+    service: ElasticsearchService, store: OpenSearchNode
+) -> None:
     await service.install_templates()
     sink = index_sink(service)
     docs = [access_doc(n, "2024-05-02") for n in range(30)]
@@ -129,17 +126,17 @@ async def test_index_mode_documents_land(service: ElasticsearchService, osmem: O
         for n in range(30, 35)
     ]
     assert await sink.deliver(items_for(sink, docs, "land")) == []
-    assert count(osmem, "grayscope-access-2024.05.02") == 30
-    assert count(osmem, "grayscope-access-2024.05.03") == 5
+    assert count(store, "grayscope-access-2024.05.02") == 30
+    assert count(store, "grayscope-access-2024.05.03") == 5
     assert sink.stats.documents_indexed_total == 35
-    mapping = osmem.request("GET", "/grayscope-access-2024.05.02/_mapping")
+    mapping = store.request("GET", "/grayscope-access-2024.05.02/_mapping")
     props = mapping["grayscope-access-2024.05.02"]["mappings"]["properties"]
     assert props["client"]["properties"]["ip"]["type"] == "ip"
     assert props["client"]["properties"]["geo"]["properties"]["location"]["type"] == "geo_point"
 
 
 async def test_bad_client_ip_is_rejected_the_rest_lands(
-    service: ElasticsearchService, osmem: OsmemServer
+    service: ElasticsearchService, store: OpenSearchNode
 ) -> None:
     await service.install_templates()
     sink = index_sink(service)
@@ -151,29 +148,120 @@ async def test_bad_client_ip_is_rejected_the_rest_lands(
     detail = rejected[0][1]
     assert "mapper_parsing_exception" in detail
     assert "client.ip" in detail
-    assert count(osmem, "grayscope-access-2024.05.04") == 5
+    assert count(store, "grayscope-access-2024.05.04") == 5
     assert sink.stats.documents_rejected_total == 1
 
 
-async def test_replay_overwrites(service: ElasticsearchService, osmem: OsmemServer) -> None:
+async def test_replay_overwrites(service: ElasticsearchService, store: OpenSearchNode) -> None:
     await service.install_templates()
     sink = index_sink(service)
     first = [access_doc(n, "2024-05-05", version="v1") for n in range(10)]
     assert await sink.deliver(items_for(sink, first, "replay")) == []
     again = [access_doc(n, "2024-05-05", version="v3") for n in range(10)]
     assert await sink.deliver(items_for(sink, again, "replay")) == []
-    assert count(osmem, "grayscope-access-2024.05.05") == 10
-    doc = osmem.request("GET", "/grayscope-access-2024.05.05/_doc/replay-4")
+    assert count(store, "grayscope-access-2024.05.05") == 10
+    doc = store.request("GET", "/grayscope-access-2024.05.05/_doc/replay-4")
     assert doc["_source"]["gray"]["version"] == "v3"
 
 
-async def test_data_streams_on_osmem_stop_the_sink(service: ElasticsearchService) -> None:
-    # osmem has no data streams: that is a configuration problem, not bad documents.
-    sink = ElasticsearchSink(service, "data_stream", 0.05, 0.5)
-    items = items_for(sink, [access_doc(0, "2024-05-06")], "ds")
-    with pytest.raises(StoreRejected, match="data streams"):
-        await sink.deliver(items)
+def data_stream_sink(svc: ElasticsearchService) -> ElasticsearchSink:
+    return ElasticsearchSink(svc, "data_stream", 0.05, 0.5)
+
+
+def data_stream_ids(store: OpenSearchNode) -> list[tuple[str, str]]:
+    """(backing index, _id) of every document in the data stream."""
+    store.request("POST", f"/{DATA_STREAM_NAME}/_refresh")
+    body = store.request("POST", f"/{DATA_STREAM_NAME}/_search", {"size": 10_000, "_source": False})
+    return sorted((hit["_index"], hit["_id"]) for hit in body["hits"]["hits"])
+
+
+async def test_data_stream_documents_land_with_create(
+    service: ElasticsearchService, store: OpenSearchNode
+) -> None:
+    await service.install_templates()
+    sink = data_stream_sink(service)
+    docs = [access_doc(n, "2024-05-06") for n in range(20)]
+    assert await sink.deliver(items_for(sink, docs, "ds")) == []
+    streams = store.request("GET", f"/_data_stream/{DATA_STREAM_NAME}")["data_streams"]
+    assert [s["name"] for s in streams] == [DATA_STREAM_NAME]
+    assert streams[0]["template"] == "grayscope-access-data-stream"
+    assert streams[0]["timestamp_field"]["name"] == "@timestamp"
+    placed = data_stream_ids(store)
+    assert sorted(doc_id for _, doc_id in placed) == sorted(f"ds-{n}" for n in range(20))
+    assert {index for index, _ in placed} == {f".ds-{DATA_STREAM_NAME}-000001"}
+    mapping = store.request("GET", f"/{DATA_STREAM_NAME}/_mapping")
+    props = mapping[f".ds-{DATA_STREAM_NAME}-000001"]["mappings"]["properties"]
+    assert props["client"]["properties"]["geo"]["properties"]["location"]["type"] == "geo_point"
+    assert sink.stats.documents_indexed_total == 20
+
+
+async def test_data_stream_replay_answers_409_and_counts_as_stored(
+    service: ElasticsearchService, store: OpenSearchNode
+) -> None:
+    await service.install_templates()
+    sink = data_stream_sink(service)
+    first = [access_doc(n, "2024-05-06", version="v1") for n in range(10)]
+    assert await sink.deliver(items_for(sink, first, "replay")) == []
+    # A replay (the worker restarted before its commit): the same _ids again.
+    raw = await service.bulk(
+        b"".join(
+            orjson.dumps({"create": {"_index": DATA_STREAM_NAME, "_id": f"replay-{n}"}})
+            + b"\n"
+            + orjson.dumps(doc)
+            + b"\n"
+            for n, doc in enumerate(first)
+        )
+    )
+    assert {item["create"]["status"] for item in raw[1]["items"]} == {409}
+    again = [access_doc(n, "2024-05-06", version="v3") for n in range(10)]
+    assert await sink.deliver(items_for(sink, again, "replay")) == []
     assert sink.stats.documents_rejected_total == 0
+    assert sink.stats.documents_retried_total == 0
+    placed = data_stream_ids(store)
+    assert len(placed) == 10  # no duplicates; the first write stays (create never overwrites)
+    doc = store.request("GET", f"/{DATA_STREAM_NAME}/_search?q=_id:replay-4")["hits"]["hits"]
+    assert doc[0]["_source"]["gray"]["version"] == "v1"
+
+
+async def test_rollover_mid_stream_loses_and_duplicates_nothing(
+    service: ElasticsearchService, store: OpenSearchNode
+) -> None:
+    await service.install_templates()
+    sink = data_stream_sink(service)
+    docs = [access_doc(n, "2024-05-06") for n in range(60)]
+    items = items_for(sink, docs, "roll")
+    assert await sink.deliver(items[:20]) == []
+    # The rollover races a delivery in flight, then more deliveries follow.
+    delivery = asyncio.create_task(sink.deliver(items[20:40]))
+    rolled = await asyncio.to_thread(store.request, "POST", f"/{DATA_STREAM_NAME}/_rollover")
+    assert rolled["rolled_over"] is True
+    assert await delivery == []
+    assert await sink.deliver(items[40:]) == []
+    placed = data_stream_ids(store)
+    assert sorted(doc_id for _, doc_id in placed) == sorted(f"roll-{n}" for n in range(60))
+    assert f".ds-{DATA_STREAM_NAME}-000002" in {index for index, _ in placed}
+
+
+async def test_replay_across_a_rollover_duplicates_documents(
+    service: ElasticsearchService, store: OpenSearchNode
+) -> None:
+    """What is true on OpenSearch (and Elasticsearch): ``create`` checks an ``_id``
+    only in the data stream's current write index. A batch written before a
+    rollover and replayed after it is written again into the new backing index,
+    so DESIGN's "a replay overwrites instead of duplicating" holds within one
+    backing index only (README: Delivery, data streams)."""
+    await service.install_templates()
+    sink = data_stream_sink(service)
+    items = items_for(sink, [access_doc(n, "2024-05-06") for n in range(5)], "across")
+    assert await sink.deliver(items) == []
+    store.request("POST", f"/{DATA_STREAM_NAME}/_rollover")
+    assert await sink.deliver(items) == []  # 201 each: nothing answers 409
+    placed = data_stream_ids(store)
+    assert len(placed) == 10
+    assert {index for index, _ in placed} == {
+        f".ds-{DATA_STREAM_NAME}-000001",
+        f".ds-{DATA_STREAM_NAME}-000002",
+    }
 
 
 def free_port() -> int:
@@ -183,13 +271,14 @@ def free_port() -> int:
         return port
 
 
-async def test_store_down_at_start_then_up() -> None:
-    port = free_port()
-    svc = ElasticsearchService([f"http://127.0.0.1:{port}"], request_timeout=5)
+async def test_store_down_at_start_then_up(
+    store_factory: Callable[..., OpenSearchNode],
+) -> None:
+    node = store_factory(start=False)
+    svc = ElasticsearchService([node.url], request_timeout=5)
     sink = index_sink(svc, retry_initial=0.05, retry_max=0.2)
     docs = [access_doc(n, "2024-05-07") for n in range(8)]
     task = asyncio.create_task(sink.deliver(items_for(sink, docs, "late")))
-    server: OsmemServer | None = None
     try:
         for _ in range(600):  # wait for a couple of failed attempts (bounded, not timed)
             if sink.stats.bulk_requests_total["unavailable"] >= 2:
@@ -197,18 +286,16 @@ async def test_store_down_at_start_then_up() -> None:
             await asyncio.sleep(0.05)
         assert not task.done()
         assert sink.stats.bulk_requests_total["unavailable"] >= 2
-        addr = f"127.0.0.1:{port}"
-        server = await asyncio.to_thread(OsmemServer.start, japanese=False, addr=addr)
-        rejected = await asyncio.wait_for(task, 60)
+        node.spawn()  # from this (the main) thread: the node dies with the thread that started it
+        await asyncio.to_thread(node.wait_ready)
+        rejected = await asyncio.wait_for(task, 120)
         assert rejected == []
-        assert count(server, "grayscope-access-2024.05.07") == 8
+        assert count(node, "grayscope-access-2024.05.07") == 8
         assert sink.stats.documents_indexed_total == 8
         assert svc.server is not None and svc.server.distribution == OPENSEARCH
     finally:
         task.cancel()
         await svc.close()
-        if server is not None:
-            server.close()
 
 
 async def test_connect_to_nothing_is_unavailable() -> None:
@@ -222,12 +309,12 @@ async def test_connect_to_nothing_is_unavailable() -> None:
 
 
 async def test_secrets_stay_out_of_logs(
-    osmem: OsmemServer, caplog: pytest.LogCaptureFixture
+    store: OpenSearchNode, caplog: pytest.LogCaptureFixture
 ) -> None:
     api_key, password = "grayscope-api-key-5ecret", "grayscope-pa55word"
     services = [
-        ElasticsearchService([osmem.url], api_key=api_key),
-        ElasticsearchService([osmem.url], username="grayscope", password=password),
+        ElasticsearchService([store.url], api_key=api_key),
+        ElasticsearchService([store.url], username="grayscope", password=password),
     ]
     # The transport's wire log (headers and bodies) does not propagate: listen to it directly.
     wire = logging.getLogger("elastic_transport.node")

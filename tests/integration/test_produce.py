@@ -1,4 +1,4 @@
-"""``grayscope produce`` as a real subprocess against the embedded broker."""
+"""``grayscope produce`` as a real subprocess against the session's Apache Kafka broker."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The worker end to end against real processes: tansu broker, osmem store,
+"""The worker end to end against real processes: Apache Kafka, OpenSearch, an
 OTLP receiver, and ``grayscope worker`` itself as a subprocess.
 """
 
@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
+from pipeline.dev.stack.opensearch import OpenSearchNode
 from pipeline.embedded.otlp_receiver import OtlpReceiver
-from pipeline.embedded.store import EmbeddedStore
+from pipeline.errors import ServiceError
 from pipeline.synth import generate
+from schemas import DATA_STREAM_NAME
 from tests.geoip_data import EXPECTED_GEO, write_test_dbs
 from tests.integration.conftest import unique_name
 from tests.integration.worker_proc import WorkerProcess
@@ -45,6 +47,12 @@ def receiver() -> Iterator[OtlpReceiver]:
 
 
 @pytest.fixture
+def outage_store(store_factory: Callable[..., OpenSearchNode]) -> OpenSearchNode:
+    """A dedicated node: these tests stop the store and start it again (same data)."""
+    return store_factory()
+
+
+@pytest.fixture
 def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
@@ -58,13 +66,13 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         worker.kill()
 
 
-def store_ids(store: EmbeddedStore) -> set[str]:
+def store_ids(store: OpenSearchNode) -> set[str]:
     store.request("POST", f"/{INDEX}/_refresh")
     body = store.request("POST", f"/{INDEX}/_search", {"size": 10_000, "_source": False})
     return {hit["_id"] for hit in body["hits"]["hits"]}
 
 
-def store_count(store: EmbeddedStore) -> int:
+def store_count(store: OpenSearchNode) -> int:
     try:
         store.request("POST", f"/{INDEX}/_refresh")
         return int(store.request("GET", f"/{INDEX}/_count")["count"])
@@ -82,24 +90,14 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -
 
 
 async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    """The group's committed offsets, read without joining the group."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
+    """The group's committed offsets, read with the admin API (without joining the group)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer.topics()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        out = {}
-        for partition in partitions:
-            offset = await consumer.committed(TopicPartition(topic, partition))
-            if offset is not None:
-                out[partition] = offset
-        return out
+        offsets = await admin.list_consumer_group_offsets(group)
     finally:
-        await consumer.stop()
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
 
 async def assert_nothing_committed_past(
@@ -116,7 +114,7 @@ async def assert_nothing_committed_past(
 
 
 def base_env(
-    bootstrap: str, topic: str, dlq: str, store: EmbeddedStore | None, mode: str = "batch"
+    bootstrap: str, topic: str, dlq: str, store: OpenSearchNode | None, mode: str = "batch"
 ) -> dict[str, str]:
     return {
         "GRAYSCOPE_CONSUMER_MODE": mode,
@@ -134,7 +132,7 @@ async def test_end_to_end_documents_spans_and_dead_letters(
     bootstrap: str,
     unique_topic: str,
     topic_factory: Any,
-    store: EmbeddedStore,
+    store: OpenSearchNode,
     receiver: OtlpReceiver,
     produce_lines: Any,
     read_records: Any,
@@ -237,10 +235,11 @@ async def test_store_outage_holds_the_partition_and_loses_nothing(
     bootstrap: str,
     unique_topic: str,
     topic_factory: Any,
-    store: EmbeddedStore,
+    outage_store: OpenSearchNode,
     produce_lines: Any,
     workers: Callable[..., WorkerProcess],
 ) -> None:
+    store = outage_store
     dlq = await topic_factory(partitions=1, prefix="dlq")
     env = base_env(bootstrap, unique_topic, dlq, store, mode)
     worker = workers(env)
@@ -263,7 +262,7 @@ async def test_store_outage_holds_the_partition_and_loses_nothing(
     # Nothing past what the old store acknowledged may be committed.
     await assert_nothing_committed_past(bootstrap, env, unique_topic, before_outage)
 
-    store.start_again()  # a fresh, empty store on the same URL
+    store.start()  # back on the same URL, with what it had stored
     placed += await produce_lines(unique_topic, after)
     expected = {f"{unique_topic}-{p}-{o}" for p, o in placed}
     await wait_until(
@@ -281,7 +280,7 @@ async def test_worker_sigkill_and_restart_loses_and_duplicates_nothing(
     bootstrap: str,
     unique_topic: str,
     topic_factory: Any,
-    store: EmbeddedStore,
+    store: OpenSearchNode,
     produce_lines: Any,
     workers: Callable[..., WorkerProcess],
 ) -> None:
@@ -309,7 +308,7 @@ async def test_mapping_rejection_dead_letters_only_that_message(
     bootstrap: str,
     unique_topic: str,
     topic_factory: Any,
-    store: EmbeddedStore,
+    store: OpenSearchNode,
     produce_lines: Any,
     read_records: Any,
     workers: Callable[..., WorkerProcess],
@@ -368,7 +367,7 @@ async def test_otlp_outage_never_stops_indexing(
     bootstrap: str,
     unique_topic: str,
     topic_factory: Any,
-    store: EmbeddedStore,
+    store: OpenSearchNode,
     receiver: OtlpReceiver,
     produce_lines: Any,
     workers: Callable[..., WorkerProcess],
@@ -403,10 +402,11 @@ async def test_sigterm_during_store_outage_exits_without_committing_unstored(
     bootstrap: str,
     unique_topic: str,
     topic_factory: Any,
-    store: EmbeddedStore,
+    outage_store: OpenSearchNode,
     produce_lines: Any,
     workers: Callable[..., WorkerProcess],
 ) -> None:
+    store = outage_store
     dlq = await topic_factory(partitions=1, prefix="dlq")
     env = base_env(bootstrap, unique_topic, dlq, store) | {"GRAYSCOPE_SHUTDOWN_GRACE": "3"}
     worker = workers(env)
@@ -430,7 +430,7 @@ async def test_two_workers_share_the_group_through_rebalances(
     bootstrap: str,
     unique_topic: str,
     topic_factory: Any,
-    store: EmbeddedStore,
+    store: OpenSearchNode,
     produce_lines: Any,
     workers: Callable[..., WorkerProcess],
 ) -> None:
@@ -460,3 +460,51 @@ async def test_two_workers_share_the_group_through_rebalances(
         ) from None
     assert store_ids(store) == expected
     assert second.terminate() == 0
+
+
+def data_stream_ids(store: OpenSearchNode) -> list[str]:
+    try:
+        store.request("POST", f"/{DATA_STREAM_NAME}/_refresh")
+        body = store.request(
+            "POST", f"/{DATA_STREAM_NAME}/_search", {"size": 10_000, "_source": False}
+        )
+    except ServiceError:  # not created yet
+        return []
+    return [hit["_id"] for hit in body["hits"]["hits"]]
+
+
+async def test_default_data_stream_mode_stores_once_and_a_replay_answers_409(
+    bootstrap: str,
+    unique_topic: str,
+    topic_factory: Any,
+    store: OpenSearchNode,
+    produce_lines: Any,
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    dlq = await topic_factory(partitions=1, prefix="dlq")
+    env = base_env(bootstrap, unique_topic, dlq, store) | {"GRAYSCOPE_ES_MODE": "data_stream"}
+    placed = await produce_lines(unique_topic, list(generate(600, seed=17)))
+    expected = sorted(f"{unique_topic}-{p}-{o}" for p, o in placed)
+    worker = workers(env)
+    worker.wait_ready()
+    await wait_until(lambda: len(data_stream_ids(store)) >= len(expected), 60, "documents")
+    assert worker.terminate() == 0
+    # The worker installed the templates; the data stream was made by the first `create`.
+    template = store.request("GET", "/_index_template/grayscope-access-data-stream")
+    assert template["index_templates"][0]["index_template"]["data_stream"] is not None
+    streams = store.request("GET", f"/_data_stream/{DATA_STREAM_NAME}")["data_streams"]
+    assert [s["name"] for s in streams] == [DATA_STREAM_NAME]
+
+    # A replay of every offset (a new group from the start): each `create` answers 409,
+    # counts as stored, and the offsets are committed; nothing is duplicated.
+    replay_env = env | {"GRAYSCOPE_CONSUMER_GROUP": unique_name("replay")}
+    replay = workers(replay_env)
+    replay.wait_ready()
+    await wait_until(
+        lambda: replay.metric("grayscope_documents_indexed_total") >= len(expected),
+        60,
+        "the replay acknowledged",
+    )
+    assert sorted(data_stream_ids(store)) == expected
+    assert replay.metric("grayscope_dead_lettered_total") == 0
+    assert replay.terminate() == 0

@@ -35,8 +35,9 @@ class WorkerProcess:
             "GRAYSCOPE_WEB_HOST": "127.0.0.1",
             "GRAYSCOPE_ES_MODE": "index",
             "GRAYSCOPE_GEOIP_CITY_DB": "",
-            # The embedded broker answers a first JoinGroup after half the session timeout.
-            "GRAYSCOPE_KAFKA_SESSION_TIMEOUT": "2",
+            # Kafka's smallest allowed session (group.min.session.timeout.ms): a killed
+            # worker's partitions move to the others after 6 s.
+            "GRAYSCOPE_KAFKA_SESSION_TIMEOUT": "6",
             "GRAYSCOPE_KAFKA_REBALANCE_TIMEOUT": "10",
             "GRAYSCOPE_BATCH_TIMEOUT": "0.2",
             "GRAYSCOPE_ES_RETRY_MAX": "1",

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pipeline.config import Settings
+from pipeline.config import Settings, StackSettings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
@@ -11,6 +11,11 @@ def test_every_setting_is_documented_with_its_flag() -> None:
     for name in Settings.model_fields:
         assert f"`GRAYSCOPE_{name.upper()}`" in README, name
         assert f"`--{name.replace('_', '-')}`" in README, name
+
+
+def test_every_stack_setting_is_documented() -> None:
+    for name in StackSettings.model_fields:
+        assert f"`GRAYSCOPE_{name.upper()}`" in README, name
 
 
 def test_quick_start_is_two_commands() -> None:

@@ -387,6 +387,33 @@ async def wait_for_leaders(bootstrap: str, names: Sequence[str], *, timeout: flo
         await consumer.stop()
 
 
+async def wait_for_group_coordinator(
+    bootstrap: str, *, group: str = "grayscope-warm-up", timeout: float = 60.0
+) -> None:
+    """Wait until groups have a coordinator.
+
+    A fresh cluster creates ``__consumer_offsets`` on the first FindCoordinator
+    and answers COORDINATOR_NOT_AVAILABLE until its partitions have leaders; a
+    first consumer group (a worker, a test) would spend that time in retries.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    deadline = time.monotonic() + timeout
+    try:
+        await admin.start()
+        while True:
+            try:
+                await admin.find_coordinator(group)
+                return
+            except KafkaError as exc:
+                if time.monotonic() >= deadline:
+                    raise ServiceError(
+                        f"no group coordinator after {timeout:.0f} s: {exc}"
+                    ) from exc
+                await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
 async def topic_names(bootstrap: str, *, timeout: float = 10.0) -> set[str]:
     """Names of the topics the cluster has now."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
@@ -397,6 +424,24 @@ async def topic_names(bootstrap: str, *, timeout: float = 10.0) -> set[str]:
         raise ServiceError(f"cannot list topics: {exc}") from exc
     finally:
         await admin.close()
+
+
+async def topic_partitions(bootstrap: str, topic: str) -> set[int]:
+    """The partition numbers of a topic (empty if it does not exist; never auto-creates it).
+
+    From a full metadata fetch: ``AIOKafkaConsumer.topics()`` fetches one but does
+    not update the consumer's own view, so ``partitions_for_topic`` right after it
+    may still answer None.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        await consumer.start()
+        cluster = await consumer._client.fetch_all_metadata()
+        return set(cluster.partitions_for_topic(topic) or ())
+    except KafkaError as exc:
+        raise ServiceError(f"cannot read the metadata of {topic}: {exc}") from exc
+    finally:
+        await consumer.stop()
 
 
 async def produce_values(

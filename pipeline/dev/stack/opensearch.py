@@ -31,7 +31,7 @@ import json
 import logging
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -56,6 +56,15 @@ def opensearch_lib(cache_dir: Path) -> Path:
     return resolve_jars(SERVICE, opensearch_version(), cache_dir)
 
 
+def _decode(raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace")
+
+
 def request_json(
     method: str, url: str, body: Any = None, *, timeout: float = 10.0
 ) -> tuple[int, Any]:
@@ -77,6 +86,27 @@ def request_json(
         return status, json.loads(raw) if raw else None
     except ValueError:
         return status, raw.decode("utf-8", "replace")
+
+
+#: The modules the pipeline and its tests use (HTTP, mappings, analysis, reindex and
+#: delete-by-query, geo): a node without painless and the ingest plugins starts
+#: ~40 % faster. Leave ``modules`` empty for the runner's full set.
+SLIM_MODULES: Final = (
+    "org.opensearch.transport.Netty4Plugin",
+    "org.opensearch.index.mapper.MapperExtrasPlugin",
+    "org.opensearch.analysis.common.CommonAnalysisPlugin",
+    "org.opensearch.index.reindex.ReindexPlugin",
+    "org.opensearch.geo.GeoModulePlugin",
+)
+
+
+class StoreHTTPError(ServiceError):
+    """A request to the node answered >= 400 (status and decoded body attached)."""
+
+    def __init__(self, message: str, status: int, body: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
 
 
 class OpenSearchNode:
@@ -179,6 +209,56 @@ class OpenSearchNode:
         return (
             status == 200 and isinstance(body, dict) and body.get("status") in {"green", "yellow"}
         )
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        ndjson: Iterable[Mapping[str, Any]] | None = None,
+        timeout: float = 30.0,
+    ) -> Any:
+        """One REST call (tests, demo): decoded JSON; StoreHTTPError on >= 400."""
+        headers = {"Accept": "application/json"}
+        data: bytes | None = None
+        if ndjson is not None:
+            data = b"".join(json.dumps(item).encode() + b"\n" for item in ndjson)
+            headers["Content-Type"] = "application/x-ndjson"
+        elif body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(f"{self.url}{path}", data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            body = _decode(exc.read())
+            raise StoreHTTPError(
+                f"{method} {path}: HTTP {exc.code} {str(body)[:500]}", status=exc.code, body=body
+            ) from exc
+        except OSError as exc:
+            raise ServiceError(f"{method} {path}: {exc}") from exc
+        return _decode(raw)
+
+    def wipe(self) -> None:
+        """Delete every data stream, index and template: an empty cluster for the next test."""
+        self._delete("/_data_stream/*")
+        self._delete("/*,-.*?expand_wildcards=open,closed")
+        for kind, key in (
+            ("_index_template", "index_templates"),
+            ("_component_template", "component_templates"),
+        ):
+            for template in self.request("GET", f"/{kind}").get(key, []):
+                self._delete(f"/{kind}/{template['name']}")
+        self._delete("/_template/*")
+
+    def _delete(self, path: str) -> None:
+        try:
+            self.request("DELETE", path)
+        except StoreHTTPError as exc:
+            if exc.status != 404:  # nothing of the kind: already clean
+                raise
 
     def node_log_tail(self, chars: int = 3000) -> str:
         """The end of the node's own log files (the runner says nothing on stdout)."""
