@@ -32,8 +32,8 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from pipeline.dev.stack.kafka import KafkaNode, create_topics, kafka_lib, produce_values, read_topic
-from pipeline.dev.stack.opensearch import OpenSearchNode, opensearch_lib, request_json
+from pipeline.dev.stack.kafka import KafkaNode, create_topics, produce_values, read_topic
+from pipeline.dev.stack.opensearch import OpenSearchNode, request_json
 from pipeline.synth import generate
 from tests.integration.conftest import unique_name
 from tests.integration.worker_proc import WorkerProcess
@@ -44,11 +44,6 @@ KAFKA_MIN_SESSION_S = 6  # Kafka's group.min.session.timeout.ms
 SLOW = 180.0
 BAD_LINES = [b"garbage that is no log", b'{"no": "access log keys"}']
 MAX_HITS = 10_000  # OpenSearch's default max_result_window: tests stay below it
-
-
-def service_cache() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "grayscope"
 
 
 # --- services ----------------------------------------------------------------------
@@ -105,21 +100,12 @@ class KafkaCluster:
 
 
 @pytest.fixture(scope="module")
-def kafka3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
-    cluster = KafkaCluster(tmp_path_factory.mktemp("kafka3"), kafka_lib(service_cache()))
+def kafka3(tmp_path_factory: pytest.TempPathFactory, kafka_jars: Path) -> Iterator[KafkaCluster]:
+    cluster = KafkaCluster(tmp_path_factory.mktemp("kafka3"), kafka_jars)
     try:
         yield cluster.start()
     finally:
         cluster.stop()
-
-
-@pytest.fixture(scope="module")
-def opensearch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenSearchNode]:
-    node = OpenSearchNode(
-        data_dir=tmp_path_factory.mktemp("opensearch"), lib=opensearch_lib(service_cache())
-    )
-    with node.start():
-        yield node
 
 
 @pytest.fixture
@@ -161,12 +147,6 @@ def stored_ids(store_url: str, topic: str) -> list[str]:
     assert status == 200, body
     assert body["hits"]["total"]["value"] < MAX_HITS
     return [hit["_id"] for hit in body["hits"]["hits"] if hit["_id"].startswith(f"{topic}-")]
-
-
-def empty_store(store_url: str) -> None:
-    """Drop the documents of earlier tests (one store per module; tests run one at a time)."""
-    status, body = request_json("DELETE", f"{store_url}/{INDEX}?expand_wildcards=all")
-    assert status in (200, 404), body
 
 
 def stored_count(store_url: str, topic: str) -> int:
@@ -274,12 +254,11 @@ def lines(count: int, seed: int) -> list[bytes]:
 @pytest.mark.timeout(900)  # a cluster, OpenSearch and workers on a shared 2-core box
 async def test_setup_takes_the_clusters_replication_and_a_killed_broker_loses_nothing(
     kafka3: KafkaCluster,
-    opensearch: OpenSearchNode,
+    store: OpenSearchNode,
     workers: Callable[[dict[str, str]], WorkerProcess],
 ) -> None:
-    empty_store(opensearch.url)
     topic, dlq = unique_name("rf3"), unique_name("rf3-dlq")
-    env = worker_env(kafka3.bootstrap, topic, dlq, opensearch.url)
+    env = worker_env(kafka3.bootstrap, topic, dlq, store.url)
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "setup", "--partitions", "3"],
         env={**os.environ, **env, "GRAYSCOPE_ES_URL": "", "GRAYSCOPE_OTLP_ENDPOINT": ""},
@@ -296,15 +275,15 @@ async def test_setup_takes_the_clusters_replication_and_a_killed_broker_loses_no
     worker = workers(env)
     worker.wait_ready(SLOW)
     placed = await produce_values(kafka3.bootstrap, topic, lines(1500, seed=3) + BAD_LINES)
-    await wait_until(lambda: stored_count(opensearch.url, topic) >= 300, SLOW, "first documents")
+    await wait_until(lambda: stored_count(store.url, topic) >= 300, SLOW, "first documents")
 
     victim = kafka3.nodes[1]
     victim.kill()  # SIGKILL mid-stream: leaders move, acks=all still has 2 in-sync replicas
     placed += await produce_values(kafka3.bootstrap, topic, lines(1500, seed=4))
-    await wait_until(lambda: stored_count(opensearch.url, topic) >= 2500, SLOW, "documents")
+    await wait_until(lambda: stored_count(store.url, topic) >= 2500, SLOW, "documents")
     victim.start()  # back on the same log dir; catches up as a follower
     placed += await produce_values(kafka3.bootstrap, topic, lines(1000, seed=5))
-    await assert_ledger(kafka3.bootstrap, opensearch.url, env, placed, expected_dead=2)
+    await assert_ledger(kafka3.bootstrap, store.url, env, placed, expected_dead=2)
     assert worker.proc is not None and worker.proc.poll() is None
     assert worker.terminate() == 0
 
@@ -322,25 +301,24 @@ async def replica_counts(bootstrap: str, topic: str) -> list[int]:
 @pytest.mark.timeout(900)  # a cluster, OpenSearch and workers on a shared 2-core box
 async def test_three_workers_on_six_partitions_one_killed_one_added(
     kafka3: KafkaCluster,
-    opensearch: OpenSearchNode,
+    store: OpenSearchNode,
     workers: Callable[[dict[str, str]], WorkerProcess],
 ) -> None:
-    empty_store(opensearch.url)
     topic, dlq = unique_name("six"), unique_name("six-dlq")
     await create_topics(kafka3.bootstrap, [topic], 6, replication_factor=3)
     await create_topics(kafka3.bootstrap, [dlq], 1, replication_factor=3)
-    env = worker_env(kafka3.bootstrap, topic, dlq, opensearch.url)
+    env = worker_env(kafka3.bootstrap, topic, dlq, store.url)
     started = [workers(env) for _ in range(3)]
     for worker in started:
         worker.wait_ready(SLOW)
     placed = await produce_values(kafka3.bootstrap, topic, lines(2000, seed=21) + BAD_LINES)
-    await wait_until(lambda: stored_count(opensearch.url, topic) >= 500, SLOW, "first documents")
+    await wait_until(lambda: stored_count(store.url, topic) >= 500, SLOW, "first documents")
     started[0].kill()  # SIGKILL: its partitions move after the session timeout
     placed += await produce_values(kafka3.bootstrap, topic, lines(2000, seed=22))
     added = workers(env)
     added.wait_ready(SLOW)
     placed += await produce_values(kafka3.bootstrap, topic, lines(2000, seed=23))
-    await assert_ledger(kafka3.bootstrap, opensearch.url, env, placed, expected_dead=2)
+    await assert_ledger(kafka3.bootstrap, store.url, env, placed, expected_dead=2)
     for worker in [*started[1:], added]:
         assert worker.terminate() == 0
 
@@ -348,24 +326,24 @@ async def test_three_workers_on_six_partitions_one_killed_one_added(
 @pytest.mark.timeout(900)  # a cluster, OpenSearch and workers on a shared 2-core box
 async def test_opensearch_stopped_and_restarted_mid_stream(
     kafka3: KafkaCluster,
-    opensearch: OpenSearchNode,
+    store_factory: Callable[..., OpenSearchNode],
     workers: Callable[[dict[str, str]], WorkerProcess],
 ) -> None:
-    empty_store(opensearch.url)
+    store = store_factory()  # its own node: the session's is never stopped
     topic, dlq = unique_name("osdown"), unique_name("osdown-dlq")
     await create_topics(kafka3.bootstrap, [topic], 3, replication_factor=3)
     await create_topics(kafka3.bootstrap, [dlq], 1, replication_factor=3)
-    env = worker_env(kafka3.bootstrap, topic, dlq, opensearch.url)
+    env = worker_env(kafka3.bootstrap, topic, dlq, store.url)
     worker = workers(env)
     worker.wait_ready(SLOW)
     placed = await produce_values(kafka3.bootstrap, topic, lines(1500, seed=31))
-    await wait_until(lambda: stored_count(opensearch.url, topic) >= 300, SLOW, "first documents")
+    await wait_until(lambda: stored_count(store.url, topic) >= 300, SLOW, "first documents")
     # Freeze the worker so no bulk completes between the snapshot and the outage.
     assert worker.proc is not None
     os.killpg(worker.proc.pid, signal.SIGSTOP)
     await asyncio.sleep(0.5)
-    before = {coordinates(i) for i in stored_ids(opensearch.url, topic)}
-    opensearch.stop()
+    before = {coordinates(i) for i in stored_ids(store.url, topic)}
+    store.stop()
     os.killpg(worker.proc.pid, signal.SIGCONT)
     try:
         placed += await produce_values(kafka3.bootstrap, topic, lines(1500, seed=32))
@@ -378,36 +356,34 @@ async def test_opensearch_stopped_and_restarted_mid_stream(
         )
         assert_committed_within(committed, before)
     finally:
-        opensearch.start()  # the same data dir: what was stored is still there
+        store.start()  # the same data dir: what was stored is still there
     placed += await produce_values(kafka3.bootstrap, topic, lines(1000, seed=33))
-    await assert_ledger(kafka3.bootstrap, opensearch.url, env, placed, expected_dead=0)
+    await assert_ledger(kafka3.bootstrap, store.url, env, placed, expected_dead=0)
     assert worker.terminate() == 0
 
 
 @pytest.mark.timeout(900)  # a cluster, OpenSearch and workers on a shared 2-core box
 async def test_a_lone_broker_sigkilled_and_restarted_on_its_log_dir(
-    tmp_path: Path,
-    opensearch: OpenSearchNode,
+    kafka_factory: Callable[..., KafkaNode],
+    store: OpenSearchNode,
     workers: Callable[[dict[str, str]], WorkerProcess],
 ) -> None:
-    empty_store(opensearch.url)
-    node = KafkaNode(data_dir=tmp_path / "kafka", lib=kafka_lib(service_cache()))
-    with node.start():
-        topic, dlq = unique_name("crash"), unique_name("crash-dlq")
-        await create_topics(node.bootstrap, [topic], 3)
-        await create_topics(node.bootstrap, [dlq], 1)
-        env = worker_env(node.bootstrap, topic, dlq, opensearch.url)
-        worker = workers(env)
-        worker.wait_ready(SLOW)
-        placed = await produce_values(node.bootstrap, topic, lines(3000, seed=41) + BAD_LINES)
-        await wait_until(lambda: stored_count(opensearch.url, topic) >= 300, SLOW, "documents")
-        node.kill()  # the whole cluster gone mid-stream, no clean shutdown
-        await asyncio.sleep(KAFKA_MIN_SESSION_S)  # the worker keeps retrying meanwhile
-        node.start()  # same ports, same log dir
-        placed += await produce_values(node.bootstrap, topic, lines(1000, seed=42))
-        await assert_ledger(node.bootstrap, opensearch.url, env, placed, expected_dead=2)
-        assert worker.proc is not None and worker.proc.poll() is None
-        assert worker.terminate() == 0
+    node = kafka_factory()
+    topic, dlq = unique_name("crash"), unique_name("crash-dlq")
+    await create_topics(node.bootstrap, [topic], 3)
+    await create_topics(node.bootstrap, [dlq], 1)
+    env = worker_env(node.bootstrap, topic, dlq, store.url)
+    worker = workers(env)
+    worker.wait_ready(SLOW)
+    placed = await produce_values(node.bootstrap, topic, lines(3000, seed=41) + BAD_LINES)
+    await wait_until(lambda: stored_count(store.url, topic) >= 300, SLOW, "documents")
+    node.kill()  # the whole cluster gone mid-stream, no clean shutdown
+    await asyncio.sleep(KAFKA_MIN_SESSION_S)  # the worker keeps retrying meanwhile
+    node.start()  # same ports, same log dir
+    placed += await produce_values(node.bootstrap, topic, lines(1000, seed=42))
+    await assert_ledger(node.bootstrap, store.url, env, placed, expected_dead=2)
+    assert worker.proc is not None and worker.proc.poll() is None
+    assert worker.terminate() == 0
 
 
 def bulk_hammer(url: str, stop: threading.Event, rejections: list[int]) -> None:
@@ -437,46 +413,41 @@ def request_json_ndjson(url: str, body: str) -> tuple[int, Any]:
 
 @pytest.mark.timeout(900)  # a cluster, OpenSearch and workers on a shared 2-core box
 async def test_real_bulk_rejections_are_retried_until_stored(
-    tmp_path: Path,
+    store_factory: Callable[..., OpenSearchNode],
     kafka3: KafkaCluster,
     workers: Callable[[dict[str, str]], WorkerProcess],
 ) -> None:
-    node = OpenSearchNode(
-        data_dir=tmp_path / "opensearch",
-        lib=opensearch_lib(service_cache()),
-        write_queue_size=1,
-        extra_settings={"thread_pool.write.size": "1"},
-        heap="512m",
+    node = store_factory(
+        write_queue_size=1, extra_settings={"thread_pool.write.size": "1"}, heap="512m"
     )
-    with node.start():
-        topic, dlq = unique_name("busy"), unique_name("busy-dlq")
-        await create_topics(kafka3.bootstrap, [topic], 6, replication_factor=3)
-        await create_topics(kafka3.bootstrap, [dlq], 1, replication_factor=3)
-        env = worker_env(kafka3.bootstrap, topic, dlq, node.url) | {
-            "GRAYSCOPE_BATCH_CONCURRENCY": "4",
-            "GRAYSCOPE_BATCH_SIZE": "100",
-            "GRAYSCOPE_ES_RETRY_INITIAL": "0.05",
-        }
-        stop, rejections = threading.Event(), []
-        hammers = [
-            threading.Thread(target=bulk_hammer, args=(node.url, stop, rejections), daemon=True)
-            for _ in range(3)
-        ]
+    topic, dlq = unique_name("busy"), unique_name("busy-dlq")
+    await create_topics(kafka3.bootstrap, [topic], 6, replication_factor=3)
+    await create_topics(kafka3.bootstrap, [dlq], 1, replication_factor=3)
+    env = worker_env(kafka3.bootstrap, topic, dlq, node.url) | {
+        "GRAYSCOPE_BATCH_CONCURRENCY": "4",
+        "GRAYSCOPE_BATCH_SIZE": "100",
+        "GRAYSCOPE_ES_RETRY_INITIAL": "0.05",
+    }
+    stop, rejections = threading.Event(), []
+    hammers = [
+        threading.Thread(target=bulk_hammer, args=(node.url, stop, rejections), daemon=True)
+        for _ in range(3)
+    ]
+    for hammer in hammers:
+        hammer.start()
+    try:
+        worker = workers(env)
+        worker.wait_ready(SLOW)
+        placed = await produce_values(kafka3.bootstrap, topic, lines(4000, seed=51))
+        await assert_ledger(kafka3.bootstrap, node.url, env, placed, expected_dead=0)
+        retried = worker.metric("grayscope_documents_retried_total") + worker.metric(
+            "grayscope_bulk_retries_total"
+        )
+    finally:
+        stop.set()
         for hammer in hammers:
-            hammer.start()
-        try:
-            worker = workers(env)
-            worker.wait_ready(SLOW)
-            placed = await produce_values(kafka3.bootstrap, topic, lines(4000, seed=51))
-            await assert_ledger(kafka3.bootstrap, node.url, env, placed, expected_dead=0)
-            retried = worker.metric("grayscope_documents_retried_total") + worker.metric(
-                "grayscope_bulk_retries_total"
-            )
-        finally:
-            stop.set()
-            for hammer in hammers:
-                hammer.join(35)
-        assert rejections, "the node never rejected a bulk: the fault was not provoked"
-        assert retried > 0, "the worker never met a rejection"
-        assert worker.metric("grayscope_dead_lettered_total") == 0
-        assert worker.terminate() == 0
+            hammer.join(35)
+    assert rejections, "the node never rejected a bulk: the fault was not provoked"
+    assert retried > 0, "the worker never met a rejection"
+    assert worker.metric("grayscope_dead_lettered_total") == 0
+    assert worker.terminate() == 0

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.dev.stack.kafka import KafkaNode, kafka_lib, read_topic
-from pipeline.embedded.store import EmbeddedStore
+from pipeline.dev.stack.opensearch import OpenSearchNode
 from tests.integration.conftest import unique_name
 from tests.integration.secure_kafka import MECHANISM, make_ca, make_certificates, secure_node
 from tests.integration.test_faults_real import (
@@ -99,7 +99,7 @@ def workers(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], WorkerProcess
 
 async def test_setup_produce_and_worker_connect_with_scram_over_tls(
     secure_kafka: SecureKafka,
-    store: EmbeddedStore,
+    store: OpenSearchNode,
     workers: Callable[[dict[str, str]], WorkerProcess],
 ) -> None:
     topic, dlq = unique_name("secure"), unique_name("secure-dlq")
