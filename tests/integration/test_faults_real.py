@@ -274,6 +274,9 @@ async def test_setup_takes_the_clusters_replication_and_a_killed_broker_loses_no
 
     worker = workers(env)
     worker.wait_ready(SLOW)
+    # Topics the worker declares itself are replicated as the cluster says, not Faust's 1.
+    changelog = f"{env['GRAYSCOPE_CONSUMER_GROUP']}-canary-by-stage-changelog"
+    assert set(await replica_counts(kafka3.bootstrap, changelog)) == {3}
     placed = await produce_values(kafka3.bootstrap, topic, lines(1500, seed=3) + BAD_LINES)
     await wait_until(lambda: stored_count(store.url, topic) >= 300, SLOW, "first documents")
 
