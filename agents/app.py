@@ -30,7 +30,7 @@ from pipeline.kafka_options import faust_broker_settings
 log = logging.getLogger(__name__)
 
 
-def faust_settings(settings: Settings) -> dict[str, Any]:
+def faust_settings(settings: Settings, topic_replicas: int | None = None) -> dict[str, Any]:
     conf: dict[str, Any] = {
         **faust_broker_settings(settings.kafka),
         "value_serializer": "raw",
@@ -53,6 +53,10 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "topic_allow_declare": True,
         "topic_disable_leader": True,
     }
+    if topic_replicas is not None:
+        # Topics the worker declares (changelogs, verdicts, dead letters) as replicated
+        # as the cluster's default, not Faust's 1.
+        conf["topic_replication_factor"] = topic_replicas
     return conf
 
 
@@ -117,8 +121,10 @@ class GrayscopeApp(BatchPathApp, faust.App):
         await super().on_stop()
 
 
-def create_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
-    app = GrayscopeApp(settings.consumer_group, **faust_settings(settings))
+def create_app(
+    settings: Settings, runtime: Runtime | None = None, topic_replicas: int | None = None
+) -> faust.App:
+    app = GrayscopeApp(settings.consumer_group, **faust_settings(settings, topic_replicas))
     runtime = runtime or Runtime(settings)
     app.grayscope_runtime = runtime
     app.batch_path = settings.consumer_mode is ConsumerMode.BATCH

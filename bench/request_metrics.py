@@ -23,7 +23,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import Settings
+from pipeline.config import Settings, enrich_context
 from pipeline.core.process import process_batch
 from pipeline.dev.synth import PATH_RULES, generate
 from pipeline.geoip import GeoIPResolver

@@ -15,6 +15,7 @@ built; no message produced here contains it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,8 @@ from pydantic import SecretStr
 
 from pipeline.config import KafkaSettings
 from pipeline.errors import ConfigError, GrayscopeError
+
+log = logging.getLogger(__name__)
 
 SASL_SETTINGS = "GRAYSCOPE_KAFKA_SASL_USERNAME / GRAYSCOPE_KAFKA_SASL_PASSWORD"
 CA_SETTING = "GRAYSCOPE_KAFKA_SSL_CA_FILE"
@@ -224,3 +227,24 @@ def raise_topic_errors(response: Any) -> None:
         failures.append(f"{topic}: {for_code(code).__name__} {message or ''}".strip())
     if failures:
         raise GrayscopeError("cannot create topics: " + "; ".join(failures))
+
+
+async def topic_replicas(kafka: KafkaSettings) -> int | None:
+    """The replication factor for topics the worker declares itself (changelogs, dead letters).
+
+    The configured one, else the cluster's default; None when Kafka cannot tell
+    now (unreachable, or DescribeConfigs not allowed): Faust's own default then.
+    """
+    if kafka.topic_replication_factor > 0:
+        return kafka.topic_replication_factor
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**client_options(kafka), request_timeout_ms=10_000)
+    try:
+        await admin.start()
+        return await replication_factor(admin, kafka)
+    except Exception as exc:  # unreachable or not allowed: not fatal for the worker
+        log.warning("cannot read the cluster's default.replication.factor: %s", exc)
+        return None
+    finally:
+        await admin.close()

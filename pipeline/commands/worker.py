@@ -11,7 +11,7 @@ import faust
 from agents.app import create_app
 from agents.runtime import Runtime
 from pipeline.config import Settings
-from pipeline.kafka_options import check_login
+from pipeline.kafka_options import check_login, topic_replicas
 from pipeline.logs import logging_config
 
 # A batch allocates a few hundred thousand short-lived objects; with CPython's
@@ -25,7 +25,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     runtime = Runtime(settings)  # fails fast on bad GeoIP paths etc., before Faust starts
     # A refused login or certificate is a configuration error: say which setting, exit.
     asyncio.run(check_login(settings.kafka))
-    app = create_app(settings, runtime)
+    app = create_app(settings, runtime, topic_replicas=asyncio.run(topic_replicas(settings.kafka)))
     worker = faust.Worker(
         app,
         loglevel=settings.log_level,

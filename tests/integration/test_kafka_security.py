@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.dev.embedded.store import EmbeddedStore
 from pipeline.dev.stack.kafka import KafkaNode, kafka_lib, read_topic
+from pipeline.dev.stack.opensearch import OpenSearchNode
 from tests.integration.conftest import unique_name
 from tests.integration.secure_kafka import MECHANISM, make_ca, make_certificates, secure_node
-from tests.integration.test_worker import (
-    assert_nothing_committed_past,
-    store_count,
-    store_ids,
-    wait_until,
+from tests.integration.test_faults_real import (
+    assert_committed_within,
+    committed_offsets,
+    coordinates,
 )
+from tests.integration.test_worker import store_count, store_ids, wait_until
 from tests.integration.worker_proc import WorkerProcess
 
 USER = "grayscope-worker"
@@ -99,7 +99,7 @@ def workers(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], WorkerProcess
 
 async def test_setup_produce_and_worker_connect_with_scram_over_tls(
     secure_kafka: SecureKafka,
-    store: EmbeddedStore,
+    store: OpenSearchNode,
     workers: Callable[[dict[str, str]], WorkerProcess],
 ) -> None:
     topic, dlq = unique_name("secure"), unique_name("secure-dlq")
@@ -131,9 +131,10 @@ async def test_setup_produce_and_worker_connect_with_scram_over_tls(
     await wait_until(lambda: store_count(store) >= len(expected), 90, "every document")
     assert store_ids(store) == expected
     assert worker.terminate() == 0
-    await assert_nothing_committed_past(
-        secure_kafka.node.bootstrap, worker_env, topic, store_ids(store)
-    )
+    group = worker_env["GRAYSCOPE_CONSUMER_GROUP"]
+    committed = await committed_offsets(secure_kafka.node.bootstrap, group, topic)
+    assert sum(committed.values()) == len(expected)  # committed to the end, and no further
+    assert_committed_within(committed, {coordinates(i) for i in expected})
     assert_no_secret(worker.log_path.read_text(errors="replace"))
 
 

@@ -20,6 +20,7 @@ from pipeline.kafka_options import (
     raise_topic_errors,
     replication_factor,
     security,
+    topic_replicas,
 )
 
 SECRET = "s3cr3t-Pa55"
@@ -169,3 +170,10 @@ def test_topic_errors_name_the_topic_and_ignore_existing() -> None:
     raise_topic_errors(CreateResponse([("a", 0, None), ("b", 36, "exists")]))
     with pytest.raises(GrayscopeError, match="c: InvalidReplicationFactorError"):
         raise_topic_errors(CreateResponse([("a", 0, None), ("c", 38, "only 1 broker")]))
+
+
+def test_worker_declares_topics_with_the_resolved_factor() -> None:
+    settings = load_settings(kafka_topic_replication_factor=3)
+    assert asyncio.run(topic_replicas(settings.kafka)) == 3  # configured: no question to Kafka
+    assert faust_settings(settings, 3)["topic_replication_factor"] == 3
+    assert "topic_replication_factor" not in faust_settings(settings)  # unknown: Faust's
