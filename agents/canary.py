@@ -199,9 +199,11 @@ class CanaryAnalysis:
 
     def _apply_rollback(self, data: dict[str, Any]) -> None:
         path_group = str(data.get("path_group") or "")
-        state = self._state(path_group)
-        if not path_group or state is None:
+        if not path_group:
             return
+        # Decided on windows not folded yet, the state may not exist: it starts rolled back.
+        state = self._state(path_group) or GroupState(path_group)
+        state.last_canary_at = max(state.last_canary_at, time.time())  # a live rollout
         state.rolled_back = True
         state.rollback_reasons = tuple(str(r) for r in data.get("reasons") or ())
         self.evidence[path_group] = state.to_json()
