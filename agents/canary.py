@@ -131,6 +131,7 @@ class CanaryAnalysis:
             help="canary rollout state per path group (evidence, cumulative counts)",
         )
         self._fold_checked: dict[str, int] = {}  # path group -> last window checked
+        self._watermark: dict[str, int] = {}  # path group -> newest window start seen
         self.judged_states: dict[str, GroupState] = {}  # what the last verdicts saw
         self.timeline: dict[str, list[tuple[float, str]]] = {}  # decision changes, per group
         self._sticky: dict[str, tuple[str, ...]] = {}  # rollbacks not yet in the table
@@ -198,23 +199,33 @@ class CanaryAnalysis:
 
     def _apply_rollback(self, data: dict[str, Any]) -> None:
         path_group = str(data.get("path_group") or "")
-        state = self._state(path_group)
-        if not path_group or state is None:
+        if not path_group:
             return
+        # Decided on windows not folded yet, the state may not exist: it starts rolled back.
+        state = self._state(path_group) or GroupState(path_group)
+        state.last_canary_at = max(state.last_canary_at, time.time())  # a live rollout
         state.rolled_back = True
         state.rollback_reasons = tuple(str(r) for r in data.get("reasons") or ())
         self.evidence[path_group] = state.to_json()
         self._sticky.pop(path_group, None)
 
     def _fold(self, path_group: str, window_start: int, now: float) -> None:
-        """Fold the group's windows that ended over a window ago into its state: later
-        aggregates for them are unlikely (and late then, not counted in the evidence).
+        """Fold the group's finished windows into its state.
 
-        Once per foldable window, unless an aggregate for a foldable window arrives."""
+        A window is finished once a newer window of the group has data (event
+        time: with consumer lag a window can end on the wall clock long before
+        its requests arrive) and it ended over a window ago; windows about to
+        expire are folded whatever arrived. Requests of a folded window that
+        arrive later still count in the window tables, not in the evidence.
+        Checked once per newly foldable window.
+        """
         config = self.config
         size = config.window_seconds
-        up_to = now - size
-        target = int(up_to // size) * size
+        watermark = max(self._watermark.get(path_group, window_start), window_start)
+        self._watermark[path_group] = watermark
+        expiring = now - config.expires_seconds + 2 * size
+        up_to = max(min(now - size, float(watermark)), expiring)  # windows ending by then
+        target = int((up_to - size) // size) * size  # the last window start that does
         if self._fold_checked.get(path_group) == target and window_start > target:
             return
         self._fold_checked[path_group] = target

@@ -545,8 +545,16 @@ def lens_canary_verdicts(vis_id: str) -> dict[str, Any]:
         layer.last_value("verdict.canary.requests", "Canary requests", number=_NUMBER0),
         layer.last_value("verdict.canary.error_rate", "Canary 5xx", number=PERCENT),
         layer.last_value("verdict.stable.error_rate", "Stable 5xx", number=PERCENT),
-        layer.last_value("verdict.p_value", "p (one-sided)", number=_NUMBER4),
-        layer.last_value("verdict.latency.p95_delta_ms", "p95 delta (ms)", number=_MS),
+        layer.last_value("verdict.rule", "Rule"),
+        layer.last_value("verdict.evidence.rollout_e_value", "Rollout evidence", number=_NUMBER4),
+        layer.last_value("verdict.evidence.threshold", "1/alpha", number=_NUMBER0),
+        layer.last_value("verdict.effect.rate_ratio", "5xx rate ratio", number=_NUMBER4),
+        layer.last_value("verdict.effect.rate_ratio_upper", "ratio upper", number=_NUMBER4),
+        layer.last_value("verdict.effect.p95_delta_ms", "p95 delta (ms)", number=_MS),
+        layer.last_value("verdict.effect.p95_delta_upper_ms", "p95 delta upper", number=_MS),
+        layer.last_value(
+            "verdict.rollout.more_canary_requests", "More canary requests", number=_NUMBER0
+        ),
         layer.last_value("verdict.reasons", "Reasons", arrays=True),
     ]
     state = {

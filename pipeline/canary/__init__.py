@@ -1,8 +1,10 @@
 """Canary analysis: live canary-vs-stable health per path group and a statistical verdict.
 
 Pure core (no Kafka, Faust or HTTP here except ``client``, the reader of a
-worker's ``/canary``): latency histograms, the two-proportion Z-test,
-window placement, the decision rules, record types and the text table. The
+worker's ``/canary``): latency histograms, the anytime-valid statistics
+(``evidence``), the rollout engine (``engine``), window placement, the
+verdicts, record types, the text table and the HTML report; the
+two-proportion Z-test describes a window (and is the simulator's baseline). The
 Faust tables, agent and timer live in ``agents/canary.py``.
 """
 

@@ -512,7 +512,7 @@ def simulate(
             "ab_median_delay_ratio": _finite(float(np.median(ratios))) if ratios else None,
             "ab_by_scenario": per_scenario,
         }
-    result["_settings"] = {
+    settings = {
         "alpha": alpha,
         "seed": seed,
         "groups": GROUPS,
@@ -520,6 +520,8 @@ def simulate(
         "ab_rollouts_per_scenario": ab_count,
         "canary_shares": list(SHARES),
     }
+    for name in ENGINES:  # every top-level key is an engine (DESIGN: "per engine")
+        result[name]["settings"] = settings
     return result
 
 

@@ -41,9 +41,11 @@ async def test_rollback_is_folded_sticky_and_recovered(
     )
     now = time.time()
     bad = []
-    for ago in (5, 4, 3):  # three complete windows, over a second old: folded on arrival
+    for ago in (5, 4, 3):  # three complete windows, folded once a newer one has data
         bad += requests("/pay", "canary", 100, errors=20, at=now - ago, version="v2")
         bad += requests("/pay", "stable", 400, errors=4, at=now - ago)
+    bad += requests("/pay", "canary", 100, errors=20, at=now - 2, version="v2")  # the newer one
+    bad += requests("/pay", "stable", 400, errors=4, at=now - 2)
 
     async with canary_app(bootstrap, app_id, settings, faust_settings, tmp_path) as (
         canary,

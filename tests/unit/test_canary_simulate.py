@@ -80,7 +80,7 @@ def test_kayenta_flags_a_clear_shift_and_passes_identical_series() -> None:
 
 def test_simulate_reports_every_engine_with_the_design_keys() -> None:
     result = simulate.simulate(rollouts=8, seed=3, ab_rollouts=4)
-    assert set(simulate.ENGINES) <= set(result)
+    assert set(result) == set(simulate.ENGINES)
     for name in simulate.ENGINES:
         figures = result[name]
         assert set(figures) >= KEYS

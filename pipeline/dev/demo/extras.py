@@ -50,8 +50,8 @@ def extra_sections(context: DemoContext) -> list[Section]:
         return []
     verdicts = _wait_for_verdicts(context)
     title = (
-        "Canary verdicts (worker /canary, `grayscope canary status`: one-sided two-proportion "
-        "Z-test on the 5xx rate, p95 latency delta, latest complete window per path group)"
+        "Canary verdicts (worker /canary, `grayscope canary status`: anytime-valid evidence "
+        "of the whole rollout against 1/alpha; counts, z and p of the latest complete window)"
     )
     return [Section(title, format_verdicts(verdicts).rstrip("\n").splitlines())]
 
