@@ -84,29 +84,27 @@ def parse_envoy(obj: dict[str, Any], shape: EnvoyShape | None = None) -> AccessR
     request_id = text(obj.get("request_id"))
     cluster = text(obj.get("upstream_cluster"))
     headers: dict[str, str] = {}
-    # Positional, in RECORD_FIELDS order (see pipeline.core.formats.values).
     rec = AccessRecord(
-        "envoy.access",
-        timestamp_ns,
-        text(obj.get("method")),
-        text(obj.get("path")),
-        text(obj.get("protocol")),
-        integer(obj.get("response_code"), "response_code") or None,
-        integer(obj.get("bytes_sent"), "bytes_sent"),
-        integer(obj.get("bytes_received"), "bytes_received"),
-        millis_to_ns(obj.get("duration")),
-        millis_to_ns(obj.get("upstream_service_time")),
-        peer_ip(peer) if peer else None,
-        text(obj.get("x_forwarded_for")),
-        text(obj.get("user_agent")),
+        dataset="envoy.access",
+        timestamp_ns=timestamp_ns,
+        method=text(obj.get("method")),
+        uri=text(obj.get("path")),
+        protocol=text(obj.get("protocol")),
+        status=integer(obj.get("response_code"), "response_code") or None,
+        bytes_sent=integer(obj.get("bytes_sent"), "bytes_sent"),
+        bytes_received=integer(obj.get("bytes_received"), "bytes_received"),
+        duration_ns=millis_to_ns(obj.get("duration")),
+        upstream_duration_ns=millis_to_ns(obj.get("upstream_service_time")),
+        peer_addr=peer_ip(peer) if peer else None,
+        forwarded_for=text(obj.get("x_forwarded_for")),
+        user_agent=text(obj.get("user_agent")),
         # A "-" in the first key must not hide a value in the second.
-        request_id or text(obj.get("x_request_id")),
-        text(obj.get("authority")),
-        cluster or text(obj.get("cluster")),
-        text(obj.get("upstream_host")),
-        text(obj.get("trace_id")),
-        None,
-        headers,
+        request_id=request_id or text(obj.get("x_request_id")),
+        authority=text(obj.get("authority")),
+        upstream_cluster=cluster or text(obj.get("cluster")),
+        upstream_host=text(obj.get("upstream_host")),
+        trace_id=text(obj.get("trace_id")),
+        headers=headers,
     )
     for key, name in shape.headers:
         header = text(obj[key])

@@ -82,25 +82,22 @@ def parse_envoy_text(line: str) -> AccessRecord:
         method, uri, protocol = text(parts[0]), text(parts[1]), text(parts[2])
     else:
         method, uri, protocol = split_request(request)
-    # Positional, in RECORD_FIELDS order (see pipeline.core.formats.values).
     rec = AccessRecord(
-        "envoy.access",
-        timestamp_to_ns(start_time),
-        method,
-        uri,
-        protocol,
-        integer(status, "response_code") or None,
-        integer(bytes_sent, "bytes_sent"),
-        integer(bytes_received, "bytes_received"),
-        millis_to_ns(duration),
-        millis_to_ns(upstream_time),
-        None,
-        text(forwarded_for),
-        text(user_agent),
-        text(request_id),
-        text(authority),
-        None,
-        text(upstream_host),
+        dataset="envoy.access",
+        timestamp_ns=timestamp_to_ns(start_time),
+        method=method,
+        uri=uri,
+        protocol=protocol,
+        status=integer(status, "response_code") or None,
+        bytes_sent=integer(bytes_sent, "bytes_sent"),
+        bytes_received=integer(bytes_received, "bytes_received"),
+        duration_ns=millis_to_ns(duration),
+        upstream_duration_ns=millis_to_ns(upstream_time),
+        forwarded_for=text(forwarded_for),
+        user_agent=text(user_agent),
+        request_id=text(request_id),
+        authority=text(authority),
+        upstream_host=text(upstream_host),
     )
     tail = line[headers.end() :]
     if tail and not tail.isspace():

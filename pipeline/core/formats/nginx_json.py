@@ -108,28 +108,25 @@ def parse_nginx_json(obj: dict[str, Any], shape: NginxShape | None = None) -> Ac
         header = text(obj[key])
         if header is not None:
             headers[name] = header
-    # Positional, in RECORD_FIELDS order (see pipeline.core.formats.values).
     rec = AccessRecord(
-        "nginx.access",
-        start_from_end(end_ns, duration_ns),
-        method,
-        uri,
-        protocol,
-        integer(obj.get("status"), "status") or None,
-        integer(obj.get("body_bytes_sent"), "body_bytes_sent"),
-        integer(obj.get("request_length"), "request_length"),
-        duration_ns,
-        upstream_seconds_to_ns(obj.get("upstream_response_time")),
-        peer_ip(peer) if peer is not None else None,
-        headers.get("x-forwarded-for"),
-        headers.get("user-agent"),
-        (text(obj.get("request_id"))) or headers.get("x-request-id"),
-        headers.get("host") or text(obj.get("host")) or text(obj.get("server_name")),
-        None,
-        text(obj.get("upstream_addr")),
-        text(obj.get("trace_id")) or text(obj.get("opentelemetry_trace_id")),
-        None,
-        headers,
+        dataset="nginx.access",
+        timestamp_ns=start_from_end(end_ns, duration_ns),
+        method=method,
+        uri=uri,
+        protocol=protocol,
+        status=integer(obj.get("status"), "status") or None,
+        bytes_sent=integer(obj.get("body_bytes_sent"), "body_bytes_sent"),
+        bytes_received=integer(obj.get("request_length"), "request_length"),
+        duration_ns=duration_ns,
+        upstream_duration_ns=upstream_seconds_to_ns(obj.get("upstream_response_time")),
+        peer_addr=peer_ip(peer) if peer is not None else None,
+        forwarded_for=headers.get("x-forwarded-for"),
+        user_agent=headers.get("user-agent"),
+        request_id=(text(obj.get("request_id"))) or headers.get("x-request-id"),
+        authority=headers.get("host") or text(obj.get("host")) or text(obj.get("server_name")),
+        upstream_host=text(obj.get("upstream_addr")),
+        trace_id=text(obj.get("trace_id")) or text(obj.get("opentelemetry_trace_id")),
+        headers=headers,
     )
     if shape.cookies or "cookie" in headers:
         cookies: dict[str, str] = {}

@@ -172,21 +172,15 @@ def parse_nginx_text(line: str) -> AccessRecord:
         )
     method, uri, protocol = split_request(unescape(request) if "\\" in request else request)
     duration_ns = seconds_to_ns(request_time) if request_time is not None else None
-    # Positional, in RECORD_FIELDS order (see pipeline.core.formats.values).
     rec = AccessRecord(
-        "nginx.access",
-        None,
-        method,
-        uri,
-        protocol,
-        integer(status, "status") or None,
-        integer(body_bytes, "body_bytes_sent"),
-        None,
-        duration_ns,
-        None,
-        None,
-        None,
-        None if ua is None else text(unescape(ua) if "\\" in ua else ua),
+        dataset="nginx.access",
+        method=method,
+        uri=uri,
+        protocol=protocol,
+        status=integer(status, "status") or None,
+        bytes_sent=integer(body_bytes, "body_bytes_sent"),
+        duration_ns=duration_ns,
+        user_agent=None if ua is None else text(unescape(ua) if "\\" in ua else ua),
     )
     if " " in remote or "," in remote or '"' in remote:
         _read_head(rec, remote)
