@@ -27,13 +27,13 @@ from pipeline.config import load_settings
 from pipeline.core.enrich import EnrichContext
 from pipeline.core.otlp import encode_request_span
 from pipeline.core.process import Enriched, process
-from pipeline.core.span import build_span
 from pipeline.dev.stack.jaeger import JaegerQuery, JaegerServer
 from pipeline.geoip import GeoIPResolver
 from pipeline.sinks.otlp.exporter import OtlpExporter
 from tests.geoip_data import EXPECTED_GEO, write_test_dbs
 from tests.integration.conftest import unique_name
 from tests.integration.worker_proc import WorkerProcess
+from tests.oracles.otlp_reference import build_span
 
 pytestmark = pytest.mark.integration
 
