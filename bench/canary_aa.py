@@ -1,6 +1,6 @@
 """The live worker's canary decisions, replayed without a broker (issue 17, item 7).
 
-Synthetic traffic (``pipeline.synth``, the demo's seven path groups) goes
+Synthetic traffic (``pipeline.dev.synth``, the demo's seven path groups) goes
 through the real enrichment (``pipeline.core.process_batch``), the batch
 handler's hook (``canary.observer.aggregate``) and, on a simulated clock, the
 worker's decision path exactly as ``agents/canary.py`` runs it: windows are
@@ -31,9 +31,9 @@ from pipeline.canary.observer import aggregate, observed
 from pipeline.canary.records import Decision, WindowCounts
 from pipeline.canary.verdict import evaluate
 from pipeline.config import Settings
-from pipeline.core import Enriched, process_batch
-from pipeline.enrich import EnrichContext
-from pipeline.synth import DEFAULT_START_NS, PATH_RULES, Regression, generate, synthetic_clock
+from pipeline.core.process import Enriched, process_batch
+from pipeline.core.enrich import EnrichContext
+from pipeline.dev.synth import DEFAULT_START_NS, PATH_RULES, Regression, generate, synthetic_clock
 
 NS = 1_000_000_000
 LAG_S = 1.0  # aggregates reach the tables about a flush interval after the request
@@ -51,7 +51,7 @@ def replay(
     config: VerdictConfig,
 ) -> dict[str, Any]:
     settings = Settings(path_rules=orjson.dumps(list(PATH_RULES)).decode())
-    ctx = EnrichContext.from_settings(settings, None)
+    ctx = enrich_context(settings, None)
     events = generate(
         int(seconds * rate),
         seed,

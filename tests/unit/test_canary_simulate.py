@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.canary import engine, evidence, simulate
 from pipeline.canary.engine import GroupState
-from pipeline.canary_cli import run_canary_simulate
+from pipeline.commands.canary import run_canary_simulate
 from pipeline.config import Settings
 
 KEYS = {
