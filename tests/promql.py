@@ -14,6 +14,7 @@ from typing import NamedTuple
 import pytest
 import yaml
 
+from agents.batching import consumer_lag
 from agents.handler import BatchStats
 from pipeline.canary.counters import CanaryStats
 from pipeline.geoip import GeoIPStats
@@ -49,8 +50,10 @@ def exported_metric_names() -> set[str]:
         geoip=SimpleNamespace(stats=GeoIPStats()),
         canary_observer=SimpleNamespace(stats=CanaryStats()),
         request_metrics=RequestMetrics(),
-        app=SimpleNamespace(_consumer=_Consumer(), tables=None),
     )
+    # The worker's runtime reads the lag through the batching fence (agents/batching.py).
+    app = SimpleNamespace(_consumer=_Consumer(), tables=None)
+    runtime.consumer_lag = lambda: consumer_lag(app)
     telemetry = Telemetry(runtime)
     # A new stats source in Telemetry.sources() must be wired in above too.
     assert len(list(telemetry.sources())) == 6
