@@ -47,8 +47,6 @@ clean-native:
 
 install: $(STAMP) native
 
-# ruff, mypy and the architecture contract (who may import whom: tests/unit/test_architecture.py).
-
 # Debian packages the tests run (deploy/debian-packages.txt: promtool, Prometheus,
 # Alertmanager, ...): the missing ones are installed (as root, or through sudo).
 DEBIAN_PACKAGES := $(shell sed -e 's/\#.*//' deploy/debian-packages.txt)
@@ -62,6 +60,7 @@ debian-packages:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
 	fi
 
+# ruff, mypy and the architecture contract (who may import whom: tests/unit/test_architecture.py).
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline agents schemas tests bench
 	$(BIN)/mypy
@@ -73,11 +72,12 @@ unit: install debian-packages
 # The real services the integration tier starts as plain processes (Apache Kafka,
 # OpenSearch, Jaeger; pipeline/dev/stack): jars resolved with Maven into
 # $${XDG_CACHE_HOME:-~/.cache}/grayscope (and ~/.m2), Jaeger built there with Go
-# (minutes the first time). A no-op when warm.
-services: $(STAMP)
+# (minutes the first time); Prometheus and Alertmanager come from Debian's packages.
+# A no-op when warm.
+services: $(STAMP) debian-packages
 	$(BIN)/grayscope stack fetch
 
-integration: install services debian-packages
+integration: install services
 	$(BIN)/python -m pytest tests/integration -q
 
 # Only the Jaeger build of `make services` (minutes the first time, then nothing).
@@ -86,7 +86,7 @@ jaeger: $(STAMP)
 
 # Everything against the compiled core, then the unit tests against the plain
 # Python one (the same results either way; tests/pure.py).
-test: install lint services debian-packages
+test: install lint services
 	$(BIN)/python -m pytest tests -q
 	$(BIN)/python -m pytest -p tests.pure tests/unit -q
 
