@@ -21,7 +21,7 @@ from agents.batching import BatchPump, consumer_lag
 from agents.handler import BatchHandler, InputMessage
 from pipeline.canary.observer import CanaryObserver
 from pipeline.config import Settings, enrich_context
-from pipeline.errors import DeadLetterError, StoreRejected, StoreUnavailable
+from pipeline.errors import DeadLetterError, SinkError
 from pipeline.geoip import GeoIPResolver
 from pipeline.metrics.requests import RequestMetrics
 from pipeline.native import NATIVE_MODULES, loaded_native
@@ -219,12 +219,12 @@ class Runtime:
                 if self.settings.es_install_templates:
                     await self.es_service.install_templates()
                 return
-            except StoreUnavailable as exc:
+            except SinkError as exc:
+                if not exc.retriable:
+                    raise
                 log.warning("document store unreachable at startup (%s); retrying", exc)
                 await backoff.wait(attempt)
                 attempt += 1
-            except StoreRejected:
-                raise
 
     def consumer_lag(self) -> dict[tuple[str, int], int] | None:
         """(topic, partition) -> messages not yet committed, for ``/metrics``."""

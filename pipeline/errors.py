@@ -20,8 +20,8 @@
     │   └── KibanaImportError        Kibana unreachable or refused the import
     ├── ServiceError                 a local service (dev tooling: grayscope stack, the
     │   │                            embedded stand-ins) could not be fetched, started, reached
-    │   └── EmbeddedServiceError     an embedded stand-in could not be started
-    │       └── StoreHTTPError       the embedded store answered an error status
+    │   ├── EmbeddedServiceError     an embedded stand-in could not be started
+    │   └── StoreHTTPError           a local store answered a helper request with an error
     └── ShutdownInterrupted          a batch abandoned at shutdown; offsets stay uncommitted
 
 ``retriable`` is what callers decide on: the store sink, the dead-letter sink,
@@ -135,8 +135,9 @@ class EmbeddedServiceError(ServiceError):
     """An embedded stand-in could not be started (binary missing, crashed, not ready)."""
 
 
-class StoreHTTPError(EmbeddedServiceError):
-    """The embedded store answered a helper request with an error status."""
+class StoreHTTPError(ServiceError):
+    """A local store (the dev stack's OpenSearch, the embedded stand-in) answered a
+    helper request with an error status (status and decoded body attached)."""
 
     def __init__(self, message: str, status: int, body: Any) -> None:
         super().__init__(message)

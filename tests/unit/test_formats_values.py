@@ -21,7 +21,6 @@ from pipeline.core.formats.values import (
     remember,
     seconds_to_ns,
     start_from_end,
-    strip_port,
     text,
     timestamp_to_ns,
     upstream_seconds_to_ns,
@@ -299,14 +298,6 @@ def test_canonical_ip_agrees_with_ipaddress(address: str) -> None:
 )
 def test_peer_ip(address: str, expected: str | None) -> None:
     assert peer_ip(address) == expected
-
-
-def test_strip_port() -> None:
-    assert strip_port("10.4.0.1:33000") == "10.4.0.1"
-    assert strip_port("[::1]:80") == "::1"
-    assert strip_port("::1") == "::1"
-    assert strip_port("") is None
-    assert strip_port(None) is None
 
 
 def test_remember_starts_over_when_full() -> None:

@@ -403,16 +403,3 @@ def _canonical_ip(entry: str) -> str | None:
 
 
 _V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
-
-
-def strip_port(address: str | None) -> str | None:
-    """``10.4.0.1:33000`` -> ``10.4.0.1``; ``[::1]:80`` -> ``::1``; bare IPv6 kept."""
-    if not address:
-        return None
-    address = address.strip()
-    if address.startswith("["):
-        end = address.find("]")
-        return address[1:end] if end > 0 else None
-    if address.count(":") == 1:
-        return address.split(":", 1)[0] or None
-    return address or None

@@ -37,7 +37,7 @@ from typing import Any, Final
 
 from pipeline.dev.stack.fetch import java_binary, pom_property, resolve_jars
 from pipeline.dev.stack.process import LOOPBACK, ManagedProcess, free_port
-from pipeline.errors import ServiceError
+from pipeline.errors import ServiceError, StoreHTTPError
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +99,6 @@ SLIM_MODULES: Final = (
     "org.opensearch.geo.GeoModulePlugin",
 )
 
-
-class StoreHTTPError(ServiceError):
-    """A request to the node answered >= 400 (status and decoded body attached)."""
-
-    def __init__(self, message: str, status: int, body: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = body
 
 
 class OpenSearchNode:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pipeline.core.bulk import MODES, BulkItem, build_bulk_body, build_item
-from pipeline.errors import StoreRejected, StoreUnavailable
+from pipeline.errors import SinkError, StoreRejected
 from pipeline.retry import Backoff
 from pipeline.sinks.elasticsearch.classify import (
     RequestOutcome,
@@ -140,8 +140,11 @@ class ElasticsearchSink:
             started = self._clock()
             try:
                 status, response = await self.service.bulk(build_bulk_body(batch))
-            except StoreUnavailable as exc:
+            except SinkError as exc:
                 self._observe(started)
+                if not exc.retriable:  # refused for good (auth, bad request): the caller stops
+                    stats.bulk_requests_total["fatal"] += 1
+                    raise
                 stats.bulk_requests_total["unavailable"] += 1
                 self._down.warn(
                     "Elasticsearch unavailable, retrying until it is back: %s",
@@ -151,10 +154,6 @@ class ElasticsearchSink:
                 await self._backoff(attempt, len(batch))
                 attempt += 1
                 continue
-            except StoreRejected:
-                self._observe(started)
-                stats.bulk_requests_total["fatal"] += 1
-                raise
             self._observe(started)
             self._down.clear("Elasticsearch is back after %.0f s (%d failed attempts)")
 
