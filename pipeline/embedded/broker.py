@@ -35,7 +35,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
-from pipeline.embedded.ports import (
+from pipeline.dev.embedded.ports import (
     LOOPBACK,
     ChildProcess,
     EmbeddedService,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import unquote
 
-from pipeline.formats.values import MAX_QUERY_ARGS
+from pipeline.core.formats.values import MAX_QUERY_ARGS
 
 
 def split_target(uri: str) -> tuple[str, str | None]:

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import re
 
-from pipeline.formats.nginx_text import split_request
-from pipeline.formats.values import (
+from pipeline.core.formats.nginx_text import split_request
+from pipeline.core.formats.values import (
     MAX_TAIL_FIELDS,
     integer,
     millis_to_ns,
@@ -32,7 +32,7 @@ from pipeline.formats.values import (
     text,
     timestamp_to_ns,
 )
-from pipeline.model import AccessRecord, Reason, RejectedInput
+from pipeline.core.model import AccessRecord, Reason, RejectedInput
 
 # [%START_TIME%] "request" %RESPONSE_CODE% %RESPONSE_FLAGS% then Istio's middle
 # fields, if any: 1.8+ `%RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS%
@@ -81,7 +81,7 @@ def parse_envoy_text(line: str) -> AccessRecord:
         method, uri, protocol = text(parts[0]), text(parts[1]), text(parts[2])
     else:
         method, uri, protocol = split_request(request)
-    # Positional, in RECORD_FIELDS order (see pipeline.formats.values).
+    # Positional, in RECORD_FIELDS order (see pipeline.core.formats.values).
     rec = AccessRecord(
         "envoy.access",
         timestamp_to_ns(start_time),

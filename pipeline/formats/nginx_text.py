@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 
-from pipeline.formats.values import (
+from pipeline.core.formats.values import (
     MAX_TAIL_FIELDS,
     canonical_ip,
     clf_to_ns,
@@ -34,7 +34,7 @@ from pipeline.formats.values import (
     text,
     upstream_seconds_to_ns,
 )
-from pipeline.model import AccessRecord, Reason, RejectedInput
+from pipeline.core.model import AccessRecord, Reason, RejectedInput
 
 # A quoted field with backslash escapes, as an unrolled loop: the textbook
 # ``"((?:[^"\\]|\\.)*)"`` takes one alternation step per character and made
@@ -171,7 +171,7 @@ def parse_nginx_text(line: str) -> AccessRecord:
         )
     method, uri, protocol = split_request(unescape(request) if "\\" in request else request)
     duration_ns = seconds_to_ns(request_time) if request_time is not None else None
-    # Positional, in RECORD_FIELDS order (see pipeline.formats.values).
+    # Positional, in RECORD_FIELDS order (see pipeline.core.formats.values).
     rec = AccessRecord(
         "nginx.access",
         None,

@@ -31,9 +31,9 @@ import atheris  # type: ignore[import-not-found]  # noqa: E402
 import orjson  # noqa: E402
 
 with atheris.instrument_imports(include=["pipeline"]):
-    from pipeline.core import Enriched, process, process_batch
-    from pipeline.enrich import EnrichContext
-    from pipeline.model import DeadLetter, Reason
+    from pipeline.core.process import Enriched, process, process_batch
+    from pipeline.core.enrich import EnrichContext
+    from pipeline.core.model import DeadLetter, Reason
 
 from tests.unit.conftest import FULL_ASN, FULL_GEO, FakeGeo, mapping_problems  # noqa: E402
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.formats.detect import parse_message
-from pipeline.formats.envoy_text import looks_like_envoy_text, parse_envoy_text
-from pipeline.model import Reason, RejectedInput
+from pipeline.core.formats.detect import parse_message
+from pipeline.core.formats.envoy_text import looks_like_envoy_text, parse_envoy_text
+from pipeline.core.model import Reason, RejectedInput
 from tests.unit.conftest import T0_NS, doc, fixture_lines
 
 START = "[2026-11-20T12:00:00.123Z]"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.formats.nginx_text import parse_nginx_text, split_request
-from pipeline.model import Reason, RejectedInput
+from pipeline.core.formats.nginx_text import parse_nginx_text, split_request
+from pipeline.core.model import Reason, RejectedInput
 from tests.unit.conftest import T0_NS, dead, doc, fixture_lines
 
 TIME = "[20/Nov/2026:12:00:03 +0000]"

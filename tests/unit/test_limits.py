@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from pipeline.formats.values import (
+from pipeline.core.formats.values import (
     MAX_COOKIES,
     MAX_FORWARDED_HOPS,
     MAX_JSON_KEYS,
@@ -14,7 +14,7 @@ from pipeline.formats.values import (
     MAX_QUERY_ARGS,
     MAX_TAIL_FIELDS,
 )
-from pipeline.model import Reason
+from pipeline.core.model import Reason
 from tests.unit.conftest import dead, doc
 
 LINE = '10.0.0.9 - - [20/Nov/2026:12:00:03 +0000] "GET {target} HTTP/1.1" 200 5 "-" "curl"{tail}'

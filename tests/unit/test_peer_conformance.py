@@ -35,11 +35,11 @@ from typing import Any
 
 import pytest
 
-from pipeline.core import Enriched, process
-from pipeline.document import http_version
-from pipeline.enrich import EnrichContext
-from pipeline.formats.nginx_text import split_request
-from pipeline.model import DeadLetter, Reason
+from pipeline.core.process import Enriched, process
+from pipeline.core.document import http_version
+from pipeline.core.enrich import EnrichContext
+from pipeline.core.formats.nginx_text import split_request
+from pipeline.core.model import DeadLetter, Reason
 from tests.unit.conftest import REPO
 
 PEER_CORPORA = REPO.parent / "shared" / "peer-corpora"

@@ -28,11 +28,11 @@ from typing import Any
 
 import pytest
 
-from pipeline.extract import client_ip, gray, path_group, trace, url
-from pipeline.formats import detect, envoy, envoy_text, nginx_json, nginx_text, values
-from pipeline.formats.detect import parse_message
-from pipeline.formats.values import MAX_TAIL_FIELDS
-from pipeline.model import RejectedInput
+from pipeline.core.extract import client_ip, gray, path_group, trace, url
+from pipeline.core.formats import detect, envoy, envoy_text, nginx_json, nginx_text, values
+from pipeline.core.formats.detect import parse_message
+from pipeline.core.formats.values import MAX_TAIL_FIELDS
+from pipeline.core.model import RejectedInput
 
 MODULES: tuple[ModuleType, ...] = (
     values,
