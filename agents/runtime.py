@@ -21,8 +21,8 @@ from aiohttp.web import Response
 from agents.batching import BatchPump
 from pipeline.canary.observer import CanaryObserver
 from pipeline.config import Settings
-from pipeline.delivery import BatchHandler, InputMessage
-from pipeline.enrich import EnrichContext
+from agents.handler import BatchHandler, InputMessage
+from pipeline.core.enrich import EnrichContext
 from pipeline.errors import DeadLetterError, StoreRejected, StoreUnavailable
 from pipeline.geoip import GeoIPResolver
 from pipeline.native import NATIVE_MODULES, loaded_native
@@ -64,7 +64,7 @@ class Runtime:
             if (settings.geoip_city_db or settings.geoip_asn_db)
             else None
         )
-        self.context = EnrichContext.from_settings(settings, self.geoip)
+        self.context = enrich_context(settings, self.geoip)
         self.telemetry = Telemetry(self)
         self.es_service: ElasticsearchService | None = None
         self.store: ElasticsearchSink | None = None

@@ -6,7 +6,7 @@ Elasticsearch API; no Java, start in well under a second), or with
 (Java 17; the first run fetches their jars). Traces go to grayscope's own OTLP
 receiver either way (a stand-in for Jaeger). Results are labelled with what ran.
 
-The worker is ``python -m pipeline.cli worker`` in a child process with its
+The worker is ``python -m pipeline.commands.main worker`` in a child process with its
 settings in ``GRAYSCOPE_*`` variables, exactly as an operator would run it.
 Every child gets its own session (a terminal Ctrl-C reaches only the demo,
 which stops them in order) and dies with the demo if the demo is killed
@@ -33,11 +33,11 @@ from pydantic import SecretStr
 from pipeline.config import Settings, StackSettings
 from pipeline.dev.stack.kafka import KafkaNode, kafka_lib, kafka_version
 from pipeline.dev.stack.opensearch import OpenSearchNode, opensearch_lib, opensearch_version
-from pipeline.embedded.broker import EmbeddedBroker, create_topics
-from pipeline.embedded.otlp_receiver import OtlpReceiver
-from pipeline.embedded.ports import ChildProcess, EmbeddedServiceError, free_port
-from pipeline.embedded.store import EmbeddedStore
-from pipeline.synth import PATH_RULES
+from pipeline.dev.embedded.broker import EmbeddedBroker, create_topics
+from pipeline.dev.embedded.otlp_receiver import OtlpReceiver
+from pipeline.dev.embedded.ports import ChildProcess, EmbeddedServiceError, free_port
+from pipeline.dev.embedded.store import EmbeddedStore
+from pipeline.dev.synth import PATH_RULES
 from pipeline.telemetry import sample_sums
 
 log = logging.getLogger(__name__)
@@ -270,7 +270,7 @@ def start_services(
         real_stack=services.real_stack,
     )
     worker = ChildProcess(
-        [sys.executable, "-m", "pipeline.cli", "worker"],
+        [sys.executable, "-m", "pipeline.commands.main", "worker"],
         log_path=services.worker_log,
         env={**base_env, **env},
     )

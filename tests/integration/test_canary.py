@@ -24,7 +24,7 @@ from pipeline.dev.stack.kafka import topic_partitions
 from pipeline.dev.stack.opensearch import OpenSearchNode
 from pipeline.dev.stack.process import free_port
 from pipeline.errors import ServiceError
-from pipeline.model import AccessRecord, Enrichment
+from pipeline.core.model import AccessRecord, Enrichment
 from pipeline.sinks.elasticsearch.service import ElasticsearchService
 from schemas import VERDICTS_INDEX
 from tests.integration.conftest import ReadRecords, unique_name

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.demo.report import WORSE_MARK
+from pipeline.dev.demo.report import WORSE_MARK
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 
@@ -30,11 +30,11 @@ RUN_TIMEOUT = 400
 
 def demo_argv(*args: str) -> list[str]:
     """The command as users run it once it is wired into the CLI, else its module."""
-    from pipeline.cli import COMMANDS
+    from pipeline.commands.main import COMMANDS
 
     if "demo" in COMMANDS:
-        return [sys.executable, "-m", "pipeline.cli", "demo", *args]
-    return [sys.executable, "-m", "pipeline.demo", *args]
+        return [sys.executable, "-m", "pipeline.commands.main", "demo", *args]
+    return [sys.executable, "-m", "pipeline.dev.demo", *args]
 
 
 def clean_env() -> dict[str, str]:
@@ -191,7 +191,7 @@ def test_short_demo_finds_the_regression_and_the_spans(
     assert "services: Kafka: Apache Kafka" in stdout
     assert "store: OpenSearch" in stdout
     assert "stand-in for Jaeger" in stdout
-    for expected in ("kafka.Kafka", "GrayscopeOpenSearch", "pipeline.cli worker"):
+    for expected in ("kafka.Kafka", "GrayscopeOpenSearch", "pipeline.commands.main worker"):
         assert expected in commands, commands
     assert watcher.leftovers() == []
 

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from pipeline.dev.stack.opensearch import OpenSearchNode
 from pipeline.errors import StoreRejected, StoreUnavailable
-from pipeline.sinks.elasticsearch.request import BulkItem
+from pipeline.core.bulk import BulkItem
 from pipeline.sinks.elasticsearch.service import ELASTICSEARCH, OPENSEARCH, ElasticsearchService
 from pipeline.sinks.elasticsearch.sink import ElasticsearchSink
 from schemas import DATA_STREAM_NAME, component_templates, index_templates

@@ -34,7 +34,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline.dev.stack.kafka import KafkaNode, create_topics, produce_values, read_topic
 from pipeline.dev.stack.opensearch import OpenSearchNode, request_json
-from pipeline.synth import generate
+from pipeline.dev.synth import generate
 from tests.integration.conftest import unique_name
 from tests.integration.worker_proc import WorkerProcess
 
@@ -260,7 +260,7 @@ async def test_setup_takes_the_clusters_replication_and_a_killed_broker_loses_no
     topic, dlq = unique_name("rf3"), unique_name("rf3-dlq")
     env = worker_env(kafka3.bootstrap, topic, dlq, store.url)
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "setup", "--partitions", "3"],
+        [sys.executable, "-m", "pipeline.commands.main", "setup", "--partitions", "3"],
         env={**os.environ, **env, "GRAYSCOPE_ES_URL": "", "GRAYSCOPE_OTLP_ENDPOINT": ""},
         capture_output=True,
         text=True,

@@ -69,7 +69,7 @@ def service_cache() -> Path:
 def grayscope(command: list[str], env: dict[str, str], timeout: float = 120) -> tuple[int, str]:
     """Run a grayscope command; its exit status and everything it printed."""
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *command],
+        [sys.executable, "-m", "pipeline.commands.main", *command],
         env={**os.environ, "GRAYSCOPE_OTLP_ENDPOINT": "", **env},
         capture_output=True,
         text=True,

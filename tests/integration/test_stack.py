@@ -84,7 +84,7 @@ def test_managed_process_that_exits_fails_at_once(tmp_path: Path) -> None:
 def grayscope(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("GRAYSCOPE_")}
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
+        [sys.executable, "-m", "pipeline.commands.main", *args],
         capture_output=True,
         text=True,
         timeout=STACK_TIMEOUT,

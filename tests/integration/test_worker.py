@@ -16,9 +16,9 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline.dev.stack.opensearch import OpenSearchNode
-from pipeline.embedded.otlp_receiver import OtlpReceiver
+from pipeline.dev.embedded.otlp_receiver import OtlpReceiver
 from pipeline.errors import ServiceError
-from pipeline.synth import generate
+from pipeline.dev.synth import generate
 from schemas import DATA_STREAM_NAME
 from tests.geoip_data import EXPECTED_GEO, write_test_dbs
 from tests.integration.conftest import unique_name
