@@ -22,9 +22,9 @@ from agents.batching import BatchingTransport
 from agents.canary import register_canary
 from agents.runtime import Runtime
 from pipeline.config import ConsumerMode, Settings
-from pipeline.delivery import InputMessage
+from agents.handler import InputMessage
 from pipeline.errors import ShutdownInterrupted
-from pipeline.model import KafkaCoordinates
+from pipeline.core.model import KafkaCoordinates
 
 log = logging.getLogger(__name__)
 

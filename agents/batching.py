@@ -46,9 +46,9 @@ from faust.types import TP
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
-from pipeline.delivery import InputMessage
+from agents.handler import InputMessage
 from pipeline.errors import ShutdownInterrupted
-from pipeline.model import KafkaCoordinates
+from pipeline.core.model import KafkaCoordinates
 
 log = logging.getLogger(__name__)
 

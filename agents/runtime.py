@@ -21,8 +21,8 @@ from aiohttp.web import Response
 from agents.batching import BatchPump
 from pipeline.canary.observer import CanaryObserver
 from pipeline.config import Settings
-from pipeline.delivery import BatchHandler, InputMessage
-from pipeline.enrich import EnrichContext
+from agents.handler import BatchHandler, InputMessage
+from pipeline.core.enrich import EnrichContext
 from pipeline.errors import DeadLetterError, StoreRejected, StoreUnavailable
 from pipeline.geoip import GeoIPResolver
 from pipeline.metrics.requests import RequestMetrics
@@ -65,7 +65,7 @@ class Runtime:
             if (settings.geoip_city_db or settings.geoip_asn_db)
             else None
         )
-        self.context = EnrichContext.from_settings(settings, self.geoip)
+        self.context = enrich_context(settings, self.geoip)
         self.telemetry = Telemetry(self)
         self.request_metrics = (
             RequestMetrics.from_settings(settings) if settings.request_metrics else None

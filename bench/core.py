@@ -1,6 +1,6 @@
 """Core throughput: parse -> extract -> GeoIP -> document -> orjson, one process, one core.
 
-Runs a realistic mixed stream from :mod:`pipeline.synth` through
+Runs a realistic mixed stream from :mod:`pipeline.dev.synth` through
 ``pipeline.core.process`` with the full-size GeoLite2-City database (from the
 ``maxminddb-geolite2`` package) and serialises every document with
 ``orjson.dumps``, exactly what the worker does per message — once message by
@@ -28,15 +28,15 @@ from typing import Any
 
 import orjson
 
-from agents.run import GC_THRESHOLDS
-from pipeline.core import Enriched, process, process_batch
-from pipeline.document import build_document
-from pipeline.enrich import DEFAULT_CHAIN, EnrichContext, enrich, geo_step
-from pipeline.extract.path_group import PathRules
-from pipeline.formats.detect import parse_message
+from pipeline.commands.worker import GC_THRESHOLDS
+from pipeline.core.process import Enriched, process, process_batch
+from pipeline.core.document import build_document
+from pipeline.core.enrich import DEFAULT_CHAIN, EnrichContext, enrich, geo_step
+from pipeline.core.extract.path_group import PathRules
+from pipeline.core.formats.detect import parse_message
 from pipeline.geoip import GeoIPResolver
-from pipeline.model import DeadLetter, RejectedInput
-from pipeline.synth import PATH_RULES, Regression, generate
+from pipeline.core.model import DeadLetter, RejectedInput
+from pipeline.dev.synth import PATH_RULES, Regression, generate
 
 
 def city_db_path() -> str:

@@ -1,7 +1,7 @@
 """One-run end-to-end benchmark (``make bench``; ``--json`` for machine output).
 
 On the same pre-produced topic data (a realistic mix of every input format
-from pipeline.synth, GeoIP on the full-size GeoLite2-City database):
+from pipeline.dev.synth, GeoIP on the full-size GeoLite2-City database):
 
   a. raw ceiling      aiokafka getmany + orjson.loads, no consumer group
   b. worker, no sinks stock Faust (stream mode) and grayscope's batch path
@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline import native  # noqa: E402
-from pipeline.embedded.broker import EmbeddedBroker, create_topics  # noqa: E402
-from pipeline.embedded.ports import free_port  # noqa: E402
-from pipeline.embedded.store import EmbeddedStore  # noqa: E402
-from pipeline.synth import generate  # noqa: E402
+from pipeline.dev.embedded.broker import EmbeddedBroker, create_topics  # noqa: E402
+from pipeline.dev.embedded.ports import free_port  # noqa: E402
+from pipeline.dev.embedded.store import EmbeddedStore  # noqa: E402
+from pipeline.dev.synth import generate  # noqa: E402
 from pipeline.telemetry import sample_sums  # noqa: E402
 
 PARTITIONS = 4
@@ -135,7 +135,7 @@ def start_worker(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes
         **env,
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "worker"],
+        [sys.executable, "-m", "pipeline.commands.main", "worker"],
         env=full,
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
@@ -279,8 +279,8 @@ def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def store_ceiling(store: EmbeddedStore, values: list[bytes], n: int) -> float:
-    from pipeline.core import Enriched, process
-    from pipeline.enrich import EnrichContext
+    from pipeline.core.process import Enriched, process
+    from pipeline.core.enrich import EnrichContext
 
     ctx = EnrichContext()
     docs = [r.document for r in (process(v, ctx) for v in values[:n]) if isinstance(r, Enriched)]
@@ -315,7 +315,7 @@ def start_null_store() -> tuple[subprocess.Popen[bytes], str]:
 def start_receiver() -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     proc = subprocess.Popen(
         # --keep 0: count the spans, keep none (a collector stand-in, not a store).
-        [sys.executable, "-m", "pipeline.embedded.otlp_receiver", "--keep", "0"],
+        [sys.executable, "-m", "pipeline.dev.embedded.otlp_receiver", "--keep", "0"],
         stdout=subprocess.PIPE,
         cwd=ROOT,
     )

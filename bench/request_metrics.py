@@ -1,6 +1,6 @@
 """What the request metrics cost per event, next to the core they ride on.
 
-The same synthetic batches (pipeline.synth, 1,000 messages each, GeoIP on
+The same synthetic batches (pipeline.dev.synth, 1,000 messages each, GeoIP on
 the bundled database when present) go through ``process_batch`` (the compiled
 core when built) and ``RequestMetrics.add_batch`` in alternating rounds; each
 is timed with the process CPU clock and the fastest round counts, so a busy
@@ -24,12 +24,12 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import Settings
-from pipeline.core import process_batch
-from pipeline.enrich import EnrichContext
+from pipeline.core.process import process_batch
+from pipeline.core.enrich import EnrichContext
 from pipeline.geoip import GeoIPResolver
 from pipeline.metrics.requests import RequestMetrics
 from pipeline.native import loaded_native
-from pipeline.synth import PATH_RULES, generate
+from pipeline.dev.synth import PATH_RULES, generate
 
 BATCH = 1000
 
@@ -42,7 +42,7 @@ def main() -> int:
     args = parser.parse_args()
     settings = Settings(path_rules=orjson.dumps(list(PATH_RULES)).decode())
     geoip = GeoIPResolver.from_settings(settings) if settings.geoip_city_db else None
-    ctx = EnrichContext.from_settings(settings, geoip)
+    ctx = enrich_context(settings, geoip)
     values = list(generate(args.events, seed=1))
     batches = [values[i : i + BATCH] for i in range(0, len(values), BATCH)]
     results = [process_batch(batch, ctx) for batch in batches]  # warm caches and memos

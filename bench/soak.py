@@ -28,8 +28,8 @@ from bench.e2e import (  # noqa: E402
     start_receiver,
     start_worker,
 )
-from pipeline.embedded.broker import EmbeddedBroker, create_topics  # noqa: E402
-from pipeline.synth import generate  # noqa: E402
+from pipeline.dev.embedded.broker import EmbeddedBroker, create_topics  # noqa: E402
+from pipeline.dev.synth import generate  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:

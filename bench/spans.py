@@ -1,6 +1,6 @@
 """Span cost per event: ``build_span`` and the OTLP encoding, before and after.
 
-Realistic events (:mod:`pipeline.synth` through ``pipeline.core.process``
+Realistic events (:mod:`pipeline.dev.synth` through ``pipeline.core.process``
 with the bundled GeoIP database) are enriched afresh for every run, so the
 strings are new objects as in the worker (a string caches its hash: encoding
 the same spans again would flatter the encoder's memo). Each stage is timed
@@ -38,14 +38,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import bundled_city_db  # noqa: E402
-from pipeline.core import Enriched, process  # noqa: E402
-from pipeline.enrich import EnrichContext  # noqa: E402
+from pipeline.core.process import Enriched, process  # noqa: E402
+from pipeline.core.enrich import EnrichContext  # noqa: E402
 from pipeline.geoip import GeoIPResolver  # noqa: E402
-from pipeline.model import AccessRecord, Enrichment, SpanData  # noqa: E402
-from pipeline.sinks.otlp.direct import encode_request_span  # noqa: E402
-from pipeline.sinks.otlp.encode import encode_request, encode_spans, frame_request  # noqa: E402
-from pipeline.span import build_span  # noqa: E402
-from pipeline.synth import generate  # noqa: E402
+from pipeline.core.model import AccessRecord, Enrichment, SpanData  # noqa: E402
+from pipeline.core.otlp import encode_request_span  # noqa: E402
+from pipeline.core.otlp_wire import encode_request, encode_spans, frame_request  # noqa: E402
+from pipeline.core.span import build_span  # noqa: E402
+from pipeline.dev.synth import generate  # noqa: E402
 
 # The span builder as first written (before the cost work); the default "before".
 DEFAULT_BASELINE_REF = "7589790"
@@ -72,13 +72,13 @@ def baseline_builder(ref: str) -> Callable[..., SpanData | None] | None:
     """``build_span`` as it was at ``ref``, or None when git cannot show it."""
     try:
         source = subprocess.run(
-            ["git", "show", f"{ref}:pipeline/span.py"],
+            ["git", "show", f"{ref}:pipeline/core/span.py"],
             cwd=ROOT, capture_output=True, check=True, text=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     module = types.ModuleType("baseline_span")
-    exec(compile(source, f"{ref}:pipeline/span.py", "exec"), module.__dict__)
+    exec(compile(source, f"{ref}:pipeline/core/span.py", "exec"), module.__dict__)
     builder: Callable[..., SpanData | None] = module.build_span
     return builder
 

@@ -1,6 +1,6 @@
 """Write synthetic gray-release traffic (raw message values, one per line) to stdout.
 
-A thin shell over :func:`pipeline.synth.generate`, e.g.::
+A thin shell over :func:`pipeline.dev.synth.generate`, e.g.::
 
     .venv/bin/python bench/traffic.py -n 1000 --regression | .venv/bin/grayscope enrich
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.synth import Regression, generate
+from pipeline.dev.synth import Regression, generate
 
 
 def main(argv: list[str] | None = None) -> int:

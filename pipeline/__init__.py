@@ -2,5 +2,5 @@
 
 The pure parts of this package import no Kafka, Faust, HTTP or gRPC client;
 the I/O parts live in :mod:`pipeline.sinks`, :mod:`pipeline.config` and
-:mod:`pipeline.cli`.
+:mod:`pipeline.commands.main`.
 """

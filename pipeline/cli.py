@@ -58,11 +58,11 @@ def _open_geoip(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def run_enrich(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.core import Enriched, process
-    from pipeline.enrich import EnrichContext
+    from pipeline.core.process import Enriched, process
+    from pipeline.core.enrich import EnrichContext
 
     geoip = _open_geoip(settings)
-    ctx = EnrichContext.from_settings(settings, geoip)
+    ctx = enrich_context(settings, geoip)
     out = sys.stdout.buffer
     try:
         dlq: IO[bytes] = open(args.dlq, "wb") if args.dlq else sys.stderr.buffer  # noqa: SIM115
@@ -101,18 +101,18 @@ def _lazy(module: str, function: str) -> Callable[[argparse.Namespace, Settings]
 
 
 def _worker_options(parser: argparse.ArgumentParser) -> None:
-    parser.set_defaults(handler=_lazy("agents.run", "run_worker"))
+    parser.set_defaults(handler=_lazy("pipeline.commands.worker", "run_worker"))
 
 
 def _setup_options(parser: argparse.ArgumentParser) -> None:
-    from pipeline.setup import add_setup_arguments
+    from pipeline.commands.setup import add_setup_arguments
 
     add_setup_arguments(parser)
-    parser.set_defaults(handler=_lazy("pipeline.setup", "run_setup"))
+    parser.set_defaults(handler=_lazy("pipeline.commands.setup", "run_setup"))
 
 
 def _kibana_options(parser: argparse.ArgumentParser) -> None:
-    from pipeline.kibana import add_kibana_arguments
+    from pipeline.commands.kibana import add_kibana_arguments
 
     actions = parser.add_subparsers(dest="kibana_command", required=True, metavar="ACTION")
     imp = actions.add_parser(
@@ -120,21 +120,21 @@ def _kibana_options(parser: argparse.ArgumentParser) -> None:
     )
     add_kibana_arguments(imp)
     add_settings_arguments(imp)
-    imp.set_defaults(handler=_lazy("pipeline.kibana", "run_kibana_import"))
+    imp.set_defaults(handler=_lazy("pipeline.commands.kibana", "run_kibana_import"))
 
 
 def _produce_options(parser: argparse.ArgumentParser) -> None:
-    from pipeline.produce import add_produce_arguments
+    from pipeline.commands.produce import add_produce_arguments
 
     add_produce_arguments(parser)
-    parser.set_defaults(handler=_lazy("pipeline.produce", "run_produce"))
+    parser.set_defaults(handler=_lazy("pipeline.commands.produce", "run_produce"))
 
 
 def _demo_options(parser: argparse.ArgumentParser) -> None:
-    from pipeline.demo import add_demo_arguments
+    from pipeline.dev.demo import add_demo_arguments
 
     add_demo_arguments(parser)
-    parser.set_defaults(handler=_lazy("pipeline.demo", "run_demo"))
+    parser.set_defaults(handler=_lazy("pipeline.dev.demo", "run_demo"))
 
 
 def _stack_options(parser: argparse.ArgumentParser) -> None:
@@ -144,7 +144,7 @@ def _stack_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _canary_options(parser: argparse.ArgumentParser) -> None:
-    from pipeline.canary_cli import configure_parser
+    from pipeline.commands.canary import configure_parser
 
     configure_parser(parser)
 

@@ -1,4 +1,4 @@
-"""Render the configuration table of README.md from Settings (``python -m pipeline.config_doc``)."""
+"""Render the configuration table of README.md from Settings (``python -m pipeline.commands.config_doc``)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 ``process`` takes one message; ``process_batch`` many, with the same result
 for each. Neither raises for bad input: every failure becomes a DeadLetter
-with a reason from the bounded set in :class:`pipeline.model.Reason`.
+with a reason from the bounded set in :class:`pipeline.core.model.Reason`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.document import build_document
-from pipeline.enrich import DEFAULT_CHAIN, EnrichContext, Step, enrich
-from pipeline.formats.detect import parse_message, resolve_message
-from pipeline.model import AccessRecord, DeadLetter, Enrichment, Reason, RejectedInput
+from pipeline.core.document import build_document
+from pipeline.core.enrich import DEFAULT_CHAIN, EnrichContext, Step, enrich
+from pipeline.core.formats.detect import parse_message, resolve_message
+from pipeline.core.model import AccessRecord, DeadLetter, Enrichment, Reason, RejectedInput
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class Enriched:
     enrichment: Enrichment
     document: dict[str, Any]
 
-    # Written out for the compiled core (see pipeline.model.AccessRecord).
+    # Written out for the compiled core (see pipeline.core.model.AccessRecord).
     def __init__(
         self, record: AccessRecord, enrichment: Enrichment, document: dict[str, Any]
     ) -> None:

@@ -20,12 +20,12 @@ import orjson
 
 from pipeline.canary.observer import CanaryObserver, ObservedEvent
 from pipeline.canary.observer import observed as observe
-from pipeline.core import Enriched, process_batch
-from pipeline.enrich import EnrichContext
+from pipeline.core.process import Enriched, process_batch
+from pipeline.core.enrich import EnrichContext
 from pipeline.errors import ShutdownInterrupted
-from pipeline.formats.values import ns_to_iso
+from pipeline.core.formats.values import ns_to_iso
 from pipeline.metrics.requests import RequestMetrics
-from pipeline.model import (
+from pipeline.core.model import (
     AccessRecord,
     DeadLetter,
     Enrichment,
@@ -34,9 +34,9 @@ from pipeline.model import (
     document_id,
 )
 from pipeline.sinks.dlq import DeadLetterSink
-from pipeline.sinks.elasticsearch.request import BulkItem, Op, target_for
-from pipeline.sinks.otlp.direct import encode_request_span
-from pipeline.sinks.otlp.encode import EncodedSpan
+from pipeline.core.bulk import BulkItem, Op, target_for
+from pipeline.core.otlp import encode_request_span
+from pipeline.core.otlp_wire import EncodedSpan
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class InputMessage:
     timestamp_ns: int | None = None  # the Kafka record timestamp
     received_ns: int = 0  # when the worker took it (for latency metrics)
 
-    # Written out for the compiled core (see pipeline.model.AccessRecord).
+    # Written out for the compiled core (see pipeline.core.model.AccessRecord).
     def __init__(
         self,
         value: bytes | None,

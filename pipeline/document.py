@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.formats.values import ns_to_iso
-from pipeline.model import AccessRecord, AsnInfo, Enrichment, GeoInfo
+from pipeline.core.formats.values import ns_to_iso
+from pipeline.core.model import AccessRecord, AsnInfo, Enrichment, GeoInfo
 
 _HTTP_VERSIONS = {
     "HTTP/1.0": "1.0",

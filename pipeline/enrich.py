@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from pipeline.config import DEFAULT_TRUSTED_PROXIES
-from pipeline.extract import gray
-from pipeline.extract.client_ip import TrustedProxies
-from pipeline.extract.path_group import PathRules, decoded_path
-from pipeline.extract.trace import trace_context
-from pipeline.extract.url import first_query_values, split_target
-from pipeline.formats.values import remember
-from pipeline.model import AccessRecord, AsnInfo, Enrichment, GeoInfo, ReadOnlyDict
+from pipeline.core.extract import gray
+from pipeline.core.extract.client_ip import TrustedProxies
+from pipeline.core.extract.path_group import PathRules, decoded_path
+from pipeline.core.extract.trace import trace_context
+from pipeline.core.extract.url import first_query_values, split_target
+from pipeline.core.formats.values import remember
+from pipeline.core.model import AccessRecord, AsnInfo, Enrichment, GeoInfo, ReadOnlyDict
 
 if TYPE_CHECKING:
     from pipeline.config import Settings

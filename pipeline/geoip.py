@@ -43,7 +43,7 @@ import maxminddb
 from maxminddb import InvalidDatabaseError
 
 from pipeline.errors import GeoIPDatabaseError
-from pipeline.model import AsnInfo, GeoInfo
+from pipeline.core.model import AsnInfo, GeoInfo
 
 if TYPE_CHECKING:
     from pipeline.config import Settings

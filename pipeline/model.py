@@ -183,11 +183,11 @@ class GeoInfo:
     lat: float | None = None
     lon: float | None = None
     # ``client.geo`` as a document object, built once per GeoInfo by
-    # pipeline.document: the GeoIP cache shares one GeoInfo between every event
+    # pipeline.core.document: the GeoIP cache shares one GeoInfo between every event
     # of a client, so their documents share this (read-only) dict too.
     document: dict[str, Any] | None = field(default=None, compare=False, repr=False)
     # The span's geo attributes as OTLP wire bytes, built once per GeoInfo by
-    # pipeline.sinks.otlp.direct (shared the same way).
+    # pipeline.core.otlp (shared the same way).
     span_fields: bytes | None = field(default=None, compare=False, repr=False)
 
 

@@ -346,7 +346,7 @@ def synthetic_values(
 
     ``versions``: (stable, canary); default: the generator's.
     """
-    from pipeline.synth import Regression, generate
+    from pipeline.dev.synth import Regression, generate
 
     regression = Regression(path_group=regression_path_group) if regression_path_group else None
     if versions is None:
@@ -743,7 +743,7 @@ def _validate(args: argparse.Namespace) -> None:
 
 def check_path_group(path_group: str) -> None:
     """ConfigError unless the synthetic traffic has this path group."""
-    from pipeline.synth import PATH_GROUPS
+    from pipeline.dev.synth import PATH_GROUPS
 
     if path_group not in PATH_GROUPS:
         raise ConfigError("--regression", f"must be one of {', '.join(PATH_GROUPS)}")
@@ -852,7 +852,7 @@ async def _report(
 
 
 def main(argv: Sequence[str] | None = None, stderr: IO[str] | None = None) -> int:
-    """``python -m pipeline.produce``: the same command without the ``grayscope`` wrapper."""
+    """``python -m pipeline.commands.produce``: the same command without the ``grayscope`` wrapper."""
     from pipeline.config import add_settings_arguments, settings_from_args
 
     parser = argparse.ArgumentParser(

@@ -28,7 +28,7 @@ Attributes
 
 Cost
     ``build_span`` is the readable reference: the worker runs
-    ``pipeline.sinks.otlp.direct.encode_request_span``, which writes the same
+    ``pipeline.core.otlp.encode_request_span``, which writes the same
     span's wire bytes in one pass from the functions below (identity, method,
     name, ids, the numbers' kinds), so both follow one copy of these rules.
     A check at import builds one fully populated span and fails when its
@@ -44,7 +44,7 @@ import hashlib
 from typing import Any
 
 import schemas
-from pipeline.model import AccessRecord, Enrichment, GeoInfo, SpanData
+from pipeline.core.model import AccessRecord, Enrichment, GeoInfo, SpanData
 
 UNKNOWN_SERVICE = "grayscope-unknown"
 

@@ -24,7 +24,7 @@ from typing import Any
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
-from pipeline.model import AsnInfo, GeoInfo
+from pipeline.core.model import AsnInfo, GeoInfo
 
 _LANGUAGES = ["de", "en", "fr"]
 

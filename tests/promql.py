@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from pipeline.canary.counters import CanaryStats
-from pipeline.delivery import BatchStats
+from agents.handler import BatchStats
 from pipeline.geoip import GeoIPStats
 from pipeline.metrics.requests import RequestMetrics
 from pipeline.sinks.dlq import DeadLetterStats

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pipeline.canary.counters import CanaryStats
 from pipeline.canary.records import NO_VERSION, CanaryAggregate, WindowCounts
 from pipeline.canary.windows import NS_PER_S, window_start
-from pipeline.model import AccessRecord, Enrichment
+from pipeline.core.model import AccessRecord, Enrichment
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,13 @@ if TYPE_CHECKING:
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipeline.demo.command import add_demo_arguments as add
+    from pipeline.dev.demo.command import add_demo_arguments as add
 
     add(parser)
 
 
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.demo.command import run_demo as run
+    from pipeline.dev.demo.command import run_demo as run
 
     return run(args, settings)
 

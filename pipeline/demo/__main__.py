@@ -1,4 +1,4 @@
-"""``python -m pipeline.demo``: ``grayscope demo`` without the ``grayscope`` wrapper."""
+"""``python -m pipeline.dev.demo``: ``grayscope demo`` without the ``grayscope`` wrapper."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from pipeline.config import add_settings_arguments, settings_from_args
-from pipeline.demo import add_demo_arguments, run_demo
+from pipeline.dev.demo import add_demo_arguments, run_demo
 from pipeline.errors import ConfigError, GrayscopeError
 
 

@@ -1,10 +1,10 @@
 """``grayscope demo``: the whole pipeline on one machine, then the drill-down.
 
 Starts an embedded broker, store and OTLP receiver and the real worker (see
-:mod:`pipeline.demo.services`), sends a staged gray release with a canary
-regression through them (:mod:`pipeline.demo.traffic`), waits for the worker
+:mod:`pipeline.dev.demo.services`), sends a staged gray release with a canary
+regression through them (:mod:`pipeline.dev.demo.traffic`), waits for the worker
 to index it, and prints what a Kibana user would drill down to, computed by
-aggregation queries against the store (:mod:`pipeline.demo.summary`), plus
+aggregation queries against the store (:mod:`pipeline.dev.demo.summary`), plus
 the spans of one gray id as Jaeger's tag search would find them.
 
 Everything it started is stopped on the way out: after the summary, on
@@ -30,26 +30,26 @@ from types import FrameType
 from typing import Any
 
 from pipeline.config import Settings
-from pipeline.demo.extras import DemoContext, safe_extra_sections
-from pipeline.demo.progress import Counts
-from pipeline.demo.report import (
+from pipeline.dev.demo.extras import DemoContext, safe_extra_sections
+from pipeline.dev.demo.progress import Counts
+from pipeline.dev.demo.report import (
     Endpoints,
     endpoints_section,
     headline,
     render_report,
     summary_sections,
 )
-from pipeline.demo.services import DemoServices, start_services
-from pipeline.demo.stages import plan_stages
-from pipeline.demo.summary import (
+from pipeline.dev.demo.services import DemoServices, start_services
+from pipeline.dev.demo.stages import plan_stages
+from pipeline.dev.demo.summary import (
     INDEX_PATTERN,
     parse_summary,
     spotlight_gray_id,
     summary_query,
 )
-from pipeline.demo.traffic import TrafficPlan, TrafficResult, drive
+from pipeline.dev.demo.traffic import TrafficPlan, TrafficResult, drive
 from pipeline.errors import ConfigError
-from pipeline.produce import KafkaSender, StatusLine, check_path_group, format_count
+from pipeline.commands.produce import KafkaSender, StatusLine, check_path_group, format_count
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
 def _regression_text(path_group: str | None) -> str:
     if path_group is None:
         return "none"
-    from pipeline.synth import Regression
+    from pipeline.dev.synth import Regression
 
     shape = Regression(path_group=path_group)
     return (
@@ -313,7 +313,7 @@ def build_report(
 
 
 def _regression(plan: TrafficPlan) -> Any:
-    from pipeline.synth import Regression
+    from pipeline.dev.synth import Regression
 
     if plan.regression_path_group is None:
         return None

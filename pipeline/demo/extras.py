@@ -20,9 +20,9 @@ from typing import Any
 from pipeline.canary import format_verdicts
 from pipeline.canary.client import fetch_verdicts
 from pipeline.canary.records import Decision, Verdict
-from pipeline.demo.report import Section
-from pipeline.demo.summary import INDEX_PATTERN, Summary, Window
-from pipeline.synth import Regression
+from pipeline.dev.demo.report import Section
+from pipeline.dev.demo.summary import INDEX_PATTERN, Summary, Window
+from pipeline.dev.synth import Regression
 
 #: ``store_request(method, path, body)`` -> decoded JSON; raises on HTTP >= 400.
 StoreRequest = Callable[[str, str, Any], Any]

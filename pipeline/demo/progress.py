@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.demo.stages import Stage
-from pipeline.produce import format_count, format_duration, format_rate
+from pipeline.dev.demo.stages import Stage
+from pipeline.commands.produce import format_count, format_duration, format_rate
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,13 +6,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.demo.summary import (
+from pipeline.dev.demo.summary import (
     INDEX_PATTERN,
     Cell,
     Summary,
     canary_worse,
 )
-from pipeline.produce import format_count
+from pipeline.commands.produce import format_count
 
 WORSE_MARK = "<< canary worse"
 MAX_SPAN_ROWS = 8

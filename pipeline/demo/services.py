@@ -1,6 +1,6 @@
 """The demo's processes: embedded broker, store and OTLP receiver, and the real worker.
 
-The worker is ``python -m pipeline.cli worker`` in a child process with its
+The worker is ``python -m pipeline.commands.main worker`` in a child process with its
 settings in ``GRAYSCOPE_*`` variables, exactly as an operator would run it.
 Every child gets its own session (a terminal Ctrl-C reaches only the demo,
 which stops them in order) and dies with the demo if the demo is killed
@@ -25,11 +25,11 @@ import orjson
 from pydantic import SecretStr
 
 from pipeline.config import Settings
-from pipeline.embedded.broker import EmbeddedBroker, create_topics
-from pipeline.embedded.otlp_receiver import OtlpReceiver
-from pipeline.embedded.ports import ChildProcess, EmbeddedServiceError, free_port
-from pipeline.embedded.store import EmbeddedStore
-from pipeline.synth import PATH_RULES
+from pipeline.dev.embedded.broker import EmbeddedBroker, create_topics
+from pipeline.dev.embedded.otlp_receiver import OtlpReceiver
+from pipeline.dev.embedded.ports import ChildProcess, EmbeddedServiceError, free_port
+from pipeline.dev.embedded.store import EmbeddedStore
+from pipeline.dev.synth import PATH_RULES
 from pipeline.telemetry import sample_sums
 
 log = logging.getLogger(__name__)
@@ -245,7 +245,7 @@ def start_services(
         data_dir=log_dir / "worker-data",
     )
     worker = ChildProcess(
-        [sys.executable, "-m", "pipeline.cli", "worker"],
+        [sys.executable, "-m", "pipeline.commands.main", "worker"],
         log_path=services.worker_log,
         env={**base_env, **env},
     )

@@ -2,7 +2,7 @@
 
 Each stage sends synthetic gray-release traffic with its canary share for its
 part of the duration, at one steady rate across stages (the rate schedule of
-:class:`~pipeline.produce.KafkaSender` carries over). Events are stamped with
+:class:`~pipeline.commands.produce.KafkaSender` carries over). Events are stamped with
 the wall clock as they are generated, so they land in today's daily index
 and the rollout windows can be found again with a ``range`` on @timestamp.
 SIGINT/SIGTERM stop the traffic (and the waiting) at the next message.
@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from pipeline.demo.progress import Counts, drain_line, drained, traffic_line
-from pipeline.demo.stages import Stage, stage_at
-from pipeline.demo.summary import Window
-from pipeline.produce import (
+from pipeline.dev.demo.progress import Counts, drain_line, drained, traffic_line
+from pipeline.dev.demo.stages import Stage, stage_at
+from pipeline.dev.demo.summary import Window
+from pipeline.commands.produce import (
     KafkaSender,
     StatusLine,
     chunked,

@@ -36,7 +36,7 @@ from pipeline.dev.stack.kafka import (  # noqa: F401 - re-exported for the demo 
     read_topic,
     topic_names,
 )
-from pipeline.embedded.ports import (
+from pipeline.dev.embedded.ports import (
     LOOPBACK,
     ChildProcess,
     EmbeddedService,

@@ -4,7 +4,7 @@ It serves OTLP/gRPC (``TraceService/Export``) and OTLP/HTTP (``POST
 /v1/traces``, protobuf or JSON, optionally gzip) on free ports of 127.0.0.1,
 from a background thread with its own event loop, so synchronous fixtures,
 async tests and a worker in another process can all talk to it. Received
-spans are kept as plain dicts (``pipeline.sinks.otlp.encode.request_to_dicts``):
+spans are kept as plain dicts (``pipeline.core.otlp_wire.request_to_dicts``):
 all of them, or only the newest ``keep`` (a long demo must not grow without
 bound), or none with ``keep=0`` (benchmarks: requests are decoded and their
 spans counted, ``received``).
@@ -49,7 +49,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import (
     add_TraceServiceServicer_to_server,
 )
 
-from pipeline.sinks.otlp.encode import request_to_dicts
+from pipeline.core.otlp_wire import request_to_dicts
 
 log = logging.getLogger(__name__)
 

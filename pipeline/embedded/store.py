@@ -24,7 +24,7 @@ from typing import Any, Self
 
 import orjson
 
-from pipeline.embedded.ports import (
+from pipeline.dev.embedded.ports import (
     LOOPBACK,
     ChildProcess,
     EmbeddedService,

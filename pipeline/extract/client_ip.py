@@ -13,7 +13,7 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pipeline.formats.values import MEMO_KEY_MAX, canonical_ip, remember
+from pipeline.core.formats.values import MEMO_KEY_MAX, canonical_ip, remember
 
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # An XFF entry -> (canonical IP or None, trusted?)

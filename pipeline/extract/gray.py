@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from pipeline.formats.values import MEMO_KEY_MAX, remember
-from pipeline.model import AccessRecord
+from pipeline.core.formats.values import MEMO_KEY_MAX, remember
+from pipeline.core.model import AccessRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from pipeline.extract.url import decode_component
-from pipeline.formats.values import remember
+from pipeline.core.extract.url import decode_component
+from pipeline.core.formats.values import remember
 
 _MEMO_MAX = 16_384
 _MEMO_PATH_MAX = 2048

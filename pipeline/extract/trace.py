@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pipeline.model import AccessRecord
+from pipeline.core.model import AccessRecord
 
 _ZERO32 = "0" * 32
 _ZERO16 = "0" * 16

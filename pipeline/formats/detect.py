@@ -13,13 +13,13 @@ from typing import Any
 
 import orjson
 
-from pipeline.formats.envoy import SIGNATURE_KEYS as ENVOY_KEYS
-from pipeline.formats.envoy import envoy_shape, parse_envoy
-from pipeline.formats.nginx_json import SIGNATURE_KEYS as NGINX_KEYS
-from pipeline.formats.nginx_json import nginx_shape, parse_nginx_json
-from pipeline.formats.nginx_text import parse_nginx_text
-from pipeline.formats.values import remember
-from pipeline.model import AccessRecord, Reason, RejectedInput
+from pipeline.core.formats.envoy import SIGNATURE_KEYS as ENVOY_KEYS
+from pipeline.core.formats.envoy import envoy_shape, parse_envoy
+from pipeline.core.formats.nginx_json import SIGNATURE_KEYS as NGINX_KEYS
+from pipeline.core.formats.nginx_json import nginx_shape, parse_nginx_json
+from pipeline.core.formats.nginx_text import parse_nginx_text
+from pipeline.core.formats.values import remember
+from pipeline.core.model import AccessRecord, Reason, RejectedInput
 
 # An envelope inside an envelope (rsyslog -> Fluent Bit -> Kafka) is real; deeper is not.
 MAX_ENVELOPE_DEPTH = 3

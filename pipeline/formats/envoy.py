@@ -6,14 +6,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.formats.values import (
+from pipeline.core.formats.values import (
     integer,
     millis_to_ns,
     peer_ip,
     text,
     timestamp_to_ns,
 )
-from pipeline.model import AccessRecord
+from pipeline.core.model import AccessRecord
 
 # Keys that say "this object is an Envoy access log" (Istio defaults + common custom keys).
 SIGNATURE_KEYS = frozenset(
@@ -52,7 +52,7 @@ class EnvoyShape:
     """Which keys of one log format carry request headers.
 
     A deployment logs thousands of lines with the same keys: working this out
-    once per key set (see :mod:`pipeline.formats.detect`) instead of once per
+    once per key set (see :mod:`pipeline.core.formats.detect`) instead of once per
     line saves a Python-level pass over every key.
     """
 
@@ -83,7 +83,7 @@ def parse_envoy(obj: dict[str, Any], shape: EnvoyShape | None = None) -> AccessR
     request_id = text(obj.get("request_id"))
     cluster = text(obj.get("upstream_cluster"))
     headers: dict[str, str] = {}
-    # Positional, in RECORD_FIELDS order (see pipeline.formats.values).
+    # Positional, in RECORD_FIELDS order (see pipeline.core.formats.values).
     rec = AccessRecord(
         "envoy.access",
         timestamp_ns,

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.formats.envoy import parse_cookie_header
-from pipeline.formats.values import (
+from pipeline.core.formats.envoy import parse_cookie_header
+from pipeline.core.formats.values import (
     clf_to_ns,
     integer,
     peer_ip,
@@ -22,7 +22,7 @@ from pipeline.formats.values import (
     timestamp_to_ns,
     upstream_seconds_to_ns,
 )
-from pipeline.model import AccessRecord
+from pipeline.core.model import AccessRecord
 
 SIGNATURE_KEYS = frozenset(
     (
@@ -49,7 +49,7 @@ SIGNATURE_KEYS = frozenset(
 class NginxShape:
     """Which keys of one log format are headers, cookies and query args.
 
-    Worked out once per key set (see :mod:`pipeline.formats.detect`), not once per line.
+    Worked out once per key set (see :mod:`pipeline.core.formats.detect`), not once per line.
     """
 
     headers: tuple[tuple[str, str], ...] = ()  # (key, header name): ``http_x_y`` -> ``x-y``
@@ -108,7 +108,7 @@ def parse_nginx_json(obj: dict[str, Any], shape: NginxShape | None = None) -> Ac
         header = text(obj[key])
         if header is not None:
             headers[name] = header
-    # Positional, in RECORD_FIELDS order (see pipeline.formats.values).
+    # Positional, in RECORD_FIELDS order (see pipeline.core.formats.values).
     rec = AccessRecord(
         "nginx.access",
         start_from_end(end_ns, duration_ns),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from pipeline.formats.values import (
+from pipeline.core.formats.values import (
     canonical_ip,
     clf_to_ns,
     integer,
@@ -19,7 +19,7 @@ from pipeline.formats.values import (
     text,
     upstream_seconds_to_ns,
 )
-from pipeline.model import AccessRecord, Reason, RejectedInput
+from pipeline.core.model import AccessRecord, Reason, RejectedInput
 
 # A quoted field with backslash escapes, as an unrolled loop: the textbook
 # ``"((?:[^"\\]|\\.)*)"`` takes one alternation step per character and made
@@ -87,7 +87,7 @@ def parse_nginx_text(line: str) -> AccessRecord:
         method, uri = parts[0], parts[1]
         if len(parts) >= 3:
             protocol = parts[2]
-    # Positional, in RECORD_FIELDS order (see pipeline.formats.values).
+    # Positional, in RECORD_FIELDS order (see pipeline.core.formats.values).
     rec = AccessRecord(
         "nginx.access",
         None,

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from pipeline.model import AccessRecord, Reason, RejectedInput
+from pipeline.core.model import AccessRecord, Reason, RejectedInput
 
 #: AccessRecord's leading fields in declaration order. The parsers build
 #: records positionally: keyword arguments cost ~0.6 µs more per record (a

@@ -31,7 +31,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from pipeline.config import Settings
-from pipeline.core import Enriched
+from pipeline.core.process import Enriched
 
 OTHER = "other"
 #: A request without a path group / version (nothing to route by).

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pipeline.errors import DeadLetterError
-from pipeline.model import DeadLetter, KafkaCoordinates
+from pipeline.core.model import DeadLetter, KafkaCoordinates
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@
   on the same port.
 - ``produce_lines`` / ``read_records``: aiokafka helpers bound to ``broker``.
 - ``faust_settings``: the Faust ``App`` keyword settings a test app needs
-  against the embedded broker (see ``pipeline.embedded.broker``).
+  against the embedded broker (see ``pipeline.dev.embedded.broker``).
 
 Every test under this directory is marked ``integration``.
 """
@@ -23,14 +23,14 @@ from typing import Any
 import pytest
 from aiokafka import ConsumerRecord
 
-from pipeline.embedded.broker import (
+from pipeline.dev.embedded.broker import (
     FAUST_EMBEDDED_SETTINGS,
     EmbeddedBroker,
     create_topics,
     produce_values,
     read_topic,
 )
-from pipeline.embedded.store import EmbeddedStore
+from pipeline.dev.embedded.store import EmbeddedStore
 
 _HERE = Path(__file__).parent
 DEFAULT_PARTITIONS = 3

@@ -21,9 +21,9 @@ from aiokafka import AIOKafkaConsumer
 from agents.canary import CanaryAnalysis, register_canary
 from pipeline.canary import CanaryObserver, Decision, Verdict, fetch_verdicts, format_verdicts
 from pipeline.canary.observer import ObservedEvent, observed
-from pipeline.embedded.ports import free_port
-from pipeline.embedded.store import EmbeddedStore
-from pipeline.model import AccessRecord, Enrichment
+from pipeline.dev.embedded.ports import free_port
+from pipeline.dev.embedded.store import EmbeddedStore
+from pipeline.core.model import AccessRecord, Enrichment
 from pipeline.sinks.elasticsearch.service import ElasticsearchService
 from schemas import VERDICTS_INDEX
 from tests.integration.conftest import ReadRecords, unique_name

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.demo.report import WORSE_MARK
+from pipeline.dev.demo.report import WORSE_MARK
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 
@@ -27,11 +27,11 @@ RUN_TIMEOUT = 150
 
 def demo_argv(*args: str) -> list[str]:
     """The command as users run it once it is wired into the CLI, else its module."""
-    from pipeline.cli import COMMANDS
+    from pipeline.commands.main import COMMANDS
 
     if "demo" in COMMANDS:
-        return [sys.executable, "-m", "pipeline.cli", "demo", *args]
-    return [sys.executable, "-m", "pipeline.demo", *args]
+        return [sys.executable, "-m", "pipeline.commands.main", "demo", *args]
+    return [sys.executable, "-m", "pipeline.dev.demo", *args]
 
 
 def clean_env() -> dict[str, str]:
@@ -185,7 +185,7 @@ def test_short_demo_finds_the_regression_and_the_spans(
     assert [group for group, decision in rows.items() if decision == "rollback"] == ["/play/share"]
 
     commands = " | ".join(watcher.commands())
-    for expected in ("tansu", "osmem-server", "pipeline.cli worker"):
+    for expected in ("tansu", "osmem-server", "pipeline.commands.main worker"):
         assert expected in commands, commands
     assert watcher.leftovers() == []
 

@@ -17,7 +17,7 @@ import faust
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipeline.embedded.broker import (
+from pipeline.dev.embedded.broker import (
     AIOKAFKA_EMBEDDED_GROUP_SETTINGS,
     EmbeddedBroker,
     create_topics,
@@ -25,8 +25,8 @@ from pipeline.embedded.broker import (
     read_topic,
     topic_names,
 )
-from pipeline.embedded.ports import EmbeddedServiceError, port_accepts
-from pipeline.embedded.store import EmbeddedStore, StoreHTTPError
+from pipeline.dev.embedded.ports import EmbeddedServiceError, port_accepts
+from pipeline.dev.embedded.store import EmbeddedStore, StoreHTTPError
 from tests.integration.conftest import ProduceLines, ReadRecords, TopicFactory, unique_name
 
 # Guards against hangs, never asserted on: generous for a loaded 2-core box.
@@ -322,8 +322,8 @@ def test_services_die_with_a_killed_parent(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import sys, time
-        from pipeline.embedded.broker import EmbeddedBroker
-        from pipeline.embedded.store import EmbeddedStore
+        from pipeline.dev.embedded.broker import EmbeddedBroker
+        from pipeline.dev.embedded.store import EmbeddedStore
         b = EmbeddedBroker.start(log_path={str(tmp_path / "b.log")!r})
         s = EmbeddedStore.start(log_path={str(tmp_path / "s.log")!r})
         print(b.pid, s.pid, flush=True)

@@ -16,7 +16,7 @@ from aiohttp import web
 from osmem_server import OsmemServer
 
 from pipeline.errors import StoreRejected, StoreUnavailable
-from pipeline.sinks.elasticsearch.request import BulkItem
+from pipeline.core.bulk import BulkItem
 from pipeline.sinks.elasticsearch.service import ELASTICSEARCH, OPENSEARCH, ElasticsearchService
 from pipeline.sinks.elasticsearch.sink import ElasticsearchSink
 from schemas import component_templates, index_templates

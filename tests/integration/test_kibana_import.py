@@ -29,7 +29,7 @@ import pytest
 
 from pipeline.config import Settings, add_settings_arguments, settings_from_args
 from pipeline.errors import ConfigError
-from pipeline.kibana import (
+from pipeline.commands.kibana import (
     KibanaImportError,
     add_kibana_arguments,
     build_request,
@@ -144,7 +144,7 @@ def free_port() -> int:
 
 
 def cli_has_kibana_import() -> bool:
-    from pipeline.cli import build_parser
+    from pipeline.commands.main import build_parser
 
     try:
         with contextlib.redirect_stderr(io.StringIO()):
@@ -390,7 +390,7 @@ def test_parse_import_response_success() -> None:
 
 @pytest.mark.skipif(not cli_has_kibana_import(), reason="`grayscope kibana import` not wired yet")
 def test_cli_exit_codes(kibana: FakeKibana, capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline.cli import main
+    from pipeline.commands.main import main
 
     assert main(["kibana", "import", "--kibana-url", kibana.url]) == 0
     kibana.answer(500, {"statusCode": 500, "error": "Internal Server Error", "message": "boom"})
@@ -401,7 +401,7 @@ def test_cli_exit_codes(kibana: FakeKibana, capsys: pytest.CaptureFixture[str]) 
 @pytest.mark.skipif(not cli_has_kibana_import(), reason="`grayscope kibana import` not wired yet")
 def test_cli_process(kibana: FakeKibana) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "kibana", "import", "--kibana-url", kibana.url],
+        [sys.executable, "-m", "pipeline.commands.main", "kibana", "import", "--kibana-url", kibana.url],
         capture_output=True,
         text=True,
         timeout=120,

@@ -14,11 +14,11 @@ import grpc
 import orjson
 import pytest
 
-from pipeline.embedded.otlp_receiver import OtlpReceiver
-from pipeline.model import AccessRecord, Enrichment, GeoInfo, SpanData
-from pipeline.sinks.otlp.encode import EncodedSpan, encode_span
+from pipeline.dev.embedded.otlp_receiver import OtlpReceiver
+from pipeline.core.model import AccessRecord, Enrichment, GeoInfo, SpanData
+from pipeline.core.otlp_wire import EncodedSpan, encode_span
 from pipeline.sinks.otlp.exporter import OtlpExporter
-from pipeline.span import build_span
+from pipeline.core.span import build_span
 
 pytestmark = pytest.mark.integration
 
@@ -265,7 +265,7 @@ async def test_json_requests_are_understood(receiver: OtlpReceiver) -> None:
 
 async def test_receiver_in_another_process() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.embedded.otlp_receiver"],
+        [sys.executable, "-m", "pipeline.dev.embedded.otlp_receiver"],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -20,11 +20,11 @@ TIMEOUT = 120
 
 def produce_argv(*args: str) -> list[str]:
     """The command as users run it once it is wired into the CLI, else its module."""
-    from pipeline.cli import COMMANDS
+    from pipeline.commands.main import COMMANDS
 
     if "produce" in COMMANDS:
-        return [sys.executable, "-m", "pipeline.cli", "produce", *args]
-    return [sys.executable, "-m", "pipeline.produce", *args]
+        return [sys.executable, "-m", "pipeline.commands.main", "produce", *args]
+    return [sys.executable, "-m", "pipeline.commands.produce", *args]
 
 
 def clean_env() -> dict[str, str]:
@@ -126,13 +126,13 @@ async def test_synthetic_traffic_is_enriched_by_the_core(
     bootstrap: str, unique_topic: str, read_records: ReadRecords
 ) -> None:
     from pipeline.config import load_settings
-    from pipeline.core import Enriched, process
-    from pipeline.enrich import EnrichContext
+    from pipeline.core.process import Enriched, process
+    from pipeline.core.enrich import EnrichContext
 
     done = await produce(bootstrap, unique_topic, "--synthetic", "--count", "300")
 
     assert done.returncode == 0, done.stderr.decode()
-    ctx = EnrichContext.from_settings(load_settings(geoip_city_db=""), None)
+    ctx = enrich_context(load_settings(geoip_city_db=""), None)
     results = [process(r.value, ctx) for r in await read_records(unique_topic)]
     assert len(results) == 300
     assert all(isinstance(r, Enriched) for r in results)

@@ -32,8 +32,8 @@ import pytest
 
 from pipeline.dev.stack.process import LOOPBACK
 from pipeline.dev.stack.prometheus import RULES, Alertmanager, Prometheus, scaled_rules
-from pipeline.embedded.store import EmbeddedStore
-from pipeline.synth import PATH_RULES
+from pipeline.dev.embedded.store import EmbeddedStore
+from pipeline.dev.synth import PATH_RULES
 from tests.integration.worker_proc import WorkerProcess
 
 pytestmark = pytest.mark.timeout(400)
@@ -162,7 +162,7 @@ def monitored(
 
 def produce_traffic(run: Run, bootstrap: str, topic: str, regression: str | None) -> None:
     argv = [
-        sys.executable, "-m", "pipeline.cli", "produce", "--synthetic",
+        sys.executable, "-m", "pipeline.commands.main", "produce", "--synthetic",
         "--rate", str(RATE), "--count", str(RATE * TRAFFIC_SECONDS),
         "--seed", "7", "--canary-share", "0.5",
     ]  # fmt: skip

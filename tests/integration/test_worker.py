@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipeline.embedded.otlp_receiver import OtlpReceiver
-from pipeline.embedded.store import EmbeddedStore
-from pipeline.synth import generate
+from pipeline.dev.embedded.otlp_receiver import OtlpReceiver
+from pipeline.dev.embedded.store import EmbeddedStore
+from pipeline.dev.synth import generate
 from tests.geoip_data import EXPECTED_GEO, write_test_dbs
 from tests.integration.conftest import unique_name
 from tests.integration.worker_proc import WorkerProcess

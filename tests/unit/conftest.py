@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 import schemas
-from pipeline.core import Enriched, process
-from pipeline.enrich import EnrichContext
-from pipeline.model import AsnInfo, DeadLetter, GeoInfo
+from pipeline.core.process import Enriched, process
+from pipeline.core.enrich import EnrichContext
+from pipeline.core.model import AsnInfo, DeadLetter, GeoInfo
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"

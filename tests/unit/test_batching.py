@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from intervaltree import IntervalTree
 
 from agents.batching import BatchingConsumer, BatchPump, DecodedRecords, FetchedBatch
-from pipeline.delivery import InputMessage
-from pipeline.model import KafkaCoordinates
+from agents.handler import InputMessage
+from pipeline.core.model import KafkaCoordinates
 
 
 class FakeConsumer:

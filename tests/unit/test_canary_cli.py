@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-import pipeline.canary_cli as canary_cli
+import pipeline.commands.canary as canary_cli
 from pipeline.canary.client import CanaryUnavailable, canary_url, verdicts_from_payload
 from pipeline.canary.records import ArmSummary, Decision, Verdict
 from pipeline.config import load_settings, settings_from_args

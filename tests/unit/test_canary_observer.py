@@ -13,7 +13,7 @@ from pipeline.canary.counters import CanaryStats
 from pipeline.canary.observer import CanaryObserver, ObservedEvent, aggregate, observed
 from pipeline.canary.records import NO_VERSION, CanaryAggregate, WindowCounts
 from pipeline.canary.windows import window_start
-from pipeline.model import AccessRecord, Enrichment
+from pipeline.core.model import AccessRecord, Enrichment
 
 NS = 1_000_000_000
 T0 = 1_764_000_000

@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.core import Enriched, process
-from pipeline.enrich import EnrichContext
-from pipeline.synth import generate
+from pipeline.core.process import Enriched, process
+from pipeline.core.enrich import EnrichContext
+from pipeline.dev.synth import generate
 from tests.unit.conftest import all_sample_lines, mapping_problems
 
 GARBAGE = [
@@ -40,7 +40,7 @@ def run(
     environment["GRAYSCOPE_GEOIP_CITY_DB"] = ""  # no GeoIP unless a test asks for it
     environment.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "enrich", *args],
+        [sys.executable, "-m", "pipeline.commands.main", "enrich", *args],
         input=stdin,
         capture_output=True,
         env=environment,

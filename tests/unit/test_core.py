@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.core import Enriched, process
-from pipeline.enrich import DEFAULT_CHAIN, EnrichContext
-from pipeline.model import AccessRecord, DeadLetter, Enrichment, Reason
+from pipeline.core.process import Enriched, process
+from pipeline.core.enrich import DEFAULT_CHAIN, EnrichContext
+from pipeline.core.model import AccessRecord, DeadLetter, Enrichment, Reason
 from tests.unit.conftest import (
     FULL_ASN,
     FULL_GEO,
@@ -287,7 +287,7 @@ def test_a_bug_in_a_step_is_an_internal_error_dead_letter(caplog: pytest.LogCapt
         raise KeyError("boom")
 
     (line,) = sample_lines("istio-default.json.log")
-    with caplog.at_level(logging.ERROR, logger="pipeline.core"):
+    with caplog.at_level(logging.ERROR, logger="pipeline.core.process"):
         result = process(line, EnrichContext(), (*DEFAULT_CHAIN, broken))
     assert isinstance(result, DeadLetter)
     assert result.reason is Reason.INTERNAL_ERROR

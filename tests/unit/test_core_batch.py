@@ -9,11 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.core import Enriched, process, process_batch
-from pipeline.enrich import DEFAULT_CHAIN, EnrichContext, Step
-from pipeline.model import AccessRecord, DeadLetter, Enrichment, Reason
+from pipeline.core.process import Enriched, process, process_batch
+from pipeline.core.enrich import DEFAULT_CHAIN, EnrichContext, Step
+from pipeline.core.model import AccessRecord, DeadLetter, Enrichment, Reason
 from pipeline.native import loaded_native
-from pipeline.synth import generate
+from pipeline.dev.synth import generate
 from tests.unit.conftest import FULL_ASN, FULL_GEO, FakeGeo, corpus_lines
 
 SEEDS: list[bytes] = corpus_lines() + list(generate(60, seed=5))
@@ -90,7 +90,7 @@ def test_a_failing_step_dead_letters_only_its_messages_and_they_skip_the_rest(
     chain = list(DEFAULT_CHAIN)
     chain.insert(position, _fails_on(marker, KeyError("boom")))
     chain.append(_seen_by(after))
-    with caplog.at_level(logging.ERROR, logger="pipeline.core"):
+    with caplog.at_level(logging.ERROR, logger="pipeline.core.process"):
         batch = process_batch(raws, ctx, tuple(chain))
     assert batch == one_at_a_time(raws, ctx, tuple(chain[:-1]))
     failed = [r for r in batch if isinstance(r, DeadLetter)]
@@ -105,12 +105,12 @@ def test_a_failing_step_dead_letters_only_its_messages_and_they_skip_the_rest(
 # the patch below cannot reach it; `make test` runs this test in its plain-Python
 # pass (tests/pure.py).
 @pytest.mark.skipif(
-    bool(loaded_native(["pipeline.core"])), reason="patches a function the compiled core binds"
+    bool(loaded_native(["pipeline.core.process"])), reason="patches a function the compiled core binds"
 )
 def test_a_document_that_cannot_be_built_is_dead_lettered(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import pipeline.core as core
+    import pipeline.core.process as core
 
     real = core.build_document
 
@@ -122,7 +122,7 @@ def test_a_document_that_cannot_be_built_is_dead_lettered(
     monkeypatch.setattr(core, "build_document", build)
     raws = list(generate(300, seed=3))
     ctx = context()
-    with caplog.at_level(logging.ERROR, logger="pipeline.core"):
+    with caplog.at_level(logging.ERROR, logger="pipeline.core.process"):
         batch = process_batch(raws, ctx)
     assert batch == one_at_a_time(raws, ctx)
     assert any(isinstance(r, DeadLetter) and "no document" in r.detail for r in batch)

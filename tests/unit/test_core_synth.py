@@ -1,4 +1,4 @@
-"""pipeline.synth: deterministic, realistic, every line accepted by the core."""
+"""pipeline.dev.synth: deterministic, realistic, every line accepted by the core."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.core import Enriched, process
-from pipeline.enrich import EnrichContext
-from pipeline.extract.path_group import PathRules
-from pipeline.synth import (
+from pipeline.core.process import Enriched, process
+from pipeline.core.enrich import EnrichContext
+from pipeline.core.extract.path_group import PathRules
+from pipeline.dev.synth import (
     CLIENT_BLOCKS_V4,
     CLIENT_BLOCKS_V6,
     DEFAULT_START_NS,

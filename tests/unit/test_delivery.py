@@ -8,12 +8,12 @@ from typing import Any
 
 import orjson
 
-from pipeline.delivery import BatchHandler, InputMessage
-from pipeline.enrich import EnrichContext
-from pipeline.model import KafkaCoordinates
+from agents.handler import BatchHandler, InputMessage
+from pipeline.core.enrich import EnrichContext
+from pipeline.core.model import KafkaCoordinates
 from pipeline.sinks.dlq import DeadLetterSink
-from pipeline.sinks.elasticsearch.request import BulkItem
-from pipeline.sinks.otlp.encode import EncodedSpan
+from pipeline.core.bulk import BulkItem
+from pipeline.core.otlp_wire import EncodedSpan
 
 DAY1 = "2024-05-01T23:59:59.999Z"
 DAY2 = "2024-05-02T00:00:00.000Z"

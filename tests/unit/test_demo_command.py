@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from pipeline.config import load_settings
-from pipeline.demo import add_demo_arguments, run_demo
+from pipeline.dev.demo import add_demo_arguments, run_demo
 from pipeline.errors import ConfigError
 
 

@@ -12,14 +12,14 @@ import pytest
 
 from pipeline.canary.records import Decision
 from pipeline.config import load_settings
-from pipeline.demo.extras import (
+from pipeline.dev.demo.extras import (
     DemoContext,
     extra_sections,
     safe_extra_sections,
     verdicts_settled,
 )
-from pipeline.demo.progress import Counts, drain_line, drained, traffic_line
-from pipeline.demo.report import (
+from pipeline.dev.demo.progress import Counts, drain_line, drained, traffic_line
+from pipeline.dev.demo.report import (
     WORSE_MARK,
     Endpoints,
     Section,
@@ -33,10 +33,10 @@ from pipeline.demo.report import (
     span_section,
     summary_sections,
 )
-from pipeline.demo.services import settings_env, worker_env
-from pipeline.demo.stages import plan_stages
-from pipeline.demo.summary import parse_summary
-from pipeline.synth import PATH_RULES
+from pipeline.dev.demo.services import settings_env, worker_env
+from pipeline.dev.demo.stages import plan_stages
+from pipeline.dev.demo.summary import parse_summary
+from pipeline.dev.synth import PATH_RULES
 from tests.unit.test_canary_format import T0, verdict
 from tests.unit.test_demo_summary import CANNED, WINDOWS
 

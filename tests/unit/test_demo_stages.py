@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from pipeline.demo.stages import DEFAULT_ROLLOUT, Stage, plan_stages, share_label, stage_at
+from pipeline.dev.demo.stages import DEFAULT_ROLLOUT, Stage, plan_stages, share_label, stage_at
 
 
 def test_default_rollout_is_1_5_50_percent_over_the_duration() -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.demo.summary import (
+from pipeline.dev.demo.summary import (
     INDEX_PATTERN,
     MISSING,
     Cell,

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.document import build_document, geo_document, http_version
-from pipeline.model import AccessRecord, AsnInfo, Enrichment, GeoInfo
+from pipeline.core.document import build_document, geo_document, http_version
+from pipeline.core.model import AccessRecord, AsnInfo, Enrichment, GeoInfo
 from tests.unit.conftest import FULL_ASN, FULL_GEO, T0_NS
 
 

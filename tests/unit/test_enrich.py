@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from pipeline.config import load_settings
-from pipeline.enrich import (
+from pipeline.core.enrich import (
     DEFAULT_CHAIN,
     EnrichContext,
     enrich,
@@ -14,8 +14,8 @@ from pipeline.enrich import (
     service_from,
     url_step,
 )
-from pipeline.formats.detect import parse_message
-from pipeline.model import AccessRecord, Enrichment
+from pipeline.core.formats.detect import parse_message
+from pipeline.core.model import AccessRecord, Enrichment
 from tests.unit.conftest import FULL_ASN, FULL_GEO, FakeGeo, sample_lines
 
 ISTIO = parse_message(sample_lines("istio-default.json.log")[0])
@@ -109,7 +109,7 @@ def test_context_from_settings() -> None:
         include_original=True,
         max_message_bytes=4096,
     )
-    ctx = EnrichContext.from_settings(settings)
+    ctx = enrich_context(settings)
     assert ctx.gray_rules.id_headers == ("x-exp",)
     assert ctx.gray_rules.id_query_arg == "exp"
     assert ctx.gray_rules.canary_header == "x-canary"

@@ -1,4 +1,4 @@
-"""Bulk targets and NDJSON bodies (pipeline.sinks.elasticsearch.request)."""
+"""Bulk targets and NDJSON bodies (pipeline.core.bulk)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.sinks.elasticsearch.request import (
+from pipeline.core.bulk import (
     BulkItem,
     build_bulk_body,
     build_item,

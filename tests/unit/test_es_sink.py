@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.config import EsMode, load_settings
 from pipeline.errors import ConfigError, StoreRejected, StoreUnavailable
-from pipeline.sinks.elasticsearch.request import BulkItem
+from pipeline.core.bulk import BulkItem
 from pipeline.sinks.elasticsearch.service import (
     ELASTICSEARCH,
     OPENSEARCH,

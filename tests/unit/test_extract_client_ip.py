@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pipeline.config import DEFAULT_TRUSTED_PROXIES
-from pipeline.extract import client_ip as client_ip_module
-from pipeline.extract.client_ip import TrustedProxies, parse_ip
+from pipeline.core.extract import client_ip as client_ip_module
+from pipeline.core.extract.client_ip import TrustedProxies, parse_ip
 
 PROXIES = TrustedProxies.from_cidrs(DEFAULT_TRUSTED_PROXIES.split(","))
 

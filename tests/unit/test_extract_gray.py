@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from pipeline.extract import gray
-from pipeline.extract.gray import GrayRules, istio_subset
-from pipeline.model import AccessRecord
+from pipeline.core.extract import gray
+from pipeline.core.extract.gray import GrayRules, istio_subset
+from pipeline.core.model import AccessRecord
 from tests.unit.conftest import doc
 
 RULES = GrayRules()

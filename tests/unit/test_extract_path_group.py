@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.extract.path_group import PathRules, default_group
-from pipeline.synth import PATH_RULES
+from pipeline.core.extract.path_group import PathRules, default_group
+from pipeline.dev.synth import PATH_RULES
 from tests.unit.conftest import doc
 
 
@@ -66,7 +66,7 @@ def test_the_memo_starts_over_when_full() -> None:
 
 
 def test_route_and_path_group_in_the_document() -> None:
-    from pipeline.enrich import EnrichContext
+    from pipeline.core.enrich import EnrichContext
 
     ctx = EnrichContext(path_rules=RULES)
     document = doc('{"request_uri": "/godoc/pkg/net/http?v=1", "status": "200"}', ctx)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.extract.trace import span_id_of, trace_context, trace_id_of
-from pipeline.model import AccessRecord
+from pipeline.core.extract.trace import span_id_of, trace_context, trace_id_of
+from pipeline.core.model import AccessRecord
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"

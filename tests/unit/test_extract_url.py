@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from pipeline import enrich as enrich_module
-from pipeline.enrich import EnrichContext, target_parts, url_step
-from pipeline.extract.path_group import decoded_path
-from pipeline.extract.url import decode_component, first_query_values, split_target
-from pipeline.model import AccessRecord, Enrichment
+from pipeline.core.enrich import EnrichContext, target_parts, url_step
+from pipeline.core.extract.path_group import decoded_path
+from pipeline.core.extract.url import decode_component, first_query_values, split_target
+from pipeline.core.model import AccessRecord, Enrichment
 
 
 @pytest.mark.parametrize(

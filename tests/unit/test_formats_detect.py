@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from pipeline.formats import detect
-from pipeline.formats.detect import MAX_ENVELOPE_DEPTH, parse_message
-from pipeline.model import AccessRecord, Reason, RejectedInput
+from pipeline.core.formats import detect
+from pipeline.core.formats.detect import MAX_ENVELOPE_DEPTH, parse_message
+from pipeline.core.model import AccessRecord, Reason, RejectedInput
 from tests.unit.conftest import SAMPLES, SHARED_SAMPLES, fixture_lines, sample_lines
 
 ISTIO = sample_lines("istio-default.json.log")[0]
@@ -157,9 +157,9 @@ def test_key_order_does_not_change_the_result() -> None:
 
 
 def test_resolve_message_names_the_format_parser_and_its_arguments() -> None:
-    from pipeline.formats.envoy import parse_envoy
-    from pipeline.formats.nginx_json import parse_nginx_json
-    from pipeline.formats.nginx_text import parse_nginx_text
+    from pipeline.core.formats.envoy import parse_envoy
+    from pipeline.core.formats.nginx_json import parse_nginx_json
+    from pipeline.core.formats.nginx_text import parse_nginx_text
 
     expected = {
         "istio-default.json.log": parse_envoy,

@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.formats.envoy import envoy_shape, parse_cookie_header, parse_envoy
-from pipeline.model import Reason, RejectedInput
+from pipeline.core.formats.envoy import envoy_shape, parse_cookie_header, parse_envoy
+from pipeline.core.model import Reason, RejectedInput
 from tests.unit.conftest import T0_NS, fixture_lines, sample_lines
 
 ISTIO_SAMPLE = orjson.loads(sample_lines("istio-default.json.log")[0])

@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.formats.nginx_json import nginx_shape, parse_nginx_json
-from pipeline.model import AccessRecord, Reason, RejectedInput
+from pipeline.core.formats.nginx_json import nginx_shape, parse_nginx_json
+from pipeline.core.model import AccessRecord, Reason, RejectedInput
 from tests.unit.conftest import T0_NS, fixture_lines, sample_lines
 
 NGINX_SAMPLE = orjson.loads(sample_lines("nginx.json.log")[0])

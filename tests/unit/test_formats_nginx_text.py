@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.formats.nginx_text import (
+from pipeline.core.formats.nginx_text import (
     _STRUCTURED,
     _STRUCTURED_PLAIN,
     COMBINED_PLAIN,
@@ -14,8 +14,8 @@ from pipeline.formats.nginx_text import (
     parse_nginx_text,
     unescape,
 )
-from pipeline.formats.nginx_text import COMBINED as COMBINED_PATTERN
-from pipeline.model import Reason, RejectedInput
+from pipeline.core.formats.nginx_text import COMBINED as COMBINED_PATTERN
+from pipeline.core.model import Reason, RejectedInput
 from tests.unit.conftest import T0_NS, fixture_lines, sample_lines
 
 COMBINED = (

@@ -7,8 +7,8 @@ import ipaddress
 
 import pytest
 
-from pipeline.formats import values
-from pipeline.formats.values import (
+from pipeline.core.formats import values
+from pipeline.core.formats.values import (
     MAX_LONG,
     MAX_TIMESTAMP_NS,
     RECORD_FIELDS,
@@ -28,7 +28,7 @@ from pipeline.formats.values import (
     timestamp_to_ns,
     upstream_seconds_to_ns,
 )
-from pipeline.model import AccessRecord, Reason, RejectedInput
+from pipeline.core.model import AccessRecord, Reason, RejectedInput
 
 T0 = 1_795_176_000_000_000_000  # 2026-11-20T12:00:00Z
 

@@ -19,7 +19,7 @@ from pipeline.geoip import (
     asn_from_record,
     geo_from_record,
 )
-from pipeline.model import AsnInfo, GeoInfo
+from pipeline.core.model import AsnInfo, GeoInfo
 from tests.geoip_data import (
     DEFAULT_ASN_ENTRIES,
     DEFAULT_CITY_ENTRIES,

@@ -9,9 +9,9 @@ import pickle
 
 import pytest
 
-from pipeline.core import Enriched, process
-from pipeline.enrich import EnrichContext
-from pipeline.model import EMPTY, AccessRecord, Enrichment, ReadOnlyDict
+from pipeline.core.process import Enriched, process
+from pipeline.core.enrich import EnrichContext
+from pipeline.core.model import EMPTY, AccessRecord, Enrichment, ReadOnlyDict
 from pipeline.native import loaded_native
 from tests.unit.conftest import all_sample_lines, corpus_lines
 
@@ -65,9 +65,9 @@ def test_processing_every_sample_leaves_the_shared_default_empty() -> None:
 # The per-event dataclasses write their __init__ out (native code when compiled,
 # pipeline.native); it must stay the dataclass's: same names, order and defaults.
 def _written_out() -> list[type]:
-    from pipeline.core import Enriched
-    from pipeline.delivery import InputMessage
-    from pipeline.sinks.elasticsearch.request import BulkItem
+    from pipeline.core.process import Enriched
+    from agents.handler import InputMessage
+    from pipeline.core.bulk import BulkItem
 
     return [AccessRecord, Enrichment, Enriched, InputMessage, BulkItem]
 

@@ -53,7 +53,7 @@ def test_the_running_core_is_the_built_one() -> None:
 
 def _fake_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     monkeypatch.setattr(native, "_ROOT", tmp_path)
-    monkeypatch.setattr(native, "NATIVE_MODULES", ("pipeline.core",))
+    monkeypatch.setattr(native, "NATIVE_MODULES", ("pipeline.core.process",))
     (tmp_path / "pipeline").mkdir()
     source = tmp_path / "pipeline" / "core.py"
     source.write_text("")
@@ -66,7 +66,7 @@ def test_a_source_changed_after_the_build_is_stale(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source, shim = _fake_tree(tmp_path, monkeypatch)
-    assert native.stale_modules() == ["pipeline.core"]  # a shim without its library
+    assert native.stale_modules() == ["pipeline.core.process"]  # a shim without its library
     library = tmp_path / "pipeline" / f"core_native__mypyc{SUFFIX}"
     library.write_bytes(b"")
     os.utime(source, (1_000, 1_000))
@@ -74,14 +74,14 @@ def test_a_source_changed_after_the_build_is_stale(
     os.utime(library, (2_000, 2_000))
     assert native.stale_modules() == []
     os.utime(source, (3_000, 3_000))
-    assert native.stale_modules() == ["pipeline.core"]
+    assert native.stale_modules() == ["pipeline.core.process"]
 
 
 def test_without_a_build_nothing_is_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _source, shim = _fake_tree(tmp_path, monkeypatch)
     shim.unlink()
     assert native.stale_modules() == []
-    assert native.compiled_path("pipeline.core") is None
+    assert native.compiled_path("pipeline.core.process") is None
 
 
 def test_sources_first_must_come_before_the_core() -> None:

@@ -9,14 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from pipeline.core import Enriched, process
-from pipeline.enrich import EnrichContext
-from pipeline.model import AccessRecord, Enrichment, GeoInfo
+from pipeline.core.process import Enriched, process
+from pipeline.core.enrich import EnrichContext
+from pipeline.core.model import AccessRecord, Enrichment, GeoInfo
 from pipeline.sinks.otlp import direct
-from pipeline.sinks.otlp.direct import encode_request_span
-from pipeline.sinks.otlp.encode import encode_span, frame_request, request_to_dicts
-from pipeline.span import build_span
-from pipeline.synth import generate
+from pipeline.core.otlp import encode_request_span
+from pipeline.core.otlp_wire import encode_span, frame_request, request_to_dicts
+from pipeline.core.span import build_span
+from pipeline.dev.synth import generate
 
 START = 1_700_000_000_123_456_789
 

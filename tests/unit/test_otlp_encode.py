@@ -18,16 +18,16 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 import schemas
-from pipeline.model import AccessRecord, Enrichment, GeoInfo, SpanData
+from pipeline.core.model import AccessRecord, Enrichment, GeoInfo, SpanData
 from pipeline.sinks.otlp import encode
-from pipeline.sinks.otlp.encode import (
+from pipeline.core.otlp_wire import (
     SCOPE_NAME,
     encode_request,
     encode_spans,
     request_to_dicts,
     to_bytes,
 )
-from pipeline.span import build_span
+from pipeline.core.span import build_span
 
 
 def span(n: int, service: str = "godoc", **overrides: Any) -> SpanData:

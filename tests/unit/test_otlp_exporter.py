@@ -11,8 +11,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from pipeline.config import load_settings
 from pipeline.errors import ConfigError
-from pipeline.model import SpanData
-from pipeline.sinks.otlp.encode import EncodedSpan, encode_span, encode_spans, request_to_dicts
+from pipeline.core.model import SpanData
+from pipeline.core.otlp_wire import EncodedSpan, encode_span, encode_spans, request_to_dicts
 from pipeline.sinks.otlp.exporter import (
     Endpoint,
     ExportRequestFailed,

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.config import load_settings
 from pipeline.errors import ConfigError
-from pipeline.produce import (
+from pipeline.commands.produce import (
     KafkaSender,
     LineSplitter,
     ProduceError,

@@ -19,14 +19,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import DEFAULT_TRUSTED_PROXIES
-from pipeline.core import Enriched, process
-from pipeline.enrich import EnrichContext
-from pipeline.extract.client_ip import TrustedProxies
-from pipeline.formats.envoy import SIGNATURE_KEYS as ENVOY_KEYS
-from pipeline.formats.nginx_json import SIGNATURE_KEYS as NGINX_KEYS
-from pipeline.formats.values import canonical_ip
-from pipeline.model import DeadLetter, Reason
-from pipeline.synth import generate
+from pipeline.core.process import Enriched, process
+from pipeline.core.enrich import EnrichContext
+from pipeline.core.extract.client_ip import TrustedProxies
+from pipeline.core.formats.envoy import SIGNATURE_KEYS as ENVOY_KEYS
+from pipeline.core.formats.nginx_json import SIGNATURE_KEYS as NGINX_KEYS
+from pipeline.core.formats.values import canonical_ip
+from pipeline.core.model import DeadLetter, Reason
+from pipeline.dev.synth import generate
 from tests.unit.conftest import FULL_ASN, FULL_GEO, FakeGeo, corpus_lines, mapping_problems
 
 SEEDS: list[bytes] = corpus_lines() + list(generate(40, seed=11))

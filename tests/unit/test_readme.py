@@ -20,6 +20,6 @@ def test_quick_start_is_two_commands() -> None:
 
 
 def test_configuration_table_is_current() -> None:
-    from pipeline.config_doc import table
+    from pipeline.commands.config_doc import table
 
-    assert table() in README, "run: .venv/bin/python -m pipeline.config_doc"
+    assert table() in README, "run: .venv/bin/python -m pipeline.commands.config_doc"

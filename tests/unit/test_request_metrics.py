@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.core import Enriched
+from pipeline.core.process import Enriched
 from pipeline.metrics.requests import (
     DURATION_BUCKETS,
     OTHER,
@@ -17,7 +17,7 @@ from pipeline.metrics.requests import (
     looks_like_version,
     status_class,
 )
-from pipeline.model import AccessRecord, DeadLetter, Enrichment, Reason
+from pipeline.core.model import AccessRecord, DeadLetter, Enrichment, Reason
 from pipeline.telemetry import Telemetry, parse_samples
 
 MS = 1_000_000

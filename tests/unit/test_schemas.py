@@ -7,8 +7,8 @@ import json
 import pytest
 
 import schemas
-from pipeline.core import Enriched, process
-from pipeline.enrich import EnrichContext
+from pipeline.core.process import Enriched, process
+from pipeline.core.enrich import EnrichContext
 from tests.unit.conftest import (
     FULL_ASN,
     FULL_GEO,

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 import schemas
 from pipeline import span as span_module
-from pipeline.model import AccessRecord, Enrichment, GeoInfo
-from pipeline.span import UNKNOWN_SERVICE, build_span
+from pipeline.core.model import AccessRecord, Enrichment, GeoInfo
+from pipeline.core.span import UNKNOWN_SERVICE, build_span
 
 START = 1_700_000_000_123_456_789
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -8,7 +8,7 @@
 """
 
 from pipeline.sinks.elasticsearch.classify import BulkResult, Outcome, RequestOutcome
-from pipeline.sinks.elasticsearch.request import BulkItem, build_bulk_body, build_item, target_for
+from pipeline.core.bulk import BulkItem, build_bulk_body, build_item, target_for
 from pipeline.sinks.elasticsearch.sink import ElasticsearchSink, EsSinkStats
 
 __all__ = [

@@ -39,7 +39,7 @@ class BulkItem:
     source: bytes
     ref: Any = None  # Any, not object: mypyc (pipeline.native) cannot resolve builtins here
 
-    # Written out for the compiled core (see pipeline.model.AccessRecord).
+    # Written out for the compiled core (see pipeline.core.model.AccessRecord).
     def __init__(
         self, doc_id: str | None, index: str, op: Op, source: bytes, ref: Any = None
     ) -> None:

@@ -25,7 +25,7 @@ from pipeline.sinks.elasticsearch.classify import (
     classify_status,
     error_detail,
 )
-from pipeline.sinks.elasticsearch.request import MODES, BulkItem, build_bulk_body, build_item
+from pipeline.core.bulk import MODES, BulkItem, build_bulk_body, build_item
 
 logger = logging.getLogger(__name__)
 

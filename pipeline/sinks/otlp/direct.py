@@ -1,6 +1,6 @@
 """A request's span straight to OTLP wire bytes: ``build_span`` and the encoder in one pass.
 
-``pipeline.span.build_span`` (SpanData) and ``encode.encode_span`` are the
+``pipeline.core.span.build_span`` (SpanData) and ``encode.encode_span`` are the
 readable reference; this is what the worker runs for every event. It writes
 the same bytes — ``encode_request_span(record, enr, key)`` equals
 ``encode_span(build_span(record, enr, fallback_key=key))``, checked at import
@@ -10,7 +10,7 @@ lookup in a memo of that attribute's encoded fields, keyed by the value
 alone, all of them in one C-level ``map``; the four geo attributes (last in
 the schema) are encoded once per ``GeoInfo`` and kept on it, since the GeoIP
 cache shares one GeoInfo between all the clients of a network. Identity,
-method and name rules are ``pipeline.span``'s own functions.
+method and name rules are ``pipeline.core.span``'s own functions.
 
 Memos are bounded (cleared when full, like encode's): most values repeat
 (stage, method, route, status, country, coordinates); per-request ones
@@ -20,8 +20,8 @@ Memos are bounded (cleared when full, like encode's): most values repeat
 from __future__ import annotations
 
 import schemas
-from pipeline.model import AccessRecord, Enrichment, GeoInfo
-from pipeline.sinks.otlp.encode import (
+from pipeline.core.model import AccessRecord, Enrichment, GeoInfo
+from pipeline.core.otlp_wire import (
     EncodedSpan,
     attribute_field,
     encode_span,
@@ -29,7 +29,7 @@ from pipeline.sinks.otlp.encode import (
     span_head,
     span_tail,
 )
-from pipeline.span import (
+from pipeline.core.span import (
     KIND_TYPES,
     UNKNOWN_SERVICE,
     build_span,

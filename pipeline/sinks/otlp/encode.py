@@ -36,7 +36,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, SpanFlags, Status
 
 import schemas
-from pipeline.model import SpanData
+from pipeline.core.model import SpanData
 
 SCOPE_NAME = "grayscope"
 SERVICE_NAME_KEY = "service.name"

@@ -44,7 +44,7 @@ import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from pipeline.errors import ConfigError, ExportError
-from pipeline.sinks.otlp.encode import EncodedSpan, frame_request
+from pipeline.core.otlp_wire import EncodedSpan, frame_request
 
 if TYPE_CHECKING:
     from pipeline.config import Settings
