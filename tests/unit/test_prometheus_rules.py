@@ -3,6 +3,7 @@ metrics the worker exports (or rules of the same file)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -69,3 +70,27 @@ def test_the_expression_checker_rejects_what_promtool_cannot_parse(tmp_path: Pat
     check_expressions({"fine": "sum(rate(grayscope_http_requests_total[5m]))"}, tmp_path)
     with pytest.raises(AssertionError, match="broken"):
         check_expressions({"broken": "sum(rate(grayscope_http_requests_total[5m])"}, tmp_path)
+
+
+def test_the_compose_prometheus_and_alertmanager_configs_pass_their_checkers(
+    tmp_path: Path,
+) -> None:
+    config = yaml.safe_load((RULES_DIR / "prometheus.yml").read_text())
+    # The container path of the rules -> the file in the repo.
+    config["rule_files"] = [str(RULES)]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        [promtool(), "check", "config", str(path)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        pytest.skip("amtool not installed (Debian package `prometheus-alertmanager`)")
+    done = subprocess.run(
+        [amtool, "check-config", str(RULES_DIR / "alertmanager.yml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
