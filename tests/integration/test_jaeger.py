@@ -23,6 +23,7 @@ import orjson
 import pytest
 
 import schemas
+from pipeline.config import enrich_context as context_from_settings
 from pipeline.config import load_settings
 from pipeline.core.enrich import EnrichContext
 from pipeline.core.otlp import encode_request_span
@@ -141,7 +142,7 @@ def make_cases(host: str) -> list[Case]:
 def enrich_context(tmp_path_factory: pytest.TempPathFactory) -> EnrichContext:
     city, asn = write_test_dbs(tmp_path_factory.mktemp("geoip"))
     settings = load_settings(geoip_city_db=str(city), geoip_asn_db=str(asn))
-    return enrich_context(settings, GeoIPResolver.from_settings(settings.geoip))
+    return context_from_settings(settings, GeoIPResolver.from_settings(settings.geoip))
 
 
 def enrich_lines(cases: list[Case], ctx: EnrichContext) -> list[Enriched]:

@@ -111,6 +111,8 @@ def test_stack_up_env_status_down(tmp_path: Path) -> None:
             "GRAYSCOPE_ES_URL",
             "GRAYSCOPE_OTLP_ENDPOINT",
             "GRAYSCOPE_JAEGER_URL",
+            "GRAYSCOPE_PROMETHEUS_URL",
+            "GRAYSCOPE_ALERTMANAGER_URL",
         }
         assert exported["GRAYSCOPE_KAFKA_BROKERS"].startswith("127.0.0.1:")
         assert exported["GRAYSCOPE_ES_URL"].startswith("http://127.0.0.1:")
