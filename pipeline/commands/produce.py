@@ -593,7 +593,9 @@ class KafkaSender:
         while True:
             await asyncio.sleep(self.linger)
             if self._batch_count and self.clock() - self._opened_at >= self.linger:
-                await self._send_open()
+                # Shielded: close() cancels this loop, and a batch it was handing to the
+                # producer must still be sent and counted, never lost uncounted.
+                await asyncio.shield(self._send_open())
 
     def request_stop(self) -> None:
         """Stop reading input; a second request also abandons the final flush."""
@@ -607,6 +609,8 @@ class KafkaSender:
         Returns early when a forced stop is requested.
         """
         await self._send_open()
+        async with self._send_lock:
+            pass  # a batch the linger loop was still handing over is in flight now
         deadline = self.clock() + timeout
         forced = asyncio.ensure_future(self.force_requested.wait())
         try:
