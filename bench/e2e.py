@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline import native  # noqa: E402
 from pipeline.dev.embedded.broker import EmbeddedBroker, create_topics  # noqa: E402
-from pipeline.dev.embedded.ports import free_port  # noqa: E402
 from pipeline.dev.embedded.store import EmbeddedStore  # noqa: E402
+from pipeline.dev.stack.process import free_port  # noqa: E402
 from pipeline.dev.synth import generate  # noqa: E402
 from pipeline.telemetry import sample_sums  # noqa: E402
 

@@ -33,10 +33,11 @@ from pydantic import SecretStr
 from pipeline.config import Settings, StackSettings
 from pipeline.dev.embedded.broker import EmbeddedBroker, create_topics
 from pipeline.dev.embedded.otlp_receiver import OtlpReceiver
-from pipeline.dev.embedded.ports import ChildProcess, free_port
+from pipeline.dev.embedded.ports import ChildProcess
 from pipeline.dev.embedded.store import EmbeddedStore
 from pipeline.dev.stack.kafka import KafkaNode, kafka_lib, kafka_version
 from pipeline.dev.stack.opensearch import OpenSearchNode, opensearch_lib, opensearch_version
+from pipeline.dev.stack.process import free_port
 from pipeline.dev.synth import PATH_RULES
 from pipeline.errors import EmbeddedServiceError
 from pipeline.telemetry import sample_sums

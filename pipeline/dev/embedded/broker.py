@@ -30,20 +30,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final, Self
 
-from pipeline.dev.embedded.ports import (
-    LOOPBACK,
-    ChildProcess,
-    EmbeddedService,
-    default_log_path,
-    free_port,
-    port_accepts,
-)
+from pipeline.dev.embedded.ports import ChildProcess, EmbeddedService, default_log_path
 from pipeline.dev.stack.kafka import (  # noqa: F401 - re-exported for the demo and benches
     create_topics,
     produce_values,
     read_topic,
     topic_names,
 )
+from pipeline.dev.stack.process import LOOPBACK, free_port, port_accepts
 from pipeline.errors import EmbeddedServiceError
 
 log = logging.getLogger(__name__)

@@ -9,14 +9,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import os
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,31 +19,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from pipeline.dev.stack.process import (  # one copy, shared with the real stack
+    _death_signal_preexec,
+)
 from pipeline.errors import EmbeddedServiceError
 
 log = logging.getLogger(__name__)
 
-LOOPBACK = "127.0.0.1"
-
-_PR_SET_PDEATHSIG = 1
 
 
 
-def free_port(host: str = LOOPBACK) -> int:
-    """A port that was free a moment ago; callers retry if someone takes it meanwhile."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
-
-def port_accepts(host: str, port: int, timeout: float = 0.2) -> bool:
-    """Whether something accepts TCP connections on host:port right now."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def default_log_path(name: str) -> Path:
@@ -57,27 +38,6 @@ def default_log_path(name: str) -> Path:
     os.close(fd)
     return Path(path)
 
-
-def _death_signal_preexec(parent_pid: int) -> Callable[[], None] | None:
-    """A preexec_fn making the kernel kill the child when its parent dies (Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return None
-    # Loaded here, in the parent: the child between fork and exec must not
-    # import or allocate more than necessary.
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    prctl = libc.prctl
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        # The parent may have died between fork and prctl: then nobody would
-        # ever send the signal.
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-    return preexec
 
 
 class ChildProcess:

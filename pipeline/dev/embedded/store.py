@@ -24,13 +24,8 @@ from typing import Any, Self
 
 import orjson
 
-from pipeline.dev.embedded.ports import (
-    LOOPBACK,
-    ChildProcess,
-    EmbeddedService,
-    default_log_path,
-    port_accepts,
-)
+from pipeline.dev.embedded.ports import ChildProcess, EmbeddedService, default_log_path
+from pipeline.dev.stack.process import LOOPBACK, port_accepts
 from pipeline.errors import EmbeddedServiceError, StoreHTTPError
 
 log = logging.getLogger(__name__)
