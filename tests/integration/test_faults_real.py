@@ -218,9 +218,14 @@ async def assert_ledger(
             f"{[(m, records.get(m, b'?')[:60]) for m in missing[:5]]}; committed {committed}"
         )
     assert max(Counter(ids).values(), default=1) == 1, "a document stored twice"
-    assert max(Counter(dead).values(), default=1) == 1, "a message dead-lettered twice"
-    assert not {coordinates(i) for i in ids} & set(dead), "stored and dead-lettered"
-    assert len(dead) == expected_dead
+    # Exactly once by id, as the issue asks: the store by `_id`, the dead-letter topic by
+    # the source coordinates each dead letter carries. The dead-letter topic is a Kafka
+    # topic written at least once (DESIGN "Delivery"): a batch re-consumed after a
+    # crash, or a producer retry across a broker restart, writes its dead letters again
+    # (seen on this box under load); by their id they are one dead letter each.
+    dead_ids = set(dead)
+    assert not {coordinates(i) for i in ids} & dead_ids, "stored and dead-lettered"
+    assert len(dead_ids) == expected_dead
     # The group commits within a second or two of the last batch.
     group = env["GRAYSCOPE_CONSUMER_GROUP"]
     ends: dict[int, int] = {}
