@@ -97,8 +97,13 @@ class DescendantWatcher:
                     family.add(pid)
                     grew = True
         for pid in family - {self.root}:
-            if pid not in self.seen:
-                self.seen[pid] = (parents[pid][1], _cmdline(pid))
+            started = parents[pid][1]
+            known = self.seen.get(pid)
+            if known is None or known[0] == started:
+                # Seen again: keep its latest command line. A child seen between fork
+                # and exec still shows its parent's (the demo's) command line.
+                command = _cmdline(pid)
+                self.seen[pid] = (started, command or (known[1] if known else ""))
 
     def commands(self) -> list[str]:
         return [command for _, command in self.seen.values()]
