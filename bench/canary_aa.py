@@ -72,8 +72,8 @@ def replay(
 
     def tick(now: float) -> None:
         # The agent: fold windows that ended over a window ago into the states.
-        by_group: dict[str, tuple[dict[int, WindowCounts], dict[int, WindowCounts]]] = (
-            defaultdict(lambda: ({}, {}))
+        by_group: dict[str, tuple[dict[int, WindowCounts], dict[int, WindowCounts]]] = defaultdict(
+            lambda: ({}, {})
         )
         for (group, stage, start), counts in tables.items():
             arms = by_group[group]

@@ -5,10 +5,15 @@ from pipeline.dev.synth, GeoIP on the full-size GeoLite2-City database):
 
   a. raw ceiling      aiokafka getmany + orjson.loads, no consumer group
   b. worker, no sinks stock Faust (stream mode) and grayscope's batch path
-  c. full worker      -> osmem store + OTLP receiver (real processes)
-  c'. full worker     -> an instantly-acknowledging bulk endpoint + OTLP receiver
-  d. store ceiling    bulk of the same documents straight into osmem
+  c. full worker      -> an instantly-acknowledging bulk endpoint + OTLP receiver
+                      that only counts (the worker alone)
+  real_stack          the full worker -> OpenSearch (data stream) + Jaeger, and the
+                      same documents bulk-loaded straight into OpenSearch (its ceiling)
   e. latency          produce at a fixed rate; Kafka record time -> bulk acknowledged
+  scaling             1 -> 2 workers on 4 partitions; GeoIP with ~10^6 clients
+
+Apache Kafka, OpenSearch and Jaeger are the real ones (``make services``),
+started here on free loopback ports.
 
 Each worker is a real ``grayscope worker`` subprocess; throughput is measured
 from its /metrics between the first and the last consumed message; peak RSS
@@ -35,9 +40,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.real_stack import Services, enriched_bulk_bodies, store_ceiling  # noqa: E402
 from pipeline import native  # noqa: E402
-from pipeline.dev.embedded.broker import EmbeddedBroker, create_topics  # noqa: E402
-from pipeline.dev.embedded.store import EmbeddedStore  # noqa: E402
+from pipeline.dev.stack.kafka import create_topics, wait_for_group_coordinator  # noqa: E402
 from pipeline.dev.stack.process import free_port  # noqa: E402
 from pipeline.dev.synth import generate  # noqa: E402
 from pipeline.telemetry import sample_sums  # noqa: E402
@@ -66,6 +71,34 @@ async def produce(bootstrap: str, topic: str, values: list[bytes], rate: float =
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
+
+
+async def produce_with_kcat(bootstrap: str, topic: str, values: list[bytes], workdir: Path) -> None:
+    """Produce with librdkafka's kcat (Debian): several times aiokafka's rate for a
+    fraction of its CPU, so a scaling run measures the workers, not the producer."""
+    if any(b"\n" in value for value in values):
+        raise ValueError("kcat -l splits on newlines: a value holds one")
+    path = workdir / f"{topic}.lines"
+    path.write_bytes(b"\n".join(values) + b"\n")
+    proc = await asyncio.create_subprocess_exec(
+        "kcat",
+        "-P",
+        "-b",
+        bootstrap,
+        "-t",
+        topic,
+        "-X",
+        "linger.ms=5",
+        "-X",
+        "batch.num.messages=10000",
+        "-l",
+        str(path),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    path.unlink()
+    if proc.returncode != 0:
+        raise RuntimeError(f"kcat failed: {err.decode(errors='replace')[-500:]}")
 
 
 async def raw_ceiling(bootstrap: str, topic: str, n: int) -> float:
@@ -122,24 +155,34 @@ def latency_quantiles(m: dict[str, float], name: str, qs: tuple[float, ...]) -> 
     return out
 
 
-def start_worker(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_worker(
+    env: dict[str, str], log: Path, root: Path = ROOT
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A ``grayscope worker`` of the checkout at ``root`` (its own ``.venv``), with ``env``."""
     port = free_port()
     full = {
         **os.environ,
         "GRAYSCOPE_WEB_PORT": str(port),
         "GRAYSCOPE_WEB_HOST": "127.0.0.1",
-        "GRAYSCOPE_KAFKA_SESSION_TIMEOUT": "2",
+        # Kafka's smallest allowed session (group.min.session.timeout.ms).
+        "GRAYSCOPE_KAFKA_SESSION_TIMEOUT": "6",
         "GRAYSCOPE_ES_MODE": "index",
         "GRAYSCOPE_LOG_LEVEL": "warning",
         "GRAYSCOPE_CONSUMER_GROUP": "bench-" + uuid.uuid4().hex[:8],
         **env,
     }
+    # The entry point, not a module path: it is the same in every checkout compared.
+    command = (
+        Path(sys.executable).with_name("grayscope")
+        if root == ROOT
+        else root / ".venv/bin/grayscope"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.commands.main", "worker"],
+        [str(command), "worker"],
         env=full,
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
-        cwd=ROOT,
+        cwd=root,
     )
     return proc, port
 
@@ -206,8 +249,22 @@ def peak_rss_mb(pid: int) -> float:
 POLL_SECONDS = 0.2
 
 
-def run_worker(env: dict[str, str], n: int, log: Path, timeout: float) -> dict[str, Any]:
-    proc, port = start_worker(env, log)
+CONSUMED = ("grayscope_messages_consumed_total",)
+# Into a real store a run ends when every message is stored or dead-lettered.
+DELIVERED = ("grayscope_documents_indexed_total", "grayscope_dead_lettered_total")
+
+
+def run_worker(
+    env: dict[str, str],
+    n: int,
+    log: Path,
+    timeout: float,
+    *,
+    root: Path = ROOT,
+    progress: tuple[str, ...] = CONSUMED,
+) -> dict[str, Any]:
+    """Run a worker until ``progress`` (summed metrics) reaches ``n``; its figures."""
+    proc, port = start_worker(env, log, root)
     try:
         deadline = time.monotonic() + timeout
         first = None
@@ -219,7 +276,7 @@ def run_worker(env: dict[str, str], n: int, log: Path, timeout: float) -> dict[s
         end = previous[0]
         while time.monotonic() < deadline:
             m = metrics(port)
-            now, done = time.perf_counter(), m.get("grayscope_messages_consumed_total", 0.0)
+            now, done = time.perf_counter(), sum(m.get(name, 0.0) for name in progress)
             if done and first is None:
                 first = (now, done)
                 cpu_before = cpu_seconds(proc.pid)
@@ -237,8 +294,9 @@ def run_worker(env: dict[str, str], n: int, log: Path, timeout: float) -> dict[s
             time.sleep(POLL_SECONDS)
         if first is None:
             raise RuntimeError(f"worker consumed nothing in {timeout}s: see {log}")
+        done = sum(m.get(name, 0.0) for name in progress)
         consumed = m.get("grayscope_messages_consumed_total", 0.0)
-        rate = (min(consumed, n) - first[1]) / max(end - first[0], 1e-9)
+        rate = (min(done, n) - first[1]) / max(end - first[0], 1e-9)
         return {
             "events_per_s": round(rate),
             "consumed": int(consumed),
@@ -246,15 +304,7 @@ def run_worker(env: dict[str, str], n: int, log: Path, timeout: float) -> dict[s
             "dead_lettered": int(m.get("grayscope_dead_lettered_total", 0)),
             "spans_exported": int(m.get("grayscope_spans_exported_total", 0)),
             "spans_dropped": int(m.get("grayscope_spans_dropped_total", 0)),
-            "geoip_hit_ratio": round(
-                m.get("grayscope_geoip_cache_hits_total", 0)
-                / max(
-                    1.0,
-                    m.get("grayscope_geoip_cache_hits_total", 0)
-                    + m.get("grayscope_geoip_cache_misses_total", 0),
-                ),
-                3,
-            ),
+            "geoip_hit_ratio": geoip_hit_ratio(m),
             **cpu,
             "peak_rss_mb": round(peak_rss_mb(proc.pid), 1),
             "metrics": m,
@@ -276,28 +326,6 @@ def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     best["runs_host_steal_pct"] = [r.get("host_steal_pct") for r in runs]
     best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
     return best
-
-
-def store_ceiling(store: EmbeddedStore, values: list[bytes], n: int) -> float:
-    from pipeline.core.enrich import EnrichContext
-    from pipeline.core.process import Enriched, process
-
-    ctx = EnrichContext()
-    docs = [r.document for r in (process(v, ctx) for v in values[:n]) if isinstance(r, Enriched)]
-    bodies = []
-    for start in range(0, len(docs), 1000):
-        lines = []
-        for i, doc in enumerate(docs[start : start + 1000], start):
-            lines.append(b'{"index":{"_index":"grayscope-access-ceiling","_id":"%d"}}' % i)
-            lines.append(orjson.dumps(doc))
-        bodies.append(b"\n".join(lines) + b"\n")
-    started = time.perf_counter()
-    for body in bodies:
-        req = urllib.request.Request(
-            store.url + "/_bulk", data=body, headers={"Content-Type": "application/x-ndjson"}
-        )
-        urllib.request.urlopen(req, timeout=120).read()
-    return len(docs) / (time.perf_counter() - started)
 
 
 def start_null_store() -> tuple[subprocess.Popen[bytes], str]:
@@ -347,27 +375,36 @@ def interpreter() -> dict[str, str]:
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"events": args.events, "python": interpreter()}
+    results: dict[str, Any] = {"events": args.events, "python": interpreter(), "cpu": cpu_model()}
     values = list(generate(args.events, seed=42))
     results["avg_line_bytes"] = round(sum(map(len, values)) / len(values))
-    broker = EmbeddedBroker.start(log_path=workdir / "tansu.log")
-    store = EmbeddedStore.start(log_path=workdir / "osmem.log")
+    services = Services.start(workdir / "services")
     receiver, endpoints = start_receiver()
     null_store, null_url = start_null_store()
+    bootstrap = services.kafka.bootstrap
     try:
+        # The first consumer group of a fresh cluster waits for __consumer_offsets.
+        await wait_for_group_coordinator(bootstrap)
         topic = "bench-" + uuid.uuid4().hex[:8]
-        await create_topics(broker.bootstrap, [topic], PARTITIONS)
+        await create_topics(bootstrap, [topic], PARTITIONS)
         t = time.perf_counter()
-        await produce(broker.bootstrap, topic, values)
+        await produce(bootstrap, topic, values)
         results["produce_events_per_s"] = round(args.events / (time.perf_counter() - t))
-        base = {"GRAYSCOPE_KAFKA_BROKERS": broker.bootstrap, "GRAYSCOPE_INPUT_TOPICS": topic}
+        base = {"GRAYSCOPE_KAFKA_BROKERS": bootstrap, "GRAYSCOPE_INPUT_TOPICS": topic}
         no_sinks = base | {"GRAYSCOPE_ES_URL": "", "GRAYSCOPE_OTLP_ENDPOINT": ""}
+        # The worker alone: a store that acknowledges at once, spans to a receiver
+        # that only counts them (the worker's own cost, no store or trace backend).
         full = base | {"GRAYSCOPE_OTLP_ENDPOINT": endpoints["grpc_endpoint"]}
-        paths = {
-            "b_stock_faust": no_sinks | {"GRAYSCOPE_CONSUMER_MODE": "stream"},
-            "b_batch_path": no_sinks | {"GRAYSCOPE_CONSUMER_MODE": "batch"},
-            "c_full_null_store": full | {"GRAYSCOPE_ES_URL": null_url},
+        paths: dict[str, tuple[dict[str, str], Path]] = {
+            "b_stock_faust": (no_sinks | {"GRAYSCOPE_CONSUMER_MODE": "stream"}, ROOT),
+            "b_batch_path": (no_sinks | {"GRAYSCOPE_CONSUMER_MODE": "batch"}, ROOT),
+            "c_full_null_store": (full | {"GRAYSCOPE_ES_URL": null_url}, ROOT),
         }
+        if args.compare:
+            # Another checkout's worker in the same rounds: before/after on one broker.
+            other = Path(args.compare).resolve()
+            paths["compare_b_batch_path"] = (paths["b_batch_path"][0], other)
+            paths["compare_c_full_null_store"] = (paths["c_full_null_store"][0], other)
         log = workdir / "workers.log"
         # Rounds, not one path's repeats back to back: this VM's speed drifts by
         # 15-20 % within minutes, so each round measures the raw ceiling and every
@@ -375,79 +412,295 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         ceilings: list[int] = []
         runs: dict[str, list[dict[str, Any]]] = {key: [] for key in paths}
         for _ in range(max(1, args.repeat)):
-            ceiling = round(await raw_ceiling(broker.bootstrap, topic, args.events))
+            ceiling = round(await raw_ceiling(bootstrap, topic, args.events))
             ceilings.append(ceiling)
-            for key, env in paths.items():
-                run = run_worker(env, args.events, log, args.timeout)
+            for key, (env, root) in paths.items():
+                run = run_worker(env, args.events, log, args.timeout, root=root)
                 run["vs_raw"] = round(run["events_per_s"] / ceiling, 3)
                 runs[key].append(run)
         results["a_raw_ceiling"] = max(ceilings)
         results["a_raw_ceiling_runs"] = ceilings
         for key, key_runs in runs.items():
             results[key] = best_of(key_runs)
-        store_n = min(args.events, args.store_events)
-        store_topic = topic + "-store"
-        await create_topics(broker.bootstrap, [store_topic], PARTITIONS)
-        await produce(broker.bootstrap, store_topic, values[:store_n])
-        results["c_full_osmem"] = run_worker(
-            full | {"GRAYSCOPE_ES_URL": store.url, "GRAYSCOPE_INPUT_TOPICS": store_topic},
-            store_n,
-            log,
-            args.timeout,
+        if args.compare:
+            results["compare_root"] = str(Path(args.compare).resolve())
+        results["real_stack"] = await real_stack(services, values, base, args, log)
+        results["e_latency"] = await latency(
+            bootstrap, full | {"GRAYSCOPE_ES_URL": null_url}, values, args, log
         )
-        results["d_store_ceiling"] = round(store_ceiling(store, values, min(store_n, 10_000)))
-        # e. latency at a fixed offered load, against the instantly-acknowledging endpoint
-        # (osmem cannot absorb this rate, see d) with spans exported.
-        lat_topic = topic + "-latency"
-        await create_topics(broker.bootstrap, [lat_topic], PARTITIONS)
-        proc, port = start_worker(
-            full
-            | {
-                "GRAYSCOPE_ES_URL": null_url,
-                "GRAYSCOPE_INPUT_TOPICS": lat_topic,
-                "GRAYSCOPE_BATCH_TIMEOUT": "0.05",
-            },
-            log,
-        )
-        try:
-            while not metrics(port):
-                time.sleep(0.1)
-            time.sleep(4)  # group join
-            lat_n = int(args.rate * args.latency_seconds)
-            await produce(broker.bootstrap, lat_topic, values[:lat_n], rate=args.rate)
-            deadline = time.monotonic() + 30
-            m = metrics(port)
-            while (
-                m.get("grayscope_messages_consumed_total", 0) < lat_n
-                and time.monotonic() < deadline
-            ):
-                time.sleep(0.2)
-                m = metrics(port)
-            results["e_latency"] = {
-                "offered_events_per_s": args.rate,
-                "events": lat_n,
-                **{
-                    k: round(v * 1000, 1)
-                    for k, v in latency_quantiles(
-                        m, "grayscope_delivery_latency_seconds", (0.5, 0.99)
-                    ).items()
-                },
-                "unit": "ms",
-                "peak_rss_mb": round(peak_rss_mb(proc.pid), 1),
-            }
-        finally:
-            proc.terminate()
-            proc.wait(30)
+        if args.scaling:
+            results["scaling"] = await scaling(services, null_url, endpoints, args, log)
     finally:
         for p in (receiver, null_store):
             p.terminate()
             p.wait(10)
-        store.stop()
-        broker.stop()
-    for key in list(results):
-        if isinstance(results[key], dict):
-            results[key].pop("metrics", None)
+        services.stop()
+    for value in results.values():
+        if isinstance(value, dict):
+            value.pop("metrics", None)
     return results
+
+
+async def real_stack(
+    services: Services,
+    values: list[bytes],
+    base: dict[str, str],
+    args: argparse.Namespace,
+    log: Path,
+) -> dict[str, Any]:
+    """The full worker into real OpenSearch (data stream) + Jaeger, and the store's ceiling.
+
+    Same documents both ways: the ceiling's are built by the worker's own core
+    from the same messages (``bench.real_stack.enriched_bulk_bodies``). Each
+    load starts with an empty data stream.
+    """
+    n = min(len(values), args.store_events)
+    topic = f"{base['GRAYSCOPE_INPUT_TOPICS']}-store"
+    await create_topics(services.kafka.bootstrap, [topic], PARTITIONS)
+    await produce(services.kafka.bootstrap, topic, values[:n])
+    await services.install_templates()
+    documents, bodies = enriched_bulk_bodies(values[:n], topic, PARTITIONS, args.bulk_sizes)
+    ceiling = await store_ceiling(services, documents, bodies, args.bulk_concurrency)
+    env = base | {
+        "GRAYSCOPE_INPUT_TOPICS": topic,
+        "GRAYSCOPE_ES_URL": services.opensearch.url,
+        "GRAYSCOPE_ES_MODE": "data_stream",
+        "GRAYSCOPE_OTLP_ENDPOINT": services.jaeger.otlp_grpc_endpoint,
+    }
+    worker_runs = []
+    for _ in range(max(1, args.repeat)):
+        services.reset_data_stream()
+        run = run_worker(env, n, log, args.timeout, progress=DELIVERED)
+        run["stored"] = services.document_count()
+        worker_runs.append(run)
+    worker = best_of(worker_runs)
+    return {
+        "events": n,
+        "documents": documents,
+        "worker_events_per_s": worker["events_per_s"],
+        "worker_cpu_us_per_event": worker.get("cpu_us_per_event"),
+        "store_ceiling_docs_per_s": ceiling["docs_per_s"],
+        "worker_vs_store_ceiling": round(worker["events_per_s"] / ceiling["docs_per_s"], 3),
+        "worker": worker,
+        "store_ceiling": ceiling,
+    }
+
+
+async def latency(
+    bootstrap: str,
+    env: dict[str, str],
+    values: list[bytes],
+    args: argparse.Namespace,
+    log: Path,
+) -> dict[str, Any]:
+    """Kafka record time -> bulk acknowledged at a fixed offered load (instant-ack store)."""
+    topic = f"{env['GRAYSCOPE_INPUT_TOPICS']}-latency"
+    await create_topics(bootstrap, [topic], PARTITIONS)
+    proc, port = start_worker(
+        env | {"GRAYSCOPE_INPUT_TOPICS": topic, "GRAYSCOPE_BATCH_TIMEOUT": "0.05"}, log
+    )
+    try:
+        while not metrics(port):
+            time.sleep(0.1)
+        time.sleep(4)  # group join
+        n = int(args.rate * args.latency_seconds)
+        await produce(bootstrap, topic, values[:n], rate=args.rate)
+        deadline = time.monotonic() + 30
+        m = metrics(port)
+        while m.get("grayscope_messages_consumed_total", 0) < n and time.monotonic() < deadline:
+            time.sleep(0.2)
+            m = metrics(port)
+        return {
+            "offered_events_per_s": args.rate,
+            "events": n,
+            **{
+                k: round(v * 1000, 1)
+                for k, v in latency_quantiles(
+                    m, "grayscope_delivery_latency_seconds", (0.5, 0.99)
+                ).items()
+            },
+            "unit": "ms",
+            "peak_rss_mb": round(peak_rss_mb(proc.pid), 1),
+        }
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def assigned_partitions(m: dict[str, float], topic: str) -> list[int]:
+    """The partitions of ``topic`` a worker reports lag for: the ones assigned to it."""
+    out = []
+    for key in m:
+        if key.startswith("grayscope_consumer_lag{") and f'topic="{topic}"' in key:
+            out.append(int(key.split('partition="', 1)[1].split('"', 1)[0]))
+    return sorted(out)
+
+
+async def run_workers(
+    env: dict[str, str],
+    count: int,
+    values: list[bytes],
+    log: Path,
+    timeout: float,
+    progress: tuple[str, ...],
+) -> dict[str, Any]:
+    """``count`` workers in one consumer group on an empty topic; once the group has
+    split the partitions between them, ``values`` are produced and consumed.
+
+    Producing after the split keeps a first worker from consuming alone while
+    the others join; the producer is faster than the workers (``produce_events_per_s``).
+    """
+    bootstrap, topic = env["GRAYSCOPE_KAFKA_BROKERS"], env["GRAYSCOPE_INPUT_TOPICS"]
+    n = len(values)
+    group = "bench-" + uuid.uuid4().hex[:8]
+    workers = [start_worker(env | {"GRAYSCOPE_CONSUMER_GROUP": group}, log) for _ in range(count)]
+
+    async def sample() -> list[dict[str, float]]:
+        return [await asyncio.to_thread(metrics, port) for _, port in workers]
+
+    try:
+        deadline = time.monotonic() + timeout
+        split: list[list[int]] = []
+        while time.monotonic() < deadline:
+            split = [assigned_partitions(m, topic) for m in await sample()]
+            owned = [p for parts in split for p in parts]
+            if all(split) and sorted(owned) == list(range(PARTITIONS)):
+                break
+            if any(proc.poll() is not None for proc, _ in workers):
+                raise RuntimeError(f"a worker exited: see {log}")
+            await asyncio.sleep(POLL_SECONDS)
+        else:
+            raise RuntimeError(f"{count} workers never split {topic}: see {log}")
+        producer = asyncio.create_task(produce_with_kcat(bootstrap, topic, values, log.parent))
+        first: float | None = None
+        first_done = 0.0
+        cpu_before: list[dict[int, float]] = []
+        samples: list[dict[str, float]] = []
+        while time.monotonic() < deadline:
+            samples = await sample()
+            done = sum(sum(m.get(name, 0.0) for name in progress) for m in samples)
+            if done and first is None:
+                first, first_done = time.perf_counter(), done
+                cpu_before = [cpu_seconds(proc.pid) for proc, _ in workers]
+            if done >= n:
+                break
+            if any(proc.poll() is not None for proc, _ in workers):
+                raise RuntimeError(f"a worker exited: see {log}")
+            await asyncio.sleep(POLL_SECONDS)
+        else:
+            raise RuntimeError(f"{count} workers did not reach {n} in {timeout} s: see {log}")
+        await producer
+        elapsed = time.perf_counter() - (first or 0.0)
+        per_worker = []
+        for (proc, _), m, before, parts in zip(workers, samples, cpu_before, split, strict=True):
+            own = sum(m.get(name, 0.0) for name in progress)
+            per_worker.append(
+                {
+                    "events": int(own),
+                    "partitions": parts,
+                    **cpu_per_event(proc.pid, before, own),
+                    "geoip_hit_ratio": geoip_hit_ratio(m),
+                }
+            )
+        return {
+            "events_per_s": round((n - first_done) / max(elapsed, 1e-9)),
+            "workers": per_worker,
+        }
+    finally:
+        for proc, _ in workers:
+            proc.terminate()
+        for proc, _ in workers:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def geoip_hit_ratio(m: dict[str, float]) -> float:
+    hits = m.get("grayscope_geoip_cache_hits_total", 0.0)
+    misses = m.get("grayscope_geoip_cache_misses_total", 0.0)
+    return round(hits / max(1.0, hits + misses), 3)
+
+
+async def scaling(
+    services: Services,
+    null_url: str,
+    endpoints: dict[str, str],
+    args: argparse.Namespace,
+    log: Path,
+) -> dict[str, Any]:
+    """1 -> 2 worker processes on a 4-partition topic (instant-ack and real store), and
+    the GeoIP cache on a stream of many distinct client addresses."""
+    bootstrap = services.kafka.bootstrap
+    out: dict[str, Any] = {"partitions": PARTITIONS}
+    streams = {
+        "synthetic": list(generate(args.scaling_events, seed=7)),
+        # A client population as large as --distinct-clients: the GeoIP cache's
+        # hard case (most addresses are seen once or twice).
+        "distinct_clients": list(
+            generate(args.scaling_events, seed=8, clients=args.distinct_clients)
+        ),
+    }
+    for stream, values in streams.items():
+        out[f"{stream}_distinct_clients"] = distinct_clients(values)
+        stores: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
+            "null_store": (
+                {
+                    "GRAYSCOPE_ES_URL": null_url,
+                    "GRAYSCOPE_OTLP_ENDPOINT": endpoints["grpc_endpoint"],
+                },
+                CONSUMED,
+            ),
+        }
+        if stream == "synthetic":
+            stores["opensearch"] = (
+                {
+                    "GRAYSCOPE_ES_URL": services.opensearch.url,
+                    "GRAYSCOPE_ES_MODE": "data_stream",
+                    "GRAYSCOPE_OTLP_ENDPOINT": services.jaeger.otlp_grpc_endpoint,
+                },
+                DELIVERED,
+            )
+        for store, (sinks, progress) in stores.items():
+            figures: dict[str, Any] = {}
+            for count in (1, 2):
+                if store == "opensearch":
+                    services.reset_data_stream()
+                topic = "scale-" + uuid.uuid4().hex[:8]
+                await create_topics(bootstrap, [topic], PARTITIONS)
+                env = sinks | {
+                    "GRAYSCOPE_KAFKA_BROKERS": bootstrap,
+                    "GRAYSCOPE_INPUT_TOPICS": topic,
+                }
+                figures[f"workers_{count}"] = await run_workers(
+                    env, count, values, log, args.timeout, progress
+                )
+            one, two = (figures[f"workers_{c}"]["events_per_s"] for c in (1, 2))
+            figures["ratio_2_vs_1"] = round(two / max(one, 1), 2)
+            out[f"{stream}_{store}"] = figures
+    return out
+
+
+def distinct_clients(values: list[bytes]) -> int:
+    """How many client addresses the worker will see in these messages."""
+    from pipeline.config import Settings, enrich_context
+    from pipeline.core.process import Enriched, process_batch
+
+    ctx = enrich_context(Settings(geoip_city_db="", geoip_asn_db=""))
+    return len(
+        {
+            r.document.get("client", {}).get("ip")
+            for r in process_batch(values, ctx)
+            if isinstance(r, Enriched)
+        }
+    )
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()} x {os.cpu_count()}"
+    return "unknown"
 
 
 def table(results: dict[str, Any]) -> str:
@@ -464,15 +717,17 @@ def table(results: dict[str, Any]) -> str:
     for key, label in (
         ("b_stock_faust", "b. worker, no sinks, stock Faust agent"),
         ("b_batch_path", "b. worker, no sinks, batch path"),
+        ("compare_b_batch_path", "   the same, --compare checkout"),
         ("c_full_null_store", "c. full worker -> instant bulk ack + OTLP"),
-        ("c_full_osmem", "c. full worker -> osmem + OTLP"),
+        ("compare_c_full_null_store", "   the same, --compare checkout"),
     ):
+        if key not in results:
+            continue
         r = results[key]
         note = f"RSS {r['peak_rss_mb']} MB"
         if "cpu_us_per_event" in r:
             note += (
-                f", CPU {r['cpu_us_per_event']} µs/event"
-                f" (main {r['main_thread_cpu_us_per_event']})"
+                f", CPU {r['cpu_us_per_event']} µs/event (main {r['main_thread_cpu_us_per_event']})"
             )
         if len(r.get("runs", ())) > 1:
             note += ", runs " + "/".join(f"{rate:,}" for rate in r["runs"])
@@ -485,8 +740,41 @@ def table(results: dict[str, Any]) -> str:
             note += f", spans exported {r['spans_exported']:,} dropped {r['spans_dropped']:,}"
         # A round's worker runs are compared with that round's raw ceiling.
         rows.append((label, r["events_per_s"], r.get("vs_raw", r["events_per_s"] / ceiling), note))
-    store = results["d_store_ceiling"]
-    rows.append(("d. osmem store ceiling (direct bulk)", store, store / ceiling, ""))
+    real = results["real_stack"]
+    worker = real["worker"]
+    best = real["store_ceiling"]["best"]
+    rows.append(
+        (
+            "r. full worker -> OpenSearch + Jaeger",
+            real["worker_events_per_s"],
+            real["worker_events_per_s"] / ceiling,
+            f"CPU {worker.get('cpu_us_per_event')} µs/event, stored {worker['stored']:,} "
+            f"of {real['documents']:,}, spans exported {worker['spans_exported']:,} "
+            f"dropped {worker['spans_dropped']:,}",
+        )
+    )
+    rows.append(
+        (
+            "r. OpenSearch ceiling (direct parallel bulk)",
+            real["store_ceiling_docs_per_s"],
+            real["store_ceiling_docs_per_s"] / ceiling,
+            f"best: bulk {best['bulk_size']:,} x {best['concurrency']} connections; "
+            + ", ".join(
+                f"{r['bulk_size']}x{r['concurrency']} {r['docs_per_s']:,}"
+                for r in real["store_ceiling"]["runs"]
+            ),
+        )
+    )
+    if "otelcol" in results:
+        col = results["otelcol"]
+        rows.append(
+            (
+                "o. OpenTelemetry Collector -> OpenSearch + Jaeger",
+                col["events_per_s"],
+                col["events_per_s"] / ceiling,
+                f"CPU {col.get('cpu_us_per_event')} µs/event",
+            )
+        )
     out = [f"{'path':48} {'events/s':>10} {'vs raw':>7}  notes"]
     for label, rate, ratio, note in rows:
         out.append(f"{label:48} {rate:>10,} {ratio:>7.2f}  {note}")
@@ -499,6 +787,25 @@ def table(results: dict[str, Any]) -> str:
             f"(= {1e6 / full['cpu_us_per_event']:,.0f} events/s on a whole core); "
             f"30,000 events/s on one core needs <= {1e6 / 30_000:.1f} µs/event"
         )
+    out.append(
+        f"real stack: worker / store ceiling = {real['worker_vs_store_ceiling']:.2f} (goal >= 0.9)"
+    )
+    if (
+        "otelcol" in results
+        and full.get("cpu_us_per_event")
+        and results["otelcol"].get("cpu_us_per_event")
+    ):
+        out.append(
+            f"CPU per event, grayscope worker (real stack) vs the Collector: "
+            f"{real['worker_cpu_us_per_event']} vs {results['otelcol']['cpu_us_per_event']} µs"
+        )
+    if "compare_c_full_null_store" in results:
+        before = results["compare_c_full_null_store"]
+        out.append(
+            f"--compare {results['compare_root']}: full path CPU "
+            f"{before.get('runs_cpu_us_per_event')} vs this checkout "
+            f"{full.get('runs_cpu_us_per_event')} µs/event (per round)"
+        )
     lat = results["e_latency"]
     out.append(
         f"e. latency at {lat['offered_events_per_s']:,} events/s "
@@ -506,6 +813,29 @@ def table(results: dict[str, Any]) -> str:
         f"p99 {lat.get('p99')} ms, worker peak RSS {lat['peak_rss_mb']} MB"
     )
     out.append(f"GeoIP cache hit ratio (batch path): {results['b_batch_path']['geoip_hit_ratio']}")
+    scale = results.get("scaling")
+    if scale:
+        for key, figures in scale.items():
+            if not isinstance(figures, dict):
+                continue
+            parts = []
+            for count in (1, 2):
+                run = figures[f"workers_{count}"]
+                split = " + ".join(
+                    f"{w['events']:,} ev on p{','.join(map(str, w['partitions']))}"
+                    f" ({w['cpu_us_per_event']} µs, GeoIP hits {w['geoip_hit_ratio']})"
+                    for w in run["workers"]
+                )
+                parts.append(f"{count} worker(s) {run['events_per_s']:,}/s [{split}]")
+            out.append(
+                f"scaling {key}: " + "; ".join(parts) + f"; 2 vs 1 = {figures['ratio_2_vs_1']}"
+            )
+        out.append(
+            f"scaling streams: synthetic {scale['synthetic_distinct_clients']:,} distinct clients, "
+            f"distinct_clients {scale['distinct_clients_distinct_clients']:,}"
+        )
+    out.append(f"producer (bench process, aiokafka): {results['produce_events_per_s']:,} events/s")
+    out.append(f"CPU: {results['cpu']}")
     py = results["python"]
     out.append(
         f"Python {py['version']} {py['executable']} (libpython {py['libpython']}), "
@@ -519,7 +849,36 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--store-events", type=int, default=20_000, help="events for the osmem run")
+    parser.add_argument(
+        "--store-events", type=int, default=100_000, help="events for the real-stack runs"
+    )
+    parser.add_argument(
+        "--bulk-sizes",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[1000, 5000],
+        help="bulk sizes the store ceiling tries",
+    )
+    parser.add_argument(
+        "--bulk-concurrency",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[1, 2, 4],
+        help="connections at once the store ceiling tries",
+    )
+    parser.add_argument(
+        "--compare",
+        default="",
+        help="another checkout (with its .venv) whose worker runs b and c in the same rounds",
+    )
+    parser.add_argument(
+        "--no-scaling", dest="scaling", action="store_false", help="skip the 1 -> 2 worker runs"
+    )
+    parser.add_argument("--scaling-events", type=int, default=200_000)
+    parser.add_argument(
+        "--distinct-clients",
+        type=int,
+        default=1_000_000,
+        help="client population of the GeoIP scaling stream",
+    )
     parser.add_argument("--rate", type=float, default=5000, help="offered load for the latency run")
     parser.add_argument("--latency-seconds", type=float, default=20)
     parser.add_argument("--timeout", type=float, default=300)

@@ -61,10 +61,17 @@ def _instructions(events: int) -> int:
     out = Path(tempfile.mkdtemp()) / "callgrind.out"
     subprocess.run(
         [
-            "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-            sys.executable, __file__, "--events", str(events),
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            __file__,
+            "--events",
+            str(events),
         ],
-        check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "0"},
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
     )
     return next(
         int(line.split()[1])
@@ -85,8 +92,10 @@ def main() -> int:
         # differ only in the number of events cancels start-up, imports and warm-up.
         small = max(BATCH, args.events // 10)
         big, little = _instructions(args.events), _instructions(small)
-        print(f"{(big - little) / (args.events - small):.0f} instructions/event "
-              f"({args.events} - {small} events)")
+        print(
+            f"{(big - little) / (args.events - small):.0f} instructions/event "
+            f"({args.events} - {small} events)"
+        )
         return 0
     ctx = EnrichContext(path_rules=PathRules.from_config([dict(r) for r in PATH_RULES], depth=2))
     messages = stream(args.events)

@@ -78,7 +78,10 @@ def baseline_builder(ref: str) -> Callable[..., SpanData | None] | None:
     try:
         source = subprocess.run(
             ["git", "show", f"{ref}:pipeline/core/span.py"],
-            cwd=ROOT, capture_output=True, check=True, text=True,
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+            text=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -176,19 +179,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(orjson.dumps(results).decode())
         return 0
-    print(f"{results['events']} events, {results['spans']} spans, batches of {args.batch}"
-          f" (CPU µs, best of {args.repeat})")
+    print(
+        f"{results['events']} events, {results['spans']} spans, batches of {args.batch}"
+        f" (CPU µs, best of {args.repeat})"
+    )
     before = results.get("build_baseline_us")
     label = f"before ({args.baseline_ref})"
-    print(f"  build_span   now {results['build_us']:6.2f} µs/event"
-          + (f"   {label} {before:6.2f}" if before is not None else ""))
-    print(f"  encode       now {results['encode_us']:6.2f} µs/span "
-          f"   reference (protobuf objects) {results['encode_reference_us']:6.2f}")
+    print(
+        f"  build_span   now {results['build_us']:6.2f} µs/event"
+        + (f"   {label} {before:6.2f}" if before is not None else "")
+    )
+    print(
+        f"  encode       now {results['encode_us']:6.2f} µs/span "
+        f"   reference (protobuf objects) {results['encode_reference_us']:6.2f}"
+    )
     total_before = results.get("total_baseline_us")
-    print(f"  total        now {results['total_us']:6.2f} µs/span "
-          + (f"   before {total_before:6.2f}" if total_before is not None else ""))
-    print(f"  direct       {results['direct_us']:6.2f} µs/event (what the worker runs: request ->"
-          " span bytes, framed per batch)")
+    print(
+        f"  total        now {results['total_us']:6.2f} µs/span "
+        + (f"   before {total_before:6.2f}" if total_before is not None else "")
+    )
+    print(
+        f"  direct       {results['direct_us']:6.2f} µs/event (what the worker runs: request ->"
+        " span bytes, framed per batch)"
+    )
     return 0
 
 

@@ -307,6 +307,11 @@ class JaegerServer:
         return f"http://{LOOPBACK}:{self._ports().metrics}/metrics"
 
     @property
+    def process(self) -> ManagedProcess | None:
+        """The running process (None before ``start``)."""
+        return self._process
+
+    @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import socket
 import struct
@@ -51,7 +50,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from pipeline.dev.stack.fetch import java_binary, pom_property, resolve_jars
-from pipeline.dev.stack.process import LOOPBACK, ManagedProcess, free_port
+from pipeline.dev.stack.process import LOOPBACK, ManagedProcess, ProcessService, free_port
 from pipeline.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -130,7 +129,7 @@ def metadata_brokers(host: str, port: int, timeout: float = 1.0) -> list[tuple[i
     return brokers
 
 
-class KafkaNode:
+class KafkaNode(ProcessService):
     """One KRaft node (combined broker+controller by default) on loopback."""
 
     def __init__(
@@ -281,38 +280,10 @@ class KafkaNode:
             return False
         return any(node_id == self.node_id for node_id, _, _ in brokers)
 
-    def start(self) -> KafkaNode:
-        """Write the config, format storage the first time, start and wait until registered."""
-        return self.spawn().wait_ready()
-
-    def spawn(self) -> KafkaNode:
-        """Format if needed and start the process without waiting for it."""
+    def prepare(self) -> None:
+        """Write the config and format storage the first time."""
         self.write_properties()
         self.format_storage()
-        self.process.spawn()
-        return self
-
-    def wait_ready(self) -> KafkaNode:
-        self.process.wait_ready()
-        log.info("kafka node %d ready on %s", self.node_id, self.bootstrap)
-        return self
-
-    def stop(self) -> None:
-        self.process.stop()
-
-    def kill(self) -> None:
-        self.process.kill()
-
-    def restart(self) -> None:
-        self.process.stop()
-        self.start()
-
-    def __enter__(self) -> KafkaNode:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with contextlib.suppress(Exception):
-            self.stop()
 
 
 # --- client helpers (tests, demo, benches) ---------------------------------------

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from pipeline.dev.stack.fetch import java_binary, pom_property, resolve_jars
-from pipeline.dev.stack.process import LOOPBACK, ManagedProcess, free_port
+from pipeline.dev.stack.process import LOOPBACK, ManagedProcess, ProcessService, free_port
 from pipeline.errors import ServiceError, StoreHTTPError
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,7 @@ SLIM_MODULES: Final = (
 )
 
 
-
-class OpenSearchNode:
+class OpenSearchNode(ProcessService):
     """One single-node OpenSearch cluster on loopback."""
 
     def __init__(
@@ -261,36 +260,9 @@ class OpenSearchNode:
                 parts.append(f"--- {path}:\n{path.read_text(errors='replace')[-chars:].strip()}")
         return "\n".join(part for part in parts if part)
 
-    def start(self) -> OpenSearchNode:
-        return self.spawn().wait_ready()
-
-    def spawn(self) -> OpenSearchNode:
-        """Write the settings and start the process without waiting for it."""
+    def prepare(self) -> None:
         self.write_settings()
-        self.process.spawn()
-        return self
 
-    def wait_ready(self) -> OpenSearchNode:
-        try:
-            self.process.wait_ready()
-        except ServiceError as exc:
-            raise ServiceError(f"{exc}\n{self.node_log_tail()}") from exc
-        log.info("opensearch ready on %s", self.url)
-        return self
-
-    def stop(self) -> None:
-        self.process.stop()
-
-    def kill(self) -> None:
-        self.process.kill()
-
-    def restart(self) -> None:
-        self.process.stop()
-        self.start()
-
-    def __enter__(self) -> OpenSearchNode:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with contextlib.suppress(Exception):
-            self.stop()
+    def failure_detail(self) -> str:
+        # The runner exits silently on errors: the node's own logs say why.
+        return self.node_log_tail()

@@ -372,6 +372,61 @@ class ManagedProcess:
         return f"ManagedProcess({self.name}, {state}, log={self.log_path})"
 
 
+class ProcessService:
+    """A service that runs as one :class:`ManagedProcess` (a Kafka node, an OpenSearch node).
+
+    Subclasses set ``self.process`` and write their configuration in ``prepare``
+    (called before every spawn, so a restart picks up changes);
+    ``failure_detail`` adds what the service's own logs say when it never got ready.
+    """
+
+    process: ManagedProcess
+
+    def prepare(self) -> None:
+        """Write configuration files before the process starts."""
+
+    def failure_detail(self) -> str:
+        return ""
+
+    def start(self) -> Self:
+        return self.spawn().wait_ready()
+
+    def spawn(self) -> Self:
+        """Prepare and start the process without waiting for it."""
+        self.prepare()
+        self.process.spawn()
+        return self
+
+    def wait_ready(self) -> Self:
+        try:
+            self.process.wait_ready()
+        except ServiceError as exc:
+            detail = self.failure_detail()
+            if not detail:
+                raise
+            raise ServiceError(f"{exc}\n{detail}") from exc
+        log.info("%s ready", self.process.name)
+        return self
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def restart(self) -> None:
+        """Stop and start again on the same data directory and ports."""
+        self.process.stop()
+        self.start()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()
+
+
 _live: set[ManagedProcess] = set()
 
 

@@ -31,6 +31,7 @@ from pipeline.dev.stack.kafka import KafkaNode, kafka_lib
 from pipeline.dev.stack.opensearch import OpenSearchNode, opensearch_lib
 from pipeline.dev.stack.process import (
     LOOPBACK,
+    ManagedProcess,
     pid_alive,
     port_accepts,
     process_start_time,
@@ -99,16 +100,11 @@ def _start_kafka(settings: StackSettings, folder: Path, ports: Mapping[str, int]
         detached=True,
     )
     node.start()
-    pid = node.process.pid
-    assert pid is not None
-    return Started(
-        pid=pid,
-        start_time=process_start_time(pid),
-        env={"GRAYSCOPE_KAFKA_BROKERS": node.bootstrap},
-        ports={"broker": node.port, "controller": node.controller_port},
+    return _started(
+        node.process,
+        {"GRAYSCOPE_KAFKA_BROKERS": node.bootstrap},
+        {"broker": node.port, "controller": node.controller_port},
         probe_port=node.port,
-        log_path=str(node.process.log_path),
-        stop_grace=node.process.stop_grace,
     )
 
 
@@ -126,16 +122,11 @@ def _start_opensearch(settings: StackSettings, folder: Path, ports: Mapping[str,
         detached=True,
     )
     node.start()
-    pid = node.process.pid
-    assert pid is not None
-    return Started(
-        pid=pid,
-        start_time=process_start_time(pid),
-        env={"GRAYSCOPE_ES_URL": node.url},
-        ports={"http": node.http_port, "transport": node.transport_port},
+    return _started(
+        node.process,
+        {"GRAYSCOPE_ES_URL": node.url},
+        {"http": node.http_port, "transport": node.transport_port},
         probe_port=node.http_port,
-        log_path=str(node.process.log_path),
-        stop_grace=node.process.stop_grace,
     )
 
 
@@ -148,19 +139,15 @@ def _start_jaeger(settings: StackSettings, folder: Path, ports: Mapping[str, int
     server = JaegerServer(
         build_jaeger(Path(settings.cache_dir)), folder, ports=wanted, detached=True
     ).start()
-    pid = server.pid
-    assert pid is not None and server.ports is not None
-    return Started(
-        pid=pid,
-        start_time=process_start_time(pid),
-        env={
+    assert server.process is not None and server.ports is not None
+    return _started(
+        server.process,
+        {
             "GRAYSCOPE_OTLP_ENDPOINT": server.otlp_grpc_endpoint,
             "GRAYSCOPE_JAEGER_URL": server.query_url,
         },
-        ports=server.ports.as_dict(),
+        server.ports.as_dict(),
         probe_port=server.ports.query_http,
-        log_path=str(server.log_path),
-        stop_grace=10.0,
     )
 
 
@@ -169,15 +156,18 @@ def _fetch_monitoring(settings: StackSettings) -> None:
     binary(ALERTMANAGER_BINARY)
 
 
-def _started(process: Any, env: dict[str, str], port: int) -> Started:
+def _started(
+    process: ManagedProcess, env: dict[str, str], ports: dict[str, int], *, probe_port: int
+) -> Started:
+    """The state file of a service just started as ``process``."""
     pid = process.pid
     assert pid is not None
     return Started(
         pid=pid,
         start_time=process_start_time(pid),
         env=env,
-        ports={"http": port},
-        probe_port=port,
+        ports=ports,
+        probe_port=probe_port,
         log_path=str(process.log_path),
         stop_grace=process.stop_grace,
     )
@@ -190,7 +180,10 @@ def _start_alertmanager(settings: StackSettings, folder: Path, ports: Mapping[st
     alertmanager.start()
     assert alertmanager.process is not None
     return _started(
-        alertmanager.process, {"GRAYSCOPE_ALERTMANAGER_URL": alertmanager.url}, alertmanager.port
+        alertmanager.process,
+        {"GRAYSCOPE_ALERTMANAGER_URL": alertmanager.url},
+        {"http": alertmanager.port},
+        probe_port=alertmanager.port,
     )
 
 
@@ -213,7 +206,10 @@ def _start_prometheus(settings: StackSettings, folder: Path, ports: Mapping[str,
     prometheus.start()
     assert prometheus.process is not None
     return _started(
-        prometheus.process, {"GRAYSCOPE_PROMETHEUS_URL": prometheus.url}, prometheus.port
+        prometheus.process,
+        {"GRAYSCOPE_PROMETHEUS_URL": prometheus.url},
+        {"http": prometheus.port},
+        probe_port=prometheus.port,
     )
 
 
