@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import sys
 import threading
 import time
@@ -28,7 +29,8 @@ from bench.e2e import (  # noqa: E402
     start_receiver,
     start_worker,
 )
-from pipeline.dev.embedded.broker import EmbeddedBroker, create_topics  # noqa: E402
+from pipeline.config import StackSettings  # noqa: E402
+from pipeline.dev.stack.kafka import KafkaNode, create_topics, kafka_lib  # noqa: E402
 from pipeline.dev.synth import generate  # noqa: E402
 
 
@@ -53,7 +55,13 @@ def main() -> int:
     args = parser.parse_args()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    broker = EmbeddedBroker.start(log_path=workdir / "tansu.log")
+    # A real Apache Kafka broker (make services), fresh log dir each run.
+    shutil.rmtree(workdir / "kafka", ignore_errors=True)
+    (workdir / "kafka").mkdir()
+    broker = KafkaNode(
+        data_dir=workdir / "kafka",
+        lib=kafka_lib(Path(StackSettings.model_validate({}).cache_dir)),
+    ).start()
     null_store, null_url = start_null_store()
     receiver, endpoints = (None, {}) if args.no_spans else start_receiver()
     topic = "soak-" + uuid.uuid4().hex[:8]
