@@ -40,6 +40,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ from pipeline.dev.stack.opensearch import request_json  # noqa: E402
 from pipeline.dev.stack.otelcol import OtelCollector, build_otelcol  # noqa: E402
 from pipeline.dev.stack.process import free_port  # noqa: E402
 from pipeline.telemetry import sample_sums  # noqa: E402
-from schemas import component_templates, index_templates  # noqa: E402
+from schemas import access_fields, component_templates, index_templates  # noqa: E402
 
 CONFIG = ROOT / "bench" / "otelcol" / "collector.yaml"
 #: Matches grayscope's data-stream template (logs-grayscope.access-*): the same mapping.
@@ -135,6 +136,7 @@ def run_otelcol(
     *,
     cache_dir: Path | None = None,
     index: str = DATA_STREAM,
+    config: Path = CONFIG,
 ) -> dict[str, Any]:
     """Run the collector over ``events`` records already on ``topic``; its figures.
 
@@ -156,7 +158,7 @@ def run_otelcol(
         geoip_db=geoip_db,
         metrics_port=metrics_port,
     )
-    collector = OtelCollector(binary, CONFIG, workdir, metrics_port=metrics_port, env=env)
+    collector = OtelCollector(binary, config, workdir, metrics_port=metrics_port, env=env)
     with collector.start():
         pid = collector.pid
         assert pid is not None
@@ -189,7 +191,7 @@ def run_otelcol(
                 raise RuntimeError(f"collector exited: see {collector.log_path}")
             time.sleep(POLL_SECONDS)
         if first is None:
-            raise RuntimeError(f"collector accepted nothing in {timeout}s: see {collector.log_path}")
+            raise RuntimeError(f"collector took nothing in {timeout}s: see {collector.log_path}")
         if not cpu:
             raise RuntimeError(
                 f"collector exported {m.get(SENT, 0):.0f} of {events} in {timeout}s: "
@@ -215,15 +217,92 @@ def run_otelcol(
     }
 
 
-async def _produce_input(bootstrap: str, topic: str, events: int) -> float:
+#: The document fields compared with grayscope's own (schemas/access_fields.json names).
+COMPARED_FIELDS = tuple(access_fields())
+
+
+def _flat(document: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys for a nested document; ``client.geo.location`` stays one value."""
+    out: dict[str, Any] = {}
+    for key, value in document.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and name != "client.geo.location":
+            out.update(_flat(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _same(name: str, ours: Any, theirs: Any) -> bool:
+    if name == "@timestamp":  # the same instant, written differently (Z / +00:00 / ms)
+        return _instant(ours) == _instant(theirs)
+    if isinstance(ours, float) or isinstance(theirs, float):
+        return isinstance(theirs, int | float) and abs(float(ours) - float(theirs)) < 1e-6
+    if isinstance(ours, Mapping) and isinstance(theirs, Mapping):
+        return all(_same(name, ours.get(k), theirs.get(k)) for k in ("lat", "lon"))
+    return bool(ours == theirs)
+
+
+def _instant(value: Any) -> float | None:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def field_agreement(
+    grayscope_documents: Iterable[Mapping[str, Any]],
+    collector_documents: Iterable[Mapping[str, Any]],
+) -> dict[str, dict[str, int]]:
+    """Per document field: of the requests both sides indexed (matched by
+    ``http.request.id``), how many documents grayscope gave the field (``grayscope``),
+    the collector gave it (``collector``), and both gave it the same value (``same``)."""
+    theirs_by_id = {}
+    for document in collector_documents:
+        flat = _flat(document)
+        if flat.get("http.request.id"):
+            theirs_by_id[flat["http.request.id"]] = flat
+    out = {name: {"grayscope": 0, "collector": 0, "same": 0} for name in COMPARED_FIELDS}
+    for document in grayscope_documents:
+        ours = _flat(document)
+        theirs = theirs_by_id.get(ours.get("http.request.id"))
+        if theirs is None:
+            continue
+        for name, counts in out.items():
+            mine, other = ours.get(name), theirs.get(name)
+            counts["grayscope"] += mine is not None
+            counts["collector"] += other is not None
+            counts["same"] += mine is not None and other is not None and _same(name, mine, other)
+    return out
+
+
+def grayscope_documents(values: Iterable[bytes], geoip_db: str) -> list[dict[str, Any]]:
+    """grayscope's own documents for the same lines (default settings, the same .mmdb)."""
+    from pipeline.config import Settings, enrich_context
+    from pipeline.core.process import Enriched, process
+    from pipeline.geoip import GeoIPResolver
+
+    resolver = GeoIPResolver(geoip_db, "", 65536, 0.0)
+    context = enrich_context(Settings.model_validate({}), resolver)
+    results = (process(value, context) for value in values)
+    return [result.document for result in results if isinstance(result, Enriched)]
+
+
+def collector_documents(opensearch_url: str, index: str, size: int) -> list[dict[str, Any]]:
+    status, body = request_json("GET", f"{opensearch_url}/{index}/_search?size={size}", timeout=60)
+    if status != 200 or not isinstance(body, dict):
+        raise RuntimeError(f"search {index}: {status} {str(body)[:300]}")
+    return [hit["_source"] for hit in body["hits"]["hits"]]
+
+
+async def _produce_input(bootstrap: str, topic: str, values: list[bytes]) -> None:
     from bench.e2e import produce
     from pipeline.dev.stack.kafka import create_topics
-    from pipeline.dev.synth import generate
 
-    values = list(generate(events, seed=42))
     await create_topics(bootstrap, [topic], PARTITIONS)
     await produce(bootstrap, topic, values)
-    return sum(map(len, values)) / len(values)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.dev.stack.jaeger import JaegerServer, build_jaeger
     from pipeline.dev.stack.kafka import KafkaNode, kafka_lib
     from pipeline.dev.stack.opensearch import OpenSearchNode, opensearch_lib
+    from pipeline.dev.synth import generate
 
     parser = argparse.ArgumentParser(prog="python -m bench.otelcol", description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
@@ -254,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     jaeger = JaegerServer(build_jaeger(cache), workdir / "jaeger")
     with kafka.start(), search.start(), jaeger.start():
         topic = "bench-otelcol-" + uuid.uuid4().hex[:8]
-        line_bytes = asyncio.run(_produce_input(kafka.bootstrap, topic, args.events))
+        values = list(generate(args.events, seed=42))
+        asyncio.run(_produce_input(kafka.bootstrap, topic, values))
         result = run_otelcol(
             kafka.bootstrap,
             topic,
@@ -266,12 +347,13 @@ def main(argv: list[str] | None = None) -> int:
             args.timeout,
             cache_dir=cache,
         )
-        _, sample = request_json("GET", f"{search.url}/{DATA_STREAM}/_search?size=1")
+        # At most 10,000 documents per search (index.max_result_window).
+        theirs = collector_documents(search.url, DATA_STREAM, min(args.events, 10_000))
     result["events"] = args.events
-    result["avg_line_bytes"] = round(line_bytes)
+    result["avg_line_bytes"] = round(sum(map(len, values)) / len(values))
     result["binary"] = str(binary)
-    hits = sample.get("hits", {}).get("hits", []) if isinstance(sample, dict) else []
-    result["sample_document"] = hits[0]["_source"] if hits else None
+    result["sample_document"] = theirs[0] if theirs else None
+    result["field_agreement"] = field_agreement(grayscope_documents(values, geoip_db), theirs)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -283,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
             f"peak RSS {result['peak_rss_mb']} MB"
         )
         print(json.dumps(result["sample_document"], indent=2))
+        print("field: grayscope has it / the collector has it / same value (matched by request id)")
+        for name, counts in result["field_agreement"].items():
+            print(f"  {name}: {counts['grayscope']} / {counts['collector']} / {counts['same']}")
     return 0
 
 

@@ -218,7 +218,7 @@ class OtelCollector:
         startup_timeout: float = 60.0,
     ) -> None:
         self.binary = binary
-        self.config = config
+        self.config = config.resolve()  # the process runs in data_dir
         self.data_dir = data_dir
         self.metrics_port = metrics_port
         self.env = dict(env or {})
