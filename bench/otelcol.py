@@ -24,15 +24,19 @@ Measured
       connectors go spans -> metrics/logs and logs -> metrics only), so the
       Jaeger endpoint is accepted for the caller's symmetry and left unused.
 
-``python -m bench.otelcol`` starts a real Kafka + OpenSearch (+ Jaeger, so the run
-looks like the worker's), produces ``pipeline.dev.synth.generate(n, seed=42)`` into
-a 4-partition topic and prints the figures (``--json`` for machine output).
+``python -m bench.otelcol`` starts a real Kafka + OpenSearch + Jaeger, produces
+``pipeline.dev.synth.generate(n, seed=42)`` into a 4-partition topic, runs the
+collector, then grayscope's worker on the same topic into the same OpenSearch
+(data-stream mode) without and with spans to Jaeger (``--no-worker`` skips it),
+and prints the figures and the per-field agreement of the two sides' documents
+(``--json`` for machine output).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import sys
@@ -305,7 +309,40 @@ async def _produce_input(bootstrap: str, topic: str, values: list[bytes]) -> Non
     await produce(bootstrap, topic, values)
 
 
+def run_workers(
+    bootstrap: str,
+    topic: str,
+    events: int,
+    opensearch_url: str,
+    otlp: str,
+    workdir: Path,
+    timeout: float,
+    *,
+    es_mode: str = "data_stream",
+) -> dict[str, dict[str, Any]]:
+    """grayscope's worker on the same topic and store, without and with spans (bench.e2e)."""
+    from bench.e2e import run_worker
+
+    base = {
+        "GRAYSCOPE_KAFKA_BROKERS": bootstrap,
+        "GRAYSCOPE_INPUT_TOPICS": topic,
+        "GRAYSCOPE_ES_URL": opensearch_url,
+        "GRAYSCOPE_ES_MODE": es_mode,
+        # A real broker refuses e2e.py's 2 s (group.min.session.timeout.ms is 6 s).
+        "GRAYSCOPE_KAFKA_SESSION_TIMEOUT": "10",
+    }
+    out = {}
+    for key, endpoint in (("worker_no_spans", ""), ("worker_spans", otlp)):
+        run = run_worker(
+            base | {"GRAYSCOPE_OTLP_ENDPOINT": endpoint}, events, workdir / "worker.log", timeout
+        )
+        run.pop("metrics", None)
+        out[key] = run
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    from bench.e2e import start_null_store
     from pipeline.config import StackSettings, bundled_city_db
     from pipeline.dev.stack.jaeger import JaegerServer, build_jaeger
     from pipeline.dev.stack.kafka import KafkaNode, kafka_lib
@@ -316,6 +353,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="skip grayscope's worker on the same topic and store (without, then with spans)",
+    )
+    parser.add_argument(
+        "--store",
+        choices=["opensearch", "null"],
+        default="opensearch",
+        help="opensearch: a real node; null: bench/null_store.py, an instantly acknowledging "
+        "bulk endpoint (both sides' own cost, the store excluded)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     settings = StackSettings.model_validate({})
@@ -332,15 +381,25 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=workdir / "opensearch", lib=opensearch_lib(cache), java_home=java_home
     )
     jaeger = JaegerServer(build_jaeger(cache), workdir / "jaeger")
-    with kafka.start(), search.start(), jaeger.start():
+    results: dict[str, Any] = {"events": args.events, "store": args.store}
+    with contextlib.ExitStack() as services:
+        services.enter_context(kafka.start())
+        services.enter_context(jaeger.start())
+        if args.store == "null":
+            null_store, store_url = start_null_store()
+            services.callback(null_store.wait, 30)
+            services.callback(null_store.terminate)
+        else:
+            store_url = services.enter_context(search.start()).url
         topic = "bench-otelcol-" + uuid.uuid4().hex[:8]
         values = list(generate(args.events, seed=42))
         asyncio.run(_produce_input(kafka.bootstrap, topic, values))
+        results["avg_line_bytes"] = round(sum(map(len, values)) / len(values))
         result = run_otelcol(
             kafka.bootstrap,
             topic,
             args.events,
-            search.url,
+            store_url,
             jaeger.otlp_grpc_target,
             geoip_db,
             workdir / "otelcol",
@@ -348,26 +407,49 @@ def main(argv: list[str] | None = None) -> int:
             cache_dir=cache,
         )
         # At most 10,000 documents per search (index.max_result_window).
-        theirs = collector_documents(search.url, DATA_STREAM, min(args.events, 10_000))
-    result["events"] = args.events
-    result["avg_line_bytes"] = round(sum(map(len, values)) / len(values))
+        theirs = []
+        if args.store == "opensearch":
+            theirs = collector_documents(store_url, DATA_STREAM, min(args.events, 10_000))
+        if not args.no_worker:
+            results.update(
+                run_workers(
+                    kafka.bootstrap,
+                    topic,
+                    args.events,
+                    store_url,
+                    jaeger.otlp_grpc_endpoint,
+                    workdir,
+                    args.timeout,
+                    # The instant endpoint has no data-stream API: daily indices (as e2e.py).
+                    es_mode="data_stream" if args.store == "opensearch" else "index",
+                )
+            )
     result["binary"] = str(binary)
     result["sample_document"] = theirs[0] if theirs else None
-    result["field_agreement"] = field_agreement(grayscope_documents(values, geoip_db), theirs)
+    if theirs:
+        result["field_agreement"] = field_agreement(grayscope_documents(values, geoip_db), theirs)
+    results["otelcol"] = result
     if args.json:
-        print(json.dumps(result, indent=2))
-    else:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"{args.events:,} events, {results['avg_line_bytes']} bytes a line on average")
+    for key in ("otelcol", "worker_no_spans", "worker_spans"):
+        run = results.get(key)
+        if run is None:
+            continue
         print(
-            f"otelcol: {result['events_per_s']:,} events/s, "
-            f"{result['cpu_us_per_event']} µs CPU/event "
-            f"(main thread n/a: Go), {result['docs_indexed']:,} documents indexed, "
-            f"{result['spans_exported']} spans, host steal {result['host_steal_pct']} %, "
-            f"peak RSS {result['peak_rss_mb']} MB"
+            f"{key:16} {run['events_per_s']:>8,} events/s"
+            f"  {run['cpu_us_per_event']:>7} µs CPU/event"
+            f"  host steal {run['host_steal_pct']} %  peak RSS {run['peak_rss_mb']} MB"
+            f"  docs {run.get('docs_indexed', run.get('indexed'))}"
+            f"  spans {run.get('spans_exported')}"
         )
-        print(json.dumps(result["sample_document"], indent=2))
-        print("field: grayscope has it / the collector has it / same value (matched by request id)")
-        for name, counts in result["field_agreement"].items():
-            print(f"  {name}: {counts['grayscope']} / {counts['collector']} / {counts['same']}")
+    if not theirs:
+        return 0
+    print(json.dumps(result["sample_document"], indent=2))
+    print("field: grayscope has it / the collector has it / same value (matched by request id)")
+    for name, counts in result["field_agreement"].items():
+        print(f"  {name}: {counts['grayscope']} / {counts['collector']} / {counts['same']}")
     return 0
 
 

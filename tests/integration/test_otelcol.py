@@ -9,7 +9,6 @@ pipeline.dev.stack.otelcol build``, or ``grayscope stack fetch`` with
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -65,7 +64,7 @@ def otelcol_binary(stack_settings: StackSettings) -> Path:
     return build_otelcol(cache)
 
 
-def test_collector_indexes_every_line_with_grayscope_fields(
+async def test_collector_indexes_every_line_with_grayscope_fields(
     otelcol_binary: Path,
     bootstrap: str,
     topic_factory: TopicFactory,
@@ -77,9 +76,10 @@ def test_collector_indexes_every_line_with_grayscope_fields(
     if not geoip_db:
         pytest.skip("no GeoLite2-City database (maxminddb-geolite2 is not installed)")
     values = list(generate(EVENTS, seed=7))
-    topic = asyncio.run(topic_factory(partitions=4, prefix="otelcol"))
-    asyncio.run(produce_values(bootstrap, topic, values, acks=1))
+    topic = await topic_factory(partitions=4, prefix="otelcol")
+    await produce_values(bootstrap, topic, values, acks=1)
 
+    # Blocking on purpose: the test has nothing else to run meanwhile.
     result = run_otelcol(
         bootstrap,
         topic,

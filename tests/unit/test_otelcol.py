@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -121,7 +122,7 @@ def test_document_fields_the_config_writes_are_grayscope_fields() -> None:
 
 
 def test_field_agreement_matches_documents_by_request_id() -> None:
-    ours = [
+    ours: list[dict[str, Any]] = [
         {"http": {"request": {"id": "a", "method": "GET"}}, "gray": {"stage": "canary"}},
         {"http": {"request": {"id": "b", "method": "GET"}}, "gray": {"stage": "stable"}},
         {"http": {"request": {"id": "only-ours", "method": "PUT"}}},
