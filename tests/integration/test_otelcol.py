@@ -49,7 +49,8 @@ SAME_FIELDS = (
 )
 
 
-@pytest.fixture(scope="module")
+# Session scope, first argument: it is set up (or skips) before the services start.
+@pytest.fixture(scope="session")
 def otelcol_binary(stack_settings: StackSettings) -> Path:
     cache = Path(stack_settings.cache_dir)
     binary = otelcol_binary_path(cache)
