@@ -145,6 +145,8 @@ def run_otelcol(
     """Run the collector over ``events`` records already on ``topic``; its figures.
 
     ``jaeger_otlp_grpc`` is not used: see the module doc (no log -> span component).
+    ``docs_indexed`` is the store's ``_count`` (0 from the instant-ack endpoint, which
+    keeps nothing: read ``sent`` there).
     """
     from pipeline.config import StackSettings
 
