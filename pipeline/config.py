@@ -708,3 +708,9 @@ class StackSettings(BaseSettings):
         description="JDK for the stack's Java services (Kafka, OpenSearch); empty: `java` on "
         "PATH. Needs Java 17 or newer.",
     )
+    stack_otelcol: bool = Field(
+        False,
+        description="Also build the OpenTelemetry Collector (the peer in bench/otelcol.py) in "
+        "`grayscope stack fetch`, and let its integration test build it when it is not in the "
+        "cache (a Go build of minutes): off, `make test` builds nothing for it.",
+    )

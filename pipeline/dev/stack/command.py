@@ -20,7 +20,8 @@ def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
         "env": "print `export GRAYSCOPE_...=...` lines for the running services",
         "status": "one line per service: running, not answering or stopped",
         "down": "stop every service of the stack folder (data stays)",
-        "fetch": "download the services into the cache only (what `make services` runs)",
+        "fetch": "download the services into the cache only (what `make services` runs; "
+        "with GRAYSCOPE_STACK_OTELCOL=1 also build the benchmark's OpenTelemetry Collector)",
     }
     for action, help_text in helps.items():
         sub = actions.add_parser(action, help=help_text)

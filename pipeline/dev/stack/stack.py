@@ -29,6 +29,7 @@ from pipeline.config import StackSettings
 from pipeline.dev.stack.jaeger import JaegerServer, build_jaeger
 from pipeline.dev.stack.kafka import KafkaNode, kafka_lib
 from pipeline.dev.stack.opensearch import OpenSearchNode, opensearch_lib
+from pipeline.dev.stack.otelcol import build_otelcol
 from pipeline.dev.stack.process import (
     LOOPBACK,
     ManagedProcess,
@@ -255,9 +256,13 @@ class Stack:
         return started.start_time is None or process_start_time(started.pid) == started.start_time
 
     def fetch(self) -> None:
-        """Resolve every service into the cache (what `make services` runs)."""
+        """Resolve every service into the cache (what `make services` runs); with
+        ``GRAYSCOPE_STACK_OTELCOL`` the benchmark's OpenTelemetry Collector too."""
         for spec in SERVICES:
             spec.fetch(self.settings)
+        if self.settings.stack_otelcol:
+            # Not a service of the stack: the benchmark's peer, started by bench/otelcol.py.
+            build_otelcol(Path(self.settings.cache_dir))
 
     def up(self, report: Callable[[str], None] = print) -> None:
         """Start every service that is not running; return once all answer."""
