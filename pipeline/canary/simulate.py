@@ -126,6 +126,8 @@ class Outcome:
     oracle_requests: np.ndarray | None = None
     #: Per engine: the window in which the rollout was promoted (-1: never), before any rollback.
     promote_window: dict[str, np.ndarray] = field(default_factory=dict)
+    #: The oracle of the first version of this harness: latency tested against no change.
+    oracle_no_change: np.ndarray | None = None
 
 
 def _quantile_lognormal(mu: np.ndarray, sigma: np.ndarray, q: float) -> np.ndarray:
@@ -204,6 +206,9 @@ def _run(
     canary_requests_all = np.zeros(r)
     oracle_kl = np.zeros(r)
     oracle_at = np.full(r, np.nan)
+    oracle_kl_no_change = np.zeros(r)
+    oracle_at_no_change = np.full(r, np.nan)
+    scale_at_threshold = np.log1p(LATENCY_THRESHOLD_MS / p95_stable)
     threshold_log = math.log(1.0 / alpha)
 
     rollback = {name: np.full(r, -1) for name in ENGINES}
@@ -248,15 +253,33 @@ def _run(
         kl_err = rate_c * np.log(np.maximum(rate_c, 1e-300) / rate_s) + (1 - rate_c) * np.log(
             (1 - rate_c) / (1 - rate_s)
         )
-        kl_lat = scale**2 / (2.0 * sigma**2)
-        before = oracle_kl.copy()
-        oracle_kl += (n1 * (kl_err + kl_lat)).sum(axis=1)
-        crossing = np.isnan(oracle_at) & (oracle_kl >= threshold_log)
-        if crossing.any():
-            # interpolate within the window (requests arrive evenly)
-            frac = (threshold_log - before) / np.maximum(oracle_kl - before, 1e-300)
-            oracle_at = np.where(crossing, canary_requests_all + frac * n1.sum(axis=1), oracle_at)
-        canary_requests_all += n1.sum(axis=1)
+        # Latency: against the least favourable non-regression, the canary whose p95 is
+        # exactly the threshold slower (DESIGN: the threshold is the smallest p95 increase
+        # worth a rollback); below the threshold there is no regression to detect.
+        kl_lat = np.where(
+            scenario.p95_shift_ms >= LATENCY_THRESHOLD_MS,
+            (scale - scale_at_threshold) ** 2 / (2.0 * sigma**2),
+            0.0,
+        )
+        canary_now = n1.sum(axis=1)
+        oracle_at = _oracle_step(
+            oracle_kl,
+            oracle_at,
+            (n1 * (kl_err + kl_lat)).sum(axis=1),
+            canary_requests_all,
+            canary_now,
+            threshold_log,
+        )
+        # The previous definition: against no change at all (for comparison only).
+        oracle_at_no_change = _oracle_step(
+            oracle_kl_no_change,
+            oracle_at_no_change,
+            (n1 * (kl_err + scale**2 / (2.0 * sigma**2))).sum(axis=1),
+            canary_requests_all,
+            canary_now,
+            threshold_log,
+        )
+        canary_requests_all += canary_now
 
         # -- grayscope -------------------------------------------------------------
         both = (n1 > 0) & (n0 > 0)
@@ -399,7 +422,26 @@ def _run(
         # Kayenta, Argo Rollouts and Flagger promote when their analysis ends without failing.
         for name in ("kayenta", "argo_rollouts", "flagger"):
             promote[name] = np.where(rollback[name] < 0, w_count - 1, -1)
-    return Outcome(rollback, delay, oracle_at, promote)
+    return Outcome(rollback, delay, oracle_at, promote, oracle_at_no_change)
+
+
+def _oracle_step(
+    total: np.ndarray,
+    crossed_at: np.ndarray,
+    increment: np.ndarray,
+    canary_before: np.ndarray,
+    canary_now: np.ndarray,
+    threshold_log: float,
+) -> np.ndarray:
+    """Add one window's expected log-LR to ``total`` (in place); where it first reaches
+    ln(1/alpha), the canary requests by then (interpolated: requests arrive evenly)."""
+    before = total.copy()
+    total += increment
+    crossing = np.isnan(crossed_at) & (total >= threshold_log)
+    if not crossing.any():
+        return crossed_at
+    frac = (threshold_log - before) / np.maximum(total - before, 1e-300)
+    return np.asarray(np.where(crossing, canary_before + frac * canary_now, crossed_at))
 
 
 def _record(
@@ -697,6 +739,7 @@ def simulate(
         false = int((outcome.rollback_window[name] >= 0).sum())
         aa_promoted = int((outcome.promote_window[name] >= 0).sum())
         ratios: list[float] = []
+        ratios_no_change: list[float] = []
         detected = within3 = total = wrong = 0
         per_scenario: dict[str, Any] = {}
         for scenario, out in ab_outcomes:
@@ -705,6 +748,9 @@ def simulate(
             assert out.oracle_requests is not None
             ratio = out.delay_requests[name] / out.oracle_requests
             ratio = np.where(fired & ~np.isnan(out.oracle_requests), ratio, np.inf)
+            assert out.oracle_no_change is not None
+            old = out.delay_requests[name] / out.oracle_no_change
+            old = np.where(fired & ~np.isnan(out.oracle_no_change), old, np.inf)
             per_scenario[scenario.name] = {
                 "rollback_fraction": round(float(fired.mean()), 4),
                 "median_delay_ratio": _finite(float(np.median(ratio))),
@@ -716,6 +762,8 @@ def simulate(
                 within3 += int((ratio <= 3.0).sum())
                 wrong += int(promoted.sum())
                 ratios.extend(ratio.tolist())
+                ratios_no_change.extend(old.tolist())
+        old_ratios = np.array(ratios_no_change)
         result[name] = {
             "aa_rollouts": rollouts,
             "aa_false_rollbacks": false,
@@ -726,6 +774,12 @@ def simulate(
             "ab_detected_fraction": round(detected / total, 4) if total else None,
             "ab_detected_within_3x_oracle": round(within3 / total, 4) if total else None,
             "ab_median_delay_ratio": _finite(float(np.median(ratios))) if ratios else None,
+            "ab_median_delay_ratio_vs_no_change": (
+                _finite(float(np.median(old_ratios))) if ratios else None
+            ),
+            "ab_detected_within_3x_no_change": (
+                round(float((old_ratios <= 3.0).mean()), 4) if ratios else None
+            ),
             "ab_wrong_promotions": wrong,
             "ab_wrong_promotion_rate": round(wrong / total, 4) if total else None,
             "ab_wrong_promotion_upper95": (
@@ -771,6 +825,9 @@ def _chunked(
             merged.promote_window[name] = np.concatenate([p.promote_window[name] for p in parts])
     merged.oracle_requests = np.concatenate(
         [p.oracle_requests for p in parts if p.oracle_requests is not None]
+    )
+    merged.oracle_no_change = np.concatenate(
+        [p.oracle_no_change for p in parts if p.oracle_no_change is not None]
     )
     return merged
 

@@ -142,3 +142,27 @@ def test_promote_needs_bounds_inside_the_margins() -> None:
     assert not simulate._grayscope_promotes(
         few, canary_errors * 0, big, requests, stable_errors, big, 0.05
     ).any()
+
+
+def test_the_simulated_engine_defaults_are_the_live_engines() -> None:
+    knobs = simulate.Knobs()
+    assert knobs.psi0 == engine.VerdictConfig().psi0
+    assert knobs.pooled_share == engine.POOLED_SHARE
+    assert knobs.offsets == evidence.OFFSETS
+    assert knobs.error_weight == 0.5 and knobs.latency_gate and knobs.split == 1
+    assert simulate.PROMOTE_ERROR_MARGIN == engine.VerdictConfig().promote_error_margin
+
+
+def test_wrong_promotions_are_reported_with_their_upper_bound() -> None:
+    result = simulate.simulate(rollouts=6, seed=4, ab_rollouts=4)
+    for name in simulate.ENGINES:
+        figures = result[name]
+        wrong, total = figures["ab_wrong_promotions"], figures["ab_rollouts"]
+        assert 0 <= wrong <= total
+        assert figures["ab_wrong_promotion_upper95"] >= wrong / total
+        assert 0 <= figures["aa_promotions"] <= 6
+        assert all("promote_fraction" in s for s in figures["ab_by_scenario"].values())
+    for name in ("kayenta", "argo_rollouts", "flagger"):  # promote = finished without failing
+        assert result[name]["aa_promotions"] == 6 - result[name]["aa_false_rollbacks"]
+    # a x5 regression of the 5xx rate is never promoted by grayscope before it is rolled back
+    assert result["grayscope"]["ab_by_scenario"]["5xx odds x5"]["promote_fraction"] == 0.0
