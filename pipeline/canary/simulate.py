@@ -52,7 +52,24 @@ Clopper-Pearson upper bound), A/B detected fraction (rollback before the end)
 and the median of the detection delay in canary requests over the oracle
 SPRT's: the number of canary requests at which the accumulated expected
 log-likelihood ratio (KL per request, knowing the true effect and stable's
-true rates) reaches ln(1/alpha).
+true rates) reaches ln(1/alpha). The oracle tests against the least
+favourable *non-regression*: for the 5xx rate, stable's own rate (any
+increase is a regression here); for latency, the canary whose p95 is exactly
+the threshold slower (DESIGN: the threshold is the smallest p95 increase worth
+a rollback), so the part of a shift below the threshold is not counted as
+evidence no engine may act on. The first version of the harness tested
+latency against no change at all; its figures are kept as
+``ab_median_delay_ratio_vs_no_change`` and ``ab_detected_within_3x_no_change``.
+
+Wrong promotions: A/B rollouts of a regression in which the engine said
+``promote`` before any rollback. grayscope and the Z-test rule judge each
+path group, so a ``promote`` for any path group counts (every group is
+regressed); grayscope's rule is ``engine._judge_open``'s (minimum exposure,
+the 5xx increase's upper bound within ``promote_error_margin``, the p95
+increase's upper bound within the threshold, the latest window with both
+arms), on histograms drawn from the same latency model. Kayenta, Argo Rollouts
+and Flagger promote when their analysis ends without failing.
+``aa_promotions`` counts the A/A rollouts promoted (the right call there).
 """
 
 from __future__ import annotations
@@ -835,20 +852,25 @@ def _chunked(
 def format_table(result: dict[str, Any]) -> str:
     """The README table."""
     lines = [
-        "| engine | A/A false rollbacks | 95 % upper bound | A/B detected"
-        " | within 3x oracle | median delay / oracle |",
-        "|---|---|---|---|---|---|",
+        "| engine | A/A false rollbacks | 95 % upper bound | A/A promoted | A/B detected"
+        " | within 3x oracle | median delay / oracle | wrong promotions (95 % upper) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in ENGINES:
         r = result[name]
         ratio = r["ab_median_delay_ratio"]
         rate = r["aa_false_rollback_rate"] * 100
         upper = r["aa_false_rollback_upper95"] * 100
+        promoted = r["aa_promotions"] / r["aa_rollouts"] * 100
         detected = r["ab_detected_fraction"] * 100
         within = r["ab_detected_within_3x_oracle"] * 100
+        wrong = r["ab_wrong_promotions"]
+        wrong_rate = r["ab_wrong_promotion_rate"] * 100
+        wrong_upper = r["ab_wrong_promotion_upper95"] * 100
         lines.append(
             f"| {name} | {r['aa_false_rollbacks']}/{r['aa_rollouts']} ({rate:.1f} %)"
-            f" | {upper:.1f} % | {detected:.0f} % | {within:.0f} %"
-            f" | {'never' if ratio is None else f'{ratio:.2f}'} |"
+            f" | {upper:.1f} % | {promoted:.0f} % | {detected:.0f} % | {within:.0f} %"
+            f" | {'never' if ratio is None else f'{ratio:.2f}'}"
+            f" | {wrong}/{r['ab_rollouts']} ({wrong_rate:.1f} %, {wrong_upper:.1f} %) |"
         )
     return "\n".join(lines) + "\n"
