@@ -150,7 +150,7 @@ def test_the_simulated_engine_defaults_are_the_live_engines() -> None:
     assert knobs.pooled_share == engine.POOLED_SHARE
     assert knobs.offsets == evidence.OFFSETS
     assert knobs.error_weight == 0.5 and knobs.latency_gate and knobs.split == 1
-    assert simulate.PROMOTE_ERROR_MARGIN == engine.VerdictConfig().promote_error_margin
+    assert engine.VerdictConfig().promote_error_margin == simulate.PROMOTE_ERROR_MARGIN
 
 
 def test_wrong_promotions_are_reported_with_their_upper_bound() -> None:
