@@ -52,7 +52,24 @@ Clopper-Pearson upper bound), A/B detected fraction (rollback before the end)
 and the median of the detection delay in canary requests over the oracle
 SPRT's: the number of canary requests at which the accumulated expected
 log-likelihood ratio (KL per request, knowing the true effect and stable's
-true rates) reaches ln(1/alpha).
+true rates) reaches ln(1/alpha). The oracle tests against the least
+favourable *non-regression*: for the 5xx rate, stable's own rate (any
+increase is a regression here); for latency, the canary whose p95 is exactly
+the threshold slower (DESIGN: the threshold is the smallest p95 increase worth
+a rollback), so the part of a shift below the threshold is not counted as
+evidence no engine may act on. The first version of the harness tested
+latency against no change at all; its figures are kept as
+``ab_median_delay_ratio_vs_no_change`` and ``ab_detected_within_3x_no_change``.
+
+Wrong promotions: A/B rollouts of a regression in which the engine said
+``promote`` before any rollback. grayscope and the Z-test rule judge each
+path group, so a ``promote`` for any path group counts (every group is
+regressed); grayscope's rule is ``engine._judge_open``'s (minimum exposure,
+the 5xx increase's upper bound within ``promote_error_margin``, the p95
+increase's upper bound within the threshold, the latest window with both
+arms), on histograms drawn from the same latency model. Kayenta, Argo Rollouts
+and Flagger promote when their analysis ends without failing.
+``aa_promotions`` counts the A/A rollouts promoted (the right call there).
 """
 
 from __future__ import annotations
@@ -64,7 +81,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.canary import engine, evidence
+from pipeline.canary import engine, evidence, histogram
 
 ENGINES = ("grayscope", "ztest_per_window", "kayenta", "argo_rollouts", "flagger")
 GROUPS = 20
@@ -77,6 +94,9 @@ ARGO_FAILURE_LIMIT = 3
 FLAGGER_THRESHOLD = 5
 LATENCY_THRESHOLD_MS = 200.0
 MIN_SAMPLES = 100
+PROMOTE_ERROR_MARGIN = engine.VerdictConfig().promote_error_margin
+HIST_FIRST = histogram.bucket_index(10.0)  # the live bucket bounds 10 ms .. 10 s
+HIST_LAST = histogram.bucket_index(10_000.0)
 ERROR_PSIS = (1.5, 2.0, 5.0)
 LATENCY_SHIFTS_MS = (50.0, 250.0, 400.0)
 Z_975 = 1.959963984540054
@@ -94,6 +114,26 @@ class Scenario:
         return self.psi > 1.0 or self.p95_shift_ms >= LATENCY_THRESHOLD_MS
 
 
+@dataclass(slots=True, frozen=True)
+class Knobs:
+    """The grayscope engine's ingredients, as the live engine sets them by default.
+
+    Only for measuring what each costs (``bench/canary_delay.py`` toggles them);
+    ``simulate`` always runs the defaults.
+    """
+
+    psi0: float = 1.1
+    pooled_share: float = engine.POOLED_SHARE
+    error_weight: float = 0.5  # the 5xx family's share of a group's evidence (rest: latency)
+    offsets: tuple[int, ...] = evidence.OFFSETS
+    latency_gate: bool = True
+    #: Each window cut into this many shorter ones (same traffic, same incidents in
+    #: time): how much of the delay is the decision cadence.
+    split: int = 1
+    baselines: bool = True  # also run the other engines (the ablation skips them)
+    promotions: bool = True  # also judge promote (the ablation skips it)
+
+
 @dataclass(slots=True)
 class Outcome:
     """Per engine: the window of the first rollback (-1: none) and canary requests by then."""
@@ -101,6 +141,10 @@ class Outcome:
     rollback_window: dict[str, np.ndarray] = field(default_factory=dict)
     delay_requests: dict[str, np.ndarray] = field(default_factory=dict)
     oracle_requests: np.ndarray | None = None
+    #: Per engine: the window in which the rollout was promoted (-1: never), before any rollback.
+    promote_window: dict[str, np.ndarray] = field(default_factory=dict)
+    #: The oracle of the first version of this harness: latency tested against no change.
+    oracle_no_change: np.ndarray | None = None
 
 
 def _quantile_lognormal(mu: np.ndarray, sigma: np.ndarray, q: float) -> np.ndarray:
@@ -141,14 +185,21 @@ def _density_at_quantile(mu: np.ndarray, sigma: np.ndarray, q: float) -> np.ndar
 
 
 def run_scenario(
-    scenario: Scenario, rollouts: int, rng: np.random.Generator, alpha: float
+    scenario: Scenario,
+    rollouts: int,
+    rng: np.random.Generator,
+    alpha: float,
+    knobs: Knobs = Knobs(),
 ) -> Outcome:
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        return _run(scenario, rollouts, rng, alpha)
+        return _run(scenario, rollouts, rng, alpha, knobs)
 
 
-def _run(scenario: Scenario, rollouts: int, rng: np.random.Generator, alpha: float) -> Outcome:
-    r, g, w_count = rollouts, GROUPS, WINDOWS
+def _run(
+    scenario: Scenario, rollouts: int, rng: np.random.Generator, alpha: float, knobs: Knobs
+) -> Outcome:
+    r, g, w_count = rollouts, GROUPS, WINDOWS * knobs.split
+    per_window = REQUESTS_PER_WINDOW / knobs.split
     zipf = 1.0 / np.arange(1, g + 1) ** 1.1
     zipf /= zipf.sum()
     base = np.exp(rng.uniform(math.log(1e-4), math.log(1e-2), (r, g)))
@@ -162,8 +213,8 @@ def _run(scenario: Scenario, rollouts: int, rng: np.random.Generator, alpha: flo
     incident = np.zeros(r, dtype=int)
 
     # Only the grid points the rollback needs: the null, then the null + OFFSETS.
-    grid_err = _columns(evidence.grid_index(1.1))
-    grid_lat = _columns(evidence.CENTRE)
+    grid_err = _columns(evidence.grid_index(knobs.psi0), knobs.offsets)
+    grid_lat = _columns(evidence.CENTRE, knobs.offsets)
     err_ll = np.zeros((r, g, grid_err.size))
     lat_ll = np.zeros((r, g, len(LEVELS), grid_lat.size))
     first_stable = np.full((r, g), -1.0)
@@ -172,9 +223,18 @@ def _run(scenario: Scenario, rollouts: int, rng: np.random.Generator, alpha: flo
     canary_requests_all = np.zeros(r)
     oracle_kl = np.zeros(r)
     oracle_at = np.full(r, np.nan)
+    oracle_kl_no_change = np.zeros(r)
+    oracle_at_no_change = np.full(r, np.nan)
+    scale_at_threshold = np.log1p(LATENCY_THRESHOLD_MS / p95_stable)
     threshold_log = math.log(1.0 / alpha)
 
     rollback = {name: np.full(r, -1) for name in ENGINES}
+    promote = {name: np.full(r, -1) for name in ENGINES}
+    errors_c = np.zeros((r, g))  # cumulative 5xx per arm, stable requests (for the promote bounds)
+    errors_s = np.zeros((r, g))
+    stable_total = np.zeros((r, g))
+    hist_c = np.zeros((r, g, HIST_BOUNDS.size + 1))  # cumulative latency histograms
+    hist_s = np.zeros((r, g, HIST_BOUNDS.size + 1))
     delay = {name: np.full(r, np.nan) for name in ENGINES}
     argo_failed = np.zeros((r, g), dtype=int)
     flagger_failed = np.zeros((r, g), dtype=int)
@@ -190,14 +250,16 @@ def _run(scenario: Scenario, rollouts: int, rng: np.random.Generator, alpha: flo
         diurnal = 1.0 + 0.5 * np.sin(2.0 * math.pi * w / w_count + phase)
         slower = 0.2 * np.sin(2.0 * math.pi * w / w_count + phase)
         mu = mu0 + np.log1p(slower)
-        starting = rng.random(r) < 0.02
+        starting = rng.random(r) < 0.02 / knobs.split
         incident = np.where(
-            incident > 0, incident - 1, np.where(starting, rng.integers(1, 6, r), 0)
+            incident > 0,
+            incident - 1,
+            np.where(starting, rng.integers(1, 6, r) * knobs.split, 0),
         )
         rate_s = np.clip(base + 0.05 * (incident > 0)[:, None], 0.0, 1.0)
         odds = rate_s / (1.0 - rate_s) * scenario.psi
         rate_c = odds / (1.0 + odds)
-        n = rng.poisson(REQUESTS_PER_WINDOW * zipf[None, :] * diurnal)
+        n = rng.poisson(per_window * zipf[None, :] * diurnal)
         n1 = rng.binomial(n, share)
         n0 = n - n1
         x1 = rng.binomial(n1, rate_c)
@@ -208,15 +270,33 @@ def _run(scenario: Scenario, rollouts: int, rng: np.random.Generator, alpha: flo
         kl_err = rate_c * np.log(np.maximum(rate_c, 1e-300) / rate_s) + (1 - rate_c) * np.log(
             (1 - rate_c) / (1 - rate_s)
         )
-        kl_lat = scale**2 / (2.0 * sigma**2)
-        before = oracle_kl.copy()
-        oracle_kl += (n1 * (kl_err + kl_lat)).sum(axis=1)
-        crossing = np.isnan(oracle_at) & (oracle_kl >= threshold_log)
-        if crossing.any():
-            # interpolate within the window (requests arrive evenly)
-            frac = (threshold_log - before) / np.maximum(oracle_kl - before, 1e-300)
-            oracle_at = np.where(crossing, canary_requests_all + frac * n1.sum(axis=1), oracle_at)
-        canary_requests_all += n1.sum(axis=1)
+        # Latency: against the least favourable non-regression, the canary whose p95 is
+        # exactly the threshold slower (DESIGN: the threshold is the smallest p95 increase
+        # worth a rollback); below the threshold there is no regression to detect.
+        kl_lat = np.where(
+            scenario.p95_shift_ms >= LATENCY_THRESHOLD_MS,
+            (scale - scale_at_threshold) ** 2 / (2.0 * sigma**2),
+            0.0,
+        )
+        canary_now = n1.sum(axis=1)
+        oracle_at = _oracle_step(
+            oracle_kl,
+            oracle_at,
+            (n1 * (kl_err + kl_lat)).sum(axis=1),
+            canary_requests_all,
+            canary_now,
+            threshold_log,
+        )
+        # The previous definition: against no change at all (for comparison only).
+        oracle_at_no_change = _oracle_step(
+            oracle_kl_no_change,
+            oracle_at_no_change,
+            (n1 * (kl_err + scale**2 / (2.0 * sigma**2))).sum(axis=1),
+            canary_requests_all,
+            canary_now,
+            threshold_log,
+        )
+        canary_requests_all += canary_now
 
         # -- grayscope -------------------------------------------------------------
         both = (n1 > 0) & (n0 > 0)
@@ -233,10 +313,13 @@ def _run(scenario: Scenario, rollouts: int, rng: np.random.Generator, alpha: flo
             _accumulate(lat_ll[:, :, level, :], slow1, slow1 + slow0, n1, n0, grid_lat)
         previous_mu = mu
         canary_total += n1
-        e_err = np.exp(_log_e(err_ll))
+        e_err = np.exp(_log_e(err_ll, knobs.offsets))
         e_lat = np.exp(
             _log_mean_exp(
-                np.stack([_log_e(lat_ll[:, :, k, :]) for k in range(len(LEVELS))], axis=-1)
+                np.stack(
+                    [_log_e(lat_ll[:, :, k, :], knobs.offsets) for k in range(len(LEVELS))],
+                    axis=-1,
+                )
             )
         )
         density = _density_at_quantile(mu0 + scale, sigma, 0.95)
@@ -245,14 +328,20 @@ def _run(scenario: Scenario, rollouts: int, rng: np.random.Generator, alpha: flo
             0.0, 1.0, (r, g)
         ) * se
         gate = (estimate >= LATENCY_THRESHOLD_MS) & (canary_total > 0)
-        group_e = (e_err + np.where(gate, e_lat, 0.0)) / 2.0
+        if not knobs.latency_gate:
+            gate = canary_total > 0
+        ew = knobs.error_weight
+        group_e = ew * e_err + (1.0 - ew) * np.where(gate, e_lat, 0.0)
         weights = _weights(first_window, first_stable)
         # the pooled strata of all groups (engine._pooled_e)
-        pooled_err = np.exp(_log_e(err_ll.sum(axis=1)))
+        pooled_err = np.exp(_log_e(err_ll.sum(axis=1), knobs.offsets))
         pooled_lat = np.exp(
             _log_mean_exp(
                 np.stack(
-                    [_log_e(lat_ll[:, :, k, :].sum(axis=1)) for k in range(len(LEVELS))],
+                    [
+                        _log_e(lat_ll[:, :, k, :].sum(axis=1), knobs.offsets)
+                        for k in range(len(LEVELS))
+                    ],
                     axis=-1,
                 )
             )
@@ -260,11 +349,34 @@ def _run(scenario: Scenario, rollouts: int, rng: np.random.Generator, alpha: flo
         mean_delta = (canary_total * estimate).sum(axis=1) / np.maximum(
             canary_total.sum(axis=1), 1.0
         )
-        pooled = (pooled_err + np.where(mean_delta >= LATENCY_THRESHOLD_MS, pooled_lat, 0.0)) / 2.0
-        rollout_e = engine.POOLED_SHARE * np.minimum(pooled, 1e300) + (
-            1.0 - engine.POOLED_SHARE
-        ) * (weights * np.minimum(group_e, 1e300)).sum(axis=1)
+        pooled_gate = (mean_delta >= LATENCY_THRESHOLD_MS) | (not knobs.latency_gate)
+        pooled = ew * pooled_err + (1.0 - ew) * np.where(pooled_gate, pooled_lat, 0.0)
+        rollout_e = knobs.pooled_share * np.minimum(pooled, 1e300) + (1.0 - knobs.pooled_share) * (
+            weights * np.minimum(group_e, 1e300)
+        ).sum(axis=1)
         _record(rollback, delay, "grayscope", rollout_e >= 1.0 / alpha, w, canary_requests_all)
+        if knobs.promotions:
+            errors_c += x1
+            errors_s += x0
+            stable_total += n0
+            hist_c += rng.multinomial(n1, _cells(mu_c, sigma))
+            hist_s += rng.multinomial(n0, _cells(mu, sigma))
+            # Promote for any path group, before any rollback: a promote verdict to a
+            # regressed canary (every group is regressed in A/B) is a wrong promotion.
+            open_rows = (promote["grayscope"] < 0) & (rollback["grayscope"] < 0)
+            candidates = open_rows[:, None] & (first_window >= 0) & (n1 > 0) & (n0 > 0)
+            group_promote = _grayscope_promotes(
+                np.where(candidates, canary_total, 0.0),
+                errors_c,
+                hist_c,
+                stable_total,
+                errors_s,
+                hist_s,
+                alpha,
+            )
+            _promoted(promote, rollback, "grayscope", group_promote.any(axis=1), w)
+        if not knobs.baselines:
+            continue
 
         # -- per-window p95 estimates (for the threshold rules) -------------------
         p95_c = _window_p95(mu_c, sigma, n1, rng)
@@ -282,6 +394,11 @@ def _run(scenario: Scenario, rollouts: int, rng: np.random.Generator, alpha: flo
         p_value = _norm_sf(z)
         bad = enough & ((p_value < alpha) | (p95_c - p95_s > LATENCY_THRESHOLD_MS))
         _record(rollback, delay, "ztest_per_window", bad.any(axis=1), w, canary_requests_all)
+        if knobs.promotions:
+            # verdict.judge: promote when both arms are large enough, nothing failed and
+            # the canary's 5xx rate is not higher (any path group, as for grayscope).
+            fine = enough & ~bad & (x1 * np.maximum(n0, 1) <= x0 * np.maximum(n1, 1))
+            _promoted(promote, rollback, "ztest_per_window", fine.any(axis=1), w)
 
         # -- Argo Rollouts / Flagger: thresholds on the canary's own metrics --------
         measured = n1 > 0
@@ -318,7 +435,30 @@ def _run(scenario: Scenario, rollouts: int, rng: np.random.Generator, alpha: flo
             score = 100.0 * (2 - high_err.astype(int) - high_lat.astype(int)) / 2.0
             _record(rollback, delay, "kayenta", (score < 75.0).any(axis=1), w, canary_requests_all)
 
-    return Outcome(rollback, delay, oracle_at)
+    if knobs.baselines:
+        # Kayenta, Argo Rollouts and Flagger promote when their analysis ends without failing.
+        for name in ("kayenta", "argo_rollouts", "flagger"):
+            promote[name] = np.where(rollback[name] < 0, w_count - 1, -1)
+    return Outcome(rollback, delay, oracle_at, promote, oracle_at_no_change)
+
+
+def _oracle_step(
+    total: np.ndarray,
+    crossed_at: np.ndarray,
+    increment: np.ndarray,
+    canary_before: np.ndarray,
+    canary_now: np.ndarray,
+    threshold_log: float,
+) -> np.ndarray:
+    """Add one window's expected log-LR to ``total`` (in place); where it first reaches
+    ln(1/alpha), the canary requests by then (interpolated: requests arrive evenly)."""
+    before = total.copy()
+    total += increment
+    crossing = np.isnan(crossed_at) & (total >= threshold_log)
+    if not crossing.any():
+        return crossed_at
+    frac = (threshold_log - before) / np.maximum(total - before, 1e-300)
+    return np.asarray(np.where(crossing, canary_before + frac * canary_now, crossed_at))
 
 
 def _record(
@@ -332,6 +472,136 @@ def _record(
     new = fired & (rollback[name] < 0)
     rollback[name] = np.where(new, window, rollback[name])
     delay[name] = np.where(new, canary_requests, delay[name])
+
+
+def _promoted(
+    promote: dict[str, np.ndarray],
+    rollback: dict[str, np.ndarray],
+    name: str,
+    fired: Any,
+    window: int,
+) -> None:
+    """The first window in which the engine promoted the rollout, unless it rolled back first."""
+    new = fired & (promote[name] < 0) & (rollback[name] < 0)
+    promote[name] = np.where(new, window, promote[name])
+
+
+#: Bucket bounds of the simulated histograms: the live buckets from 10 ms to 10 s (the
+#: p95 of every simulated group lies well inside), one cell below and one above.
+HIST_BOUNDS = np.array(histogram.BOUNDS_MS[HIST_FIRST : HIST_LAST + 1])
+
+
+def _cells(mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Probabilities of the histogram cells (<= first bound, each bucket, overflow)."""
+    below = 1.0 - _norm_sf((np.log(HIST_BOUNDS) - mu[..., None]) / sigma[..., None])
+    edges = np.concatenate([np.zeros((*mu.shape, 1)), below, np.ones((*mu.shape, 1))], axis=-1)
+    p = np.clip(np.diff(edges, axis=-1), 0.0, 1.0)
+    return np.asarray(p / p.sum(axis=-1, keepdims=True))
+
+
+def _bernoulli_log_e(
+    successes: np.ndarray, n: np.ndarray, p: np.ndarray | float, *, above: bool
+) -> np.ndarray:
+    """``evidence.bernoulli_log_e`` element-wise (p strictly inside (0, 1))."""
+    p_arr = np.asarray(p, dtype=float)
+    centre = np.log(p_arr) - np.log1p(-p_arr)
+    log_p, log_q = np.log(p_arr), np.log1p(-p_arr)
+    failures = n - successes
+    top: np.ndarray | None = None
+    terms = []
+    for offset in evidence.LOGIT_OFFSETS:
+        t = centre + offset if above else centre - offset
+        slope_s = -np.logaddexp(0.0, -t) - log_p  # log(alt / p)
+        slope_f = -np.logaddexp(0.0, t) - log_q  # log((1 - alt) / (1 - p))
+        term = successes * slope_s + failures * slope_f
+        terms.append(term)
+        top = term if top is None else np.maximum(top, term)
+    assert top is not None
+    total = sum(np.exp(term - top) for term in terms)
+    mean = np.log(total / len(evidence.LOGIT_OFFSETS))
+    return np.asarray(np.where(n > 0, top + mean, 0.0))
+
+
+def _rate_bound(successes: np.ndarray, n: np.ndarray, alpha: float, *, upper: bool) -> np.ndarray:
+    """One end of ``evidence.rate_bounds``, element-wise (same bisection on the logit)."""
+    threshold = math.log(2.0 / alpha)
+    tiny = 1e-12
+    nn = np.maximum(n, 1.0)
+    rate = np.clip(successes / nn, tiny, 1.0 - tiny)
+    edge = np.full(n.shape, 1.0 - tiny if upper else tiny)
+    # the upper end rejects "rate >= p" for p above it (data too low): above=False
+    exists = (n > 0) & ((successes < n) if upper else (successes > 0))
+    exists &= _bernoulli_log_e(successes, nn, edge, above=not upper) >= threshold
+    low, high = (rate, edge) if upper else (edge, rate)
+    a, b = np.log(low) - np.log1p(-low), np.log(high) - np.log1p(-high)
+    for _ in range(50):
+        mid = (a + b) / 2.0
+        p = 1.0 / (1.0 + np.exp(-mid))
+        rejected = _bernoulli_log_e(successes, nn, p, above=not upper) >= threshold
+        move_b = rejected if upper else ~rejected
+        b = np.where(move_b, mid, b)
+        a = np.where(move_b, a, mid)
+    found = 1.0 / (1.0 + np.exp(-(b if upper else a)))
+    return np.asarray(np.where(exists, found, 1.0 if upper else 0.0))
+
+
+def _rate_bounds(
+    successes: np.ndarray, n: np.ndarray, alpha: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``evidence.rate_bounds`` element-wise: anytime-valid (lower, upper) of a rate."""
+    return (
+        _rate_bound(successes, n, alpha, upper=False),
+        _rate_bound(successes, n, alpha, upper=True),
+    )
+
+
+def _quantile_bounds(cells: np.ndarray, q: float, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """``evidence.quantile_bounds`` on ``_cells`` histograms: (lower, upper) in ms.
+
+    NaN where the data cannot bound that side (the live code's None).
+    """
+    threshold = math.log(2.0 / alpha)
+    n = cells.sum(axis=-1, keepdims=True)
+    below = np.cumsum(cells, axis=-1)[..., :-1]  # requests <= each bound
+    nn = np.broadcast_to(np.maximum(n, 1.0), below.shape)
+    low_ok = (below < q * n) & (_bernoulli_log_e(below, nn, q, above=False) >= threshold)
+    high_ok = (below > q * n) & (_bernoulli_log_e(below, nn, q, above=True) >= threshold)
+    bounds = np.broadcast_to(HIST_BOUNDS, below.shape)
+    lower = np.where(low_ok, bounds, -np.inf).max(axis=-1)
+    upper = np.where(high_ok, bounds, np.inf).min(axis=-1)
+    return (
+        np.asarray(np.where(np.isfinite(lower), lower, np.nan)),
+        np.asarray(np.where(np.isfinite(upper), upper, np.nan)),
+    )
+
+
+def _grayscope_promotes(
+    canary_requests: np.ndarray,
+    canary_errors: np.ndarray,
+    canary_hist: np.ndarray,
+    stable_requests: np.ndarray,
+    stable_errors: np.ndarray,
+    stable_hist: np.ndarray,
+    alpha: float,
+) -> np.ndarray:
+    """``engine._judge_open``'s promote rule per (rollout, group), on cumulative counts:
+    minimum exposure in both arms, the 5xx increase's upper bound within the margin and
+    the p95 increase's upper bound within the latency threshold (every request is timed).
+    The bounds are computed only where the exposure is reached."""
+    out = (canary_requests >= MIN_SAMPLES) & (stable_requests >= MIN_SAMPLES)
+    if not out.any():
+        return np.asarray(out)
+    idx = np.nonzero(out)
+    q_high = _quantile_bounds(canary_hist[idx], 0.95, alpha / 2.0)[1]
+    q_low = _quantile_bounds(stable_hist[idx], 0.95, alpha / 2.0)[0]
+    p95_high = q_high - np.nan_to_num(q_low, nan=0.0)
+    ok = np.nan_to_num(p95_high, nan=np.inf) <= LATENCY_THRESHOLD_MS
+    sub = tuple(axis[ok] for axis in idx)
+    c_high = _rate_bound(canary_errors[sub], canary_requests[sub], alpha, upper=True)
+    s_low = _rate_bound(stable_errors[sub], stable_requests[sub], alpha, upper=False)
+    result = np.zeros(out.shape, dtype=bool)
+    result[sub] = c_high - s_low <= PROMOTE_ERROR_MARGIN
+    return result
 
 
 def _accumulate(
@@ -354,17 +624,17 @@ def _accumulate(
     loglik[informative] += inc
 
 
-def _columns(null: int) -> np.ndarray:
+def _columns(null: int, offsets: tuple[int, ...] = evidence.OFFSETS) -> np.ndarray:
     """log psi at the null and at the null + each offset inside the grid."""
-    indices = [null] + [null + o for o in evidence.OFFSETS if null + o < evidence.GRID_SIZE]
+    indices = [null] + [null + o for o in offsets if null + o < evidence.GRID_SIZE]
     return np.array([evidence.GRID[i] for i in indices])
 
 
-def _log_e(loglik: np.ndarray) -> np.ndarray:
+def _log_e(loglik: np.ndarray, offsets: tuple[int, ...] = evidence.OFFSETS) -> np.ndarray:
     """``evidence.log_e_value`` (upper side) on ``_columns`` rows: column 0 is the null."""
     terms = loglik[..., 1:] - loglik[..., :1]
     top = terms.max(axis=-1)
-    count = len(evidence.OFFSETS)
+    count = len(offsets)
     return np.asarray(top + np.log(np.exp(terms - top[..., None]).sum(axis=-1) / count))
 
 
@@ -484,32 +754,54 @@ def simulate(
     ab_outcomes = [(s, _chunked(s, ab_count, rng, alpha)) for s in ab]
     for name in ENGINES:
         false = int((outcome.rollback_window[name] >= 0).sum())
+        aa_promoted = int((outcome.promote_window[name] >= 0).sum())
         ratios: list[float] = []
-        detected = within3 = total = 0
+        ratios_no_change: list[float] = []
+        detected = within3 = total = wrong = 0
         per_scenario: dict[str, Any] = {}
         for scenario, out in ab_outcomes:
             fired = out.rollback_window[name] >= 0
+            promoted = out.promote_window[name] >= 0
             assert out.oracle_requests is not None
             ratio = out.delay_requests[name] / out.oracle_requests
             ratio = np.where(fired & ~np.isnan(out.oracle_requests), ratio, np.inf)
+            assert out.oracle_no_change is not None
+            old = out.delay_requests[name] / out.oracle_no_change
+            old = np.where(fired & ~np.isnan(out.oracle_no_change), old, np.inf)
             per_scenario[scenario.name] = {
                 "rollback_fraction": round(float(fired.mean()), 4),
                 "median_delay_ratio": _finite(float(np.median(ratio))),
+                "promote_fraction": round(float(promoted.mean()), 4),
             }
             if scenario.is_regression:
                 total += fired.size
                 detected += int(fired.sum())
                 within3 += int((ratio <= 3.0).sum())
+                wrong += int(promoted.sum())
                 ratios.extend(ratio.tolist())
+                ratios_no_change.extend(old.tolist())
+        old_ratios = np.array(ratios_no_change)
         result[name] = {
             "aa_rollouts": rollouts,
             "aa_false_rollbacks": false,
             "aa_false_rollback_rate": round(false / rollouts, 4),
             "aa_false_rollback_upper95": round(evidence.clopper_pearson_upper(false, rollouts), 4),
+            "aa_promotions": aa_promoted,
             "ab_rollouts": total,
             "ab_detected_fraction": round(detected / total, 4) if total else None,
             "ab_detected_within_3x_oracle": round(within3 / total, 4) if total else None,
             "ab_median_delay_ratio": _finite(float(np.median(ratios))) if ratios else None,
+            "ab_median_delay_ratio_vs_no_change": (
+                _finite(float(np.median(old_ratios))) if ratios else None
+            ),
+            "ab_detected_within_3x_no_change": (
+                round(float((old_ratios <= 3.0).mean()), 4) if ratios else None
+            ),
+            "ab_wrong_promotions": wrong,
+            "ab_wrong_promotion_rate": round(wrong / total, 4) if total else None,
+            "ab_wrong_promotion_upper95": (
+                round(evidence.clopper_pearson_upper(wrong, total), 4) if total else None
+            ),
             "ab_by_scenario": per_scenario,
         }
     settings = {
@@ -529,19 +821,30 @@ def _finite(value: float) -> float | None:
     return None if math.isinf(value) or math.isnan(value) else round(value, 3)
 
 
-def _chunked(scenario: Scenario, rollouts: int, rng: np.random.Generator, alpha: float) -> Outcome:
+def _chunked(
+    scenario: Scenario,
+    rollouts: int,
+    rng: np.random.Generator,
+    alpha: float,
+    knobs: Knobs = Knobs(),
+) -> Outcome:
     """Run in chunks of rollouts (bounded memory) and concatenate."""
     size = 250
     parts = [
-        run_scenario(scenario, min(size, rollouts - lo), rng, alpha)
+        run_scenario(scenario, min(size, rollouts - lo), rng, alpha, knobs)
         for lo in range(0, rollouts, size)
     ]
     merged = Outcome()
     for name in ENGINES:
         merged.rollback_window[name] = np.concatenate([p.rollback_window[name] for p in parts])
         merged.delay_requests[name] = np.concatenate([p.delay_requests[name] for p in parts])
+        if all(name in p.promote_window for p in parts):
+            merged.promote_window[name] = np.concatenate([p.promote_window[name] for p in parts])
     merged.oracle_requests = np.concatenate(
         [p.oracle_requests for p in parts if p.oracle_requests is not None]
+    )
+    merged.oracle_no_change = np.concatenate(
+        [p.oracle_no_change for p in parts if p.oracle_no_change is not None]
     )
     return merged
 
@@ -549,20 +852,25 @@ def _chunked(scenario: Scenario, rollouts: int, rng: np.random.Generator, alpha:
 def format_table(result: dict[str, Any]) -> str:
     """The README table."""
     lines = [
-        "| engine | A/A false rollbacks | 95 % upper bound | A/B detected"
-        " | within 3x oracle | median delay / oracle |",
-        "|---|---|---|---|---|---|",
+        "| engine | A/A false rollbacks | 95 % upper bound | A/A promoted | A/B detected"
+        " | within 3x oracle | median delay / oracle | wrong promotions (95 % upper) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in ENGINES:
         r = result[name]
         ratio = r["ab_median_delay_ratio"]
         rate = r["aa_false_rollback_rate"] * 100
         upper = r["aa_false_rollback_upper95"] * 100
+        promoted = r["aa_promotions"] / r["aa_rollouts"] * 100
         detected = r["ab_detected_fraction"] * 100
         within = r["ab_detected_within_3x_oracle"] * 100
+        wrong = r["ab_wrong_promotions"]
+        wrong_rate = r["ab_wrong_promotion_rate"] * 100
+        wrong_upper = r["ab_wrong_promotion_upper95"] * 100
         lines.append(
             f"| {name} | {r['aa_false_rollbacks']}/{r['aa_rollouts']} ({rate:.1f} %)"
-            f" | {upper:.1f} % | {detected:.0f} % | {within:.0f} %"
-            f" | {'never' if ratio is None else f'{ratio:.2f}'} |"
+            f" | {upper:.1f} % | {promoted:.0f} % | {detected:.0f} % | {within:.0f} %"
+            f" | {'never' if ratio is None else f'{ratio:.2f}'}"
+            f" | {wrong}/{r['ab_rollouts']} ({wrong_rate:.1f} %, {wrong_upper:.1f} %) |"
         )
     return "\n".join(lines) + "\n"

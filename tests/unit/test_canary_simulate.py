@@ -97,3 +97,72 @@ def test_the_command_prints_json() -> None:
     assert run_canary_simulate(args, Settings(), out) == 0
     data = orjson.loads(out.getvalue())
     assert set(data["grayscope"]) >= KEYS
+
+
+def test_vectorised_rate_bounds_equal_the_engines() -> None:
+    successes = np.array([0.0, 0.0, 3.0, 40.0, 500.0, 7.0])
+    n = np.array([0.0, 200.0, 1000.0, 900.0, 500.0, 7.0])
+    lower, upper = simulate._rate_bounds(successes, n, 0.05)
+    for i in range(successes.size):
+        low, high = evidence.rate_bounds(float(successes[i]), float(n[i]), 0.05)
+        assert lower[i] == pytest.approx(low, rel=1e-6, abs=1e-12)
+        assert upper[i] == pytest.approx(high, rel=1e-6, abs=1e-12)
+
+
+def test_vectorised_quantile_bounds_equal_the_engines() -> None:
+    rng = np.random.default_rng(7)
+    mu = np.log(np.array([[40.0, 120.0, 300.0]]))
+    sigma = np.array([[0.5, 0.8, 1.0]])
+    for size in (30, 400, 20_000):
+        cells = rng.multinomial(np.full((1, 3), size), simulate._cells(mu, sigma)).astype(float)
+        lower, upper = simulate._quantile_bounds(cells, 0.95, 0.025)
+        for j in range(3):
+            # the sim's cells as live buckets: cell k <= HIST_BOUNDS[k] is bucket HIST_FIRST + k
+            counts = {simulate.HIST_FIRST + k: float(c) for k, c in enumerate(cells[0, j]) if c > 0}
+            low, high = evidence.quantile_bounds(counts, 0.95, 0.025)
+            if counts.get(simulate.HIST_FIRST, 0.0) == 0:  # nothing lumped below 10 ms
+                assert (math.isnan(lower[0, j]) and low is None) or lower[0, j] == low
+            assert (math.isnan(upper[0, j]) and high is None) or upper[0, j] == high
+
+
+def test_promote_needs_bounds_inside_the_margins() -> None:
+    rng = np.random.default_rng(8)
+    mu = np.log(np.full((1, 2), 100.0))
+    sigma = np.full((1, 2), 0.5)
+    big = rng.multinomial(np.full((1, 2), 50_000), simulate._cells(mu, sigma)).astype(float)
+    # group 0: identical arms, lots of data; group 1: canary 5xx 3 points higher
+    canary_errors = np.array([[50.0, 1550.0]])
+    stable_errors = np.array([[50.0, 50.0]])
+    requests = np.full((1, 2), 50_000.0)
+    promotes = simulate._grayscope_promotes(
+        requests, canary_errors, big, requests, stable_errors, big, 0.05
+    )
+    assert promotes.tolist() == [[True, False]]
+    few = np.full((1, 2), 50.0)  # below the minimum exposure
+    assert not simulate._grayscope_promotes(
+        few, canary_errors * 0, big, requests, stable_errors, big, 0.05
+    ).any()
+
+
+def test_the_simulated_engine_defaults_are_the_live_engines() -> None:
+    knobs = simulate.Knobs()
+    assert knobs.psi0 == engine.VerdictConfig().psi0
+    assert knobs.pooled_share == engine.POOLED_SHARE
+    assert knobs.offsets == evidence.OFFSETS
+    assert knobs.error_weight == 0.5 and knobs.latency_gate and knobs.split == 1
+    assert engine.VerdictConfig().promote_error_margin == simulate.PROMOTE_ERROR_MARGIN
+
+
+def test_wrong_promotions_are_reported_with_their_upper_bound() -> None:
+    result = simulate.simulate(rollouts=6, seed=4, ab_rollouts=4)
+    for name in simulate.ENGINES:
+        figures = result[name]
+        wrong, total = figures["ab_wrong_promotions"], figures["ab_rollouts"]
+        assert 0 <= wrong <= total
+        assert figures["ab_wrong_promotion_upper95"] >= wrong / total
+        assert 0 <= figures["aa_promotions"] <= 6
+        assert all("promote_fraction" in s for s in figures["ab_by_scenario"].values())
+    for name in ("kayenta", "argo_rollouts", "flagger"):  # promote = finished without failing
+        assert result[name]["aa_promotions"] == 6 - result[name]["aa_false_rollbacks"]
+    # a x5 regression of the 5xx rate is never promoted by grayscope before it is rolled back
+    assert result["grayscope"]["ab_by_scenario"]["5xx odds x5"]["promote_fraction"] == 0.0
