@@ -498,7 +498,7 @@ def register_canary(app: faust.App, settings: Any, runtime: Any) -> CanaryObserv
     ``canary_enabled`` is off. ``runtime.es_service`` (optional) receives the
     verdict documents. The analysis object is reachable as ``app.grayscope_canary``.
     """
-    config = CanaryConfig.from_settings(settings)
+    config = CanaryConfig.from_settings(settings.canary)
     if not config.enabled:
         return None
     stats = CanaryStats()

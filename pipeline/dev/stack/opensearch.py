@@ -100,7 +100,6 @@ SLIM_MODULES: Final = (
 )
 
 
-
 class OpenSearchNode:
     """One single-node OpenSearch cluster on loopback."""
 
