@@ -12,23 +12,24 @@ Privacy: the user key is hashed (``user_hash``) on the worker before it
 leaves the batch; only the hash is kept in state, and neither appears in a
 metric label or a log line.
 
-Statistics (``evidence``'s machinery, unchanged)
------------------------------------------------
+Statistics (``evidence``'s grid and mixtures)
+---------------------------------------------
 Users are grouped by the window (the canary window size) in which they
 reached step ``k``: a *stratum*. A stratum is judged only once every user in
 it has had the full conversion window (plus one window of grace for late
 events): right-censoring -- a user still inside their window is not yet a
 non-converter. The stratum is then a 2x2 table canary/stable x
-not converted/converted, and ``evidence.window_loglik`` (the canary's share
-of the non-conversions given the margins) adds it to the step's
-log-likelihood grid. Under ``H0`` (the canary converts as well as stable) the
-canary's share of a stratum's non-converters is hypergeometric whatever the
-conversion rate (the arms are exchangeable within a stratum), which is
-dominated in the convex order by the binomial the grid's likelihood ratios
-use: the mixture at ``psi > 1`` (canary non-conversion rate above stable's)
-is an e-process for "the canary converts less", exactly as for 5xx.
-Stratifying by the time users *entered* keeps a moving canary share (1 ->
-5 -> 25 -> 50 %) from reading as a conversion change.
+not converted/converted. Given its margins, the canary's number of
+non-converters follows Fisher's noncentral hypergeometric law in the odds
+ratio ``omega`` (canary/stable odds of not converting); ``fisher_loglik``
+adds its exact log-likelihood on ``evidence.GRID`` (``log omega``) to the
+step's grid. The family is exponential in ``log omega`` and exact at
+``omega = 1``, so the mixture of likelihood ratios above 1
+(``evidence.log_e_value`` at ``CENTRE``) is an e-process for ``H0: the canary
+converts at least as well``, at any conversion rate (unlike the rare-event
+binomial split of the 5xx test, which loses most of its power when the
+event is common). Stratifying by the time users *entered* keeps a moving
+canary share (1 -> 5 -> 25 -> 50 %) from reading as a conversion change.
 
 A funnel's e-value is the mean of its steps' e-values (valid under any
 dependence between steps), each counted only while the estimated drop in
@@ -316,7 +317,7 @@ class FunnelState:
             "last_canary_at": self.last_canary_at,
             "late": self.late_conversions,
             "evicted": self.evicted_users,
-            "history": self.history,
+            "history": [[v if math.isfinite(v) else None for v in p] for p in self.history],
         }
 
     @classmethod
@@ -341,10 +342,44 @@ class FunnelState:
                 last_canary_at=float(data["last_canary_at"]),
                 late_conversions=int(data["late"]),
                 evicted_users=int(data["evicted"]),
-                history=[[float(v) for v in point] for point in data["history"]],
+                history=[
+                    [-math.inf if v is None else float(v) for v in point]
+                    for point in data["history"]
+                ],
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed funnel state: {exc}") from exc
+
+
+def fisher_loglik(x: int, m: int, n1: int, n0: int) -> list[float] | None:
+    """One stratum's exact log-likelihood of ``x`` canary events among ``m`` on the grid.
+
+    Fisher's noncentral hypergeometric: ``P(x) = C(n1,x) C(n0,m-x) w^x / sum_u (...)``
+    with ``log w`` at each grid point; the ``x``-only terms cancel in every ratio and are
+    left out. None when the stratum carries no information (no events, no non-events,
+    or an arm without users).
+    """
+    if n1 <= 0 or n0 <= 0 or m <= 0 or m >= n1 + n0:
+        return None
+    if not max(0, m - n0) <= x <= min(n1, m):
+        raise ValueError("canary events must fit the stratum's margins")
+    lg = math.lgamma
+    low, high = max(0, m - n0), min(n1, m)
+    weights = [
+        -lg(u + 1) - lg(n1 - u + 1) - lg(m - u + 1) - lg(n0 - m + u + 1)
+        for u in range(low, high + 1)
+    ]
+    top = max(weights)
+    # Terms below e^-40 of the largest change no sum at double precision at any grid point
+    # that matters (|log w| <= 3.5 shifts a term by at most e^(3.5 * span)); keep a margin.
+    kept = [(low + i, w) for i, w in enumerate(weights) if w > top - 60.0]
+    out = []
+    for log_w in evidence.GRID:
+        terms = [w + u * log_w for u, w in kept]
+        peak = max(terms)
+        log_norm = peak + math.log(sum(math.exp(t - peak) for t in terms))
+        out.append(x * log_w - log_norm)
+    return out
 
 
 def _stratum(step: int, at: float, bucket: int) -> str:
@@ -425,7 +460,7 @@ def resolve(spec: FunnelSpec, state: FunnelState, bucket: int) -> int:
         c_reached, c_conv, s_reached, s_conv = state.pending.pop(key)
         not_c, not_s = c_reached - c_conv, s_reached - s_conv
         evidence.accumulate(
-            state.loglik[step], evidence.window_loglik(not_c, not_c + not_s, c_reached, s_reached)
+            state.loglik[step], fisher_loglik(not_c, not_c + not_s, c_reached, s_reached)
         )
         total = state.totals[step]
         for i, value in enumerate((c_reached, c_conv, s_reached, s_conv)):
@@ -483,7 +518,7 @@ class StepFacts:
     drop: float | None  # stable minus canary conversion
     drop_lower: float | None  # anytime-valid bounds of the drop
     drop_upper: float | None
-    ratio: float  # canary/stable non-conversion rate ratio (stratified estimate)
+    ratio: float  # canary/stable odds ratio of not converting (stratified estimate)
     ratio_lower: float
     ratio_upper: float
     e_value: float
@@ -510,9 +545,9 @@ class StepFacts:
             "drop": finite(self.drop),
             "drop_lower": finite(self.drop_lower),
             "drop_upper": finite(self.drop_upper),
-            "non_conversion_ratio": finite(self.ratio),
-            "non_conversion_ratio_lower": finite(self.ratio_lower),
-            "non_conversion_ratio_upper": finite(self.ratio_upper),
+            "non_conversion_odds_ratio": finite(self.ratio),
+            "non_conversion_odds_ratio_lower": finite(self.ratio_lower),
+            "non_conversion_odds_ratio_upper": finite(self.ratio_upper),
             "e_value": finite(self.e_value),
             "counted": self.counted,
         }
