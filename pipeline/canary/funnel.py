@@ -563,10 +563,12 @@ class FunnelFacts:
     path_groups: tuple[str, ...]  # the steps' path groups: they carry a funnel rollback
     late_conversions: int = 0
     evicted_users: int = 0
+    history: tuple[tuple[float, float], ...] = ()  # (event time, log e-value) per judged batch
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "history": [[t, v if math.isfinite(v) else None] for t, v in self.history],
             "e_value": None if math.isinf(self.e_value) else round(self.e_value, 6),
             "steps": [s.to_json() for s in self.steps],
             "path_groups": list(self.path_groups),
@@ -618,6 +620,7 @@ def facts(spec: FunnelSpec, state: FunnelState, alpha: float) -> FunnelFacts:
         path_groups=groups,
         late_conversions=state.late_conversions,
         evicted_users=state.evicted_users,
+        history=tuple((p[0], p[1]) for p in state.history if len(p) >= 2),
     )
 
 
