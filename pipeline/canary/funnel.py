@@ -369,10 +369,7 @@ def fisher_loglik(x: int, m: int, n1: int, n0: int) -> list[float] | None:
         -lg(u + 1) - lg(n1 - u + 1) - lg(m - u + 1) - lg(n0 - m + u + 1)
         for u in range(low, high + 1)
     ]
-    top = max(weights)
-    # Terms below e^-40 of the largest change no sum at double precision at any grid point
-    # that matters (|log w| <= 3.5 shifts a term by at most e^(3.5 * span)); keep a margin.
-    kept = [(low + i, w) for i, w in enumerate(weights) if w > top - 60.0]
+    kept = list(enumerate(weights, start=low))
     out = []
     for log_w in evidence.GRID:
         terms = [w + u * log_w for u, w in kept]

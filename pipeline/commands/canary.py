@@ -118,10 +118,18 @@ def run_canary_simulate(
         alpha=float(getattr(args, "alpha", 0.05)),
         ab_rollouts=getattr(args, "ab_rollouts", None),
     )
+    # The conversion funnels: grayscope's funnel family on A/A and conversion-drop rollouts.
+    result["grayscope"]["funnels"] = simulate.simulate_funnels(
+        rollouts=rollouts,
+        seed=int(getattr(args, "seed", 1)),
+        alpha=float(getattr(args, "alpha", 0.05)),
+        ab_rollouts=getattr(args, "ab_rollouts", None),
+    )
     if getattr(args, "json", False):
         out.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         out.write(simulate.format_table(result))
+        out.write("\n" + simulate.format_funnel_table(result["grayscope"]["funnels"]))
     return 0
 
 
