@@ -80,7 +80,7 @@ def requests(
 async def canary_app(
     bootstrap: str,
     app_id: str,
-    settings: SimpleNamespace,
+    settings: Settings,
     faust_settings: dict[str, Any],
     datadir: Path,
     es_service: ElasticsearchService | None = None,
