@@ -72,7 +72,7 @@ async def test_funnel_state_is_recovered_after_a_restart_and_judged(
     ):
         assert observer.funnel_keys == (("cookie", "uid"),)
         observer.observe_funnels(
-            entries_and_conversions(t0) + [hit("late-user", 0, "canary", later)]
+            [*entries_and_conversions(t0), hit("late-user", 0, "canary", later)]
         )
         await wait_for(
             lambda: (s := canary.funnel_state("play")) is not None and s.totals[0][0] == 40,
@@ -83,7 +83,7 @@ async def test_funnel_state_is_recovered_after_a_restart_and_judged(
         assert first.totals[0] == [40, 10, 40, 30]  # canary reached/converted, stable
         assert first.totals[1] == [10, 0, 30, 0]  # those who compiled; none shared
         # Retention: the 80 users of t0 are past their window and grace; the new one stays.
-        keys = [str(k) for k in canary.funnel_users.keys()]
+        keys = [str(k) for k in list(canary.funnel_users)]
         assert keys == [f"play/{funnel.user_hash('play', 'late-user')}"]
         assert canary.stats.canary_funnel_users_expired_total == 80
         assert all("late-user" not in k and "canary-" not in k for k in keys)

@@ -110,10 +110,12 @@ def test_funnel_simulation_keeps_the_null_and_finds_drops() -> None:
     """Small but telling: A/A rollouts rarely cross at the full 1/alpha (Ville), a 30 % drop
     in the canary's go-on rates is found in nearly every rollout."""
     result = simulate.simulate_funnels(rollouts=60, seed=2, ab_rollouts=20)
-    assert result["aa_false_rollbacks"] <= 9  # 5 % of 60 is 3; 9 has p < 0.01 under 5 %
+    assert result["aa_false_rollbacks_full_alpha"] <= 9  # 5 % of 60 is 3; 9: p < 0.01
+    assert result["aa_false_rollbacks"] <= result["aa_false_rollbacks_full_alpha"]
     assert result["ab_by_scenario"]["conversion -30%"]["detected_fraction"] >= 0.9
     table = simulate.format_funnel_table(result)
     assert "| A/A (funnel alone at 1/alpha) |" in table and "| conversion -30% |" in table
+    assert "| A/A (at its share of the evidence) |" in table
 
 
 def test_vectorised_fisher_likelihood_equals_the_engines() -> None:
