@@ -273,6 +273,9 @@ class _Generator:
         # Funnel walks waiting for their next step: (due ns, sequence, step, client, canary).
         self._walks: list[tuple[int, int, int, int, bool]] = []
         self._walk_seq = 0
+        # A user's arm is sticky (a cookie would keep it): each client draws once, from
+        # its own generator so that the default stream stays as it was.
+        self._client_rolls: list[float] = []
         self.canary_share = canary_share
         self.regression = regression
         self.clock = clock
@@ -289,6 +292,16 @@ class _Generator:
         self.group_names = list(PATH_GROUPS)
         self.group_cum = _cumulative(w for w, _, _ in PATH_GROUPS.values())
         self.clients = self._clients(max(1, clients))
+        # Walkers: one client per address (the funnel's user key), so two walkers never
+        # share a user.
+        self._walkers: list[int] = []
+        if funnel is not None:
+            rolls = random.Random(seed ^ 0x5EED)
+            self._client_rolls = [rolls.random() for _ in self.clients]
+            first: dict[str, int] = {}
+            for index, (ip, _) in enumerate(self.clients):
+                first.setdefault(ip, index)
+            self._walkers = sorted(first.values())
 
     def _clients(self, count: int) -> list[tuple[str, str]]:
         """A fixed client population (ip, user agent): repeat visitors make caches realistic."""
@@ -316,8 +329,8 @@ class _Generator:
         if walks and walks[0][0] <= now_ns:
             _, _, step, client, canary = heapq.heappop(walks)
         elif rng.random() < funnel.start_share:
-            step, client = 0, int(len(self.clients) * rng.random())
-            canary = rng.random() < self.canary_share
+            step, client = 0, self._walkers[int(len(self._walkers) * rng.random())]
+            canary = self._client_rolls[client] < self.canary_share
         else:
             return None
         if step + 1 < len(FUNNEL_STEPS):
