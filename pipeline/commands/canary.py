@@ -10,7 +10,7 @@ from typing import IO, Any
 import orjson
 
 from pipeline.canary.client import fetch_canary, verdicts_from_payload
-from pipeline.canary.format import format_verdicts
+from pipeline.canary.format import format_funnels, format_verdicts
 from pipeline.config import Settings, add_settings_arguments
 from pipeline.errors import ConfigError
 
@@ -85,7 +85,11 @@ def render_status(payload: dict[str, Any], url: str) -> str:
     )
     if not owned:
         header += "this worker owns no canary partition: ask another worker of the group\n"
-    return header + format_verdicts(verdicts_from_payload(payload))
+    return (
+        header
+        + format_verdicts(verdicts_from_payload(payload))
+        + format_funnels(payload.get("funnels") or ())
+    )
 
 
 def run_canary_status(
