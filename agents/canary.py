@@ -94,6 +94,7 @@ VERSION_TABLE = "canary-by-version"
 EVIDENCE_TABLE = "canary-evidence"
 CONTROL_ROLLBACK = "rollback"  # control record: make a rollback sticky in the state
 CONTROL_FUNNEL = "funnel"  # a batch's hits of one funnel (hashed users)
+CONTROL_FUNNEL_ROLLBACK = "funnel_rollback"  # make a funnel's rollback sticky
 FUNNEL_USERS_TABLE = "canary-funnel-users"
 FUNNEL_TABLE = "canary-funnels"
 TIMELINE_LIMIT = 500  # decision changes kept per path group for the report
@@ -163,6 +164,7 @@ class CanaryAnalysis:
                 help="conversion funnel state per funnel (strata, totals, evidence)",
             )
         self.funnel_decisions: dict[str, FunnelDecision] = {}
+        self._funnel_sticky: set[str] = set()  # funnel rollbacks not yet in the table
         self._funnel_gc: dict[str, float] = {}
         self._fold_checked: dict[str, int] = {}  # path group -> last window checked
         self._watermark: dict[str, int] = {}  # path group -> newest window start seen
@@ -211,6 +213,9 @@ class CanaryAnalysis:
                 return
             if isinstance(data, dict) and data.get("kind") == CONTROL_FUNNEL:
                 self.apply_funnel(data)
+                return
+            if isinstance(data, dict) and data.get("kind") == CONTROL_FUNNEL_ROLLBACK:
+                self._apply_funnel_rollback(str(data.get("funnel")))
                 return
             agg = CanaryAggregate.from_json(data)
         except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
@@ -276,6 +281,14 @@ class CanaryAnalysis:
         funnels.resolve(spec, state, bucket)
         self._collect_funnel_users(spec, state)
         self.funnel_states[spec.name] = state.to_json()
+
+    def _apply_funnel_rollback(self, name: str) -> None:
+        state = self.funnel_state(name)
+        if state is None or self.funnel_states is None:
+            return
+        state.rolled_back = True
+        self.funnel_states[name] = state.to_json()
+        self._funnel_sticky.discard(name)
 
     def _collect_funnel_users(self, spec: funnels.FunnelSpec, state: funnels.FunnelState) -> None:
         """Retention, at most once a window per funnel (event time): users past their
@@ -469,6 +482,9 @@ class CanaryAnalysis:
         )
         self.judged_states = judged
         self.funnel_decisions = funnel_decisions
+        for name, decision in funnel_decisions.items():
+            if decision.decision is Decision.ROLLBACK and not decision.facts.rolled_back:
+                self._make_funnel_sticky(name)
         for verdict in verdicts:
             changes = self.timeline.setdefault(verdict.path_group, [])
             if not changes or changes[-1][1] != verdict.decision.value:
@@ -482,6 +498,16 @@ class CanaryAnalysis:
         self.evaluated_at = now
         self.stats.canary_evaluations_total += 1
         return verdicts
+
+    def _make_funnel_sticky(self, name: str) -> None:
+        if name in self._funnel_sticky:
+            return
+        self._funnel_sticky.add(name)
+        self.aggregates_topic.send_soon(
+            key=(FUNNEL_PREFIX + name).encode(),
+            value=orjson.dumps({"kind": CONTROL_FUNNEL_ROLLBACK, "funnel": name}),
+            partition=partition_for(FUNNEL_PREFIX + name, self.config.partitions),
+        )
 
     def _make_sticky(self, verdict: Verdict) -> None:
         """Remember a new rollback here and, through the agent, in the group's state."""

@@ -506,13 +506,13 @@ def assess(
             funnel_reasons.setdefault(group, []).extend(lines)
     if funnel_decisions is not None:
         for name, ff in funnels.items():
-            rolled = name in funnel_named
+            rolled = name in funnel_named or ff.rolled_back
             funnel_decisions[name] = FunnelDecision(
                 name,
                 Decision.ROLLBACK if rolled else Decision.HOLD,
                 (
                     (
-                        "rollback: rollout evidence reached 1/alpha"
+                        "rollback: rollout evidence reached 1/alpha (sticky)"
                         if rolled
                         else "hold: funnels never promote on their own"
                     ),

@@ -297,6 +297,7 @@ class FunnelState:
     late_conversions: int = 0  # conversions of a stratum already judged
     evicted_users: int = 0  # users dropped by the cap before their window ended
     history: list[list[float]] = field(default_factory=list)
+    rolled_back: bool = False  # sticky for the rollout (set through a control record)
 
     def __post_init__(self) -> None:
         transitions = max(self.steps - 1, 0)
@@ -317,6 +318,7 @@ class FunnelState:
             "last_canary_at": self.last_canary_at,
             "late": self.late_conversions,
             "evicted": self.evicted_users,
+            "rolled_back": self.rolled_back,
             "history": [[v if math.isfinite(v) else None for v in p] for p in self.history],
         }
 
@@ -342,6 +344,7 @@ class FunnelState:
                 last_canary_at=float(data["last_canary_at"]),
                 late_conversions=int(data["late"]),
                 evicted_users=int(data["evicted"]),
+                rolled_back=bool(data.get("rolled_back", False)),
                 history=[
                     [-math.inf if v is None else float(v) for v in point]
                     for point in data["history"]
@@ -561,6 +564,7 @@ class FunnelFacts:
     late_conversions: int = 0
     evicted_users: int = 0
     history: tuple[tuple[float, float], ...] = ()  # (event time, log e-value) per judged batch
+    rolled_back: bool = False  # an earlier evaluation rolled the funnel back (sticky)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -618,6 +622,7 @@ def facts(spec: FunnelSpec, state: FunnelState, alpha: float) -> FunnelFacts:
         late_conversions=state.late_conversions,
         evicted_users=state.evicted_users,
         history=tuple((p[0], p[1]) for p in state.history if len(p) >= 2),
+        rolled_back=state.rolled_back,
     )
 
 

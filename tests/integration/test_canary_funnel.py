@@ -80,6 +80,7 @@ async def test_funnel_state_is_recovered_after_a_restart_and_judged(
         )
         first = canary.funnel_state("play")
         assert first is not None
+        first.rolled_back = False  # set by the control record once the timer decides
         assert first.totals[0] == [40, 10, 40, 30]  # canary reached/converted, stable
         assert first.totals[1] == [10, 0, 30, 0]  # those who compiled; none shared
         # Retention: the 80 users of t0 are past their window and grace; the new one stays.
@@ -94,6 +95,10 @@ async def test_funnel_state_is_recovered_after_a_restart_and_judged(
         page = await asyncio.to_thread(snapshot, url)
         (shown,) = page["funnels"]
         assert shown["name"] == "play" and shown["decision"] == "rollback"
+        await wait_for(
+            lambda: (s := canary.funnel_state("play")) is not None and s.rolled_back,
+            "the sticky funnel rollback in the table",
+        )
         assert shown["steps"][0]["canary"] == {
             "reached": 40,
             "converted": 10,
@@ -112,6 +117,9 @@ async def test_funnel_state_is_recovered_after_a_restart_and_judged(
     ):
         await wait_for(lambda: canary.funnel_state("play") is not None, "the recovered funnel")
         recovered = canary.funnel_state("play")
+        assert recovered is not None
+        assert recovered.rolled_back  # the first process made its rollback sticky
+        recovered.rolled_back = False
         assert recovered == first
         await wait_for(lambda: len(canary.funnel_users) == 1, "the recovered user")
         # The recovered user goes on to compile: counted against their recovered entry.

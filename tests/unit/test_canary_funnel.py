@@ -149,7 +149,7 @@ def test_the_core_extracts_cookie_header_and_client_address_keys() -> None:
     enrichment = Enrichment(
         url_path="/play", path_group="/play", stage="canary", client_ip="1.2.3.4"
     )
-    message = InputMessage(b"", KafkaCoordinates("t", 0, 0), None, 7)
+    message = InputMessage(b"", None, KafkaCoordinates("t", 0, 0), 7)
     keys = (("cookie", "uid"), ("header", "x-user"), ("client_ip", ""), ("cookie", "nope"))
     (row,) = funnel_inputs([message], [Enriched(record, enrichment, {})], keys)
     assert row == (
@@ -405,3 +405,18 @@ def test_a_funnel_drop_rolls_back_its_steps_path_groups_and_explains_itself() ->
     assert payload["steps"][0]["canary"]["reached"] == 400
     assert payload["steps"][0]["drop"] == pytest.approx(0.25)
     assert payload["path_groups"] == ["/play", "/play/compile"]
+
+
+def test_a_funnel_rollback_is_sticky() -> None:
+    s = spec(window=60.0)
+    state = FunnelState("play", 3)
+    state.rolled_back = True
+    facts = funnel.facts(s, state, 0.05)
+    assert facts.rolled_back
+    decisions: dict = {}
+    assess(
+        {}, VerdictConfig(), window_seconds=10, funnels={"play": facts}, funnel_decisions=decisions
+    )
+    assert decisions["play"].decision is Decision.ROLLBACK
+    assert "(sticky)" in decisions["play"].reasons[0]
+    assert FunnelState.from_json(orjson.loads(orjson.dumps(state.to_json()))).rolled_back
