@@ -449,14 +449,21 @@ class CanaryAnalysis:
             out[state.path_group] = state
         return out
 
-    def _funnel_facts(self, owned: set[int]) -> dict[str, funnels.FunnelFacts]:
+    def _funnel_facts(self, owned: set[int], now: float) -> dict[str, funnels.FunnelFacts]:
+        """The funnels this worker owns, with the strata due by the wall clock judged
+        provisionally (a funnel whose traffic stopped has no new event time)."""
         out: dict[str, funnels.FunnelFacts] = {}
+        bucket = self.config.window_seconds
         for name, spec in self.funnel_specs.items():
             if partition_for(FUNNEL_PREFIX + name, self.config.partitions) not in owned:
                 continue
             state = self.funnel_state(name)
-            if state is not None and state.steps == len(spec.steps):
-                out[name] = funnels.facts(spec, state, self.config.verdict.alpha)
+            if state is None or state.steps != len(spec.steps):
+                continue
+            if state.last_canary_at < now - self.config.rollout_idle_seconds:
+                continue  # an ended rollout
+            funnels.resolve(spec, state, bucket, up_to=now - bucket)
+            out[name] = funnels.facts(spec, state, self.config.verdict.alpha)
         return out
 
     def evaluate_now(self, now: float | None = None) -> list[Verdict]:
@@ -464,7 +471,7 @@ class CanaryAnalysis:
         owned = self.owned_partitions()
         config = self.config
         states = self._states(owned, now)
-        funnel_facts = self._funnel_facts(owned)
+        funnel_facts = self._funnel_facts(owned, now)
         funnel_decisions: dict[str, FunnelDecision] = {}
         judged: dict[str, GroupState] = {}
         verdicts = evaluate(

@@ -448,10 +448,17 @@ def user_expired(spec: FunnelSpec, progress: Mapping[str, Any], now: float, buck
     return last_seen(progress) + spec.window_seconds + 2 * bucket <= now
 
 
-def resolve(spec: FunnelSpec, state: FunnelState, bucket: int) -> int:
-    """Judge every stratum whose users have all had their full window; returns how many."""
+def resolve(spec: FunnelSpec, state: FunnelState, bucket: int, up_to: float | None = None) -> int:
+    """Judge every stratum whose users have all had their full window; returns how many.
+
+    The clock is the funnel's event time (``state.watermark``), or ``up_to`` when later:
+    the verdict timer passes the wall clock so that a funnel whose traffic stopped is
+    still judged (on a copy of the state; a stratum judged early under consumer lag
+    misses conversions of both arms alike, which costs power, not validity).
+    """
     done = 0
-    horizon = state.watermark - spec.window_seconds - 2 * bucket
+    clock = state.watermark if up_to is None else max(state.watermark, up_to)
+    horizon = clock - spec.window_seconds - 2 * bucket
     for key in sorted(state.pending, key=lambda k: (int(k.split(":")[1]), int(k.split(":")[0]))):
         step_text, start_text = key.split(":")
         step, start = int(step_text), int(start_text)
@@ -467,7 +474,7 @@ def resolve(spec: FunnelSpec, state: FunnelState, bucket: int) -> int:
             total[i] += value
         done += 1
     if done:
-        state.history.append([float(state.watermark), funnel_log_e(spec, state)])
+        state.history.append([float(clock), funnel_log_e(spec, state)])
         del state.history[:-HISTORY_LIMIT]
     return done
 

@@ -180,7 +180,7 @@ class FunnelTraffic:
     start_share: float = 0.04
     to_compile: float = 0.6
     to_share: float = 0.35
-    mean_gap_s: float = 4.0
+    mean_gap_s: float = 2.0
     canary_drop: float = 0.0
 
 
@@ -205,7 +205,7 @@ FUNNEL_SPEC: tuple[dict[str, object], ...] = (
             {"path_group": "/play/share", "method": "POST"},
         ],
         "user_key": "client_ip",
-        "window_seconds": 20,
+        "window_seconds": 10,
     },
 )
 

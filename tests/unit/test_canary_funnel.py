@@ -420,3 +420,13 @@ def test_a_funnel_rollback_is_sticky() -> None:
     assert decisions["play"].decision is Decision.ROLLBACK
     assert "(sticky)" in decisions["play"].reasons[0]
     assert FunnelState.from_json(orjson.loads(orjson.dumps(state.to_json()))).rolled_back
+
+
+def test_the_wall_clock_judges_a_funnel_whose_traffic_stopped() -> None:
+    s = spec(window=60.0)
+    state = FunnelState("play", 3)
+    walk(s, state, {}, [("a", 0, 1, 100.0), ("b", 0, 0, 101.0)])
+    assert funnel.resolve(s, state, BUCKET) == 0  # event time stands at 101
+    assert funnel.resolve(s, state, BUCKET, up_to=179.0) == 0
+    assert funnel.resolve(s, state, BUCKET, up_to=180.0) == 1
+    assert state.totals[0] == [1, 0, 1, 0]
