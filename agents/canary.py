@@ -165,6 +165,7 @@ class CanaryAnalysis:
             )
         self.funnel_decisions: dict[str, FunnelDecision] = {}
         self._funnel_sticky: set[str] = set()  # funnel rollbacks not yet in the table
+        self._last_aggregate_at = 0.0  # wall clock of the last aggregate applied
         self._funnel_gc: dict[str, float] = {}
         self._fold_checked: dict[str, int] = {}  # path group -> last window checked
         self._watermark: dict[str, int] = {}  # path group -> newest window start seen
@@ -234,6 +235,7 @@ class CanaryAnalysis:
             self._merge(self.by_stage, agg, agg.by_stage)
             self._merge(self.by_version, agg, agg.by_version)
             self.stats.canary_aggregates_applied_total += 1
+            self._last_aggregate_at = now
             self._fold(agg.path_group, agg.window_start, now)
         self._collect_garbage(event.message.partition, now)
 
@@ -462,9 +464,18 @@ class CanaryAnalysis:
                 continue
             if state.last_canary_at < now - self.config.rollout_idle_seconds:
                 continue  # an ended rollout
-            funnels.resolve(spec, state, bucket, up_to=now - bucket)
+            funnels.resolve(spec, state, bucket, up_to=self._stream_clock(now))
             out[name] = funnels.facts(spec, state, self.config.verdict.alpha)
         return out
+
+    def _stream_clock(self, now: float) -> float:
+        """Event time the whole stream has reached: the end of the newest window an
+        aggregate came for; the wall clock (less a window) once none came for two
+        windows (traffic stopped). Under consumer lag the event time holds back."""
+        bucket = self.config.window_seconds
+        if not self._watermark or now - self._last_aggregate_at > 2 * bucket:
+            return now - bucket
+        return max(self._watermark.values()) + bucket
 
     def evaluate_now(self, now: float | None = None) -> list[Verdict]:
         now = time.time() if now is None else now

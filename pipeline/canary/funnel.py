@@ -452,9 +452,9 @@ def resolve(spec: FunnelSpec, state: FunnelState, bucket: int, up_to: float | No
     """Judge every stratum whose users have all had their full window; returns how many.
 
     The clock is the funnel's event time (``state.watermark``), or ``up_to`` when later:
-    the verdict timer passes the wall clock so that a funnel whose traffic stopped is
-    still judged (on a copy of the state; a stratum judged early under consumer lag
-    misses conversions of both arms alike, which costs power, not validity).
+    the verdict timer passes the event time of the whole stream (the wall clock once
+    traffic stopped) so that a quiet funnel is still judged, on a copy of the state (a
+    stratum judged early misses conversions of both arms alike: power, not validity).
     """
     done = 0
     clock = state.watermark if up_to is None else max(state.watermark, up_to)
