@@ -430,3 +430,30 @@ def test_the_wall_clock_judges_a_funnel_whose_traffic_stopped() -> None:
     assert funnel.resolve(s, state, BUCKET, up_to=179.0) == 0
     assert funnel.resolve(s, state, BUCKET, up_to=180.0) == 1
     assert state.totals[0] == [1, 0, 1, 0]
+
+
+def test_the_observer_buffers_hashed_hits_and_publishes_them_per_funnel() -> None:
+    from pipeline.canary.observer import CanaryObserver
+
+    published: list[tuple[str, list[funnel.Hit]]] = []
+    observer = CanaryObserver(
+        10,
+        lambda aggregates: None,
+        flush_interval=60.0,
+        funnels=[spec()],
+        publish_funnel=lambda name, hits: published.append((name, list(hits))),
+    )
+    assert observer.funnel_keys == (("cookie", "uid"),)
+    inputs = [
+        ("/play", None, "/play", "GET", 200, 10**9, "canary", ("alice",)),
+        ("/play", None, "/play", "GET", 200, 10**9, "stable", ("",)),
+    ]
+    assert observer.observe_funnels(inputs) == 1
+    assert published == []  # buffered until the flush
+    observer.flush()
+    ((name, hits),) = published
+    assert name == "play" and hits[0][1:] == (0, 1, 1.0)
+    assert observer.stats.canary_funnel_hits_total == 1
+    assert observer.stats.canary_funnel_hits_keyless_total == 1
+    # without a publisher, funnels cost nothing: no keys are extracted
+    assert CanaryObserver(10, lambda aggregates: None, funnels=[spec()]).funnel_keys == ()
