@@ -402,6 +402,11 @@ def _count(
     row[offset + (1 if converted else 0)] += 1
 
 
+#: Logs at second resolution (nginx) can put a next step up to a second before the step
+#: it follows: within this tolerance the order of two steps is taken as logged.
+ORDER_TOLERANCE_S = 1.0
+
+
 def record_hit(
     spec: FunnelSpec,
     state: FunnelState,
@@ -411,32 +416,54 @@ def record_hit(
 ) -> dict[str, Any] | None:
     """Apply one hit to a user's progress; the new progress, or None when nothing changed.
 
-    Progress is ``{"a": arm code at step 0, "t": [time reached per step or None]}``.
-    A user enters at step 0 (once per retention), reaches ``k + 1`` only within
-    the window after ``k``; later hits of a reached step change nothing.
+    Progress is ``{"a": arm code at step 0 (None before), "t": [time per step or None],
+    "c": steps counted so far}``. A user enters at step 0 (once per retention) and
+    reaches ``k + 1`` when a hit of step ``k + 1`` lies within the window after step
+    ``k``. Hits may arrive out of order (the access-log partitions are consumed side by
+    side): a later step seen first is kept and counted once its predecessor arrives.
     """
     _, step, arm, at = hit
     state.watermark = max(state.watermark, at)
     if arm == 1:
         state.last_canary_at = max(state.last_canary_at, at)
+    if step >= len(spec.steps):
+        return None
     if progress is None:
-        if step != 0:
+        progress = {"a": None, "t": [None] * len(spec.steps), "c": 0}
+    times: list[float | None] = list(progress["t"])
+    counted = int(progress.get("c", sum(t is not None for t in times)))
+    if step < counted:
+        return None  # this step is counted already: once per step
+    kept = times[step]
+    if step == 0:
+        if kept is not None:
             return None
-        times: list[float | None] = [None] * len(spec.steps)
         times[0] = at
-        _count(state, 0, at, arm, bucket, converted=False)
-        return {"a": arm, "t": times}
-    times = list(progress["t"])
-    if step == 0 or step >= len(times) or times[step] is not None:
-        return None
-    previous = times[step - 1]
-    if previous is None or at < previous or at - previous > spec.window_seconds:
-        return None
-    user_arm = int(progress["a"])
-    times[step] = at
-    _count(state, step - 1, previous, user_arm, bucket, converted=True)
-    _count(state, step, at, user_arm, bucket, converted=False)
-    return {"a": user_arm, "t": times}
+        user_arm = arm
+    else:
+        user_arm = progress["a"]
+        previous = times[step - 1]
+        fits_kept = kept is not None and previous is not None and _follows(kept, previous, spec)
+        if kept is not None and (fits_kept or (previous is None and at > kept)):
+            return None  # keep the hit that follows its step, else the earliest
+        times[step] = at
+    while counted < len(times):
+        if counted == 0:
+            if times[0] is None:
+                break
+            _count(state, 0, times[0], int(user_arm), bucket, converted=False)
+        else:
+            previous, current = times[counted - 1], times[counted]
+            if previous is None or current is None or not _follows(current, previous, spec):
+                break
+            _count(state, counted - 1, previous, int(user_arm), bucket, converted=True)
+            _count(state, counted, current, int(user_arm), bucket, converted=False)
+        counted += 1
+    return {"a": user_arm, "t": times, "c": counted}
+
+
+def _follows(current: float, previous: float, spec: FunnelSpec) -> bool:
+    return previous - ORDER_TOLERANCE_S <= current <= previous + spec.window_seconds
 
 
 def last_seen(progress: Mapping[str, Any]) -> float:

@@ -206,8 +206,9 @@ def test_a_user_counts_once_per_step_and_only_within_the_window() -> None:
             ("u3", 0, 0, 105.0),
         ],
     )
-    assert users["u1"] == {"a": 1, "t": [100.0, 130.0, None]}
-    assert "u2" not in users
+    # the late share is kept (it counts nowhere: step 1 is fixed at 130), not counted
+    assert users["u1"] == {"a": 1, "t": [100.0, 130.0, 200.0], "c": 2}
+    assert users["u2"] == {"a": None, "t": [None, 100.0, None], "c": 0}  # waits for step 0
     assert state.pending == {"0:100": [1, 1, 1, 0], "1:130": [1, 0, 0, 0]}
 
 
@@ -457,3 +458,22 @@ def test_the_observer_buffers_hashed_hits_and_publishes_them_per_funnel() -> Non
     assert observer.stats.canary_funnel_hits_keyless_total == 1
     # without a publisher, funnels cost nothing: no keys are extracted
     assert CanaryObserver(10, lambda aggregates: None, funnels=[spec()]).funnel_keys == ()
+
+
+def test_steps_that_arrive_out_of_order_count_once_their_predecessor_arrives() -> None:
+    """Access-log partitions are consumed side by side: a compile may be read before the
+    visit it followed. It is kept, and counted when the visit arrives."""
+    s = spec(window=60.0)
+    state = FunnelState("play", 3)
+    users: dict[str, dict] = {}
+    walk(s, state, users, [("u", 2, 1, 120.0), ("u", 1, 1, 110.0)])
+    assert state.pending == {}
+    walk(s, state, users, [("u", 0, 1, 100.0)])
+    assert users["u"]["c"] == 3
+    assert state.pending == {"0:100": [1, 1, 0, 0], "1:110": [1, 1, 0, 0]}  # 2 is the last
+    # second resolution: a next step logged within a second before its predecessor
+    walk(s, state, users, [("v", 0, 0, 300.5), ("v", 1, 0, 300.0)])
+    assert users["v"]["c"] == 2
+    # a stray earlier hit of a step is replaced by one that can follow
+    walk(s, state, users, [("w", 1, 0, 50.0), ("w", 0, 0, 400.0), ("w", 1, 0, 410.0)])
+    assert users["w"]["t"][1] == 410.0 and users["w"]["c"] == 2
