@@ -35,6 +35,17 @@ every partition and every worker. Hence:
    to ``grayscope-verdicts``. ``GET /canary`` shows the latest evaluation
    (``?format=text`` as a table; ``?format=html`` or a browser: the report).
 
+5. Conversion funnels (``GRAYSCOPE_CANARY_FUNNELS``, ``pipeline/canary/funnel.py``):
+   the observer matches each request against the funnels' steps and produces
+   one record per funnel per flush with the hits -- (hashed user key, step,
+   arm, event time) -- to the partition of ``funnel:<name>``. The agent keeps
+   each user's progress in ``canary-funnel-users`` (key ``<funnel>/<hash>``)
+   and the funnel's strata, totals and evidence in ``canary-funnels``, both
+   changelogged. Users past their window plus a window of grace are deleted,
+   and above ``max_users`` the longest idle are evicted (counted). The timer
+   passes the funnels to the engine: they carry a share of the rollout's
+   evidence, and a funnel's rollback is carried by its steps' path groups.
+
 Windows are placed by the request's own time (``@timestamp``); an aggregate
 whose window has already expired (Faust's rule, see ``pipeline/canary/windows.py``)
 is counted as late and ignored. Aggregates are produced after the batch was
@@ -46,6 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -55,10 +67,11 @@ import orjson
 from aiohttp.web import Response
 from faust.types import EventT
 
+from pipeline.canary import funnel as funnels
 from pipeline.canary import windows
 from pipeline.canary.config import CanaryConfig
 from pipeline.canary.counters import CanaryStats
-from pipeline.canary.engine import GroupState, advance
+from pipeline.canary.engine import FUNNEL_PREFIX, FunnelDecision, GroupState, advance
 from pipeline.canary.format import format_verdicts
 from pipeline.canary.observer import CanaryObserver
 from pipeline.canary.records import (
@@ -80,6 +93,10 @@ STAGE_TABLE = "canary-by-stage"
 VERSION_TABLE = "canary-by-version"
 EVIDENCE_TABLE = "canary-evidence"
 CONTROL_ROLLBACK = "rollback"  # control record: make a rollback sticky in the state
+CONTROL_FUNNEL = "funnel"  # a batch's hits of one funnel (hashed users)
+CONTROL_FUNNEL_ROLLBACK = "funnel_rollback"  # make a funnel's rollback sticky
+FUNNEL_USERS_TABLE = "canary-funnel-users"
+FUNNEL_TABLE = "canary-funnels"
 TIMELINE_LIMIT = 500  # decision changes kept per path group for the report
 AGENT_NAME = "grayscope-canary"
 PUBLISH_TIMEOUT = 30.0
@@ -130,6 +147,26 @@ class CanaryAnalysis:
             partitions=config.partitions,
             help="canary rollout state per path group (evidence, cumulative counts)",
         )
+        # Funnels: per-user progress keyed "<funnel>/<user hash>" and the funnel's state,
+        # both on the partition of "funnel:<name>" (one owner holds a funnel whole).
+        self.funnel_specs = {spec.name: spec for spec in config.funnels}
+        self.funnel_users: Any = None
+        self.funnel_states: Any = None
+        if self.funnel_specs:
+            self.funnel_users = app.Table(
+                FUNNEL_USERS_TABLE,
+                partitions=config.partitions,
+                help="conversion funnel progress per (funnel, hashed user key)",
+            )
+            self.funnel_states = app.Table(
+                FUNNEL_TABLE,
+                partitions=config.partitions,
+                help="conversion funnel state per funnel (strata, totals, evidence)",
+            )
+        self.funnel_decisions: dict[str, FunnelDecision] = {}
+        self._funnel_sticky: set[str] = set()  # funnel rollbacks not yet in the table
+        self._last_aggregate_at = 0.0  # wall clock of the last aggregate applied
+        self._funnel_gc: dict[str, float] = {}
         self._fold_checked: dict[str, int] = {}  # path group -> last window checked
         self._watermark: dict[str, int] = {}  # path group -> newest window start seen
         self.judged_states: dict[str, GroupState] = {}  # what the last verdicts saw
@@ -158,6 +195,14 @@ class CanaryAnalysis:
                 partition=partition_for(agg.path_group, partitions),
             )
 
+    def publish_funnel(self, name: str, hits: Sequence[funnels.Hit]) -> None:
+        """The observer's funnel hook: one record per funnel, to the funnel's owner."""
+        self.aggregates_topic.send_soon(
+            key=(FUNNEL_PREFIX + name).encode(),
+            value=orjson.dumps({"kind": CONTROL_FUNNEL, "funnel": name, "hits": list(hits)}),
+            partition=partition_for(FUNNEL_PREFIX + name, self.config.partitions),
+        )
+
     # -- table side (inside the agent: table writes need the current event) ---
 
     def apply(self, event: EventT, now: float | None = None) -> None:
@@ -166,6 +211,12 @@ class CanaryAnalysis:
             data = orjson.loads(event.value)
             if isinstance(data, dict) and data.get("kind") == CONTROL_ROLLBACK:
                 self._apply_rollback(data)
+                return
+            if isinstance(data, dict) and data.get("kind") == CONTROL_FUNNEL:
+                self.apply_funnel(data)
+                return
+            if isinstance(data, dict) and data.get("kind") == CONTROL_FUNNEL_ROLLBACK:
+                self._apply_funnel_rollback(str(data.get("funnel")))
                 return
             agg = CanaryAggregate.from_json(data)
         except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
@@ -184,8 +235,95 @@ class CanaryAnalysis:
             self._merge(self.by_stage, agg, agg.by_stage)
             self._merge(self.by_version, agg, agg.by_version)
             self.stats.canary_aggregates_applied_total += 1
+            self._last_aggregate_at = now
             self._fold(agg.path_group, agg.window_start, now)
         self._collect_garbage(event.message.partition, now)
+
+    def funnel_state(self, name: str) -> funnels.FunnelState | None:
+        stored = None if self.funnel_states is None else self.funnel_states.get(name)
+        if stored is None:
+            return None
+        try:
+            return funnels.FunnelState.from_json(stored)
+        except ValueError as exc:
+            log.warning("discarding an unreadable funnel state for %s: %s", name, exc)
+            return None
+
+    def apply_funnel(self, data: dict[str, Any]) -> None:
+        """Apply one funnel record: users' progress, then strata whose window is over."""
+        spec = self.funnel_specs.get(str(data.get("funnel")))
+        raw_hits = data.get("hits")
+        if spec is None or self.funnel_users is None or not isinstance(raw_hits, list):
+            self.stats.canary_aggregates_invalid_total += 1
+            return
+        hits: list[funnels.Hit] = []
+        for raw in raw_hits:
+            try:
+                user, step, arm, at = raw
+                hits.append((str(user), int(step), int(arm), float(at)))
+            except (TypeError, ValueError):
+                self.stats.canary_aggregates_invalid_total += 1
+        if not hits:
+            return
+        bucket = self.config.window_seconds
+        state = self.funnel_state(spec.name)
+        newest = max(hit[3] for hit in hits)
+        if state is not None and state.last_canary_at < newest - self.config.rollout_idle_seconds:
+            state = None  # the rollout ended: a new one starts with fresh evidence
+        if state is None or state.steps != len(spec.steps):
+            state = funnels.FunnelState(spec.name, len(spec.steps))
+        late = state.late_conversions
+        users = self.funnel_users
+        for hit in sorted(hits, key=lambda h: h[3]):
+            key = f"{spec.name}/{hit[0]}"
+            progress = funnels.record_hit(spec, state, users.get(key), hit, bucket)
+            if progress is not None:
+                users[key] = progress
+        self.stats.canary_funnel_late_conversions_total += state.late_conversions - late
+        funnels.resolve(spec, state, bucket)
+        self._collect_funnel_users(spec, state)
+        self.funnel_states[spec.name] = state.to_json()
+
+    def _apply_funnel_rollback(self, name: str) -> None:
+        state = self.funnel_state(name)
+        if state is None or self.funnel_states is None:
+            return
+        state.rolled_back = True
+        self.funnel_states[name] = state.to_json()
+        self._funnel_sticky.discard(name)
+
+    def _collect_funnel_users(self, spec: funnels.FunnelSpec, state: funnels.FunnelState) -> None:
+        """Retention, at most once a window per funnel (event time): users past their
+        window and a window of grace are deleted (tombstones keep the changelog
+        bounded); above ``max_users`` the longest-idle users are evicted and counted."""
+        bucket = self.config.window_seconds
+        now = state.watermark
+        if now - self._funnel_gc.get(spec.name, -math.inf) < bucket:
+            return
+        self._funnel_gc[spec.name] = now
+        users = self.funnel_users
+        prefix = spec.name + "/"
+        live: list[tuple[float, str]] = []
+        for key, progress in list(users.items()):
+            if not str(key).startswith(prefix):
+                continue
+            try:
+                if funnels.user_expired(spec, progress, now, bucket):
+                    users.pop(key, None)
+                    self.stats.canary_funnel_users_expired_total += 1
+                    continue
+                live.append((funnels.last_seen(progress), str(key)))
+            except (KeyError, TypeError, ValueError):
+                users.pop(key, None)
+        excess = len(live) - spec.max_users
+        if excess > 0:
+            live.sort()
+            for _, key in live[:excess]:
+                users.pop(key, None)
+            state.evicted_users += excess
+            self.stats.canary_funnel_users_evicted_total += excess
+            live = live[excess:]
+        self.stats.canary_funnel_users = len(live)
 
     def _state(self, path_group: str) -> GroupState | None:
         stored = self.evidence.get(path_group)
@@ -313,11 +451,39 @@ class CanaryAnalysis:
             out[state.path_group] = state
         return out
 
+    def _funnel_facts(self, owned: set[int], now: float) -> dict[str, funnels.FunnelFacts]:
+        """The funnels this worker owns, with the strata due by the wall clock judged
+        provisionally (a funnel whose traffic stopped has no new event time)."""
+        out: dict[str, funnels.FunnelFacts] = {}
+        bucket = self.config.window_seconds
+        for name, spec in self.funnel_specs.items():
+            if partition_for(FUNNEL_PREFIX + name, self.config.partitions) not in owned:
+                continue
+            state = self.funnel_state(name)
+            if state is None or state.steps != len(spec.steps):
+                continue
+            if state.last_canary_at < now - self.config.rollout_idle_seconds:
+                continue  # an ended rollout
+            funnels.resolve(spec, state, bucket, up_to=self._stream_clock(now))
+            out[name] = funnels.facts(spec, state, self.config.verdict.alpha)
+        return out
+
+    def _stream_clock(self, now: float) -> float:
+        """Event time the whole stream has reached: the end of the newest window an
+        aggregate came for; the wall clock (less a window) once none came for two
+        windows (traffic stopped). Under consumer lag the event time holds back."""
+        bucket = self.config.window_seconds
+        if not self._watermark or now - self._last_aggregate_at > 2 * bucket:
+            return now - bucket
+        return max(self._watermark.values()) + bucket
+
     def evaluate_now(self, now: float | None = None) -> list[Verdict]:
         now = time.time() if now is None else now
         owned = self.owned_partitions()
         config = self.config
         states = self._states(owned, now)
+        funnel_facts = self._funnel_facts(owned, now)
+        funnel_decisions: dict[str, FunnelDecision] = {}
         judged: dict[str, GroupState] = {}
         verdicts = evaluate(
             self._rows(self.by_stage, owned),
@@ -329,8 +495,14 @@ class CanaryAnalysis:
             states=states,
             weight_scale=len(owned) / config.partitions,
             judged_states=judged,
+            funnels=funnel_facts,
+            funnel_decisions=funnel_decisions,
         )
         self.judged_states = judged
+        self.funnel_decisions = funnel_decisions
+        for name, decision in funnel_decisions.items():
+            if decision.decision is Decision.ROLLBACK and not decision.facts.rolled_back:
+                self._make_funnel_sticky(name)
         for verdict in verdicts:
             changes = self.timeline.setdefault(verdict.path_group, [])
             if not changes or changes[-1][1] != verdict.decision.value:
@@ -344,6 +516,16 @@ class CanaryAnalysis:
         self.evaluated_at = now
         self.stats.canary_evaluations_total += 1
         return verdicts
+
+    def _make_funnel_sticky(self, name: str) -> None:
+        if name in self._funnel_sticky:
+            return
+        self._funnel_sticky.add(name)
+        self.aggregates_topic.send_soon(
+            key=(FUNNEL_PREFIX + name).encode(),
+            value=orjson.dumps({"kind": CONTROL_FUNNEL_ROLLBACK, "funnel": name}),
+            partition=partition_for(FUNNEL_PREFIX + name, self.config.partitions),
+        )
 
     def _make_sticky(self, verdict: Verdict) -> None:
         """Remember a new rollback here and, through the agent, in the group's state."""
@@ -453,6 +635,7 @@ class CanaryAnalysis:
             "verdicts": [verdict.to_json() for verdict in self.verdicts],
             "rollouts": rollout_series(self.judged_states),
             "timeline": {k: [list(e) for e in v] for k, v in self.timeline.items()},
+            "funnels": [d.to_json() for _, d in sorted(self.funnel_decisions.items())],
             "stats": self.stats.as_dict(),
         }
 
@@ -498,7 +681,7 @@ def register_canary(app: faust.App, settings: Any, runtime: Any) -> CanaryObserv
     ``canary_enabled`` is off. ``runtime.es_service`` (optional) receives the
     verdict documents. The analysis object is reachable as ``app.grayscope_canary``.
     """
-    config = CanaryConfig.from_settings(settings)
+    config = CanaryConfig.from_settings(settings.canary)
     if not config.enabled:
         return None
     stats = CanaryStats()
@@ -543,7 +726,12 @@ def register_canary(app: faust.App, settings: Any, runtime: Any) -> CanaryObserv
         return web.json(canary.snapshot())
 
     observer = CanaryObserver(
-        config.window_seconds, canary.publish_aggregates, stats, flush_interval=FLUSH_SECONDS
+        config.window_seconds,
+        canary.publish_aggregates,
+        stats,
+        flush_interval=FLUSH_SECONDS,
+        funnels=config.funnels,
+        publish_funnel=canary.publish_funnel if config.funnels else None,
     )
 
     @app.timer(FLUSH_SECONDS, name="grayscope-canary-flush")

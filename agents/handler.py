@@ -35,8 +35,10 @@ from pipeline.core.model import DeadLetter, InputMessage, Reason
 from pipeline.core.otlp import encode_spans
 from pipeline.core.otlp_wire import EncodedSpan
 from pipeline.core.process import (
+    FunnelInput,
     Observation,
     count_datasets,
+    funnel_inputs,
     observations,
     process_batch,
 )
@@ -123,14 +125,20 @@ class BatchHandler:
         mode = self._es_mode if self._store is not None else None
         items, letters = build_bulk_items(messages, results, mode)
         spans = encode_spans(messages, results) if self._spans is not None else []
-        observed = observations(messages, results) if self._observer is not None else []
+        observer = self._observer
+        observed = observations(messages, results) if observer is not None else []
+        funnel_seen: list[FunnelInput] = (
+            funnel_inputs(messages, results, observer.funnel_keys)
+            if observer is not None and observer.funnel_keys
+            else []
+        )
         count_datasets(results, self.stats.events_enriched_total)
         if self._request_metrics is not None:
             # Counted once processed, before delivery (pipeline/metrics/requests.py).
             self._request_metrics.add_batch(results)
         del results  # serialised and encoded: free the documents before the delivery wait
         stored = await self._deliver_guarded(items, letters)
-        self._after_delivery(messages, spans, observed)
+        self._after_delivery(messages, spans, observed, funnel_seen)
         stats = self.stats
         stats.messages_consumed_total += len(messages)
         stats.batches_total += 1
@@ -162,12 +170,15 @@ class BatchHandler:
         messages: Sequence[InputMessage],
         spans: list[EncodedSpan],
         observed: list[Observation],
+        funnel_seen: list[FunnelInput] | None = None,
     ) -> None:
         """What follows a delivered batch; none of it can fail or hold up the batch."""
         if spans and self._spans is not None:
             self._spans.submit(spans)
         if observed and self._observer is not None:
             self._observer.observe_batch(observed)  # never raises
+        if funnel_seen and self._observer is not None:
+            self._observer.observe_funnels(funnel_seen)  # never raises
         if self._observe_latency is not None:
             now = time.time_ns()
             self._observe_latency(

@@ -290,6 +290,15 @@ class Settings(BaseSettings):
         description="Partitions of <group>-canary-aggregates and the canary changelogs "
         "(fixed once created).",
     )
+    canary_funnels: str = Field(
+        "",
+        description="Conversion funnels judged canary against stable: JSON list or @file of "
+        '{name, steps: [{path_group | route | path (regex), method, status_class ("2xx")}], '
+        'user_key ("cookie:NAME", "header:NAME" or "client_ip"), window_seconds (default '
+        "600: time from one step to the next), min_drop (smallest conversion drop worth a "
+        "rollback, default 0), max_users (users held per funnel, default 100000)}; "
+        "empty: no funnels.",
+    )
 
     # --- Request metrics (worker /metrics) -----------------------------------
     request_metrics: bool = Field(
@@ -382,6 +391,12 @@ class Settings(BaseSettings):
         load_path_rules(value)
         return value
 
+    @field_validator("canary_funnels", mode="after")
+    @classmethod
+    def _valid_funnels(cls, value: str) -> str:
+        load_funnels(value)
+        return value
+
     @field_validator("kafka_security_protocol", mode="after")
     @classmethod
     def _valid_protocol(cls, value: str) -> str:
@@ -409,11 +424,7 @@ class Settings(BaseSettings):
         for name, value in super().__repr_args__():
             yield (
                 name,
-                (
-                    ",".join(redact_url(u) for u in self.es_hosts())
-                    if name == "es_url"
-                    else value
-                ),
+                (",".join(redact_url(u) for u in self.es_hosts()) if name == "es_url" else value),
             )
 
     # --- typed sections (each component takes its own; see KafkaSettings) ----
@@ -444,6 +455,10 @@ class Settings(BaseSettings):
     @property
     def web(self) -> WebSettings:
         return section_of(self, WebSettings)
+
+    @property
+    def canary(self) -> CanarySettings:
+        return section_of(self, CanarySettings)
 
     def es_hosts(self) -> list[str]:
         return [u.strip() for u in self.es_url.split(",") if u.strip()]
@@ -555,6 +570,30 @@ class WebSettings:
     port: int = field(metadata={"setting": "web_port"})
 
 
+@dataclass(frozen=True, slots=True)
+class CanarySettings:
+    """The canary analysis: windows, the verdict's statistics, funnels (``GRAYSCOPE_CANARY_*``).
+
+    ``funnels`` is the raw setting (validated at start-up by ``load_funnels``).
+    """
+
+    enabled: bool = field(metadata={"setting": "canary_enabled"})
+    window: int = field(metadata={"setting": "canary_window"})
+    expires: float = field(metadata={"setting": "canary_expires"})
+    interval: float = field(metadata={"setting": "canary_interval"})
+    alpha: float = field(metadata={"setting": "canary_alpha"})
+    min_samples: int = field(metadata={"setting": "canary_min_samples"})
+    latency_threshold_ms: float = field(metadata={"setting": "canary_latency_threshold_ms"})
+    psi0: float = field(metadata={"setting": "canary_psi0"})
+    promote_error_margin: float = field(metadata={"setting": "canary_promote_error_margin"})
+    warmup_windows: int = field(metadata={"setting": "canary_warmup_windows"})
+    horizon_seconds: float = field(metadata={"setting": "canary_horizon_seconds"})
+    rollout_idle_seconds: float = field(metadata={"setting": "canary_rollout_idle_seconds"})
+    topic: str = field(metadata={"setting": "canary_topic"})
+    partitions: int = field(metadata={"setting": "canary_partitions"})
+    funnels: str = field(metadata={"setting": "canary_funnels"})
+
+
 #: Every section and the Settings property that builds it.
 SECTIONS: dict[str, type[Any]] = {
     "kafka": KafkaSettings,
@@ -564,6 +603,7 @@ SECTIONS: dict[str, type[Any]] = {
     "geoip": GeoIPSettings,
     "metrics": MetricsSettings,
     "web": WebSettings,
+    "canary": CanarySettings,
 }
 
 
@@ -598,6 +638,18 @@ def load_path_rules(spec: str) -> list[dict[str, str]]:
             if key in rule and not isinstance(rule[key], str):
                 raise ValueError(f"path rule {key!r} must be a string")
     return rules
+
+
+def load_funnels(spec: str) -> Any:
+    """Parse the ``canary_funnels`` setting (JSON text or ``@file``) into funnel specs."""
+    from pipeline.canary.funnel import parse_funnels  # the canary package owns the format
+
+    if spec.startswith("@"):
+        try:
+            spec = Path(spec[1:]).read_text()
+        except OSError as exc:
+            raise ValueError(f"cannot read the funnels file: {exc}") from exc
+    return parse_funnels(spec)
 
 
 def flag_name(field_name: str) -> str:

@@ -25,6 +25,7 @@ def authorization(*, api_key: str = "", username: str = "", password: str = "") 
         return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
     return None
 
+
 def redact_url(url: str) -> str:
     """The URL without user info (``https://user:pass@host:9200`` -> ``https://host:9200``),
     for logs and reprs. Text that is not a URL comes back as it is."""

@@ -14,7 +14,6 @@ from pipeline.errors import CanaryUnavailable
 DEFAULT_URL = "http://localhost:6066"
 
 
-
 def canary_url(base_url: str) -> str:
     base = base_url.rstrip("/")
     return base if base.endswith("/canary") else base + "/canary"

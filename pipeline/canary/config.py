@@ -1,15 +1,16 @@
-"""The canary analysis settings, read from ``Settings`` with defaults (pure).
+"""The canary analysis settings, from the typed ``settings.canary`` section (pure).
 
-``getattr`` with a default keeps this working with a ``Settings`` that does
-not declare the canary settings yet, and with any object that has them.
+``Settings`` validates each value's range; this adds what spans settings
+(expiry vs window, the verdict's statistics) and parses the funnels.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
+from pipeline.canary.funnel import FunnelSpec
 from pipeline.canary.verdict import VerdictConfig
+from pipeline.config import CanarySettings, load_funnels
 from pipeline.errors import ConfigError
 
 DEFAULT_VERDICT_TOPIC = "grayscope-canary-verdicts"
@@ -26,40 +27,41 @@ class CanaryConfig:
     verdict_topic: str = DEFAULT_VERDICT_TOPIC
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
     rollout_idle_seconds: float = 1800.0
+    funnels: tuple[FunnelSpec, ...] = ()
 
     @classmethod
-    def from_settings(cls, settings: Any) -> CanaryConfig:
-        def get(name: str, default: Any) -> Any:
-            value = getattr(settings, name, None)
-            return default if value is None else value
-
-        window = _number(get("canary_window", 60), "canary_window", minimum=1)
+    def from_settings(cls, section: CanarySettings) -> CanaryConfig:
+        window = _number(section.window, "canary_window", minimum=1)
         if window != int(window):
             raise ConfigError("GRAYSCOPE_CANARY_WINDOW", "must be a whole number of seconds")
-        expires = _number(get("canary_expires", 0), "canary_expires", minimum=0)
+        expires = _number(section.expires, "canary_expires", minimum=0)
         if expires == 0:
             expires = float(window * EXPIRES_IN_WINDOWS)
         elif expires < window:
             raise ConfigError("GRAYSCOPE_CANARY_EXPIRES", "must be at least one window")
-        interval = _number(get("canary_interval", 10.0), "canary_interval", minimum=0.05)
-        partitions = _number(get("canary_partitions", 1), "canary_partitions", minimum=1)
+        interval = _number(section.interval, "canary_interval", minimum=0.05)
+        partitions = _number(section.partitions, "canary_partitions", minimum=1)
         try:
             verdict = VerdictConfig(
-                alpha=float(get("canary_alpha", 0.05)),
-                min_samples=int(get("canary_min_samples", 100)),
-                latency_threshold_ms=float(get("canary_latency_threshold_ms", 200.0)),
-                psi0=float(get("canary_psi0", 1.1)),
-                promote_error_margin=float(get("canary_promote_error_margin", 0.005)),
-                warmup_windows=int(get("canary_warmup_windows", 1)),
-                horizon_seconds=float(get("canary_horizon_seconds", 3600.0)),
+                alpha=float(section.alpha),
+                min_samples=int(section.min_samples),
+                latency_threshold_ms=float(section.latency_threshold_ms),
+                psi0=float(section.psi0),
+                promote_error_margin=float(section.promote_error_margin),
+                warmup_windows=int(section.warmup_windows),
+                horizon_seconds=float(section.horizon_seconds),
             )
         except ValueError as exc:
             raise ConfigError("GRAYSCOPE_CANARY_*", str(exc)) from exc
-        topic = str(get("canary_topic", DEFAULT_VERDICT_TOPIC)).strip()
+        topic = str(section.topic).strip()
         if not topic:
             raise ConfigError("GRAYSCOPE_CANARY_TOPIC", "must not be empty")
+        try:
+            funnels = load_funnels(str(section.funnels))
+        except ValueError as exc:
+            raise ConfigError("GRAYSCOPE_CANARY_FUNNELS", str(exc)) from exc
         return cls(
-            enabled=bool(get("canary_enabled", True)),
+            enabled=bool(section.enabled),
             window_seconds=int(window),
             expires_seconds=float(expires),
             interval_seconds=float(interval),
@@ -67,14 +69,15 @@ class CanaryConfig:
             verdict_topic=topic,
             verdict=verdict,
             rollout_idle_seconds=_number(
-                get("canary_rollout_idle_seconds", 1800.0), "canary_rollout_idle_seconds", minimum=1
+                section.rollout_idle_seconds, "canary_rollout_idle_seconds", minimum=1
             ),
+            funnels=funnels,
         )
 
 
-def _number(value: Any, name: str, *, minimum: float) -> float:
+def _number(value: object, name: str, *, minimum: float) -> float:
     try:
-        number = float(value)
+        number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"GRAYSCOPE_{name.upper()}", f"not a number: {value!r}") from exc
     if number < minimum:

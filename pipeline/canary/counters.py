@@ -14,12 +14,18 @@ class CanaryStats:
     canary_events_untimed_total: int = 0  # neither @timestamp nor a Kafka timestamp
     canary_aggregates_published_total: int = 0
     canary_observer_errors_total: int = 0
+    canary_funnel_hits_total: int = 0  # requests matching a funnel step (with a user key)
+    canary_funnel_hits_keyless_total: int = 0  # matching a step, but without the user key
     # Table side (owner of the aggregates partition).
     canary_aggregates_applied_total: int = 0
     canary_aggregates_invalid_total: int = 0
     canary_late_events_total: int = 0  # requests in aggregates for expired windows
     canary_future_events_total: int = 0  # requests timestamped more than a window ahead
     canary_windows_expired_total: int = 0  # stale table windows deleted
+    canary_funnel_users: int = 0  # users held in the funnel tables (this worker's partitions)
+    canary_funnel_users_expired_total: int = 0  # past their window (retention)
+    canary_funnel_users_evicted_total: int = 0  # dropped by the cap while still in their window
+    canary_funnel_late_conversions_total: int = 0  # conversions of already judged strata
     # Verdicts.
     canary_evaluations_total: int = 0
     canary_verdicts_total: dict[str, int] = field(default_factory=dict)  # by decision

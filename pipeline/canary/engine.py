@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.canary import evidence, histogram
+from pipeline.canary.funnel import FunnelFacts, explain
 from pipeline.canary.records import Analysis, Decision, WindowCounts
 
 LATENCY_LEVELS = (0.50, 0.95, 0.99)
@@ -338,9 +339,35 @@ def weights(states: Mapping[str, GroupState], scale: float = 1.0) -> dict[str, f
     return out
 
 
+#: Share of the rollout's evidence that the conversion funnels carry when any are
+#: configured (their mean); the path groups' evidence keeps the rest. A fixed weighted
+#: average of e-processes is an e-process under any dependence.
+FUNNEL_SHARE = 0.25
+
+
+@dataclass(slots=True, frozen=True)
+class FunnelDecision:
+    """A funnel's part in the rollout decision (shown in ``/canary`` and the report)."""
+
+    name: str
+    decision: Decision
+    reasons: tuple[str, ...]
+    facts: FunnelFacts
+    weight: float  # its share of the rollout's evidence
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.facts.to_json(),
+            "decision": self.decision.value,
+            "reasons": list(self.reasons),
+            "weight": self.weight,
+        }
+
+
 #: Share of the rollout's evidence that pools all path groups (a bad build is bad
 #: everywhere: pooled strata add up their information); the rest is the groups' own.
 POOLED_SHARE = 0.5
+FUNNEL_PREFIX = "funnel:"
 
 
 def _pooled_e(
@@ -404,8 +431,16 @@ def assess(
     window_seconds: int,
     checks: Mapping[str, WindowCheck] | None = None,
     weight_scale: float = 1.0,
+    funnels: Mapping[str, FunnelFacts] | None = None,
+    funnel_decisions: dict[str, FunnelDecision] | None = None,
 ) -> dict[str, Assessment]:
-    """The decision for every group with a rollout (see the module docstring)."""
+    """The decision for every group with a rollout (see the module docstring).
+
+    ``funnels``: the conversion funnels' facts (``funnel.facts``); they carry
+    ``FUNNEL_SHARE`` of the rollout's evidence, and a funnel named by e-BH rolls
+    back the path groups of its steps. ``funnel_decisions`` receives each
+    funnel's decision.
+    """
     checks = checks or {}
     alpha = config.alpha
     threshold = 1.0 / alpha
@@ -433,13 +468,61 @@ def assess(
     rollout_e = POOLED_SHARE * pooled + (1.0 - POOLED_SHARE) * sum(
         group_weights.get(name, 0.0) * f["e"] for name, f in facts.items()
     )
+    funnels = funnels or {}
+    groups_share = 1.0
+    funnel_weight = 0.0
+    if funnels:
+        groups_share = 1.0 - FUNNEL_SHARE
+        funnel_weight = FUNNEL_SHARE * weight_scale / len(funnels)
+        rollout_e = groups_share * rollout_e + sum(
+            funnel_weight * f.e_value for f in funnels.values()
+        )
     sticky = {name for name, s in states.items() if s.rolled_back}
     named: list[str] = []
+    funnel_named: list[str] = []
     if rollout_e >= threshold:
+        count = len(facts) + len(funnels)
         weighted = {
-            name: len(facts) * group_weights.get(name, 0.0) * f["e"] for name, f in facts.items()
+            name: count * groups_share * group_weights.get(name, 0.0) * f["e"]
+            for name, f in facts.items()
         }
-        named = evidence.ebh(weighted, alpha) or [max(weighted, key=lambda n: weighted[n])]
+        for name, ff in funnels.items():
+            weighted[FUNNEL_PREFIX + name] = count * funnel_weight * ff.e_value
+        rejected = evidence.ebh(weighted, alpha) or [max(weighted, key=lambda n: weighted[n])]
+        named = [n for n in rejected if not n.startswith(FUNNEL_PREFIX)]
+        funnel_named = [n.removeprefix(FUNNEL_PREFIX) for n in rejected if n not in named]
+    funnel_reasons: dict[str, list[str]] = {}
+    for name in funnel_named:
+        ff = funnels[name]
+        lines = [
+            f"funnel {name}: the canary converts less (evidence {ff.e_value:.3g},"
+            f" weight {funnel_weight:.3f}; rollout evidence {rollout_e:.3g}"
+            f" vs 1/alpha = {threshold:g})",
+            *explain(ff),
+        ]
+        for group in ff.path_groups:
+            if group in facts and group not in named:
+                named.append(group)
+            funnel_reasons.setdefault(group, []).extend(lines)
+    if funnel_decisions is not None:
+        for name, ff in funnels.items():
+            rolled = name in funnel_named or ff.rolled_back
+            funnel_decisions[name] = FunnelDecision(
+                name,
+                Decision.ROLLBACK if rolled else Decision.HOLD,
+                (
+                    (
+                        "rollback: rollout evidence reached 1/alpha (sticky)"
+                        if rolled
+                        else "hold: funnels never promote on their own"
+                    ),
+                    f"evidence {ff.e_value:.3g}, weight {funnel_weight:.3f};"
+                    f" rollout evidence {rollout_e:.3g} vs 1/alpha = {threshold:g}",
+                    *explain(ff),
+                ),
+                ff,
+                funnel_weight,
+            )
     out: dict[str, Assessment] = {}
     for name, f in facts.items():
         state = states[name]
@@ -481,6 +564,7 @@ def assess(
                 Decision.ROLLBACK,
                 "rollback: rollout evidence reached 1/alpha (sticky)",
             )
+            reasons.extend(funnel_reasons.get(name, ()))
             if f["error_e"] * weight * len(facts) >= 1.0 or f["error_e"] >= threshold:
                 reasons.append(f"{rates}: significantly higher (5xx evidence {f['error_e']:.3g})")
             if latency_text and p95_est is not None and p95_est >= config.latency_threshold_ms:

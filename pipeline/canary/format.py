@@ -1,9 +1,10 @@
-"""Verdicts as a plain-text table for terminals (pure)."""
+"""Verdicts as a plain-text table for terminals, funnels as lines (pure)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from pipeline.canary.records import ArmSummary, Verdict
 
@@ -90,3 +91,13 @@ def format_verdicts(verdicts: Sequence[Verdict]) -> str:
             out.append(f"    rule: {verdict.analysis.rule}")
         out.extend(f"    - {reason}" for reason in verdict.reasons)
     return "\n".join(out) + "\n"
+
+
+def format_funnels(funnels: Sequence[Mapping[str, Any]]) -> str:
+    """The ``funnels`` of a ``/canary`` payload: decision and one line per step, or ''."""
+    lines = []
+    for f in funnels:
+        lines.append(f"funnel {f.get('name')}: {f.get('decision', '-')}")
+        reasons = [str(r) for r in f.get("reasons") or ()]
+        lines.extend(f"  {reason}" for reason in reasons)
+    return "\n".join(lines) + "\n" if lines else ""

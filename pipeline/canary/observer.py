@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 
+from pipeline.canary import funnel as funnels_mod
 from pipeline.canary.counters import CanaryStats
 from pipeline.canary.records import NO_VERSION, CanaryAggregate, WindowCounts
 from pipeline.canary.windows import NS_PER_S, window_start
@@ -30,6 +31,8 @@ ObservedEvent = Observation
 
 
 Publish = Callable[[Sequence[CanaryAggregate]], None]
+#: Publishes one funnel's hits (funnel name, hits) to the funnel's table owner.
+PublishFunnel = Callable[[str, Sequence[funnels_mod.Hit]], None]
 
 NS_PER_MS = 1_000_000
 
@@ -108,6 +111,8 @@ class CanaryObserver:
         *,
         flush_interval: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        funnels: Sequence[funnels_mod.FunnelSpec] = (),
+        publish_funnel: PublishFunnel | None = None,
     ) -> None:
         if window_seconds < 1:
             raise ValueError("the canary window must be at least one second")
@@ -118,6 +123,31 @@ class CanaryObserver:
         self._clock = clock
         self._pending: dict[tuple[str, int], CanaryAggregate] = {}
         self._last_flush = clock()
+        self.funnels = tuple(funnels) if publish_funnel is not None else ()
+        #: The user keys the core extracts per request (empty: no funnels, no cost).
+        self.funnel_keys = funnels_mod.user_keys(self.funnels)
+        self._publish_funnel = publish_funnel
+        self._pending_hits: dict[str, list[funnels_mod.Hit]] = {}
+
+    def observe_funnels(self, inputs: Sequence[tuple[object, ...]]) -> int:
+        """Match a delivered batch against the funnels; returns the hits buffered.
+
+        Only hashed user keys are buffered (``funnel.user_hash``).
+        """
+        try:
+            hits, keyless = funnels_mod.hits_of(self.funnels, inputs, self.funnel_keys)
+            self.stats.canary_funnel_hits_keyless_total += keyless
+            count = 0
+            for name, found in hits.items():
+                self._pending_hits.setdefault(name, []).extend(found)
+                count += len(found)
+            self.stats.canary_funnel_hits_total += count
+            return count
+        except Exception:  # a bug must not fail the batch
+            self.stats.canary_observer_errors_total += 1
+            self._pending_hits.clear()
+            log.exception("funnel observer failed; this batch is missing from the funnels")
+            return 0
 
     def observe_batch(self, events: Iterable[ObservedEvent]) -> int:
         """Aggregate one delivered batch; returns the number of aggregates published now."""
@@ -135,6 +165,10 @@ class CanaryObserver:
     def flush(self) -> int:
         """Publish what is pending; returns the number of aggregates."""
         self._last_flush = self._clock()
+        if self._pending_hits and self._publish_funnel is not None:
+            pending_hits, self._pending_hits = self._pending_hits, {}
+            for name, found in pending_hits.items():
+                self._publish_funnel(name, found)
         if not self._pending:
             return 0
         aggregates = list(self._pending.values())

@@ -4,7 +4,10 @@
 the rollout series under ``rollouts`` and the decision ``timeline``): per
 path group, the evidence against the 1/alpha line over time, the rate
 ratio's confidence sequence, canary vs stable latency distributions, the
-funnel steps (none are configured yet) and the verdict timeline. No script,
+funnel steps per arm (each funnel that has a step on the path group) and the
+verdict timeline; then one section per conversion funnel (``funnels``): its
+steps per arm with the drop's confidence bounds, its evidence over time and
+its decision. No script,
 no external resource: the page opens from a file or the worker's ``/canary``.
 """
 
@@ -283,6 +286,117 @@ def _verdict_block(verdict: Mapping[str, Any]) -> str:
     return f'<table class="verdict">{table}</table><ul class="reasons">{reasons}</ul>'
 
 
+def _funnel_chart(funnel: Mapping[str, Any]) -> str:
+    """Conversion per transition, canary next to stable, as an ``<svg class="chart funnel">``."""
+    steps = list(funnel.get("steps") or ())
+    left, top, bottom = PAD_LEFT, PAD_TOP, HEIGHT - PAD_BOTTOM
+    out = [
+        f'<svg class="chart funnel" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" '
+        f'height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
+        f'aria-label="conversion per step, canary vs stable">',
+        f'<rect x="{left}" y="{top}" width="{WIDTH - PAD_RIGHT - left}" '
+        f'height="{bottom - top}" fill="#fbfbfb" stroke="#ddd"/>',
+    ]
+    for tick in (0.0, 0.5, 1.0):
+        y = _scale(tick, 0.0, 1.0, bottom, top)
+        out.append(
+            f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">'
+            f"{tick:.0%}</text>"
+        )
+    slot = (WIDTH - PAD_RIGHT - left) / max(len(steps), 1)
+    for i, step in enumerate(steps):
+        x0 = left + i * slot
+        for j, arm in enumerate(("canary", "stable")):
+            share = _finite((step.get(arm) or {}).get("conversion"))
+            counts = step.get(arm) or {}
+            label = f"{arm}: {counts.get('converted', 0)}/{counts.get('reached', 0)}"
+            if share is None:
+                continue
+            height = share * (bottom - top)
+            x = x0 + slot * (0.15 + 0.35 * j)
+            out.append(
+                f'<rect class="bar {arm}" x="{x:.1f}" y="{bottom - height:.1f}" '
+                f'width="{slot * 0.3:.1f}" height="{height:.1f}" fill="{COLOURS[arm]}">'
+                f"<title>{_esc(label)}</title></rect>"
+            )
+            out.append(
+                f'<text x="{x + slot * 0.15:.1f}" y="{bottom - height - 3:.1f}" font-size="10" '
+                f'text-anchor="middle">{share:.0%}</text>'
+            )
+        out.append(
+            f'<text x="{x0 + slot / 2:.1f}" y="{bottom + 14}" font-size="10" '
+            f'text-anchor="middle">{_esc(str(step.get("step", ""))[:60])}</text>'
+        )
+    legend_x = left + 8
+    for arm in ("canary", "stable"):
+        out.append(
+            f'<rect x="{legend_x}" y="{top + 4}" width="10" height="10" fill="{COLOURS[arm]}"/>'
+            f'<text x="{legend_x + 14}" y="{top + 13}" font-size="11">{arm}</text>'
+        )
+        legend_x += 70
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _funnel_evidence_chart(funnel: Mapping[str, Any], alpha: float) -> str:
+    points = [
+        (float(p[0]), v / math.log(10.0))
+        for p in funnel.get("history") or ()
+        if len(p) >= 2 and (v := _finite(p[1])) is not None
+    ]
+    return _chart(
+        "funnel-evidence",
+        [("conversion", COLOURS["canary"], points)],
+        y_label="log10 e-value",
+        hline=(math.log10(1.0 / alpha), f"1/alpha = {1 / alpha:g}"),
+    )
+
+
+def _funnel_section(funnel: Mapping[str, Any], alpha: float) -> str:
+    name = str(funnel.get("name", ""))
+    decision = str(funnel.get("decision", "-"))
+    reasons = "".join(f"<li>{_esc(r)}</li>" for r in funnel.get("reasons") or ())
+    rows = "".join(
+        "<tr>"
+        f"<td>{_esc(step.get('step'))}</td>"
+        + "".join(
+            f"<td>{_esc((step.get(arm) or {}).get('converted', 0))}"
+            f"/{_esc((step.get(arm) or {}).get('reached', 0))}"
+            f" (+{_esc((step.get(arm) or {}).get('pending', 0))} pending)</td>"
+            for arm in ("canary", "stable")
+        )
+        + f"<td>{_drop_text(step)}</td><td>{_esc(step.get('e_value'))}</td></tr>"
+        for step in funnel.get("steps") or ()
+    )
+    return (
+        f'<section class="funnel" data-funnel="{_esc(name)}">'
+        f'<h2>funnel {_esc(name)} <span class="badge {_esc(decision)}">{_esc(decision)}</span></h2>'
+        '<table class="funnel-steps"><tr><th>step</th><th>canary converted/reached</th>'
+        f"<th>stable converted/reached</th><th>drop [bounds]</th><th>evidence</th></tr>{rows}"
+        f'</table><ul class="reasons">{reasons}</ul><div class="charts">'
+        + _figure("Funnel steps per arm", _funnel_chart(funnel))
+        + _figure("Conversion evidence against 1/alpha", _funnel_evidence_chart(funnel, alpha))
+        + "</div></section>"
+    )
+
+
+def _drop_text(step: Mapping[str, Any]) -> str:
+    drop = _finite(step.get("drop"))
+    if drop is None:
+        return "-"
+    low, high = _finite(step.get("drop_lower")), _finite(step.get("drop_upper"))
+    bounds = (
+        f" [{'-' if low is None else f'{low * 100:+.1f}'}, "
+        f"{'-' if high is None else f'{high * 100:+.1f}'}]"
+    )
+    return _esc(f"{drop * 100:+.1f} pp{bounds}")
+
+
+def _group_funnels(group: str, funnels: Sequence[Mapping[str, Any]]) -> str:
+    charts = [_funnel_chart(f) for f in funnels if group in (f.get("path_groups") or ())]
+    return "".join(charts) or '<p class="funnel">no conversion funnel configured</p>'
+
+
 def _figure(caption: str, content: str) -> str:
     return f"<figure><figcaption>{_esc(caption)}</figcaption>{content}</figure>"
 
@@ -296,6 +410,7 @@ def render_html(payload: Mapping[str, Any]) -> str:
     rollouts: Mapping[str, Any] = payload.get("rollouts") or {}
     timeline: Mapping[str, Any] = payload.get("timeline") or {}
     groups = sorted(set(verdicts) | set(rollouts))
+    funnels: Sequence[Mapping[str, Any]] = payload.get("funnels") or ()
     sections = []
     for group in groups:
         rollout = rollouts.get(group) or {}
@@ -309,18 +424,17 @@ def render_html(payload: Mapping[str, Any]) -> str:
             + _figure("Evidence against 1/alpha", _evidence_chart(history, alpha))
             + _figure("Rate ratio and its confidence sequence", _ratio_chart(history))
             + _figure("Latency, canary vs stable (rollout)", _latency_chart(rollout))
-            + _figure(
-                "Funnel steps per arm", '<p class="funnel">no conversion funnel configured</p>'
-            )
+            + _figure("Funnel steps per arm", _group_funnels(group, funnels))
             + _figure("Verdict timeline", _timeline(timeline.get(group) or []))
             + "</div></section>"
         )
+    sections.extend(_funnel_section(f, alpha) for f in funnels)
     body = "".join(sections) or '<p class="empty">no canary traffic in a live window</p>'
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         "<title>grayscope canary report</title><style>"
         "body{font-family:system-ui,sans-serif;margin:24px;color:#222}"
-        "section.group{border-top:1px solid #ccc;padding:12px 0}"
+        "section.group,section.funnel{border-top:1px solid #ccc;padding:12px 0}"
         ".charts{display:flex;flex-wrap:wrap;gap:12px}"
         "figure{margin:0}figcaption{font-size:13px;color:#555}"
         "table.verdict th{text-align:left;padding-right:12px;font-weight:600}"

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from pipeline.canary import engine, windows
-from pipeline.canary.engine import GroupState, VerdictConfig, WindowCheck
+from pipeline.canary.engine import FunnelDecision, GroupState, VerdictConfig, WindowCheck
+from pipeline.canary.funnel import FunnelFacts
 from pipeline.canary.records import ArmSummary, Decision, Verdict, WindowCounts
 from pipeline.canary.ztest import ZTest, two_proportion_ztest
 
@@ -249,6 +250,8 @@ def evaluate(
     states: Mapping[str, GroupState] | None = None,
     weight_scale: float = 1.0,
     judged_states: dict[str, GroupState] | None = None,
+    funnels: Mapping[str, FunnelFacts] | None = None,
+    funnel_decisions: dict[str, FunnelDecision] | None = None,
 ) -> list[Verdict]:
     """One verdict per path group with canary traffic in a live window, by path group.
 
@@ -282,7 +285,13 @@ def evaluate(
         judged_states.update(current)
     checks = window_checks(dict(groups), current, config, window_seconds=window_seconds, now=now)
     assessments = engine.assess(
-        current, config, window_seconds=window_seconds, checks=checks, weight_scale=weight_scale
+        current,
+        config,
+        window_seconds=window_seconds,
+        checks=checks,
+        weight_scale=weight_scale,
+        funnels=funnels,
+        funnel_decisions=funnel_decisions,
     )
 
     verdicts = []

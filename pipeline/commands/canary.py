@@ -10,7 +10,7 @@ from typing import IO, Any
 import orjson
 
 from pipeline.canary.client import fetch_canary, verdicts_from_payload
-from pipeline.canary.format import format_verdicts
+from pipeline.canary.format import format_funnels, format_verdicts
 from pipeline.config import Settings, add_settings_arguments
 from pipeline.errors import ConfigError
 
@@ -85,7 +85,11 @@ def render_status(payload: dict[str, Any], url: str) -> str:
     )
     if not owned:
         header += "this worker owns no canary partition: ask another worker of the group\n"
-    return header + format_verdicts(verdicts_from_payload(payload))
+    return (
+        header
+        + format_verdicts(verdicts_from_payload(payload))
+        + format_funnels(payload.get("funnels") or ())
+    )
 
 
 def run_canary_status(
@@ -118,10 +122,18 @@ def run_canary_simulate(
         alpha=float(getattr(args, "alpha", 0.05)),
         ab_rollouts=getattr(args, "ab_rollouts", None),
     )
+    # The conversion funnels: grayscope's funnel family on A/A and conversion-drop rollouts.
+    result["grayscope"]["funnels"] = simulate.simulate_funnels(
+        rollouts=rollouts,
+        seed=int(getattr(args, "seed", 1)),
+        alpha=float(getattr(args, "alpha", 0.05)),
+        ab_rollouts=getattr(args, "ab_rollouts", None),
+    )
     if getattr(args, "json", False):
         out.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         out.write(simulate.format_table(result))
+        out.write("\n" + simulate.format_funnel_table(result["grayscope"]["funnels"]))
     return 0
 
 

@@ -40,7 +40,7 @@ def table() -> str:
 
 
 def main() -> int:
-    readme = Path(__file__).resolve().parents[1] / "README.md"
+    readme = Path(__file__).resolve().parents[2] / "README.md"
     text = readme.read_text()
     updated = re.sub(
         r"\| variable \| flag \| default \| meaning \|\n\|---\|---\|---\|---\|\n(?:\|.*\|\n)*",

@@ -45,6 +45,7 @@ from pipeline.kafka_options import check_login, client_options
 
 if TYPE_CHECKING:
     from pipeline.config import Settings
+    from pipeline.dev.synth import FunnelTraffic
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,6 @@ DEFAULT_LINGER_MS = 20.0
 MIN_SLEEP = 0.002
 READ_CHUNK_BYTES = 64 * 1024
 SOURCE_CHUNK = 512
-
 
 
 # --- pure parts -----------------------------------------------------------------
@@ -339,16 +339,25 @@ def synthetic_values(
     regression_path_group: str | None,
     clock: Callable[[], int] = time.time_ns,
     versions: tuple[str, str] | None = None,
+    funnel: FunnelTraffic | None = None,
 ) -> Iterator[bytes]:
     """Synthetic gray-release traffic stamped with the real time of generation.
 
-    ``versions``: (stable, canary); default: the generator's.
+    ``versions``: (stable, canary); default: the generator's. ``funnel``: users
+    walking the playground funnel too.
     """
     from pipeline.dev.synth import Regression, generate
 
     regression = Regression(path_group=regression_path_group) if regression_path_group else None
     if versions is None:
-        return generate(count, seed, canary_share=canary_share, regression=regression, clock=clock)
+        return generate(
+            count,
+            seed,
+            canary_share=canary_share,
+            regression=regression,
+            clock=clock,
+            funnel=funnel,
+        )
     return generate(
         count,
         seed,
@@ -357,6 +366,7 @@ def synthetic_values(
         clock=clock,
         stable_version=versions[0],
         canary_version=versions[1],
+        funnel=funnel,
     )
 
 
@@ -688,6 +698,20 @@ def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
         "(e.g. /play/share)",
     )
     parser.add_argument(
+        "--funnel",
+        action="store_true",
+        help="with --synthetic: users also walk /play -> /play/compile -> /play/share "
+        "(keyed by client address; the demo's GRAYSCOPE_CANARY_FUNNELS judges it)",
+    )
+    parser.add_argument(
+        "--conversion-drop",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="with --funnel: the canary's users go on to the next step this much less often "
+        "(0..1, default 0)",
+    )
+    parser.add_argument(
         "--compression",
         choices=COMPRESSIONS,
         default="none",
@@ -723,6 +747,10 @@ def _validate(args: argparse.Namespace) -> None:
         raise ConfigError("--count/--regression", "only apply to --synthetic")
     if args.regression:
         check_path_group(args.regression)
+    if not 0.0 <= args.conversion_drop <= 1.0:
+        raise ConfigError("--conversion-drop", "must be within 0..1")
+    if (args.funnel or args.conversion_drop) and not args.synthetic:
+        raise ConfigError("--funnel/--conversion-drop", "only apply to --synthetic")
 
 
 def check_path_group(path_group: str) -> None:
@@ -735,7 +763,14 @@ def check_path_group(path_group: str) -> None:
 
 def _source(args: argparse.Namespace, stop: asyncio.Event) -> AsyncIterator[list[bytes]]:
     if args.synthetic:
-        values = synthetic_values(args.count, args.seed, args.canary_share, args.regression)
+        funnel = None
+        if args.funnel or args.conversion_drop:
+            from pipeline.dev.synth import FunnelTraffic
+
+            funnel = FunnelTraffic(canary_drop=args.conversion_drop)
+        values = synthetic_values(
+            args.count, args.seed, args.canary_share, args.regression, funnel=funnel
+        )
         return iterate(chunked(values, synthetic_chunk_size(args.rate)))
     if args.file == "-":
         return stream_chunks(sys.stdin.fileno(), stop)

@@ -45,7 +45,6 @@ class DeadLetter:
         }
 
 
-
 class KafkaCoordinates(NamedTuple):
     """Where a message came from; the document ``_id`` is derived from it.
 

@@ -254,11 +254,27 @@ def span_head(
     # The usual span gets a list of ready-made pieces; anything odd the general path.
     if len(trace_id) == 16 and len(span_id) == 8 and 0 < start < _UINT64 and 0 < end < _UINT64:
         if not parent:
-            return [_TRACE_ID_16, trace_id, _SPAN_ID_8, span_id, name, _KIND_SERVER_START,
-                    _pack_times(start, _END_TAG, end)]
+            return [
+                _TRACE_ID_16,
+                trace_id,
+                _SPAN_ID_8,
+                span_id,
+                name,
+                _KIND_SERVER_START,
+                _pack_times(start, _END_TAG, end),
+            ]
         if len(parent) == 8:
-            return [_TRACE_ID_16, trace_id, _SPAN_ID_8, span_id, _PARENT_ID_8, parent, name,
-                    _KIND_SERVER_START, _pack_times(start, _END_TAG, end)]
+            return [
+                _TRACE_ID_16,
+                trace_id,
+                _SPAN_ID_8,
+                span_id,
+                _PARENT_ID_8,
+                parent,
+                name,
+                _KIND_SERVER_START,
+                _pack_times(start, _END_TAG, end),
+            ]
     return [_ids(trace_id, span_id, parent), name, _times(start, end)]
 
 

@@ -162,6 +162,53 @@ def observations(
     return out
 
 
+# What a conversion funnel needs of one request: (URL path, route, path group, method,
+# status, event time in epoch ns, stage, the requested user keys' values). Built only
+# when funnels are configured; the key values never leave the batch unhashed
+# (pipeline/canary/funnel.py hashes them).
+FunnelInput = tuple[
+    str | None, str | None, str | None, str | None, int | None, int | None, str, tuple[str, ...]
+]
+
+
+def funnel_inputs(
+    messages: Sequence[InputMessage],
+    results: Sequence[Enriched | DeadLetter],
+    keys: Sequence[tuple[str, str]],
+) -> list[FunnelInput]:
+    """The FunnelInput of every enriched request of a batch, in order.
+
+    ``keys``: (kind, name) per user key: ("cookie", name), ("header", name) or
+    ("client_ip", ""); a missing value is "".
+    """
+    out: list[FunnelInput] = []
+    for msg, result in zip(messages, results, strict=True):
+        if isinstance(result, Enriched):
+            record = result.record
+            enrichment = result.enrichment
+            values: list[str] = []
+            for kind, name in keys:
+                if kind == "cookie":
+                    values.append(record.cookies.get(name) or "")
+                elif kind == "header":
+                    values.append(record.headers.get(name) or "")
+                else:
+                    values.append(enrichment.client_ip or "")
+            out.append(
+                (
+                    enrichment.url_path,
+                    enrichment.route,
+                    enrichment.path_group,
+                    record.method,
+                    record.status,
+                    record.timestamp_ns or msg.timestamp_ns,
+                    enrichment.stage,
+                    tuple(values),
+                )
+            )
+    return out
+
+
 def count_datasets(results: Sequence[Enriched | DeadLetter], into: dict[str, int]) -> None:
     """Add the batch's enriched events to ``into``, by dataset (``event.dataset``)."""
     for result in results:

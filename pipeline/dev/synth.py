@@ -20,6 +20,7 @@ Pure: no I/O, no clock unless one is passed in, no global random state.
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator
@@ -164,6 +165,51 @@ class Regression:
     extra_latency_ms: float = 400.0
 
 
+@dataclass(frozen=True, slots=True)
+class FunnelTraffic:
+    """Users who walk the playground funnel: ``/play`` -> ``/play/compile`` -> ``/play/share``.
+
+    A share of the requests starts a walk by a client of the population (the user
+    key is the client address); each walk keeps its arm (stage) from its first
+    request. Of those who open the playground ``to_compile`` compile, of those
+    ``to_share`` share, after exponential gaps of ``mean_gap_s`` seconds (event
+    time). ``canary_drop`` lowers the canary's conversion at both steps by that
+    fraction (0.3: 30 % fewer go on): the regression a funnel should catch.
+    """
+
+    start_share: float = 0.04
+    to_compile: float = 0.6
+    to_share: float = 0.35
+    mean_gap_s: float = 2.0
+    canary_drop: float = 0.0
+
+
+#: The funnel's steps: (path group, method, path).
+FUNNEL_STEPS: tuple[tuple[str, str, str], ...] = (
+    ("/play", "GET", "/play"),
+    ("/play/compile", "POST", "/play/compile"),
+    ("/play/share", "POST", "/play/share"),
+)
+#: (median latency ms, median body bytes) of the funnel's own path groups.
+FUNNEL_SHAPES: dict[str, tuple[float, float]] = {
+    "/play": (25.0, 12_000.0),
+    "/play/compile": (300.0, 2_000.0),
+}
+#: GRAYSCOPE_CANARY_FUNNELS for this traffic (the demo configures it).
+FUNNEL_SPEC: tuple[dict[str, object], ...] = (
+    {
+        "name": "playground",
+        "steps": [
+            {"path_group": "/play", "method": "GET"},
+            {"path_group": "/play/compile", "method": "POST"},
+            {"path_group": "/play/share", "method": "POST"},
+        ],
+        "user_key": "client_ip",
+        "window_seconds": 10,
+    },
+)
+
+
 def synthetic_clock(
     start_ns: int = DEFAULT_START_NS, events_per_second: float = 1000.0
 ) -> Callable[[], int]:
@@ -220,8 +266,16 @@ class _Generator:
         clients: int,
         formats: dict[str, float],
         envelopes: dict[str, float],
+        funnel: FunnelTraffic | None = None,
     ) -> None:
         self.rng = random.Random(seed)
+        self.funnel = funnel
+        # Funnel walks waiting for their next step: (due ns, sequence, step, client, canary).
+        self._walks: list[tuple[int, int, int, int, bool]] = []
+        self._walk_seq = 0
+        # A user's arm is sticky (a cookie would keep it): each client draws once, from
+        # its own generator so that the default stream stays as it was.
+        self._client_rolls: list[float] = []
         self.canary_share = canary_share
         self.regression = regression
         self.clock = clock
@@ -238,6 +292,16 @@ class _Generator:
         self.group_names = list(PATH_GROUPS)
         self.group_cum = _cumulative(w for w, _, _ in PATH_GROUPS.values())
         self.clients = self._clients(max(1, clients))
+        # Walkers: one client per address (the funnel's user key), so two walkers never
+        # share a user.
+        self._walkers: list[int] = []
+        if funnel is not None:
+            rolls = random.Random(seed ^ 0x5EED)
+            self._client_rolls = [rolls.random() for _ in self.clients]
+            first: dict[str, int] = {}
+            for index, (ip, _) in enumerate(self.clients):
+                first.setdefault(ip, index)
+            self._walkers = sorted(first.values())
 
     def _clients(self, count: int) -> list[tuple[str, str]]:
         """A fixed client population (ip, user agent): repeat visitors make caches realistic."""
@@ -256,13 +320,44 @@ class _Generator:
             out.append((ip, USER_AGENTS[_pick(rng, ua_cum)]))
         return out
 
+    def _walk(self, now_ns: int) -> tuple[int, int, bool] | None:
+        """The funnel step this request is, as (step, client index, canary), or None."""
+        funnel = self.funnel
+        assert funnel is not None
+        rng = self.rng
+        walks = self._walks
+        if walks and walks[0][0] <= now_ns:
+            _, _, step, client, canary = heapq.heappop(walks)
+        elif rng.random() < funnel.start_share:
+            step, client = 0, self._walkers[int(len(self._walkers) * rng.random())]
+            canary = self._client_rolls[client] < self.canary_share
+        else:
+            return None
+        if step + 1 < len(FUNNEL_STEPS):
+            go_on = funnel.to_compile if step == 0 else funnel.to_share
+            if canary:
+                go_on *= 1.0 - funnel.canary_drop
+            if rng.random() < go_on:
+                due = now_ns + int(rng.expovariate(1.0 / funnel.mean_gap_s) * 1e9)
+                self._walk_seq += 1
+                heapq.heappush(walks, (due, self._walk_seq, step + 1, client, canary))
+        return step, client, canary
+
     def request(self) -> _Request:
         rng = self.rng
         start_ns = self.clock()
+        walk = self._walk(start_ns) if self.funnel is not None else None
         canary = rng.random() < self.canary_share
         group = self.group_names[_pick(rng, self.group_cum)]
-        _, median_ms, median_bytes = PATH_GROUPS[group]
-        method, path, query = self._target(group)
+        if walk is not None:
+            canary = walk[2]
+            group, method, path = FUNNEL_STEPS[walk[0]]
+            query = ""
+            shape = FUNNEL_SHAPES.get(group)
+            median_ms, median_bytes = shape if shape else PATH_GROUPS[group][1:]
+        else:
+            _, median_ms, median_bytes = PATH_GROUPS[group]
+            method, path, query = self._target(group)
         version = self.canary_version if canary else self.stable_version
         params: list[str] = []
         if query:
@@ -306,6 +401,8 @@ class _Generator:
         if status >= 400:
             body = rng.randint(100, 600)
         client_ip, user_agent = self.clients[int(len(self.clients) * rng.random() ** 2)]
+        if walk is not None:
+            client_ip, user_agent = self.clients[walk[1]]
         forwarded_for, peer = self._forwarding(client_ip)
         traceparent = b3_trace = b3_span = None
         trace_roll = rng.random()
@@ -636,12 +733,14 @@ def generate(
     clients: int = 20_000,
     formats: dict[str, float] | None = None,
     envelopes: dict[str, float] | None = None,
+    funnel: FunnelTraffic | None = None,
 ) -> Iterator[bytes]:
     """Yield ``n`` raw message values (forever when ``n`` is None).
 
     ``clock`` returns each request's start time in epoch ns (pass
     ``time.time_ns`` for live traffic); the default is :func:`synthetic_clock`.
     The same arguments always yield the same bytes (unless ``clock`` varies).
+    ``funnel``: also users walking the playground funnel (``FunnelTraffic``).
     """
     if not 0.0 <= canary_share <= 1.0:
         raise ValueError("canary_share must be within [0, 1]")
@@ -655,6 +754,7 @@ def generate(
         clients,
         FORMATS if formats is None else formats,
         ENVELOPES if envelopes is None else envelopes,
+        funnel,
     )
     rng = gen.rng
     count = 0

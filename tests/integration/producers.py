@@ -30,7 +30,7 @@ from pipeline.errors import ServiceError
 STRUCTURED_FORMAT = (
     '\'$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
     '"$http_referer" "$http_user_agent" $request_uri $args version="$arg_v" '
-    "region=\"$http_x_forwarded_for\"'"
+    'region="$http_x_forwarded_for"\''
 )
 # Keys named after nginx variables (DESIGN "Nginx JSON"): http_<header>, cookie_<name>.
 JSON_KEYS = (
@@ -133,8 +133,9 @@ http {{
             "nginx",
             [nginx, "-p", str(self.folder), "-c", str(config), "-e", str(error_log)],
             log_path=self.folder / "nginx.out",
-            ready=lambda: port_accepts(LOOPBACK, self.edge_port)
-            and port_accepts(LOOPBACK, self.site_port),
+            ready=lambda: (
+                port_accepts(LOOPBACK, self.edge_port) and port_accepts(LOOPBACK, self.site_port)
+            ),
             cwd=self.folder,
             startup_timeout=30,
             stop_grace=10,

@@ -20,6 +20,7 @@ import orjson
 from agents.canary import CanaryAnalysis, register_canary
 from pipeline.canary import CanaryObserver, Decision, Verdict, fetch_verdicts, format_verdicts
 from pipeline.canary.observer import ObservedEvent
+from pipeline.config import Settings, load_settings
 from pipeline.core.model import AccessRecord, Enrichment
 from pipeline.dev.stack.kafka import topic_partitions
 from pipeline.dev.stack.opensearch import OpenSearchNode
@@ -35,7 +36,8 @@ GUARD = 120.0  # the shared 2-core CI box can be far slower than a laptop
 NS = 1_000_000_000
 WINDOW = 60
 
-def canary_settings(app_id: str, **changes: Any) -> SimpleNamespace:
+
+def canary_settings(app_id: str, **changes: Any) -> Settings:
     values = {
         "canary_window": WINDOW,
         "canary_interval": 0.3,
@@ -47,7 +49,7 @@ def canary_settings(app_id: str, **changes: Any) -> SimpleNamespace:
         "canary_topic": f"{app_id}-verdicts",
     }
     values.update(changes)
-    return SimpleNamespace(**values)
+    return load_settings(**values)
 
 
 def requests(
@@ -78,7 +80,7 @@ def requests(
 async def canary_app(
     bootstrap: str,
     app_id: str,
-    settings: SimpleNamespace,
+    settings: Settings,
     faust_settings: dict[str, Any],
     datadir: Path,
     es_service: ElasticsearchService | None = None,

@@ -49,6 +49,11 @@ def test_the_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     for kind in ("evidence", "effect", "latency", "timeline"):
         assert html.count(f'class="chart {kind}"') == 2, kind
     assert "<polyline" in html and 'class="threshold"' in html
+    # the conversion funnel: its bars on its path group and in its own section
+    assert html.count('<section class="funnel" data-funnel="checkout"') == 1
+    assert html.count('class="chart funnel"') == 2
+    assert html.count('class="chart funnel-evidence"') == 1
+    assert html.count('class="bar canary"') == 4 and html.count('class="bar stable"') == 4
 
     shot = tmp_path / "report.png"
     result = chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,1600", page.as_uri())

@@ -264,9 +264,7 @@ def assert_found_in_jaeger(
         else:
             assert span.get("status", {}).get("code", 0) == 0
         got = otlp_attributes(span["attributes"])
-        assert got == {
-            name: (OTLP_KIND[kinds[name]], value) for name, value in attributes.items()
-        }
+        assert got == {name: (OTLP_KIND[kinds[name]], value) for name, value in attributes.items()}
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -288,9 +286,12 @@ async def test_jaeger_finds_spans_by_gray_id(
     await export(endpoint, enriched)
     await asyncio.to_thread(assert_found_in_jaeger, jaeger_query, service, cases, enriched)
     # Another gray id finds nothing; the service is listed for the UI's drop-down.
-    assert jaeger_query.find_traces(
-        service, {"gray.id": "nosuchid1"}, start_ns=0, end_ns=time.time_ns()
-    ) == []
+    assert (
+        jaeger_query.find_traces(
+            service, {"gray.id": "nosuchid1"}, start_ns=0, end_ns=time.time_ns()
+        )
+        == []
+    )
     assert service in jaeger_query.services()
 
 

@@ -401,8 +401,13 @@ def test_cli_exit_codes(kibana: FakeKibana, capsys: pytest.CaptureFixture[str]) 
 def test_cli_process(kibana: FakeKibana) -> None:
     done = subprocess.run(
         [
-            sys.executable, "-m", "pipeline.commands.main",
-            "kibana", "import", "--kibana-url", kibana.url,
+            sys.executable,
+            "-m",
+            "pipeline.commands.main",
+            "kibana",
+            "import",
+            "--kibana-url",
+            kibana.url,
         ],
         capture_output=True,
         text=True,

@@ -135,7 +135,6 @@ def build_span(
     )
 
 
-
 class _AttributeCache(dict[tuple[str, object], bytes]):
     """(name, value) item -> encoded ``attributes`` field; a lookup encodes what is missing.
 
@@ -167,8 +166,6 @@ class _AttributeCache(dict[tuple[str, object], bytes]):
         return encoded
 
 
-
-
 _ATTRIBUTES = _AttributeCache(_MAX_ATTRIBUTES)
 
 
@@ -191,19 +188,13 @@ def _span(data: SpanData) -> bytes:
     return b"".join(parts)
 
 
-
-
 def encode_span(data: SpanData) -> EncodedSpan:
     return data.service_name, _span(data)
-
-
 
 
 def encode_request(spans: Sequence[SpanData]) -> bytes:
     """The serialized export request holding ``spans``, grouped by service."""
     return frame_request([encode_span(data) for data in spans])
-
-
 
 
 def to_bytes(spans: Sequence[SpanData]) -> bytes:
@@ -234,8 +225,8 @@ def encode_spans(spans: Sequence[SpanData]) -> ExportTraceServiceRequest:
 
 def _new_scope_spans(request: ExportTraceServiceRequest, service_name: str) -> ScopeSpans:
     resource_spans = request.resource_spans.add()
-    resource_spans.resource.attributes.add(key=SERVICE_NAME_KEY).value.string_value = (
-        _valid_utf8(service_name)
+    resource_spans.resource.attributes.add(key=SERVICE_NAME_KEY).value.string_value = _valid_utf8(
+        service_name
     )
     scope_spans = resource_spans.scope_spans.add()
     scope_spans.scope.name = SCOPE_NAME
@@ -293,12 +284,22 @@ def check_attributes_match_schema() -> None:
     """Raises when build_span's attributes (names, order, kinds) drift from the schema."""
     # Every field is set, so every attribute the builder knows shows up, in its order.
     record = AccessRecord(
-        dataset="envoy.access", timestamp_ns=1, method="GET", status=200, user_agent="ua",
+        dataset="envoy.access",
+        timestamp_ns=1,
+        method="GET",
+        status=200,
+        user_agent="ua",
         request_id="r",
     )
     enr = Enrichment(
-        gray_id="g", stage="s", version="v", path_group="/p", route="/p/{x}", url_path="/p/1",
-        client_ip="192.0.2.1", geo=GeoInfo(country_iso_code="DE", city_name="c", lat=1, lon=2),
+        gray_id="g",
+        stage="s",
+        version="v",
+        path_group="/p",
+        route="/p/{x}",
+        url_path="/p/1",
+        client_ip="192.0.2.1",
+        geo=GeoInfo(country_iso_code="DE", city_name="c", lat=1, lon=2),
     )
     span = build_span(record, enr)
     built = [(name, type(value)) for name, value in (span.attributes if span else {}).items()]

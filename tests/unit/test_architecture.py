@@ -36,9 +36,25 @@ PROJECT = (*PACKAGES, "kibana", "tests", "bench")
 # Third-party modules the pure core may use: serialisation only.
 CORE_THIRD_PARTY = {"orjson"}
 IO_LIBRARIES = {
-    "aiokafka", "faust", "mode", "elasticsearch", "aiohttp", "grpc", "urllib.request", "http",
-    "socket", "asyncio", "httpx", "requests", "kafka", "opentelemetry", "geoip2", "maxminddb",
-    "subprocess", "ssl", "selectors",
+    "aiokafka",
+    "faust",
+    "mode",
+    "elasticsearch",
+    "aiohttp",
+    "grpc",
+    "urllib.request",
+    "http",
+    "socket",
+    "asyncio",
+    "httpx",
+    "requests",
+    "kafka",
+    "opentelemetry",
+    "geoip2",
+    "maxminddb",
+    "subprocess",
+    "ssl",
+    "selectors",
 }
 # What the core may use of ``socket``: address text <-> bytes, no I/O.
 CORE_SOCKET_NAMES = {"inet_pton", "inet_ntop", "AF_INET", "AF_INET6"}
@@ -106,16 +122,15 @@ def within(name: str, prefix: str) -> bool:
 
 def test_the_compiled_set_is_the_core_folder() -> None:
     core = sorted(
-        name for name, path in MODULES.items()
+        name
+        for name, path in MODULES.items()
         if within(name, "pipeline.core") and path.name != "__init__.py"
     )
     assert list(native.NATIVE_MODULES) == core
     assert core, "no core modules found"
 
 
-@pytest.mark.parametrize(
-    "name", sorted(n for n in MODULES if within(n, "pipeline.core"))
-)
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if within(n, "pipeline.core")))
 def test_core_imports_only_the_core_schemas_and_stdlib(name: str) -> None:
     for imported in imports(MODULES[name]):
         top = imported.split(".")[0]
@@ -126,9 +141,11 @@ def test_core_imports_only_the_core_schemas_and_stdlib(name: str) -> None:
         elif top in sys.stdlib_module_names:
             if imported == "socket":
                 used = {
-                    node.attr for node in ast.walk(ast.parse(MODULES[name].read_text()))
+                    node.attr
+                    for node in ast.walk(ast.parse(MODULES[name].read_text()))
                     if isinstance(node, ast.Attribute)
-                    and isinstance(node.value, ast.Name) and node.value.id == "socket"
+                    and isinstance(node.value, ast.Name)
+                    and node.value.id == "socket"
                 }
                 assert used <= CORE_SOCKET_NAMES, f"{name} uses socket.{used - CORE_SOCKET_NAMES}"
             else:
@@ -189,7 +206,7 @@ def test_no_import_cycles() -> None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                cycle = [*stack[stack.index(nxt):], nxt]
+                cycle = [*stack[stack.index(nxt) :], nxt]
                 # A package importing its own submodule from __init__ is not a cycle
                 # that breaks imports (the submodule finds the package half-made but
                 # needs nothing from it); anything longer is.

@@ -85,8 +85,7 @@ FENCE_OWN = {"_finish", "_run", "_deliver", "_to_batch", "_fetch_sequence"}
 def test_every_private_library_name_of_the_fence_is_listed() -> None:
     used = private_names_used(FENCE) - own_private_names(FENCE) - FENCE_OWN
     assert used == LISTED_NAMES, (
-        f"unlisted: {sorted(used - LISTED_NAMES)}; listed but unused: "
-        f"{sorted(LISTED_NAMES - used)}"
+        f"unlisted: {sorted(used - LISTED_NAMES)}; listed but unused: {sorted(LISTED_NAMES - used)}"
     )
 
 

@@ -123,3 +123,14 @@ def test_simulate_arguments() -> None:
     args = parser().parse_args(["canary", "simulate", "--json", "--rollouts", "7", "--seed", "3"])
     assert (args.json, args.rollouts, args.seed) == (True, 7, 3)
     assert args.handler is canary_cli.run_canary_simulate
+
+
+def test_status_lists_the_funnels() -> None:
+    from tests.unit.test_canary_report import funnel_payload
+
+    data = payload([0])
+    data["funnels"] = [funnel_payload()]
+    text = canary_cli.render_status(data, "http://x")
+    assert "funnel checkout: rollback" in text
+    assert "  funnel checkout /cart -> POST /api/<orders>" not in text  # methods: '*' if none
+    assert "funnel checkout * /cart -> POST /api/<orders>: canary 25.0% (60/240" in text

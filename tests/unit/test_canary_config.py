@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from dataclasses import replace
 
 import pytest
 
@@ -12,7 +12,7 @@ from pipeline.errors import ConfigError
 
 
 def test_defaults_work_with_settings_that_lack_the_canary_fields() -> None:
-    config = CanaryConfig.from_settings(load_settings())
+    config = CanaryConfig.from_settings(load_settings().canary)
     assert config == CanaryConfig()
     assert (config.window_seconds, config.expires_seconds, config.partitions) == (60, 600.0, 1)
     assert config.verdict_topic == "grayscope-canary-verdicts"
@@ -21,7 +21,7 @@ def test_defaults_work_with_settings_that_lack_the_canary_fields() -> None:
 
 
 def test_overrides() -> None:
-    settings = SimpleNamespace(
+    settings = load_settings(
         canary_enabled=False,
         canary_window=10,
         canary_expires=0,
@@ -32,7 +32,8 @@ def test_overrides() -> None:
         canary_latency_threshold_ms=150,
         canary_topic="verdicts",
     )
-    config = CanaryConfig.from_settings(settings)
+    assert settings.canary.window == 10
+    config = CanaryConfig.from_settings(settings.canary)
     assert not config.enabled
     assert (config.window_seconds, config.expires_seconds, config.interval_seconds) == (
         10,
@@ -60,5 +61,6 @@ def test_overrides() -> None:
 )
 def test_invalid_values_name_the_setting(name: str, value: object, setting: str) -> None:
     with pytest.raises(ConfigError) as info:
-        CanaryConfig.from_settings(SimpleNamespace(**{name: value}))
+        section = load_settings().canary
+        CanaryConfig.from_settings(replace(section, **{name.removeprefix("canary_"): value}))
     assert info.value.setting == setting

@@ -50,7 +50,5 @@ def test_every_error_derives_from_the_root_and_is_drawn_in_the_docstring() -> No
         (errors.ConfigError("S", "x"), False),
     ],
 )
-def test_retriable_says_whether_to_try_again(
-    error: errors.GrayscopeError, retriable: bool
-) -> None:
+def test_retriable_says_whether_to_try_again(error: errors.GrayscopeError, retriable: bool) -> None:
     assert error.retriable is retriable

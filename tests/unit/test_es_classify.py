@@ -202,54 +202,113 @@ def test_opensearch_mixed_response() -> None:
     [
         (item(201), Outcome.DONE),
         (item(200), Outcome.DONE),
-        (item(409, {"type": "version_conflict_engine_exception", "reason": "exists"}, "create"),
-         Outcome.DONE),
-        (item(429, {"type": "es_rejected_execution_exception", "reason": "queue full"}),
-         Outcome.RETRY),
-        (item(429, {"type": "circuit_breaking_exception", "reason": "[parent] Data too large"}),
-         Outcome.RETRY),
-        (item(503, {"type": "unavailable_shards_exception", "reason": "primary not active"}),
-         Outcome.RETRY),
+        (
+            item(409, {"type": "version_conflict_engine_exception", "reason": "exists"}, "create"),
+            Outcome.DONE,
+        ),
+        (
+            item(429, {"type": "es_rejected_execution_exception", "reason": "queue full"}),
+            Outcome.RETRY,
+        ),
+        (
+            item(429, {"type": "circuit_breaking_exception", "reason": "[parent] Data too large"}),
+            Outcome.RETRY,
+        ),
+        (
+            item(503, {"type": "unavailable_shards_exception", "reason": "primary not active"}),
+            Outcome.RETRY,
+        ),
         (item(500, {"type": "null_pointer_exception", "reason": None}), Outcome.RETRY),
         (item(504, None), Outcome.RETRY),
-        (item(408, {"type": "process_cluster_event_timeout_exception", "reason": "t"}),
-         Outcome.RETRY),
+        (
+            item(408, {"type": "process_cluster_event_timeout_exception", "reason": "t"}),
+            Outcome.RETRY,
+        ),
         # Disk flood stage: new ES answers 429, old ES 403; either way it passes.
-        (item(429, {"type": "cluster_block_exception",
+        (
+            item(
+                429,
+                {
+                    "type": "cluster_block_exception",
                     "reason": "index [x] blocked by: [TOO_MANY_REQUESTS/12/disk usage exceeded "
-                              "flood-stage watermark, index has read-only-allow-delete block];"}),
-         Outcome.RETRY),
-        (item(403, {"type": "cluster_block_exception",
+                    "flood-stage watermark, index has read-only-allow-delete block];",
+                },
+            ),
+            Outcome.RETRY,
+        ),
+        (
+            item(
+                403,
+                {
+                    "type": "cluster_block_exception",
                     "reason": "index [x] blocked by: [FORBIDDEN/12/index read-only / allow "
-                              "delete (api)];"}),
-         Outcome.RETRY),
-        (item(400, {"type": "mapper_parsing_exception", "reason": "failed to parse"}),
-         Outcome.REJECT),
-        (item(400, {"type": "document_parsing_exception", "reason": "failed to parse"}),
-         Outcome.REJECT),
-        (item(400, {"type": "strict_dynamic_mapping_exception",
+                    "delete (api)];",
+                },
+            ),
+            Outcome.RETRY,
+        ),
+        (
+            item(400, {"type": "mapper_parsing_exception", "reason": "failed to parse"}),
+            Outcome.REJECT,
+        ),
+        (
+            item(400, {"type": "document_parsing_exception", "reason": "failed to parse"}),
+            Outcome.REJECT,
+        ),
+        (
+            item(
+                400,
+                {
+                    "type": "strict_dynamic_mapping_exception",
                     "reason": "[1:2] mapping set to strict, dynamic introduction of [foo] "
-                              "within [_doc] is not allowed"}),
-         Outcome.REJECT),
-        (item(400, {"type": "illegal_argument_exception",
-                    "reason": "Limit of total fields [1000] has been exceeded"}),
-         Outcome.REJECT),
+                    "within [_doc] is not allowed",
+                },
+            ),
+            Outcome.REJECT,
+        ),
+        (
+            item(
+                400,
+                {
+                    "type": "illegal_argument_exception",
+                    "reason": "Limit of total fields [1000] has been exceeded",
+                },
+            ),
+            Outcome.REJECT,
+        ),
         (item(413, {"type": "illegal_argument_exception", "reason": "too large"}), Outcome.REJECT),
         (item(413, None), Outcome.REJECT),
         (item(400, {"type": "something_new_exception", "reason": "?"}), Outcome.REJECT),
         # The store will not write anywhere: stop, do not dead-letter.
-        (item(403, {"type": "security_exception",
+        (
+            item(
+                403,
+                {
+                    "type": "security_exception",
                     "reason": "action [indices:data/write/bulk[s]] is unauthorized for API key "
-                              "id [k1] of user [grayscope] on indices "
-                              "[grayscope-access-2024.05.01]"}),
-         Outcome.FATAL),
-        (item(404, {"type": "index_not_found_exception", "reason": "no such index [x]"}),
-         Outcome.FATAL),
+                    "id [k1] of user [grayscope] on indices "
+                    "[grayscope-access-2024.05.01]",
+                },
+            ),
+            Outcome.FATAL,
+        ),
+        (
+            item(404, {"type": "index_not_found_exception", "reason": "no such index [x]"}),
+            Outcome.FATAL,
+        ),
         (item(400, {"type": "index_closed_exception", "reason": "closed"}), Outcome.FATAL),
         # osmem has no data streams.
-        (item(400, {"type": "unsupported_operation_exception",
-                    "reason": "data streams are not supported by osmem"}, "create"),
-         Outcome.FATAL),
+        (
+            item(
+                400,
+                {
+                    "type": "unsupported_operation_exception",
+                    "reason": "data streams are not supported by osmem",
+                },
+                "create",
+            ),
+            Outcome.FATAL,
+        ),
         # Unreadable entries are retried: at-least-once beats guessing.
         ({"index": {"_id": "x"}}, Outcome.RETRY),
         ({"index": "nope"}, Outcome.RETRY),
@@ -311,19 +370,24 @@ def test_classify_status(status: int, outcome: RequestOutcome) -> None:
 
 def test_error_detail_shapes() -> None:
     # osmem's 413 carries a plain string error.
-    assert error_detail(413, {"error": "request body is larger than 104857600 bytes",
-                              "status": 413}) == "413 request body is larger than 104857600 bytes"
+    assert (
+        error_detail(413, {"error": "request body is larger than 104857600 bytes", "status": 413})
+        == "413 request body is larger than 104857600 bytes"
+    )
     # Elasticsearch 401.
-    assert error_detail(401, {
-        "error": {
-            "root_cause": [{"type": "security_exception", "reason": "unable to authenticate"}],
-            "type": "security_exception",
-            "reason": "unable to authenticate with provided credentials and anonymous access "
-                      "is not allowed for this request",
-            "header": {"WWW-Authenticate": ['Basic realm="security" charset="UTF-8"']},
+    assert error_detail(
+        401,
+        {
+            "error": {
+                "root_cause": [{"type": "security_exception", "reason": "unable to authenticate"}],
+                "type": "security_exception",
+                "reason": "unable to authenticate with provided credentials and anonymous access "
+                "is not allowed for this request",
+                "header": {"WWW-Authenticate": ['Basic realm="security" charset="UTF-8"']},
+            },
+            "status": 401,
         },
-        "status": 401,
-    }).startswith("401 security_exception: unable to authenticate with provided credentials")
+    ).startswith("401 security_exception: unable to authenticate with provided credentials")
     # A proxy's HTML page, squeezed onto one line.
     assert error_detail(502, b"<html>\r\n<head><title>502 Bad Gateway</title></head>\n</html>") == (
         "502 <html> <head><title>502 Bad Gateway</title></head> </html>"

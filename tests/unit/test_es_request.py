@@ -77,8 +77,9 @@ def test_build_item_serialises_and_targets() -> None:
     doc = {"@timestamp": "2024-05-01T10:00:00Z", "client": {"ip": "1.2.3.4"}}
     ref = object()
     item = build_item(doc, doc_id="access-logs-0-42", mode="index", ref=ref)
-    assert item == BulkItem("access-logs-0-42", "grayscope-access-2024.05.01", "index",
-                            orjson.dumps(doc), ref)
+    assert item == BulkItem(
+        "access-logs-0-42", "grayscope-access-2024.05.01", "index", orjson.dumps(doc), ref
+    )
     assert item.ref is ref
 
 
@@ -94,8 +95,10 @@ def test_bulk_body_is_ndjson_in_order() -> None:
     )
     assert parse_body(body) == [
         ({"index": {"_index": "grayscope-access-2024.05.01", "_id": "t-0-1"}}, {"a": 1}),
-        ({"create": {"_index": "logs-grayscope.access-default", "_id": 'we"ird\\id\n'}},
-         {"b": "é"}),
+        (
+            {"create": {"_index": "logs-grayscope.access-default", "_id": 'we"ird\\id\n'}},
+            {"b": "é"},
+        ),
         ({"create": {"_index": "logs-grayscope.access-default"}}, {}),
     ]
 

@@ -130,8 +130,14 @@ async def test_all_delivered_in_one_request() -> None:
     assert len(latencies) == 1
     assert sink.stats == EsSinkStats(
         documents_indexed_total=5,
-        bulk_requests_total={"ok": 1, "item_errors": 0, "unavailable": 0, "too_large": 0,
-                             "bad_request": 0, "fatal": 0},
+        bulk_requests_total={
+            "ok": 1,
+            "item_errors": 0,
+            "unavailable": 0,
+            "too_large": 0,
+            "bad_request": 0,
+            "fatal": 0,
+        },
     )
 
 
@@ -181,8 +187,9 @@ async def test_retries_only_the_failed_items() -> None:
 async def test_mixed_batch_returns_the_rejected_with_their_reason() -> None:
     def rule(doc_id: str, doc: Doc) -> dict[str, Any]:
         if doc["n"] in (1, 4):
-            return error_item(400, "mapper_parsing_exception",
-                              "failed to parse field [client.ip] of type [ip]")
+            return error_item(
+                400, "mapper_parsing_exception", "failed to parse field [client.ip] of type [ip]"
+            )
         if doc["n"] == 2:
             return error_item(503, "unavailable_shards_exception", "primary shard is not active")
         return ok_item()
@@ -206,11 +213,16 @@ async def test_mixed_batch_returns_the_rejected_with_their_reason() -> None:
 
 async def test_conflict_on_replay_is_done() -> None:
     def rule(doc_id: str, doc: Doc) -> dict[str, Any]:
-        return {"create": {"status": 409, "error": {
-            "type": "version_conflict_engine_exception",
-            "reason": f"[{doc_id}]: version conflict, document already exists "
-            "(current version [1])",
-        }}}
+        return {
+            "create": {
+                "status": 409,
+                "error": {
+                    "type": "version_conflict_engine_exception",
+                    "reason": f"[{doc_id}]: version conflict, document already exists "
+                    "(current version [1])",
+                },
+            }
+        }
 
     service = FakeService(per_doc(rule))
     sink, sleep = make_sink(service)
@@ -277,8 +289,9 @@ async def test_unauthorized_stops_delivery() -> None:
 
 async def test_item_that_cannot_be_written_anywhere_stops_delivery() -> None:
     def rule(doc_id: str, doc: Doc) -> dict[str, Any]:
-        return error_item(403, "security_exception",
-                          "action [indices:data/write/bulk[s]] is unauthorized")
+        return error_item(
+            403, "security_exception", "action [indices:data/write/bulk[s]] is unauthorized"
+        )
 
     service = FakeService(per_doc(rule))
     sink, _ = make_sink(service)
@@ -329,7 +342,10 @@ def test_sink_builds_items_in_its_mode() -> None:
     sink = ElasticsearchSink(FakeService(all_ok), "data_stream", 0.1, 1.0)
     item = sink.item({"@timestamp": "2024-05-01T10:00:00Z"}, "t-0-1", ref="e")
     assert (item.index, item.op, item.doc_id, item.ref) == (
-        "logs-grayscope.access-default", "create", "t-0-1", "e"
+        "logs-grayscope.access-default",
+        "create",
+        "t-0-1",
+        "e",
     )
 
 
@@ -345,7 +361,10 @@ def test_detect_opensearch() -> None:
     }
     assert detect_server(body) == ServerInfo(OPENSEARCH, "2.15.0", 2)
     # compatibility.override_main_response_version fakes the number, not the tagline.
-    body = {"version": {"number": "7.10.2"}, "tagline": "The OpenSearch Project: https://opensearch.org/"}
+    body = {
+        "version": {"number": "7.10.2"},
+        "tagline": "The OpenSearch Project: https://opensearch.org/",
+    }
     assert detect_server(body).distribution == OPENSEARCH
 
 
@@ -354,8 +373,12 @@ def test_detect_elasticsearch(number: str, major: int) -> None:
     body = {
         "name": "es01",
         "cluster_name": "docker-cluster",
-        "version": {"number": number, "build_flavor": "default", "build_type": "docker",
-                    "lucene_version": "9.11.1"},
+        "version": {
+            "number": number,
+            "build_flavor": "default",
+            "build_type": "docker",
+            "lucene_version": "9.11.1",
+        },
         "tagline": "You Know, for Search",
     }
     assert detect_server(body) == ServerInfo(ELASTICSEARCH, number, major)

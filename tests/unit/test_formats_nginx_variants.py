@@ -96,7 +96,7 @@ def test_quoted_address_list_and_ipv6() -> None:
 
 
 def test_address_list_then_remote_addr() -> None:
-    rec = parse_nginx_text(f"73.15.200.7, 10.0.1.2 10.0.0.9 - - {TIME} {REQ} 200 5 \"-\" \"-\"")
+    rec = parse_nginx_text(f'73.15.200.7, 10.0.1.2 10.0.0.9 - - {TIME} {REQ} 200 5 "-" "-"')
     assert (rec.peer_addr, rec.forwarded_for) == ("10.0.0.9", "73.15.200.7, 10.0.1.2")
 
 

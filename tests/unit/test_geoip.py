@@ -168,9 +168,7 @@ def test_not_found_is_none_and_cached(resolver: GeoIPResolver, ip: str) -> None:
         "::ffff:127.0.0.1",
     ],
 )
-def test_private_and_reserved_are_skipped_without_lookup(
-    resolver: GeoIPResolver, ip: str
-) -> None:
+def test_private_and_reserved_are_skipped_without_lookup(resolver: GeoIPResolver, ip: str) -> None:
     assert resolver.lookup(ip) == (None, None)
     assert resolver.lookup(ip) == (None, None)  # again, from the cache
     stats = resolver.stats

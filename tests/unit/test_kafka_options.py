@@ -100,7 +100,11 @@ def test_no_secret_in_any_representation() -> None:
     sec = security(settings.kafka)
     faust_conf = faust_broker_settings(settings.kafka)
     for text in (
-        repr(settings), str(settings.redacted()), repr(settings.kafka), repr(sec), repr(faust_conf)
+        repr(settings),
+        str(settings.redacted()),
+        repr(settings.kafka),
+        repr(sec),
+        repr(faust_conf),
     ):
         assert SECRET not in text
 

@@ -28,14 +28,25 @@ def reference(record: AccessRecord, enr: Enrichment, key: str | None) -> Any:
 
 def test_full_request_with_error_and_parent() -> None:
     record = AccessRecord(
-        dataset="envoy.access", timestamp_ns=START, method="GET", status=503,
-        duration_ns=12_000_000, user_agent="Mozilla/5.0", request_id="r-1",
+        dataset="envoy.access",
+        timestamp_ns=START,
+        method="GET",
+        status=503,
+        duration_ns=12_000_000,
+        user_agent="Mozilla/5.0",
+        request_id="r-1",
     )
     enr = Enrichment(
-        url_path="/godoc/pkg/net/http", gray_id="exp1", stage="canary", version="v2",
-        path_group="/godoc/pkg", route="/godoc/pkg/{name}", client_ip="203.0.113.9",
+        url_path="/godoc/pkg/net/http",
+        gray_id="exp1",
+        stage="canary",
+        version="v2",
+        path_group="/godoc/pkg",
+        route="/godoc/pkg/{name}",
+        client_ip="203.0.113.9",
         geo=GeoInfo(country_iso_code="US", city_name="Mountain View", lat=37.386, lon=-122.08),
-        trace_id="4bf92f3577b34da6a3ce929d0e0e4736", span_id="00f067aa0ba902b7",
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+        span_id="00f067aa0ba902b7",
         service_name="godoc",
     )
     got = encode_request_span(record, enr, "topic-0-1")
@@ -124,19 +135,40 @@ number = st.one_of(st.none(), st.floats(allow_nan=False), st.integers(-(2**40), 
     key=st.one_of(st.none(), st.just(""), st.text(max_size=30)),
 )
 def test_any_request_encodes_as_the_reference(
-    start: int | None, duration: int | None, method: str | None, status: int | None,
-    request_id: str | None, user_agent: str | None, texts: list[str | None], stage: str,
-    trace_id: str | None, parent: str | None, lat: float | None, lon: float | None,
+    start: int | None,
+    duration: int | None,
+    method: str | None,
+    status: int | None,
+    request_id: str | None,
+    user_agent: str | None,
+    texts: list[str | None],
+    stage: str,
+    trace_id: str | None,
+    parent: str | None,
+    lat: float | None,
+    lon: float | None,
     key: str | None,
 ) -> None:
     record = AccessRecord(
-        dataset="nginx.access", timestamp_ns=start, method=method, status=status,
-        duration_ns=duration, user_agent=user_agent, request_id=request_id,
+        dataset="nginx.access",
+        timestamp_ns=start,
+        method=method,
+        status=status,
+        duration_ns=duration,
+        user_agent=user_agent,
+        request_id=request_id,
     )
     gray_id, version, path_group, route, url_path, client_ip, country, city = texts
     enr = Enrichment(
-        gray_id=gray_id, stage=stage, version=version, path_group=path_group, route=route,
-        url_path=url_path, client_ip=client_ip, trace_id=trace_id, span_id=parent,
+        gray_id=gray_id,
+        stage=stage,
+        version=version,
+        path_group=path_group,
+        route=route,
+        url_path=url_path,
+        client_ip=client_ip,
+        trace_id=trace_id,
+        span_id=parent,
         geo=GeoInfo(country_iso_code=country, city_name=city, lat=lat, lon=lon),
         service_name=city,
     )

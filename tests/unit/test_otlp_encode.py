@@ -161,7 +161,9 @@ def test_grouped_by_service_like_the_reference() -> None:
     assert_same_as_reference(spans)
     request = parse(encode_request(spans))
     assert [rs.resource.attributes[0].value.string_value for rs in request.resource_spans] == [
-        "a", "b", "c"
+        "a",
+        "b",
+        "c",
     ]
 
 
@@ -169,15 +171,24 @@ def test_built_spans_encode_like_the_reference() -> None:
     spans = []
     for i in range(40):
         record = AccessRecord(
-            dataset="envoy.access", timestamp_ns=1_700_000_000_000_000_000 + i, method="GET",
-            uri=f"/p/{i}", status=(200, 503, 404)[i % 3], duration_ns=i * 1000,
-            user_agent="curl/8" if i % 4 else None, request_id=f"req-{i}",
+            dataset="envoy.access",
+            timestamp_ns=1_700_000_000_000_000_000 + i,
+            method="GET",
+            uri=f"/p/{i}",
+            status=(200, 503, 404)[i % 3],
+            duration_ns=i * 1000,
+            user_agent="curl/8" if i % 4 else None,
+            request_id=f"req-{i}",
         )
         enr = Enrichment(
-            url_path=f"/p/{i}", gray_id="exp1" if i % 2 else None, route="/p/{id}",
-            client_ip=f"203.0.113.{i}", service_name=("a", "b", None)[i % 3],
+            url_path=f"/p/{i}",
+            gray_id="exp1" if i % 2 else None,
+            route="/p/{id}",
+            client_ip=f"203.0.113.{i}",
+            service_name=("a", "b", None)[i % 3],
             geo=GeoInfo(country_iso_code="DE", lat=52.5, lon=13 if i % 5 else -0.0),
-            trace_id=f"{i + 1:032x}" if i % 2 else None, span_id=f"{i + 1:016x}",
+            trace_id=f"{i + 1:032x}" if i % 2 else None,
+            span_id=f"{i + 1:016x}",
         )
         built = build_span(record, enr)
         assert built is not None
@@ -192,14 +203,20 @@ def test_the_memo_gives_each_type_its_own_encoding() -> None:
     # an entry, whatever came first.
     values: list[Any] = [1, True, 1.0, 0, False, 0.0, -0.0, 200, 200.0, 0.5, "1", 2**40]
     for order in (values, values[::-1]):
-        spans = [span(i, attributes={"k": v, "http.response.status_code": v, "geo.location.lat": v})
-                 for i, v in enumerate(order)]
+        spans = [
+            span(i, attributes={"k": v, "http.response.status_code": v, "geo.location.lat": v})
+            for i, v in enumerate(order)
+        ]
         assert_same_as_reference(spans)
 
 
 def test_text_protobuf_cannot_take_as_given_is_replaced() -> None:
     bad = span(
-        0, "svc\udc80", name="GET /\ud800x", status_message="HTTP 5\udfff", error=True,
+        0,
+        "svc\udc80",
+        name="GET /\ud800x",
+        status_message="HTTP 5\udfff",
+        error=True,
         attributes={"user_agent.original": "x\udcff", "url.path": "\ud83d", "other": "\udc00"},
     )
     assert_same_as_reference([bad, span(1)])
@@ -251,7 +268,10 @@ def test_unhashable_and_other_values_are_written_as_text() -> None:
     odd = span(0, attributes={"list": [1, 2], "none": None, "bytes": b"\x00", "ok": "x"})
     assert_same_as_reference([odd])
     assert request_to_dicts(parse(encode_request([odd])))[0]["attributes"] == {
-        "list": "[1, 2]", "none": "None", "bytes": "b'\\x00'", "ok": "x"
+        "list": "[1, 2]",
+        "none": "None",
+        "bytes": "b'\\x00'",
+        "ok": "x",
     }
 
 
@@ -293,8 +313,9 @@ def span_data(draw: st.DrawFn) -> SpanData:
     return SpanData(
         trace_id=draw(ids),
         span_id=draw(st.one_of(st.binary(min_size=8, max_size=8), st.binary(max_size=10))),
-        parent_span_id=draw(st.one_of(st.none(), st.binary(min_size=8, max_size=8),
-                                      st.binary(max_size=10))),
+        parent_span_id=draw(
+            st.one_of(st.none(), st.binary(min_size=8, max_size=8), st.binary(max_size=10))
+        ),
         name=draw(any_text),
         start_ns=draw(uint64),
         end_ns=draw(uint64),

@@ -195,7 +195,9 @@ async def test_batches_of_batch_size() -> None:
     assert transport.batch_sizes() == [3, 3, 1]
     assert ex.stats.spans_exported_total == 7
     assert ex.stats.export_requests_total == {
-        "success": 3, "retriable_error": 0, "permanent_error": 0
+        "success": 3,
+        "retriable_error": 0,
+        "permanent_error": 0,
     }
     await ex.stop()
 
@@ -256,7 +258,9 @@ async def test_a_retry_that_succeeds_exports_the_batch() -> None:
     assert await ex.flush(timeout=10)
     assert ex.stats.spans_exported_total == 5
     assert ex.stats.export_requests_total == {
-        "success": 1, "retriable_error": 2, "permanent_error": 0
+        "success": 1,
+        "retriable_error": 2,
+        "permanent_error": 0,
     }
     assert ex.stats.spans_dropped == 0
     # The retried request is the same batch, not a re-encoding of other spans.

@@ -200,8 +200,16 @@ def test_unknown_duration_gives_zero_length_span() -> None:
 
 
 def test_status_error_only_for_5xx() -> None:
-    for status, error in ((500, True), (503, True), (599, True), (499, False), (404, False),
-                          (200, False), (600, False), (None, False)):
+    for status, error in (
+        (500, True),
+        (503, True),
+        (599, True),
+        (499, False),
+        (404, False),
+        (200, False),
+        (600, False),
+        (None, False),
+    ):
         span = build_span(record(status=status), enrichment())
         assert span is not None
         assert span.error is error, status
@@ -252,14 +260,35 @@ hex_id = st.one_of(st.none(), st.text("0123456789abcdef", min_size=0, max_size=3
     service=optional_text,
 )
 def test_any_input_gives_a_valid_span_within_the_schema(
-    method: str | None, status: int | None, duration: int | None, request_id: str | None,
-    user_agent: str | None, trace_id: str | None, span_id: str | None, gray_id: str | None,
-    route: str | None, path_group: str | None, lat: float | None, service: str | None,
+    method: str | None,
+    status: int | None,
+    duration: int | None,
+    request_id: str | None,
+    user_agent: str | None,
+    trace_id: str | None,
+    span_id: str | None,
+    gray_id: str | None,
+    route: str | None,
+    path_group: str | None,
+    lat: float | None,
+    service: str | None,
 ) -> None:
-    rec = record(method=method, status=status, duration_ns=duration, request_id=request_id,
-                 user_agent=user_agent)
-    enr = enrichment(trace_id=trace_id, span_id=span_id, gray_id=gray_id, route=route,
-                     path_group=path_group, geo=GeoInfo(lat=lat), service_name=service)
+    rec = record(
+        method=method,
+        status=status,
+        duration_ns=duration,
+        request_id=request_id,
+        user_agent=user_agent,
+    )
+    enr = enrichment(
+        trace_id=trace_id,
+        span_id=span_id,
+        gray_id=gray_id,
+        route=route,
+        path_group=path_group,
+        geo=GeoInfo(lat=lat),
+        service_name=service,
+    )
     span = build_span(rec, enr, fallback_key="topic-0-1")
     assert span is not None
     assert len(span.trace_id) == 16 and any(span.trace_id)
@@ -271,8 +300,10 @@ def test_any_input_gives_a_valid_span_within_the_schema(
     for name, value in span.attributes.items():
         assert type(value) is KIND_TYPES[listed[name]], name
         assert value != ""
-    assert build_span(dataclasses.replace(rec), dataclasses.replace(enr),
-                      fallback_key="topic-0-1") == span
+    assert (
+        build_span(dataclasses.replace(rec), dataclasses.replace(enr), fallback_key="topic-0-1")
+        == span
+    )
 
 
 def test_lone_surrogates_in_ids_do_not_crash() -> None:
@@ -284,14 +315,28 @@ def test_lone_surrogates_in_ids_do_not_crash() -> None:
 @pytest.mark.parametrize(
     ("rec", "enr", "key", "trace_id", "span_id"),
     [
-        (record(), enrichment(), None,
-         "4bf92f3577b34da6a3ce929d0e0e4736", "657a46b32c6f58a6"),
-        (record(), enrichment(trace_id=None), None,
-         "fb404dc0c80253bcebcb2b0ac89568bb", "1e6eab01407e81bc"),
-        (record(request_id=None), enrichment(trace_id=None, span_id=None), "access-logs-0-42",
-         "6c23506b8a83d14f712729618909a2d7", "d3d89b5624fa8dbc"),
-        (record(request_id="abc\ud800", uri="/x\udcff"), enrichment(trace_id=None), None,
-         "efe9a02ad5cfc7b6149f5893e9406a21", "14a9ed109c76e950"),
+        (record(), enrichment(), None, "4bf92f3577b34da6a3ce929d0e0e4736", "657a46b32c6f58a6"),
+        (
+            record(),
+            enrichment(trace_id=None),
+            None,
+            "fb404dc0c80253bcebcb2b0ac89568bb",
+            "1e6eab01407e81bc",
+        ),
+        (
+            record(request_id=None),
+            enrichment(trace_id=None, span_id=None),
+            "access-logs-0-42",
+            "6c23506b8a83d14f712729618909a2d7",
+            "d3d89b5624fa8dbc",
+        ),
+        (
+            record(request_id="abc\ud800", uri="/x\udcff"),
+            enrichment(trace_id=None),
+            None,
+            "efe9a02ad5cfc7b6149f5893e9406a21",
+            "14a9ed109c76e950",
+        ),
     ],
 )
 def test_ids_are_those_exported_before(
@@ -311,9 +356,16 @@ def test_attributes_come_in_the_schema_order() -> None:
     partial = build_span(record(user_agent=None), enrichment(gray_id=None, geo=GeoInfo(lat=1.5)))
     assert partial is not None
     assert list(partial.attributes) == [
-        name for name in schemas.span_attributes()
-        if name not in ("gray.id", "user_agent.original", "geo.country.iso_code",
-                        "geo.locality.name", "geo.location.lon")
+        name
+        for name in schemas.span_attributes()
+        if name
+        not in (
+            "gray.id",
+            "user_agent.original",
+            "geo.country.iso_code",
+            "geo.locality.name",
+            "geo.location.lon",
+        )
     ]
 
 

@@ -76,7 +76,7 @@ def resolve_message(raw: bytes, max_bytes: int = 1_048_576) -> ParseJob:
                 # `[` also opens Envoy's TEXT lines (and custom text formats).
                 raise RejectedInput(
                     Reason.UNKNOWN_FORMAT,
-                    "neither a JSON object nor an Envoy TEXT line ([%START_TIME%] \"...\")",
+                    'neither a JSON object nor an Envoy TEXT line ([%START_TIME%] "...")',
                 ) from None
             raise RejectedInput(Reason.INVALID_JSON, str(exc)[:200]) from None
         return _resolve_value(value, 0)

@@ -73,9 +73,7 @@ def parse_envoy_text(line: str) -> AccessRecord:
             'Envoy TEXT line: no "X-FORWARDED-FOR" "USER-AGENT" "X-REQUEST-ID" ":AUTHORITY"'
             ' "UPSTREAM_HOST" fields',
         )
-    start_time, request, status, bytes_received, bytes_sent, duration, upstream_time = (
-        head.groups()
-    )
+    start_time, request, status, bytes_received, bytes_sent, duration, upstream_time = head.groups()
     forwarded_for, user_agent, request_id, authority, upstream_host = headers.groups()
     parts = request.split(" ")
     if len(parts) == 3:

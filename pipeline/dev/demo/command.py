@@ -94,6 +94,15 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {DEFAULT_REGRESSION}; 'none' for a healthy canary)",
     )
     parser.add_argument(
+        "--conversion-drop",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="the canary's users of the playground funnel (/play -> /play/compile -> "
+        "/play/share) go on this much less often (0..1; default 0: the funnel is judged, "
+        "with no drop)",
+    )
+    parser.add_argument(
         "--keep-running",
         action="store_true",
         help="after the summary keep everything up, print the endpoints, wait for Ctrl-C",
@@ -119,6 +128,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise ConfigError("--rate", "must be > 0")
     if args.regression.lower() != "none":
         check_path_group(args.regression)
+    if not 0.0 <= getattr(args, "conversion_drop", 0.0) <= 1.0:
+        raise ConfigError("--conversion-drop", "must be within 0..1")
 
 
 class _Interrupted(KeyboardInterrupt):
@@ -181,8 +192,15 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
             base_env=os.environ,
             say=lambda text: status.message(f"  {text}"),
         )
+        from pipeline.dev.synth import FunnelTraffic
+
         plan = TrafficPlan(
-            stages, args.seed, regression, args.rate, (STABLE_VERSION, CANARY_VERSION)
+            stages,
+            args.seed,
+            regression,
+            args.rate,
+            (STABLE_VERSION, CANARY_VERSION),
+            FunnelTraffic(canary_drop=getattr(args, "conversion_drop", 0.0)),
         )
         status.message(
             f"sending {format_count(args.rate)} requests/s for {args.duration:g} s "

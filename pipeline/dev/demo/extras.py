@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.canary import format_verdicts
-from pipeline.canary.client import fetch_verdicts
+from pipeline.canary.client import fetch_canary, fetch_verdicts
+from pipeline.canary.format import format_funnels
 from pipeline.canary.records import Decision, Verdict
 from pipeline.dev.demo.report import Section
 from pipeline.dev.demo.summary import INDEX_PATTERN, Summary, Window
@@ -53,7 +54,17 @@ def extra_sections(context: DemoContext) -> list[Section]:
         "Canary verdicts (worker /canary, `grayscope canary status`: anytime-valid evidence "
         "of the whole rollout against 1/alpha; counts, z and p of the latest complete window)"
     )
-    return [Section(title, format_verdicts(verdicts).rstrip("\n").splitlines())]
+    sections = [Section(title, format_verdicts(verdicts).rstrip("\n").splitlines())]
+    funnels = fetch_canary(context.worker_url).get("funnels") or ()
+    if funnels:
+        sections.append(
+            Section(
+                "Conversion funnel (users by client address: /play -> /play/compile ->"
+                " /play/share; counts per arm, the drop with its bounds, the evidence)",
+                format_funnels(funnels).rstrip("\n").splitlines(),
+            )
+        )
+    return sections
 
 
 def _wait_for_verdicts(context: DemoContext) -> list[Verdict]:

@@ -38,7 +38,7 @@ from pipeline.dev.embedded.store import EmbeddedStore
 from pipeline.dev.stack.kafka import KafkaNode, kafka_lib, kafka_version
 from pipeline.dev.stack.opensearch import OpenSearchNode, opensearch_lib, opensearch_version
 from pipeline.dev.stack.process import free_port
-from pipeline.dev.synth import PATH_RULES
+from pipeline.dev.synth import FUNNEL_SPEC, PATH_RULES
 from pipeline.errors import EmbeddedServiceError
 from pipeline.telemetry import sample_sums
 
@@ -121,6 +121,9 @@ def worker_env(
         # The synthetic traffic's routes; the default (first two segments) would
         # make every blog post its own path group.
         env["GRAYSCOPE_PATH_RULES"] = orjson.dumps(list(PATH_RULES)).decode()
+    if not settings.canary_funnels.strip():
+        # The synthetic users' funnel on the go.dev playground, keyed by client address.
+        env["GRAYSCOPE_CANARY_FUNNELS"] = orjson.dumps(list(FUNNEL_SPEC)).decode()
     return env
 
 

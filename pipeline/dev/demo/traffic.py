@@ -29,6 +29,7 @@ from pipeline.commands.produce import (
 from pipeline.dev.demo.progress import Counts, drain_line, drained, traffic_line
 from pipeline.dev.demo.stages import Stage, stage_at
 from pipeline.dev.demo.summary import Window
+from pipeline.dev.synth import FunnelTraffic
 
 POLL_INTERVAL = 0.5
 DRAIN_TIMEOUT = 90.0
@@ -54,6 +55,7 @@ class TrafficPlan:
     regression_path_group: str | None
     rate: float
     versions: tuple[str, str]  # (stable, canary)
+    funnel: FunnelTraffic | None = None  # users walking the playground funnel
 
     @property
     def duration(self) -> float:
@@ -125,6 +127,7 @@ async def _rollout(
                 stage.canary_share,
                 plan.regression_path_group,
                 versions=plan.versions,
+                funnel=plan.funnel,
             )
             source = iterate(chunked(values, synthetic_chunk_size(plan.rate)))
             start_ns = time.time_ns()

@@ -27,17 +27,11 @@ from pipeline.errors import EmbeddedServiceError
 log = logging.getLogger(__name__)
 
 
-
-
-
-
-
 def default_log_path(name: str) -> Path:
     """A fresh file in the temp directory, kept after stop for post-mortems."""
     fd, path = tempfile.mkstemp(prefix=f"grayscope-{name}-", suffix=".log")
     os.close(fd)
     return Path(path)
-
 
 
 class ChildProcess:

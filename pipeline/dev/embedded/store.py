@@ -31,7 +31,6 @@ from pipeline.errors import EmbeddedServiceError, StoreHTTPError
 log = logging.getLogger(__name__)
 
 
-
 def _resolve_binary(binary: str | None) -> str:
     if binary:
         return binary

@@ -111,7 +111,6 @@ class OtlpStats:
         return sum(self.spans_dropped_total.values())
 
 
-
 class Transport(Protocol):
     """Sends one export request; returns how many spans the collector rejected.
 
@@ -374,7 +373,10 @@ class OtlpExporter:
             )
             log.info(
                 "OTLP export to %s (queue %d, batch %d, %d requests at once, retries %d)",
-                self.endpoint.display, self.queue_size, self.batch_size, self.max_concurrent,
+                self.endpoint.display,
+                self.queue_size,
+                self.batch_size,
+                self.max_concurrent,
                 self.max_retries,
             )
 
@@ -521,8 +523,13 @@ class OtlpExporter:
         self.stats.spans_dropped_total[DropReason.EXPORT_FAILED] += dropped
         level = logging.DEBUG if self._failing else logging.WARNING
         self._failing = True
-        log.log(level, "OTLP export failed after %d retries, %d spans dropped: %s",
-                retries, dropped, error)
+        log.log(
+            level,
+            "OTLP export failed after %d retries, %d spans dropped: %s",
+            retries,
+            dropped,
+            error,
+        )
 
 
 async def _wait(event: asyncio.Event, timeout: float | None) -> bool:

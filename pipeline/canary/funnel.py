@@ -1,0 +1,682 @@
+"""Conversion funnels: specs, step matching, per-user progress, the conversion e-process (pure).
+
+A funnel is an ordered list of steps, each a request pattern (path group,
+route or path regex; method; status class). Its unit is a user, named by a
+configurable key: a cookie, a header or the client address. A user *reaches*
+step ``k + 1`` when a request of theirs matches it at most ``window_seconds``
+after they reached step ``k``; per arm (the user's stage at step 0) the
+funnel's conversion at step ``k`` is the share of the users who reached ``k``
+and went on to ``k + 1`` in time. Each user counts once per step.
+
+Privacy: the user key is hashed (``user_hash``) on the worker before it
+leaves the batch; only the hash is kept in state, and neither appears in a
+metric label or a log line.
+
+Statistics (``evidence``'s grid and mixtures)
+---------------------------------------------
+Users are grouped by the window (the canary window size) in which they
+reached step ``k``: a *stratum*. A stratum is judged only once every user in
+it has had the full conversion window (plus one window of grace for late
+events): right-censoring -- a user still inside their window is not yet a
+non-converter. The stratum is then a 2x2 table canary/stable x
+not converted/converted. Given its margins, the canary's number of
+non-converters follows Fisher's noncentral hypergeometric law in the odds
+ratio ``omega`` (canary/stable odds of not converting); ``fisher_loglik``
+adds its exact log-likelihood on ``evidence.GRID`` (``log omega``) to the
+step's grid. The family is exponential in ``log omega`` and exact at
+``omega = 1``, so the mixture of likelihood ratios above 1
+(``evidence.log_e_value`` at ``CENTRE``) is an e-process for ``H0: the canary
+converts at least as well``, at any conversion rate (unlike the rare-event
+binomial split of the 5xx test, which loses most of its power when the
+event is common). Stratifying by the time users *entered* keeps a moving
+canary share (1 -> 5 -> 25 -> 50 %) from reading as a conversion change.
+
+A funnel's e-value is the mean of its steps' e-values (valid under any
+dependence between steps), each counted only while the estimated drop in
+conversion reaches ``min_drop`` (a gate can only lower an e-value). The
+engine mixes the funnels into the rollout's evidence (``engine.assess``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from pipeline.canary import evidence
+
+STATE_VERSION = 1
+#: The 2x2 counts of a stratum or of the whole rollout at one step:
+#: [canary reached, canary converted, stable reached, stable converted].
+CountsRow = list[int]
+HISTORY_LIMIT = 720
+DEFAULT_WINDOW_SECONDS = 600.0
+DEFAULT_MAX_USERS = 100_000
+ARMS = ("stable", "canary")  # index = arm code
+USER_KEY_KINDS = ("cookie", "header", "client_ip")
+STATUS_CLASSES = {"1xx": 1, "2xx": 2, "3xx": 3, "4xx": 4, "5xx": 5}
+
+
+# --- specs ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StepSpec:
+    """One step's request pattern; every given part must match (at least one is given)."""
+
+    path_group: str | None = None  # equal to the request's path group
+    route: str | None = None  # equal to the request's route (path rules)
+    path: str | None = None  # regex, full match on the URL path
+    method: str | None = None  # upper-case
+    status_class: int | None = None  # 2 for 2xx
+
+    def label(self) -> str:
+        parts = [self.method or "*", self.path_group or self.route or self.path or "*"]
+        if self.status_class is not None:
+            parts.append(f"{self.status_class}xx")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class FunnelSpec:
+    name: str
+    steps: tuple[StepSpec, ...]
+    user_key: tuple[str, str]  # ("cookie", name) | ("header", name) | ("client_ip", "")
+    window_seconds: float = DEFAULT_WINDOW_SECONDS
+    min_drop: float = 0.0  # smallest absolute conversion drop worth a rollback
+    max_users: int = DEFAULT_MAX_USERS
+    patterns: tuple[re.Pattern[str] | None, ...] = field(default=(), compare=False, repr=False)
+
+
+def _user_key(value: Any, where: str) -> tuple[str, str]:
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: user_key must be 'cookie:NAME', 'header:NAME' or 'client_ip'")
+    kind, _, name = value.partition(":")
+    kind = kind.strip().lower()
+    name = name.strip().lower()
+    if kind == "client_ip" and not name:
+        return ("client_ip", "")
+    if kind in ("cookie", "header") and name:
+        return (kind, name.replace("_", "-") if kind == "header" else name)
+    raise ValueError(f"{where}: user_key must be 'cookie:NAME', 'header:NAME' or 'client_ip'")
+
+
+def _step(raw: Any, where: str) -> StepSpec:
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: a step must be an object")
+    unknown = set(raw) - {"path_group", "route", "path", "method", "status_class"}
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+    values: dict[str, Any] = {}
+    for key in ("path_group", "route", "path", "method"):
+        value = raw.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{where}: {key} must be a non-empty string")
+        values[key] = value.strip()
+    if not any(k in values for k in ("path_group", "route", "path")):
+        raise ValueError(f"{where}: needs a path_group, a route or a path regex")
+    if "path" in values:
+        try:
+            re.compile(values["path"])
+        except re.error as exc:
+            raise ValueError(f"{where}: path is not a valid regular expression: {exc}") from exc
+    if "method" in values:
+        values["method"] = values["method"].upper()
+    status = raw.get("status_class")
+    if status is not None:
+        if not isinstance(status, str) or status.lower() not in STATUS_CLASSES:
+            raise ValueError(f"{where}: status_class must be one of 1xx .. 5xx")
+        values["status_class"] = STATUS_CLASSES[status.lower()]
+    return StepSpec(**values)
+
+
+def parse_funnels(text: str) -> tuple[FunnelSpec, ...]:
+    """The ``GRAYSCOPE_CANARY_FUNNELS`` setting (a JSON list); ``ValueError`` says what is wrong."""
+    if not text.strip():
+        return ()
+    try:
+        raw = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from exc
+    if not isinstance(raw, list):
+        raise ValueError("must be a JSON list of funnels")
+    out: list[FunnelSpec] = []
+    for index, item in enumerate(raw):
+        where = f"funnel {index}"
+        if not isinstance(item, Mapping):
+            raise ValueError(f"{where}: must be an object")
+        unknown = set(item) - {
+            "name",
+            "steps",
+            "user_key",
+            "window_seconds",
+            "min_drop",
+            "max_users",
+        }
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+        name = item.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", name):
+            raise ValueError(f"{where}: name must be 1-64 letters, digits, '_', '.' or '-'")
+        where = f"funnel {name!r}"
+        if any(f.name == name for f in out):
+            raise ValueError(f"{where}: the name is used twice")
+        steps_raw = item.get("steps")
+        if not isinstance(steps_raw, list) or not 2 <= len(steps_raw) <= 10:
+            raise ValueError(f"{where}: steps must be a list of 2 to 10 steps")
+        steps = tuple(_step(s, f"{where} step {i}") for i, s in enumerate(steps_raw))
+        window = item.get("window_seconds", DEFAULT_WINDOW_SECONDS)
+        if isinstance(window, bool) or not isinstance(window, int | float) or window <= 0:
+            raise ValueError(f"{where}: window_seconds must be a positive number")
+        min_drop = item.get("min_drop", 0.0)
+        if isinstance(min_drop, bool) or not isinstance(min_drop, int | float):
+            raise ValueError(f"{where}: min_drop must be a number in [0, 1)")
+        if not 0.0 <= min_drop < 1.0:
+            raise ValueError(f"{where}: min_drop must be a number in [0, 1)")
+        max_users = item.get("max_users", DEFAULT_MAX_USERS)
+        if isinstance(max_users, bool) or not isinstance(max_users, int) or max_users < 1:
+            raise ValueError(f"{where}: max_users must be a positive integer")
+        out.append(
+            FunnelSpec(
+                name=name,
+                steps=steps,
+                user_key=_user_key(item.get("user_key", "client_ip"), where),
+                window_seconds=float(window),
+                min_drop=float(min_drop),
+                max_users=max_users,
+                patterns=tuple(None if s.path is None else re.compile(s.path) for s in steps),
+            )
+        )
+    return tuple(out)
+
+
+def user_keys(specs: Sequence[FunnelSpec]) -> tuple[tuple[str, str], ...]:
+    """The distinct user keys the funnels need, in first-use order (what the core extracts)."""
+    out: list[tuple[str, str]] = []
+    for spec in specs:
+        if spec.user_key not in out:
+            out.append(spec.user_key)
+    return tuple(out)
+
+
+# --- matching ------------------------------------------------------------------
+
+
+def matching_steps(
+    spec: FunnelSpec,
+    path: str | None,
+    route: str | None,
+    path_group: str | None,
+    method: str | None,
+    status: int | None,
+) -> list[int]:
+    """Indices of the steps this request matches (usually none or one)."""
+    out = []
+    for index, step in enumerate(spec.steps):
+        if step.path_group is not None and step.path_group != path_group:
+            continue
+        if step.route is not None and step.route != route:
+            continue
+        if step.method is not None and (method or "").upper() != step.method:
+            continue
+        if step.status_class is not None and (status is None or status // 100 != step.status_class):
+            continue
+        if step.path is not None:
+            pattern = spec.patterns[index] if spec.patterns else re.compile(step.path)
+            if path is None or pattern is None or pattern.fullmatch(path) is None:
+                continue
+        out.append(index)
+    return out
+
+
+def user_hash(funnel: str, key: str) -> str:
+    """The user as state keeps them: 64 bits of a keyed BLAKE2b, never the key itself."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8, key=b"grayscope")
+    digest.update(funnel.encode())
+    return digest.hexdigest()
+
+
+# A funnel hit as it travels from the batch side to the table owner:
+# (user hash, step, arm code (1 canary, 0 stable), event time in epoch seconds).
+Hit = tuple[str, int, int, float]
+
+
+def hits_of(
+    specs: Sequence[FunnelSpec],
+    inputs: Sequence[tuple[Any, ...]],
+    keys: Sequence[tuple[str, str]],
+) -> tuple[dict[str, list[Hit]], int]:
+    """Funnel hits per funnel from the core's ``funnel_inputs``; also the matches without a key.
+
+    ``inputs``: (url path, route, path group, method, status, time ns, stage, user keys).
+    """
+    out: dict[str, list[Hit]] = {}
+    keyless = 0
+    key_index = {key: i for i, key in enumerate(keys)}
+    for path, route, path_group, method, status, timestamp_ns, stage, values in inputs:
+        if not timestamp_ns:
+            continue
+        for spec in specs:
+            steps = matching_steps(spec, path, route, path_group, method, status)
+            if not steps:
+                continue
+            value = values[key_index[spec.user_key]]
+            if not value:
+                keyless += 1
+                continue
+            user = user_hash(spec.name, value)
+            arm = 1 if stage == "canary" else 0
+            at = timestamp_ns / 1e9
+            bucket = out.setdefault(spec.name, [])
+            for step in steps:
+                bucket.append((user, step, arm, at))
+    return out, keyless
+
+
+# --- per-user progress and the funnel's state ------------------------------------
+
+
+@dataclass(slots=True)
+class FunnelState:
+    """One funnel's rollout so far (JSON-serialisable): the changelogged table's value."""
+
+    name: str
+    steps: int
+    pending: dict[str, CountsRow] = field(default_factory=dict)  # "step:stratum start"
+    totals: list[CountsRow] = field(default_factory=list)  # resolved, per step
+    loglik: list[list[float]] = field(default_factory=list)  # per step (non-conversion ratio)
+    watermark: float = 0.0  # newest event time seen (event-time clock of the funnel)
+    last_canary_at: float = 0.0
+    late_conversions: int = 0  # conversions of a stratum already judged
+    evicted_users: int = 0  # users dropped by the cap before their window ended
+    history: list[list[float]] = field(default_factory=list)
+    rolled_back: bool = False  # sticky for the rollout (set through a control record)
+
+    def __post_init__(self) -> None:
+        transitions = max(self.steps - 1, 0)
+        if not self.totals:
+            self.totals = [[0, 0, 0, 0] for _ in range(transitions)]
+        if not self.loglik:
+            self.loglik = [evidence.zero_loglik() for _ in range(transitions)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": STATE_VERSION,
+            "name": self.name,
+            "steps": self.steps,
+            "pending": self.pending,
+            "totals": self.totals,
+            "loglik": self.loglik,
+            "watermark": self.watermark,
+            "last_canary_at": self.last_canary_at,
+            "late": self.late_conversions,
+            "evicted": self.evicted_users,
+            "rolled_back": self.rolled_back,
+            "history": [[v if math.isfinite(v) else None for v in p] for p in self.history],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> FunnelState:
+        if not isinstance(data, Mapping) or data.get("v") != STATE_VERSION:
+            raise ValueError("not a funnel state (version 1)")
+        try:
+            steps = int(data["steps"])
+            loglik = [[float(v) for v in row] for row in data["loglik"]]
+            if len(loglik) != steps - 1 or any(len(r) != evidence.GRID_SIZE for r in loglik):
+                raise ValueError("log-likelihood grid of the wrong size")
+            totals = [[int(v) for v in row] for row in data["totals"]]
+            if len(totals) != steps - 1 or any(len(r) != 4 for r in totals):
+                raise ValueError("funnel totals of the wrong size")
+            return cls(
+                name=str(data["name"]),
+                steps=steps,
+                pending={str(k): [int(v) for v in row] for k, row in dict(data["pending"]).items()},
+                totals=totals,
+                loglik=loglik,
+                watermark=float(data["watermark"]),
+                last_canary_at=float(data["last_canary_at"]),
+                late_conversions=int(data["late"]),
+                evicted_users=int(data["evicted"]),
+                rolled_back=bool(data.get("rolled_back", False)),
+                history=[
+                    [-math.inf if v is None else float(v) for v in point]
+                    for point in data["history"]
+                ],
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed funnel state: {exc}") from exc
+
+
+def fisher_loglik(x: int, m: int, n1: int, n0: int) -> list[float] | None:
+    """One stratum's exact log-likelihood of ``x`` canary events among ``m`` on the grid.
+
+    Fisher's noncentral hypergeometric: ``P(x) = C(n1,x) C(n0,m-x) w^x / sum_u (...)``
+    with ``log w`` at each grid point; the ``x``-only terms cancel in every ratio and are
+    left out. None when the stratum carries no information (no events, no non-events,
+    or an arm without users).
+    """
+    if n1 <= 0 or n0 <= 0 or m <= 0 or m >= n1 + n0:
+        return None
+    if not max(0, m - n0) <= x <= min(n1, m):
+        raise ValueError("canary events must fit the stratum's margins")
+    lg = math.lgamma
+    low, high = max(0, m - n0), min(n1, m)
+    weights = [
+        -lg(u + 1) - lg(n1 - u + 1) - lg(m - u + 1) - lg(n0 - m + u + 1)
+        for u in range(low, high + 1)
+    ]
+    kept = list(enumerate(weights, start=low))
+    out = []
+    for log_w in evidence.GRID:
+        terms = [w + u * log_w for u, w in kept]
+        peak = max(terms)
+        log_norm = peak + math.log(sum(math.exp(t - peak) for t in terms))
+        out.append(x * log_w - log_norm)
+    return out
+
+
+def _stratum(step: int, at: float, bucket: int) -> str:
+    return f"{step}:{int(at // bucket) * bucket}"
+
+
+def _count(
+    state: FunnelState, step: int, at: float, arm: int, bucket: int, converted: bool
+) -> None:
+    if step >= state.steps - 1:
+        return  # the last step has no next one to convert to
+    key = _stratum(step, at, bucket)
+    row = state.pending.get(key)
+    if row is None:
+        if converted:  # the stratum was judged already: the user was counted as not converted
+            state.late_conversions += 1
+            return
+        row = state.pending[key] = [0, 0, 0, 0]
+    offset = 0 if arm == 1 else 2
+    row[offset + (1 if converted else 0)] += 1
+
+
+#: Logs at second resolution (nginx) can put a next step up to a second before the step
+#: it follows: within this tolerance the order of two steps is taken as logged.
+ORDER_TOLERANCE_S = 1.0
+
+
+def record_hit(
+    spec: FunnelSpec,
+    state: FunnelState,
+    progress: Mapping[str, Any] | None,
+    hit: Hit,
+    bucket: int,
+) -> dict[str, Any] | None:
+    """Apply one hit to a user's progress; the new progress, or None when nothing changed.
+
+    Progress is ``{"a": arm code at step 0 (None before), "t": [time per step or None],
+    "c": steps counted so far}``. A user enters at step 0 (once per retention) and
+    reaches ``k + 1`` when a hit of step ``k + 1`` lies within the window after step
+    ``k``. Hits may arrive out of order (the access-log partitions are consumed side by
+    side): a later step seen first is kept and counted once its predecessor arrives.
+    """
+    _, step, arm, at = hit
+    state.watermark = max(state.watermark, at)
+    if arm == 1:
+        state.last_canary_at = max(state.last_canary_at, at)
+    if step >= len(spec.steps):
+        return None
+    if progress is None:
+        progress = {"a": None, "t": [None] * len(spec.steps), "c": 0}
+    times: list[float | None] = list(progress["t"])
+    counted = int(progress.get("c", sum(t is not None for t in times)))
+    if step < counted:
+        return None  # this step is counted already: once per step
+    kept = times[step]
+    if step == 0:
+        if kept is not None:
+            return None
+        times[0] = at
+        user_arm = arm
+    else:
+        user_arm = progress["a"]
+        previous = times[step - 1]
+        fits_kept = kept is not None and previous is not None and _follows(kept, previous, spec)
+        if kept is not None and (fits_kept or (previous is None and at > kept)):
+            return None  # keep the hit that follows its step, else the earliest
+        times[step] = at
+    while counted < len(times):
+        if counted == 0:
+            if times[0] is None:
+                break
+            _count(state, 0, times[0], int(user_arm), bucket, converted=False)
+        else:
+            previous, current = times[counted - 1], times[counted]
+            if previous is None or current is None or not _follows(current, previous, spec):
+                break
+            _count(state, counted - 1, previous, int(user_arm), bucket, converted=True)
+            _count(state, counted, current, int(user_arm), bucket, converted=False)
+        counted += 1
+    return {"a": user_arm, "t": times, "c": counted}
+
+
+def _follows(current: float, previous: float, spec: FunnelSpec) -> bool:
+    return previous - ORDER_TOLERANCE_S <= current <= previous + spec.window_seconds
+
+
+def last_seen(progress: Mapping[str, Any]) -> float:
+    return max(t for t in progress["t"] if t is not None)
+
+
+def user_expired(spec: FunnelSpec, progress: Mapping[str, Any], now: float, bucket: int) -> bool:
+    """Past its last step's window plus a window of grace: nothing it does can count any more."""
+    return last_seen(progress) + spec.window_seconds + 2 * bucket <= now
+
+
+def resolve(spec: FunnelSpec, state: FunnelState, bucket: int, up_to: float | None = None) -> int:
+    """Judge every stratum whose users have all had their full window; returns how many.
+
+    The clock is the funnel's event time (``state.watermark``), or ``up_to`` when later:
+    the verdict timer passes the event time of the whole stream (the wall clock once
+    traffic stopped) so that a quiet funnel is still judged, on a copy of the state (a
+    stratum judged early misses conversions of both arms alike: power, not validity).
+    """
+    done = 0
+    clock = state.watermark if up_to is None else max(state.watermark, up_to)
+    horizon = clock - spec.window_seconds - 2 * bucket
+    for key in sorted(state.pending, key=lambda k: (int(k.split(":")[1]), int(k.split(":")[0]))):
+        step_text, start_text = key.split(":")
+        step, start = int(step_text), int(start_text)
+        if start > horizon:
+            continue
+        c_reached, c_conv, s_reached, s_conv = state.pending.pop(key)
+        not_c, not_s = c_reached - c_conv, s_reached - s_conv
+        evidence.accumulate(
+            state.loglik[step], fisher_loglik(not_c, not_c + not_s, c_reached, s_reached)
+        )
+        total = state.totals[step]
+        for i, value in enumerate((c_reached, c_conv, s_reached, s_conv)):
+            total[i] += value
+        done += 1
+    if done:
+        state.history.append([float(clock), funnel_log_e(spec, state)])
+        del state.history[:-HISTORY_LIMIT]
+    return done
+
+
+# --- evidence and explanation ------------------------------------------------------
+
+
+def conversion(converted: int, reached: int) -> float | None:
+    return converted / reached if reached else None
+
+
+def drop_estimate(row: Sequence[int]) -> float | None:
+    """Stable's conversion minus the canary's (positive: the canary converts less)."""
+    c, s = conversion(row[1], row[0]), conversion(row[3], row[2])
+    return None if c is None or s is None else s - c
+
+
+def step_log_e(spec: FunnelSpec, state: FunnelState, step: int) -> float:
+    """log e-value of step ``step`` (H0: the canary converts no less), gated by ``min_drop``."""
+    drop = drop_estimate(state.totals[step])
+    if drop is None or drop < spec.min_drop or drop <= 0.0:
+        return -math.inf
+    return evidence.log_e_value(state.loglik[step], evidence.CENTRE)
+
+
+def funnel_log_e(spec: FunnelSpec, state: FunnelState) -> float:
+    """log of the mean of the steps' (gated) e-values."""
+    values = [step_log_e(spec, state, k) for k in range(state.steps - 1)]
+    if not values:
+        return -math.inf
+    top = max(values)
+    if top == -math.inf:
+        return top
+    return top + math.log(sum(math.exp(v - top) for v in values) / len(values))
+
+
+@dataclass(slots=True, frozen=True)
+class StepFacts:
+    """One transition (step k -> k + 1) as the verdict explains it."""
+
+    label: str  # "GET /play -> POST /play/compile"
+    canary_reached: int
+    canary_converted: int
+    stable_reached: int
+    stable_converted: int
+    pending_canary: int  # reached, window not yet over (right-censored)
+    pending_stable: int
+    drop: float | None  # stable minus canary conversion
+    drop_lower: float | None  # anytime-valid bounds of the drop
+    drop_upper: float | None
+    ratio: float  # canary/stable odds ratio of not converting (stratified estimate)
+    ratio_lower: float
+    ratio_upper: float
+    e_value: float
+    counted: bool  # the drop reached min_drop
+
+    def to_json(self) -> dict[str, Any]:
+        def finite(v: float | None) -> float | None:
+            return None if v is None or math.isinf(v) or math.isnan(v) else round(v, 6)
+
+        return {
+            "step": self.label,
+            "canary": {
+                "reached": self.canary_reached,
+                "converted": self.canary_converted,
+                "pending": self.pending_canary,
+                "conversion": finite(conversion(self.canary_converted, self.canary_reached)),
+            },
+            "stable": {
+                "reached": self.stable_reached,
+                "converted": self.stable_converted,
+                "pending": self.pending_stable,
+                "conversion": finite(conversion(self.stable_converted, self.stable_reached)),
+            },
+            "drop": finite(self.drop),
+            "drop_lower": finite(self.drop_lower),
+            "drop_upper": finite(self.drop_upper),
+            "non_conversion_odds_ratio": finite(self.ratio),
+            "non_conversion_odds_ratio_lower": finite(self.ratio_lower),
+            "non_conversion_odds_ratio_upper": finite(self.ratio_upper),
+            "e_value": finite(self.e_value),
+            "counted": self.counted,
+        }
+
+
+@dataclass(slots=True, frozen=True)
+class FunnelFacts:
+    """What the engine needs of one funnel: its e-value and the explanation."""
+
+    name: str
+    e_value: float
+    steps: tuple[StepFacts, ...]
+    path_groups: tuple[str, ...]  # the steps' path groups: they carry a funnel rollback
+    late_conversions: int = 0
+    evicted_users: int = 0
+    history: tuple[tuple[float, float], ...] = ()  # (event time, log e-value) per judged batch
+    rolled_back: bool = False  # an earlier evaluation rolled the funnel back (sticky)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "history": [[t, v if math.isfinite(v) else None] for t, v in self.history],
+            "e_value": None if math.isinf(self.e_value) else round(self.e_value, 6),
+            "steps": [s.to_json() for s in self.steps],
+            "path_groups": list(self.path_groups),
+            "late_conversions": self.late_conversions,
+            "evicted_users": self.evicted_users,
+        }
+
+
+def facts(spec: FunnelSpec, state: FunnelState, alpha: float) -> FunnelFacts:
+    pending = [[0, 0] for _ in range(max(state.steps - 1, 0))]
+    for key, row in state.pending.items():
+        step = int(key.split(":")[0])
+        if step < len(pending):
+            pending[step][0] += row[0]
+            pending[step][1] += row[2]
+    steps = []
+    for k, row in enumerate(state.totals):
+        c_reached, c_conv, s_reached, s_conv = row
+        c_low, c_high = evidence.rate_bounds(c_conv, c_reached, alpha / 2.0)
+        s_low, s_high = evidence.rate_bounds(s_conv, s_reached, alpha / 2.0)
+        both = c_reached > 0 and s_reached > 0
+        ratio, r_low, r_high = evidence.ratio_interval(state.loglik[k], alpha)
+        log_e = step_log_e(spec, state, k)
+        drop = drop_estimate(row)
+        steps.append(
+            StepFacts(
+                label=f"{spec.steps[k].label()} -> {spec.steps[k + 1].label()}",
+                canary_reached=c_reached,
+                canary_converted=c_conv,
+                stable_reached=s_reached,
+                stable_converted=s_conv,
+                pending_canary=pending[k][0],
+                pending_stable=pending[k][1],
+                drop=drop,
+                drop_lower=s_low - c_high if both else None,
+                drop_upper=s_high - c_low if both else None,
+                ratio=ratio,
+                ratio_lower=r_low,
+                ratio_upper=r_high,
+                e_value=math.exp(min(evidence.log_e_value(state.loglik[k], evidence.CENTRE), 700)),
+                counted=log_e > -math.inf,
+            )
+        )
+    groups = tuple(dict.fromkeys(s.path_group for s in spec.steps if s.path_group))
+    return FunnelFacts(
+        name=spec.name,
+        e_value=math.exp(min(funnel_log_e(spec, state), 700.0)),
+        steps=tuple(steps),
+        path_groups=groups,
+        late_conversions=state.late_conversions,
+        evicted_users=state.evicted_users,
+        history=tuple((p[0], p[1]) for p in state.history if len(p) >= 2),
+        rolled_back=state.rolled_back,
+    )
+
+
+def explain(f: FunnelFacts) -> list[str]:
+    """One line per transition: counts per arm, the drop with its bounds, the evidence."""
+    lines = []
+    for s in f.steps:
+        c = conversion(s.canary_converted, s.canary_reached)
+        st = conversion(s.stable_converted, s.stable_reached)
+        rate = (
+            f"canary {'-' if c is None else f'{c * 100:.1f}%'}"
+            f" ({s.canary_converted}/{s.canary_reached}, {s.pending_canary} pending)"
+            f" vs stable {'-' if st is None else f'{st * 100:.1f}%'}"
+            f" ({s.stable_converted}/{s.stable_reached}, {s.pending_stable} pending)"
+        )
+        drop = ""
+        if s.drop is not None:
+            low = "-" if s.drop_lower is None else f"{s.drop_lower * 100:+.1f}"
+            high = "-" if s.drop_upper is None else f"{s.drop_upper * 100:+.1f}"
+            drop = f", drop {s.drop * 100:+.1f} pp [{low}, {high}]"
+        counted = "" if s.counted else " (not counted: no drop beyond min_drop)"
+        lines.append(f"funnel {f.name} {s.label}: {rate}{drop}, evidence {s.e_value:.3g}{counted}")
+    return lines

@@ -1,0 +1,479 @@
+"""Conversion funnels: the spec, step matching, user progress, right-censoring, the e-process."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.canary import evidence, funnel
+from pipeline.canary.engine import VerdictConfig, assess
+from pipeline.canary.funnel import FunnelSpec, FunnelState, StepSpec
+from pipeline.canary.records import Decision
+from pipeline.config import load_settings
+from pipeline.core.model import AccessRecord, Enrichment, InputMessage, KafkaCoordinates
+from pipeline.core.process import Enriched, funnel_inputs
+from pipeline.errors import ConfigError
+
+BUCKET = 10
+PLAY = [
+    {"path_group": "/play", "method": "GET"},
+    {"path_group": "/play/compile", "method": "POST", "status_class": "2xx"},
+    {"path": "/play/share(/.*)?", "method": "POST"},
+]
+
+
+def spec(window: float = 60.0, min_drop: float = 0.0, max_users: int = 1000) -> FunnelSpec:
+    text = orjson.dumps(
+        [
+            {
+                "name": "play",
+                "steps": PLAY,
+                "user_key": "cookie:uid",
+                "window_seconds": window,
+                "min_drop": min_drop,
+                "max_users": max_users,
+            }
+        ]
+    ).decode()
+    (parsed,) = funnel.parse_funnels(text)
+    return parsed
+
+
+# --- the spec ------------------------------------------------------------------
+
+
+def test_the_spec_parses_steps_keys_and_defaults() -> None:
+    parsed = spec()
+    assert parsed.name == "play" and parsed.user_key == ("cookie", "uid")
+    assert parsed.steps[0] == StepSpec(path_group="/play", method="GET")
+    assert parsed.steps[1].status_class == 2
+    assert parsed.steps[2].path == "/play/share(/.*)?"
+    (other,) = funnel.parse_funnels('[{"name": "x", "steps": [{"route": "/a"}, {"route": "/b"}]}]')
+    assert other.user_key == ("client_ip", "") and other.window_seconds == 600.0
+    assert funnel.parse_funnels("") == ()
+    (header,) = funnel.parse_funnels(
+        '[{"name": "h", "user_key": "header:X_User", "steps": [{"route": "/a"}, {"route": "/b"}]}]'
+    )
+    assert header.user_key == ("header", "x-user")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{", "not valid JSON"),
+        ("{}", "JSON list"),
+        ('[{"name": "a b", "steps": []}]', "name must be"),
+        ('[{"name": "a", "steps": [{"route": "/a"}]}]', "2 to 10 steps"),
+        ('[{"name": "a", "steps": [{"method": "GET"}, {"route": "/b"}]}]', "needs a path_group"),
+        ('[{"name": "a", "steps": [{"path": "("}, {"route": "/b"}]}]', "regular expression"),
+        (
+            '[{"name": "a", "steps": [{"route": "/a", "status_class": "2"}, {"route": "/b"}]}]',
+            "1xx",
+        ),
+        (
+            '[{"name": "a", "user_key": "ip", "steps": [{"route": "/a"}, {"route": "/b"}]}]',
+            "cookie:",
+        ),
+        (
+            '[{"name": "a", "window_seconds": 0, "steps": [{"route": "/a"}, {"route": "/b"}]}]',
+            "window",
+        ),
+        (
+            '[{"name": "a", "extra": 1, "steps": [{"route": "/a"}, {"route": "/b"}]}]',
+            "unknown keys",
+        ),
+        (
+            '[{"name": "a", "steps": [{"route": "/a"}, {"route": "/b"}]},'
+            ' {"name": "a", "steps": [{"route": "/a"}, {"route": "/b"}]}]',
+            "used twice",
+        ),
+    ],
+)
+def test_a_bad_spec_says_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        funnel.parse_funnels(text)
+
+
+def test_the_setting_is_validated_at_start_up_and_reaches_the_canary_config() -> None:
+    from pipeline.canary.config import CanaryConfig
+
+    with pytest.raises(ConfigError) as info:
+        load_settings(canary_funnels='[{"name": "a", "steps": []}]')
+    assert info.value.setting == "GRAYSCOPE_CANARY_FUNNELS"
+    settings = load_settings(
+        canary_funnels=orjson.dumps([{"name": "play", "steps": PLAY}]).decode()
+    )
+    config = CanaryConfig.from_settings(settings.canary)
+    assert [f.name for f in config.funnels] == ["play"]
+    assert settings.canary.funnels.startswith("[")
+
+
+def test_the_config_docs_list_the_funnels_setting() -> None:
+    from pipeline.commands.config_doc import table
+
+    assert "GRAYSCOPE_CANARY_FUNNELS" in table()
+
+
+# --- matching and the core's inputs --------------------------------------------------
+
+
+def test_steps_match_path_group_route_path_method_and_status_class() -> None:
+    s = spec()
+    assert funnel.matching_steps(s, "/play", None, "/play", "GET", 200) == [0]
+    assert funnel.matching_steps(s, "/play", None, "/play", "POST", 200) == []
+    assert funnel.matching_steps(s, "/play/compile", None, "/play/compile", "POST", 200) == [1]
+    assert funnel.matching_steps(s, "/play/compile", None, "/play/compile", "POST", 500) == []
+    assert funnel.matching_steps(s, "/play/share", None, "/play/share", "post", 201) == [2]
+    assert funnel.matching_steps(s, "/play/shared", None, "/play/share", "POST", 201) == []
+    (by_route,) = funnel.parse_funnels(
+        '[{"name": "r", "steps": [{"route": "/blog/{slug}"}, {"route": "/dl/{file}"}]}]'
+    )
+    assert funnel.matching_steps(by_route, "/blog/x", "/blog/{slug}", "/blog", "GET", 200) == [0]
+
+
+def test_the_core_extracts_cookie_header_and_client_address_keys() -> None:
+    record = AccessRecord(
+        dataset="envoy.access",
+        timestamp_ns=5 * 10**9,
+        method="GET",
+        status=200,
+        headers={"x-user": "h1"},
+        cookies={"uid": "c1"},
+    )
+    enrichment = Enrichment(
+        url_path="/play", path_group="/play", stage="canary", client_ip="1.2.3.4"
+    )
+    message = InputMessage(b"", None, KafkaCoordinates("t", 0, 0), 7)
+    keys = (("cookie", "uid"), ("header", "x-user"), ("client_ip", ""), ("cookie", "nope"))
+    (row,) = funnel_inputs([message], [Enriched(record, enrichment, {})], keys)
+    assert row == (
+        "/play",
+        None,
+        "/play",
+        "GET",
+        200,
+        5 * 10**9,
+        "canary",
+        ("c1", "h1", "1.2.3.4", ""),
+    )
+
+
+def test_hits_carry_only_the_hashed_key() -> None:
+    s = spec()
+    inputs = [
+        ("/play", None, "/play", "GET", 200, 10**9, "canary", ("alice",)),
+        ("/play", None, "/play", "GET", 200, 10**9, "stable", ("",)),
+        ("/blog", None, "/blog", "GET", 200, 10**9, "stable", ("bob",)),
+    ]
+    hits, keyless = funnel.hits_of([s], inputs, funnel.user_keys([s]))
+    assert keyless == 1
+    ((user, step, arm, at),) = hits["play"]
+    assert (step, arm, at) == (0, 1, 1.0)
+    assert "alice" not in user and user == funnel.user_hash("play", "alice") and len(user) == 16
+
+
+# --- progress, strata and right-censoring ----------------------------------------------
+
+
+def walk(s: FunnelSpec, state: FunnelState, users: dict[str, dict], hits: list[funnel.Hit]) -> None:
+    for hit in hits:
+        progress = funnel.record_hit(s, state, users.get(hit[0]), hit, BUCKET)
+        if progress is not None:
+            users[hit[0]] = progress
+
+
+def test_a_user_counts_once_per_step_and_only_within_the_window() -> None:
+    s = spec(window=60.0)
+    state = FunnelState("play", 3)
+    users: dict[str, dict] = {}
+    walk(
+        s,
+        state,
+        users,
+        [
+            ("u1", 0, 1, 100.0),
+            ("u1", 0, 1, 101.0),  # again: once per step
+            ("u1", 1, 0, 130.0),  # arm stays the one at entry
+            ("u1", 1, 1, 131.0),
+            ("u1", 2, 1, 200.0),  # 70 s after step 1: too late
+            ("u2", 1, 0, 100.0),  # step 1 without step 0: ignored
+            ("u3", 0, 0, 105.0),
+        ],
+    )
+    # the late share is kept (it counts nowhere: step 1 is fixed at 130), not counted
+    assert users["u1"] == {"a": 1, "t": [100.0, 130.0, 200.0], "c": 2}
+    assert users["u2"] == {"a": None, "t": [None, 100.0, None], "c": 0}  # waits for step 0
+    assert state.pending == {"0:100": [1, 1, 1, 0], "1:130": [1, 0, 0, 0]}
+
+
+def test_strata_are_judged_only_once_every_user_had_the_full_window() -> None:
+    s = spec(window=60.0)
+    state = FunnelState("play", 3)
+    users: dict[str, dict] = {}
+    walk(s, state, users, [("a", 0, 1, 100.0), ("b", 0, 0, 101.0), ("c", 0, 0, 102.0)])
+    walk(s, state, users, [("b", 1, 0, 150.0)])
+    # the windows of the 100..110 stratum end by 170, plus a bucket of grace: 180
+    state.watermark = 179.0
+    assert funnel.resolve(s, state, BUCKET) == 0
+    facts = funnel.facts(s, state, 0.05)
+    assert facts.steps[0].pending_canary == 1 and facts.steps[0].canary_reached == 0
+    state.watermark = 180.0
+    assert funnel.resolve(s, state, BUCKET) == 1
+    assert state.totals[0] == [1, 0, 2, 1]
+    # a conversion of a judged stratum is late: counted, not applied
+    walk(s, state, users, [("c", 1, 0, 161.0)])
+    assert state.late_conversions == 1
+    assert state.totals[0] == [1, 0, 2, 1]
+
+
+def test_state_round_trips_through_json() -> None:
+    s = spec()
+    state = FunnelState("play", 3)
+    walk(s, state, {}, [("a", 0, 1, 100.0), ("b", 0, 0, 101.0)])
+    state.watermark = 1000.0
+    funnel.resolve(s, state, BUCKET)
+    again = FunnelState.from_json(orjson.loads(orjson.dumps(state.to_json())))
+    assert again == state
+    with pytest.raises(ValueError):
+        FunnelState.from_json({"v": 1, "steps": 3})
+
+
+def test_users_expire_after_their_window_and_grace() -> None:
+    s = spec(window=60.0)
+    progress = {"a": 0, "t": [100.0, 120.0, None]}
+    assert not funnel.user_expired(s, progress, 199.0, BUCKET)
+    assert funnel.user_expired(s, progress, 200.0, BUCKET)
+
+
+# --- the conversion e-process ------------------------------------------------------------
+
+
+def run_rollout(
+    s: FunnelSpec,
+    rng: random.Random,
+    conversion_stable: float,
+    conversion_canary: float,
+    strata: int,
+    users_per_stratum: int,
+    shares: tuple[float, ...] = (0.01, 0.05, 0.25, 0.5),
+) -> list[float]:
+    """Simulated users through a two-step funnel; the log e-value after each stratum."""
+    state = FunnelState(s.name, 2)
+    path: list[float] = []
+    for k in range(strata):
+        share = shares[min(len(shares) - 1, k * len(shares) // strata)]
+        row = [0, 0, 0, 0]
+        for _ in range(users_per_stratum):
+            canary = rng.random() < share
+            p = conversion_canary if canary else conversion_stable
+            converted = rng.random() < p
+            offset = 0 if canary else 2
+            row[offset] += 1
+            row[offset + 1] += converted
+        state.pending[f"0:{k * BUCKET}"] = row
+        state.watermark = k * BUCKET + s.window_seconds + 2 * BUCKET
+        funnel.resolve(s, state, BUCKET)
+        path.append(funnel.funnel_log_e(s, state))
+    return path
+
+
+def test_the_e_process_keeps_its_expectation_at_most_one_under_the_null() -> None:
+    """Canary converts as stable (40 %): mean of the e-value at the end <= 1 (simulated),
+    and the chance that it ever crosses 1/alpha stays below alpha."""
+    s = spec(window=60.0)
+    rng = random.Random(7)
+    finals, crossed = [], 0
+    for _ in range(400):
+        path = run_rollout(s, rng, 0.4, 0.4, strata=30, users_per_stratum=40)
+        finals.append(math.exp(path[-1]) if path[-1] > -math.inf else 0.0)
+        crossed += any(v >= math.log(20.0) for v in path)
+    mean = float(np.mean(finals))
+    se = float(np.std(finals)) / math.sqrt(len(finals))
+    assert mean <= 1.0 + 3 * se
+    assert crossed / 400 <= 0.05
+
+
+def test_a_conversion_drop_is_found() -> None:
+    s = spec(window=60.0)
+    rng = random.Random(3)
+    found = sum(
+        any(v >= math.log(20.0) for v in run_rollout(s, rng, 0.4, 0.25, 30, 200)) for _ in range(20)
+    )
+    assert found >= 18
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    c_reached=st.integers(1, 200),
+    s_reached=st.integers(1, 200),
+    c_frac=st.floats(0, 1),
+    s_frac=st.floats(0, 1),
+)
+def test_a_canary_that_converts_at_least_as_well_never_adds_evidence(
+    c_reached: int, s_reached: int, c_frac: float, s_frac: float
+) -> None:
+    """The one-sided test: when the canary's conversion is >= stable's, the gate keeps the
+    step's e-value out (min_drop 0), and the drop estimate is never positive."""
+    s = spec(window=60.0)
+    state = FunnelState("play", 2)
+    c_conv = round(c_frac * c_reached)
+    s_conv = round(s_frac * s_reached)
+    state.pending["0:0"] = [c_reached, c_conv, s_reached, s_conv]
+    state.watermark = 1e6
+    funnel.resolve(s, state, BUCKET)
+    drop = funnel.drop_estimate(state.totals[0])
+    assert drop is not None
+    if drop <= 0:
+        assert funnel.funnel_log_e(s, state) == -math.inf
+    facts = funnel.facts(s, state, 0.05)
+    step = facts.steps[0]
+    assert step.drop_lower is not None and step.drop_upper is not None
+    assert step.drop_lower <= drop + 1e-9 <= step.drop_upper + 2e-9
+
+
+def test_known_value_of_one_stratum_matches_scipys_noncentral_hypergeometric() -> None:
+    """One stratum: 10 canary users, 2 converted; 90 stable, 45 converted. The step's e-value
+    is the mixture over odds ratios above 1 of Fisher's noncentral hypergeometric likelihood
+    ratios of the canary's 8 non-converters among 53 (scipy's nchypergeom_fisher)."""
+    from scipy import stats
+
+    s = spec(window=60.0)
+    state = FunnelState("play", 2)
+    state.pending["0:0"] = [10, 2, 90, 45]
+    state.watermark = 1e6
+    funnel.resolve(s, state, BUCKET)
+    terms = []
+    null = stats.hypergeom(100, 10, 53).logpmf(8)
+    for offset in evidence.OFFSETS:
+        omega = evidence.grid_psi(evidence.CENTRE + offset)
+        alt = stats.nchypergeom_fisher(100, 10, 53, omega).logpmf(8)
+        terms.append(math.exp(alt - null))
+    expected = sum(terms) / len(evidence.OFFSETS)
+    assert math.exp(funnel.funnel_log_e(s, state)) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize(("n1", "n0", "m"), [(10, 90, 53), (3, 5, 4), (200, 50, 120)])
+def test_the_stratum_likelihood_ratio_has_expectation_one_at_the_null_exactly(
+    n1: int, n0: int, m: int
+) -> None:
+    from scipy import stats
+
+    pmf = stats.hypergeom(n1 + n0, n1, m).pmf
+    support = range(max(0, m - n0), min(n1, m) + 1)
+    for offset in evidence.OFFSETS:
+        j = evidence.CENTRE + offset
+        total = 0.0
+        for x in support:
+            loglik = funnel.fisher_loglik(x, m, n1, n0)
+            assert loglik is not None
+            total += pmf(x) * math.exp(loglik[j] - loglik[evidence.CENTRE])
+        assert total == pytest.approx(1.0, abs=1e-9)
+
+
+def test_min_drop_gates_small_drops() -> None:
+    s = spec(window=60.0, min_drop=0.2)
+    state = FunnelState("play", 2)
+    state.pending["0:0"] = [1000, 300, 1000, 400]  # a 10 point drop, very significant
+    state.watermark = 1e6
+    funnel.resolve(s, state, BUCKET)
+    assert funnel.funnel_log_e(s, state) == -math.inf
+    assert funnel.facts(s, state, 0.05).steps[0].e_value > 1e3
+
+
+def test_a_funnel_drop_rolls_back_its_steps_path_groups_and_explains_itself() -> None:
+    s = spec(window=60.0)
+    state = FunnelState("play", 3)
+    state.pending["0:0"] = [400, 100, 4000, 2000]
+    state.pending["1:0"] = [100, 50, 2000, 1000]
+    state.watermark = 1e6
+    funnel.resolve(s, state, BUCKET)
+    facts = funnel.facts(s, state, 0.05)
+    decisions: dict = {}
+    out = assess(
+        {}, VerdictConfig(), window_seconds=10, funnels={"play": facts}, funnel_decisions=decisions
+    )
+    assert out == {}
+    decision = decisions["play"]
+    assert decision.decision is Decision.ROLLBACK
+    assert any("canary 25.0% (100/400" in r for r in decision.reasons)
+    payload = decision.to_json()
+    assert payload["steps"][0]["canary"]["reached"] == 400
+    assert payload["steps"][0]["drop"] == pytest.approx(0.25)
+    assert payload["path_groups"] == ["/play", "/play/compile"]
+
+
+def test_a_funnel_rollback_is_sticky() -> None:
+    s = spec(window=60.0)
+    state = FunnelState("play", 3)
+    state.rolled_back = True
+    facts = funnel.facts(s, state, 0.05)
+    assert facts.rolled_back
+    decisions: dict = {}
+    assess(
+        {}, VerdictConfig(), window_seconds=10, funnels={"play": facts}, funnel_decisions=decisions
+    )
+    assert decisions["play"].decision is Decision.ROLLBACK
+    assert "(sticky)" in decisions["play"].reasons[0]
+    assert FunnelState.from_json(orjson.loads(orjson.dumps(state.to_json()))).rolled_back
+
+
+def test_the_wall_clock_judges_a_funnel_whose_traffic_stopped() -> None:
+    s = spec(window=60.0)
+    state = FunnelState("play", 3)
+    walk(s, state, {}, [("a", 0, 1, 100.0), ("b", 0, 0, 101.0)])
+    assert funnel.resolve(s, state, BUCKET) == 0  # event time stands at 101
+    assert funnel.resolve(s, state, BUCKET, up_to=179.0) == 0
+    assert funnel.resolve(s, state, BUCKET, up_to=180.0) == 1
+    assert state.totals[0] == [1, 0, 1, 0]
+
+
+def test_the_observer_buffers_hashed_hits_and_publishes_them_per_funnel() -> None:
+    from pipeline.canary.observer import CanaryObserver
+
+    published: list[tuple[str, list[funnel.Hit]]] = []
+    observer = CanaryObserver(
+        10,
+        lambda aggregates: None,
+        flush_interval=60.0,
+        funnels=[spec()],
+        publish_funnel=lambda name, hits: published.append((name, list(hits))),
+    )
+    assert observer.funnel_keys == (("cookie", "uid"),)
+    inputs = [
+        ("/play", None, "/play", "GET", 200, 10**9, "canary", ("alice",)),
+        ("/play", None, "/play", "GET", 200, 10**9, "stable", ("",)),
+    ]
+    assert observer.observe_funnels(inputs) == 1
+    assert published == []  # buffered until the flush
+    observer.flush()
+    ((name, hits),) = published
+    assert name == "play" and hits[0][1:] == (0, 1, 1.0)
+    assert observer.stats.canary_funnel_hits_total == 1
+    assert observer.stats.canary_funnel_hits_keyless_total == 1
+    # without a publisher, funnels cost nothing: no keys are extracted
+    assert CanaryObserver(10, lambda aggregates: None, funnels=[spec()]).funnel_keys == ()
+
+
+def test_steps_that_arrive_out_of_order_count_once_their_predecessor_arrives() -> None:
+    """Access-log partitions are consumed side by side: a compile may be read before the
+    visit it followed. It is kept, and counted when the visit arrives."""
+    s = spec(window=60.0)
+    state = FunnelState("play", 3)
+    users: dict[str, dict] = {}
+    walk(s, state, users, [("u", 2, 1, 120.0), ("u", 1, 1, 110.0)])
+    assert state.pending == {}
+    walk(s, state, users, [("u", 0, 1, 100.0)])
+    assert users["u"]["c"] == 3
+    assert state.pending == {"0:100": [1, 1, 0, 0], "1:110": [1, 1, 0, 0]}  # 2 is the last
+    # second resolution: a next step logged within a second before its predecessor
+    walk(s, state, users, [("v", 0, 0, 300.5), ("v", 1, 0, 300.0)])
+    assert users["v"]["c"] == 2
+    # a stray earlier hit of a step is replaced by one that can follow
+    walk(s, state, users, [("w", 1, 0, 50.0), ("w", 0, 0, 400.0), ("w", 1, 0, 410.0)])
+    assert users["w"]["t"][1] == 410.0 and users["w"]["c"] == 2
