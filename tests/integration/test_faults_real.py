@@ -26,6 +26,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pipeline.dev.stack.kafka import KafkaNode, create_topics, produce_values, read_topic
 from pipeline.dev.stack.opensearch import OpenSearchNode, request_json
 from pipeline.dev.synth import generate
-from tests.integration.conftest import unique_name
+from tests.integration.conftest import new_opensearch, unique_name
 from tests.integration.worker_proc import WorkerProcess
 
 INDEX = "grayscope-access-*"
@@ -88,7 +89,10 @@ class KafkaCluster:
         # A node registers only once a quorum of controllers runs: start all, then wait.
         for node in self.nodes:
             node.write_properties()
-            node.format_storage()
+        # StorageTool is a JVM run of seconds per node: the three at once.
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            list(pool.map(KafkaNode.format_storage, self.nodes))
+        for node in self.nodes:  # from this thread: the nodes die with the test process
             node.process.spawn()
         for node in self.nodes:
             node.process.wait_ready()
@@ -106,6 +110,47 @@ def kafka3(tmp_path_factory: pytest.TempPathFactory, kafka_jars: Path) -> Iterat
         yield cluster.start()
     finally:
         cluster.stop()
+
+
+class SpareStores:
+    """The dedicated OpenSearch nodes two tests need (one is stopped mid-stream, one has a
+    write queue of one), spawned when the module's first test starts so their 20-60 s
+    of startup overlap the cluster's and the other tests; :meth:`take` waits for one."""
+
+    def __init__(self, base: Path, lib: Path) -> None:
+        self.nodes = {
+            "outage": new_opensearch(base / "outage", lib),
+            "busy": new_opensearch(
+                base / "busy",
+                lib,
+                write_queue_size=1,
+                extra_settings={"thread_pool.write.size": "1"},
+                heap="512m",
+            ),
+        }
+
+    def spawn(self) -> SpareStores:
+        for node in self.nodes.values():
+            node.spawn()
+        return self
+
+    def take(self, name: str) -> OpenSearchNode:
+        return self.nodes[name].wait_ready()
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def spare_stores(
+    tmp_path_factory: pytest.TempPathFactory, opensearch_jars: Path
+) -> Iterator[SpareStores]:
+    stores = SpareStores(tmp_path_factory.mktemp("spare-stores"), opensearch_jars)
+    try:
+        yield stores.spawn()
+    finally:
+        stores.stop()
 
 
 @pytest.fixture
@@ -334,10 +379,10 @@ async def test_three_workers_on_six_partitions_one_killed_one_added(
 @pytest.mark.timeout(900)  # a cluster, OpenSearch and workers on a shared 2-core box
 async def test_opensearch_stopped_and_restarted_mid_stream(
     kafka3: KafkaCluster,
-    store_factory: Callable[..., OpenSearchNode],
+    spare_stores: SpareStores,
     workers: Callable[[dict[str, str]], WorkerProcess],
 ) -> None:
-    store = store_factory()  # its own node: the session's is never stopped
+    store = spare_stores.take("outage")  # its own node: the session's is never stopped
     topic, dlq = unique_name("osdown"), unique_name("osdown-dlq")
     await create_topics(kafka3.bootstrap, [topic], 3, replication_factor=3)
     await create_topics(kafka3.bootstrap, [dlq], 1, replication_factor=3)
@@ -421,13 +466,11 @@ def request_json_ndjson(url: str, body: str) -> tuple[int, Any]:
 
 @pytest.mark.timeout(900)  # a cluster, OpenSearch and workers on a shared 2-core box
 async def test_real_bulk_rejections_are_retried_until_stored(
-    store_factory: Callable[..., OpenSearchNode],
+    spare_stores: SpareStores,
     kafka3: KafkaCluster,
     workers: Callable[[dict[str, str]], WorkerProcess],
 ) -> None:
-    node = store_factory(
-        write_queue_size=1, extra_settings={"thread_pool.write.size": "1"}, heap="512m"
-    )
+    node = spare_stores.take("busy")  # one write thread, a write queue of one
     topic, dlq = unique_name("busy"), unique_name("busy-dlq")
     await create_topics(kafka3.bootstrap, [topic], 6, replication_factor=3)
     await create_topics(kafka3.bootstrap, [dlq], 1, replication_factor=3)
