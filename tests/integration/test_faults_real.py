@@ -36,7 +36,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pipeline.dev.stack.kafka import KafkaNode, create_topics, produce_values, read_topic
 from pipeline.dev.stack.opensearch import OpenSearchNode, request_json
 from pipeline.dev.synth import generate
-from tests.integration.conftest import new_opensearch, unique_name
+from tests.integration.conftest import SpareStores, unique_name
 from tests.integration.worker_proc import WorkerProcess
 
 INDEX = "grayscope-access-*"
@@ -112,45 +112,20 @@ def kafka3(tmp_path_factory: pytest.TempPathFactory, kafka_jars: Path) -> Iterat
         cluster.stop()
 
 
-class SpareStores:
-    """The dedicated OpenSearch nodes two tests need (one is stopped mid-stream, one has a
-    write queue of one), spawned when the module's first test starts so their 20-60 s
-    of startup overlap the cluster's and the other tests; :meth:`take` waits for one."""
-
-    def __init__(self, base: Path, lib: Path) -> None:
-        self.nodes = {
-            "outage": new_opensearch(base / "outage", lib),
-            "busy": new_opensearch(
-                base / "busy",
-                lib,
-                write_queue_size=1,
-                extra_settings={"thread_pool.write.size": "1"},
-                heap="512m",
-            ),
-        }
-
-    def spawn(self) -> SpareStores:
-        for node in self.nodes.values():
-            node.spawn()
-        return self
-
-    def take(self, name: str) -> OpenSearchNode:
-        return self.nodes[name].wait_ready()
-
-    def stop(self) -> None:
-        for node in self.nodes.values():
-            node.stop()
-
-
 @pytest.fixture(scope="module", autouse=True)
 def spare_stores(
     tmp_path_factory: pytest.TempPathFactory, opensearch_jars: Path
 ) -> Iterator[SpareStores]:
-    stores = SpareStores(tmp_path_factory.mktemp("spare-stores"), opensearch_jars)
-    try:
-        yield stores.spawn()
-    finally:
-        stores.stop()
+    """The dedicated nodes two tests need: one stopped mid-stream, one with a single
+    write thread and a write queue of one."""
+    busy = {
+        "write_queue_size": 1,
+        "extra_settings": {"thread_pool.write.size": "1"},
+        "heap": "512m",
+    }
+    specs = {"outage": {}, "busy": busy}
+    with SpareStores(tmp_path_factory.mktemp("spare-stores"), opensearch_jars, specs) as stores:
+        yield stores
 
 
 @pytest.fixture
@@ -286,6 +261,21 @@ async def assert_ledger(
         await asyncio.sleep(1)
 
 
+async def wait_for_bulks_done(store_url: str, timeout: float = SLOW) -> None:
+    """Until the store runs no bulk request (twice in a row): after the worker is frozen,
+    a bulk it sent just before may still be indexing, and a snapshot of the stored ids
+    taken then misses documents the worker is about to see acknowledged."""
+    path = "/_tasks?actions=indices:data/write/bulk*"
+    quiet = 0
+    deadline = time.monotonic() + timeout
+    while quiet < 2:
+        status, body = request_json("GET", f"{store_url}{path}")
+        busy = status != 200 or any(n.get("tasks") for n in body.get("nodes", {}).values())
+        quiet = 0 if busy else quiet + 1
+        assert time.monotonic() < deadline, f"bulks still running: {body}"
+        await asyncio.sleep(0.2)
+
+
 async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -394,7 +384,8 @@ async def test_opensearch_stopped_and_restarted_mid_stream(
     # Freeze the worker so no bulk completes between the snapshot and the outage.
     assert worker.proc is not None
     os.killpg(worker.proc.pid, signal.SIGSTOP)
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # a bulk in the socket buffer reaches the store
+    await wait_for_bulks_done(store.url)
     before = {coordinates(i) for i in stored_ids(store.url, topic)}
     store.stop()
     os.killpg(worker.proc.pid, signal.SIGCONT)
