@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,45 @@ def store(opensearch: OpenSearchNode) -> OpenSearchNode:
     """The session's OpenSearch node, emptied for this test. Do not stop it."""
     opensearch.wipe()
     return opensearch
+
+
+class SpareStores:
+    """Dedicated OpenSearch nodes for tests that stop a store or need odd settings,
+    spawned together when a module starts (``specs``: name -> OpenSearchNode keyword
+    arguments) so their 20-60 s of startup overlap the other tests' work; a test
+    takes one with :meth:`take` (waiting for it if needed). Spawn and stop from the main thread."""
+
+    def __init__(self, base: Path, lib: Path, specs: Mapping[str, Mapping[str, Any]]) -> None:
+        self.base, self.lib, self.specs = base, lib, dict(specs)
+        self.nodes = {name: new_opensearch(base / name, lib, **kw) for name, kw in specs.items()}
+        self.taken: set[str] = set()
+
+    def __enter__(self) -> SpareStores:
+        for node in self.nodes.values():
+            node.spawn()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+    def take(self, name: str) -> OpenSearchNode:
+        """The node ``name``, once ready; a name taken before (a rerun) or unknown gets
+        a new node of the same spec, started now."""
+        if name in self.taken or name not in self.nodes:
+            fresh = f"{name}-extra-{len(self.nodes)}"
+            self.nodes[fresh] = new_opensearch(
+                self.base / fresh, self.lib, **self.specs.get(name, {})
+            )
+            self.nodes[fresh].spawn()
+            name = fresh
+        self.taken.add(name)
+        return self.nodes[name].wait_ready()
+
+    def take_next(self, prefix: str) -> OpenSearchNode:
+        """The first node whose name starts with ``prefix`` not taken yet."""
+        free = [n for n in self.nodes if n.startswith(prefix) and n not in self.taken]
+        return self.take(free[0] if free else prefix)
 
 
 @pytest.fixture

@@ -6,11 +6,19 @@ SASL_SSL listener only (``client_bootstrap``). Certificates are made with the
 JDK's keytool: a throwaway CA (``ca.pem``, what ``GRAYSCOPE_KAFKA_SSL_CA_FILE``
 points at) signs the broker's key for ``127.0.0.1``/``localhost``. SCRAM users
 are created at format time (``StorageTool format --add-scram``).
+
+Making them takes seven keytool runs (a JVM each, ~15 s on a busy two-core box):
+:func:`cached_certificates` and :func:`cached_ca` keep them in the service cache,
+one folder per UTC day (they are valid for three), so a run makes them once a day.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,3 +120,39 @@ def secure_node(
         for arg in ("--add-scram", f"{MECHANISM}=[name={name},password={password}]")
     ]
     return node, f"{node.host}:{sasl_port}"
+
+
+def _cached(root: Path, name: str, make: Callable[[Path], object]) -> Path:
+    """``root/<UTC day>/name``, made by ``make(folder)`` unless today's exists. Made in a
+    temporary sibling and renamed into place: a parallel run never sees half of it."""
+    day = time.strftime("%Y%m%d", time.gmtime())
+    folder = root / day / name
+    if folder.is_dir():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Older days' folders: certificates valid for three days are not used after one.
+    yesterday = time.strftime("%Y%m%d", time.gmtime(time.time() - 86_400))
+    for old in root.iterdir():
+        if old.name < yesterday:
+            shutil.rmtree(old, ignore_errors=True)
+    fresh = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder.parent))
+    try:
+        make(fresh)
+        fresh.rename(folder)
+    except OSError:
+        if not folder.is_dir():  # not a parallel run's folder taking the name first
+            raise
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+    return folder
+
+
+def cached_certificates(root: Path) -> Certificates:
+    """:func:`make_certificates` once a day, kept under ``root``."""
+    folder = _cached(root, "broker", make_certificates)
+    return Certificates(ca_pem=folder / "ca.pem", broker_keystore=folder / "broker.p12")
+
+
+def cached_ca(root: Path, name: str) -> Path:
+    """:func:`make_ca` (a CA of its own, named ``name``) once a day, kept under ``root``."""
+    return _cached(root, name, make_ca) / "ca.pem"

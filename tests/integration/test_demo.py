@@ -1,9 +1,9 @@
 """``grayscope demo --real-stack`` as a subprocess: a short run end to end, and an
-interrupted one, on Apache Kafka and OpenSearch (the embedded stand-ins, the
-demo's default, are no longer part of the suite).
+interrupted one, on Apache Kafka, OpenSearch and Jaeger (the embedded stand-ins,
+the demo's default, are no longer part of the suite).
 
-Both check that every process the demo started (broker, store, worker) is
-gone when it exits, by watching its descendants in /proc while it runs.
+Both check that every process the demo started (broker, store, Jaeger, worker)
+is gone when it exits, by watching its descendants in /proc while it runs.
 """
 
 from __future__ import annotations
@@ -163,11 +163,16 @@ def test_short_demo_finds_the_regression_and_the_spans(
     assert proc.returncode == 0, context
     assert "stage 3/3: canary share 50%" in stderr, context
 
-    # Everything produced was indexed (the synthetic traffic has no bad lines).
-    head = re.search(r"([\d,]+) requests indexed .*\(([\d,]+) produced, 0 dead-lettered", stdout)
+    # Everything produced was indexed (the synthetic traffic has no bad lines), and the
+    # worker exported a span for each to Jaeger.
+    head = re.search(
+        r"([\d,]+) requests indexed .*\(([\d,]+) produced, 0 dead-lettered, "
+        r"([\d,]+) spans exported to Jaeger\)",
+        stdout,
+    )
     assert head is not None, context
-    indexed, produced = (int(g.replace(",", "")) for g in head.groups())
-    assert indexed == produced > 0
+    indexed, produced, exported = (int(g.replace(",", "")) for g in head.groups())
+    assert indexed == produced == exported > 0
 
     # The regressed path group: canary 5xx rate above stable's, flagged.
     table = stdout[stdout.index("By path group") :]
@@ -178,11 +183,20 @@ def test_short_demo_finds_the_regression_and_the_spans(
     healthy = next(line for line in table.splitlines() if line.strip().startswith("/godoc/pkg"))
     assert WORSE_MARK not in healthy
 
-    # Spans of one gray id, found through the receiver like Jaeger's tag search.
-    spans = re.search(r"Spans for gray\.id=(\w+).*\n\s+([\d,]+) spans in ([\d,]+) traces", stdout)
+    # Spans of one gray id, found by Jaeger's tag search (GET /api/traces?tags=...): one
+    # per request the store has for that gray id.
+    spans = re.search(
+        r"Spans for gray\.id=(\w+) \(found by Jaeger [\d.]+'s tag search\)\n"
+        r"(?:\s+GET /api/traces\?service=\S+&tags=%7B%22gray\.id%22%3A%22\1%22%7D\n)+"
+        r"\s+([\d,]+) spans in ([\d,]+) traces",
+        stdout,
+    )
     assert spans is not None, context
-    assert int(spans.group(2).replace(",", "")) > 0
-    assert f"gray.id={spans.group(1)}" in stdout
+    gray_id, found = spans.group(1), int(spans.group(2).replace(",", ""))
+    busiest = stdout[stdout.index("Busiest gray ids") :].splitlines()
+    row = next(line.split() for line in busiest if line.strip().startswith(gray_id + " "))
+    assert found == int(row[2].replace(",", "")) > 0, row
+    assert found == int(spans.group(3).replace(",", ""))  # one request, one trace
     for title in ("By rollout stage", "By version", "By country", "Busiest gray ids"):
         assert title in stdout
 
@@ -195,8 +209,14 @@ def test_short_demo_finds_the_regression_and_the_spans(
     commands = " | ".join(watcher.commands())
     assert "services: Kafka: Apache Kafka" in stdout
     assert "store: OpenSearch" in stdout
-    assert "stand-in for Jaeger" in stdout
-    for expected in ("kafka.Kafka", "GrayscopeOpenSearch", "pipeline.commands.main worker"):
+    assert "traces: Jaeger" in stdout
+    assert "stand-in" not in stdout
+    for expected in (
+        "kafka.Kafka",
+        "GrayscopeOpenSearch",
+        "jaeger --config",
+        "pipeline.commands.main worker",
+    ):
         assert expected in commands, commands
     assert watcher.leftovers() == []
 
@@ -226,5 +246,5 @@ def test_interrupted_demo_stops_everything(
     assert "interrupted: stopping" in stderr
     assert "stopping the worker and the services" in stderr
     assert "drill-down" not in stdout
-    assert len(watcher.seen) >= 3, watcher.commands()
+    assert len(watcher.seen) >= 4, watcher.commands()
     assert watcher.leftovers() == []

@@ -26,6 +26,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pipeline.dev.stack.kafka import KafkaNode, create_topics, produce_values, read_topic
 from pipeline.dev.stack.opensearch import OpenSearchNode, request_json
 from pipeline.dev.synth import generate
-from tests.integration.conftest import unique_name
+from tests.integration.conftest import SpareStores, unique_name
 from tests.integration.worker_proc import WorkerProcess
 
 INDEX = "grayscope-access-*"
@@ -88,7 +89,10 @@ class KafkaCluster:
         # A node registers only once a quorum of controllers runs: start all, then wait.
         for node in self.nodes:
             node.write_properties()
-            node.format_storage()
+        # StorageTool is a JVM run of seconds per node: the three at once.
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            list(pool.map(KafkaNode.format_storage, self.nodes))
+        for node in self.nodes:  # from this thread: the nodes die with the test process
             node.process.spawn()
         for node in self.nodes:
             node.process.wait_ready()
@@ -106,6 +110,22 @@ def kafka3(tmp_path_factory: pytest.TempPathFactory, kafka_jars: Path) -> Iterat
         yield cluster.start()
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def spare_stores(
+    tmp_path_factory: pytest.TempPathFactory, opensearch_jars: Path
+) -> Iterator[SpareStores]:
+    """The dedicated nodes two tests need: one stopped mid-stream, one with a single
+    write thread and a write queue of one."""
+    busy = {
+        "write_queue_size": 1,
+        "extra_settings": {"thread_pool.write.size": "1"},
+        "heap": "512m",
+    }
+    specs = {"outage": {}, "busy": busy}
+    with SpareStores(tmp_path_factory.mktemp("spare-stores"), opensearch_jars, specs) as stores:
+        yield stores
 
 
 @pytest.fixture
@@ -241,6 +261,21 @@ async def assert_ledger(
         await asyncio.sleep(1)
 
 
+async def wait_for_bulks_done(store_url: str, timeout: float = SLOW) -> None:
+    """Until the store runs no bulk request (twice in a row): after the worker is frozen,
+    a bulk it sent just before may still be indexing, and a snapshot of the stored ids
+    taken then misses documents the worker is about to see acknowledged."""
+    path = "/_tasks?actions=indices:data/write/bulk*"
+    quiet = 0
+    deadline = time.monotonic() + timeout
+    while quiet < 2:
+        status, body = request_json("GET", f"{store_url}{path}")
+        busy = status != 200 or any(n.get("tasks") for n in body.get("nodes", {}).values())
+        quiet = 0 if busy else quiet + 1
+        assert time.monotonic() < deadline, f"bulks still running: {body}"
+        await asyncio.sleep(0.2)
+
+
 async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -334,10 +369,10 @@ async def test_three_workers_on_six_partitions_one_killed_one_added(
 @pytest.mark.timeout(900)  # a cluster, OpenSearch and workers on a shared 2-core box
 async def test_opensearch_stopped_and_restarted_mid_stream(
     kafka3: KafkaCluster,
-    store_factory: Callable[..., OpenSearchNode],
+    spare_stores: SpareStores,
     workers: Callable[[dict[str, str]], WorkerProcess],
 ) -> None:
-    store = store_factory()  # its own node: the session's is never stopped
+    store = spare_stores.take("outage")  # its own node: the session's is never stopped
     topic, dlq = unique_name("osdown"), unique_name("osdown-dlq")
     await create_topics(kafka3.bootstrap, [topic], 3, replication_factor=3)
     await create_topics(kafka3.bootstrap, [dlq], 1, replication_factor=3)
@@ -349,7 +384,8 @@ async def test_opensearch_stopped_and_restarted_mid_stream(
     # Freeze the worker so no bulk completes between the snapshot and the outage.
     assert worker.proc is not None
     os.killpg(worker.proc.pid, signal.SIGSTOP)
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # a bulk in the socket buffer reaches the store
+    await wait_for_bulks_done(store.url)
     before = {coordinates(i) for i in stored_ids(store.url, topic)}
     store.stop()
     os.killpg(worker.proc.pid, signal.SIGCONT)
@@ -421,13 +457,11 @@ def request_json_ndjson(url: str, body: str) -> tuple[int, Any]:
 
 @pytest.mark.timeout(900)  # a cluster, OpenSearch and workers on a shared 2-core box
 async def test_real_bulk_rejections_are_retried_until_stored(
-    store_factory: Callable[..., OpenSearchNode],
+    spare_stores: SpareStores,
     kafka3: KafkaCluster,
     workers: Callable[[dict[str, str]], WorkerProcess],
 ) -> None:
-    node = store_factory(
-        write_queue_size=1, extra_settings={"thread_pool.write.size": "1"}, heap="512m"
-    )
+    node = spare_stores.take("busy")  # one write thread, a write queue of one
     topic, dlq = unique_name("busy"), unique_name("busy-dlq")
     await create_topics(kafka3.bootstrap, [topic], 6, replication_factor=3)
     await create_topics(kafka3.bootstrap, [dlq], 1, replication_factor=3)

@@ -18,7 +18,12 @@ import pytest
 from pipeline.dev.stack.kafka import KafkaNode, kafka_lib, read_topic
 from pipeline.dev.stack.opensearch import OpenSearchNode
 from tests.integration.conftest import unique_name
-from tests.integration.secure_kafka import MECHANISM, make_ca, make_certificates, secure_node
+from tests.integration.secure_kafka import (
+    MECHANISM,
+    cached_ca,
+    cached_certificates,
+    secure_node,
+)
 from tests.integration.test_faults_real import (
     assert_committed_within,
     committed_offsets,
@@ -54,7 +59,7 @@ class SecureKafka:
 @pytest.fixture(scope="module")
 def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKafka]:
     base = tmp_path_factory.mktemp("secure-kafka")
-    certificates = make_certificates(base / "certs")
+    certificates = cached_certificates(tls_cache())
     lib = kafka_lib(service_cache())
     node, sasl_bootstrap = secure_node(base / "node", lib, certificates, {USER: PASSWORD})
     with node.start():
@@ -64,6 +69,11 @@ def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKaf
 def service_cache() -> Path:
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "grayscope"
+
+
+def tls_cache() -> Path:
+    """Throwaway test certificates, made once a day (secure_kafka.py)."""
+    return service_cache() / "test-tls"
 
 
 def grayscope(command: list[str], env: dict[str, str], timeout: float = 120) -> tuple[int, str]:
@@ -169,8 +179,8 @@ def test_a_worker_with_a_wrong_password_exits_naming_the_setting(
     assert_no_secret(out)
 
 
-def test_an_unknown_ca_names_the_ca_setting(secure_kafka: SecureKafka, tmp_path: Path) -> None:
-    other_ca = make_ca(tmp_path / "other-ca")  # a CA that did not sign the broker
+def test_an_unknown_ca_names_the_ca_setting(secure_kafka: SecureKafka) -> None:
+    other_ca = cached_ca(tls_cache(), "other-ca")  # a CA that did not sign the broker
     env = secure_kafka.env() | {
         "GRAYSCOPE_KAFKA_SSL_CA_FILE": str(other_ca),
         "GRAYSCOPE_ES_URL": "",

@@ -21,7 +21,8 @@ from pipeline.dev.synth import generate
 from pipeline.errors import ServiceError
 from schemas import DATA_STREAM_NAME
 from tests.geoip_data import EXPECTED_GEO, write_test_dbs
-from tests.integration.conftest import unique_name
+from tests.integration.conftest import SpareStores, unique_name
+from tests.integration.test_faults_real import wait_for_bulks_done
 from tests.integration.worker_proc import WorkerProcess
 
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
@@ -46,10 +47,20 @@ def receiver() -> Iterator[OtlpReceiver]:
         yield running
 
 
+@pytest.fixture(scope="module", autouse=True)
+def spare_stores(
+    tmp_path_factory: pytest.TempPathFactory, opensearch_jars: Path
+) -> Iterator[SpareStores]:
+    """One dedicated node for each test that stops the store, spawned as the module starts."""
+    specs: dict[str, dict[str, Any]] = {"outage-1": {}, "outage-2": {}}
+    with SpareStores(tmp_path_factory.mktemp("spare-stores"), opensearch_jars, specs) as stores:
+        yield stores
+
+
 @pytest.fixture
-def outage_store(store_factory: Callable[..., OpenSearchNode]) -> OpenSearchNode:
+def outage_store(spare_stores: SpareStores) -> OpenSearchNode:
     """A dedicated node: these tests stop the store and start it again (same data)."""
-    return store_factory()
+    return spare_stores.take_next("outage")
 
 
 @pytest.fixture
@@ -252,7 +263,8 @@ async def test_store_outage_holds_the_partition_and_loses_nothing(
     # Freeze the worker so no bulk completes between our snapshot and the outage.
     assert worker.proc is not None
     os.killpg(worker.proc.pid, signal.SIGSTOP)
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # a bulk in the socket buffer reaches the store
+    await wait_for_bulks_done(store.url)
     before_outage = store_ids(store)
     store.stop()
     os.killpg(worker.proc.pid, signal.SIGCONT)

@@ -25,6 +25,8 @@ from pipeline.dev.demo.report import (
     Section,
     endpoints_section,
     headline,
+    jaeger_search_path,
+    jaeger_ui_path,
     millis,
     path_group_section,
     percent,
@@ -112,6 +114,8 @@ def test_headline() -> None:
         "(10,002 produced, 2 dead-lettered, 9,990 spans received)",
         "overall: 5xx 1.5%, p95 250 ms",
     ]
+    jaeger = headline(parse_summary(CANNED, WINDOWS), 10_002, 2, 9_990, "exported to Jaeger")
+    assert jaeger[0].endswith("(10,002 produced, 2 dead-lettered, 9,990 spans exported to Jaeger)")
 
 
 def span(trace: str, status: int, start: int, **attrs: Any) -> dict[str, Any]:
@@ -144,6 +148,27 @@ def test_span_section_lists_errors_first_then_the_latest() -> None:
     assert "503" in rows[0] and "512 ms" in rows[0] and "Berlin" in rows[0]
 
 
+def test_span_section_from_jaeger_names_jaeger_and_its_search() -> None:
+    spans = [span("a" * 32, 200, 1), span("b" * 32, 503, 2)]
+    section = span_section("exp00001", spans, jaeger_version="1.75.0")
+    assert section.title == ("Spans for gray.id=exp00001 (found by Jaeger 1.75.0's tag search)")
+    assert "stand-in" not in section.title
+    assert section.lines[0] == (
+        "GET /api/traces?service=godoc&tags=%7B%22gray.id%22%3A%22exp00001%22%7D"
+    )
+    assert section.lines[1] == "2 spans in 2 traces, 1 with status ERROR; showing 2:"
+    assert span_section("exp00001", [], jaeger_version="1.75.0").lines == ["no spans found"]
+
+
+def test_jaeger_paths() -> None:
+    assert jaeger_search_path("go.dev", "g 1") == (
+        "/api/traces?service=go.dev&tags=%7B%22gray.id%22%3A%22g%201%22%7D"
+    )
+    assert jaeger_ui_path("go.dev", "g1") == (
+        "/search?service=go.dev&tags=%7B%22gray.id%22%3A%22g1%22%7D"
+    )
+
+
 def test_span_section_caps_the_rows_and_handles_no_gray_id() -> None:
     spans = [span(f"{i:032x}", 200, i) for i in range(20)]
     assert len(span_section("x", spans).lines) == 1 + 2 + 8
@@ -174,6 +199,7 @@ def test_endpoints_section_has_urls_and_curl_examples() -> None:
     assert "curl -s 'http://127.0.0.1:4318/api/spans?tag=gray.id:exp00001'" in text
     assert "http://127.0.0.1:6066/metrics" in text and "http://127.0.0.1:6066/healthz" in text
     assert "/tmp/demo/{broker,store,worker}.log" in text
+    assert "stand-in for Jaeger" in text
     # The example aggregation is valid JSON.
     query = re.search(r"-d '(\{.*\})'", text)
     assert query is not None and orjson.loads(query.group(1))["size"] == 0
@@ -255,6 +281,28 @@ def test_worker_env_keeps_the_users_path_rules(tmp_path: Path) -> None:
         data_dir=tmp_path,
     )
     assert env["GRAYSCOPE_PATH_RULES"] == rules
+
+
+def test_endpoints_section_points_at_jaeger_when_the_spans_go_there() -> None:
+    endpoints = Endpoints(
+        bootstrap="127.0.0.1:9092",
+        topic="access-logs",
+        dlq_topic="access-logs-dlq",
+        store_url="http://127.0.0.1:9200",
+        otlp_grpc="http://127.0.0.1:41001",
+        otlp_http="http://127.0.0.1:41002/v1/traces",
+        worker_url="http://127.0.0.1:6066",
+        log_dir="/tmp/demo",
+        jaeger_url="http://127.0.0.1:41004",
+        span_service="godoc",
+    )
+    text = "\n".join(endpoints_section(endpoints, "exp00001").lines)
+    tags = "tags=%7B%22gray.id%22%3A%22exp00001%22%7D"
+    assert f"http://127.0.0.1:41004/search?service=godoc&{tags}" in text
+    assert f"curl -s 'http://127.0.0.1:41004/api/traces?service=godoc&{tags}'" in text
+    assert "Jaeger OTLP         gRPC http://127.0.0.1:41001" in text
+    assert "OTLP receiver" not in text and "/api/spans" not in text
+    assert "jaeger/jaeger" in text
 
 
 # --- the extra-sections hook ---------------------------------------------------------------

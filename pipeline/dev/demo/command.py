@@ -1,12 +1,14 @@
 """``grayscope demo``: the whole pipeline on one machine, then the drill-down.
 
-Starts a broker, a store (the embedded stand-ins, or with ``--real-stack``
-Apache Kafka and OpenSearch) and an OTLP receiver and the real worker (see
+Starts a broker, a store and a trace backend (the embedded stand-ins, among them
+grayscope's own OTLP receiver, or with ``--real-stack`` Apache Kafka, OpenSearch
+and Jaeger) and the real worker (see
 :mod:`pipeline.dev.demo.services`), sends a staged gray release with a canary
 regression through them (:mod:`pipeline.dev.demo.traffic`), waits for the worker
 to index it, and prints what a Kibana user would drill down to, computed by
 aggregation queries against the store (:mod:`pipeline.dev.demo.summary`), plus
-the spans of one gray id as Jaeger's tag search would find them.
+the spans of one gray id as Jaeger's tag search finds them (with
+``--real-stack``, Jaeger's own search: ``GET /api/traces?tags=…``).
 
 Everything it started is stopped on the way out: after the summary, on
 Ctrl-C/SIGTERM, and on errors (``--keep-running`` waits for Ctrl-C first).
@@ -19,13 +21,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -39,17 +42,20 @@ from pipeline.dev.demo.report import (
     endpoints_section,
     headline,
     render_report,
+    span_services,
     summary_sections,
 )
 from pipeline.dev.demo.services import DemoServices, start_services
 from pipeline.dev.demo.stages import plan_stages
 from pipeline.dev.demo.summary import (
     INDEX_PATTERN,
+    Window,
     parse_summary,
     spotlight_gray_id,
     summary_query,
 )
 from pipeline.dev.demo.traffic import TrafficPlan, TrafficResult, drive
+from pipeline.dev.stack.jaeger import JaegerQuery, jaeger_version
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -110,8 +116,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--real-stack",
         action="store_true",
-        help="run on Apache Kafka and OpenSearch (Java 17; the first run fetches their jars "
-        "with Maven) instead of the embedded stand-ins",
+        help="run on Apache Kafka, OpenSearch and Jaeger (Java 17 and Go; the first run fetches "
+        "the jars with Maven and builds Jaeger) instead of the embedded stand-ins",
     )
     parser.add_argument(
         "--log-dir",
@@ -214,11 +220,13 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         status.message(
             f"computing the drill-down: aggregations over {format_count(documents)} documents"
         )
-        summary_text, gray_id = build_report(services, plan, result)
+        summary_text, gray_id, span_services = build_report(services, plan, result)
         sys.stdout.write(summary_text)
         sys.stdout.flush()
         summarised = True
-        if args.keep_running and not _keep_running(services, log_dir, gray_id, status):
+        if args.keep_running and not _keep_running(
+            services, log_dir, gray_id, span_services, status
+        ):
             return EXIT_FAILED
         return EXIT_FAILED if result.failed else EXIT_OK
     except KeyboardInterrupt:
@@ -284,10 +292,9 @@ def _probe(services: DemoServices) -> Callable[[], Counts]:
         metrics = services.worker_metrics()
         consumed = metrics.get("grayscope_messages_consumed_total")
         dead = metrics.get("grayscope_dead_lettered_total")
-        receiver = services.receiver
         return Counts(
             indexed=indexed,
-            spans=receiver.received if receiver is not None else 0,
+            spans=services.spans_sent(metrics),
             consumed=int(consumed) if consumed is not None else None,
             dead_lettered=int(dead) if dead is not None else None,
         )
@@ -297,10 +304,10 @@ def _probe(services: DemoServices) -> Callable[[], Counts]:
 
 def build_report(
     services: DemoServices, plan: TrafficPlan, result: TrafficResult
-) -> tuple[str, str | None]:
-    """The drill-down text and the gray id whose spans it shows."""
-    store, receiver = services.store, services.receiver
-    assert store is not None and receiver is not None
+) -> tuple[str, str | None, list[str]]:
+    """The drill-down text, the gray id whose spans it shows, and their services."""
+    store = services.store
+    assert store is not None
 
     def store_request(method: str, path: str, body: Any = None) -> Any:
         return store.request(method, path, body, timeout=QUERY_TIMEOUT)
@@ -311,8 +318,22 @@ def build_report(
     took = time.monotonic() - started
     summary = parse_summary(response, result.windows)
     gray_id = spotlight_gray_id(summary)
-    spans = receiver.find("gray.id", gray_id) if gray_id else []
-    sections = summary_sections(summary, gray_id, spans)
+    jaeger = services.jaeger
+    spans_went = "received"
+    if jaeger is not None:
+        # The worker exports a span per request it indexed; Jaeger then finds them.
+        spans_sent = _wait_for_exports(services, documents=summary.total.requests)
+        spans_went = "exported to Jaeger"
+        expected = next((r.total.requests for r in summary.gray_ids if r.gray_id == gray_id), 0)
+        spans = _jaeger_spans(jaeger.query_url, gray_id, result.windows, expected)
+        all_spans: Callable[[], list[dict[str, Any]]] = functools.partial(list, spans)
+        version: str | None = jaeger_version()
+    else:
+        receiver = services.receiver
+        assert receiver is not None
+        spans = receiver.find("gray.id", gray_id) if gray_id else []
+        spans_sent, all_spans, version = receiver.received, receiver.spans, None
+    sections = summary_sections(summary, gray_id, spans, version)
     context = DemoContext(
         store_request=store_request,
         index_pattern=INDEX_PATTERN,
@@ -321,14 +342,14 @@ def build_report(
         stable_version=plan.versions[0],
         canary_version=plan.versions[1],
         summary=summary,
-        spans=receiver.spans,
+        spans=all_spans,
         worker_url=services.worker_url,
     )
     sections += safe_extra_sections(context)
     counts = result.counts
     intro = [
         "services: " + "; ".join(services.labels),
-        *headline(summary, result.produced, counts.dead_lettered or 0, receiver.received),
+        *headline(summary, result.produced, counts.dead_lettered or 0, spans_sent, spans_went),
         _rollout_text(result),
         f"regression injected: {_regression_text(plan.regression_path_group)}",
         f"(one _search with terms, filter, range and percentiles aggregations, {took:.1f} s: "
@@ -338,7 +359,56 @@ def build_report(
         intro.append("note: the worker had not finished when these numbers were taken")
     if result.failed:
         intro.append(f"note: {format_count(result.failed)} messages could not be produced")
-    return render_report(intro, sections), gray_id
+    return render_report(intro, sections), gray_id, span_services(spans)
+
+
+#: How long the report waits for the worker's last spans to be exported and for
+#: Jaeger's batch processor (200 ms) to store them.
+SPAN_WAIT_SECONDS = 30.0
+#: Traces per Jaeger search; one request is one trace.
+JAEGER_SEARCH_LIMIT = 5000
+
+
+def _wait_for_exports(services: DemoServices, documents: int) -> int:
+    """The worker's exported span count, once it covers every indexed document (or the
+    wait is over)."""
+    deadline = time.monotonic() + SPAN_WAIT_SECONDS
+    while True:
+        sent = services.spans_sent(services.worker_metrics())
+        if sent >= documents or time.monotonic() > deadline:
+            return sent
+        time.sleep(0.2)
+
+
+def _jaeger_spans(
+    query_url: str, gray_id: str | None, windows: Sequence[Window], expected: int
+) -> list[dict[str, Any]]:
+    """The spans Jaeger's tag search finds for ``gray_id``, in every service Jaeger knows
+    (Jaeger searches one service at a time), repeated until they are ``expected`` many
+    (the gray id's documents) or the wait is over."""
+    if gray_id is None:
+        return []
+    query = JaegerQuery(query_url, timeout=QUERY_TIMEOUT)
+    # The spans start at the requests' times, inside the rollout windows.
+    start_ns = min(w.start_ns for w in windows) - 60 * 10**9
+    end_ns = max(w.end_ns for w in windows) + 60 * 10**9
+    deadline = time.monotonic() + SPAN_WAIT_SECONDS
+    while True:
+        spans = [
+            span
+            for service in query.services()
+            if service != "jaeger"
+            for span in query.find_spans(
+                service,
+                {"gray.id": gray_id},
+                start_ns=start_ns,
+                end_ns=end_ns,
+                limit=JAEGER_SEARCH_LIMIT,
+            )
+        ]
+        if len(spans) >= expected or time.monotonic() > deadline:
+            return spans
+        time.sleep(0.5)
 
 
 def _regression(plan: TrafficPlan) -> Any:
@@ -355,19 +425,36 @@ def _rollout_text(result: TrafficResult) -> str:
 
 
 def _keep_running(
-    services: DemoServices, log_dir: Path, gray_id: str | None, status: StatusLine
+    services: DemoServices,
+    log_dir: Path,
+    gray_id: str | None,
+    span_services: Sequence[str],
+    status: StatusLine,
 ) -> bool:
     """Wait for Ctrl-C (KeyboardInterrupt); False when the worker died meanwhile."""
-    assert services.broker and services.store and services.receiver
+    assert services.broker and services.store
+    if services.jaeger is not None:
+        jaeger = services.jaeger
+        otlp_grpc, otlp_http, jaeger_url = (
+            jaeger.otlp_grpc_endpoint,
+            jaeger.otlp_http_endpoint,
+            jaeger.query_url,
+        )
+    else:
+        assert services.receiver is not None
+        receiver = services.receiver
+        otlp_grpc, otlp_http, jaeger_url = receiver.grpc_endpoint, receiver.http_endpoint, ""
     endpoints = Endpoints(
         bootstrap=services.broker.bootstrap,
         topic=services.topic,
         dlq_topic=services.dlq_topic,
         store_url=services.store.url,
-        otlp_grpc=services.receiver.grpc_endpoint,
-        otlp_http=services.receiver.http_endpoint,
+        otlp_grpc=otlp_grpc,
+        otlp_http=otlp_http,
         worker_url=services.worker_url,
         log_dir=str(log_dir),
+        jaeger_url=jaeger_url,
+        span_service=span_services[0] if span_services else "",
     )
     section = endpoints_section(endpoints, gray_id)
     sys.stdout.write("\n".join([section.title, *("  " + line for line in section.lines)]) + "\n")

@@ -4,7 +4,7 @@
 before it is printed; whatever sections it returns are printed after the
 built-in ones, in order. It gets everything the demo knows in a
 :class:`DemoContext`: a way to query the store, the rollout windows, the
-injected regression, the spans received, the worker's URL. It returns the
+injected regression, the spans at hand, the worker's URL. It returns the
 canary verdicts the worker computed live (``GET /canary``). An exception
 raised here is reported as a failed section; it does not abort the demo or
 skip the teardown.
@@ -38,7 +38,9 @@ class DemoContext:
     stable_version: str
     canary_version: str
     summary: Summary
-    spans: Callable[[], list[dict[str, Any]]]  # every span the receiver holds
+    # The spans at hand: every one the embedded receiver holds, or (on the real stack)
+    # those Jaeger's search found for the spotlight gray id.
+    spans: Callable[[], list[dict[str, Any]]]
     worker_url: str = ""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,12 +74,15 @@ def _clock(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%H:%M:%S")
 
 
-def headline(summary: Summary, produced: int, dead_lettered: int, spans: int) -> list[str]:
+def headline(
+    summary: Summary, produced: int, dead_lettered: int, spans: int, spans_went: str = "received"
+) -> list[str]:
+    """``spans_went``: what happened to the spans counted, e.g. "exported to Jaeger"."""
     total = summary.total
     return [
         f"{format_count(total.requests)} requests indexed from {summary.countries} countries "
         f"({format_count(produced)} produced, {format_count(dead_lettered)} dead-lettered, "
-        f"{format_count(spans)} spans received)",
+        f"{format_count(spans)} spans {spans_went})",
         f"overall: 5xx {percent(total.error_rate)}, p95 {millis(total.p95_ms)}",
     ]
 
@@ -169,16 +173,41 @@ def _span_sort_key(span: Mapping[str, Any]) -> tuple[int, int]:
     return (0 if error else 1, -int(span.get("start_ns") or 0))
 
 
-def span_section(gray_id: str | None, spans: Sequence[Mapping[str, Any]]) -> Section:
-    """What Jaeger's search ``gray.id=<id>`` would list: errors first, then the latest."""
+def jaeger_search_path(service: str, gray_id: str) -> str:
+    """The query API's tag search (``GET`` it on Jaeger's query URL)."""
+    tags = urllib.parse.quote(f'{{"gray.id":"{gray_id}"}}', safe="")
+    return f"/api/traces?service={urllib.parse.quote(service, safe='')}&tags={tags}"
+
+
+def jaeger_ui_path(service: str, gray_id: str) -> str:
+    """The same search in Jaeger's UI."""
+    return "/search" + jaeger_search_path(service, gray_id).removeprefix("/api/traces")
+
+
+def span_services(spans: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The spans' ``service.name`` values, sorted (Jaeger searches one service at a time)."""
+    names = {str((s.get("resource") or {}).get("service.name", "")) for s in spans}
+    return sorted(name for name in names if name)
+
+
+def span_section(
+    gray_id: str | None, spans: Sequence[Mapping[str, Any]], jaeger_version: str | None = None
+) -> Section:
+    """What Jaeger's search ``gray.id=<id>`` lists: errors first, then the latest.
+
+    ``jaeger_version``: the spans came from that Jaeger's tag search; None: from
+    grayscope's own OTLP receiver (the embedded stand-in), searched the same way."""
     if gray_id is None:
         return Section(
             "Spans by gray id", ["no gray id was indexed, so there is nothing to search"]
         )
-    title = (
-        f"Spans for gray.id={gray_id} (grayscope's OTLP receiver, a stand-in for Jaeger; "
-        f"in Jaeger: Tags gray.id={gray_id})"
-    )
+    if jaeger_version is None:
+        title = (
+            f"Spans for gray.id={gray_id} (grayscope's OTLP receiver, a stand-in for Jaeger; "
+            f"in Jaeger: Tags gray.id={gray_id})"
+        )
+    else:
+        title = f"Spans for gray.id={gray_id} (found by Jaeger {jaeger_version}'s tag search)"
     if not spans:
         return Section(title, ["no spans found"])
     errors = sum(1 for s in spans if str(s.get("status_code", "")).endswith("ERROR"))
@@ -187,6 +216,8 @@ def span_section(gray_id: str | None, spans: Sequence[Mapping[str, Any]]) -> Sec
         f"{format_count(len(spans))} spans in {format_count(traces)} traces, "
         f"{format_count(errors)} with status ERROR; showing {min(MAX_SPAN_ROWS, len(spans))}:"
     ]
+    if jaeger_version is not None:
+        lines[:0] = [f"GET {jaeger_search_path(name, gray_id)}" for name in span_services(spans)]
     rows = []
     for span in sorted(spans, key=_span_sort_key)[:MAX_SPAN_ROWS]:
         attrs: Mapping[str, Any] = span.get("attributes") or {}
@@ -212,7 +243,10 @@ def span_section(gray_id: str | None, spans: Sequence[Mapping[str, Any]]) -> Sec
 
 
 def summary_sections(
-    summary: Summary, gray_id: str | None, spans: Sequence[Mapping[str, Any]]
+    summary: Summary,
+    gray_id: str | None,
+    spans: Sequence[Mapping[str, Any]],
+    jaeger_version: str | None = None,
 ) -> list[Section]:
     return [
         rollout_section(summary),
@@ -220,7 +254,7 @@ def summary_sections(
         version_section(summary),
         country_section(summary),
         gray_id_section(summary),
-        span_section(gray_id, spans),
+        span_section(gray_id, spans, jaeger_version),
     ]
 
 
@@ -245,6 +279,10 @@ class Endpoints:
     otlp_http: str  # .../v1/traces
     worker_url: str
     log_dir: str
+    #: Jaeger's query URL (UI and API) when the spans go to Jaeger, else "" (the receiver).
+    jaeger_url: str = ""
+    #: A service.name the example search names (Jaeger searches one service at a time).
+    span_service: str = ""
 
 
 def endpoints_section(endpoints: Endpoints, gray_id: str | None) -> Section:
@@ -260,11 +298,29 @@ def endpoints_section(endpoints: Endpoints, gray_id: str | None) -> Section:
         f"  curl -s '{e.store_url}/{INDEX_PATTERN}/_count'",
         f"  curl -s -H 'Content-Type: application/json' '{e.store_url}/{INDEX_PATTERN}/_search' "
         f"-d '{query}'",
-        f"OTLP receiver       gRPC {e.otlp_grpc}   HTTP {e.otlp_http}",
-        f"  curl -s '{receiver_base}/api/spans?tag=gray.id:{example_id}' | head -c 1000",
+    ]
+    if e.jaeger_url:
+        service = e.span_service or "go.dev"
+        lines += [
+            f"Jaeger OTLP         gRPC {e.otlp_grpc}   HTTP {e.otlp_http}",
+            f"Jaeger UI           {e.jaeger_url}{jaeger_ui_path(service, example_id)}",
+            f"  curl -s '{e.jaeger_url}{jaeger_search_path(service, example_id)}' | head -c 1000",
+        ]
+    else:
+        lines += [
+            f"OTLP receiver       gRPC {e.otlp_grpc}   HTTP {e.otlp_http}  (stand-in for Jaeger)",
+            f"  curl -s '{receiver_base}/api/spans?tag=gray.id:{example_id}' | head -c 1000",
+        ]
+    # The real stack's services log in their data folders.
+    logs = (
+        "kafka/kafka,opensearch/opensearch,jaeger/jaeger,worker"
+        if e.jaeger_url
+        else "broker,store,worker"
+    )
+    lines += [
         f"Worker              {e.worker_url}/metrics   {e.worker_url}/healthz",
         f"  curl -s {e.worker_url}/metrics | grep '^grayscope_'",
         f"  curl -s {e.worker_url}/healthz",
-        f"Logs                {e.log_dir}/{{broker,store,worker}}.log",
+        f"Logs                {e.log_dir}/{{{logs}}}.log",
     ]
     return Section("Everything keeps running until Ctrl-C:", lines)

@@ -1,10 +1,10 @@
-"""The demo's processes: a broker, a store, an OTLP receiver, and the real worker.
+"""The demo's processes: a broker, a store, a trace backend, and the real worker.
 
 Two sets of services: the embedded stand-ins (tansu for Kafka, osmem for the
-Elasticsearch API; no Java, start in well under a second), or with
-``--real-stack`` Apache Kafka and OpenSearch from :mod:`pipeline.dev.stack`
-(Java 17; the first run fetches their jars). Traces go to grayscope's own OTLP
-receiver either way (a stand-in for Jaeger). Results are labelled with what ran.
+Elasticsearch API, grayscope's own OTLP receiver for Jaeger; no Java, start in
+well under a second), or with ``--real-stack`` Apache Kafka, OpenSearch and
+Jaeger from :mod:`pipeline.dev.stack` (Java 17 and Go; the first run fetches
+their jars and builds Jaeger). Results are labelled with what ran.
 
 The worker is ``python -m pipeline.commands.main worker`` in a child process with its
 settings in ``GRAYSCOPE_*`` variables, exactly as an operator would run it.
@@ -35,6 +35,12 @@ from pipeline.dev.embedded.broker import EmbeddedBroker, create_topics
 from pipeline.dev.embedded.otlp_receiver import OtlpReceiver
 from pipeline.dev.embedded.ports import ChildProcess
 from pipeline.dev.embedded.store import EmbeddedStore
+from pipeline.dev.stack.jaeger import (
+    JaegerServer,
+    build_jaeger,
+    jaeger_binary_path,
+    jaeger_version,
+)
 from pipeline.dev.stack.kafka import KafkaNode, kafka_lib, kafka_version
 from pipeline.dev.stack.opensearch import OpenSearchNode, opensearch_lib, opensearch_version
 from pipeline.dev.stack.process import free_port
@@ -145,7 +151,9 @@ class DemoServices:
     store: EmbeddedStore | OpenSearchNode | None = None
     #: What ran, for the report: e.g. "Kafka: tansu (embedded stand-in)".
     labels: list[str] = field(default_factory=list)
+    #: The trace backend: the receiver (stand-ins) or Jaeger (``--real-stack``).
     receiver: OtlpReceiver | None = None
+    jaeger: JaegerServer | None = None
     worker: ChildProcess | None = None
     worker_port: int = 0
 
@@ -190,7 +198,15 @@ class DemoServices:
 
     @property
     def started_anything(self) -> bool:
-        return any(x is not None for x in (self.broker, self.store, self.receiver, self.worker))
+        started = (self.broker, self.store, self.receiver, self.jaeger, self.worker)
+        return any(x is not None for x in started)
+
+    def spans_sent(self, metrics: Mapping[str, float]) -> int:
+        """Spans so far: the receiver's count, or the worker's exported count (``metrics``,
+        its /metrics) when they go to Jaeger."""
+        if self.receiver is not None:
+            return self.receiver.received
+        return int(metrics.get("grayscope_spans_exported_total", 0))
 
     def stop(self) -> None:
         """Worker first (SIGTERM, then SIGKILL after a grace period; it still needs the
@@ -199,6 +215,7 @@ class DemoServices:
         for name, action in (
             ("worker", self._stop_worker),
             ("OTLP receiver", self._stop_receiver),
+            ("Jaeger", self._stop_jaeger),
             ("broker", self._stop_broker),
             ("store", self._stop_store),
         ):
@@ -219,6 +236,11 @@ class DemoServices:
         receiver, self.receiver = self.receiver, None
         if receiver is not None:
             receiver.stop()
+
+    def _stop_jaeger(self) -> None:
+        jaeger, self.jaeger = self.jaeger, None
+        if jaeger is not None:
+            jaeger.stop()
 
     def _stop_broker(self) -> None:
         broker, self.broker = self.broker, None
@@ -247,7 +269,8 @@ def start_services(
     broker: EmbeddedBroker | KafkaNode
     store: EmbeddedStore | OpenSearchNode
     if services.real_stack:
-        broker, store = _start_real_stack(services, say)
+        broker, store, jaeger = _start_real_stack(services, say)
+        otlp_endpoint = jaeger.otlp_grpc_endpoint
     else:
         services.broker = broker = EmbeddedBroker.start(log_path=log_dir / "broker.log")
         say(f"embedded Kafka-protocol broker (tansu, a stand-in) on {broker.bootstrap}")
@@ -257,18 +280,19 @@ def start_services(
             "Kafka: tansu (embedded stand-in)",
             "store: osmem (in-memory stand-in for the Elasticsearch API)",
         ]
-    services.labels.append("traces: grayscope's OTLP receiver (stand-in for Jaeger)")
+        services.labels.append("traces: grayscope's OTLP receiver (stand-in for Jaeger)")
+        # The receiver starts after the worker: forking while gRPC's threads run
+        # makes gRPC log a warning about its fork handlers. Its ports are picked now.
+        grpc_port, http_port = free_port(), free_port()
+        otlp_endpoint = f"http://127.0.0.1:{grpc_port}"
     asyncio.run(create_topics(broker.bootstrap, [services.topic, services.dlq_topic], PARTITIONS))
-    # The receiver starts after the worker: forking while gRPC's threads run
-    # makes gRPC log a warning about its fork handlers. Its ports are picked now.
-    grpc_port, http_port = free_port(), free_port()
     services.worker_port = free_port()
     env = worker_env(
         settings,
         bootstrap=broker.bootstrap,
         topic=services.topic,
         store_url=store.url,
-        otlp_endpoint=f"http://127.0.0.1:{grpc_port}",
+        otlp_endpoint=otlp_endpoint,
         web_port=services.worker_port,
         data_dir=log_dir / "worker-data",
         real_stack=services.real_stack,
@@ -279,9 +303,15 @@ def start_services(
         env={**base_env, **env},
     )
     services.worker = worker
-    # Bounded: a --keep-running demo must not grow; searches look at the newest spans.
-    services.receiver = receiver = OtlpReceiver.start(grpc_port, http_port, keep=DEMO_SPANS_KEPT)
-    say(f"embedded OTLP receiver on {receiver.grpc_endpoint} (gRPC), {receiver.http_endpoint}")
+    if not services.real_stack:
+        # Bounded: a --keep-running demo must not grow; searches look at the newest spans.
+        services.receiver = receiver = OtlpReceiver.start(
+            grpc_port, http_port, keep=DEMO_SPANS_KEPT
+        )
+        say(
+            f"embedded OTLP receiver (a stand-in for Jaeger) on {receiver.grpc_endpoint} "
+            f"(gRPC), {receiver.http_endpoint}"
+        )
 
     def started() -> bool:
         health = services.worker_health()
@@ -294,21 +324,30 @@ def start_services(
 
 def _start_real_stack(
     services: DemoServices, say: Callable[[str], None]
-) -> tuple[KafkaNode, OpenSearchNode]:
-    """Apache Kafka and OpenSearch, started at the same time, data under the log dir."""
+) -> tuple[KafkaNode, OpenSearchNode, JaegerServer]:
+    """Apache Kafka, OpenSearch and Jaeger (all-in-one, in-memory), started at the same
+    time, data and logs under the log dir."""
     cache = Path(StackSettings.model_validate({}).cache_dir)
-    say("Apache Kafka and OpenSearch: fetching (first run only) and starting, ~30-60 s")
+    if not jaeger_binary_path(cache).exists():
+        say(f"Jaeger {jaeger_version()}: building with Go (first run only, minutes)")
+    binary = build_jaeger(cache)
+    say("Apache Kafka, OpenSearch and Jaeger: fetching (first run only) and starting, ~30-60 s")
     kafka = KafkaNode(data_dir=services.log_dir / "kafka", lib=kafka_lib(cache))
     store = OpenSearchNode(data_dir=services.log_dir / "opensearch", lib=opensearch_lib(cache))
     services.broker, services.store = kafka, store
     kafka.spawn()
     store.spawn()
+    # Jaeger is ready in about a second, while the JVMs start.
+    services.jaeger = jaeger = JaegerServer(binary, services.log_dir / "jaeger")
+    jaeger.start()
     kafka.wait_ready()
     store.wait_ready()
     say(f"Apache Kafka {kafka_version()} (KRaft) on {kafka.bootstrap}")
     say(f"OpenSearch {opensearch_version()} on {store.url}")
+    say(f"Jaeger {jaeger_version()} (OTLP {jaeger.otlp_grpc_endpoint}) on {jaeger.query_url}")
     services.labels += [
         f"Kafka: Apache Kafka {kafka_version()}",
         f"store: OpenSearch {opensearch_version()}",
+        f"traces: Jaeger {jaeger_version()} (all-in-one, in-memory store)",
     ]
-    return kafka, store
+    return kafka, store, jaeger

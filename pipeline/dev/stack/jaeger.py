@@ -47,7 +47,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
@@ -435,6 +435,20 @@ class JaegerQuery:
         )
         return list(body.get("data") or []) if body else []
 
+    def find_spans(
+        self,
+        service: str,
+        tags: Mapping[str, str],
+        *,
+        start_ns: int,
+        end_ns: int,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """:meth:`find_traces`, its spans as :func:`spans_from_v1` dicts."""
+        return spans_from_v1(
+            self.find_traces(service, tags, start_ns=start_ns, end_ns=end_ns, limit=limit)
+        )
+
     def get_trace_otlp(self, trace_id: str, *, raw: bool = True) -> dict[str, Any] | None:
         """One trace as OTLP JSON (``resourceSpans``), or None when Jaeger has none.
 
@@ -448,6 +462,57 @@ class JaegerQuery:
             return None
         result = body.get("result", body)
         return dict(result) if isinstance(result, dict) else None
+
+
+#: v1 tags that carry the OTLP span's own fields, not its attributes.
+_SPAN_FIELD_TAGS = frozenset(
+    {"span.kind", "otel.status_code", "otel.status_description", "error",
+     "otel.scope.name", "otel.scope.version", "otel.library.name", "otel.library.version"}
+)  # fmt: skip
+
+
+def spans_from_v1(traces: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The spans of ``/api/traces`` answers (Jaeger's v1 JSON model) in the shape
+    :func:`pipeline.dev.otlp_decode.request_to_dicts` gives received spans: lower-hex
+    ids, epoch-ns times, ``STATUS_CODE_*`` / ``SPAN_KIND_*`` names, typed attributes,
+    the process's tags (and ``service.name``) as the resource."""
+    out: list[dict[str, Any]] = []
+    for trace in traces:
+        processes: Mapping[str, Any] = trace.get("processes") or {}
+        for span in trace.get("spans") or []:
+            tags = {tag["key"]: tag.get("value") for tag in span.get("tags") or []}
+            process = processes.get(span.get("processID", "")) or {}
+            resource = {tag["key"]: tag.get("value") for tag in process.get("tags") or []}
+            if process.get("serviceName"):
+                resource["service.name"] = process["serviceName"]
+            parents = [
+                ref["spanID"]
+                for ref in span.get("references") or []
+                if ref.get("refType") == "CHILD_OF"
+            ]
+            start_ns = int(span.get("startTime") or 0) * 1000
+            status = str(tags.get("otel.status_code") or "UNSET").upper()
+            kind = str(tags.get("span.kind") or "unspecified").upper()
+            out.append(
+                {
+                    # v1 writes a 64-bit trace id (high half zero) without the zeros.
+                    "trace_id": str(span.get("traceID", "")).zfill(32),
+                    "span_id": str(span.get("spanID", "")).zfill(16),
+                    "parent_span_id": parents[0] if parents else None,
+                    "name": span.get("operationName", ""),
+                    "kind": f"SPAN_KIND_{kind}",
+                    "start_ns": start_ns,
+                    "end_ns": start_ns + int(span.get("duration") or 0) * 1000,
+                    "status_code": f"STATUS_CODE_{status}",
+                    "status_message": str(tags.get("otel.status_description") or ""),
+                    "attributes": {k: v for k, v in tags.items() if k not in _SPAN_FIELD_TAGS},
+                    "resource": resource,
+                    "scope": str(
+                        tags.get("otel.scope.name") or tags.get("otel.library.name") or ""
+                    ),
+                }
+            )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

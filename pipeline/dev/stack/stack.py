@@ -20,7 +20,9 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,8 @@ class ServiceSpec:
     fetch: Callable[[StackSettings], None]
     #: Start it detached in its folder (ports of the previous run, when still free).
     start: Callable[[StackSettings, Path, Mapping[str, int]], Started]
+    #: Services that must answer before this one starts (the others start at once).
+    needs: tuple[str, ...] = ()
 
 
 def _reusable(ports: Mapping[str, int], name: str) -> int:
@@ -222,7 +226,7 @@ SERVICES: list[ServiceSpec] = [
     ServiceSpec("opensearch", _fetch_opensearch, _start_opensearch),
     ServiceSpec("jaeger", _fetch_jaeger, _start_jaeger),
     ServiceSpec("alertmanager", _fetch_monitoring, _start_alertmanager),
-    ServiceSpec("prometheus", _fetch_monitoring, _start_prometheus),
+    ServiceSpec("prometheus", _fetch_monitoring, _start_prometheus, needs=("alertmanager",)),
 ]
 
 
@@ -265,31 +269,56 @@ class Stack:
             build_otelcol(Path(self.settings.cache_dir))
 
     def up(self, report: Callable[[str], None] = print) -> None:
-        """Start every service that is not running; return once all answer."""
+        """Start every service that is not running; return once all answer.
+
+        Fetches run one after another (Maven shares its local repository), then the
+        services start at the same time (the JVMs' 20-60 s overlap), each after the
+        ones it ``needs``. The processes are detached, so starting them from pool
+        threads is safe."""
         started_now: list[tuple[ServiceSpec, Started]] = []
-        try:
-            for spec in SERVICES:
-                previous = self._load(spec.name)
-                if self._alive(previous):
-                    report(f"{spec.name}: already running (pid {previous.pid})")  # type: ignore[union-attr]
-                    continue
-                folder = self.folder / spec.name
-                folder.mkdir(parents=True, exist_ok=True)
-                report(f"{spec.name}: starting (data and log in {folder})")
+        lock = threading.Lock()
+        to_start: list[tuple[ServiceSpec, Started | None]] = []
+        for spec in SERVICES:
+            previous = self._load(spec.name)
+            if self._alive(previous):
+                report(f"{spec.name}: already running (pid {previous.pid})")  # type: ignore[union-attr]
+            else:
                 spec.fetch(self.settings)
-                started = spec.start(
-                    self.settings, folder, previous.ports if previous is not None else {}
-                )
-                self._state_path(spec.name).write_text(json.dumps(asdict(started), indent=2))
+                to_start.append((spec, previous))
+
+        def start(spec: ServiceSpec, previous: Started | None, needs: list[Future[None]]) -> None:
+            for need in needs:
+                need.result()  # raises when what this one needs failed
+            folder = self.folder / spec.name
+            folder.mkdir(parents=True, exist_ok=True)
+            report(f"{spec.name}: starting (data and log in {folder})")
+            started = spec.start(
+                self.settings, folder, previous.ports if previous is not None else {}
+            )
+            self._state_path(spec.name).write_text(json.dumps(asdict(started), indent=2))
+            with lock:
                 started_now.append((spec, started))
-                endpoints = " ".join(f"{k}={v}" for k, v in started.env.items())
-                report(f"{spec.name}: up (pid {started.pid}) {endpoints}")
+            endpoints = " ".join(f"{k}={v}" for k, v in started.env.items())
+            report(f"{spec.name}: up (pid {started.pid}) {endpoints}")
+
+        pool = ThreadPoolExecutor(max(1, len(to_start)), thread_name_prefix="stack-up")
+        try:
+            futures: dict[str, Future[None]] = {}
+            for spec, previous in to_start:  # SERVICES lists what a service needs first
+                needs = [futures[name] for name in spec.needs if name in futures]
+                futures[spec.name] = pool.submit(start, spec, previous, needs)
+            for future in futures.values():
+                future.result()
         except BaseException:
-            # All or nothing for this call: what it started goes down again.
+            # All or nothing for this call: what it started goes down again, once the
+            # starts under way have ended (each is bounded by its startup timeout).
+            pool.shutdown(wait=True, cancel_futures=True)
             for spec, started in reversed(started_now):
                 stop_pid(started.pid, grace=started.stop_grace, start_time=started.start_time)
                 self._state_path(spec.name).unlink(missing_ok=True)
             raise
+        finally:
+            pool.shutdown(wait=True)
 
     def env(self) -> dict[str, str]:
         """The endpoint variables of the services that run."""
