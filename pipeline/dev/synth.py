@@ -220,8 +220,11 @@ class _Generator:
         clients: int,
         formats: dict[str, float],
         envelopes: dict[str, float],
+        internet_clients: bool = False,
     ) -> None:
         self.rng = random.Random(seed)
+        self.internet_clients = internet_clients
+        self.ua_cum = _cumulative(_UA_WEIGHTS)
         self.canary_share = canary_share
         self.regression = regression
         self.clock = clock
@@ -305,7 +308,11 @@ class _Generator:
         body = 0 if status in (204, 304) else int(rng.lognormvariate(math.log(median_bytes), 0.5))
         if status >= 400:
             body = rng.randint(100, 600)
-        client_ip, user_agent = self.clients[int(len(self.clients) * rng.random() ** 2)]
+        if self.internet_clients:
+            client_ip = _public_ipv4(rng)
+            user_agent = USER_AGENTS[_pick(rng, self.ua_cum)]
+        else:
+            client_ip, user_agent = self.clients[int(len(self.clients) * rng.random() ** 2)]
         forwarded_for, peer = self._forwarding(client_ip)
         traceparent = b3_trace = b3_span = None
         trace_roll = rng.random()
@@ -407,6 +414,19 @@ class _Generator:
         if not expressible:
             name = _FULL_FORMATS[self.rng.random() < 0.5]
         return name
+
+
+#: First octets that are not public unicast (private, loopback, CGNAT's 100, link-local's
+#: 169, multicast and reserved from 224): skipped when drawing a random client address.
+_NOT_PUBLIC_FIRST_OCTETS = frozenset({0, 10, 100, 127, 169, 172, 192, *range(224, 256)})
+
+
+def _public_ipv4(rng: random.Random) -> str:
+    """A random public IPv4 address (whole first octets left out where a part is not)."""
+    while True:
+        value = rng.getrandbits(32)
+        if value >> 24 not in _NOT_PUBLIC_FIRST_OCTETS:
+            return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}"
 
 
 def _cumulative(weights: Iterable[float]) -> list[float]:
@@ -636,11 +656,14 @@ def generate(
     clients: int = 20_000,
     formats: dict[str, float] | None = None,
     envelopes: dict[str, float] | None = None,
+    internet_clients: bool = False,
 ) -> Iterator[bytes]:
     """Yield ``n`` raw message values (forever when ``n`` is None).
 
     ``clock`` returns each request's start time in epoch ns (pass
     ``time.time_ns`` for live traffic); the default is :func:`synthetic_clock`.
+    ``internet_clients``: every request from a new random public IPv4 address
+    (instead of the ``clients`` population): a GeoIP cache's worst case.
     The same arguments always yield the same bytes (unless ``clock`` varies).
     """
     if not 0.0 <= canary_share <= 1.0:
@@ -655,6 +678,7 @@ def generate(
         clients,
         FORMATS if formats is None else formats,
         ENVELOPES if envelopes is None else envelopes,
+        internet_clients,
     )
     rng = gen.rng
     count = 0
