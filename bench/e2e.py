@@ -170,6 +170,7 @@ def start_worker(
         "GRAYSCOPE_LOG_LEVEL": "warning",
         "GRAYSCOPE_CONSUMER_GROUP": "bench-" + uuid.uuid4().hex[:8],
         **env,
+        **WORKER_ENV,
     }
     # The entry point, not a module path: it is the same in every checkout compared.
     command = (
@@ -250,6 +251,9 @@ def peak_rss_mb(pid: int) -> float:
 # and interpolates when, inside the last interval, the count reached the target.
 POLL_SECONDS = 1.0
 
+
+#: ``--worker-env KEY=VALUE``: settings every worker of this run gets (tuning experiments).
+WORKER_ENV: dict[str, str] = {}
 
 CONSUMED = ("grayscope_messages_consumed_total",)
 # Into a real store a run ends when every message is stored or dead-lettered.
@@ -411,22 +415,30 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         # Rounds, not one path's repeats back to back: this VM's speed drifts by
         # 15-20 % within minutes, so each round measures the raw ceiling and every
         # path in the same window, and a run's ratio is taken to its own round's ceiling.
-        ceilings: list[int] = []
-        runs: dict[str, list[dict[str, Any]]] = {key: [] for key in paths}
-        for _ in range(max(1, args.repeat)):
-            ceiling = round(await raw_ceiling(bootstrap, topic, args.events))
-            ceilings.append(ceiling)
-            for key, (env, root) in paths.items():
-                run = run_worker(env, args.events, log, args.timeout, root=root)
-                run["vs_raw"] = round(run["events_per_s"] / ceiling, 3)
-                runs[key].append(run)
-        results["a_raw_ceiling"] = max(ceilings)
-        results["a_raw_ceiling_runs"] = ceilings
-        for key, key_runs in runs.items():
-            results[key] = best_of(key_runs)
-        if args.compare:
-            results["compare_root"] = str(Path(args.compare).resolve())
+        if args.only_scaling:
+            results["scaling"] = await scaling(services, null_url, endpoints, args, log)
+            return results
+        if not args.only_real_stack:
+            ceilings: list[int] = []
+            runs: dict[str, list[dict[str, Any]]] = {key: [] for key in paths}
+            for _ in range(max(1, args.repeat)):
+                ceiling = round(await raw_ceiling(bootstrap, topic, args.events))
+                ceilings.append(ceiling)
+                for key, (env, root) in paths.items():
+                    run = run_worker(env, args.events, log, args.timeout, root=root)
+                    run["vs_raw"] = round(run["events_per_s"] / ceiling, 3)
+                    runs[key].append(run)
+            results["a_raw_ceiling"] = max(ceilings)
+            results["a_raw_ceiling_runs"] = ceilings
+            for key, key_runs in runs.items():
+                results[key] = best_of(key_runs)
+            if args.compare:
+                results["compare_root"] = str(Path(args.compare).resolve())
         results["real_stack"] = await real_stack(services, values, base, args, log)
+        if args.otelcol:
+            results["otelcol"] = otelcol(services, results["real_stack"], args, workdir)
+        if args.only_real_stack:
+            return results
         results["e_latency"] = await latency(
             bootstrap, full | {"GRAYSCOPE_ES_URL": null_url}, values, args, log
         )
@@ -476,7 +488,9 @@ async def real_stack(
         run["stored"] = services.document_count()
         worker_runs.append(run)
     worker = best_of(worker_runs)
+    worker.pop("metrics", None)
     return {
+        "topic": topic,
         "events": n,
         "documents": documents,
         "worker_events_per_s": worker["events_per_s"],
@@ -486,6 +500,26 @@ async def real_stack(
         "worker": worker,
         "store_ceiling": ceiling,
     }
+
+
+def otelcol(
+    services: Services, real: dict[str, Any], args: argparse.Namespace, workdir: Path
+) -> dict[str, Any]:
+    """The OpenTelemetry Collector (bench/otelcol.py) on the real-stack run's topic,
+    into the same OpenSearch (its own data stream), GeoIP on the same database."""
+    from bench.otelcol import run_otelcol
+    from pipeline.config import Settings
+
+    return run_otelcol(
+        services.kafka.bootstrap,
+        real["topic"],
+        real["events"],
+        services.opensearch.url,
+        services.jaeger.otlp_grpc_endpoint,
+        Settings().geoip_city_db,
+        workdir / "otelcol",
+        args.timeout,
+    )
 
 
 async def latency(
@@ -637,11 +671,10 @@ async def scaling(
     out: dict[str, Any] = {"partitions": PARTITIONS}
     streams = {
         "synthetic": list(generate(args.scaling_events, seed=7)),
-        # A client population as large as --distinct-clients: the GeoIP cache's
-        # hard case (most addresses are seen once or twice).
-        "distinct_clients": list(
-            generate(args.scaling_events, seed=8, clients=args.distinct_clients)
-        ),
+        # --distinct-clients lines, each from a new random public IPv4 address: about
+        # as many distinct addresses (and /24 networks) as lines, the GeoIP cache's
+        # worst case (its network-level entries rarely hit either).
+        "distinct_clients": list(generate(args.distinct_clients, seed=8, internet_clients=True)),
     }
     for stream, values in streams.items():
         out[f"{stream}_distinct_clients"] = distinct_clients(values)
@@ -792,14 +825,12 @@ def table(results: dict[str, Any]) -> str:
     out.append(
         f"real stack: worker / store ceiling = {real['worker_vs_store_ceiling']:.2f} (goal >= 0.9)"
     )
-    if (
-        "otelcol" in results
-        and full.get("cpu_us_per_event")
-        and results["otelcol"].get("cpu_us_per_event")
-    ):
+    if "otelcol" in results:
+        col = results["otelcol"]
         out.append(
-            f"CPU per event, grayscope worker (real stack) vs the Collector: "
-            f"{real['worker_cpu_us_per_event']} vs {results['otelcol']['cpu_us_per_event']} µs"
+            f"CPU per event into OpenSearch: grayscope worker {real['worker_cpu_us_per_event']} µs "
+            f"(spans to Jaeger on) vs the Collector {col.get('cpu_us_per_event')} µs (no spans: "
+            f"no contrib component makes them from logs); {col.get('docs_indexed', 0):,} docs"
         )
     if "compare_c_full_null_store" in results:
         before = results["compare_c_full_null_store"]
@@ -876,10 +907,16 @@ def main() -> int:
     )
     parser.add_argument("--scaling-events", type=int, default=200_000)
     parser.add_argument(
+        "--no-otelcol",
+        dest="otelcol",
+        action="store_false",
+        help="skip the OpenTelemetry Collector (built into the service cache the first time)",
+    )
+    parser.add_argument(
         "--distinct-clients",
         type=int,
         default=1_000_000,
-        help="client population of the GeoIP scaling stream",
+        help="lines (and about as many distinct client addresses) of the GeoIP scaling stream",
     )
     parser.add_argument("--rate", type=float, default=5000, help="offered load for the latency run")
     parser.add_argument("--latency-seconds", type=float, default=20)
@@ -893,8 +930,27 @@ def main() -> int:
     )
     parser.add_argument("--workdir", default="/tmp/grayscope-bench")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting for every worker of the run (repeatable), e.g. GRAYSCOPE_BATCH_SIZE=5000",
+    )
+    parser.add_argument(
+        "--only-real-stack",
+        action="store_true",
+        help="only the real-stack runs (and the Collector): for tuning the worker into a store",
+    )
+    parser.add_argument(
+        "--only-scaling", action="store_true", help="only the 1 -> 2 worker scaling runs"
+    )
     args = parser.parse_args()
+    WORKER_ENV.update(item.split("=", 1) for item in args.worker_env)
     results = asyncio.run(main_async(args))
+    if args.only_real_stack or args.only_scaling:
+        print(json.dumps(results, indent=2))
+        return 0
     print(json.dumps(results, indent=2) if args.json else table(results))
     return 0
 

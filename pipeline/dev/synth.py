@@ -267,9 +267,12 @@ class _Generator:
         formats: dict[str, float],
         envelopes: dict[str, float],
         funnel: FunnelTraffic | None = None,
+        internet_clients: bool = False,
     ) -> None:
         self.rng = random.Random(seed)
         self.funnel = funnel
+        self.internet_clients = internet_clients
+        self.ua_cum = _cumulative(_UA_WEIGHTS)
         # Funnel walks waiting for their next step: (due ns, sequence, step, client, canary).
         self._walks: list[tuple[int, int, int, int, bool]] = []
         self._walk_seq = 0
@@ -400,7 +403,11 @@ class _Generator:
         body = 0 if status in (204, 304) else int(rng.lognormvariate(math.log(median_bytes), 0.5))
         if status >= 400:
             body = rng.randint(100, 600)
-        client_ip, user_agent = self.clients[int(len(self.clients) * rng.random() ** 2)]
+        if self.internet_clients:
+            client_ip = _public_ipv4(rng)
+            user_agent = USER_AGENTS[_pick(rng, self.ua_cum)]
+        else:
+            client_ip, user_agent = self.clients[int(len(self.clients) * rng.random() ** 2)]
         if walk is not None:
             client_ip, user_agent = self.clients[walk[1]]
         forwarded_for, peer = self._forwarding(client_ip)
@@ -504,6 +511,19 @@ class _Generator:
         if not expressible:
             name = _FULL_FORMATS[self.rng.random() < 0.5]
         return name
+
+
+#: First octets that are not public unicast (private, loopback, CGNAT's 100, link-local's
+#: 169, multicast and reserved from 224): skipped when drawing a random client address.
+_NOT_PUBLIC_FIRST_OCTETS = frozenset({0, 10, 100, 127, 169, 172, 192, *range(224, 256)})
+
+
+def _public_ipv4(rng: random.Random) -> str:
+    """A random public IPv4 address (whole first octets left out where a part is not)."""
+    while True:
+        value = rng.getrandbits(32)
+        if value >> 24 not in _NOT_PUBLIC_FIRST_OCTETS:
+            return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}"
 
 
 def _cumulative(weights: Iterable[float]) -> list[float]:
@@ -734,11 +754,14 @@ def generate(
     formats: dict[str, float] | None = None,
     envelopes: dict[str, float] | None = None,
     funnel: FunnelTraffic | None = None,
+    internet_clients: bool = False,
 ) -> Iterator[bytes]:
     """Yield ``n`` raw message values (forever when ``n`` is None).
 
     ``clock`` returns each request's start time in epoch ns (pass
     ``time.time_ns`` for live traffic); the default is :func:`synthetic_clock`.
+    ``internet_clients``: every request from a new random public IPv4 address
+    (instead of the ``clients`` population): a GeoIP cache's worst case.
     The same arguments always yield the same bytes (unless ``clock`` varies).
     ``funnel``: also users walking the playground funnel (``FunnelTraffic``).
     """
@@ -755,6 +778,7 @@ def generate(
         FORMATS if formats is None else formats,
         ENVELOPES if envelopes is None else envelopes,
         funnel,
+        internet_clients,
     )
     rng = gen.rng
     count = 0
