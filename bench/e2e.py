@@ -434,6 +434,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 results[key] = best_of(key_runs)
             if args.compare:
                 results["compare_root"] = str(Path(args.compare).resolve())
+        if args.only_rounds:
+            return results
         results["real_stack"] = await real_stack(services, values, base, args, log)
         if args.otelcol:
             results["otelcol"] = otelcol(services, results["real_stack"], args, workdir)
@@ -945,10 +947,15 @@ def main() -> int:
     parser.add_argument(
         "--only-scaling", action="store_true", help="only the 1 -> 2 worker scaling runs"
     )
+    parser.add_argument(
+        "--only-rounds",
+        action="store_true",
+        help="only the rounds of a, b and c (with --compare: a before/after of the worker)",
+    )
     args = parser.parse_args()
     WORKER_ENV.update(item.split("=", 1) for item in args.worker_env)
     results = asyncio.run(main_async(args))
-    if args.only_real_stack or args.only_scaling:
+    if args.only_real_stack or args.only_scaling or args.only_rounds:
         print(json.dumps(results, indent=2))
         return 0
     print(json.dumps(results, indent=2) if args.json else table(results))
