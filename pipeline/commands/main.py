@@ -92,14 +92,37 @@ def _produce_options(parser: argparse.ArgumentParser) -> None:
 def _demo_options(parser: argparse.ArgumentParser) -> None:
     from pipeline.commands.demo import add_demo_arguments
 
-    add_demo_arguments(parser)
+    try:
+        add_demo_arguments(parser)
+    except ImportError:
+        _without_dev_tooling(parser, "demo")
+        return
     parser.set_defaults(handler=_lazy("pipeline.commands.demo", "run_demo"))
 
 
 def _stack_options(parser: argparse.ArgumentParser) -> None:
-    from pipeline.dev.stack.command import add_stack_arguments
-
+    try:
+        from pipeline.dev.stack.command import add_stack_arguments
+    except ImportError:
+        _without_dev_tooling(parser, "stack")
+        return
     add_stack_arguments(parser)
+
+
+def _without_dev_tooling(parser: argparse.ArgumentParser, command: str) -> None:
+    """The command of development tooling the wheel leaves out (pyproject.toml): it says so."""
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    def handler(args: argparse.Namespace, settings: Settings) -> int:
+        print(
+            f"grayscope: `grayscope {command}` is development tooling, not part of this "
+            "installation (the wheel and the worker image leave it out): run it from a "
+            "source checkout after `make install`",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+
+    parser.set_defaults(handler=handler)
 
 
 def _canary_options(parser: argparse.ArgumentParser) -> None:
