@@ -38,10 +38,8 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from pipeline.dev.stack.process import LOOPBACK, ManagedProcess, http_ok
+from pipeline.dev.stack.process import LOOPBACK, ManagedProcess, ProcessService, http_ok
 from pipeline.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -200,7 +198,7 @@ def _build_collector(builder: Path, home: Path, binary: Path, env: Mapping[str, 
         shutil.rmtree(work, ignore_errors=True)
 
 
-class OtelCollector:
+class OtelCollector(ProcessService):
     """One collector process: ``binary --config file:<config>`` with ``env`` added.
 
     Ready when its own metrics (Prometheus pull on ``metrics_port``, which the
@@ -222,8 +220,16 @@ class OtelCollector:
         self.data_dir = data_dir
         self.metrics_port = metrics_port
         self.env = dict(env or {})
-        self.startup_timeout = startup_timeout
-        self._process: ManagedProcess | None = None
+        self.process = ManagedProcess(
+            SERVICE,
+            [str(self.binary), "--config", f"file:{self.config}"],
+            log_path=self.log_path,
+            ready=lambda: http_ok(self.metrics_url),
+            cwd=self.data_dir,
+            env=self.env,
+            startup_timeout=startup_timeout,
+            stop_grace=15.0,
+        )
 
     @property
     def metrics_url(self) -> str:
@@ -235,44 +241,17 @@ class OtelCollector:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        return self.process.pid
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.running
+        return self.process.running
 
-    def start(self) -> Self:
+    def prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._process = ManagedProcess(
-            SERVICE,
-            [str(self.binary), "--config", f"file:{self.config}"],
-            log_path=self.log_path,
-            ready=lambda: http_ok(self.metrics_url),
-            cwd=self.data_dir,
-            env=self.env,
-            startup_timeout=self.startup_timeout,
-            stop_grace=15.0,
-        )
-        self._process.start()
-        return self
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.stop()
 
     def log_tail(self) -> str:
-        return self._process.log_tail() if self._process is not None else ""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return self.process.log_tail()
 
 
 def main(argv: list[str] | None = None) -> int:
