@@ -31,7 +31,7 @@ state in a changelogged Faust table.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -285,14 +285,7 @@ def advance(
 def latency_log_e(state: GroupState) -> float:
     """log of the mean of the latency levels' e-values (H0: canary no slower, psi = 1)."""
     values = [evidence.log_e_value(level, evidence.CENTRE) for level in state.latency_loglik]
-    return _log_mean_exp(values)
-
-
-def _log_mean_exp(values: Sequence[float]) -> float:
-    top = max(values)
-    if top == -math.inf:
-        return top
-    return top + math.log(sum(math.exp(v - top) for v in values) / len(values))
+    return evidence.log_mean_exp(values)
 
 
 # --- assessment -----------------------------------------------------------------
@@ -400,7 +393,7 @@ def _pooled_e(
     mean_delta = sum(k * d for k, d in weighted) / total if total else None
     gate = mean_delta is not None and mean_delta >= config.latency_threshold_ms
     error_e = _exp(evidence.log_e_value(error, null))
-    latency_e = _exp(_log_mean_exp(levels)) if gate else 0.0
+    latency_e = _exp(evidence.log_mean_exp(levels)) if gate else 0.0
     return weight_scale * (error_e + latency_e) / 2.0
 
 

@@ -130,15 +130,19 @@ def log_e_value(loglik: Sequence[float], null: int, *, upper: bool = True) -> fl
         for offset in OFFSETS
         if 0 <= null + sign * offset < GRID_SIZE
     ]
-    return _log_mean(terms, len(OFFSETS))
+    return log_mean_exp(terms, len(OFFSETS))
 
 
-def _log_mean(terms: Sequence[float], count: int) -> float:
-    """``log(sum(exp(terms)) / count)``, stable; -inf without terms."""
+def log_mean_exp(terms: Sequence[float], count: int | None = None) -> float:
+    """``log(sum(exp(terms)) / count)`` (``count``: ``len(terms)`` by default), stable;
+    -inf without terms or when every term is -inf. The one copy for the engine, the
+    funnels and the mixtures here."""
     if not terms:
         return -math.inf
     top = max(terms)
-    return top + math.log(sum(math.exp(t - top) for t in terms) / count)
+    if top == -math.inf:
+        return top
+    return top + math.log(sum(math.exp(t - top) for t in terms) / (count or len(terms)))
 
 
 def ratio_interval(loglik: Sequence[float], alpha: float) -> tuple[float, float, float]:
@@ -201,7 +205,7 @@ def bernoulli_log_e(successes: float, n: float, p: float, *, above: bool) -> flo
         if not 0.0 < alt < 1.0:
             continue
         terms.append(successes * (math.log(alt) - log_p) + failures * (math.log1p(-alt) - log_q))
-    return _log_mean(terms, len(LOGIT_OFFSETS))
+    return log_mean_exp(terms, len(LOGIT_OFFSETS))
 
 
 def rate_bounds(successes: float, n: float, alpha: float) -> tuple[float, float]:

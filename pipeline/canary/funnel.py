@@ -529,13 +529,7 @@ def step_log_e(spec: FunnelSpec, state: FunnelState, step: int) -> float:
 
 def funnel_log_e(spec: FunnelSpec, state: FunnelState) -> float:
     """log of the mean of the steps' (gated) e-values."""
-    values = [step_log_e(spec, state, k) for k in range(state.steps - 1)]
-    if not values:
-        return -math.inf
-    top = max(values)
-    if top == -math.inf:
-        return top
-    return top + math.log(sum(math.exp(v - top) for v in values) / len(values))
+    return evidence.log_mean_exp([step_log_e(spec, state, k) for k in range(state.steps - 1)])
 
 
 @dataclass(slots=True, frozen=True)
