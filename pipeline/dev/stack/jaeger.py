@@ -34,8 +34,6 @@ Search
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -47,13 +45,20 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from pipeline.dev.stack.process import LOOPBACK, ManagedProcess, free_port, http_ok, port_accepts
+from pipeline.dev.stack.process import (
+    LOOPBACK,
+    ManagedProcess,
+    exclusive_lock,
+    free_port,
+    http_ok,
+    port_accepts,
+)
 from pipeline.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -93,21 +98,11 @@ def build_jaeger(cache_dir: Path, *, go: str = "go") -> Path:
     if go_path is None:
         raise ServiceError(f"no `{go}` on PATH: building Jaeger for the local stack needs Go")
     binary.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(binary.parent / ".build.lock"):
+    with exclusive_lock(binary.parent / ".build.lock"):
         if binary.exists():  # another process built it while we waited
             return binary
         _go_build(go_path, binary)
     return binary
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    with lock_path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _go_build(go_path: str, binary: Path) -> None:

@@ -27,19 +27,23 @@ Run
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.dev.stack.process import LOOPBACK, ManagedProcess, ProcessService, http_ok
+from pipeline.dev.stack.process import (
+    LOOPBACK,
+    ManagedProcess,
+    ProcessService,
+    exclusive_lock,
+    http_ok,
+)
 from pipeline.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -121,7 +125,7 @@ def build_otelcol(cache_dir: Path, *, go: str = "go") -> Path:
         raise ServiceError(f"no `{go}` on PATH: building the OpenTelemetry Collector needs Go")
     home = binary.parent
     home.mkdir(parents=True, exist_ok=True)
-    with _exclusive(home / ".build.lock"):
+    with exclusive_lock(home / ".build.lock"):
         if binary.exists():  # another process built it while we waited
             return binary
         started = time.monotonic()
@@ -131,16 +135,6 @@ def build_otelcol(cache_dir: Path, *, go: str = "go") -> Path:
         _build_collector(builder, home, binary, env)
         log.warning("built %s in %.0f s", binary, time.monotonic() - started)
     return binary
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    with lock_path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _go_env(go_path: str) -> dict[str, str]:

@@ -48,6 +48,7 @@ import atexit
 import contextlib
 import ctypes
 import ctypes.util
+import fcntl
 import logging
 import os
 import signal
@@ -57,7 +58,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -70,6 +71,18 @@ LOOPBACK = "127.0.0.1"
 
 _PR_SET_PDEATHSIG = 1
 _LOG_TAIL_CHARS = 3000
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (e.g. one build of a service at a time,
+    across processes: test workers, ``stack fetch``)."""
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def free_port(host: str = LOOPBACK) -> int:
