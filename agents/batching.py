@@ -76,6 +76,7 @@ FAUST_PRIVATE_NAMES: frozenset[tuple[str, str]] = frozenset(
         ("faust.transport.consumer.Consumer", "_acked_index"),
         ("faust.transport.consumer.Consumer", "_acked"),
         ("faust.transport.consumer.Consumer", "_waiting_for_ack"),
+        ("faust.transport.consumer.Consumer", "_gap"),
         ("faust.transport.consumer.Consumer", "_unacked_messages"),
         ("faust.transport.drivers.aiokafka.Consumer", "_new_consumer_thread"),
         ("faust.transport.drivers.aiokafka.AIOKafkaConsumerThread", "_create_worker_consumer"),
