@@ -26,7 +26,9 @@ from pipeline.dev.stack.otelcol import build_otelcol, otelcol_binary_path
 from pipeline.dev.synth import generate
 from tests.integration.conftest import TopicFactory
 
-EVENTS = 400
+# Enough lines that the run spans several of the bench's metric polls (0.1 s apart): a run
+# over between two polls would measure no CPU.
+EVENTS = 2000
 
 #: Fields the collector configuration derives like grayscope does (bench/README.md's
 #: table says "yes"): on the synthetic mix they must agree on every matched document.
