@@ -234,6 +234,12 @@ class BatchingConsumer(faust_aiokafka.Consumer):
 
     async def _to_batch(self, records: dict[TP, list[Any]], active: Any) -> FetchedBatch | None:
         if not self.flow_active:
+            # Dropped, so aiokafka's position must go back or they are never read again:
+            # the next fetch would start past them, ``_add_gap`` would take the missing
+            # offsets for a compacted hole and the commit would pass them (Faust's
+            # ``getmany`` seeks back here too). A rebalance usually seeks afterwards
+            # anyway, but flow can stop after that seek and resume without another.
+            await self._seek_back_to_committed()
             return None
         now = time.time_ns()
         messages: list[InputMessage] = []
@@ -242,6 +248,8 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         buffered = self._buffered_partitions
         for tp, recs in records.items():
             if active is not None and tp not in active and tp not in buffered:
+                if recs:  # paused meanwhile: read these again when it resumes
+                    await self._seek_back(tp, recs[0].offset)
                 continue
             previous = read_offset[tp]
             topic, partition = tp.topic, tp.partition
@@ -286,6 +294,18 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             return None
         self._fetch_sequence += 1
         return FetchedBatch(self.pump_epoch, self._fetch_sequence, messages, offsets)
+
+    async def _seek_back_to_committed(self) -> None:
+        try:
+            await self.perform_seek()
+        except Exception as exc:  # Faust's getmany goes on the same way
+            log.warning("could not seek back to the committed offsets: %s", exc)
+
+    async def _seek_back(self, tp: TP, offset: int) -> None:
+        try:
+            await self.seek(tp, offset)
+        except Exception as exc:  # revoked meanwhile: its next owner reads it
+            log.warning("could not seek %s back to %d: %s", tp, offset, exc)
 
     def ack_offsets(self, offsets: dict[TP, list[int]]) -> int:
         """Faust's ``ack`` for plain offsets: marks them committable, gap-aware."""

@@ -36,6 +36,8 @@ VARIANTS: dict[str, Knobs] = {
     "psi0 = 1.0 and pooled only": replace(BASE, psi0=1.0, pooled_share=1.0),
     "decisions 4x as often (windows cut in 4)": replace(BASE, split=4),
     "decisions 16x as often (windows cut in 16)": replace(BASE, split=16),
+    "decisions 6x as often (the worker's 10 s in 60 s windows)": replace(BASE, split=6),
+    "decisions 6x as often, psi0 = 1.0": replace(BASE, split=6, psi0=1.0),
 }
 
 

@@ -175,3 +175,59 @@ def test_decoded_records_hand_out_what_to_batch_reads() -> None:
     ]
     assert not any(isinstance(r, ConsumerRecord) for r in out)
     assert records.next_fetch_offset == 3  # positions stay aiokafka's
+
+
+# --- records the batch path drops are read again ------------------------------------
+
+
+class SeekRecordingConsumer(BatchingConsumer):
+    """A bare BatchingConsumer that records seeks instead of talking to a broker."""
+
+    def __init__(self, flow_active: bool) -> None:  # no app, no thread
+        self.flow_active = flow_active
+        self.seeks: list[tuple[TP, int] | str] = []
+        self._read_offset = defaultdict(lambda: None)
+        self._buffered_partitions = set()
+        self._committed_offset = defaultdict(lambda: None)
+        self._gap = defaultdict(IntervalTree)
+        self.pump_epoch = 0
+        self._fetch_sequence = 0
+
+    async def perform_seek(self) -> None:
+        self.seeks.append("committed")
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        self.seeks.append((partition, offset))
+        self._read_offset[partition] = offset
+
+
+def fetched(tp: TP, first: int, n: int) -> list[ConsumerRecord[bytes, bytes]]:
+    return [
+        ConsumerRecord(tp.topic, tp.partition, o, 1, 0, None, b"v", None, 0, 1, ())
+        for o in range(first, first + n)
+    ]
+
+
+async def test_records_fetched_while_flow_is_stopped_are_sought_back_to_the_commit() -> None:
+    # The position has moved past them: without a seek the next fetch starts after them,
+    # the jump looks like a compacted hole, and the commit passes offsets never stored.
+    consumer = SeekRecordingConsumer(flow_active=False)
+    assert await consumer._to_batch({TP_A: fetched(TP_A, 512, 2)}, {TP_A}) is None
+    assert consumer.seeks == ["committed"]
+
+
+async def test_records_of_a_partition_paused_meanwhile_are_sought_back() -> None:
+    paused, active = TP("t", 1), TP_A
+    consumer = SeekRecordingConsumer(flow_active=True)
+
+    class Monitor:
+        def track_tp_end_offset(self, tp: TP, offset: int | None) -> None:
+            return None
+
+    consumer.app = type("App", (), {"monitor": Monitor()})()  # type: ignore[assignment]
+    consumer.highwater = lambda tp: 0  # type: ignore[method-assign]
+    batch = await consumer._to_batch(
+        {paused: fetched(paused, 40, 3), active: fetched(active, 7, 2)}, {active}
+    )
+    assert batch is not None and batch.offsets == {active: [7, 8]}
+    assert consumer.seeks == [(paused, 40)]
