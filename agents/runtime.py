@@ -167,11 +167,9 @@ class Runtime:
 
     async def on_partitions_revoked(self) -> None:
         if self.pump is not None:
-            dropped = self.pump.drop_queued()
+            dropped = await self.pump.revoke()
             if dropped:
                 log.info("rebalance: dropped %d fetched messages, to be read again", dropped)
-            await self.pump.wait_idle()
-            self.pump.new_epoch()
 
     async def interrupt_inflight(self) -> bool:
         """True when a batch had to be abandoned (its offsets stay uncommitted)."""

@@ -79,7 +79,15 @@ def _private(name: str) -> bool:
 
 # The fence's own helpers and state (not library names): the BatchPump's fields,
 # the consumer's fetch counter, and private helpers it defines itself.
-FENCE_OWN = {"_finish", "_run", "_deliver", "_to_batch", "_fetch_sequence"}
+FENCE_OWN = {
+    "_finish",
+    "_run",
+    "_deliver",
+    "_to_batch",
+    "_fetch_sequence",
+    "_seek_back",
+    "_seek_back_to_committed",
+}
 
 
 def test_every_private_library_name_of_the_fence_is_listed() -> None:
