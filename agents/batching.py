@@ -47,7 +47,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from aiokafka.consumer.fetcher import PartitionRecords
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.tuples import ack_lock
@@ -77,12 +76,9 @@ FAUST_PRIVATE_NAMES: frozenset[tuple[str, str]] = frozenset(
         ("faust.transport.consumer.Consumer", "_acked_index"),
         ("faust.transport.consumer.Consumer", "_acked"),
         ("faust.transport.consumer.Consumer", "_waiting_for_ack"),
-        ("faust.transport.consumer.Consumer", "_new_offset"),
-        ("faust.transport.consumer.Consumer", "_gap"),
         ("faust.transport.consumer.Consumer", "_unacked_messages"),
         ("faust.transport.drivers.aiokafka.Consumer", "_new_consumer_thread"),
         ("faust.transport.drivers.aiokafka.AIOKafkaConsumerThread", "_create_worker_consumer"),
-        ("faust.transport.drivers.aiokafka.AIOKafkaConsumerThread", "_fetch_records"),
     }
 )
 
@@ -90,12 +86,6 @@ FAUST_PRIVATE_NAMES: frozenset[tuple[str, str]] = frozenset(
 AIOKAFKA_PRIVATE_NAMES: frozenset[tuple[str, str]] = frozenset(
     {
         ("aiokafka.AIOKafkaConsumer", "_fetch_max_wait_ms"),
-        ("aiokafka.AIOKafkaConsumer", "_fetcher"),
-        ("aiokafka.consumer.fetcher.Fetcher", "_records"),
-        ("aiokafka.consumer.fetcher.FetchResult", "_partition_records"),
-        ("aiokafka.consumer.fetcher.PartitionRecords", "_key_deserializer"),
-        ("aiokafka.consumer.fetcher.PartitionRecords", "_value_deserializer"),
-        ("aiokafka.consumer.fetcher.PartitionRecords", "_consumer_record"),
     }
 )
 
@@ -163,47 +153,11 @@ class FetchedBatch:
 FETCH_MAX_WAIT_MS = 50
 
 
-class DecodedRecords(PartitionRecords):
-    """aiokafka's fetched records of one partition, handed out as decoded, not as ConsumerRecords.
-
-    For the batch topics only: ``_to_batch`` reads ``offset``, ``timestamp``, ``key`` and
-    ``value``, which the decoded record (aiokafka's C record) has as well. Skipping the
-    ConsumerRecord (eleven fields, two ``len``, a headers tuple) saves ~0.4 µs per record
-    on the consumer thread, which holds the GIL the batch handler needs. Skipping, aborted
-    transactions, control batches and positions stay aiokafka's own code.
-    """
-
-    def _consumer_record(self, tp: Any, record: Any) -> Any:
-        return record
-
-
 class ShortWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
         return consumer
-
-    async def _fetch_records(
-        self,
-        consumer: Any,
-        active_partitions: set[TP],
-        timeout: float | None = None,
-        max_records: int | None = None,
-    ) -> Any:
-        batch_topics = cast(BatchingConsumer, self.consumer).batch_topics
-        if batch_topics:
-            for tp, fetched in consumer._fetcher._records.items():
-                records: Any = getattr(fetched, "_partition_records", None)  # FetchError: none
-                if (
-                    records.__class__ is PartitionRecords
-                    and tp.topic in batch_topics
-                    and records._key_deserializer is None  # Faust decodes itself
-                    and records._value_deserializer is None
-                ):
-                    records.__class__ = DecodedRecords
-        return await super()._fetch_records(
-            consumer, active_partitions, timeout=timeout, max_records=max_records
-        )
 
 
 class BatchingConsumer(faust_aiokafka.Consumer):
@@ -337,31 +291,6 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             # ``broker_commit_interval`` commit instead.
             notify(self._waiting_for_ack)
         return acked_total
-
-    def _new_offset(self, tp: TP) -> int | None:
-        """Faust's ``_new_offset`` with a shortcut for its usual input.
-
-        The commit offset is the end of the first run of consecutive acked
-        offsets; Faust finds that run with a Python callback per offset. At tens
-        of thousands of acks per second per worker the acked list between two
-        commits is almost always one run already: that is an O(1) test after
-        the sort. Anything else (holes, duplicates, gaps to fill) takes Faust's
-        own path.
-        """
-        acked = self._acked[tp]
-        if acked and not self._gap[tp]:
-            acked.sort()
-            first, last = acked[0], acked[-1]
-            # One run: as many distinct offsets as the span holds (a hole and a duplicate
-            # would cancel out in the span test alone).
-            if last - first == len(acked) - 1 and len(set(acked)) == len(acked):
-                committed = self._committed_offset[tp]
-                if committed and first - committed > 1:
-                    return None  # an earlier offset is not acked yet
-                self._acked_index[tp].difference_update(acked)
-                acked.clear()
-                return last + 1
-        return cast(int | None, super()._new_offset(tp))
 
 
 class BatchingTransport(faust_aiokafka.Transport):

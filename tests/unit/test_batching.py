@@ -6,17 +6,11 @@ import asyncio
 from collections import defaultdict
 from typing import Any
 
-from aiokafka.consumer.fetcher import READ_UNCOMMITTED, PartitionRecords
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
-from aiokafka.record.memory_records import MemoryRecords
-from aiokafka.structs import ConsumerRecord, TopicPartition
-from faust.transport.consumer import Consumer as FaustConsumer
+from aiokafka.structs import ConsumerRecord
 from faust.types import TP
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from intervaltree import IntervalTree
 
-from agents.batching import BatchingConsumer, BatchPump, DecodedRecords, FetchedBatch
+from agents.batching import BatchingConsumer, BatchPump, FetchedBatch
 from agents.handler import InputMessage
 from pipeline.core.model import KafkaCoordinates
 
@@ -146,23 +140,6 @@ def bare_consumer(
 TP_A = TP("t", 0)
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    acked=st.lists(st.integers(0, 60), max_size=40),
-    committed=st.none() | st.integers(0, 40),
-    gaps=st.lists(st.tuples(st.integers(0, 60), st.integers(1, 5)), max_size=3),
-)
-def test_new_offset_matches_faust(
-    acked: list[int], committed: int | None, gaps: list[tuple[int, int]]
-) -> None:
-    ours = bare_consumer(acked, committed, gaps)
-    faust_own = bare_consumer(acked, committed, gaps)
-    expected = FaustConsumer._new_offset(faust_own, TP_A)
-    assert ours._new_offset(TP_A) == expected
-    assert sorted(ours._acked[TP_A]) == sorted(faust_own._acked[TP_A])
-    assert ours._acked_index[TP_A] == faust_own._acked_index[TP_A]
-
-
 def test_new_offset_when_a_duplicate_fills_the_span_of_a_hole() -> None:
     consumer = bare_consumer([9, 9, 7], committed=None, gaps=[])
     assert consumer._new_offset(TP_A) == 8  # 8 is missing: the run is [7]
@@ -186,26 +163,6 @@ def test_ack_offsets_skips_what_is_acked_or_committed_already() -> None:
     assert consumer.ack_offsets({TP_A: [7, 8], TP("gone", 0): [1]}) == 2  # fast path
     assert consumer._acked[TP_A][-2:] == [7, 8] and {7, 8} <= consumer._acked_index[TP_A]
     assert consumer._new_offset(TP_A) == 9
-
-
-def test_decoded_records_hand_out_what_to_batch_reads() -> None:
-    builder = DefaultRecordBatchBuilder(
-        magic=2, compression_type=0, is_transactional=0, producer_id=-1,
-        producer_epoch=-1, base_sequence=-1, batch_size=1 << 20,
-    )  # fmt: skip
-    for i in range(3):
-        builder.append(i, timestamp=1_764_000_000_000 + i, key=None, value=b"v%d" % i, headers=[])
-    tp = TopicPartition("access-logs", 0)
-    records = PartitionRecords(
-        tp, MemoryRecords(bytes(builder.build())), [], 0, None, None, True, READ_UNCOMMITTED
-    )
-    records.__class__ = DecodedRecords
-    out = list(records)
-    assert [(r.offset, r.value, r.key, r.timestamp) for r in out] == [
-        (i, b"v%d" % i, None, 1_764_000_000_000 + i) for i in range(3)
-    ]
-    assert not any(isinstance(r, ConsumerRecord) for r in out)
-    assert records.next_fetch_offset == 3  # positions stay aiokafka's
 
 
 # --- records the batch path drops are read again ------------------------------------
