@@ -20,17 +20,19 @@ every partition and every worker. Hence:
    ``canary-by-version`` keyed ``(path group, version)``. Both have the
    topic's partition count, so each changelog partition matches its source
    partition and one owner holds *both arms* of a path group.
-3. The same agent folds every window that ended more than a window ago into
-   the path group's rollout state (``pipeline/canary/engine.py``: the
-   e-processes, cumulative counts and histograms, the sticky rollback) in the
-   changelogged table ``canary-evidence`` keyed by path group: the windows
-   expire, the rollout's evidence must not. A path group without canary
-   traffic for ``rollout_idle_seconds`` starts a new rollout.
-4. A timer on every worker judges the path groups of the partitions it owns
-   actively (standby copies are skipped): the persisted states plus the
-   complete windows not folded yet, decided by the anytime-valid engine. A
-   new rollback is made sticky by a control record on the aggregates topic
-   (the timer cannot write a table; the agent applies it to the state).
+3. A timer on every worker judges the path groups of the partitions it owns
+   actively (standby copies are skipped) every ``interval_seconds``: each group's
+   rollout state (``pipeline/canary/engine.py``: the e-processes, cumulative
+   counts and histograms, the sticky rollback) plus what its live windows
+   gained since the state was folded, decided by the anytime-valid engine.
+   The timer cannot write a table: it sends each such fold (the increments,
+   on top of the state's fold count) as a control record on the aggregates
+   topic, and the agent applies exactly that fold to the changelogged table
+   ``canary-evidence`` keyed by path group -- the windows expire, the
+   rollout's evidence must not. Until the agent has applied it the timer
+   judges on from the state it sent, so every evaluation looks at one
+   process. A path group without canary traffic for ``rollout_idle_seconds``
+   starts a new rollout. A new rollback is made sticky the same way.
    Changed verdicts go to the verdict topic and, when a store is configured,
    to ``grayscope-verdicts``. ``GET /canary`` shows the latest evaluation
    (``?format=text`` as a table; ``?format=html`` or a browser: the report).
@@ -71,7 +73,7 @@ from pipeline.canary import funnel as funnels
 from pipeline.canary import windows
 from pipeline.canary.config import CanaryConfig
 from pipeline.canary.counters import CanaryStats
-from pipeline.canary.engine import FUNNEL_PREFIX, FunnelDecision, GroupState, advance
+from pipeline.canary.engine import FUNNEL_PREFIX, Fold, FunnelDecision, GroupState
 from pipeline.canary.format import format_verdicts
 from pipeline.canary.observer import CanaryObserver
 from pipeline.canary.records import (
@@ -95,6 +97,10 @@ EVIDENCE_TABLE = "canary-evidence"
 CONTROL_ROLLBACK = "rollback"  # control record: make a rollback sticky in the state
 CONTROL_FUNNEL = "funnel"  # a batch's hits of one funnel (hashed users)
 CONTROL_FUNNEL_ROLLBACK = "funnel_rollback"  # make a funnel's rollback sticky
+CONTROL_FOLD = "fold"  # the increments an evaluation folded into a group's state
+#: Evaluations a sent fold may wait for the agent before the timer goes back to the
+#: table's state (a lost record: its increments are folded again, once, from there).
+FOLD_PENDING_INTERVALS = 5
 FUNNEL_USERS_TABLE = "canary-funnel-users"
 FUNNEL_TABLE = "canary-funnels"
 TIMELINE_LIMIT = 500  # decision changes kept per path group for the report
@@ -167,7 +173,8 @@ class CanaryAnalysis:
         self._funnel_sticky: set[str] = set()  # funnel rollbacks not yet in the table
         self._last_aggregate_at = 0.0  # wall clock of the last aggregate applied
         self._funnel_gc: dict[str, float] = {}
-        self._fold_checked: dict[str, int] = {}  # path group -> last window checked
+        # Folds sent by the timer and not yet applied by the agent: (state after, sent at).
+        self._sent_folds: dict[str, tuple[GroupState, float]] = {}
         self._watermark: dict[str, int] = {}  # path group -> newest window start seen
         self.judged_states: dict[str, GroupState] = {}  # what the last verdicts saw
         self.timeline: dict[str, list[tuple[float, str]]] = {}  # decision changes, per group
@@ -218,6 +225,9 @@ class CanaryAnalysis:
             if isinstance(data, dict) and data.get("kind") == CONTROL_FUNNEL_ROLLBACK:
                 self._apply_funnel_rollback(str(data.get("funnel")))
                 return
+            if isinstance(data, dict) and data.get("kind") == CONTROL_FOLD:
+                self._apply_fold(Fold.from_json(data), now)
+                return
             agg = CanaryAggregate.from_json(data)
         except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
             self.stats.canary_aggregates_invalid_total += 1
@@ -236,7 +246,8 @@ class CanaryAnalysis:
             self._merge(self.by_version, agg, agg.by_version)
             self.stats.canary_aggregates_applied_total += 1
             self._last_aggregate_at = now
-            self._fold(agg.path_group, agg.window_start, now)
+            watermark = self._watermark.get(agg.path_group, agg.window_start)
+            self._watermark[agg.path_group] = max(watermark, agg.window_start)
         self._collect_garbage(event.message.partition, now)
 
     def funnel_state(self, name: str) -> funnels.FunnelState | None:
@@ -347,43 +358,18 @@ class CanaryAnalysis:
         self.evidence[path_group] = state.to_json()
         self._sticky.pop(path_group, None)
 
-    def _fold(self, path_group: str, window_start: int, now: float) -> None:
-        """Fold the group's finished windows into its state.
-
-        A window is finished once a newer window of the group has data (event
-        time: with consumer lag a window can end on the wall clock long before
-        its requests arrive) and it ended over a window ago; windows about to
-        expire are folded whatever arrived. Requests of a folded window that
-        arrive later still count in the window tables, not in the evidence.
-        Checked once per newly foldable window.
-        """
-        config = self.config
-        size = config.window_seconds
-        watermark = max(self._watermark.get(path_group, window_start), window_start)
-        self._watermark[path_group] = watermark
-        expiring = now - config.expires_seconds + 2 * size
-        up_to = max(min(now - size, float(watermark)), expiring)  # windows ending by then
-        target = int((up_to - size) // size) * size  # the last window start that does
-        if self._fold_checked.get(path_group) == target and window_start > target:
-            return
-        self._fold_checked[path_group] = target
-        state = self._state(path_group)
-        if state is not None and state.last_canary_at < now - config.rollout_idle_seconds:
+    def _apply_fold(self, fold: Fold, now: float) -> None:
+        """Persist a fold the timer judged on (only on top of the state it was made on)."""
+        state = self._state(fold.path_group)
+        if state is not None and state.last_canary_at < now - self.config.rollout_idle_seconds:
             state = None  # the rollout ended: a new one starts with fresh evidence
         if state is None:
-            state = GroupState(path_group)
-        oldest = int(now - config.expires_seconds) // size * size
-        first = max(oldest, state.last_window + size)
-        canary: dict[int, WindowCounts] = {}
-        stable: dict[int, WindowCounts] = {}
-        for start in range(first, target + 1, size):
-            window_range = self.by_stage.window.current(start)
-            for stage, into in (("canary", canary), ("stable", stable)):
-                stored = self.by_stage.get(((path_group, stage), window_range))
-                if stored is not None:
-                    into[start] = WindowCounts.from_json(stored)
-        if advance(state, canary, stable, size, up_to, config.verdict.psi0):
-            self.evidence[path_group] = state.to_json()
+            state = GroupState(fold.path_group)
+        config = self.config
+        if fold.apply(state, config.window_seconds, config.verdict.psi0):
+            self.evidence[fold.path_group] = state.to_json()
+        else:
+            self.stats.canary_folds_stale_total += 1
 
     def _merge(self, table: Any, agg: CanaryAggregate, arms: dict[str, WindowCounts]) -> None:
         window_range = table.window.current(agg.window_start)
@@ -437,10 +423,24 @@ class CanaryAnalysis:
     def _states(self, owned: set[int], now: float) -> dict[str, GroupState]:
         partitions = self.config.partitions
         out: dict[str, GroupState] = {}
-        for path_group in list(self.evidence.keys()):
-            if partition_for(str(path_group), partitions) not in owned:
+        pending_limit = FOLD_PENDING_INTERVALS * self.config.interval_seconds
+        stored = [str(key) for key in list(self.evidence.keys())]
+        for path_group in sorted(set(stored) | set(self._sent_folds)):
+            if partition_for(path_group, partitions) not in owned:
                 continue
-            state = self._state(str(path_group))
+            state = self._state(path_group)
+            sent = self._sent_folds.get(path_group)
+            if sent is not None:
+                after, sent_at = sent
+                applied = state is not None and state.folds >= after.folds
+                if applied and state is not None and after.weight <= state.weight:
+                    del self._sent_folds[path_group]
+                elif now - sent_at <= pending_limit:
+                    state = after.copy()  # not applied yet: go on from what was judged
+                else:
+                    del self._sent_folds[path_group]
+                    self.stats.canary_folds_stale_total += 1
+                    log.warning("a canary fold for %s was not applied; folding again", path_group)
             if state is None:
                 continue
             if state.last_canary_at < now - self.config.rollout_idle_seconds:
@@ -485,6 +485,7 @@ class CanaryAnalysis:
         funnel_facts = self._funnel_facts(owned, now)
         funnel_decisions: dict[str, FunnelDecision] = {}
         judged: dict[str, GroupState] = {}
+        folds: dict[str, Fold] = {}
         verdicts = evaluate(
             self._rows(self.by_stage, owned),
             self._rows(self.by_version, owned),
@@ -497,7 +498,9 @@ class CanaryAnalysis:
             judged_states=judged,
             funnels=funnel_facts,
             funnel_decisions=funnel_decisions,
+            folds=folds,
         )
+        self._send_folds(folds, judged, now)
         self.judged_states = judged
         self.funnel_decisions = funnel_decisions
         for name, decision in funnel_decisions.items():
@@ -516,6 +519,19 @@ class CanaryAnalysis:
         self.evaluated_at = now
         self.stats.canary_evaluations_total += 1
         return verdicts
+
+    def _send_folds(
+        self, folds: dict[str, Fold], judged: dict[str, GroupState], now: float
+    ) -> None:
+        """Hand the evaluation's folds to the agent, which persists them in the state."""
+        for path_group, fold in folds.items():
+            self.aggregates_topic.send_soon(
+                key=path_group.encode(),
+                value=orjson.dumps({"kind": CONTROL_FOLD, **fold.to_json()}),
+                partition=partition_for(path_group, self.config.partitions),
+            )
+            self._sent_folds[path_group] = (judged[path_group].copy(), now)
+            self.stats.canary_folds_total += 1
 
     def _make_funnel_sticky(self, name: str) -> None:
         if name in self._funnel_sticky:

@@ -3,11 +3,11 @@
 Synthetic traffic (``pipeline.dev.synth``, the demo's seven path groups) goes
 through the real enrichment (``pipeline.core.process_batch``), the batch
 handler's hook (``canary.observer.aggregate``) and, on a simulated clock, the
-worker's decision path exactly as ``agents/canary.py`` runs it: windows are
-folded into the rollout states once they ended over a window ago (the
-agent), and every interval the verdicts are evaluated from the window tables
-and the states (the timer). Kafka and Faust only carry these records; they
-decide nothing.
+worker's decision path exactly as ``agents/canary.py`` runs it: every interval
+the verdicts are evaluated from the window tables and the rollout states,
+folding what each window gained since (the timer), and those folds are
+persisted into the states (the agent, through a control record). Kafka and
+Faust only carry these records; they decide nothing.
 
     .venv/bin/python -m bench.canary_aa                 # A/A: 90 s at 5,000 events/s
     .venv/bin/python -m bench.canary_aa --demo-seeds 20 # the demo's regression, 20 seeds
@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Any
 
 import orjson
 
-from pipeline.canary import engine
 from pipeline.canary.counters import CanaryStats
-from pipeline.canary.engine import GroupState, VerdictConfig
+from pipeline.canary.engine import Fold, GroupState, VerdictConfig
 from pipeline.canary.observer import aggregate
 from pipeline.canary.records import Decision, WindowCounts
 from pipeline.canary.verdict import evaluate
@@ -71,21 +70,9 @@ def replay(
     batch: list[bytes] = []
 
     def tick(now: float) -> None:
-        # The agent: fold windows that ended over a window ago into the states.
-        by_group: dict[str, tuple[dict[int, WindowCounts], dict[int, WindowCounts]]] = defaultdict(
-            lambda: ({}, {})
-        )
-        for (group, stage, start), counts in tables.items():
-            arms = by_group[group]
-            if stage == "canary":
-                arms[0][start] = counts
-            elif stage == "stable":
-                arms[1][start] = counts
-        for group, (canary, stable) in by_group.items():
-            state = states.setdefault(group, GroupState(group))
-            engine.advance(state, canary, stable, window, now - window, config.psi0)
-        # The timer: evaluate.
+        # The timer: evaluate, folding what the windows gained since the last time.
         rows = [(g, s, start, c) for (g, s, start), c in tables.items()]
+        folds: dict[str, Fold] = {}
         verdicts = evaluate(
             rows,
             [],
@@ -93,8 +80,13 @@ def replay(
             window_seconds=window,
             expires_seconds=expires,
             now=now,
-            states={k: v for k, v in states.items() if v.first_window >= 0},
+            states=dict(states),
+            folds=folds,
         )
+        # The agent: persist exactly those folds (the control records).
+        for group, fold in folds.items():
+            state = states.setdefault(group, GroupState(group))
+            fold.apply(state, window, config.psi0)
         for verdict in verdicts:
             decisions[verdict.decision.value] += 1
             judged.add((verdict.path_group, verdict.window_start))

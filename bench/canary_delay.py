@@ -26,18 +26,15 @@ from pipeline.canary.simulate import Knobs
 
 BASE = Knobs(baselines=False, promotions=False)
 VARIANTS: dict[str, Knobs] = {
-    "engine (defaults)": BASE,
+    "engine (defaults: 6 folds per window)": BASE,
+    "whole windows only (one fold per window)": replace(BASE, slices=1),
     "psi0 = 1.0": replace(BASE, psi0=1.0),
     "pooled only (no per-group share)": replace(BASE, pooled_share=1.0),
     "5xx family only (error weight 1)": replace(BASE, error_weight=1.0),
     "latency family only (error weight 0)": replace(BASE, error_weight=0.0),
     "no latency gate (then +50 ms rolls back)": replace(BASE, latency_gate=False),
     "one mixture component, at the x1.5 truth (not a method)": replace(BASE, offsets=(6,)),
-    "psi0 = 1.0 and pooled only": replace(BASE, psi0=1.0, pooled_share=1.0),
-    "decisions 4x as often (windows cut in 4)": replace(BASE, split=4),
-    "decisions 16x as often (windows cut in 16)": replace(BASE, split=16),
-    "decisions 6x as often (the worker's 10 s in 60 s windows)": replace(BASE, split=6),
-    "decisions 6x as often, psi0 = 1.0": replace(BASE, split=6, psi0=1.0),
+    "16 folds per window": replace(BASE, slices=16),
 }
 
 

@@ -26,8 +26,10 @@ class CanaryStats:
     canary_funnel_users_expired_total: int = 0  # past their window (retention)
     canary_funnel_users_evicted_total: int = 0  # dropped by the cap while still in their window
     canary_funnel_late_conversions_total: int = 0  # conversions of already judged strata
+    canary_folds_stale_total: int = 0  # folds not applied: made on another state, or lost
     # Verdicts.
     canary_evaluations_total: int = 0
+    canary_folds_total: int = 0  # folds sent to the agent (a group's increments per evaluation)
     canary_verdicts_total: dict[str, int] = field(default_factory=dict)  # by decision
     canary_verdict_publish_errors_total: dict[str, int] = field(default_factory=dict)  # by sink
 

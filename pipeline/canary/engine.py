@@ -9,6 +9,16 @@ cumulative counts and histograms, the log-likelihood grids of the e-processes
 sticky rollback. ``fold`` adds one complete window; the worker persists the
 state in a changelogged Faust table.
 
+Evidence is folded in *increments*: every evaluation (``GRAYSCOPE_CANARY_INTERVAL``,
+10 s by default) folds what each live window gained since the last one -- its
+table counts minus those already folded (``GroupState.folded``) -- as a
+stratum of its own, so a regression is acted on within an interval, not at
+the end of a minute's window. Each increment's 2x2 table is conditioned on
+its own margins, so the product over increments is a test supermartingale
+like the product over windows. The evaluator folds them (``advance``) and the
+worker's agent persists exactly those increments (``apply_fold``, keyed by
+``GroupState.folds``): the values looked at are the values of one process.
+
 ``assess`` turns the states of all path groups into decisions:
 
 1. The evidence of a group is the mean of its families' e-values: the 5xx
@@ -31,7 +41,7 @@ state in a changelogged Faust table.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +55,9 @@ HISTORY_LIMIT = 720  # windows kept for the report (12 h of minute windows)
 #: then the pooled current window sets it (also valid: under H0 the arms are exchangeable).
 THRESHOLD_MIN_STABLE = 200
 RESERVE = 0.1  # weight kept for path groups that join a rollout after its first window
-STATE_VERSION = 1
+STATE_VERSION = 2
+#: (window start, canary counts, stable counts): what a window gained since the last fold.
+Increment = tuple[int, WindowCounts, WindowCounts]
 
 
 @dataclass(slots=True, frozen=True)
@@ -83,7 +95,7 @@ class GroupState:
     first_window: int = -1
     last_window: int = -1  # start of the last folded window
     windows: int = 0
-    first_stable: int = 0  # stable requests of the first window: the group's weight
+    first_stable: int = 0  # stable requests of the first increment (founders' weights)
     last_canary_at: float = 0.0  # end of the last window with canary traffic
     canary: WindowCounts = field(default_factory=WindowCounts)
     stable: WindowCounts = field(default_factory=WindowCounts)
@@ -98,6 +110,15 @@ class GroupState:
     rolled_back: bool = False
     rollback_reasons: tuple[str, ...] = ()
     history: list[list[float]] = field(default_factory=list)
+    folds: int = 0  # folds applied (a fold record applies only on top of its base)
+    #: Per live window, its counts already in the evidence: [canary, stable].
+    folded: dict[int, list[WindowCounts]] = field(default_factory=dict)
+    #: Windows starting at or before this are never folded again (expired, or folded
+    #: whole by a version-1 state).
+    closed_through: int = -1
+    #: The group's fixed share of the rollout's evidence, assigned when it starts
+    #: (``assign_weights``); negative: not yet.
+    weight: float = -1.0
 
     def copy(self) -> GroupState:
         return GroupState(
@@ -115,6 +136,10 @@ class GroupState:
             self.rolled_back,
             self.rollback_reasons,
             [list(point) for point in self.history],
+            self.folds,
+            {start: [arm.copy() for arm in arms] for start, arms in self.folded.items()},
+            self.closed_through,
+            self.weight,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -134,13 +159,34 @@ class GroupState:
             "rolled_back": self.rolled_back,
             "rollback_reasons": list(self.rollback_reasons),
             "history": self.history,
+            "folds": self.folds,
+            "folded": {
+                str(start): [arm.to_json() for arm in arms]
+                for start, arms in sorted(self.folded.items())
+            },
+            "closed_through": self.closed_through,
+            "weight": self.weight,
         }
 
     @classmethod
     def from_json(cls, data: Any) -> GroupState:
-        if not isinstance(data, Mapping) or data.get("v") != STATE_VERSION:
-            raise ValueError("not a canary group state (version 1)")
+        if not isinstance(data, Mapping) or data.get("v") not in (1, STATE_VERSION):
+            raise ValueError(f"not a canary group state (version 1 or {STATE_VERSION})")
         try:
+            if data["v"] == 1:  # whole windows: those up to the last one are done
+                folds, folded, closed, weight = 0, {}, int(data["last_window"]), -1.0
+            else:
+                folds, closed, weight = (
+                    int(data["folds"]),
+                    int(data["closed_through"]),
+                    float(data["weight"]),
+                )
+                folded = {
+                    int(start): [WindowCounts.from_json(arm) for arm in arms]
+                    for start, arms in dict(data["folded"]).items()
+                }
+                if any(len(arms) != 2 for arms in folded.values()):
+                    raise ValueError("a folded window needs both arms")
             error = [float(v) for v in data["error_loglik"]]
             latency = [[float(v) for v in level] for level in data["latency_loglik"]]
             if len(error) != evidence.GRID_SIZE or len(latency) != len(LATENCY_LEVELS):
@@ -167,6 +213,10 @@ class GroupState:
                     [math.nan if v is None else float(v) for v in point]
                     for point in data["history"]
                 ],
+                folds=folds,
+                folded=folded,
+                closed_through=closed,
+                weight=weight,
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed canary group state: {exc}") from exc
@@ -199,18 +249,20 @@ def fold(
     stable: WindowCounts,
     psi0: float = 1.1,
 ) -> None:
-    """Add one complete window to the rollout (in place). Windows must come in order."""
-    if start <= state.last_window:
-        return
+    """Add one stratum -- the requests a window gained since its last fold -- (in place).
+
+    Which requests are new is ``increments``' business; this folds what it is given.
+    """
     if state.first_window < 0:
         if canary.requests <= 0 or stable.requests <= 0:
-            return  # the rollout begins with its first window that has both arms
+            return  # the rollout begins with its first increment that has both arms
         state.first_window = start
         state.first_stable = stable.requests
-    state.last_window = start
-    state.windows += 1
+    if start > state.last_window:
+        state.last_window = start
+        state.windows += 1
     if canary.requests > 0:
-        state.last_canary_at = float(start + window_seconds)
+        state.last_canary_at = max(state.last_canary_at, float(start + window_seconds))
     evidence.accumulate(
         state.error_loglik,
         evidence.window_loglik(
@@ -243,7 +295,10 @@ def fold(
     s95 = histogram.percentile(state.stable_weighted, 0.95)
     delta = math.nan if c95 is None or s95 is None else c95 - s95
     # [window start, log e (5xx), log e (latency), rate ratio, its 95 % CS (upper 0:
-    # unbounded), p95 delta (NaN: unknown)]: the report's time series.
+    # unbounded), p95 delta (NaN: unknown)]: the report's time series, a point per window
+    # (its latest increment's).
+    if state.history and state.history[-1][0] == float(start):
+        state.history.pop()
     state.history.append(
         [
             float(start),
@@ -259,27 +314,127 @@ def fold(
         del state.history[: len(state.history) - HISTORY_LIMIT]
 
 
+def increments(
+    state: GroupState,
+    canary: Mapping[int, WindowCounts],
+    stable: Mapping[int, WindowCounts],
+) -> list[Increment]:
+    """What each window's counts gained since they were last folded, oldest window first.
+
+    A window whose counts fell below what was folded (a table rebuilt short) is
+    skipped until they are back: nothing is ever folded twice. A window where only
+    one arm gained waits for the other.
+    """
+    out: list[Increment] = []
+    empty = WindowCounts()
+    for start in sorted(set(canary) | set(stable)):
+        if start <= state.closed_through:
+            continue
+        before = state.folded.get(start)
+        canary_now, stable_now = canary.get(start, empty), stable.get(start, empty)
+        if before is None:
+            canary_new: WindowCounts | None = canary_now.copy()
+            stable_new: WindowCounts | None = stable_now.copy()
+        else:
+            canary_new, stable_new = canary_now.minus(before[0]), stable_now.minus(before[1])
+        if canary_new is None or stable_new is None:
+            continue
+        # A gain of one arm alone says nothing about canary against stable (its table's
+        # margins leave no choice); folded, it would be lost for the comparison. It waits
+        # until the other arm gains too (a choice made on request counts only, which the
+        # strata are conditioned on anyway).
+        if canary_new.requests and stable_new.requests:
+            out.append((start, canary_new, stable_new))
+    return out
+
+
+@dataclass(slots=True, frozen=True)
+class Fold:
+    """One evaluation's fold of one group: the record its agent persists with ``apply_fold``."""
+
+    path_group: str
+    base: int  # the ``folds`` of the state it applies on top of (else it is stale)
+    close_through: int
+    weight: float  # the group's weight when it started in this fold (negative: none)
+    increments: tuple[Increment, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path_group": self.path_group,
+            "base": self.base,
+            "close_through": self.close_through,
+            "weight": self.weight,
+            "increments": [
+                [start, canary.to_json(), stable.to_json()]
+                for start, canary, stable in self.increments
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Fold:
+        try:
+            return cls(
+                path_group=str(data["path_group"]),
+                base=int(data["base"]),
+                close_through=int(data["close_through"]),
+                weight=float(data["weight"]),
+                increments=tuple(
+                    (int(start), WindowCounts.from_json(canary), WindowCounts.from_json(stable))
+                    for start, canary, stable in data["increments"]
+                ),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed canary fold: {exc}") from exc
+
+    def apply(self, state: GroupState, window_seconds: int, psi0: float) -> bool:
+        """Persist-side: fold into ``state`` if it is the state this fold was made on."""
+        if state.folds != self.base:
+            return False
+        apply_fold(state, self.increments, window_seconds, self.close_through, psi0)
+        if state.weight < 0.0 <= self.weight:
+            state.weight = self.weight
+        return True
+
+
+def apply_fold(
+    state: GroupState,
+    found: Sequence[Increment],
+    window_seconds: int,
+    close_through: int,
+    psi0: float = 1.1,
+) -> None:
+    """Fold the increments as strata, remember them as folded, close expired windows.
+
+    Deterministic: the evaluator and the agent that persists the fold get the same state.
+    """
+    for start, canary, stable in found:
+        fold(state, start, window_seconds, canary, stable, psi0)
+        arms = state.folded.get(start)
+        if arms is None:
+            state.folded[start] = [canary.copy(), stable.copy()]
+        else:
+            arms[0].merge(canary)
+            arms[1].merge(stable)
+    if found:
+        state.folds += 1
+    if close_through > state.closed_through:
+        state.closed_through = close_through
+        for start in [s for s in state.folded if s <= close_through]:
+            del state.folded[start]
+
+
 def advance(
     state: GroupState,
     canary: Mapping[int, WindowCounts],
     stable: Mapping[int, WindowCounts],
     window_seconds: int,
-    up_to: float,
+    close_through: int,
     psi0: float = 1.1,
-) -> int:
-    """Fold, in order, every window that ended by ``up_to`` and is newer than the state.
-
-    Returns the number of windows folded.
-    """
-    folded = 0
-    empty = WindowCounts()
-    for start in sorted(set(canary) | set(stable)):
-        if start <= state.last_window or start + window_seconds > up_to:
-            continue
-        before = state.last_window
-        fold(state, start, window_seconds, canary.get(start, empty), stable.get(start, empty), psi0)
-        folded += state.last_window != before
-    return folded
+) -> list[Increment]:
+    """Fold what the windows gained since the last fold; returns the increments folded."""
+    found = increments(state, canary, stable)
+    apply_fold(state, found, window_seconds, close_through, psi0)
+    return found
 
 
 def latency_log_e(state: GroupState) -> float:
@@ -315,21 +470,40 @@ def _exp(log_value: float) -> float:
 
 
 def weights(states: Mapping[str, GroupState], scale: float = 1.0) -> dict[str, float]:
-    """Fixed weights per group: traffic of the rollout's first window, a reserve for later ones."""
+    """Each started group's fixed share of the rollout's evidence.
+
+    A group keeps the weight it was given when it started (``GroupState.weight``):
+    a weighted average of e-processes stays one only if no weight changes after its
+    group's evidence has begun to move. The groups that start in the first fold of
+    the rollout (the founders) share ``1 - RESERVE`` by the stable traffic of their
+    first increment; each group starting later gets half of what is left. ``scale``:
+    this worker's share of the canary partitions (every worker splits its own part).
+    """
     live = {name: s for name, s in states.items() if s.first_window >= 0}
-    if not live:
-        return {}
-    start = min(s.first_window for s in live.values())
-    founders = {name: s for name, s in live.items() if s.first_window == start}
-    total = sum(s.first_stable for s in founders.values())
-    out: dict[str, float] = {}
-    for name, s in founders.items():
-        share = s.first_stable / total if total > 0 else 1.0 / len(founders)
-        out[name] = scale * (1.0 - RESERVE) * share
-    later = sorted((s.first_window, name) for name, s in live.items() if name not in founders)
-    for rank, (_, name) in enumerate(later, start=1):
-        out[name] = scale * RESERVE * 0.5**rank
+    out = {name: s.weight for name, s in live.items() if s.weight >= 0.0}
+    new = sorted((s.first_window, name) for name, s in live.items() if s.weight < 0.0)
+    if not new:
+        return out
+    if not out:
+        start = new[0][0]
+        founders = [name for first, name in new if first == start]
+        total = sum(live[name].first_stable for name in founders)
+        for name in founders:
+            share = live[name].first_stable / total if total > 0 else 1.0 / len(founders)
+            out[name] = scale * (1.0 - RESERVE) * share
+        new = [(first, name) for first, name in new if name not in out]
+    left = max(scale - sum(out.values()), 0.0)
+    for _, name in new:
+        out[name] = left / 2.0
+        left /= 2.0
     return out
+
+
+def assign_weights(states: Mapping[str, GroupState], scale: float = 1.0) -> None:
+    """Give the groups that started in this fold their weights (in place; see ``weights``)."""
+    for name, weight in weights(states, scale).items():
+        if states[name].weight < 0.0:
+            states[name].weight = weight
 
 
 #: Share of the rollout's evidence that the conversion funnels carry when any are
@@ -426,8 +600,12 @@ def assess(
     weight_scale: float = 1.0,
     funnels: Mapping[str, FunnelFacts] | None = None,
     funnel_decisions: dict[str, FunnelDecision] | None = None,
+    now: float | None = None,
 ) -> dict[str, Assessment]:
     """The decision for every group with a rollout (see the module docstring).
+
+    ``now``: the evaluation's clock, which tells whether a group's newest window has
+    ended (warm-up counts complete windows); without it every folded window has.
 
     ``funnels``: the conversion funnels' facts (``funnel.facts``); they carry
     ``FUNNEL_SHARE`` of the rollout's evidence, and a funnel named by e-BH rolls
@@ -581,6 +759,7 @@ def assess(
                 p95_high,
                 weight,
                 window_seconds,
+                now,
             )
             culprits = sorted(set(named) | sticky)
             if culprits:
@@ -628,6 +807,7 @@ def _judge_open(
     p95_high: float | None,
     weight: float,
     window_seconds: int,
+    now: float | None = None,
 ) -> tuple[Decision, str, list[str], int | None]:
     """The decision of a group while the rollout is not rolled back."""
     canary = state.canary
@@ -647,11 +827,14 @@ def _judge_open(
     more = _more_requests(state, config, f, increase_upper, weight)
     if more is not None:
         reasons.append(f"about {more} more canary requests for a decision")
-    if state.windows < config.warmup_windows:
+    # Windows fold as they fill: the newest may not have ended yet.
+    filling = now is not None and state.last_window + window_seconds > now
+    complete = max(state.windows - filling, 0)
+    if complete < config.warmup_windows:
         return (
             Decision.HOLD,
             "hold: warm-up",
-            [f"warm-up: {state.windows} of {config.warmup_windows} windows", *reasons],
+            [f"warm-up: {complete} of {config.warmup_windows} windows complete", *reasons],
             more,
         )
     if check.srm_z is not None and check.srm_share is not None:

@@ -87,6 +87,25 @@ class WindowCounts:
         histogram.merge(self.latency, other.latency)
         self._extremes(other.min_ms, other.max_ms)
 
+    def minus(self, earlier: WindowCounts) -> WindowCounts | None:
+        """What these counts gained since ``earlier`` (a past state of them); None if
+        any count fell. The extremes are these counts' own (an envelope)."""
+        requests = self.requests - earlier.requests
+        errors_5xx = self.errors_5xx - earlier.errors_5xx
+        errors_4xx = self.errors_4xx - earlier.errors_4xx
+        if requests < 0 or errors_5xx < 0 or errors_4xx < 0:
+            return None
+        latency: dict[int, int] = {}
+        for index, count in self.latency.items():
+            gained = count - earlier.latency.get(index, 0)
+            if gained < 0:
+                return None
+            if gained:
+                latency[index] = gained
+        if any(count > 0 and index not in self.latency for index, count in earlier.latency.items()):
+            return None
+        return WindowCounts(requests, errors_5xx, errors_4xx, latency, self.min_ms, self.max_ms)
+
     def copy(self) -> WindowCounts:
         return WindowCounts(
             self.requests,

@@ -27,8 +27,9 @@ The engines
 - ``grayscope``: the live engine's rule (``pipeline/canary/engine.py``),
   vectorised: the stratified rate-ratio e-processes for 5xx and for the
   requests slower than stable's previous-window p50/p95/p99, the latency part
-  gated by the p95 increase estimate, groups weighted by their first window's
-  traffic; rollback when the weighted average reaches 1/alpha.
+  gated by the p95 increase estimate, groups weighted by their first
+  increment's traffic (fixed once given); rollback when the weighted average
+  reaches 1/alpha, checked after every increment.
 - ``ztest_per_window``: the previous rule (``verdict.judge``): per window and
   group, a one-sided two-proportion Z-test at alpha or a p95 difference over
   200 ms, both arms >= 100 requests.
@@ -53,13 +54,22 @@ and the median of the detection delay in canary requests over the oracle
 SPRT's: the number of canary requests at which the accumulated expected
 log-likelihood ratio (KL per request, knowing the true effect and stable's
 true rates) reaches ln(1/alpha). The oracle tests against the least
-favourable *non-regression*: for the 5xx rate, stable's own rate (any
-increase is a regression here); for latency, the canary whose p95 is exactly
-the threshold slower (DESIGN: the threshold is the smallest p95 increase worth
-a rollback), so the part of a shift below the threshold is not counted as
-evidence no engine may act on. The first version of the harness tested
-latency against no change at all; its figures are kept as
+favourable *non-regression*, the boundary of what the engine is configured to
+let pass: for the 5xx rate, a canary whose odds are psi0 (1.1) times stable's
+(``GRAYSCOPE_CANARY_PSI0``: smaller increases are not regressions); for
+latency, the canary whose p95 is exactly the threshold slower (DESIGN: the
+threshold is the smallest p95 increase worth a rollback). So the part of an
+effect inside the null is not counted as evidence no engine may act on. The
+first versions of the harness tested against no change at all (5xx: stable's
+own rate; latency: no shift); those figures are kept as
 ``ab_median_delay_ratio_vs_no_change`` and ``ab_detected_within_3x_no_change``.
+
+Cadence: the live worker judges its 60 s windows every 10 s, folding what each
+window gained since the last evaluation as a stratum of its own
+(``engine.advance``); grayscope here does the same, ``Knobs.slices`` = 6
+evaluations per window. The other engines judge whole windows, as configured
+(Kayenta every ``KAYENTA_EVERY`` windows; Argo Rollouts' and Flagger's interval
+is the window); the promote rule is judged per window.
 
 Wrong promotions: A/B rollouts of a regression in which the engine said
 ``promote`` before any rollback. grayscope and the Z-test rule judge each
@@ -127,9 +137,13 @@ class Knobs:
     error_weight: float = 0.5  # the 5xx family's share of a group's evidence (rest: latency)
     offsets: tuple[int, ...] = evidence.OFFSETS
     latency_gate: bool = True
-    #: Each window cut into this many shorter ones (same traffic, same incidents in
-    #: time): how much of the delay is the decision cadence.
+    #: Each window cut into this many shorter ones for *every* engine (same traffic,
+    #: same incidents in time): how much of the delay is the decision cadence.
     split: int = 1
+    #: grayscope's evaluations per window: the worker judges every 10 s
+    #: (``GRAYSCOPE_CANARY_INTERVAL``) its 60 s windows (``GRAYSCOPE_CANARY_WINDOW``),
+    #: folding what each gained as an increment; the other engines judge whole windows.
+    slices: int = 6
     baselines: bool = True  # also run the other engines (the ablation skips them)
     promotions: bool = True  # also judge promote (the ablation skips it)
 
@@ -259,16 +273,24 @@ def _run(
         rate_s = np.clip(base + 0.05 * (incident > 0)[:, None], 0.0, 1.0)
         odds = rate_s / (1.0 - rate_s) * scenario.psi
         rate_c = odds / (1.0 + odds)
-        n = rng.poisson(per_window * zipf[None, :] * diurnal)
-        n1 = rng.binomial(n, share)
-        n0 = n - n1
-        x1 = rng.binomial(n1, rate_c)
-        x0 = rng.binomial(n0, rate_s)
+        k = knobs.slices
+        # Per evaluation slice (grayscope folds each); the window's counts are their sums.
+        n_k = rng.poisson(per_window / k * zipf[None, None, :] * diurnal[None], (k, r, g))
+        n1_k = rng.binomial(n_k, share)
+        n0_k = n_k - n1_k
+        x1_k = rng.binomial(n1_k, rate_c[None])
+        x0_k = rng.binomial(n0_k, rate_s[None])
+        n1, n0, x1, x0 = n1_k.sum(axis=0), n0_k.sum(axis=0), x1_k.sum(axis=0), x0_k.sum(axis=0)
         mu_c = mu + scale
 
         # -- oracle: expected log-LR per canary request, knowing the truth ---------
-        kl_err = rate_c * np.log(np.maximum(rate_c, 1e-300) / rate_s) + (1 - rate_c) * np.log(
-            (1 - rate_c) / (1 - rate_s)
+        kl_err_no_change = _bernoulli_kl(rate_c, rate_s)
+        # 5xx: against the least favourable non-regression, the canary whose odds are psi0
+        # times stable's (the engine's null, GRAYSCOPE_CANARY_PSI0: a smaller increase is
+        # not a regression it may act on).
+        odds_null = rate_s / (1.0 - rate_s) * knobs.psi0
+        kl_err = np.where(
+            scenario.psi > knobs.psi0, _bernoulli_kl(rate_c, odds_null / (1.0 + odds_null)), 0.0
         )
         # Latency: against the least favourable non-regression, the canary whose p95 is
         # exactly the threshold slower (DESIGN: the threshold is the smallest p95 increase
@@ -291,70 +313,36 @@ def _run(
         oracle_at_no_change = _oracle_step(
             oracle_kl_no_change,
             oracle_at_no_change,
-            (n1 * (kl_err + scale**2 / (2.0 * sigma**2))).sum(axis=1),
+            (n1 * (kl_err_no_change + scale**2 / (2.0 * sigma**2))).sum(axis=1),
             canary_requests_all,
             canary_now,
             threshold_log,
         )
+        canary_before = canary_requests_all.copy()
         canary_requests_all += canary_now
 
-        # -- grayscope -------------------------------------------------------------
-        both = (n1 > 0) & (n0 > 0)
-        new = both & (first_window < 0)
-        first_window = np.where(new, w, first_window)
-        first_stable = np.where(new, n0, first_stable)
-        _accumulate(err_ll, x1, x1 + x0, n1, n0, grid_err)
-        for level, q in enumerate(LEVELS):
-            tau = _quantile_lognormal(previous_mu, sigma, q)  # stable's earlier windows
-            s_stable = _survival(tau, mu, sigma)
-            s_canary = _survival(tau, mu_c, sigma)
-            slow1 = rng.binomial(n1, s_canary)
-            slow0 = rng.binomial(n0, s_stable)
-            _accumulate(lat_ll[:, :, level, :], slow1, slow1 + slow0, n1, n0, grid_lat)
+        # -- grayscope: every slice folded as an increment and judged ------------------
+        taus = [_quantile_lognormal(previous_mu, sigma, q) for q in LEVELS]  # stable's earlier
+        survival = [(_survival(tau, mu_c, sigma), _survival(tau, mu, sigma)) for tau in taus]
         previous_mu = mu
-        canary_total += n1
-        e_err = np.exp(_log_e(err_ll, knobs.offsets))
-        e_lat = np.exp(
-            _log_mean_exp(
-                np.stack(
-                    [_log_e(lat_ll[:, :, k, :], knobs.offsets) for k in range(len(LEVELS))],
-                    axis=-1,
-                )
-            )
-        )
-        density = _density_at_quantile(mu0 + scale, sigma, 0.95)
-        se = np.sqrt(0.95 * 0.05 / np.maximum(canary_total, 1.0)) / density
-        estimate = (np.exp(mu0 + scale + sigma * z95) - p95_stable) + rng.normal(
-            0.0, 1.0, (r, g)
-        ) * se
-        gate = (estimate >= LATENCY_THRESHOLD_MS) & (canary_total > 0)
-        if not knobs.latency_gate:
-            gate = canary_total > 0
-        ew = knobs.error_weight
-        group_e = ew * e_err + (1.0 - ew) * np.where(gate, e_lat, 0.0)
-        weights = _weights(first_window, first_stable)
-        # the pooled strata of all groups (engine._pooled_e)
-        pooled_err = np.exp(_log_e(err_ll.sum(axis=1), knobs.offsets))
-        pooled_lat = np.exp(
-            _log_mean_exp(
-                np.stack(
-                    [
-                        _log_e(lat_ll[:, :, k, :].sum(axis=1), knobs.offsets)
-                        for k in range(len(LEVELS))
-                    ],
-                    axis=-1,
-                )
-            )
-        )
-        mean_delta = (canary_total * estimate).sum(axis=1) / np.maximum(
-            canary_total.sum(axis=1), 1.0
-        )
-        pooled_gate = (mean_delta >= LATENCY_THRESHOLD_MS) | (not knobs.latency_gate)
-        pooled = ew * pooled_err + (1.0 - ew) * np.where(pooled_gate, pooled_lat, 0.0)
-        rollout_e = knobs.pooled_share * np.minimum(pooled, 1e300) + (1.0 - knobs.pooled_share) * (
-            weights * np.minimum(group_e, 1e300)
-        ).sum(axis=1)
-        _record(rollback, delay, "grayscope", rollout_e >= 1.0 / alpha, w, canary_requests_all)
+        for sl in range(k):
+            n1s, n0s = n1_k[sl], n0_k[sl]
+            both = (n1s > 0) & (n0s > 0)
+            new = both & (first_window < 0)
+            first_window = np.where(new, w * k + sl, first_window)
+            first_stable = np.where(new, n0s, first_stable)
+            _accumulate(err_ll, x1_k[sl], x1_k[sl] + x0_k[sl], n1s, n0s, grid_err)
+            for level, (s_canary, s_stable) in enumerate(survival):
+                slow1 = rng.binomial(n1s, s_canary)
+                slow0 = rng.binomial(n0s, s_stable)
+                _accumulate(lat_ll[:, :, level, :], slow1, slow1 + slow0, n1s, n0s, grid_lat)
+            canary_total += n1s
+            canary_before += n1s.sum(axis=1)
+            rollout_e = _grayscope_e(
+                err_ll, lat_ll, canary_total, first_window, first_stable, mu0, scale, sigma,
+                p95_stable, rng, knobs,
+            )  # fmt: skip
+            _record(rollback, delay, "grayscope", rollout_e >= 1.0 / alpha, w, canary_before)
         if knobs.promotions:
             errors_c += x1
             errors_s += x0
@@ -440,6 +428,67 @@ def _run(
         for name in ("kayenta", "argo_rollouts", "flagger"):
             promote[name] = np.where(rollback[name] < 0, w_count - 1, -1)
     return Outcome(rollback, delay, oracle_at, promote, oracle_at_no_change)
+
+
+def _grayscope_e(
+    err_ll: np.ndarray,
+    lat_ll: np.ndarray,
+    canary_total: np.ndarray,
+    first_window: np.ndarray,
+    first_stable: np.ndarray,
+    mu0: np.ndarray,
+    scale: np.ndarray,
+    sigma: np.ndarray,
+    p95_stable: np.ndarray,
+    rng: np.random.Generator,
+    knobs: Knobs,
+) -> np.ndarray:
+    """The rollout's evidence per rollout (``engine.assess``), from the folded strata."""
+    z95 = _norm_ppf(0.95)
+    e_err = np.exp(_log_e(err_ll, knobs.offsets))
+    e_lat = np.exp(
+        _log_mean_exp(
+            np.stack(
+                [_log_e(lat_ll[:, :, k, :], knobs.offsets) for k in range(len(LEVELS))],
+                axis=-1,
+            )
+        )
+    )
+    density = _density_at_quantile(mu0 + scale, sigma, 0.95)
+    se = np.sqrt(0.95 * 0.05 / np.maximum(canary_total, 1.0)) / density
+    estimate = (np.exp(mu0 + scale + sigma * z95) - p95_stable) + rng.normal(
+        0.0, 1.0, canary_total.shape
+    ) * se
+    gate = (estimate >= LATENCY_THRESHOLD_MS) & (canary_total > 0)
+    if not knobs.latency_gate:
+        gate = canary_total > 0
+    ew = knobs.error_weight
+    group_e = ew * e_err + (1.0 - ew) * np.where(gate, e_lat, 0.0)
+    weights = _weights(first_window, first_stable)
+    # the pooled strata of all groups (engine._pooled_e)
+    pooled_err = np.exp(_log_e(err_ll.sum(axis=1), knobs.offsets))
+    pooled_lat = np.exp(
+        _log_mean_exp(
+            np.stack(
+                [_log_e(lat_ll[:, :, k, :].sum(axis=1), knobs.offsets) for k in range(len(LEVELS))],
+                axis=-1,
+            )
+        )
+    )
+    mean_delta = (canary_total * estimate).sum(axis=1) / np.maximum(canary_total.sum(axis=1), 1.0)
+    pooled_gate = (mean_delta >= LATENCY_THRESHOLD_MS) | (not knobs.latency_gate)
+    pooled = ew * pooled_err + (1.0 - ew) * np.where(pooled_gate, pooled_lat, 0.0)
+    return np.asarray(
+        knobs.pooled_share * np.minimum(pooled, 1e300)
+        + (1.0 - knobs.pooled_share) * (weights * np.minimum(group_e, 1e300)).sum(axis=1)
+    )
+
+
+def _bernoulli_kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """KL(Bernoulli(p) || Bernoulli(q)) per request, element-wise."""
+    return np.asarray(
+        p * np.log(np.maximum(p, 1e-300) / q) + (1.0 - p) * np.log((1.0 - p) / (1.0 - q))
+    )
 
 
 def _oracle_step(
@@ -809,6 +858,7 @@ def simulate(
         "seed": seed,
         "groups": GROUPS,
         "windows": WINDOWS,
+        "grayscope_evaluations_per_window": Knobs().slices,
         "ab_rollouts_per_scenario": ab_count,
         "canary_shares": list(SHARES),
     }

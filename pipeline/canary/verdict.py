@@ -2,8 +2,9 @@
 
 ``evaluate`` is the live decision: the rows of the window tables plus each
 path group's persisted rollout state (``engine.GroupState``) -> one verdict
-per path group with canary traffic in a live window. Complete windows not yet
-in a state are folded in provisionally, the data-quality checks (a missing
+per path group with canary traffic in a live window. What the live windows
+gained since the state was folded is folded in (the caller persists those
+folds, so every evaluation looks at one process), the data-quality checks (a missing
 window, a sample-ratio mismatch) are computed from the live windows, and
 ``engine.assess`` decides with the anytime-valid evidence of the whole
 rollout. The window shown in a verdict (its counts, z, p, p95 delta) is the
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from pipeline.canary import engine, windows
-from pipeline.canary.engine import FunnelDecision, GroupState, VerdictConfig, WindowCheck
+from pipeline.canary.engine import Fold, FunnelDecision, GroupState, VerdictConfig, WindowCheck
 from pipeline.canary.funnel import FunnelFacts
 from pipeline.canary.records import ArmSummary, Decision, Verdict, WindowCounts
 from pipeline.canary.ztest import ZTest, two_proportion_ztest
@@ -148,19 +149,47 @@ def provisional_states(
     states: dict[str, GroupState],
     *,
     window_seconds: int,
-    up_to: float,
+    expires_seconds: float,
+    now: float,
     psi0: float,
+    weight_scale: float = 1.0,
+    folds: dict[str, Fold] | None = None,
 ) -> dict[str, GroupState]:
-    """Copies of the persisted states with the complete windows they lack folded in."""
+    """Copies of the persisted states with what the live windows gained since folded in.
+
+    ``folds``, when given, receives per group the fold to persist (its increments,
+    and the weight of a group that started in it): the worker's agent applies
+    exactly these, so the next evaluation starts from the state judged now.
+    """
+    close_through = int(windows.stale_before(now, window_seconds, expires_seconds)) - window_seconds
     out: dict[str, GroupState] = {}
+    found: dict[str, tuple[int, tuple[engine.Increment, ...]]] = {}
     for path_group in sorted(set(groups) | set(states)):
         state = states.get(path_group)
         state = GroupState(path_group) if state is None else state.copy()
+        base = state.folds
         group = groups.get(path_group)
+        increments: list[engine.Increment] = []
         if group is not None:
-            engine.advance(state, group.canary, group.stable, window_seconds, up_to, psi0)
+            increments = engine.advance(
+                state, group.canary, group.stable, window_seconds, close_through, psi0
+            )
         if state.first_window >= 0 or state.rolled_back:
             out[path_group] = state
+            found[path_group] = (base, tuple(increments))
+    unweighted = {name for name, state in out.items() if state.weight < 0.0}
+    engine.assign_weights(out, weight_scale)
+    if folds is not None:
+        for path_group, (base, gained) in found.items():
+            started = path_group in unweighted and out[path_group].weight >= 0.0
+            if gained or started:
+                folds[path_group] = Fold(
+                    path_group,
+                    base,
+                    close_through,
+                    out[path_group].weight if started else -1.0,
+                    gained,
+                )
     return out
 
 
@@ -252,6 +281,7 @@ def evaluate(
     judged_states: dict[str, GroupState] | None = None,
     funnels: Mapping[str, FunnelFacts] | None = None,
     funnel_decisions: dict[str, FunnelDecision] | None = None,
+    folds: dict[str, Fold] | None = None,
 ) -> list[Verdict]:
     """One verdict per path group with canary traffic in a live window, by path group.
 
@@ -260,7 +290,8 @@ def evaluate(
     persisted rollout states by path group; ``weight_scale`` the share of all
     canary partitions this worker judges (see ``engine.weights``).
     ``judged_states``, when given, receives the states the verdicts were judged
-    on (the persisted ones plus the windows folded provisionally).
+    on (the persisted ones plus what the live windows gained since); ``folds`` the
+    folds that turn the persisted states into those (see ``provisional_states``).
     """
     groups: dict[str, _PathGroup] = defaultdict(_PathGroup)
     for path_group, stage, start, counts in stages:
@@ -279,7 +310,14 @@ def evaluate(
             _merge_into(per_version, version, counts)
 
     current = provisional_states(
-        dict(groups), dict(states or {}), window_seconds=window_seconds, up_to=now, psi0=config.psi0
+        dict(groups),
+        dict(states or {}),
+        window_seconds=window_seconds,
+        expires_seconds=expires_seconds,
+        now=now,
+        psi0=config.psi0,
+        weight_scale=weight_scale,
+        folds=folds,
     )
     if judged_states is not None:
         judged_states.update(current)
@@ -292,6 +330,7 @@ def evaluate(
         weight_scale=weight_scale,
         funnels=funnels,
         funnel_decisions=funnel_decisions,
+        now=now,
     )
 
     verdicts = []

@@ -231,6 +231,8 @@ async def test_tables_recover_after_a_restart_and_keep_counting(
         )
         await wait_for(lambda: orders(canary) is not None, "a first verdict")
         first = orders(canary)
+        # The agent persists the fold the verdict was judged on (a control record).
+        await wait_for(lambda: canary._state("/api/orders") is not None, "the evidence stored")
     assert first is not None and first.decision is Decision.PROMOTE
     for table in ("canary-by-stage", "canary-by-version"):
         assert await partition_count(bootstrap, f"{app_id}-{table}-changelog") == 2
@@ -250,9 +252,15 @@ async def test_tables_recover_after_a_restart_and_keep_counting(
         assert recovered.versions == first.versions
         assert canary.stats.canary_aggregates_applied_total == 0
 
-        # New requests for the same window add to the recovered counts.
+        # The rollout's evidence came back too: what the first process judged was persisted.
+        evidence = canary._state("/api/orders")
+        assert evidence is not None and evidence.folds >= 1
+        assert (evidence.canary.requests, evidence.stable.requests) == (200, 300)
+        # New requests for the same window add to the recovered counts, and their gain
+        # is judged on top of the recovered evidence.
         observer.observe_batch(
             requests("/api/orders", "canary", 100, errors=100, at=start + 30, version="v2")
+            + requests("/api/orders", "stable", 100, errors=1, at=start + 30)
         )
         await wait_for(
             lambda: (v := orders(canary)) is not None and v.canary.requests == 300,
@@ -260,7 +268,7 @@ async def test_tables_recover_after_a_restart_and_keep_counting(
         )
         merged = orders(canary)
     assert merged is not None
-    assert (merged.canary.errors_5xx, merged.stable.requests) == (102, 300)
+    assert (merged.canary.errors_5xx, merged.stable.requests) == (102, 400)
     assert merged.decision is Decision.ROLLBACK
 
 

@@ -41,11 +41,9 @@ async def test_rollback_is_folded_sticky_and_recovered(
     )
     now = time.time()
     bad = []
-    for ago in (5, 4, 3):  # three complete windows, folded once a newer one has data
+    for ago in (5, 4, 3, 2):  # four windows, each folded as soon as the timer sees it
         bad += requests("/pay", "canary", 100, errors=20, at=now - ago, version="v2")
         bad += requests("/pay", "stable", 400, errors=4, at=now - ago)
-    bad += requests("/pay", "canary", 100, errors=20, at=now - 2, version="v2")  # the newer one
-    bad += requests("/pay", "stable", 400, errors=4, at=now - 2)
 
     async with canary_app(bootstrap, app_id, settings, faust_settings, tmp_path) as (
         canary,
@@ -54,12 +52,16 @@ async def test_rollback_is_folded_sticky_and_recovered(
     ):
         observer.observe_batch(bad)
         await wait_for(
-            lambda: (s := state_of(canary, "/pay")) is not None and s.rolled_back,
+            lambda: (
+                (s := state_of(canary, "/pay")) is not None
+                and s.rolled_back
+                and s.canary.requests == 400
+            ),
             "the folded windows and the sticky rollback in the evidence table",
         )
         folded = state_of(canary, "/pay")
-        assert folded is not None and folded.windows == 3
-        assert (folded.canary.requests, folded.canary.errors_5xx) == (300, 60)
+        assert folded is not None and folded.windows == 4
+        assert (folded.canary.requests, folded.canary.errors_5xx) == (400, 80)
         assert any("significantly higher" in r for r in folded.rollback_reasons)
 
     # A new process: the state comes back from its changelog; healthy traffic now

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.canary import engine
 from pipeline.canary.engine import GroupState, VerdictConfig, WindowCheck, assess, fold, weights
@@ -47,16 +49,76 @@ def rollout(
     return state
 
 
-def test_fold_accumulates_in_order_and_ignores_old_windows() -> None:
+def test_fold_adds_each_increment_as_a_stratum() -> None:
     state = GroupState("/api")
     fold(state, T0, W, arm(100, 0), WindowCounts())  # no stable: the rollout has not begun
     assert state.first_window == -1 and state.windows == 0
     fold(state, T0 + W, W, arm(100, 5), arm(200, 2))
     fold(state, T0 + 2 * W, W, arm(100, 5), arm(200, 2))
-    fold(state, T0 + W, W, arm(999, 999), arm(999, 0))  # already folded: ignored
+    # A later increment of an earlier window is one more stratum (which requests are
+    # new is ``increments``' business): counted, without making the window count again.
+    fold(state, T0 + W, W, arm(50, 1), arm(100, 1))
     assert (state.first_window, state.last_window, state.windows) == (T0 + W, T0 + 2 * W, 2)
-    assert (state.canary.requests, state.canary.errors_5xx) == (200, 10)
-    assert state.first_stable == 200 and len(state.history) == 2
+    assert (state.canary.requests, state.canary.errors_5xx) == (250, 11)
+    assert state.first_stable == 200
+    fold(state, T0 + 2 * W, W, arm(10, 0), arm(20, 0))
+    # One report point per window: the latest increment's replaces the window's last.
+    assert [point[0] for point in state.history] == [T0 + W, T0 + 2 * W, T0 + W, T0 + 2 * W]
+
+
+def test_advance_folds_what_the_windows_gained_once() -> None:
+    state = GroupState("/api")
+    canary, stable = {T0: arm(10, 0)}, {T0: arm(90, 1)}
+    assert [start for start, _, _ in engine.advance(state, canary, stable, W, -1)] == [T0]
+    assert state.folds == 1 and state.canary.requests == 10
+    assert engine.advance(state, canary, stable, W, -1) == []  # nothing new: no fold
+    assert state.folds == 1
+    canary[T0].merge(arm(5, 1))  # the window goes on; the next one begins
+    canary[T0 + W], stable[T0 + W] = arm(7, 0), arm(70, 0)
+    gained = engine.advance(state, canary, stable, W, -1)
+    # T0's canary gained alone: it waits for stable (alone it says nothing about the arms).
+    assert [(start, c.requests, s.requests) for start, c, s in gained] == [(T0 + W, 7, 70)]
+    stable[T0].merge(arm(30, 0))
+    gained = engine.advance(state, canary, stable, W, -1)
+    assert [(start, c.requests, s.requests) for start, c, s in gained] == [(T0, 5, 30)]
+    assert (state.canary.requests, state.canary.errors_5xx, state.stable.requests) == (22, 1, 190)
+    assert (state.folds, state.windows, state.last_window) == (3, 2, T0 + W)
+    shrunk = {T0: arm(3, 0), T0 + W: canary[T0 + W]}  # a table rebuilt short: wait, never refold
+    assert engine.advance(state, shrunk, stable, W, -1) == []
+    # Windows at or before close_through are done: forgotten, never folded again.
+    assert engine.advance(state, canary, stable, W, close_through=T0) == []
+    assert sorted(state.folded) == [T0 + W] and state.closed_through == T0
+    canary[T0].merge(arm(100, 100))
+    assert engine.advance(state, canary, stable, W, close_through=T0) == []
+
+
+def test_a_fold_record_persists_exactly_what_was_judged() -> None:
+    stored = rollout(3)
+    judged = stored.copy()
+    canary = {T0 + 3 * W: arm(300, 9)}
+    stable = {T0 + 3 * W: arm(2700, 27)}
+    gained = engine.advance(judged, canary, stable, W, close_through=T0 + W)
+    record = engine.Fold("/api", stored.folds, T0 + W, -1.0, tuple(gained))
+    back = engine.Fold.from_json(record.to_json())
+    assert back.apply(stored, W, 1.1)
+    assert stored == judged
+    assert not back.apply(stored, W, 1.1)  # made on another state: ignored
+    assert stored == judged
+    with pytest.raises(ValueError):
+        engine.Fold.from_json({"path_group": "/api"})
+
+
+def test_a_version_1_state_goes_on_after_its_last_whole_window() -> None:
+    state = rollout(3)
+    old = state.to_json()
+    for key in ("folds", "folded", "closed_through", "weight"):
+        del old[key]
+    old["v"] = 1
+    back = GroupState.from_json(old)
+    assert back.closed_through == T0 + 2 * W and back.folds == 0 and back.weight < 0
+    windows = {T0 + w * W: arm(100, 1) for w in range(4)}
+    gained = engine.advance(back, windows, windows, W, -1)
+    assert [start for start, _, _ in gained] == [T0 + 3 * W]  # whole windows stay folded
 
 
 def test_state_json_round_trip() -> None:
@@ -137,6 +199,22 @@ def test_weights_follow_the_first_windows_traffic_with_a_reserve() -> None:
     assert sum(weights({"/a": a}, scale=0.5).values()) == pytest.approx(0.45)
 
 
+def test_a_groups_weight_never_changes_once_given() -> None:
+    # A weighted average of e-processes stays one only with weights fixed before the
+    # evidence moves: a group starting later takes from what is left, never from others.
+    a = rollout(2, stable=(3000, 0.01, 100.0), name="/a")
+    states = {"/a": a}
+    engine.assign_weights(states)
+    assert a.weight == pytest.approx(0.9)
+    b = rollout(2, stable=(1000, 0.01, 100.0), name="/b")  # same first window, started later
+    c = rollout(1, name="/c")
+    states.update({"/b": b, "/c": c})
+    engine.assign_weights(states)
+    assert a.weight == pytest.approx(0.9)
+    assert (b.weight, c.weight) == (pytest.approx(0.05), pytest.approx(0.025))
+    assert weights(states) == {"/a": a.weight, "/b": b.weight, "/c": c.weight}
+
+
 def test_data_quality_holds() -> None:
     state = rollout(30)
     config = VerdictConfig()
@@ -181,15 +259,6 @@ def test_evaluate_holds_a_group_whose_canary_share_is_off() -> None:
     assert verdicts["/a"].analysis.rule != "hold: sample-ratio mismatch"
 
 
-def test_advance_folds_only_complete_new_windows() -> None:
-    state = GroupState("/api")
-    canary = {T0: arm(10, 0), T0 + W: arm(10, 0), T0 + 2 * W: arm(10, 0)}
-    stable = {T0: arm(10, 0), T0 + W: arm(10, 0), T0 + 2 * W: arm(10, 0)}
-    assert engine.advance(state, canary, stable, W, up_to=T0 + 2 * W + 5) == 2
-    assert engine.advance(state, canary, stable, W, up_to=T0 + 3 * W) == 1
-    assert engine.advance(state, canary, stable, W, up_to=T0 + 9 * W) == 0
-
-
 def test_evaluate_holds_on_a_hole_but_not_on_an_empty_trailing_window() -> None:
     def rows(stable_gap: bool, trailing_empty: bool) -> list[tuple[str, str, int, WindowCounts]]:
         out = []
@@ -213,3 +282,34 @@ def test_evaluate_holds_on_a_hole_but_not_on_an_empty_trailing_window() -> None:
         rows(False, True), [], config, window_seconds=W, expires_seconds=3600, now=now
     )
     assert tail.analysis is not None and tail.analysis.rule != "hold: missing window"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 30), st.integers(0, 30), st.integers(0, 5)),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_increments_fold_every_request_once(steps: list[tuple[int, int, int, int]]) -> None:
+    # Tables grow in any order (windows, arms, errors); after every evaluation the
+    # state's cumulative counts plus what is still pending are exactly the tables.
+    state = GroupState("/api")
+    canary: dict[int, WindowCounts] = {}
+    stable: dict[int, WindowCounts] = {}
+    for window, n_canary, n_stable, errors in steps:
+        start = T0 + window * W
+        canary.setdefault(start, WindowCounts()).merge(arm(n_canary, min(errors, n_canary)))
+        stable.setdefault(start, WindowCounts()).merge(arm(n_stable, 0))
+        engine.advance(state, canary, stable, W, -1)
+        folded_canary = sum(arms[0].requests for arms in state.folded.values())
+        folded_stable = sum(arms[1].requests for arms in state.folded.values())
+        if state.first_window >= 0:
+            assert state.canary.requests == folded_canary
+            assert state.stable.requests == folded_stable
+        for start, arms in state.folded.items():
+            assert arms[0].minus(arms[0]) is not None
+            assert canary[start].minus(arms[0]) is not None  # never more than the table
+            assert stable[start].minus(arms[1]) is not None
+        assert engine.increments(state, canary, stable) == []  # nothing left to fold

@@ -219,18 +219,26 @@ def test_evaluate_shows_the_latest_complete_window_and_judges_the_rollout() -> N
     assert (orders.window_start, orders.complete) == (T0 + 60, True)
     # The window shown is clean, but the rollout's first window was not: rollback.
     assert orders.decision is Decision.ROLLBACK
-    assert orders.analysis is not None and orders.analysis.windows == 2
-    assert orders.analysis.canary_errors_5xx == 50 and orders.analysis.canary_requests == 200
+    # The evidence has everything in the tables, the filling window's requests too.
+    assert orders.analysis is not None and orders.analysis.windows == 3
+    assert orders.analysis.canary_errors_5xx == 55 and orders.analysis.canary_requests == 205
     assert orders.analysis.rule.startswith("rollback")
     assert (orders.canary.requests, orders.stable.requests) == (100, 100)
     assert [name for name, _ in orders.versions] == ["v1", "v2", "v3"]
     assert [s.requests for _, s in orders.versions] == [100, 60, 40]
     assert orders.window_end == T0 + 120 and orders.evaluated_at == now
     assert (orders.alpha, orders.min_samples, orders.latency_threshold_ms) == (0.05, 10, 200.0)
-    # Before any of its windows ended, a path group is shown its current one, in warm-up.
+    # Before any of its windows ended, a path group is shown its current one, and judged
+    # on it: half its canary requests failed, none of stable's.
     assert (blog.window_start, blog.complete) == (T0 + 120, False)
-    assert blog.decision is Decision.HOLD and blog.analysis is None
-    assert "warm-up" in blog.reasons[0]
+    assert blog.decision is Decision.ROLLBACK and blog.analysis is not None
+    # Alone in its first window with a clean canary, it holds for warm-up instead.
+    fine = [
+        ("/blog/posts", "canary", T0 + 120, arm(40, 0)),
+        ("/blog/posts", "stable", T0 + 120, arm(40, 0)),
+    ]
+    (held,) = evaluate(fine, [], CONFIG, window_seconds=60, expires_seconds=600, now=now)
+    assert held.decision is Decision.HOLD and "warm-up: 0 of 1 windows complete" in held.reasons[0]
 
 
 def test_evaluate_ignores_expired_windows_and_merges_duplicate_rows() -> None:
