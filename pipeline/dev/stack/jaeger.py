@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 import time
@@ -54,7 +53,7 @@ from typing import Any, Self
 from pipeline.dev.stack.process import (
     LOOPBACK,
     ManagedProcess,
-    exclusive_lock,
+    build_once,
     free_port,
     http_ok,
     port_accepts,
@@ -92,17 +91,9 @@ def jaeger_binary_path(cache_dir: Path) -> Path:
 def build_jaeger(cache_dir: Path, *, go: str = "go") -> Path:
     """The Jaeger binary in the cache; built with Go the first time (minutes)."""
     binary = jaeger_binary_path(cache_dir)
-    if binary.exists():
-        return binary
-    go_path = shutil.which(go)
-    if go_path is None:
-        raise ServiceError(f"no `{go}` on PATH: building Jaeger for the local stack needs Go")
-    binary.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(binary.parent / ".build.lock"):
-        if binary.exists():  # another process built it while we waited
-            return binary
-        _go_build(go_path, binary)
-    return binary
+    return build_once(
+        binary, "Jaeger for the local stack", go, lambda go_path: _go_build(go_path, binary)
+    )
 
 
 def _go_build(go_path: str, binary: Path) -> None:

@@ -41,7 +41,7 @@ from pipeline.dev.stack.process import (
     LOOPBACK,
     ManagedProcess,
     ProcessService,
-    exclusive_lock,
+    build_once,
     http_ok,
 )
 from pipeline.errors import ServiceError
@@ -118,23 +118,16 @@ def builder_manifest(output_dir: Path, marker_dir: Path) -> str:
 def build_otelcol(cache_dir: Path, *, go: str = "go") -> Path:
     """The collector binary in the cache; built with Go the first time (minutes)."""
     binary = otelcol_binary_path(cache_dir)
-    if binary.exists():
-        return binary
-    go_path = shutil.which(go)
-    if go_path is None:
-        raise ServiceError(f"no `{go}` on PATH: building the OpenTelemetry Collector needs Go")
-    home = binary.parent
-    home.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(home / ".build.lock"):
-        if binary.exists():  # another process built it while we waited
-            return binary
+
+    def build(go_path: str) -> None:
         started = time.monotonic()
         log.warning("building the OpenTelemetry Collector %s (first run only, minutes)", RELEASE)
         env = _go_env(go_path)
-        builder = _install_builder(go_path, home, env)
-        _build_collector(builder, home, binary, env)
+        builder = _install_builder(go_path, binary.parent, env)
+        _build_collector(builder, binary.parent, binary, env)
         log.warning("built %s in %.0f s", binary, time.monotonic() - started)
-    return binary
+
+    return build_once(binary, "the OpenTelemetry Collector", go, build)
 
 
 def _go_env(go_path: str) -> dict[str, str]:

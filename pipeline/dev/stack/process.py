@@ -51,6 +51,7 @@ import ctypes.util
 import fcntl
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -83,6 +84,22 @@ def exclusive_lock(lock_path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_once(binary: Path, what: str, go: str, build: Callable[[str], None]) -> Path:
+    """``binary`` from the service cache; else ``build(go_path)`` makes it there, once
+    across processes (under the cache entry's build lock; another process may have
+    built it while this one waited)."""
+    if binary.exists():
+        return binary
+    go_path = shutil.which(go)
+    if go_path is None:
+        raise ServiceError(f"no `{go}` on PATH: building {what} needs Go")
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(binary.parent / ".build.lock"):
+        if not binary.exists():
+            build(go_path)
+    return binary
 
 
 def free_port(host: str = LOOPBACK) -> int:
