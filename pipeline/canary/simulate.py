@@ -485,10 +485,9 @@ def _grayscope_e(
 
 
 def _bernoulli_kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """KL(Bernoulli(p) || Bernoulli(q)) per request, element-wise."""
-    return np.asarray(
-        p * np.log(np.maximum(p, 1e-300) / q) + (1.0 - p) * np.log((1.0 - p) / (1.0 - q))
-    )
+    """KL(Bernoulli(p) || Bernoulli(q)) per request, element-wise (p kept off 0 and 1)."""
+    p = np.clip(p, 1e-12, 1.0 - 1e-12)
+    return np.asarray(p * np.log(p / q) + (1.0 - p) * np.log((1.0 - p) / (1.0 - q)))
 
 
 def _oracle_step(
@@ -1012,10 +1011,7 @@ def _run_funnels(
     # oracle: expected log-LR per canary entrant (both transitions), at the base rates
     pc = base * (1.0 - drop)
 
-    def kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-        p = np.clip(p, 1e-12, 1 - 1e-12)
-        return np.asarray(p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q)))
-
+    kl = _bernoulli_kl
     per_entrant = kl(pc[:, 0], base[:, 0]) + pc[:, 0] * kl(pc[:, 1], base[:, 1])
     instant = np.where(
         per_entrant > 0, math.log(1.0 / alpha) / np.maximum(per_entrant, 1e-300), np.nan

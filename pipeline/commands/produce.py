@@ -346,26 +346,18 @@ def synthetic_values(
     ``versions``: (stable, canary); default: the generator's. ``funnel``: users
     walking the playground funnel too.
     """
-    from pipeline.dev.synth import Regression, generate
+    from pipeline.dev.synth import CANARY_VERSION, STABLE_VERSION, Regression, generate
 
     regression = Regression(path_group=regression_path_group) if regression_path_group else None
-    if versions is None:
-        return generate(
-            count,
-            seed,
-            canary_share=canary_share,
-            regression=regression,
-            clock=clock,
-            funnel=funnel,
-        )
+    stable_version, canary_version = versions or (STABLE_VERSION, CANARY_VERSION)
     return generate(
         count,
         seed,
         canary_share=canary_share,
         regression=regression,
         clock=clock,
-        stable_version=versions[0],
-        canary_version=versions[1],
+        stable_version=stable_version,
+        canary_version=canary_version,
         funnel=funnel,
     )
 

@@ -741,6 +741,10 @@ def _wrap(envelope: str, line: str, req: _Request, rng: random.Random) -> bytes:
     )
 
 
+#: The versions the synthetic stable and canary run unless told otherwise.
+STABLE_VERSION, CANARY_VERSION = "1.22", "1.23"
+
+
 def generate(
     n: int | None,
     seed: int = 0,
@@ -748,8 +752,8 @@ def generate(
     canary_share: float = 0.1,
     regression: Regression | None = None,
     clock: Callable[[], int] | None = None,
-    stable_version: str = "1.22",
-    canary_version: str = "1.23",
+    stable_version: str = STABLE_VERSION,
+    canary_version: str = CANARY_VERSION,
     clients: int = 20_000,
     formats: dict[str, float] | None = None,
     envelopes: dict[str, float] | None = None,
