@@ -40,7 +40,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     settings = Settings(path_rules=orjson.dumps(list(PATH_RULES)).decode())
-    geoip = GeoIPResolver.from_settings(settings) if settings.geoip_city_db else None
+    geoip = GeoIPResolver.from_settings(settings.geoip) if settings.geoip_city_db else None
     ctx = enrich_context(settings, geoip)
     values = list(generate(args.events, seed=1))
     batches = [values[i : i + BATCH] for i in range(0, len(values), BATCH)]
