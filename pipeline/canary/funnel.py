@@ -528,8 +528,20 @@ def step_log_e(spec: FunnelSpec, state: FunnelState, step: int) -> float:
 
 
 def funnel_log_e(spec: FunnelSpec, state: FunnelState) -> float:
-    """log of the mean of the steps' (gated) e-values."""
-    return evidence.log_mean_exp([step_log_e(spec, state, k) for k in range(state.steps - 1)])
+    """log of the funnel's e-value: half the mean of its transitions' (gated) e-values,
+    half their product.
+
+    The product spends every transition's evidence at once (a build that loses users
+    at each step multiplies); it is an e-process because each transition's strata are
+    conditioned on their margins, which hold the earlier transitions' outcomes (tower
+    property), and the gates only lower it. The mean keeps a drop at one transition
+    from being diluted by the others, whose e-values drift towards 0 without a drop.
+    A fixed average of e-processes is one. One transition: its own e-value.
+    """
+    values = [step_log_e(spec, state, k) for k in range(state.steps - 1)]
+    if len(values) <= 1:
+        return values[0] if values else -math.inf
+    return evidence.log_mean_exp([evidence.log_mean_exp(values), sum(values)])
 
 
 @dataclass(slots=True, frozen=True)

@@ -1054,7 +1054,10 @@ def _run_funnels(
             log_e = _log_e(totals)  # (r, 2)
             mle_above = totals[..., 1:].max(axis=-1) > totals[..., 0]
             log_e = np.where(mle_above, log_e, -np.inf)
-            funnel_log_e = _log_mean_exp(log_e)
+            # funnel.funnel_log_e: half the steps' mean, half their product
+            funnel_log_e = _log_mean_exp(
+                np.stack([_log_mean_exp(log_e), log_e.sum(axis=-1)], axis=-1)
+            )
             new_full = (funnel_log_e >= threshold_full) & (full < 0)
             full = np.where(new_full, w, full)
             new_shared = (funnel_log_e >= threshold_shared) & (shared < 0)

@@ -477,3 +477,58 @@ def test_steps_that_arrive_out_of_order_count_once_their_predecessor_arrives() -
     # a stray earlier hit of a step is replaced by one that can follow
     walk(s, state, users, [("w", 1, 0, 50.0), ("w", 0, 0, 400.0), ("w", 1, 0, 410.0)])
     assert users["w"]["t"][1] == 410.0 and users["w"]["c"] == 2
+
+
+def run_two_transitions(
+    s: FunnelSpec, rng: random.Random, go_on: tuple[float, float], drop: float, strata: int
+) -> list[float]:
+    """Users through both transitions (reached step 1 only after converting at step 0);
+    the funnel's log e-value after each stratum."""
+    state = FunnelState(s.name, 3)
+    path: list[float] = []
+    for k in range(strata):
+        rows = [[0, 0, 0, 0], [0, 0, 0, 0]]
+        for _ in range(60):
+            canary = rng.random() < 0.5
+            offset = 0 if canary else 2
+            for step, base in enumerate(go_on):
+                rows[step][offset] += 1
+                converted = rng.random() < base * ((1.0 - drop) if canary else 1.0)
+                rows[step][offset + 1] += converted
+                if not converted:
+                    break
+        for step, row in enumerate(rows):
+            state.pending[f"{step}:{k * BUCKET}"] = row
+        state.watermark = k * BUCKET + s.window_seconds + 2 * BUCKET
+        funnel.resolve(s, state, BUCKET)
+        path.append(funnel.funnel_log_e(s, state))
+    return path
+
+
+def test_two_transitions_combine_half_mean_half_product_and_stay_valid() -> None:
+    s = spec(window=60.0)
+    rng = random.Random(11)
+    finals, crossed = [], 0
+    for _ in range(300):
+        path = run_two_transitions(s, rng, (0.5, 0.4), drop=0.0, strata=20)
+        finals.append(math.exp(path[-1]) if path[-1] > -math.inf else 0.0)
+        crossed += any(v >= math.log(20.0) for v in path)
+    se = float(np.std(finals)) / math.sqrt(len(finals))
+    assert float(np.mean(finals)) <= 1.0 + 3 * se
+    assert crossed / 300 <= 0.05
+    # A drop at both transitions: the product half carries both steps' evidence.
+    state_path = run_two_transitions(s, random.Random(5), (0.5, 0.4), drop=0.3, strata=20)
+    assert max(state_path) >= math.log(20.0)
+
+
+def test_the_funnel_e_value_is_half_the_steps_mean_half_their_product() -> None:
+    s = spec(window=60.0)
+    state = FunnelState("play", 3)
+    state.pending["0:0"] = [100, 30, 100, 50]
+    state.pending["1:0"] = [30, 6, 50, 20]
+    state.watermark = 1e6
+    funnel.resolve(s, state, BUCKET)
+    e0 = math.exp(funnel.step_log_e(s, state, 0))
+    e1 = math.exp(funnel.step_log_e(s, state, 1))
+    expected = 0.5 * (e0 + e1) / 2 + 0.5 * e0 * e1
+    assert math.exp(funnel.funnel_log_e(s, state)) == pytest.approx(expected, rel=1e-9)
