@@ -166,7 +166,7 @@ class SpareStores:
 
     def __exit__(self, *exc: object) -> None:
         for node in self.nodes.values():
-            node.stop()
+            node.kill()  # throwaway nodes: a graceful OpenSearch shutdown costs seconds each
 
     def take(self, name: str) -> OpenSearchNode:
         """The node ``name``, once ready; a name taken before (a rerun) or unknown gets
@@ -189,7 +189,7 @@ class SpareStores:
 
 @pytest.fixture
 def store_factory(tmp_path: Path, opensearch_jars: Path) -> Iterator[Callable[..., OpenSearchNode]]:
-    """Dedicated OpenSearch nodes a test may stop and start; all stopped at teardown.
+    """Dedicated OpenSearch nodes a test may stop and start; all killed at teardown.
 
     ``store_factory(**kwargs)`` starts one (keyword arguments of OpenSearchNode,
     e.g. ``write_queue_size``); ``store_factory(start=False)`` only prepares it.
@@ -203,12 +203,12 @@ def store_factory(tmp_path: Path, opensearch_jars: Path) -> Iterator[Callable[..
 
     yield make
     for node in nodes:
-        node.stop()
+        node.kill()  # throwaway nodes: their data goes with the test
 
 
 @pytest.fixture
 def kafka_factory(tmp_path: Path, kafka_jars: Path) -> Iterator[Callable[..., KafkaNode]]:
-    """Dedicated Kafka nodes a test may kill and restart; all stopped at teardown.
+    """Dedicated Kafka nodes a test may kill and restart; all killed at teardown.
 
     Keyword arguments go to KafkaNode (node_id, voters, cluster_id,
     extra_properties, ...); ``start=False`` only prepares the node.
@@ -223,7 +223,7 @@ def kafka_factory(tmp_path: Path, kafka_jars: Path) -> Iterator[Callable[..., Ka
 
     yield make
     for node in nodes:
-        node.stop()
+        node.kill()  # throwaway nodes: a controlled Kafka shutdown costs seconds
 
 
 @pytest.fixture
