@@ -170,6 +170,13 @@ class BatchingConsumer(faust_aiokafka.Consumer):
     handoff: asyncio.Queue[FetchedBatch] | None = None
     pump_epoch: int = 0
     _fetch_sequence: int = 0
+    #: Per partition, the highest offset handed to the pump since the last revocation
+    #: (made on first use: one dict per consumer).
+    handed_out: dict[TP, int] | None = None
+
+    def forget_handed_out(self) -> None:
+        """On a revocation: the next generation reads from its committed offsets."""
+        self.handed_out = {}
 
     async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
         records, active = await super()._wait_next_records(timeout)
@@ -200,12 +207,25 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         offsets: dict[TP, list[int]] = {}
         read_offset = self._read_offset
         buffered = self._buffered_partitions
+        handed_out = self.handed_out
+        if handed_out is None:
+            handed_out = self.handed_out = {}
         for tp, recs in records.items():
             if active is not None and tp not in active and tp not in buffered:
                 if recs:  # paused meanwhile: read these again when it resumes
                     await self._seek_back(tp, recs[0].offset)
                 continue
             previous = read_offset[tp]
+            # What this generation handed out is read, whatever the read offset says: a
+            # seek to the committed offsets (Faust's recovery, ours after a stopped flow)
+            # can land after a fetch it raced with, setting the read offset back below
+            # records already delivered. Taken at its word, the next fetch's jump would be
+            # a compacted hole: the gap filled in over offsets already acked puts them in
+            # Faust's acked list twice, which splits its first run and makes the commit
+            # crawl one offset a commit (seen after a broker restart).
+            handed = handed_out.get(tp)
+            if handed is not None and (previous is None or previous < handed):
+                previous = handed
             topic, partition = tp.topic, tp.partition
             self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
             if not recs:
@@ -215,12 +235,15 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 last - first == len(recs) - 1  # consecutive (aiokafka yields them in order)
                 and (previous is None or first >= previous)
                 and not (previous and first - previous > 1)
+                and (handed is None or first > handed)
             ):
                 kept = recs  # the usual fetch: nothing to skip, no gap
             else:
                 kept = []
                 for record in recs:
                     offset = record.offset
+                    if handed is not None and offset <= handed:
+                        continue  # handed out already in this generation
                     if previous is not None and offset < previous:
                         continue  # already read in this generation (Faust drops these too)
                     if previous and offset - previous > 1:
@@ -242,7 +265,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                     for record in kept
                 ]
             )
-            read_offset[tp] = kept[-1].offset
+            read_offset[tp] = handed_out[tp] = kept[-1].offset
             offsets[tp] = [record.offset for record in kept]
         if not messages:
             return None
@@ -392,6 +415,7 @@ class BatchPump:
         Returns the number of queued messages dropped.
         """
         self.new_epoch()
+        self._consumer_of().forget_handed_out()
         dropped = self.drop_queued()
         await self.wait_idle()
         return dropped

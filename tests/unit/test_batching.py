@@ -24,6 +24,9 @@ class FakeConsumer:
         self.acked.append(offsets["tp"])
         return len(offsets["tp"])
 
+    def forget_handed_out(self) -> None:
+        self.forgot = True
+
 
 def batch(sequence: int, first: int, n: int, epoch: int = 0) -> FetchedBatch:
     offsets = list(range(first, first + n))
@@ -98,7 +101,7 @@ async def test_a_batch_in_flight_during_a_revocation_is_delivered_but_never_acke
     assert await revoking == 0
     assert handled == [0, 10]  # ...which is delivered...
     assert consumer.acked == [list(range(0, 10))]  # ...but not acked
-    assert consumer.pump_epoch == 1
+    assert consumer.pump_epoch == 1 and consumer.forgot
     await pump.stop()
 
 
@@ -219,3 +222,45 @@ async def test_records_of_a_partition_paused_meanwhile_are_sought_back() -> None
     )
     assert batch is not None and batch.offsets == {active: [7, 8]}
     assert consumer.seeks == [(paused, 40)]
+
+
+class Monitor:
+    def track_tp_end_offset(self, tp: TP, offset: int | None) -> None:
+        return None
+
+
+def fetching_consumer() -> SeekRecordingConsumer:
+    consumer = SeekRecordingConsumer(flow_active=True)
+    consumer.app = type("App", (), {"monitor": Monitor()})()  # type: ignore[assignment]
+    consumer.highwater = lambda tp: 0  # type: ignore[method-assign]
+    return consumer
+
+
+async def test_a_read_offset_set_back_below_what_was_handed_out_makes_no_gap() -> None:
+    # After a broker restart Faust's seek to the committed offset (686) landed after a
+    # fetch it raced with (686..1042 handed out and acked); the next fetch went on at
+    # 1043. Taken as a compacted hole, the gap filled in 687..1043 over acked offsets:
+    # Faust's acked list held them twice and the commit crawled one offset a second.
+    consumer = fetching_consumer()
+    gaps: list[tuple[int, int]] = []
+
+    async def add_gap(tp: TP, start: int, end: int) -> None:
+        gaps.append((start, end))
+
+    consumer._add_gap = add_gap  # type: ignore[method-assign]
+    first = await consumer._to_batch({TP_A: fetched(TP_A, 686, 357)}, {TP_A})
+    assert first is not None and first.offsets[TP_A][-1] == 1042
+    consumer._read_offset[TP_A] = 686  # the racing seek
+    after = await consumer._to_batch({TP_A: fetched(TP_A, 1043, 5)}, {TP_A})
+    assert after is not None and after.offsets == {TP_A: [1043, 1044, 1045, 1046, 1047]}
+    consumer._read_offset[TP_A] = 686  # and a re-read from the commit: nothing twice
+    again = await consumer._to_batch({TP_A: fetched(TP_A, 686, 370)}, {TP_A})
+    assert again is not None and again.offsets == {TP_A: list(range(1048, 1056))}
+    assert gaps == []
+    # A real jump past everything handed out is still a hole the commit may skip.
+    await consumer._to_batch({TP_A: fetched(TP_A, 1100, 2)}, {TP_A})
+    assert gaps == [(1056, 1100)]
+    consumer.forget_handed_out()  # a revocation: the next generation starts afresh
+    consumer._read_offset[TP_A] = 686
+    fresh = await consumer._to_batch({TP_A: fetched(TP_A, 686, 3)}, {TP_A})
+    assert fresh is not None and fresh.offsets == {TP_A: [686, 687, 688]}
