@@ -276,11 +276,17 @@ def run_rollout(
             offset = 0 if canary else 2
             row[offset] += 1
             row[offset + 1] += converted
-        state.pending[f"0:{k * BUCKET}"] = row
-        state.watermark = k * BUCKET + s.window_seconds + 2 * BUCKET
-        funnel.resolve(s, state, BUCKET)
-        path.append(funnel.funnel_log_e(s, state))
+        path.append(judge_stratum(s, state, k, [row]))
     return path
+
+
+def judge_stratum(s: FunnelSpec, state: FunnelState, k: int, rows: list[list[int]]) -> float:
+    """Stratum k's rows (one per transition) judged: the funnel's log e-value after it."""
+    for step, row in enumerate(rows):
+        state.pending[f"{step}:{k * BUCKET}"] = row
+    state.watermark = k * BUCKET + s.window_seconds + 2 * BUCKET
+    funnel.resolve(s, state, BUCKET)
+    return funnel.funnel_log_e(s, state)
 
 
 def test_the_e_process_keeps_its_expectation_at_most_one_under_the_null() -> None:
@@ -497,11 +503,7 @@ def run_two_transitions(
                 rows[step][offset + 1] += converted
                 if not converted:
                     break
-        for step, row in enumerate(rows):
-            state.pending[f"{step}:{k * BUCKET}"] = row
-        state.watermark = k * BUCKET + s.window_seconds + 2 * BUCKET
-        funnel.resolve(s, state, BUCKET)
-        path.append(funnel.funnel_log_e(s, state))
+        path.append(judge_stratum(s, state, k, rows))
     return path
 
 
