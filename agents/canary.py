@@ -194,21 +194,26 @@ class CanaryAnalysis:
 
     def publish_aggregates(self, aggregates: Sequence[CanaryAggregate]) -> None:
         """The observer's ``publish``: buffer aggregates on the app's producer (no wait)."""
-        partitions = self.config.partitions
+        partitions = self.config.partitions  # looked up once for the whole flush
         for agg in aggregates:
-            self.aggregates_topic.send_soon(
-                key=agg.path_group.encode(),
-                value=orjson.dumps(agg.to_json()),
-                partition=partition_for(agg.path_group, partitions),
-            )
+            self._send_to_owner(agg.path_group, orjson.dumps(agg.to_json()), partitions)
 
     def publish_funnel(self, name: str, hits: Sequence[funnels.Hit]) -> None:
         """The observer's funnel hook: one record per funnel, to the funnel's owner."""
+        record = {"kind": CONTROL_FUNNEL, "funnel": name, "hits": list(hits)}
+        self._send_to_owner(FUNNEL_PREFIX + name, orjson.dumps(record))
+
+    def _send_to_owner(self, key: str, value: bytes, partitions: int | None = None) -> None:
+        """One record on the aggregates topic, to the partition whose owner keeps ``key``
+        (a path group, or ``funnel:<name>``)."""
+        partitions = self.config.partitions if partitions is None else partitions
         self.aggregates_topic.send_soon(
-            key=(FUNNEL_PREFIX + name).encode(),
-            value=orjson.dumps({"kind": CONTROL_FUNNEL, "funnel": name, "hits": list(hits)}),
-            partition=partition_for(FUNNEL_PREFIX + name, self.config.partitions),
+            key=key.encode(), value=value, partition=partition_for(key, partitions)
         )
+
+    def _rollout_ended(self, last_canary_at: float, now: float) -> bool:
+        """No canary traffic for ``rollout_idle_seconds``: the next one starts afresh."""
+        return last_canary_at < now - self.config.rollout_idle_seconds
 
     # -- table side (inside the agent: table writes need the current event) ---
 
@@ -279,7 +284,7 @@ class CanaryAnalysis:
         bucket = self.config.window_seconds
         state = self.funnel_state(spec.name)
         newest = max(hit[3] for hit in hits)
-        if state is not None and state.last_canary_at < newest - self.config.rollout_idle_seconds:
+        if state is not None and self._rollout_ended(state.last_canary_at, newest):
             state = None  # the rollout ended: a new one starts with fresh evidence
         if state is None or state.steps != len(spec.steps):
             state = funnels.FunnelState(spec.name, len(spec.steps))
@@ -361,7 +366,7 @@ class CanaryAnalysis:
     def _apply_fold(self, fold: Fold, now: float) -> None:
         """Persist a fold the timer judged on (only on top of the state it was made on)."""
         state = self._state(fold.path_group)
-        if state is not None and state.last_canary_at < now - self.config.rollout_idle_seconds:
+        if state is not None and self._rollout_ended(state.last_canary_at, now):
             state = None  # the rollout ended: a new one starts with fresh evidence
         if state is None:
             state = GroupState(fold.path_group)
@@ -432,9 +437,12 @@ class CanaryAnalysis:
             sent = self._sent_folds.get(path_group)
             if sent is not None:
                 after, sent_at = sent
-                applied = state is not None and state.folds >= after.folds
-                if applied and state is not None and after.weight <= state.weight:
-                    del self._sent_folds[path_group]
+                if (
+                    state is not None
+                    and state.folds >= after.folds
+                    and state.weight >= after.weight
+                ):
+                    del self._sent_folds[path_group]  # applied
                 elif now - sent_at <= pending_limit:
                     state = after.copy()  # not applied yet: go on from what was judged
                 else:
@@ -443,7 +451,7 @@ class CanaryAnalysis:
                     log.warning("a canary fold for %s was not applied; folding again", path_group)
             if state is None:
                 continue
-            if state.last_canary_at < now - self.config.rollout_idle_seconds:
+            if self._rollout_ended(state.last_canary_at, now):
                 continue  # an ended rollout; its next window starts a new one
             reasons = self._sticky.get(state.path_group)
             if reasons is not None and not state.rolled_back:
@@ -462,7 +470,7 @@ class CanaryAnalysis:
             state = self.funnel_state(name)
             if state is None or state.steps != len(spec.steps):
                 continue
-            if state.last_canary_at < now - self.config.rollout_idle_seconds:
+            if self._rollout_ended(state.last_canary_at, now):
                 continue  # an ended rollout
             funnels.resolve(spec, state, bucket, up_to=self._stream_clock(now))
             out[name] = funnels.facts(spec, state, self.config.verdict.alpha)
@@ -525,11 +533,7 @@ class CanaryAnalysis:
     ) -> None:
         """Hand the evaluation's folds to the agent, which persists them in the state."""
         for path_group, fold in folds.items():
-            self.aggregates_topic.send_soon(
-                key=path_group.encode(),
-                value=orjson.dumps({"kind": CONTROL_FOLD, **fold.to_json()}),
-                partition=partition_for(path_group, self.config.partitions),
-            )
+            self._send_to_owner(path_group, orjson.dumps({"kind": CONTROL_FOLD, **fold.to_json()}))
             self._sent_folds[path_group] = (judged[path_group].copy(), now)
             self.stats.canary_folds_total += 1
 
@@ -537,11 +541,8 @@ class CanaryAnalysis:
         if name in self._funnel_sticky:
             return
         self._funnel_sticky.add(name)
-        self.aggregates_topic.send_soon(
-            key=(FUNNEL_PREFIX + name).encode(),
-            value=orjson.dumps({"kind": CONTROL_FUNNEL_ROLLBACK, "funnel": name}),
-            partition=partition_for(FUNNEL_PREFIX + name, self.config.partitions),
-        )
+        record = {"kind": CONTROL_FUNNEL_ROLLBACK, "funnel": name}
+        self._send_to_owner(FUNNEL_PREFIX + name, orjson.dumps(record))
 
     def _make_sticky(self, verdict: Verdict) -> None:
         """Remember a new rollback here and, through the agent, in the group's state."""
@@ -553,11 +554,7 @@ class CanaryAnalysis:
             "path_group": verdict.path_group,
             "reasons": list(verdict.reasons),
         }
-        self.aggregates_topic.send_soon(
-            key=verdict.path_group.encode(),
-            value=orjson.dumps(record),
-            partition=partition_for(verdict.path_group, self.config.partitions),
-        )
+        self._send_to_owner(verdict.path_group, orjson.dumps(record))
 
     async def tick(self) -> None:
         """Evaluate, then publish the verdicts that changed since they were last published."""
