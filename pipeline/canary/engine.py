@@ -1,13 +1,13 @@
 """The rollout state of one path group and the anytime-valid decision (pure).
 
-A *rollout* of a path group starts with its first window that has both
+A *rollout* of a path group starts with its first increment that has both
 canary and stable requests and lasts until canary traffic has been gone for
 ``rollout_idle_seconds``. Its ``GroupState`` is everything the verdicts need
 from the whole rollout (the window tables keep only the last few windows):
 cumulative counts and histograms, the log-likelihood grids of the e-processes
 (``pipeline/canary/evidence.py``), a bounded history for the report, and the
-sticky rollback. ``fold`` adds one complete window; the worker persists the
-state in a changelogged Faust table.
+sticky rollback. ``fold`` adds one stratum; the worker persists the state in a
+changelogged Faust table.
 
 Evidence is folded in *increments*: every evaluation (``GRAYSCOPE_CANARY_INTERVAL``,
 10 s by default) folds what each live window gained since the last one -- its
@@ -330,13 +330,9 @@ def increments(
     for start in sorted(set(canary) | set(stable)):
         if start <= state.closed_through:
             continue
-        before = state.folded.get(start)
-        canary_now, stable_now = canary.get(start, empty), stable.get(start, empty)
-        if before is None:
-            canary_new: WindowCounts | None = canary_now.copy()
-            stable_new: WindowCounts | None = stable_now.copy()
-        else:
-            canary_new, stable_new = canary_now.minus(before[0]), stable_now.minus(before[1])
+        canary_before, stable_before = state.folded.get(start) or (empty, empty)
+        canary_new = canary.get(start, empty).minus(canary_before)
+        stable_new = stable.get(start, empty).minus(stable_before)
         if canary_new is None or stable_new is None:
             continue
         # A gain of one arm alone says nothing about canary against stable (its table's

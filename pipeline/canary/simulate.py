@@ -137,9 +137,6 @@ class Knobs:
     error_weight: float = 0.5  # the 5xx family's share of a group's evidence (rest: latency)
     offsets: tuple[int, ...] = evidence.OFFSETS
     latency_gate: bool = True
-    #: Each window cut into this many shorter ones for *every* engine (same traffic,
-    #: same incidents in time): how much of the delay is the decision cadence.
-    split: int = 1
     #: grayscope's evaluations per window: the worker judges every 10 s
     #: (``GRAYSCOPE_CANARY_INTERVAL``) its 60 s windows (``GRAYSCOPE_CANARY_WINDOW``),
     #: folding what each gained as an increment; the other engines judge whole windows.
@@ -212,8 +209,8 @@ def run_scenario(
 def _run(
     scenario: Scenario, rollouts: int, rng: np.random.Generator, alpha: float, knobs: Knobs
 ) -> Outcome:
-    r, g, w_count = rollouts, GROUPS, WINDOWS * knobs.split
-    per_window = REQUESTS_PER_WINDOW / knobs.split
+    r, g, w_count = rollouts, GROUPS, WINDOWS
+    per_window = REQUESTS_PER_WINDOW
     zipf = 1.0 / np.arange(1, g + 1) ** 1.1
     zipf /= zipf.sum()
     base = np.exp(rng.uniform(math.log(1e-4), math.log(1e-2), (r, g)))
@@ -264,11 +261,11 @@ def _run(
         diurnal = 1.0 + 0.5 * np.sin(2.0 * math.pi * w / w_count + phase)
         slower = 0.2 * np.sin(2.0 * math.pi * w / w_count + phase)
         mu = mu0 + np.log1p(slower)
-        starting = rng.random(r) < 0.02 / knobs.split
+        starting = rng.random(r) < 0.02
         incident = np.where(
             incident > 0,
             incident - 1,
-            np.where(starting, rng.integers(1, 6, r) * knobs.split, 0),
+            np.where(starting, rng.integers(1, 6, r), 0),
         )
         rate_s = np.clip(base + 0.05 * (incident > 0)[:, None], 0.0, 1.0)
         odds = rate_s / (1.0 - rate_s) * scenario.psi
@@ -445,15 +442,14 @@ def _grayscope_e(
 ) -> np.ndarray:
     """The rollout's evidence per rollout (``engine.assess``), from the folded strata."""
     z95 = _norm_ppf(0.95)
+
+    def latency_e(loglik: np.ndarray) -> np.ndarray:
+        """The mean over the levels' e-values (``engine.latency_log_e``); levels on axis -2."""
+        levels = [_log_e(loglik[..., k, :], knobs.offsets) for k in range(len(LEVELS))]
+        return np.exp(_log_mean_exp(np.stack(levels, axis=-1)))
+
     e_err = np.exp(_log_e(err_ll, knobs.offsets))
-    e_lat = np.exp(
-        _log_mean_exp(
-            np.stack(
-                [_log_e(lat_ll[:, :, k, :], knobs.offsets) for k in range(len(LEVELS))],
-                axis=-1,
-            )
-        )
-    )
+    e_lat = latency_e(lat_ll)
     density = _density_at_quantile(mu0 + scale, sigma, 0.95)
     se = np.sqrt(0.95 * 0.05 / np.maximum(canary_total, 1.0)) / density
     estimate = (np.exp(mu0 + scale + sigma * z95) - p95_stable) + rng.normal(
@@ -467,14 +463,7 @@ def _grayscope_e(
     weights = _weights(first_window, first_stable)
     # the pooled strata of all groups (engine._pooled_e)
     pooled_err = np.exp(_log_e(err_ll.sum(axis=1), knobs.offsets))
-    pooled_lat = np.exp(
-        _log_mean_exp(
-            np.stack(
-                [_log_e(lat_ll[:, :, k, :].sum(axis=1), knobs.offsets) for k in range(len(LEVELS))],
-                axis=-1,
-            )
-        )
-    )
+    pooled_lat = latency_e(lat_ll.sum(axis=1))
     mean_delta = (canary_total * estimate).sum(axis=1) / np.maximum(canary_total.sum(axis=1), 1.0)
     pooled_gate = (mean_delta >= LATENCY_THRESHOLD_MS) | (not knobs.latency_gate)
     pooled = ew * pooled_err + (1.0 - ew) * np.where(pooled_gate, pooled_lat, 0.0)
@@ -1011,8 +1000,9 @@ def _run_funnels(
     # oracle: expected log-LR per canary entrant (both transitions), at the base rates
     pc = base * (1.0 - drop)
 
-    kl = _bernoulli_kl
-    per_entrant = kl(pc[:, 0], base[:, 0]) + pc[:, 0] * kl(pc[:, 1], base[:, 1])
+    per_entrant = _bernoulli_kl(pc[:, 0], base[:, 0]) + pc[:, 0] * _bernoulli_kl(
+        pc[:, 1], base[:, 1]
+    )
     instant = np.where(
         per_entrant > 0, math.log(1.0 / alpha) / np.maximum(per_entrant, 1e-300), np.nan
     )

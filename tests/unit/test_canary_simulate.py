@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from pipeline.canary import engine, evidence, simulate
+from pipeline.canary.config import CanaryConfig
 from pipeline.canary.engine import GroupState
 from pipeline.commands.canary import run_canary_simulate
 from pipeline.config import Settings
@@ -182,7 +183,10 @@ def test_the_simulated_engine_defaults_are_the_live_engines() -> None:
     assert knobs.psi0 == engine.VerdictConfig().psi0
     assert knobs.pooled_share == engine.POOLED_SHARE
     assert knobs.offsets == evidence.OFFSETS
-    assert knobs.error_weight == 0.5 and knobs.latency_gate and knobs.split == 1
+    assert knobs.error_weight == 0.5 and knobs.latency_gate
+    # The worker's evaluations per window, each folding an increment.
+    live = CanaryConfig()
+    assert knobs.slices == live.window_seconds / live.interval_seconds
     assert engine.VerdictConfig().promote_error_margin == simulate.PROMOTE_ERROR_MARGIN
 
 
