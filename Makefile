@@ -78,17 +78,23 @@ services: $(STAMP) debian-packages
 	$(BIN)/grayscope stack fetch
 
 integration: install services
-	$(BIN)/python -m pytest tests/integration -q
+	$(BIN)/python -m pytest tests/integration -q $(PARALLEL) --dist loadfile --no-loadscope-reorder
 
 # Only the Jaeger build of `make services` (minutes the first time, then nothing).
 jaeger: $(STAMP)
 	$(BIN)/python -m pipeline.dev.stack.jaeger build
 
 # Everything against the compiled core, then the unit tests against the plain
-# Python one (the same results either way; tests/pure.py).
+# Python one (the same results either way; tests/pure.py). On TEST_WORKERS
+# pytest-xdist processes (`make test TEST_WORKERS=0`: one process): most of the
+# integration tier waits on sessions, timeouts and alert windows, not the CPU. Each
+# worker starts its own Kafka, OpenSearch and Jaeger (tests wipe and kill what they
+# own); a file goes whole to one worker, the longest first (tests/conftest.py).
+TEST_WORKERS ?= 2
+PARALLEL := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS))
 test: install lint services
-	$(BIN)/python -m pytest tests -q
-	$(BIN)/python -m pytest -p tests.pure tests/unit -q
+	$(BIN)/python -m pytest tests -q $(PARALLEL) --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -p tests.pure tests/unit -q $(PARALLEL)
 
 demo: install
 	$(BIN)/grayscope demo $(ARGS)

@@ -47,6 +47,7 @@ from tests.integration.jaeger_fixtures import (  # noqa: F401 - fixtures, regist
     jaeger_query,
     jaeger_relay,
 )
+from tests.integration.worker_proc import WorkerProcess
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +225,21 @@ def kafka_factory(tmp_path: Path, kafka_jars: Path) -> Iterator[Callable[..., Ka
     yield make
     for node in nodes:
         node.kill()  # throwaway nodes: a controlled Kafka shutdown costs seconds
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], WorkerProcess]]:
+    """``workers(env)`` starts ``grayscope worker`` as a subprocess with ``env`` added
+    to the environment (its log in the test's tmp dir); all killed at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(env: dict[str, str]) -> WorkerProcess:
+        started.append(WorkerProcess(env, tmp_path / f"worker-{len(started)}.log").start())
+        return started[-1]
+
+    yield start
+    for worker in started:
+        worker.kill()
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from typing import Any
 
 import faust
 import orjson
+import pytest
 
 from agents.canary import CanaryAnalysis, register_canary
 from pipeline.canary import CanaryObserver, Decision, Verdict, fetch_verdicts, format_verdicts
@@ -30,6 +31,8 @@ from pipeline.sinks.elasticsearch.service import ElasticsearchService
 from schemas import VERDICTS_INDEX
 from tests.integration.conftest import ReadRecords, unique_name
 from tests.unit.conftest import observed
+
+pytestmark = pytest.mark.expected_seconds(20)
 
 # Guards against hangs, never asserted on.
 GUARD = 120.0  # the shared 2-core CI box can be far slower than a laptop

@@ -22,7 +22,10 @@ import pytest
 
 from pipeline.dev.demo.report import WORSE_MARK
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+pytestmark = [
+    pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc"),
+    pytest.mark.expected_seconds(90),
+]
 
 # Kafka and OpenSearch start in 20-60 s on a busy two-core machine.
 RUN_TIMEOUT = 400

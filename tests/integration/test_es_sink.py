@@ -23,7 +23,7 @@ from pipeline.sinks.elasticsearch.service import ELASTICSEARCH, OPENSEARCH, Elas
 from pipeline.sinks.elasticsearch.sink import ElasticsearchSink
 from schemas import DATA_STREAM_NAME, component_templates, index_templates
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.expected_seconds(25)]
 
 
 @pytest.fixture

@@ -18,25 +18,28 @@ import pytest
 from pipeline.dev.stack.kafka import KafkaNode, kafka_lib, read_topic
 from pipeline.dev.stack.opensearch import OpenSearchNode
 from tests.integration.conftest import unique_name
+from tests.integration.ledger import (
+    KAFKA_MIN_SESSION_S,
+    assert_committed_within,
+    committed_offsets,
+    coordinates,
+    wait_until,
+)
 from tests.integration.secure_kafka import (
     MECHANISM,
     cached_ca,
     cached_certificates,
     secure_node,
 )
-from tests.integration.test_faults_real import (
-    assert_committed_within,
-    committed_offsets,
-    coordinates,
-)
-from tests.integration.test_worker import store_count, store_ids, wait_until
+from tests.integration.test_worker import store_count, store_ids
 from tests.integration.worker_proc import WorkerProcess
+
+pytestmark = pytest.mark.expected_seconds(40)
 
 USER = "grayscope-worker"
 PASSWORD = "Right-h0rse-battery"  # a throwaway test user's
 WRONG_PASSWORD = "Wr0ng-staple-guess"
 SECRETS = (PASSWORD, WRONG_PASSWORD)
-KAFKA_MIN_SESSION_S = 6  # Kafka's group.min.session.timeout.ms
 
 
 class SecureKafka:
@@ -92,19 +95,6 @@ def grayscope(command: list[str], env: dict[str, str], timeout: float = 120) -> 
 def assert_no_secret(text: str) -> None:
     for secret in SECRETS:
         assert secret not in text
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], WorkerProcess]]:
-    started: list[WorkerProcess] = []
-
-    def start(env: dict[str, str]) -> WorkerProcess:
-        started.append(WorkerProcess(env, tmp_path / f"worker-{len(started)}.log").start())
-        return started[-1]
-
-    yield start
-    for worker in started:
-        worker.kill()
 
 
 async def test_setup_produce_and_worker_connect_with_scram_over_tls(

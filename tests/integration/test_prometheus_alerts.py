@@ -36,7 +36,7 @@ from pipeline.dev.stack.prometheus import RULES, Alertmanager, Prometheus, scale
 from pipeline.dev.synth import PATH_RULES
 from tests.integration.worker_proc import WorkerProcess
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.timeout(400), pytest.mark.expected_seconds(120)]
 
 TIME_SCALE = 1 / 20
 # messages/s: ~360 canary requests on /play/share per (scaled) 5 minutes, where the

@@ -20,6 +20,8 @@ from pipeline.dev.stack.process import (
 )
 from pipeline.errors import ServiceError
 
+pytestmark = pytest.mark.expected_seconds(45)
+
 STACK_TIMEOUT = 600
 
 

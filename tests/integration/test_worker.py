@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline.dev.embedded.otlp_receiver import OtlpReceiver
 from pipeline.dev.stack.opensearch import OpenSearchNode
@@ -22,8 +21,10 @@ from pipeline.errors import ServiceError
 from schemas import DATA_STREAM_NAME
 from tests.geoip_data import EXPECTED_GEO, write_test_dbs
 from tests.integration.conftest import SpareStores, unique_name
-from tests.integration.test_faults_real import wait_for_bulks_done
+from tests.integration.ledger import committed_offsets, wait_for_bulks_done, wait_until
 from tests.integration.worker_proc import WorkerProcess
+
+pytestmark = pytest.mark.expected_seconds(150)
 
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
 INDEX = "grayscope-access-*"
@@ -63,20 +64,6 @@ def outage_store(spare_stores: SpareStores) -> OpenSearchNode:
     return spare_stores.take_next("outage")
 
 
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    started: list[WorkerProcess] = []
-
-    def start(env: dict[str, str]) -> WorkerProcess:
-        worker = WorkerProcess(env, tmp_path / f"worker-{len(started)}.log").start()
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.kill()
-
-
 def store_ids(store: OpenSearchNode) -> set[str]:
     store.request("POST", f"/{INDEX}/_refresh")
     body = store.request("POST", f"/{INDEX}/_search", {"size": 10_000, "_source": False})
@@ -89,26 +76,6 @@ def store_count(store: OpenSearchNode) -> int:
         return int(store.request("GET", f"/{INDEX}/_count")["count"])
     except Exception:
         return 0
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    """The group's committed offsets, read with the admin API (without joining the group)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
 
 async def assert_nothing_committed_past(
