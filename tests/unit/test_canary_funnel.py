@@ -626,6 +626,43 @@ def test_the_funnel_e_value_has_expectation_at_most_one_under_the_null_exactly()
     assert gated <= 1.0
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    margins=st.lists(
+        st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 11)), min_size=2, max_size=2
+    ),
+    min_drop=st.sampled_from([0.0, 0.1]),
+)
+def test_every_part_has_expectation_one_at_the_null_for_any_margins(
+    margins: list[tuple[int, int, int]], min_drop: float
+) -> None:
+    """The enumeration above for any small margins (each arm's users and the stratum's
+    non-converters, clipped to fit): the common part and each transition alone have
+    expectation exactly 1 at omega = 1 ungated, the gated funnel e-value at most 1."""
+    from scipy import stats
+
+    s = spec(window=60.0, min_drop=min_drop)
+    fitted = [(n1, n0, min(m, n1 + n0)) for n1, n0, m in margins]
+    supports = [range(max(0, m - n0), min(n1, m) + 1) for n1, n0, m in fitted]
+    pmfs = [stats.hypergeom(n1 + n0, n1, m).pmf for n1, n0, m in fitted]
+    gated = common = first = 0.0
+    for x0 in supports[0]:
+        for x1 in supports[1]:
+            p = float(pmfs[0](x0) * pmfs[1](x1))
+            state = FunnelState("play", 3)
+            for step, ((n1, n0, m), x) in enumerate(zip(fitted, (x0, x1), strict=True)):
+                state.pending[f"{step}:0"] = [n1, n1 - x, n0, n0 - (m - x)]
+            state.watermark = 1e6
+            funnel.resolve(s, state, BUCKET)
+            gated += p * math.exp(funnel.funnel_log_e(s, state))
+            summed = [a + b for a, b in zip(*state.loglik, strict=True)]
+            common += p * math.exp(funnel.drop_log_e(summed))
+            first += p * math.exp(funnel.drop_log_e(state.loglik[0]))
+    assert common == pytest.approx(1.0, abs=1e-9)
+    assert first == pytest.approx(1.0, abs=1e-9)
+    assert gated <= 1.0 + 1e-12
+
+
 def test_the_common_part_counts_only_while_every_transition_shows_a_drop() -> None:
     s = spec(window=60.0)
     state = FunnelState("play", 3)
