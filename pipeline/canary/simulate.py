@@ -991,12 +991,19 @@ def _fisher_columns(
     return out
 
 
+def _log_sum_exp(values: np.ndarray) -> np.ndarray:
+    """``log(sum(exp(values)))`` over the last axis; -inf where every value is -inf (a
+    gated-off funnel)."""
+    top = values.max(axis=-1)
+    safe = np.where(np.isfinite(top), top, 0.0)
+    total = np.exp(values - safe[..., None]).sum(axis=-1)
+    with np.errstate(divide="ignore"):
+        return np.asarray(np.where(np.isfinite(top), safe + np.log(total), -np.inf))
+
+
 def _drop_log_e(loglik: np.ndarray) -> np.ndarray:
     """``funnel.drop_log_e`` on rows of ``_funnel_columns``: column 0 is the null."""
-    log_w = np.array(funnel.DROP_LOG_WEIGHTS)
-    terms = loglik[..., 1:] - loglik[..., :1] + log_w
-    top = terms.max(axis=-1)
-    return np.asarray(top + np.log(np.exp(terms - top[..., None]).sum(axis=-1)))
+    return _log_sum_exp(loglik[..., 1:] - loglik[..., :1] + np.array(funnel.DROP_LOG_WEIGHTS))
 
 
 def _funnel_columns() -> np.ndarray:
@@ -1025,11 +1032,7 @@ def _funnel_log_e(loglik: np.ndarray, totals: np.ndarray, min_drop: float = 0.0)
         ],
         axis=1,
     )
-    top = parts.max(axis=1)
-    finite = np.isfinite(top)
-    safe = np.where(finite, top, 0.0)
-    total = np.exp(parts - safe[:, None]).sum(axis=1)
-    return np.asarray(np.where(finite, safe + np.log(np.where(finite, total, 1.0)), -np.inf))
+    return _log_sum_exp(parts)
 
 
 def _run_funnels(
