@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from pipeline.canary import simulate
+from pipeline.canary import engine, simulate
 from pipeline.canary.simulate import Knobs
 
 BASE = Knobs(baselines=False, promotions=False)
@@ -35,6 +35,14 @@ VARIANTS: dict[str, Knobs] = {
     "no latency gate (then +50 ms rolls back)": replace(BASE, latency_gate=False),
     "one mixture component, at the x1.5 truth (not a method)": replace(BASE, offsets=(6,)),
     "16 folds per window": replace(BASE, slices=16),
+    # A funnel configured: the path groups keep 1 - FUNNEL_SHARE of the rollout's evidence
+    # (the funnels' own figures: simulate.simulate_funnels).
+    "a funnel configured, funnels at a quarter (before issue 17's funnel change)": replace(
+        BASE, funnel_share=0.25
+    ),
+    "a funnel configured, funnels at half (engine.FUNNEL_SHARE)": replace(
+        BASE, funnel_share=engine.FUNNEL_SHARE
+    ),
 }
 
 

@@ -24,15 +24,17 @@ non-converters follows Fisher's noncentral hypergeometric law in the odds
 ratio ``omega`` (canary/stable odds of not converting); ``fisher_loglik``
 adds its exact log-likelihood on ``evidence.GRID`` (``log omega``) to the
 step's grid. The family is exponential in ``log omega`` and exact at
-``omega = 1``, so the mixture of likelihood ratios above 1
-(``evidence.log_e_value`` at ``CENTRE``) is an e-process for ``H0: the canary
-converts at least as well``, at any conversion rate (unlike the rare-event
-binomial split of the 5xx test, which loses most of its power when the
-event is common). Stratifying by the time users *entered* keeps a moving
-canary share (1 -> 5 -> 25 -> 50 %) from reading as a conversion change.
+``omega = 1``, so a mixture of likelihood ratios above 1 (``drop_log_e``: the
+funnel's prior, most of it on the odds ratios of plausible drops) is an
+e-process for ``H0: the canary converts at least as well``, at any conversion
+rate (unlike the rare-event binomial split of the 5xx test, which loses most
+of its power when the event is common). Stratifying by the time users
+*entered* keeps a moving canary share (1 -> 5 -> 25 -> 50 %) from reading as
+a conversion change.
 
-A funnel's e-value is the mean of its steps' e-values (valid under any
-dependence between steps), each counted only while the estimated drop in
+A funnel's e-value is three quarters that of one odds ratio common to all its
+steps (their log-likelihoods add up) and a quarter the mean of its steps' own
+e-values (``funnel_log_e``), each part counted only while the estimated drop in
 conversion reaches ``min_drop`` (a gate can only lower an e-value). The
 engine mixes the funnels into the rollout's evidence (``engine.assess``).
 """
@@ -44,7 +46,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -519,29 +521,97 @@ def drop_estimate(row: Sequence[int]) -> float | None:
     return None if c is None or s is None else s - c
 
 
+#: The funnel's mixture over drops (its prior), fixed before any data: nine tenths on
+#: the grid points ``log omega`` = 0.1 .. 1.0 above the null (``evidence.GRID_STEP``
+#: apart), weighted log-uniformly (~ 1/offset), and a tenth on the 5xx test's points
+#: above 1.0 (``evidence.OFFSETS``: 1.3, 1.7, 2.2, 3.0; a broken step). A relative
+#: conversion drop of 10-30 % at conversions of 20-65 % is a log odds ratio of
+#: non-conversion of 0.13-0.80 (5-50 % at 20-80 %: 0.06-1.8). The 5xx test's mixture
+#: (11 points out to 3.0, equally weighted) puts 4 of its 11 points above 1.0, where a
+#: funnel's drops rarely are; a mixture pays about -log of its prior mass near the
+#: truth, so mass near the drops that happen is what shortens the delay. Smaller drops
+#: are still found through the bottom point, later.
+_CORE: Final = tuple(range(2, 21))
+_TAIL: Final = tuple(o for o in evidence.OFFSETS if o > _CORE[-1])
+_TAIL_MASS: Final = 0.1
+DROP_OFFSETS: Final[tuple[int, ...]] = _CORE + _TAIL
+DROP_LOG_WEIGHTS: Final[tuple[float, ...]] = tuple(
+    [math.log((1.0 - _TAIL_MASS) / o / sum(1.0 / k for k in _CORE)) for o in _CORE]
+    + [math.log(_TAIL_MASS / len(_TAIL))] * len(_TAIL)
+)
+#: Share of a funnel's e-value bet on one odds ratio common to all its transitions (a
+#: build that loses users at one step tends to lose them at the others, and the common
+#: part pays the prior's price once for all of them); the rest is split equally among
+#: the transitions alone (a drop at one step only).
+COMMON_WEIGHT: Final = 0.75
+
+
+def drop_log_e(loglik: Sequence[float]) -> float:
+    """log of the funnel prior's mixture of likelihood ratios against ``omega = 1``.
+
+    Every component is an alternative above the null of an exponential family in
+    ``log omega``, so its likelihood ratio has expectation <= 1 at every ``omega <= 1``
+    (H0: the canary converts no less), and so has the mixture."""
+    base = loglik[evidence.CENTRE]
+    return evidence.log_mean_exp(
+        [
+            loglik[evidence.CENTRE + offset] - base + log_w
+            for offset, log_w in zip(DROP_OFFSETS, DROP_LOG_WEIGHTS, strict=True)
+        ],
+        1,  # the weights are in the terms: a plain log-sum-exp
+    )
+
+
+def _counted(spec: FunnelSpec, drop: float | None) -> bool:
+    """A transition's drop estimate is worth a rollback: positive and at least ``min_drop``."""
+    return drop is not None and drop > 0.0 and drop >= spec.min_drop
+
+
 def step_log_e(spec: FunnelSpec, state: FunnelState, step: int) -> float:
     """log e-value of step ``step`` (H0: the canary converts no less), gated by ``min_drop``."""
-    drop = drop_estimate(state.totals[step])
-    if drop is None or drop < spec.min_drop or drop <= 0.0:
+    if not _counted(spec, drop_estimate(state.totals[step])):
         return -math.inf
-    return evidence.log_e_value(state.loglik[step], evidence.CENTRE)
+    return drop_log_e(state.loglik[step])
+
+
+def common_log_e(spec: FunnelSpec, state: FunnelState) -> float:
+    """log e-value of one odds ratio common to every transition (H0: the canary converts
+    no less at any step), counted while every transition with users in both arms shows
+    a drop worth a rollback (a transition without them has added no evidence).
+
+    The steps' log-likelihoods add up: at a fixed ``omega`` the product of the strata's
+    likelihood ratios over all transitions is a test supermartingale, each stratum being
+    conditioned on its margins, which hold the earlier transitions' outcomes (tower
+    property); the mixture over ``omega`` and the gate keep it one."""
+    drops = [drop_estimate(row) for row in state.totals]
+    known = [d for d in drops if d is not None]
+    if not known or not all(_counted(spec, d) for d in known):
+        return -math.inf
+    summed = [sum(values) for values in zip(*state.loglik, strict=True)]
+    return drop_log_e(summed)
 
 
 def funnel_log_e(spec: FunnelSpec, state: FunnelState) -> float:
-    """log of the funnel's e-value: half the mean of its transitions' (gated) e-values,
-    half their product.
+    """log of the funnel's e-value: ``COMMON_WEIGHT`` of the common odds ratio's, the rest
+    split equally among its transitions' own (gated) e-values.
 
-    The product spends every transition's evidence at once (a build that loses users
-    at each step multiplies); it is an e-process because each transition's strata are
-    conditioned on their margins, which hold the earlier transitions' outcomes (tower
-    property), and the gates only lower it. The mean keeps a drop at one transition
-    from being diluted by the others, whose e-values drift towards 0 without a drop.
-    A fixed average of e-processes is one. One transition: its own e-value.
+    The common part spends every transition's evidence at once for the price of one
+    mixture (the product of the transitions' separate mixtures paid the prior's price at
+    every step); the transitions alone keep a drop at one step from being diluted by the
+    others (a drop only at a later step, with fewer users, would be found by the common
+    part several times later). A fixed average of e-processes is one. One transition:
+    its own e-value.
     """
-    values = [step_log_e(spec, state, k) for k in range(state.steps - 1)]
-    if len(values) <= 1:
+    transitions = state.steps - 1
+    values = [step_log_e(spec, state, k) for k in range(transitions)]
+    if transitions <= 1:
         return values[0] if values else -math.inf
-    return evidence.log_mean_exp([evidence.log_mean_exp(values), sum(values)])
+    log_alone = math.log((1.0 - COMMON_WEIGHT) / transitions)
+    return evidence.log_mean_exp(
+        [common_log_e(spec, state) + math.log(COMMON_WEIGHT)]
+        + [value + log_alone for value in values],
+        1,  # the weights are in the terms: a plain log-sum-exp
+    )
 
 
 @dataclass(slots=True, frozen=True)
@@ -649,7 +719,7 @@ def facts(spec: FunnelSpec, state: FunnelState, alpha: float) -> FunnelFacts:
                 ratio=ratio,
                 ratio_lower=r_low,
                 ratio_upper=r_high,
-                e_value=math.exp(min(evidence.log_e_value(state.loglik[k], evidence.CENTRE), 700)),
+                e_value=math.exp(min(drop_log_e(state.loglik[k]), 700)),
                 counted=log_e > -math.inf,
             )
         )

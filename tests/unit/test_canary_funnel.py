@@ -343,10 +343,21 @@ def test_a_canary_that_converts_at_least_as_well_never_adds_evidence(
     assert step.drop_lower <= drop + 1e-9 <= step.drop_upper + 2e-9
 
 
+def drop_prior() -> list[tuple[float, float]]:
+    """The funnel prior written out: (log omega, weight): nine tenths log-uniform over
+    0.1 .. 1.0 in steps of 0.05, a tenth equally on 1.3, 1.7, 2.2 and 3.0."""
+    core = range(2, 21)
+    harmonic = sum(1.0 / j for j in core)
+    return [(0.05 * j, 0.9 / j / harmonic) for j in core] + [
+        (x, 0.025) for x in (1.3, 1.7, 2.2, 3.0)
+    ]
+
+
 def test_known_value_of_one_stratum_matches_scipys_noncentral_hypergeometric() -> None:
     """One stratum: 10 canary users, 2 converted; 90 stable, 45 converted. The step's e-value
-    is the mixture over odds ratios above 1 of Fisher's noncentral hypergeometric likelihood
-    ratios of the canary's 8 non-converters among 53 (scipy's nchypergeom_fisher)."""
+    is the funnel prior's mixture (``drop_prior``) over odds ratios above 1 of Fisher's
+    noncentral hypergeometric likelihood ratios of the canary's 8 non-converters among 53
+    (scipy's nchypergeom_fisher)."""
     from scipy import stats
 
     s = spec(window=60.0)
@@ -354,14 +365,13 @@ def test_known_value_of_one_stratum_matches_scipys_noncentral_hypergeometric() -
     state.pending["0:0"] = [10, 2, 90, 45]
     state.watermark = 1e6
     funnel.resolve(s, state, BUCKET)
-    terms = []
     null = stats.hypergeom(100, 10, 53).logpmf(8)
-    for offset in evidence.OFFSETS:
-        omega = evidence.grid_psi(evidence.CENTRE + offset)
-        alt = stats.nchypergeom_fisher(100, 10, 53, omega).logpmf(8)
-        terms.append(math.exp(alt - null))
-    expected = sum(terms) / len(evidence.OFFSETS)
+    expected = 0.0
+    for log_omega, weight in drop_prior():
+        alt = stats.nchypergeom_fisher(100, 10, 53, math.exp(log_omega)).logpmf(8)
+        expected += weight * math.exp(alt - null)
     assert math.exp(funnel.funnel_log_e(s, state)) == pytest.approx(expected, rel=1e-6)
+    assert funnel.facts(s, state, 0.05).steps[0].e_value == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize(("n1", "n0", "m"), [(10, 90, 53), (3, 5, 4), (200, 50, 120)])
@@ -372,7 +382,7 @@ def test_the_stratum_likelihood_ratio_has_expectation_one_at_the_null_exactly(
 
     pmf = stats.hypergeom(n1 + n0, n1, m).pmf
     support = range(max(0, m - n0), min(n1, m) + 1)
-    for offset in evidence.OFFSETS:
+    for offset in sorted(set(evidence.OFFSETS) | set(funnel.DROP_OFFSETS)):
         j = evidence.CENTRE + offset
         total = 0.0
         for x in support:
@@ -507,7 +517,7 @@ def run_two_transitions(
     return path
 
 
-def test_two_transitions_combine_half_mean_half_product_and_stay_valid() -> None:
+def test_two_transitions_combine_a_common_odds_ratio_and_each_step_and_stay_valid() -> None:
     s = spec(window=60.0)
     rng = random.Random(11)
     finals, crossed = [], 0
@@ -518,19 +528,150 @@ def test_two_transitions_combine_half_mean_half_product_and_stay_valid() -> None
     se = float(np.std(finals)) / math.sqrt(len(finals))
     assert float(np.mean(finals)) <= 1.0 + 3 * se
     assert crossed / 300 <= 0.05
-    # A drop at both transitions: the product half carries both steps' evidence.
+    # A drop at both transitions: the common odds ratio carries both steps' evidence.
     state_path = run_two_transitions(s, random.Random(5), (0.5, 0.4), drop=0.3, strata=20)
     assert max(state_path) >= math.log(20.0)
 
 
-def test_the_funnel_e_value_is_half_the_steps_mean_half_their_product() -> None:
+def test_two_transitions_stay_valid_while_the_canary_share_ramps() -> None:
+    """A/A with the canary's share ramping 1 -> 5 -> 25 -> 50 % and the conversion rates
+    swinging over the strata (both arms alike): the funnel's e-value at the end has mean
+    <= 1 (simulated) and crosses 1/alpha in at most alpha of the rollouts."""
+    s = spec(window=60.0)
+    rng = random.Random(23)
+    shares = (0.01, 0.05, 0.25, 0.5)
+    finals, crossed = [], 0
+    for _ in range(300):
+        state = FunnelState(s.name, 3)
+        path: list[float] = []
+        for k in range(24):
+            share = shares[k * len(shares) // 24]
+            swing = 1.0 + 0.3 * math.sin(k / 4.0)
+            go_on = (0.5 * swing, 0.3 * swing)
+            rows = [[0, 0, 0, 0], [0, 0, 0, 0]]
+            for _ in range(80):
+                offset = 0 if rng.random() < share else 2
+                for step, rate in enumerate(go_on):
+                    rows[step][offset] += 1
+                    converted = rng.random() < rate
+                    rows[step][offset + 1] += converted
+                    if not converted:
+                        break
+            path.append(judge_stratum(s, state, k, rows))
+        finals.append(math.exp(path[-1]) if path[-1] > -math.inf else 0.0)
+        crossed += any(v >= math.log(20.0) for v in path)
+    se = float(np.std(finals)) / math.sqrt(len(finals))
+    assert float(np.mean(finals)) <= 1.0 + 3 * se
+    assert crossed / 300 <= 0.05
+
+
+def test_the_funnel_e_value_is_three_quarters_common_odds_ratio_a_quarter_steps_mean() -> None:
+    """Known value (scipy): the common part is the prior's mixture over omega of the product
+    of both transitions' Fisher likelihood ratios at that omega; each transition alone is
+    its own mixture; the funnel's e-value is 3/4 common + 1/8 each transition."""
+    from scipy import stats
+
     s = spec(window=60.0)
     state = FunnelState("play", 3)
     state.pending["0:0"] = [100, 30, 100, 50]
     state.pending["1:0"] = [30, 6, 50, 20]
     state.watermark = 1e6
     funnel.resolve(s, state, BUCKET)
+    prior = drop_prior()
+
+    def ratios(n1: int, n0: int, m: int, x: int) -> list[float]:
+        null = stats.hypergeom(n1 + n0, n1, m).logpmf(x)
+        return [
+            math.exp(stats.nchypergeom_fisher(n1 + n0, n1, m, math.exp(g)).logpmf(x) - null)
+            for g, _ in prior
+        ]
+
+    first = ratios(100, 100, 70 + 50, 70)  # canary non-converters 70 of 120
+    second = ratios(30, 50, 24 + 30, 24)  # 24 of 54
+    e0 = sum(w * r for (_, w), r in zip(prior, first, strict=True))
+    e1 = sum(w * r for (_, w), r in zip(prior, second, strict=True))
+    common = sum(w * a * b for (_, w), a, b in zip(prior, first, second, strict=True))
+    assert math.exp(funnel.step_log_e(s, state, 0)) == pytest.approx(e0, rel=1e-6)
+    assert math.exp(funnel.step_log_e(s, state, 1)) == pytest.approx(e1, rel=1e-6)
+    assert math.exp(funnel.common_log_e(s, state)) == pytest.approx(common, rel=1e-6)
+    expected = 0.75 * common + 0.125 * (e0 + e1)
+    assert math.exp(funnel.funnel_log_e(s, state)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_funnel_e_value_has_expectation_at_most_one_under_the_null_exactly() -> None:
+    """Enumerated, not simulated: one stratum per transition, every outcome weighted by its
+    hypergeometric probability at omega = 1. Without the gates each part (common, each
+    transition) has expectation exactly 1; the gated funnel e-value at most 1."""
+    from scipy import stats
+
+    s = spec(window=60.0)
+    margins = [(6, 9, 7), (4, 8, 5)]  # (canary, stable, non-converters) per transition
+    supports = [range(max(0, m - n0), min(n1, m) + 1) for n1, n0, m in margins]
+    pmfs = [stats.hypergeom(n1 + n0, n1, m).pmf for n1, n0, m in margins]
+    gated = common = alone = 0.0
+    for x0 in supports[0]:
+        for x1 in supports[1]:
+            p = float(pmfs[0](x0) * pmfs[1](x1))
+            state = FunnelState("play", 3)
+            for step, ((n1, n0, m), x) in enumerate(zip(margins, (x0, x1), strict=True)):
+                state.pending[f"{step}:0"] = [n1, n1 - x, n0, n0 - (m - x)]
+            state.watermark = 1e6
+            funnel.resolve(s, state, BUCKET)
+            gated += p * math.exp(funnel.funnel_log_e(s, state))
+            summed = [a + b for a, b in zip(*state.loglik, strict=True)]
+            common += p * math.exp(funnel.drop_log_e(summed))
+            alone += p * math.exp(funnel.drop_log_e(state.loglik[1]))
+    assert common == pytest.approx(1.0, abs=1e-9)
+    assert alone == pytest.approx(1.0, abs=1e-9)
+    assert gated <= 1.0
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    margins=st.lists(
+        st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 11)), min_size=2, max_size=2
+    ),
+    min_drop=st.sampled_from([0.0, 0.1]),
+)
+def test_every_part_has_expectation_one_at_the_null_for_any_margins(
+    margins: list[tuple[int, int, int]], min_drop: float
+) -> None:
+    """The enumeration above for any small margins (each arm's users and the stratum's
+    non-converters, clipped to fit): the common part and each transition alone have
+    expectation exactly 1 at omega = 1 ungated, the gated funnel e-value at most 1."""
+    from scipy import stats
+
+    s = spec(window=60.0, min_drop=min_drop)
+    fitted = [(n1, n0, min(m, n1 + n0)) for n1, n0, m in margins]
+    supports = [range(max(0, m - n0), min(n1, m) + 1) for n1, n0, m in fitted]
+    pmfs = [stats.hypergeom(n1 + n0, n1, m).pmf for n1, n0, m in fitted]
+    gated = common = first = 0.0
+    for x0 in supports[0]:
+        for x1 in supports[1]:
+            p = float(pmfs[0](x0) * pmfs[1](x1))
+            state = FunnelState("play", 3)
+            for step, ((n1, n0, m), x) in enumerate(zip(fitted, (x0, x1), strict=True)):
+                state.pending[f"{step}:0"] = [n1, n1 - x, n0, n0 - (m - x)]
+            state.watermark = 1e6
+            funnel.resolve(s, state, BUCKET)
+            gated += p * math.exp(funnel.funnel_log_e(s, state))
+            summed = [a + b for a, b in zip(*state.loglik, strict=True)]
+            common += p * math.exp(funnel.drop_log_e(summed))
+            first += p * math.exp(funnel.drop_log_e(state.loglik[0]))
+    assert common == pytest.approx(1.0, abs=1e-9)
+    assert first == pytest.approx(1.0, abs=1e-9)
+    assert gated <= 1.0 + 1e-12
+
+
+def test_the_common_part_counts_only_while_every_transition_shows_a_drop() -> None:
+    s = spec(window=60.0)
+    state = FunnelState("play", 3)
+    state.pending["0:0"] = [200, 40, 200, 100]  # a large drop at the first transition
+    state.pending["1:0"] = [40, 20, 100, 40]  # the canary converts better at the second
+    state.watermark = 1e6
+    funnel.resolve(s, state, BUCKET)
+    assert funnel.common_log_e(s, state) == -math.inf
+    assert funnel.step_log_e(s, state, 1) == -math.inf
     e0 = math.exp(funnel.step_log_e(s, state, 0))
-    e1 = math.exp(funnel.step_log_e(s, state, 1))
-    expected = 0.5 * (e0 + e1) / 2 + 0.5 * e0 * e1
-    assert math.exp(funnel.funnel_log_e(s, state)) == pytest.approx(expected, rel=1e-9)
+    assert e0 > 1e3
+    assert math.exp(funnel.funnel_log_e(s, state)) == pytest.approx(0.125 * e0, rel=1e-9)

@@ -117,6 +117,8 @@ def test_funnel_simulation_keeps_the_null_and_finds_drops() -> None:
     table = simulate.format_funnel_table(result)
     assert "| A/A (funnel alone at 1/alpha) |" in table and "| conversion -30% |" in table
     assert "| A/A (at its share of the evidence) |" in table
+    assert "| conversion drops pooled |" in table
+    assert 0.0 <= result["ab_detected_within_3x_oracle"] <= 1.0
 
 
 def test_vectorised_fisher_likelihood_equals_the_engines() -> None:
@@ -131,6 +133,64 @@ def test_vectorised_fisher_likelihood_equals_the_engines() -> None:
         assert exact is not None
         indices = [evidence.CENTRE] + [evidence.CENTRE + o for o in evidence.OFFSETS]
         assert out[row] == pytest.approx([exact[i] for i in indices], abs=1e-9)
+    # and on the funnel prior's columns, which the simulated funnels use
+    drop_cols = simulate._funnel_columns()
+    out = simulate._fisher_columns(x, m, n1, n0, drop_cols, lf)
+    for row in range(3):
+        exact = funnel.fisher_loglik(int(x[row]), int(m[row]), int(n1[row]), int(n0[row]))
+        assert exact is not None
+        indices = [evidence.CENTRE] + [evidence.CENTRE + o for o in funnel.DROP_OFFSETS]
+        assert out[row] == pytest.approx([exact[i] for i in indices], abs=1e-9)
+
+
+@pytest.mark.parametrize("min_drop", [0.0, 0.05])
+@pytest.mark.parametrize("transitions", [1, 2, 3])
+def test_vectorised_funnel_e_value_equals_the_engines(min_drop: float, transitions: int) -> None:
+    """The simulator decides as the worker does: ``_funnel_log_e`` on random resolved strata
+    (some arms empty, drops of either sign) equals ``funnel.funnel_log_e``."""
+    from pipeline.canary import funnel
+
+    rng = np.random.default_rng(transitions)
+    rollouts, strata = 40, 3
+    text = orjson.dumps(
+        [
+            {
+                "name": "f",
+                "steps": [{"path_group": f"/s{k}"} for k in range(transitions + 1)],
+                "min_drop": min_drop,
+            }
+        ]
+    ).decode()
+    (spec,) = funnel.parse_funnels(text)
+    cols = simulate._funnel_columns()
+    lf = simulate._log_factorials(400)
+    loglik = np.zeros((rollouts, transitions, cols.size))
+    totals = np.zeros((rollouts, transitions, 4))
+    states = [funnel.FunnelState("f", transitions + 1) for _ in range(rollouts)]
+    seen: set[bool] = set()  # both a counted and a gated-off funnel were compared
+    for k in range(strata):
+        for t in range(transitions):
+            n1 = rng.integers(0, 30, rollouts) * (rng.random(rollouts) > 0.1)
+            n0 = rng.integers(0, 60, rollouts)
+            k1 = rng.binomial(n1, rng.uniform(0.1, 0.9, rollouts))
+            k0 = rng.binomial(n0, rng.uniform(0.1, 0.9, rollouts))
+            x, m = n1 - k1, (n1 - k1) + (n0 - k0)
+            loglik[:, t, :] += simulate._fisher_columns(x, m, n1, n0, cols, lf)
+            totals[:, t, :] += np.stack([n1, k1, n0, k0], axis=1)
+            for i, state in enumerate(states):
+                state.pending[f"{t}:{k * 10}"] = [int(n1[i]), int(k1[i]), int(n0[i]), int(k0[i])]
+        for state in states:
+            state.watermark = 1e6
+            funnel.resolve(spec, state, 10)
+        vectorised = simulate._funnel_log_e(loglik, totals, min_drop)
+        for i, state in enumerate(states):
+            live = funnel.funnel_log_e(spec, state)
+            seen.add(live == -math.inf)
+            if live == -math.inf:
+                assert vectorised[i] == -math.inf
+            else:
+                assert vectorised[i] == pytest.approx(live, abs=1e-9)
+    assert seen == {True, False}
 
 
 def test_vectorised_rate_bounds_equal_the_engines() -> None:
@@ -184,6 +244,7 @@ def test_the_simulated_engine_defaults_are_the_live_engines() -> None:
     assert knobs.pooled_share == engine.POOLED_SHARE
     assert knobs.offsets == evidence.OFFSETS
     assert knobs.error_weight == 0.5 and knobs.latency_gate
+    assert knobs.funnel_share == 0.0  # simulate's rollouts configure no funnel
     # The worker's evaluations per window, each folding an increment.
     live = CanaryConfig()
     assert knobs.slices == live.window_seconds / live.interval_seconds
