@@ -25,6 +25,7 @@ from pathlib import Path
 from pipeline.dev.stack.fetch import java_binary
 from pipeline.dev.stack.kafka import KafkaNode
 from pipeline.dev.stack.process import free_port
+from tests.integration.conftest import new_kafka
 
 STORE_PASSWORD = "keystore-pass"  # a throwaway keystore's
 MECHANISM = "SCRAM-SHA-512"
@@ -94,7 +95,7 @@ def secure_node(
 ) -> tuple[KafkaNode, str]:
     """A KafkaNode with a SASL_SSL listener; returns it and the clients' bootstrap."""
     sasl_port = free_port()
-    node = KafkaNode(data_dir=data_dir, lib=lib)
+    node = new_kafka(data_dir, lib)
     plain = f"PLAINTEXT://{node.host}:{node.port}"
     secure = f"SASL_SSL://{node.host}:{sasl_port}"
     login = "org.apache.kafka.common.security.scram.ScramLoginModule required;"

@@ -27,7 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline.dev.stack.kafka import KafkaNode, create_topics, produce_values
 from pipeline.dev.stack.opensearch import OpenSearchNode
-from tests.integration.conftest import unique_name
+from tests.integration.conftest import new_kafka, unique_name
 from tests.integration.ledger import (
     BAD_LINES,
     KAFKA_MIN_SESSION_S,
@@ -61,9 +61,9 @@ class KafkaCluster:
             "auto.create.topics.enable": "false",
         }
         self.nodes = [
-            KafkaNode(
-                data_dir=n.data_dir,
-                lib=lib,
+            new_kafka(
+                n.data_dir,
+                lib,
                 node_id=n.node_id,
                 port=n.port,
                 controller_port=n.controller_port,
