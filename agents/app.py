@@ -29,6 +29,14 @@ from pipeline.kafka_options import faust_broker_settings
 
 log = logging.getLogger(__name__)
 
+#: The consumers' metadata refresh. A topic the app declares at its first start (the
+#: canary's aggregates, the changelogs) can still be missing from the broker's
+#: metadata when the group first assigns (seen on a loaded box); Faust's assignor
+#: then skips it, and the group rebalances only once the leader's metadata shows it:
+#: Faust's default refresh is 5 minutes, this bounds that wait (one metadata request
+#: per 30 s).
+METADATA_MAX_AGE_MS = 30_000
+
 
 def faust_settings(settings: Settings, topic_replicas: int | None = None) -> dict[str, Any]:
     conf: dict[str, Any] = {
@@ -50,6 +58,7 @@ def faust_settings(settings: Settings, topic_replicas: int | None = None) -> dic
         "broker_session_timeout": settings.kafka_session_timeout,
         "broker_heartbeat_interval": min(3.0, settings.kafka_session_timeout / 4),
         "broker_rebalance_timeout": settings.kafka_rebalance_timeout,
+        "consumer_metadata_max_age_ms": METADATA_MAX_AGE_MS,
         "topic_allow_declare": True,
         "topic_disable_leader": True,
     }

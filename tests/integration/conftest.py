@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 from aiokafka import ConsumerRecord
 
+from agents.app import METADATA_MAX_AGE_MS
 from pipeline.config import StackSettings
 from pipeline.dev.stack.kafka import (
     KafkaNode,
@@ -318,4 +319,5 @@ def faust_settings(tmp_path: Path) -> dict[str, Any]:
         "web_enabled": False,
         "store": "memory://",
         "consumer_auto_offset_reset": "earliest",
+        "consumer_metadata_max_age_ms": METADATA_MAX_AGE_MS,  # as the worker's app
     }

@@ -181,3 +181,10 @@ def test_worker_declares_topics_with_the_resolved_factor() -> None:
     assert asyncio.run(topic_replicas(settings.kafka)) == 3  # configured: no question to Kafka
     assert faust_settings(settings, 3)["topic_replication_factor"] == 3
     assert "topic_replication_factor" not in faust_settings(settings)  # unknown: Faust's
+
+
+def test_the_worker_refreshes_metadata_well_before_fausts_five_minutes() -> None:
+    # A topic declared at the first start may be missing from the first assignment;
+    # the group rebalances once the leader's metadata shows it (agents/app.py).
+    conf = faust_settings(load_settings())
+    assert conf["consumer_metadata_max_age_ms"] <= 30_000
