@@ -2,9 +2,10 @@
 
 The worker's path for a batch, one named step each (``BatchHandler.handle``):
 
-1. ``process_batch`` (pipeline/core/process.py): parse, enrich, build documents;
-2. ``build_bulk_items`` (pipeline/core/bulk.py): serialise the documents with
-   their ``_id`` and target, and collect the dead letters;
+1. ``process_batch`` (pipeline/core/process.py): parse, enrich, build and
+   serialise documents;
+2. ``build_bulk_items`` (pipeline/core/bulk.py): the serialised documents with
+   their ``_id`` and target, and the dead letters;
 3. ``encode_spans`` (pipeline/core/otlp.py): one OTLP span per request;
 4. ``_deliver``: the store's bulk requests (pipeline/sinks/elasticsearch/),
    then every dead letter to the dead-letter topic (pipeline/sinks/dlq.py);

@@ -726,7 +726,7 @@ def distinct_clients(values: list[bytes]) -> int:
     ctx = enrich_context(Settings(geoip_city_db="", geoip_asn_db=""))
     return len(
         {
-            r.document.get("client", {}).get("ip")
+            r.enrichment.client_ip  # the document's client.ip
             for r in process_batch(values, ctx)
             if isinstance(r, Enriched)
         }

@@ -10,6 +10,13 @@ builds can be compared by callgrind's instruction count::
         .venv/bin/python bench/instructions.py --events 20000
     callgrind_annotate /tmp/cg.out | head -20      # "PROGRAM TOTALS" = instructions
 
+``--shell`` adds what the worker's interpreted shell does per event around them:
+the InputMessages built from aiokafka records (agents/batching.py), the request
+metrics (``RequestMetrics.add_batch``), the canary observer (``observe_batch``)
+and the delivery-latency histogram (``BatchHandler._after_delivery``); with the
+worker's garbage-collector settings (``GC_THRESHOLDS``, ``gc.freeze()`` after the
+warm-up, as the runtime does after start-up).
+
 ``--compare`` runs it under callgrind twice, with N and N/10 events, and prints
 the difference per event (start-up, imports and warm-up cancel out). bench/README.md,
 "Session 7", has the figures for the tricks re-measured with it.
@@ -18,12 +25,19 @@ the difference per event (start-up, imports and warm-up cancel out). bench/READM
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
+from aiokafka.structs import ConsumerRecord
+
+from pipeline.canary.observer import CanaryObserver
+from pipeline.commands.worker import GC_THRESHOLDS
 from pipeline.core.bulk import build_bulk_items
 from pipeline.core.enrich import EnrichContext
 from pipeline.core.extract.path_group import PathRules
@@ -31,7 +45,9 @@ from pipeline.core.model import InputMessage, KafkaCoordinates
 from pipeline.core.otlp import encode_spans
 from pipeline.core.process import observations, process_batch
 from pipeline.dev.synth import PATH_RULES, generate
+from pipeline.metrics.requests import RequestMetrics
 from pipeline.native import loaded_native
+from pipeline.telemetry import LatencyHistogram
 
 BATCH = 1000
 
@@ -44,20 +60,73 @@ def stream(events: int) -> list[InputMessage]:
     ]
 
 
-def run_stages(messages: list[InputMessage], ctx: EnrichContext) -> int:
+def run_stages(messages: list[InputMessage], ctx: EnrichContext, shell: Shell | None) -> int:
     """The handler's per-event stages over every batch; the number of bulk items."""
     items_total = 0
     for start in range(0, len(messages), BATCH):
         batch = messages[start : start + BATCH]
+        if shell is not None:
+            batch = shell.consume(batch)
         results = process_batch([m.value or b"" for m in batch], ctx)
         items, _letters = build_bulk_items(batch, results, "data_stream")
         encode_spans(batch, results)
-        observations(batch, results)
+        observed = observations(batch, results)
+        if shell is not None:
+            shell.after(batch, results, observed)
         items_total += len(items)
     return items_total
 
 
-def _instructions(events: int) -> int:
+class Shell:
+    """The worker's per-event steps outside the core, as the worker calls them."""
+
+    def __init__(self) -> None:
+        self.metrics = RequestMetrics()
+        self.observer = CanaryObserver(10, lambda aggregates: None, flush_interval=1.0)
+        self.latency = LatencyHistogram()
+
+    def consume(self, batch: list[InputMessage]) -> list[InputMessage]:
+        """The batch as BatchingConsumer makes it from aiokafka's records."""
+        records = [
+            ConsumerRecord(
+                "access-logs",
+                0,
+                m.coords.offset,
+                1_700_000_000_000,
+                0,
+                m.key,
+                m.value,
+                None,
+                0,
+                len(m.value or b""),
+                [],
+            )
+            for m in batch
+        ]
+        return to_messages(records, "access-logs", 0, time.time_ns())
+
+    def after(self, batch: list[InputMessage], results: list[Any], observed: list[Any]) -> None:
+        self.metrics.add_batch(results)
+        self.observer.observe_batch(observed)
+        now = time.time_ns()
+        self.latency.observe_many([(now - m.timestamp_ns) / 1e9 for m in batch if m.timestamp_ns])
+
+
+def to_messages(records: list[Any], topic: str, partition: int, now: int) -> list[InputMessage]:
+    """agents/batching.py's conversion of one partition's fetched records."""
+    return [
+        InputMessage(
+            record.value,
+            record.key,
+            KafkaCoordinates(topic, partition, record.offset),
+            ts * 1_000_000 if (ts := record.timestamp) and ts > 0 else None,
+            now,
+        )
+        for record in records
+    ]
+
+
+def _instructions(events: int, shell: bool) -> int:
     out = Path(tempfile.mkdtemp()) / "callgrind.out"
     subprocess.run(
         [
@@ -68,6 +137,7 @@ def _instructions(events: int) -> int:
             __file__,
             "--events",
             str(events),
+            *(["--shell"] if shell else []),
         ],
         check=True,
         capture_output=True,
@@ -86,12 +156,15 @@ def main() -> int:
     parser.add_argument(
         "--compare", action="store_true", help="run under callgrind; print instructions/event"
     )
+    parser.add_argument(
+        "--shell", action="store_true", help="with the worker's per-event shell steps"
+    )
     args = parser.parse_args()
     if args.compare:
         # Python functions are invisible to callgrind: the difference of two runs that
         # differ only in the number of events cancels start-up, imports and warm-up.
         small = max(BATCH, args.events // 10)
-        big, little = _instructions(args.events), _instructions(small)
+        big, little = _instructions(args.events, args.shell), _instructions(small, args.shell)
         print(
             f"{(big - little) / (args.events - small):.0f} instructions/event "
             f"({args.events} - {small} events)"
@@ -99,8 +172,13 @@ def main() -> int:
         return 0
     ctx = EnrichContext(path_rules=PathRules.from_config([dict(r) for r in PATH_RULES], depth=2))
     messages = stream(args.events)
-    run_stages(messages[:BATCH], ctx)  # warm the memos, as a running worker has them
-    items = run_stages(messages, ctx)
+    shell = Shell() if args.shell else None
+    if shell is not None:
+        gc.set_threshold(*GC_THRESHOLDS)
+    run_stages(messages[:BATCH], ctx, shell)  # warm the memos, as a running worker has them
+    if shell is not None:
+        gc.freeze()
+    items = run_stages(messages, ctx, shell)
     print(f"{items} items; compiled: {len(loaded_native())} modules", file=sys.stderr)
     return 0
 

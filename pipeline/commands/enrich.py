@@ -41,7 +41,7 @@ def run_enrich(args: argparse.Namespace, settings: Settings) -> int:
             raw = line.rstrip(b"\r\n")
             result = process(raw, ctx)  # a blank line is dead-lettered as "empty", not skipped
             if isinstance(result, Enriched):
-                out.write(dumps(result.document) + b"\n")
+                out.write(result.source + b"\n")
             else:
                 dlq.write(dumps(result.to_json_dict()) + b"\n")
     except BrokenPipeError:  # `grayscope enrich | head` is fine

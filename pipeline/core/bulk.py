@@ -25,6 +25,7 @@ Op = Literal["create", "index"]
 MODES = ("data_stream", "index")
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+NS_PER_DAY = 86_400 * 1_000_000_000
 
 
 @dataclass(slots=True, init=False)
@@ -167,35 +168,36 @@ def build_bulk_items(
     """A batch's bulk items (``_id`` from the Kafka coordinates) and its dead letters.
 
     ``mode`` is the store's (``target_for``); None when there is no store: then
-    only the dead letters. A document that cannot be serialised (an int beyond
-    64 bits) is dead-lettered with ``invalid_field``. Documents without
-    ``@timestamp`` get the Kafka record time: data streams require one.
+    only the dead letters. A document without a target (no day for a daily index)
+    is dead-lettered with ``invalid_field``. Documents without ``@timestamp`` get
+    the Kafka record time: data streams require one.
     """
     items: list[BulkItem] = []
     letters: list[Rejection] = []
-    targets: dict[str, tuple[str, Op]] = {}
+    targets: dict[int, tuple[str, Op]] = {}
     for msg, result in zip(messages, results, strict=True):
         if not isinstance(result, Enriched):
             letters.append((result, msg.coords, msg.key))
             continue
         if mode is None:
             continue
-        doc = result.document
-        timestamp = doc.get("@timestamp")
-        if timestamp is None and msg.timestamp_ns:
-            timestamp = doc["@timestamp"] = ns_to_iso(msg.timestamp_ns)
+        source = result.source
+        timestamp_ns = result.record.timestamp_ns  # the document's own @timestamp
+        if timestamp_ns is None and msg.timestamp_ns:
+            timestamp_ns = msg.timestamp_ns
+            # Added last, as a dict would have it: before the document's closing brace.
+            source = source[:-1] + b',"@timestamp":"' + ns_to_iso(timestamp_ns).encode() + b'"}'
         try:
-            if isinstance(timestamp, str) and timestamp.endswith("Z"):
-                # A UTC timestamp's day is its first ten characters: one target_for
-                # per day and batch, not per document.
-                day = timestamp[:10]
-                target = targets.get(day)
-                if target is None:
-                    target = targets[day] = target_for(timestamp, mode)
+            if timestamp_ns is None:
+                target = target_for(None, mode)
             else:
-                target = target_for(timestamp, mode)
-            source = orjson.dumps(doc)
-        except (ValueError, TypeError) as exc:  # e.g. an int beyond 64 bits
+                # One target_for per (UTC) day and batch, not per document.
+                day = timestamp_ns // NS_PER_DAY
+                known = targets.get(day)
+                if known is None:
+                    known = targets[day] = target_for(ns_to_iso(timestamp_ns), mode)
+                target = known
+        except (ValueError, TypeError) as exc:  # e.g. no day to name a daily index after
             detail = f"document not serialisable: {exc}"[:500]
             letters.append(
                 (DeadLetter(Reason.INVALID_FIELD, detail, msg.value or b""), msg.coords, msg.key)

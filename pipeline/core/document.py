@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from pipeline.core.formats.values import ns_to_iso
 from pipeline.core.model import AccessRecord, AsnInfo, Enrichment, GeoInfo
 
@@ -171,6 +173,19 @@ def build_document(
         gray_doc["path_group"] = value
     doc["gray"] = gray_doc
     return doc
+
+
+def document_source(rec: AccessRecord, enr: Enrichment, include_original: bool = False) -> bytes:
+    """``build_document`` serialised (what the store gets), as soon as it is built.
+
+    The worker keeps only these bytes: the dozen dicts of a document are walked by
+    orjson while they are still in the CPU caches from being built, and freed right
+    away, instead of all of a batch's documents being built, then serialised and
+    freed a stage later, when they have left the caches (bench/README.md,
+    "Session 10"). Raises orjson's error for what JSON cannot hold (an int beyond
+    64 bits, a lone surrogate).
+    """
+    return orjson.dumps(build_document(rec, enr, include_original))
 
 
 def geo_document(geo: GeoInfo) -> dict[str, Any]:

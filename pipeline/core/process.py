@@ -12,7 +12,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.core.document import build_document
+import orjson
+
+from pipeline.core.document import document_source
 from pipeline.core.enrich import DEFAULT_CHAIN, EnrichContext, Step, enrich
 from pipeline.core.formats.detect import parse_message, resolve_message
 from pipeline.core.model import (
@@ -31,15 +33,21 @@ log = logging.getLogger(__name__)
 class Enriched:
     record: AccessRecord
     enrichment: Enrichment
-    document: dict[str, Any]
+    # The document as JSON (``pipeline.core.document.document_source``): what the
+    # store gets; ``document`` reads it back as a dict.
+    source: bytes
 
     # Written out for the compiled core (measured: see pipeline.core.model.AccessRecord).
-    def __init__(
-        self, record: AccessRecord, enrichment: Enrichment, document: dict[str, Any]
-    ) -> None:
+    def __init__(self, record: AccessRecord, enrichment: Enrichment, source: bytes) -> None:
         self.record = record
         self.enrichment = enrichment
-        self.document = document
+        self.source = source
+
+    @property
+    def document(self) -> dict[str, Any]:
+        """The document as a dict (a new one each time)."""
+        document: dict[str, Any] = orjson.loads(self.source)
+        return document
 
 
 def process(
@@ -51,8 +59,10 @@ def process(
             record.original = _original(raw)
         enrichment = enrich(record, ctx, chain)
         return Enriched(
-            record, enrichment, build_document(record, enrichment, ctx.include_original)
+            record, enrichment, document_source(record, enrichment, ctx.include_original)
         )
+    except orjson.JSONEncodeError as exc:
+        return _unserialisable(exc, raw)
     except Exception as exc:
         return _dead_letter(exc, raw)
 
@@ -110,17 +120,26 @@ def process_batch(
             pending = [entry for entry in pending if out[entry[0]] is None]
     for i, record, enrichment in pending:
         try:
-            document = build_document(record, enrichment, include_original)
+            source = document_source(record, enrichment, include_original)
+        except orjson.JSONEncodeError as exc:
+            out[i] = _unserialisable(exc, raws[i])
+            continue
         except Exception as exc:
             out[i] = _dead_letter(exc, raws[i])
             continue
-        out[i] = Enriched(record, enrichment, document)
+        out[i] = Enriched(record, enrichment, source)
     return out  # type: ignore[return-value]  # every slot is filled by one of the stages
 
 
 def _original(raw: bytes) -> str:
     """``event.original``: the raw line as text, without its line ending."""
     return raw.decode("utf-8", "replace").rstrip("\r\n")
+
+
+def _unserialisable(exc: Exception, raw: bytes) -> DeadLetter:
+    """A document JSON cannot hold (a lone surrogate from lenient JSON, an int beyond
+    64 bits: orjson's refusal) is an invalid field, not a bug."""
+    return DeadLetter(Reason.INVALID_FIELD, f"document not serialisable: {exc}"[:500], raw)
 
 
 def _dead_letter(exc: Exception, raw: bytes) -> DeadLetter:

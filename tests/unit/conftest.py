@@ -198,4 +198,4 @@ def core_process() -> Callable[[bytes], Enriched | DeadLetter]:
 def observed(record: AccessRecord, enrichment: Enrichment, kafka_ns: int | None) -> Observation:
     """The canary/metrics Observation of one request (``kafka_ns``: the Kafka record time)."""
     msg = InputMessage(None, None, KafkaCoordinates("t", 0, 0), kafka_ns)
-    return observations([msg], [Enriched(record, enrichment, {})])[0]
+    return observations([msg], [Enriched(record, enrichment, b"{}")])[0]

@@ -151,7 +151,7 @@ def test_the_core_extracts_cookie_header_and_client_address_keys() -> None:
     )
     message = InputMessage(b"", None, KafkaCoordinates("t", 0, 0), 7)
     keys = (("cookie", "uid"), ("header", "x-user"), ("client_ip", ""), ("cookie", "nope"))
-    (row,) = funnel_inputs([message], [Enriched(record, enrichment, {})], keys)
+    (row,) = funnel_inputs([message], [Enriched(record, enrichment, b"{}")], keys)
     assert row == (
         "/play",
         None,

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.core.document import build_document
 from pipeline.core.enrich import DEFAULT_CHAIN, EnrichContext, Step
 from pipeline.core.model import AccessRecord, DeadLetter, Enrichment, Reason
 from pipeline.core.process import Enriched, process, process_batch
@@ -101,7 +103,7 @@ def test_a_failing_step_dead_letters_only_its_messages_and_they_skip_the_rest(
     assert "internal error" in caplog.text
 
 
-# Compiled (pipeline.native), process_batch calls build_document directly, so
+# Compiled (pipeline.native), process_batch calls document_source directly, so
 # the patch below cannot reach it; `make test` runs this test in its plain-Python
 # pass (tests/pure.py).
 @pytest.mark.skipif(
@@ -113,17 +115,43 @@ def test_a_document_that_cannot_be_built_is_dead_lettered(
 ) -> None:
     import pipeline.core.process as core
 
-    real = core.build_document
+    real = core.document_source
 
-    def build(rec: AccessRecord, enr: Enrichment, include_original: bool = False) -> dict:
+    def build(rec: AccessRecord, enr: Enrichment, include_original: bool = False) -> bytes:
         if rec.status == 404:
             raise ValueError("no document")
         return real(rec, enr, include_original)
 
-    monkeypatch.setattr(core, "build_document", build)
+    monkeypatch.setattr(core, "document_source", build)
     raws = list(generate(300, seed=3))
     ctx = context()
     with caplog.at_level(logging.ERROR, logger="pipeline.core.process"):
         batch = process_batch(raws, ctx)
     assert batch == one_at_a_time(raws, ctx)
     assert any(isinstance(r, DeadLetter) and "no document" in r.detail for r in batch)
+
+
+def test_each_document_is_kept_serialised() -> None:
+    ctx = context()
+    for result in process_batch(list(generate(500, seed=5)), ctx):
+        if isinstance(result, Enriched):
+            document = build_document(result.record, result.enrichment)
+            assert result.source == orjson.dumps(document)
+            assert result.document == document
+
+
+@pytest.mark.skipif(
+    bool(loaded_native(["pipeline.core.process"])),
+    reason="patches a function the compiled core binds",
+)
+def test_a_document_json_cannot_hold_is_an_invalid_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.core.process as core
+
+    def unwritable(rec: AccessRecord, enr: Enrichment, include_original: bool = False) -> bytes:
+        return orjson.dumps({"status": 2**64})  # orjson's own refusal
+
+    monkeypatch.setattr(core, "document_source", unwritable)
+    raw = next(iter(generate(1, seed=3)))
+    for result in (process(raw, context()), process_batch([raw], context())[0]):
+        assert isinstance(result, DeadLetter) and result.reason is Reason.INVALID_FIELD
+        assert result.detail.startswith("document not serialisable: Integer exceeds 64-bit")

@@ -13,6 +13,7 @@ from pipeline.core.bulk import BulkItem
 from pipeline.core.enrich import EnrichContext
 from pipeline.core.model import KafkaCoordinates
 from pipeline.core.otlp_wire import EncodedSpan
+from pipeline.core.process import Enriched, process_batch
 from pipeline.sinks.dlq import DeadLetterSink
 
 DAY1 = "2024-05-01T23:59:59.999Z"
@@ -102,6 +103,11 @@ def test_kafka_time_stands_in_for_a_missing_timestamp() -> None:
     asyncio.run(handler(store, producer).handle(batch))
     assert orjson.loads(store.items[0].source)["@timestamp"] == "2024-05-02T00:00:00.000Z"
     assert store.items[0].index == "grayscope-access-2024.05.02"
+    # Added last, as it always was (to the document's dict, before serialising).
+    (result,) = process_batch([envoy_line(None)], EnrichContext())
+    assert isinstance(result, Enriched)
+    expected = {**result.document, "@timestamp": "2024-05-02T00:00:00.000Z"}
+    assert store.items[0].source == orjson.dumps(expected)
 
 
 def test_no_time_at_all_is_a_dead_letter_in_index_mode() -> None:

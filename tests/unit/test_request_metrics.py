@@ -47,7 +47,7 @@ def request(
         path_group=path_group,
         client_ip=client_ip,
     )
-    return Enriched(record, enrichment, {})
+    return Enriched(record, enrichment, b"{}")
 
 
 def test_requests_are_counted_per_path_group_stage_version_and_status_class() -> None:
