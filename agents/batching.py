@@ -138,6 +138,21 @@ def consumer_lag(app: Any) -> dict[tuple[str, int], int] | None:
     return lag
 
 
+def input_messages(records: list[Any], topic: str, partition: int, now: int) -> list[InputMessage]:
+    """One partition's fetched aiokafka records as the handler's messages (record
+    timestamps are milliseconds; none or negative: unknown)."""
+    return [
+        InputMessage(
+            record.value,
+            record.key,
+            KafkaCoordinates(topic, partition, record.offset),
+            ts * 1_000_000 if (ts := record.timestamp) and ts > 0 else None,
+            now,
+        )
+        for record in records
+    ]
+
+
 @dataclass(slots=True)
 class FetchedBatch:
     epoch: int  # the pump's assignment epoch when fetched
@@ -253,18 +268,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                     kept.append(record)
                 if not kept:
                     continue
-            messages.extend(
-                [
-                    InputMessage(
-                        record.value,
-                        record.key,
-                        KafkaCoordinates(topic, partition, record.offset),
-                        ts * 1_000_000 if (ts := record.timestamp) and ts > 0 else None,
-                        now,
-                    )
-                    for record in kept
-                ]
-            )
+            messages.extend(input_messages(kept, topic, partition, now))
             read_offset[tp] = handed_out[tp] = kept[-1].offset
             offsets[tp] = [record.offset for record in kept]
         if not messages:

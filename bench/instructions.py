@@ -36,6 +36,7 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 
+from agents.batching import input_messages
 from pipeline.canary.observer import CanaryObserver
 from pipeline.commands.worker import GC_THRESHOLDS
 from pipeline.core.bulk import build_bulk_items
@@ -103,27 +104,13 @@ class Shell:
             )
             for m in batch
         ]
-        return to_messages(records, "access-logs", 0, time.time_ns())
+        return input_messages(records, "access-logs", 0, time.time_ns())
 
     def after(self, batch: list[InputMessage], results: list[Any], observed: list[Any]) -> None:
         self.metrics.add_batch(results)
         self.observer.observe_batch(observed)
         now = time.time_ns()
         self.latency.observe_many([(now - m.timestamp_ns) / 1e9 for m in batch if m.timestamp_ns])
-
-
-def to_messages(records: list[Any], topic: str, partition: int, now: int) -> list[InputMessage]:
-    """agents/batching.py's conversion of one partition's fetched records."""
-    return [
-        InputMessage(
-            record.value,
-            record.key,
-            KafkaCoordinates(topic, partition, record.offset),
-            ts * 1_000_000 if (ts := record.timestamp) and ts > 0 else None,
-            now,
-        )
-        for record in records
-    ]
 
 
 def _instructions(events: int, shell: bool) -> int:

@@ -598,17 +598,19 @@ def test_the_funnel_e_value_is_three_quarters_common_odds_ratio_a_quarter_steps_
     assert math.exp(funnel.funnel_log_e(s, state)) == pytest.approx(expected, rel=1e-6)
 
 
-def test_the_funnel_e_value_has_expectation_at_most_one_under_the_null_exactly() -> None:
-    """Enumerated, not simulated: one stratum per transition, every outcome weighted by its
-    hypergeometric probability at omega = 1. Without the gates each part (common, each
-    transition) has expectation exactly 1; the gated funnel e-value at most 1."""
+def null_expectations(
+    margins: list[tuple[int, int, int]], min_drop: float
+) -> tuple[float, float, float, float]:
+    """Enumerated, not simulated: one stratum per transition with ``margins`` (each
+    arm's users and the stratum's non-converters), every outcome weighted by its
+    hypergeometric probability at omega = 1. The expectations of the gated funnel
+    e-value, its common part and each transition's own part."""
     from scipy import stats
 
-    s = spec(window=60.0)
-    margins = [(6, 9, 7), (4, 8, 5)]  # (canary, stable, non-converters) per transition
+    s = spec(window=60.0, min_drop=min_drop)
     supports = [range(max(0, m - n0), min(n1, m) + 1) for n1, n0, m in margins]
     pmfs = [stats.hypergeom(n1 + n0, n1, m).pmf for n1, n0, m in margins]
-    gated = common = alone = 0.0
+    gated = common = first = second = 0.0
     for x0 in supports[0]:
         for x1 in supports[1]:
             p = float(pmfs[0](x0) * pmfs[1](x1))
@@ -620,9 +622,18 @@ def test_the_funnel_e_value_has_expectation_at_most_one_under_the_null_exactly()
             gated += p * math.exp(funnel.funnel_log_e(s, state))
             summed = [a + b for a, b in zip(*state.loglik, strict=True)]
             common += p * math.exp(funnel.drop_log_e(summed))
-            alone += p * math.exp(funnel.drop_log_e(state.loglik[1]))
+            first += p * math.exp(funnel.drop_log_e(state.loglik[0]))
+            second += p * math.exp(funnel.drop_log_e(state.loglik[1]))
+    return gated, common, first, second
+
+
+def test_the_funnel_e_value_has_expectation_at_most_one_under_the_null_exactly() -> None:
+    """Without the gates each part (common, each transition) has expectation exactly 1;
+    the gated funnel e-value at most 1."""
+    gated, common, first, second = null_expectations([(6, 9, 7), (4, 8, 5)], min_drop=0.0)
     assert common == pytest.approx(1.0, abs=1e-9)
-    assert alone == pytest.approx(1.0, abs=1e-9)
+    assert first == pytest.approx(1.0, abs=1e-9)
+    assert second == pytest.approx(1.0, abs=1e-9)
     assert gated <= 1.0
 
 
@@ -636,30 +647,12 @@ def test_the_funnel_e_value_has_expectation_at_most_one_under_the_null_exactly()
 def test_every_part_has_expectation_one_at_the_null_for_any_margins(
     margins: list[tuple[int, int, int]], min_drop: float
 ) -> None:
-    """The enumeration above for any small margins (each arm's users and the stratum's
-    non-converters, clipped to fit): the common part and each transition alone have
-    expectation exactly 1 at omega = 1 ungated, the gated funnel e-value at most 1."""
-    from scipy import stats
-
-    s = spec(window=60.0, min_drop=min_drop)
+    """The enumeration above for any small margins (non-converters clipped to fit)."""
     fitted = [(n1, n0, min(m, n1 + n0)) for n1, n0, m in margins]
-    supports = [range(max(0, m - n0), min(n1, m) + 1) for n1, n0, m in fitted]
-    pmfs = [stats.hypergeom(n1 + n0, n1, m).pmf for n1, n0, m in fitted]
-    gated = common = first = 0.0
-    for x0 in supports[0]:
-        for x1 in supports[1]:
-            p = float(pmfs[0](x0) * pmfs[1](x1))
-            state = FunnelState("play", 3)
-            for step, ((n1, n0, m), x) in enumerate(zip(fitted, (x0, x1), strict=True)):
-                state.pending[f"{step}:0"] = [n1, n1 - x, n0, n0 - (m - x)]
-            state.watermark = 1e6
-            funnel.resolve(s, state, BUCKET)
-            gated += p * math.exp(funnel.funnel_log_e(s, state))
-            summed = [a + b for a, b in zip(*state.loglik, strict=True)]
-            common += p * math.exp(funnel.drop_log_e(summed))
-            first += p * math.exp(funnel.drop_log_e(state.loglik[0]))
+    gated, common, first, second = null_expectations(fitted, min_drop)
     assert common == pytest.approx(1.0, abs=1e-9)
     assert first == pytest.approx(1.0, abs=1e-9)
+    assert second == pytest.approx(1.0, abs=1e-9)
     assert gated <= 1.0 + 1e-12
 
 
