@@ -194,21 +194,19 @@ class CanaryAnalysis:
 
     def publish_aggregates(self, aggregates: Sequence[CanaryAggregate]) -> None:
         """The observer's ``publish``: buffer aggregates on the app's producer (no wait)."""
-        partitions = self.config.partitions  # looked up once for the whole flush
         for agg in aggregates:
-            self._send_to_owner(agg.path_group, orjson.dumps(agg.to_json()), partitions)
+            self._send_to_owner(agg.path_group, orjson.dumps(agg.to_json()))
 
     def publish_funnel(self, name: str, hits: Sequence[funnels.Hit]) -> None:
         """The observer's funnel hook: one record per funnel, to the funnel's owner."""
         record = {"kind": CONTROL_FUNNEL, "funnel": name, "hits": list(hits)}
         self._send_to_owner(FUNNEL_PREFIX + name, orjson.dumps(record))
 
-    def _send_to_owner(self, key: str, value: bytes, partitions: int | None = None) -> None:
+    def _send_to_owner(self, key: str, value: bytes) -> None:
         """One record on the aggregates topic, to the partition whose owner keeps ``key``
         (a path group, or ``funnel:<name>``)."""
-        partitions = self.config.partitions if partitions is None else partitions
         self.aggregates_topic.send_soon(
-            key=key.encode(), value=value, partition=partition_for(key, partitions)
+            key=key.encode(), value=value, partition=partition_for(key, self.config.partitions)
         )
 
     def _rollout_ended(self, last_canary_at: float, now: float) -> bool:

@@ -198,7 +198,8 @@ def build_bulk_items(
                     known = targets[day] = target_for(ns_to_iso(timestamp_ns), mode)
                 target = known
         except (ValueError, TypeError) as exc:  # e.g. no day to name a daily index after
-            detail = f"document not serialisable: {exc}"[:500]
+            # (the document itself was serialised as it was built: pipeline/core/process.py)
+            detail = f"no target for the document: {exc}"[:500]
             letters.append(
                 (DeadLetter(Reason.INVALID_FIELD, detail, msg.value or b""), msg.coords, msg.key)
             )

@@ -118,6 +118,7 @@ def test_no_time_at_all_is_a_dead_letter_in_index_mode() -> None:
     ((_key, value, headers),) = producer.records
     assert value == envoy_line(None)
     assert dict(headers)["grayscope.reason"] == b"invalid_field"
+    assert dict(headers)["grayscope.detail"].startswith(b"no target for the document: ")
 
 
 def test_store_rejections_are_dead_lettered_and_spans_follow_delivery() -> None:
