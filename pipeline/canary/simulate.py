@@ -683,8 +683,9 @@ def _log_e(loglik: np.ndarray, offsets: tuple[int, ...] = evidence.OFFSETS) -> n
 
 
 def _log_mean_exp(values: np.ndarray) -> np.ndarray:
-    top = values.max(axis=-1)
-    return np.asarray(top + np.log(np.exp(values - top[..., None]).mean(axis=-1)))
+    """``log(mean(exp(values)))`` over the last axis (``_log_sum_exp``: -inf where every
+    value is -inf)."""
+    return np.asarray(_log_sum_exp(values) - math.log(values.shape[-1]))
 
 
 def _weights(first_window: np.ndarray, first_stable: np.ndarray) -> np.ndarray:

@@ -21,13 +21,12 @@ from pipeline.errors import ServiceError
 from schemas import DATA_STREAM_NAME
 from tests.geoip_data import EXPECTED_GEO, write_test_dbs
 from tests.integration.conftest import SpareStores, unique_name
-from tests.integration.ledger import committed_offsets, wait_for_bulks_done, wait_until
+from tests.integration.ledger import INDEX, committed_offsets, wait_for_bulks_done, wait_until
 from tests.integration.worker_proc import WorkerProcess
 
 pytestmark = pytest.mark.expected_seconds(150)
 
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
-INDEX = "grayscope-access-*"
 # batch: the fast path inside Faust's consumer (default); stream: stock Faust agent.
 CONSUMER_MODES = ["batch", "stream"]
 
