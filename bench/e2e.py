@@ -31,6 +31,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.real_stack import Services, enriched_bulk_bodies, store_ceiling  # noqa: E402
+from bench.real_stack import (  # noqa: E402
+    CpuMeter,
+    Services,
+    cpu_bound,
+    enriched_bulk_bodies,
+    store_ceiling,
+)
 from pipeline import native  # noqa: E402
 from pipeline.dev.stack.kafka import create_topics, wait_for_group_coordinator  # noqa: E402
 from pipeline.dev.stack.process import free_port  # noqa: E402
@@ -268,9 +275,17 @@ def run_worker(
     *,
     root: Path = ROOT,
     progress: tuple[str, ...] = CONSUMED,
+    watch: dict[str, Callable[[], float]] | None = None,
+    aside: dict[str, Callable[[], float]] | None = None,
 ) -> dict[str, Any]:
-    """Run a worker until ``progress`` (summed metrics) reaches ``n``; its figures."""
+    """Run a worker until ``progress`` (summed metrics) reaches ``n``; its figures.
+
+    ``watch``: CPU-seconds clocks of other processes (by name) whose CPU per event is
+    measured over the same span (``stack_cpu``: the services the worker writes to);
+    ``aside``: clocks of CPU already inside one of them (the store's JIT compiler).
+    """
     proc, port = start_worker(env, log, root)
+    meter = CpuMeter(watch or {}, aside)
     try:
         deadline = time.monotonic() + timeout
         first = None
@@ -287,8 +302,10 @@ def run_worker(
                 first = (now, done)
                 cpu_before = cpu_seconds(proc.pid)
                 host_before = host_cpu_ticks()
+                meter.start()
             if done >= n:
                 cpu = cpu_per_event(proc.pid, cpu_before, done - (first[1] if first else 0.0))
+                stack_cpu = meter.stop(done - (first[1] if first else 0.0))
                 cpu["host_steal_pct"] = steal_percent(host_before)
                 before, count = previous
                 end = before + (now - before) * (n - count) / max(done - count, 1.0)
@@ -312,6 +329,7 @@ def run_worker(
             "spans_dropped": int(m.get("grayscope_spans_dropped_total", 0)),
             "geoip_hit_ratio": geoip_hit_ratio(m),
             **cpu,
+            **({"stack_cpu": stack_cpu} if watch and cpu else {}),
             "peak_rss_mb": round(peak_rss_mb(proc.pid), 1),
             "metrics": m,
         }
@@ -384,7 +402,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"events": args.events, "python": interpreter(), "cpu": cpu_model()}
     values = list(generate(args.events, seed=42))
     results["avg_line_bytes"] = round(sum(map(len, values)) / len(values))
-    services = Services.start(workdir / "services")
+    services = Services.start(workdir / "services", store_cpus=args.store_cpus)
     receiver, endpoints = start_receiver()
     null_store, null_url = start_null_store()
     bootstrap = services.kafka.bootstrap
@@ -486,12 +504,21 @@ async def real_stack(
     worker_runs = []
     for _ in range(max(1, args.repeat)):
         services.reset_data_stream()
-        run = run_worker(env, n, log, args.timeout, progress=DELIVERED)
+        run = run_worker(
+            env,
+            n,
+            log,
+            args.timeout,
+            progress=DELIVERED,
+            watch=services.cpu_clocks(),
+            aside=services.jit_clock(),
+        )
         run["stored"] = services.document_count()
         worker_runs.append(run)
     worker = best_of(worker_runs)
     worker.pop("metrics", None)
     return {
+        **stack_bound(worker, ceiling, args.store_cpus),
         "topic": topic,
         "events": n,
         "documents": documents,
@@ -501,6 +528,41 @@ async def real_stack(
         "worker_vs_store_ceiling": round(worker["events_per_s"] / ceiling["docs_per_s"], 3),
         "worker": worker,
         "store_ceiling": ceiling,
+    }
+
+
+def stack_bound(
+    worker: dict[str, Any], ceiling: dict[str, Any], store_cpus: set[int] | None
+) -> dict[str, Any]:
+    """What the box's cores allow: the CPU of one event over the whole stack in the
+    worker's run (worker, OpenSearch, Jaeger, Kafka), the rate at which that fills
+    the cores, and that rate over the store's ceiling: the highest worker / ceiling
+    ratio a pipeline that costs this much could reach here. Measured, not assumed: the
+    store's CPU per document in the worker's run and at its ceiling both appear. With
+    the store on cores of its own (``--store-cpus``) each side fills its own cores."""
+    stack = worker.get("stack_cpu")
+    if not stack or worker.get("cpu_us_per_event") is None:
+        return {}
+    per_event = {"worker": worker["cpu_us_per_event"], **stack["cpu_us_per_event"]}
+    if store_cpus:
+        pipeline = {name: us for name, us in per_event.items() if name != "opensearch"}
+        pipeline_cores = len(os.sched_getaffinity(0))
+        bound = min(
+            cpu_bound({"opensearch": per_event.get("opensearch", 0.0)}, len(store_cpus)),
+            cpu_bound(pipeline, pipeline_cores),
+        )
+    else:
+        bound = cpu_bound(per_event, stack["box_cores"])
+    return {
+        "stack_cpu_us_per_event": per_event,
+        "stack_box_busy_cores": stack["box_busy_cores"],
+        "stack_jit_us_per_event": stack.get("aside_us_per_event", {}).get("opensearch_jit"),
+        "store_ceiling_cpu_us_per_doc": ceiling["best"].get("cpu_us_per_doc"),
+        "store_ceiling_box_busy_cores": ceiling["best"].get("box_busy_cores"),
+        "store_ceiling_jit_us_per_doc": ceiling["best"].get("jit_us_per_doc"),
+        "cpu_bound_events_per_s": round(bound),
+        "cpu_bound_vs_store_ceiling": round(bound / ceiling["docs_per_s"], 3),
+        "store_cpus": sorted(store_cpus) if store_cpus else None,
     }
 
 
@@ -827,6 +889,30 @@ def table(results: dict[str, Any]) -> str:
     out.append(
         f"real stack: worker / store ceiling = {real['worker_vs_store_ceiling']:.2f} (goal >= 0.9)"
     )
+    if "stack_cpu_us_per_event" in real:
+        spent = ", ".join(f"{k} {v}" for k, v in real["stack_cpu_us_per_event"].items())
+        ceiling_cpu = ", ".join(
+            f"{k} {v}" for k, v in (real.get("store_ceiling_cpu_us_per_doc") or {}).items()
+        )
+        out.append(
+            f"real stack CPU µs per event: {spent} (of OpenSearch's, its JIT compiler "
+            f"{real.get('stack_jit_us_per_event')}); box busy "
+            f"{real['stack_box_busy_cores']} of {os.cpu_count()} cores "
+            f"(at the ceiling: {ceiling_cpu} per doc, JIT "
+            f"{real.get('store_ceiling_jit_us_per_doc')}, "
+            f"{real.get('store_ceiling_box_busy_cores')} cores busy)"
+        )
+        pinned = real.get("store_cpus")
+        where = (
+            f"OpenSearch on CPU {','.join(map(str, pinned))}, the rest on the others"
+            if pinned
+            else "every process on every core"
+        )
+        out.append(
+            f"real stack CPU bound ({where}): that work fills the cores at "
+            f"{real['cpu_bound_events_per_s']:,} events/s = "
+            f"{real['cpu_bound_vs_store_ceiling']:.2f} of the store's ceiling"
+        )
     if "otelcol" in results:
         col = results["otelcol"]
         out.append(
@@ -898,6 +984,15 @@ def main() -> int:
         type=lambda v: [int(x) for x in v.split(",")],
         default=[1, 2, 4],
         help="connections at once the store ceiling tries",
+    )
+    parser.add_argument(
+        "--store-cpus",
+        type=lambda v: {int(x) for x in v.split(",")},
+        default=None,
+        help="run OpenSearch on these CPUs only and everything else (Kafka, Jaeger, the "
+        "workers, this process) on the others, e.g. 1: the store gets its own core(s), "
+        "as on its own machines, and the real-stack ratio asks only whether the pipeline "
+        "keeps up with it",
     )
     parser.add_argument(
         "--compare",

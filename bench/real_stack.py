@@ -10,15 +10,21 @@
 - :func:`store_ceiling`: those bodies bulk-loaded straight into OpenSearch over
   several connections at once, for every bulk size and concurrency asked; the
   best is the store's own ceiling on this box.
+- :func:`cpu_bound`: where the CPU of a run went (store, worker, Jaeger, Kafka,
+  per event, from ``/proc``) and the rate the box's cores allow for that much work:
+  on a machine the store shares with the pipeline, that, not the pipeline's
+  speed alone, bounds the worker's share of the store's ceiling.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +57,18 @@ class Services:
     jaeger: JaegerServer
 
     @classmethod
-    def start(cls, workdir: Path) -> Services:
+    def start(cls, workdir: Path, store_cpus: set[int] | None = None) -> Services:
+        """Start the three services; with ``store_cpus``, OpenSearch runs on those CPUs
+        only and this process (so Kafka, Jaeger and every worker it starts later: the
+        affinity is inherited) on the others: the store gets cores of its own, as it
+        has on its own machines in production, and the pipeline cannot take them."""
         settings = StackSettings.model_validate({})
         cache = Path(settings.cache_dir)
         java_home = settings.java_home or None
+        everything = os.sched_getaffinity(0)
+        rest = everything - store_cpus if store_cpus else everything
+        if store_cpus and not rest:
+            raise ValueError(f"--store-cpus {sorted(store_cpus)} leaves no CPU for the pipeline")
         kafka = KafkaNode(
             data_dir=_fresh(workdir / "kafka"),
             lib=kafka_lib(cache),
@@ -68,8 +82,14 @@ class Services:
             java_home=java_home,
         )
         jaeger = JaegerServer(build_jaeger(cache), _fresh(workdir / "jaeger"))
+        os.sched_setaffinity(0, rest)
         kafka.spawn()
-        opensearch.spawn()
+        if store_cpus:
+            os.sched_setaffinity(0, store_cpus)
+        try:
+            opensearch.spawn()
+        finally:
+            os.sched_setaffinity(0, rest)
         try:
             jaeger.start()
             kafka.wait_ready()
@@ -79,6 +99,20 @@ class Services:
                 stop()
             raise
         return cls(kafka, opensearch, jaeger)
+
+    def cpu_clocks(self) -> dict[str, Callable[[], float]]:
+        """CPU-seconds clocks of the services by name (each with its children)."""
+        named = {
+            "opensearch": self.opensearch.process.pid,
+            "jaeger": self.jaeger.pid,
+            "kafka": self.kafka.process.pid,
+        }
+        return {name: partial(tree_cpu_seconds, pid) for name, pid in named.items() if pid}
+
+    def jit_clock(self) -> dict[str, Callable[[], float]]:
+        """The CPU-seconds clock of OpenSearch's JIT compiler threads (part of its CPU)."""
+        pid = self.opensearch.process.pid
+        return {"opensearch_jit": partial(jit_cpu_seconds, pid)} if pid else {}
 
     def stop(self) -> None:
         self.jaeger.stop()
@@ -105,6 +139,121 @@ class Services:
         except StoreHTTPError:
             return 0
         return int(answer.get("count", 0))
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and every live descendant."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, ()))
+    return tree
+
+
+def _stat_cpu_seconds(stat: str) -> float:
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and every live descendant.
+
+    A launcher may run the service in a child (OpenSearch's does not exec into the
+    JVM everywhere), and a process's own ``/proc/PID/stat`` counts a child only once
+    it has exited and been waited for.
+    """
+    total = 0.0
+    for member in _process_tree(pid):
+        with contextlib.suppress(OSError):
+            total += _stat_cpu_seconds(Path(f"/proc/{member}/stat").read_text())
+    return total
+
+
+def jit_cpu_seconds(pid: int) -> float:
+    """CPU seconds of the JIT compiler threads (``C1/C2 CompilerThread``) of a JVM
+    (``pid`` and its descendants): a freshly started OpenSearch spends up to half of
+    its CPU compiling during its first few hundred thousand documents."""
+    total = 0.0
+    for member in _process_tree(pid):
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{member}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    stat = (task / "stat").read_text()
+                    if "CompilerThre" in stat[: stat.rindex(")")]:
+                        total += _stat_cpu_seconds(stat)
+    return total
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process alone (not its children: the services it started)."""
+    times = os.times()
+    return times.user + times.system
+
+
+def busy_cpu_ticks() -> tuple[int, int]:
+    """(busy, all) CPU ticks of the whole machine since boot, from ``/proc/stat``
+    (busy: everything but idle and iowait; steal counts as busy, it is a core lost)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    every = sum(fields[:8])
+    return every - fields[3] - fields[4], every
+
+
+class CpuMeter:
+    """CPU seconds of named clocks (:func:`tree_cpu_seconds` of a service,
+    :func:`own_cpu_seconds`) and of the whole box between :meth:`start` and :meth:`stop`."""
+
+    def __init__(
+        self,
+        clocks: dict[str, Callable[[], float]],
+        aside: dict[str, Callable[[], float]] | None = None,
+    ) -> None:
+        """``aside``: clocks of CPU already counted in one of ``clocks`` (the store's
+        JIT compiler threads), reported apart so that the total is not counted twice."""
+        self.clocks = clocks
+        self.aside = aside or {}
+        self.before: dict[str, float] = {}
+        self.ticks = (0, 0)
+        self.started = 0.0
+
+    def start(self) -> CpuMeter:
+        self.before = {name: clock() for name, clock in (self.clocks | self.aside).items()}
+        self.ticks = busy_cpu_ticks()
+        self.started = time.perf_counter()
+        return self
+
+    def stop(self, events: float) -> dict[str, Any]:
+        """CPU µs per event of each process, and how many cores the box kept busy."""
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        busy, every = busy_cpu_ticks()
+        cores = os.cpu_count() or 1
+        spent = {
+            name: round((clock() - self.before[name]) * 1e6 / max(events, 1.0), 2)
+            for name, clock in (self.clocks | self.aside).items()
+        }
+        share = (busy - self.ticks[0]) / max(every - self.ticks[1], 1)
+        return {
+            "cpu_us_per_event": {name: spent[name] for name in self.clocks},
+            "aside_us_per_event": {name: spent[name] for name in self.aside},
+            "box_busy_cores": round(share * cores, 2),
+            "box_cores": cores,
+            "seconds": round(elapsed, 3),
+        }
+
+
+def cpu_bound(cpu_us_per_event: dict[str, float], cores: int) -> float:
+    """Events/s at which the work of one event (every process's CPU µs) fills ``cores``:
+    no schedule of that work on this box goes faster."""
+    return cores * 1e6 / max(sum(cpu_us_per_event.values()), 1e-9)
 
 
 def _fresh(path: Path) -> Path:
@@ -189,10 +338,14 @@ async def store_ceiling(
 ) -> dict[str, Any]:
     """Docs/s of every (bulk size, concurrency), each into an empty data stream; the best."""
     runs = []
+    store = {"opensearch": services.cpu_clocks()["opensearch"], "loader": own_cpu_seconds}
+    warm_up = await warm_store(services, max(bodies.items())[1], max(concurrencies))
     for size, size_bodies in bodies.items():
         for concurrency in concurrencies:
             services.reset_data_stream()
+            meter = CpuMeter(store, services.jit_clock()).start()
             seconds, failed = await _load(services.opensearch.url, size_bodies, concurrency)
+            cpu = meter.stop(documents)
             stored = services.document_count()
             runs.append(
                 {
@@ -201,7 +354,42 @@ async def store_ceiling(
                     "docs_per_s": round(documents / seconds),
                     "failed": failed,
                     "stored": stored,
+                    "cpu_us_per_doc": cpu["cpu_us_per_event"],
+                    "jit_us_per_doc": cpu["aside_us_per_event"].get("opensearch_jit"),
+                    "box_busy_cores": cpu["box_busy_cores"],
                 }
             )
     best = max(runs, key=lambda r: r["docs_per_s"])
-    return {"docs_per_s": best["docs_per_s"], "best": best, "runs": runs}
+    return {"docs_per_s": best["docs_per_s"], "best": best, "runs": runs, "warm_up": warm_up}
+
+
+#: Warm-up ends when the JIT compiler took at most this share of the store's CPU in a load.
+JIT_SETTLED = 0.05
+WARM_UP_LOADS = 12
+
+
+async def warm_store(
+    services: Services, bodies: Sequence[bytes], concurrency: int
+) -> list[dict[str, float]]:
+    """Load ``bodies`` into the store (unmeasured) until its JIT compiler has settled.
+
+    A fresh OpenSearch JVM compiles for its first few hundred thousand documents:
+    measured here (store pinned to one core, bulks of 5,000 x 2, 50,000 documents a
+    load), the compiler threads took 3.45, 2.41, 2.33, 0.90, 0.43, 0.48, 0.32, 0.20 s
+    of 7.5, 6.0, 6.5, 3.4, 4.3, 3.3, 2.7, 2.6 s loads, and the rate went 6.6k -> 19.3k
+    docs/s. A ceiling measured on a cold JVM is the compiler's, not the store's, and
+    whichever of the ceiling and the worker's run comes later would look better.
+    Returns each warm-up load's docs/s and the compiler's share of the store's CPU.
+    """
+    rounds: list[dict[str, float]] = []
+    clocks = {"opensearch": services.cpu_clocks()["opensearch"]} | services.jit_clock()
+    for _ in range(WARM_UP_LOADS):
+        services.reset_data_stream()
+        before = {name: clock() for name, clock in clocks.items()}
+        seconds, _failed = await _load(services.opensearch.url, bodies, concurrency)
+        spent = {name: clock() - before[name] for name, clock in clocks.items()}
+        share = spent.get("opensearch_jit", 0.0) / max(spent["opensearch"], 1e-9)
+        rounds.append({"seconds": round(seconds, 2), "jit_share": round(share, 3)})
+        if share <= JIT_SETTLED:
+            break
+    return rounds
