@@ -18,14 +18,19 @@ from typing import Any
 import faust
 from faust.types import EventT
 
-from agents.batching import BatchPathApp, batch_path_problem, unacked_messages
+from agents.batching import (
+    BatchPathApp,
+    batch_path_problem,
+    consumer_group_error,
+    unacked_messages,
+)
 from agents.canary import register_canary
 from agents.handler import InputMessage
 from agents.runtime import Runtime
 from pipeline.config import ConsumerMode, Settings
 from pipeline.core.model import KafkaCoordinates
-from pipeline.errors import ShutdownInterrupted
-from pipeline.kafka_options import faust_broker_settings
+from pipeline.errors import GrayscopeError, ShutdownInterrupted
+from pipeline.kafka_options import fatal_group_error, faust_broker_settings
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,10 @@ log = logging.getLogger(__name__)
 #: Faust's default refresh is 5 minutes, this bounds that wait (one metadata request
 #: per 30 s).
 METADATA_MAX_AGE_MS = 30_000
+
+#: Seconds between looks for a consumer-group error aiokafka gave up on
+#: (``GrayscopeApp.watch_consumer_group``): a few attribute reads each.
+GROUP_ERROR_CHECK_INTERVAL = 1.0
 
 
 def faust_settings(settings: Settings, topic_replicas: int | None = None) -> dict[str, Any]:
@@ -113,8 +122,34 @@ class GrayscopeApp(BatchPathApp, faust.App):
 
     async def on_start(self) -> None:
         await super().on_start()
+        # From the start: a refused join leaves the app waiting for an assignment (and
+        # Faust's timers and services unstarted) for ever.
+        self.add_future(self.watch_consumer_group())
         if self.batch_path:
             self.grayscope_runtime.start_batch_path(self)
+
+    def check_consumer_group(self) -> None:
+        """Raise, mapped to the error tree, what Kafka refused the consumer group for good."""
+        error = consumer_group_error(self)
+        if error is not None:
+            raise fatal_group_error(error, self.grayscope_runtime.settings.kafka) from error
+
+    async def watch_consumer_group(self) -> None:
+        """Stop the worker on a consumer-group error aiokafka gave up on.
+
+        aiokafka keeps it for a ``getmany`` Faust never calls and retries the join in
+        vain meanwhile (``agents.batching.consumer_group_error``): without this the
+        worker would run for ever without a partition. One log line names the cause
+        and the setting to change; the worker exits non-zero (``grayscope worker``).
+        """
+        while not self.should_stop:
+            await self.sleep(GROUP_ERROR_CHECK_INTERVAL)
+            try:
+                self.check_consumer_group()
+            except GrayscopeError as exc:
+                log.critical("Kafka consumer group error, stopping the worker: %s", exc)
+                await self.crash(exc)
+                return
 
     async def on_revoked(self) -> None:
         await self.grayscope_runtime.on_partitions_revoked()

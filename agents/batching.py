@@ -25,8 +25,9 @@ streams, and anything fetched before the revocation is never acked.
 
 This module is the one fence around faust-streaming's and aiokafka's
 private names: nothing else in the project touches them (the app's private
-overrides are the ``BatchPathApp`` mixin below; consumer lag and unacked
-messages are read through ``consumer_lag`` and ``unacked_messages``). Every
+overrides are the ``BatchPathApp`` mixin below; consumer lag, unacked
+messages and a consumer-group error aiokafka keeps are read through
+``consumer_lag``, ``unacked_messages`` and ``consumer_group_error``). Every
 private name it uses is listed in ``FAUST_PRIVATE_NAMES`` and
 ``AIOKAFKA_PRIVATE_NAMES``; tests/unit/test_batching_fence.py fails when the
 module uses one that is not listed, or when the installed libraries lack one.
@@ -78,7 +79,9 @@ FAUST_PRIVATE_NAMES: frozenset[tuple[str, str]] = frozenset(
         ("faust.transport.consumer.Consumer", "_waiting_for_ack"),
         ("faust.transport.consumer.Consumer", "_unacked_messages"),
         ("faust.transport.drivers.aiokafka.Consumer", "_new_consumer_thread"),
+        ("faust.transport.drivers.aiokafka.Consumer", "_thread"),
         ("faust.transport.drivers.aiokafka.AIOKafkaConsumerThread", "_create_worker_consumer"),
+        ("faust.transport.drivers.aiokafka.AIOKafkaConsumerThread", "_consumer"),
     }
 )
 
@@ -86,6 +89,9 @@ FAUST_PRIVATE_NAMES: frozenset[tuple[str, str]] = frozenset(
 AIOKAFKA_PRIVATE_NAMES: frozenset[tuple[str, str]] = frozenset(
     {
         ("aiokafka.AIOKafkaConsumer", "_fetch_max_wait_ms"),
+        ("aiokafka.AIOKafkaConsumer", "_coordinator"),
+        ("aiokafka.consumer.group_coordinator.GroupCoordinator", "_pending_exception"),
+        ("aiokafka.consumer.group_coordinator.GroupCoordinator", "_coordination_task"),
     }
 )
 
@@ -136,6 +142,34 @@ def consumer_lag(app: Any) -> dict[tuple[str, int], int] | None:
             continue
         lag[(tp.topic, tp.partition)] = max(0, highwater - (committed.get(tp) or 0))
     return lag
+
+
+def consumer_group_error(app: Any) -> BaseException | None:
+    """The error aiokafka's group coordinator gave up on for the app's consumer, or None.
+
+    aiokafka keeps a fatal JoinGroup or heartbeat error (InvalidSessionTimeout,
+    GroupAuthorizationFailed, ...) for the consumer's next ``getmany``, through
+    ``check_errors``, and meanwhile tries the join again, which fails the same way.
+    Faust never calls ``getmany``: its fetcher reads the fetcher's records directly,
+    and starts only once partitions are assigned, which a refused join never does.
+    So the error would never surface (the worker waits for ever, ``/healthz`` at
+    503). Read without consuming it (the coordinator lives on the consumer thread's
+    loop; these are plain attribute reads); also a coordination task that died.
+    Retriable errors are aiokafka's to retry. None before the consumer exists, and
+    on library versions without these names (the stock path's fallback).
+    """
+    thread = getattr(getattr(app, "_consumer", None), "_thread", None)
+    client = getattr(thread, "_consumer", None)
+    coordinator = getattr(client, "_coordinator", None)
+    if coordinator is None:
+        return None
+    pending = getattr(coordinator, "_pending_exception", None)
+    if isinstance(pending, BaseException) and not getattr(pending, "retriable", False):
+        return pending
+    task = getattr(coordinator, "_coordination_task", None)
+    if isinstance(task, asyncio.Future) and task.done() and not task.cancelled():
+        return task.exception()
+    return None
 
 
 def input_messages(records: list[Any], topic: str, partition: int, now: int) -> list[InputMessage]:

@@ -99,7 +99,10 @@ class Settings(BaseSettings):
         ge=1,
         le=300,
         description="Consumer group session timeout in seconds: how fast a dead worker's "
-        "partitions move to the others (some brokers also delay a first join by half of it).",
+        "partitions move to the others (some brokers also delay a first join by half of it). "
+        "Must lie within the brokers' group.min.session.timeout.ms and "
+        "group.max.session.timeout.ms (Kafka's defaults: 6 and 1800 s); a worker the broker "
+        "refuses exits with a configuration error naming this setting.",
     )
     kafka_rebalance_timeout: float = Field(
         60.0,

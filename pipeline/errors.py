@@ -13,6 +13,8 @@
     │   ├── DeadLetterError          retriable: the dead-letter topic is unwritable
     │   └── ExportError              retriable: spans not delivered
     │       └── ExportRequestFailed  one export request; retriable per answer
+    ├── ConsumerGroupError           Kafka refused the worker's consumer group membership for
+    │                                good (authorization, a member of another kind): it stops
     ├── ServiceUnavailable           retriable: a grayscope service could not be read
     │   └── CanaryUnavailable        a worker's /canary page
     ├── CommandError                 a command failed for good
@@ -103,6 +105,13 @@ class ExportRequestFailed(ExportError):
     def __init__(self, message: str, *, retriable: bool, retry_after: float | None = None) -> None:
         super().__init__(message, retriable=retriable)
         self.retry_after = retry_after
+
+
+class ConsumerGroupError(GrayscopeError):
+    """Kafka refused the worker's consumer group membership for good (a fatal JoinGroup or
+    heartbeat error such as GroupAuthorizationFailed): the worker stops with the cause.
+    A refusal that one setting causes is a ConfigError naming it instead
+    (``pipeline.kafka_options.fatal_group_error``)."""
 
 
 class ServiceUnavailable(GrayscopeError):

@@ -6,7 +6,8 @@ reached by all. :func:`client_options` gives aiokafka's keywords,
 :func:`faust_broker_settings` Faust's ``broker``/``broker_credentials`` from the
 same :class:`KafkaSecurity`; :func:`check_login` turns a refused login into a
 :class:`~pipeline.errors.ConfigError` that names the setting to fix (aiokafka
-itself only reports "Unable to bootstrap").
+itself only reports "Unable to bootstrap"), and :func:`fatal_group_error` does
+the same for a consumer group the broker refuses for good (the worker stops).
 
 Secrets: the password is read from its ``SecretStr`` only where a client is
 built; no message produced here contains it.
@@ -23,12 +24,14 @@ from typing import Any
 from pydantic import SecretStr
 
 from pipeline.config import KafkaSettings
-from pipeline.errors import ConfigError, GrayscopeError
+from pipeline.errors import ConfigError, ConsumerGroupError, GrayscopeError
 
 log = logging.getLogger(__name__)
 
 SASL_SETTINGS = "GRAYSCOPE_KAFKA_SASL_USERNAME / GRAYSCOPE_KAFKA_SASL_PASSWORD"
 CA_SETTING = "GRAYSCOPE_KAFKA_SSL_CA_FILE"
+SESSION_TIMEOUT_SETTING = "GRAYSCOPE_KAFKA_SESSION_TIMEOUT"
+GROUP_SETTING = "GRAYSCOPE_CONSUMER_GROUP"
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,46 @@ async def check_login(kafka: KafkaSettings, timeout: float = 10.0) -> None:
             continue  # unreachable or not answering: try the next one
         conn.close()
         return
+
+
+def fatal_group_error(exc: BaseException, kafka: KafkaSettings) -> GrayscopeError:
+    """What a consumer-group error aiokafka gives up on means for the worker.
+
+    aiokafka keeps such an error (a refused JoinGroup, a heartbeat denied) for the
+    consumer's next ``getmany`` and retries the join meanwhile, which fails the same
+    way for as long as nothing is changed: the worker stops with this error instead
+    (``agents/app.py``). A ConfigError naming the setting to change where one setting
+    is the cause, else a ConsumerGroupError with the error itself. The caller
+    raises it ``from exc``.
+    """
+    from aiokafka import errors as kafka_errors
+
+    kind = type(exc).__name__
+    group = kafka.consumer_group
+    if isinstance(exc, kafka_errors.InvalidSessionTimeoutError):
+        return ConfigError(
+            SESSION_TIMEOUT_SETTING,
+            f"Kafka refused to let the worker join consumer group {group!r} with a session "
+            f"timeout of {kafka.session_timeout:g} s ({kind}): set it within the brokers' "
+            "group.min.session.timeout.ms and group.max.session.timeout.ms "
+            "(Kafka's defaults: 6 s and 1800 s)",
+        )
+    if isinstance(exc, kafka_errors.InvalidGroupIdError):
+        return ConfigError(GROUP_SETTING, f"Kafka refused the consumer group id {group!r} ({kind})")
+    if isinstance(exc, kafka_errors.GroupAuthorizationFailedError):
+        who = f"user {kafka.sasl_username!r}" if kafka.sasl_username else "the worker"
+        return ConsumerGroupError(
+            f"Kafka denied {who} access to consumer group {group!r} ({kind}): allow it to "
+            f"read the group (ACL), or set {GROUP_SETTING} to a group it may use"
+        )
+    if isinstance(exc, kafka_errors.InconsistentGroupProtocolError):
+        return ConsumerGroupError(
+            f"consumer group {group!r} is in use by another application's consumers "
+            f"({kind}): give grayscope a group of its own ({GROUP_SETTING})"
+        )
+    text = str(exc)  # aiokafka's errors name their class themselves
+    described = text if kind in text else f"{kind}: {text}" if text else kind
+    return ConsumerGroupError(f"Kafka refused consumer group {group!r} for good: {described}")
 
 
 REPLICATION_SETTING = "GRAYSCOPE_KAFKA_TOPIC_REPLICATION_FACTOR"

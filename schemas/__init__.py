@@ -22,6 +22,14 @@ SETTINGS_COMPONENT = "grayscope-access-settings"
 DATA_STREAM_TEMPLATE = "grayscope-access-data-stream"
 DAILY_INDEX_TEMPLATE = "grayscope-access-daily"
 
+#: Replicas of every index grayscope's templates create (the data stream's backing
+#: indices, the daily indices, the verdicts): none on one data node, one on two or more,
+#: as Elasticsearch's own data-stream templates (ilm-history, ...) do. With the
+#: store's default of one replica, a single node could never place it and the index
+#: would stay yellow for ever. Elasticsearch 8 and OpenSearch 2 both take it; a fixed
+#: count needs ``auto_expand_replicas: false`` next to it (README, "Replicas").
+AUTO_EXPAND_REPLICAS = "0-1"
+
 
 @cache
 def access_fields() -> dict[str, dict[str, Any]]:
@@ -71,7 +79,13 @@ def build_templates() -> dict[str, dict[str, Any]]:
     }
     settings = {
         "template": {
-            "settings": {"index": {"refresh_interval": "5s", "codec": "best_compression"}}
+            "settings": {
+                "index": {
+                    "refresh_interval": "5s",
+                    "codec": "best_compression",
+                    "auto_expand_replicas": AUTO_EXPAND_REPLICAS,
+                }
+            }
         },
         "_meta": {"managed_by": "grayscope"},
     }
@@ -144,7 +158,13 @@ def verdict_templates() -> dict[str, dict[str, Any]]:
         "priority": 200,
         "template": {
             # A few documents per path group and window: one shard is plenty.
-            "settings": {"index": {"number_of_shards": 1, "refresh_interval": "5s"}},
+            "settings": {
+                "index": {
+                    "number_of_shards": 1,
+                    "refresh_interval": "5s",
+                    "auto_expand_replicas": AUTO_EXPAND_REPLICAS,
+                }
+            },
             "mappings": {
                 "dynamic": False,
                 "date_detection": False,

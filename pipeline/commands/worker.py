@@ -11,6 +11,7 @@ import faust
 from agents.app import create_app
 from agents.runtime import Runtime
 from pipeline.config import Settings
+from pipeline.errors import GrayscopeError
 from pipeline.kafka_options import check_login, topic_replicas
 from pipeline.logs import logging_config
 
@@ -32,5 +33,13 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
         logging_config=logging_config(settings.log_level),
         override_logging=True,
     )
-    worker.execute_from_commandline()  # handles SIGTERM/SIGINT: graceful stop
+    try:
+        worker.execute_from_commandline()  # handles SIGTERM/SIGINT: graceful stop
+    except SystemExit:
+        # The app crashed on one of grayscope's own errors (a consumer group Kafka refused,
+        # rejected store credentials): the command exits as that error says (a ConfigError
+        # with 2). The worker's log has already named it.
+        if isinstance(app.crash_reason, GrayscopeError):
+            raise app.crash_reason from None
+        raise
     return 0

@@ -21,9 +21,9 @@ from pipeline.dev.stack.opensearch import OpenSearchNode
 from pipeline.errors import StoreRejected, StoreUnavailable
 from pipeline.sinks.elasticsearch.service import ELASTICSEARCH, OPENSEARCH, ElasticsearchService
 from pipeline.sinks.elasticsearch.sink import ElasticsearchSink
-from schemas import DATA_STREAM_NAME, component_templates, index_templates
+from schemas import DATA_STREAM_NAME, VERDICTS_INDEX, component_templates, index_templates
 
-pytestmark = [pytest.mark.integration, pytest.mark.expected_seconds(25)]
+pytestmark = [pytest.mark.integration, pytest.mark.expected_seconds(40)]
 
 
 @pytest.fixture
@@ -262,6 +262,93 @@ async def test_replay_across_a_rollover_duplicates_documents(
         f".ds-{DATA_STREAM_NAME}-000001",
         f".ds-{DATA_STREAM_NAME}-000002",
     }
+
+
+async def test_one_node_with_the_stores_default_replica_is_green(
+    store_factory: Callable[..., OpenSearchNode],
+) -> None:
+    """What grayscope creates is green on a single node that keeps the store's default
+    of one replica per index (a real single-node cluster): the templates ask for
+    ``auto_expand_replicas: 0-1``, so no replica waits for a second node. The session
+    store sets ``cluster.default_number_of_replicas: 0`` and would be green anyway:
+    this node keeps OpenSearch's default, and a plain index on it shows the yellow
+    that the backing index would otherwise be. Also README's remedy for indices made
+    before, and a count the user pins with a template of their own."""
+    node = store_factory(extra_settings={"cluster.default_number_of_replicas": "1"})
+    node.request("PUT", "/plain")
+    assert (
+        node.request("GET", "/plain/_settings")["plain"]["settings"]["index"]["number_of_replicas"]
+        == "1"
+    )
+    assert node.request("GET", "/_cluster/health/plain")["status"] == "yellow"
+    # README's remedy for an index made before the templates had the setting:
+    node.request("PUT", "/plain/_settings", {"index.auto_expand_replicas": "0-1"})
+    health = node.request("GET", "/_cluster/health/plain?wait_for_status=green&timeout=30s")
+    assert health["status"] == "green", health
+    node.request("DELETE", "/plain")
+
+    svc = ElasticsearchService([node.url], request_timeout=10)
+    try:
+        await svc.connect()
+        await svc.install_templates()  # what `grayscope setup` and the worker do
+        stream = data_stream_sink(svc)
+        docs = [access_doc(n, "2024-05-08") for n in range(5)]
+        assert await stream.deliver(items_for(stream, docs, "green")) == []
+        daily = index_sink(svc)
+        assert await daily.deliver(items_for(daily, docs, "green")) == []
+    finally:
+        await svc.close()
+    node.request("PUT", f"/{VERDICTS_INDEX}/_doc/v1", {"@timestamp": "2024-05-08T10:00:00Z"})
+
+    health = node.request(
+        "GET", f"/_cluster/health/{DATA_STREAM_NAME}?wait_for_status=green&timeout=30s"
+    )
+    assert health["status"] == "green", health
+    assert health["unassigned_shards"] == 0
+    streams = node.request("GET", f"/_data_stream/{DATA_STREAM_NAME}")["data_streams"]
+    assert streams[0]["status"] == "GREEN"
+    backing = f".ds-{DATA_STREAM_NAME}-000001"
+    created = [backing, "grayscope-access-2024.05.08", VERDICTS_INDEX]
+    for index in created:
+        assert node.request("GET", f"/_cluster/health/{index}")["status"] == "green", index
+        # Green because of the template's setting, not a default of this node's:
+        settings = node.request("GET", f"/{index}/_settings")[index]["settings"]["index"]
+        assert settings.get("auto_expand_replicas") == "0-1", (index, settings)
+        assert settings["number_of_replicas"] == "0", index  # expanded to the one node
+    assert node.request("GET", "/_cluster/health")["status"] == "green"
+    # ... which also takes the data stream's name (all of its backing indices).
+    answer = node.request(
+        "PUT", f"/{DATA_STREAM_NAME}/_settings", {"index.auto_expand_replicas": "0-1"}
+    )
+    assert answer == {"acknowledged": True}
+
+    # A count of the user's own (README, "Replicas"): their template over the same pattern
+    # at a higher priority, composed of grayscope's components, pins it; the data
+    # stream's next backing index takes it, and installing grayscope's again keeps it.
+    node.request(
+        "PUT",
+        "/_index_template/my-grayscope-access",
+        {
+            "index_patterns": ["logs-grayscope.access-*"],
+            "data_stream": {},
+            "priority": 300,
+            "composed_of": ["grayscope-access-settings", "grayscope-access-mappings"],
+            "template": {
+                "settings": {"index.auto_expand_replicas": False, "index.number_of_replicas": 1}
+            },
+        },
+    )
+    svc = ElasticsearchService([node.url], request_timeout=10)
+    try:
+        await svc.connect()
+        await svc.install_templates()
+    finally:
+        await svc.close()
+    node.request("POST", f"/{DATA_STREAM_NAME}/_rollover")
+    pinned = f".ds-{DATA_STREAM_NAME}-000002"
+    settings = node.request("GET", f"/{pinned}/_settings")[pinned]["settings"]["index"]
+    assert settings["auto_expand_replicas"] == "false"
+    assert settings["number_of_replicas"] == "1"
 
 
 def free_port() -> int:

@@ -121,7 +121,9 @@ def test_no_other_module_uses_the_fenced_names() -> None:
         for path in (ROOT / package).rglob("*.py"):
             if path == FENCE:
                 continue
-            clash = private_names_used(path) & LISTED_NAMES
+            # A module's own attribute of the same name (the OTLP stand-in's ``_thread``)
+            # is not the library's.
+            clash = (private_names_used(path) - own_private_names(path)) & LISTED_NAMES
             assert not clash, f"{path.relative_to(ROOT)} uses {sorted(clash)} outside the fence"
 
 

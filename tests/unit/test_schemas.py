@@ -64,3 +64,40 @@ def test_documents_from_every_corpus_line_are_mapped() -> None:
         assert isinstance(result, Enriched), (line, result)
         assert mapping_problems(result.document) == [], line
     assert geo.looked_up  # geo fields were exercised
+
+
+def resolved_index_settings(template_name: str) -> dict[str, object]:
+    """The ``index`` settings an index template gives a new index: its components' in
+    order, then its own (Elasticsearch's and OpenSearch's composition order)."""
+    template = schemas.index_templates()[template_name]
+    components = schemas.component_templates()
+    resolved: dict[str, object] = {}
+    for name in template.get("composed_of", []):
+        resolved.update(components[name].get("template", {}).get("settings", {}).get("index", {}))
+    resolved.update(template.get("template", {}).get("settings", {}).get("index", {}))
+    return resolved
+
+
+@pytest.mark.parametrize("template_name", sorted(schemas.index_templates()))
+def test_every_index_grayscope_creates_expands_replicas_zero_to_one(template_name: str) -> None:
+    """Green on one node (no replica to wait for), one replica on two or more: as
+    Elasticsearch's own data-stream templates; the store's default (one replica)
+    would leave a single node yellow for ever. A fixed ``number_of_replicas`` next
+    to it would be overridden by the expansion: none is set."""
+    settings = resolved_index_settings(template_name)
+    assert settings["auto_expand_replicas"] == "0-1"
+    assert "number_of_replicas" not in settings
+
+
+def test_the_data_stream_takes_its_replicas_from_the_shared_settings_component() -> None:
+    settings = schemas.component_templates()[schemas.SETTINGS_COMPONENT]["template"]["settings"]
+    assert settings == {
+        "index": {
+            "auto_expand_replicas": "0-1",
+            "codec": "best_compression",
+            "refresh_interval": "5s",
+        }
+    }
+    data_stream = schemas.index_templates()[schemas.DATA_STREAM_TEMPLATE]
+    assert schemas.SETTINGS_COMPONENT in data_stream["composed_of"]
+    assert "template" not in data_stream  # nothing of its own that could override it
