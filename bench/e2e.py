@@ -402,7 +402,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"events": args.events, "python": interpreter(), "cpu": cpu_model()}
     values = list(generate(args.events, seed=42))
     results["avg_line_bytes"] = round(sum(map(len, values)) / len(values))
-    services = Services.start(workdir / "services", store_cpus=args.store_cpus)
+    services = Services.start(workdir / "services")
     receiver, endpoints = start_receiver()
     null_store, null_url = start_null_store()
     bootstrap = services.kafka.bootstrap
@@ -486,7 +486,12 @@ async def real_stack(
 
     Same documents both ways: the ceiling's are built by the worker's own core
     from the same messages (``bench.real_stack.enriched_bulk_bodies``). Each
-    load starts with an empty data stream.
+    load starts with an empty data stream. Measured twice unless ``--store-cpus
+    none``: every process on every core (``real_stack``), then OpenSearch on cores
+    of its own (``store_pinned``, inside it): on a box the store shares with the
+    pipeline, the ratio is bounded by the CPU the rest of the stack takes from the
+    store (``cpu_bound_vs_store_ceiling``); pinned, it asks only whether the
+    pipeline keeps up with the store.
     """
     n = min(len(values), args.store_events)
     topic = f"{base['GRAYSCOPE_INPUT_TOPICS']}-store"
@@ -494,13 +499,37 @@ async def real_stack(
     await produce(services.kafka.bootstrap, topic, values[:n])
     await services.install_templates()
     documents, bodies = enriched_bulk_bodies(values[:n], topic, PARTITIONS, args.bulk_sizes)
-    ceiling = await store_ceiling(services, documents, bodies, args.bulk_concurrency)
     env = base | {
         "GRAYSCOPE_INPUT_TOPICS": topic,
         "GRAYSCOPE_ES_URL": services.opensearch.url,
         "GRAYSCOPE_ES_MODE": "data_stream",
         "GRAYSCOPE_OTLP_ENDPOINT": services.jaeger.otlp_grpc_endpoint,
     }
+    shared = await store_and_worker(services, env, n, documents, bodies, args, log, None)
+    shared["topic"] = topic
+    if args.store_cpus:
+        services.pin_store(args.store_cpus)
+        try:
+            shared["store_pinned"] = await store_and_worker(
+                services, env, n, documents, bodies, args, log, args.store_cpus
+            )
+        finally:
+            services.pin_store(None)
+    return shared
+
+
+async def store_and_worker(
+    services: Services,
+    env: dict[str, str],
+    n: int,
+    documents: int,
+    bodies: dict[int, list[bytes]],
+    args: argparse.Namespace,
+    log: Path,
+    store_cpus: set[int] | None,
+) -> dict[str, Any]:
+    """The store's ceiling, then the worker's best of ``--repeat`` runs, on the same CPUs."""
+    ceiling = await store_ceiling(services, documents, bodies, args.bulk_concurrency)
     worker_runs = []
     for _ in range(max(1, args.repeat)):
         services.reset_data_stream()
@@ -518,8 +547,7 @@ async def real_stack(
     worker = best_of(worker_runs)
     worker.pop("metrics", None)
     return {
-        **stack_bound(worker, ceiling, args.store_cpus),
-        "topic": topic,
+        **stack_bound(worker, ceiling, store_cpus),
         "events": n,
         "documents": documents,
         "worker_events_per_s": worker["events_per_s"],
@@ -802,6 +830,32 @@ def cpu_model() -> str:
     return "unknown"
 
 
+def stack_lines(where: str, stack: dict[str, Any]) -> list[str]:
+    """The real stack's ratio, where its CPU went, and the ratio the cores allow."""
+    out = [
+        f"real stack{where}: worker / store ceiling = "
+        f"{stack['worker_vs_store_ceiling']:.2f} (goal >= 0.9)"
+    ]
+    if "stack_cpu_us_per_event" not in stack:
+        return out
+    spent = ", ".join(f"{k} {v}" for k, v in stack["stack_cpu_us_per_event"].items())
+    ceiling_cpu = ", ".join(
+        f"{k} {v}" for k, v in (stack.get("store_ceiling_cpu_us_per_doc") or {}).items()
+    )
+    out.append(
+        f"  CPU µs per event: {spent} (of OpenSearch's, its JIT compiler "
+        f"{stack.get('stack_jit_us_per_event')}); box busy "
+        f"{stack['stack_box_busy_cores']} of {os.cpu_count()} cores; at the ceiling "
+        f"{ceiling_cpu} per doc (JIT {stack.get('store_ceiling_jit_us_per_doc')}), "
+        f"{stack.get('store_ceiling_box_busy_cores')} cores busy"
+    )
+    out.append(
+        f"  that work fills the cores at {stack['cpu_bound_events_per_s']:,} events/s = "
+        f"{stack['cpu_bound_vs_store_ceiling']:.2f} of the store's ceiling"
+    )
+    return out
+
+
 def table(results: dict[str, Any]) -> str:
     ceiling = results["a_raw_ceiling"]
     ceilings = results.get("a_raw_ceiling_runs", [])
@@ -840,30 +894,34 @@ def table(results: dict[str, Any]) -> str:
         # A round's worker runs are compared with that round's raw ceiling.
         rows.append((label, r["events_per_s"], r.get("vs_raw", r["events_per_s"] / ceiling), note))
     real = results["real_stack"]
-    worker = real["worker"]
-    best = real["store_ceiling"]["best"]
-    rows.append(
-        (
-            "r. full worker -> OpenSearch + Jaeger",
-            real["worker_events_per_s"],
-            real["worker_events_per_s"] / ceiling,
-            f"CPU {worker.get('cpu_us_per_event')} µs/event, stored {worker['stored']:,} "
-            f"of {real['documents']:,}, spans exported {worker['spans_exported']:,} "
-            f"dropped {worker['spans_dropped']:,}",
+    stacks = [("", real)]
+    if real.get("store_pinned"):
+        pinned_cpus = ",".join(map(str, real["store_pinned"].get("store_cpus") or []))
+        stacks.append((f" (store on CPU {pinned_cpus})", real["store_pinned"]))
+    for where, stack in stacks:
+        worker, best = stack["worker"], stack["store_ceiling"]["best"]
+        rows.append(
+            (
+                "r. full worker -> OpenSearch + Jaeger" + where,
+                stack["worker_events_per_s"],
+                stack["worker_events_per_s"] / ceiling,
+                f"CPU {worker.get('cpu_us_per_event')} µs/event, stored {worker['stored']:,} "
+                f"of {stack['documents']:,}, spans exported {worker['spans_exported']:,} "
+                f"dropped {worker['spans_dropped']:,}",
+            )
         )
-    )
-    rows.append(
-        (
-            "r. OpenSearch ceiling (direct parallel bulk)",
-            real["store_ceiling_docs_per_s"],
-            real["store_ceiling_docs_per_s"] / ceiling,
-            f"best: bulk {best['bulk_size']:,} x {best['concurrency']} connections; "
-            + ", ".join(
-                f"{r['bulk_size']}x{r['concurrency']} {r['docs_per_s']:,}"
-                for r in real["store_ceiling"]["runs"]
-            ),
+        rows.append(
+            (
+                "r. OpenSearch ceiling" + (where or " (direct parallel bulk)"),
+                stack["store_ceiling_docs_per_s"],
+                stack["store_ceiling_docs_per_s"] / ceiling,
+                f"best: bulk {best['bulk_size']:,} x {best['concurrency']} connections; "
+                + ", ".join(
+                    f"{r['bulk_size']}x{r['concurrency']} {r['docs_per_s']:,}"
+                    for r in stack["store_ceiling"]["runs"]
+                ),
+            )
         )
-    )
     if "otelcol" in results:
         col = results["otelcol"]
         rows.append(
@@ -886,33 +944,8 @@ def table(results: dict[str, Any]) -> str:
             f"(= {1e6 / full['cpu_us_per_event']:,.0f} events/s on a whole core); "
             f"30,000 events/s on one core needs <= {1e6 / 30_000:.1f} µs/event"
         )
-    out.append(
-        f"real stack: worker / store ceiling = {real['worker_vs_store_ceiling']:.2f} (goal >= 0.9)"
-    )
-    if "stack_cpu_us_per_event" in real:
-        spent = ", ".join(f"{k} {v}" for k, v in real["stack_cpu_us_per_event"].items())
-        ceiling_cpu = ", ".join(
-            f"{k} {v}" for k, v in (real.get("store_ceiling_cpu_us_per_doc") or {}).items()
-        )
-        out.append(
-            f"real stack CPU µs per event: {spent} (of OpenSearch's, its JIT compiler "
-            f"{real.get('stack_jit_us_per_event')}); box busy "
-            f"{real['stack_box_busy_cores']} of {os.cpu_count()} cores "
-            f"(at the ceiling: {ceiling_cpu} per doc, JIT "
-            f"{real.get('store_ceiling_jit_us_per_doc')}, "
-            f"{real.get('store_ceiling_box_busy_cores')} cores busy)"
-        )
-        pinned = real.get("store_cpus")
-        where = (
-            f"OpenSearch on CPU {','.join(map(str, pinned))}, the rest on the others"
-            if pinned
-            else "every process on every core"
-        )
-        out.append(
-            f"real stack CPU bound ({where}): that work fills the cores at "
-            f"{real['cpu_bound_events_per_s']:,} events/s = "
-            f"{real['cpu_bound_vs_store_ceiling']:.2f} of the store's ceiling"
-        )
+    for where, stack in stacks:
+        out.extend(stack_lines(where, stack))
     if "otelcol" in results:
         col = results["otelcol"]
         out.append(
@@ -987,12 +1020,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--store-cpus",
-        type=lambda v: {int(x) for x in v.split(",")},
-        default=None,
-        help="run OpenSearch on these CPUs only and everything else (Kafka, Jaeger, the "
-        "workers, this process) on the others, e.g. 1: the store gets its own core(s), "
-        "as on its own machines, and the real-stack ratio asks only whether the pipeline "
-        "keeps up with it",
+        type=lambda v: None if v == "none" else {int(x) for x in v.split(",")},
+        default={(os.cpu_count() or 1) - 1} if (os.cpu_count() or 1) > 1 else None,
+        help="the real stack a second time with OpenSearch on these CPUs only and "
+        "everything else (Kafka, Jaeger, the workers, this process) on the others "
+        "(default: the last CPU; 'none' skips it): the store gets core(s) of its own, as "
+        "on its own machines, and the ratio asks only whether the pipeline keeps up",
     )
     parser.add_argument(
         "--compare",

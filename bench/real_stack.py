@@ -57,18 +57,10 @@ class Services:
     jaeger: JaegerServer
 
     @classmethod
-    def start(cls, workdir: Path, store_cpus: set[int] | None = None) -> Services:
-        """Start the three services; with ``store_cpus``, OpenSearch runs on those CPUs
-        only and this process (so Kafka, Jaeger and every worker it starts later: the
-        affinity is inherited) on the others: the store gets cores of its own, as it
-        has on its own machines in production, and the pipeline cannot take them."""
+    def start(cls, workdir: Path) -> Services:
         settings = StackSettings.model_validate({})
         cache = Path(settings.cache_dir)
         java_home = settings.java_home or None
-        everything = os.sched_getaffinity(0)
-        rest = everything - store_cpus if store_cpus else everything
-        if store_cpus and not rest:
-            raise ValueError(f"--store-cpus {sorted(store_cpus)} leaves no CPU for the pipeline")
         kafka = KafkaNode(
             data_dir=_fresh(workdir / "kafka"),
             lib=kafka_lib(cache),
@@ -82,14 +74,8 @@ class Services:
             java_home=java_home,
         )
         jaeger = JaegerServer(build_jaeger(cache), _fresh(workdir / "jaeger"))
-        os.sched_setaffinity(0, rest)
         kafka.spawn()
-        if store_cpus:
-            os.sched_setaffinity(0, store_cpus)
-        try:
-            opensearch.spawn()
-        finally:
-            os.sched_setaffinity(0, rest)
+        opensearch.spawn()
         try:
             jaeger.start()
             kafka.wait_ready()
@@ -100,14 +86,32 @@ class Services:
             raise
         return cls(kafka, opensearch, jaeger)
 
-    def cpu_clocks(self) -> dict[str, Callable[[], float]]:
-        """CPU-seconds clocks of the services by name (each with its children)."""
+    def pin_store(self, store_cpus: set[int] | None) -> None:
+        """OpenSearch on ``store_cpus`` only, and Kafka, Jaeger and this process (so every
+        worker it starts from now on: affinity is inherited) on the other CPUs: the store
+        gets cores of its own, as on its own machines in production, and the pipeline
+        cannot take them. None: everything on every CPU again."""
+        everything = set(range(os.cpu_count() or 1))
+        rest = everything - store_cpus if store_cpus else everything
+        if not rest:
+            raise ValueError(f"store CPUs {sorted(store_cpus or ())} leave none for the pipeline")
+        for name, pid in self._pids().items():
+            set_affinity(pid, (store_cpus or everything) if name == "opensearch" else rest)
+        for task in Path("/proc/self/task").iterdir():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(task.name), rest)
+
+    def _pids(self) -> dict[str, int]:
         named = {
             "opensearch": self.opensearch.process.pid,
             "jaeger": self.jaeger.pid,
             "kafka": self.kafka.process.pid,
         }
-        return {name: partial(tree_cpu_seconds, pid) for name, pid in named.items() if pid}
+        return {name: pid for name, pid in named.items() if pid}
+
+    def cpu_clocks(self) -> dict[str, Callable[[], float]]:
+        """CPU-seconds clocks of the services by name (each with its children)."""
+        return {name: partial(tree_cpu_seconds, pid) for name, pid in self._pids().items()}
 
     def jit_clock(self) -> dict[str, Callable[[], float]]:
         """The CPU-seconds clock of OpenSearch's JIT compiler threads (part of its CPU)."""
@@ -177,6 +181,16 @@ def tree_cpu_seconds(pid: int) -> float:
         with contextlib.suppress(OSError):
             total += _stat_cpu_seconds(Path(f"/proc/{member}/stat").read_text())
     return total
+
+
+def set_affinity(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` and its descendants on ``cpus`` (threads started later
+    inherit it from the thread that starts them)."""
+    for member in _process_tree(pid):
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{member}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(task.name), cpus)
 
 
 def jit_cpu_seconds(pid: int) -> float:

@@ -128,11 +128,12 @@ class Settings(BaseSettings):
         "Faust's consumer (fast path); stream: stock Faust agent with stream.take_events.",
     )
     batch_concurrency: int = Field(
-        4,
+        2,
         ge=1,
         le=16,
-        description="Batches in flight at once (enrich one while others are stored); each holds "
-        "its offsets uncommitted until stored.",
+        description="Batches in flight at once (enrich one while one is stored); each holds its "
+        "offsets uncommitted until stored. Each delivered batch hands its spans to the OTLP "
+        "queue at once: keep batch_size x batch_concurrency well inside otlp_queue_size.",
     )
 
     # --- Elasticsearch / OpenSearch --------------------------------------
