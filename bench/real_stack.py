@@ -307,7 +307,7 @@ def enriched_bulk_bodies(
     }
 
 
-async def _load(url: str, bodies: Sequence[bytes], concurrency: int) -> tuple[float, int]:
+async def bulk_load(url: str, bodies: Sequence[bytes], concurrency: int) -> tuple[float, int]:
     """Bulk-load ``bodies`` over ``concurrency`` connections; (seconds, failed items).
 
     A 429 (the write queue full) is retried after a short pause, as a client
@@ -358,7 +358,7 @@ async def store_ceiling(
         for concurrency in concurrencies:
             services.reset_data_stream()
             meter = CpuMeter(store, services.jit_clock()).start()
-            seconds, failed = await _load(services.opensearch.url, size_bodies, concurrency)
+            seconds, failed = await bulk_load(services.opensearch.url, size_bodies, concurrency)
             cpu = meter.stop(documents)
             stored = services.document_count()
             runs.append(
@@ -400,7 +400,7 @@ async def warm_store(
     for _ in range(WARM_UP_LOADS):
         services.reset_data_stream()
         before = {name: clock() for name, clock in clocks.items()}
-        seconds, _failed = await _load(services.opensearch.url, bodies, concurrency)
+        seconds, _failed = await bulk_load(services.opensearch.url, bodies, concurrency)
         spent = {name: clock() - before[name] for name, clock in clocks.items()}
         share = spent.get("opensearch_jit", 0.0) / max(spent["opensearch"], 1e-9)
         rounds.append({"seconds": round(seconds, 2), "jit_share": round(share, 3)})
