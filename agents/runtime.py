@@ -81,6 +81,8 @@ class Runtime:
                 observe_latency=self.telemetry.bulk_latency.observe,
             )
         self.exporter = OtlpExporter.from_settings(settings.otlp)
+        if (burst := settings.span_burst_warning()) is not None:
+            log.warning("%s", burst)
         self.app: Any = None
         self._producer: FaustRecordProducer | None = None
         self.dead_letters: DeadLetterSink | None = None

@@ -168,7 +168,11 @@ class Settings(BaseSettings):
     )
     otlp_headers: str = Field("", description="Extra OTLP headers, k=v comma list (secret values).")
     otlp_queue_size: int = Field(
-        20_000, ge=1, description="Spans buffered before new ones are dropped."
+        20_000,
+        ge=1,
+        description="Spans buffered before new ones are dropped. A delivered batch queues its "
+        "spans at once: the worker warns at start when batch_size x batch_concurrency is more "
+        "than half of it.",
     )
     otlp_batch_size: int = Field(512, ge=1, description="Spans per export request.")
     otlp_concurrent_exports: int = Field(
@@ -476,6 +480,27 @@ class Settings(BaseSettings):
 
     def es_hosts(self) -> list[str]:
         return [u.strip() for u in self.es_url.split(",") if u.strip()]
+
+    def span_burst_warning(self) -> str | None:
+        """Why spans may be dropped in bursts with these settings, or None.
+
+        A delivered batch hands all its spans to the OTLP queue at once, so up to
+        ``batch_size x batch_concurrency`` can arrive together; more than the queue
+        holds are dropped even when the trace backend keeps up on average (measured:
+        batches of 5,000, four in flight, a 20,000-span queue: a fifth of the spans
+        dropped; bench/README.md, "Session 11").
+        """
+        if not self.otlp_endpoint:
+            return None
+        burst = self.batch_size * self.batch_concurrency
+        if burst <= self.otlp_queue_size // 2:
+            return None
+        return (
+            f"GRAYSCOPE_BATCH_SIZE x GRAYSCOPE_BATCH_CONCURRENCY = {burst:,} spans can reach "
+            f"the OTLP queue at once, more than half of GRAYSCOPE_OTLP_QUEUE_SIZE "
+            f"({self.otlp_queue_size:,}): spans will be dropped in bursts; raise the queue "
+            f"to at least {2 * burst:,} or lower the batch settings"
+        )
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict safe to log (secrets masked)."""

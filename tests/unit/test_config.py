@@ -160,3 +160,26 @@ def test_every_section_field_reads_a_documented_flat_setting() -> None:
             seen.add(setting)
     assert settings.kafka.brokers == "a:1,b:2"
     assert settings.store.hosts() == ["http://x:9200", "http://y:9200"]
+
+
+def test_the_defaults_leave_room_in_the_span_queue_for_every_batch_in_flight() -> None:
+    settings = Settings(otlp_endpoint="http://collector:4317")
+    assert settings.batch_size * settings.batch_concurrency <= settings.otlp_queue_size // 2
+    assert settings.span_burst_warning() is None
+
+
+def test_batches_that_could_fill_the_span_queue_at_once_are_warned_about() -> None:
+    settings = Settings(otlp_endpoint="http://collector:4317", batch_size=5000, batch_concurrency=4)
+    warning = settings.span_burst_warning()
+    assert warning is not None
+    assert "20,000 spans" in warning and "GRAYSCOPE_OTLP_QUEUE_SIZE (20,000)" in warning
+    assert "at least 40,000" in warning
+    roomy = Settings(
+        otlp_endpoint="http://collector:4317",
+        batch_size=5000,
+        batch_concurrency=4,
+        otlp_queue_size=40_000,
+    )
+    assert roomy.span_burst_warning() is None
+    # Without span export there is no queue to overflow.
+    assert Settings(batch_size=5000, batch_concurrency=4).span_burst_warning() is None
