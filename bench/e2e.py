@@ -46,6 +46,8 @@ from bench.real_stack import (  # noqa: E402
     Services,
     cpu_bound,
     enriched_bulk_bodies,
+    machine_cpu_ticks,
+    stat_cpu_seconds,
     store_ceiling,
 )
 from pipeline import native  # noqa: E402
@@ -197,14 +199,12 @@ def start_worker(
 
 def cpu_seconds(pid: int) -> dict[int, float]:
     """CPU time (user + system) of each of the process's threads, by thread id."""
-    tick = os.sysconf("SC_CLK_TCK")
     out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(task.name)] = stat_cpu_seconds((task / "stat").read_text())
         except OSError:
             continue  # the thread ended meanwhile
-        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
     return out
 
 
@@ -229,7 +229,7 @@ def cpu_per_event(pid: int, before: dict[int, float], events: float) -> dict[str
 
 def host_cpu_ticks() -> tuple[int, int]:
     """(steal, total) CPU ticks of the whole machine, from /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    fields = machine_cpu_ticks()
     return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
 
 

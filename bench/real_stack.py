@@ -164,7 +164,8 @@ def _process_tree(pid: int) -> list[int]:
     return tree
 
 
-def _stat_cpu_seconds(stat: str) -> float:
+def stat_cpu_seconds(stat: str) -> float:
+    """User + system CPU seconds from the text of a ``/proc/PID[/task/TID]/stat``."""
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -179,7 +180,7 @@ def tree_cpu_seconds(pid: int) -> float:
     total = 0.0
     for member in _process_tree(pid):
         with contextlib.suppress(OSError):
-            total += _stat_cpu_seconds(Path(f"/proc/{member}/stat").read_text())
+            total += stat_cpu_seconds(Path(f"/proc/{member}/stat").read_text())
     return total
 
 
@@ -204,7 +205,7 @@ def jit_cpu_seconds(pid: int) -> float:
                 with contextlib.suppress(OSError):
                     stat = (task / "stat").read_text()
                     if "CompilerThre" in stat[: stat.rindex(")")]:
-                        total += _stat_cpu_seconds(stat)
+                        total += stat_cpu_seconds(stat)
     return total
 
 
@@ -214,10 +215,16 @@ def own_cpu_seconds() -> float:
     return times.user + times.system
 
 
+def machine_cpu_ticks() -> list[int]:
+    """The machine's CPU ticks since boot by kind (user, nice, system, idle, iowait, irq,
+    softirq, steal, ...), from the first line of ``/proc/stat``."""
+    return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+
+
 def busy_cpu_ticks() -> tuple[int, int]:
-    """(busy, all) CPU ticks of the whole machine since boot, from ``/proc/stat``
+    """(busy, all) CPU ticks of the whole machine since boot
     (busy: everything but idle and iowait; steal counts as busy, it is a core lost)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    fields = machine_cpu_ticks()
     every = sum(fields[:8])
     return every - fields[3] - fields[4], every
 
