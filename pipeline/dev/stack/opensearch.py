@@ -33,9 +33,7 @@ import contextlib
 import hashlib
 import json
 import logging
-import shutil
 import subprocess
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
@@ -47,7 +45,7 @@ from pipeline.dev.stack.process import (
     LOOPBACK,
     ManagedProcess,
     ProcessService,
-    exclusive_lock,
+    build_once,
     free_port,
 )
 from pipeline.errors import ServiceError, StoreHTTPError
@@ -66,29 +64,32 @@ def opensearch_version() -> str:
 
 def launcher_class_path(lib: Path, java: str) -> Path | None:
     """The folder holding the launcher compiled against ``lib``'s jars, compiled once
-    (under a lock: test workers start nodes at the same time); None when there is no
+    (``build_once``: test workers start nodes at the same time); None when there is no
     ``javac`` beside ``java`` or it fails (the caller runs the source instead)."""
-    source = LAUNCHER.read_bytes()
-    classes = lib.parent / f"launcher-{hashlib.sha256(source).hexdigest()[:16]}"
-    if (classes / f"{LAUNCHER.stem}.class").exists():
-        return classes
+    classes = lib.parent / f"launcher-{hashlib.sha256(LAUNCHER.read_bytes()).hexdigest()[:16]}"
     javac = Path(java).resolve().with_name("javac")
-    if not javac.exists():
-        return None
-    with exclusive_lock(lib.parent / ".launcher.lock"):
-        if (classes / f"{LAUNCHER.stem}.class").exists():
-            return classes
-        building = Path(tempfile.mkdtemp(prefix="launcher-", dir=lib.parent))
-        done = subprocess.run(
-            [str(javac), "-nowarn", "-cp", f"{lib}/*", "-d", str(building), str(LAUNCHER)],
+
+    def compile_launcher(javac_path: str) -> None:
+        subprocess.run(
+            [javac_path, "-nowarn", "-cp", f"{lib}/*", "-d", str(classes), str(LAUNCHER)],
+            check=True,
             capture_output=True,
             text=True,
         )
-        if done.returncode != 0:
-            shutil.rmtree(building, ignore_errors=True)
-            log.warning("javac failed, running the launcher from source: %s", done.stderr[-500:])
-            return None
-        building.rename(classes)
+
+    try:
+        build_once(
+            classes / f"{LAUNCHER.stem}.class",
+            "the OpenSearch launcher",
+            str(javac),
+            compile_launcher,
+            needs="a JDK's javac",
+        )
+    except ServiceError:  # no javac beside java (a JRE): run the source
+        return None
+    except subprocess.CalledProcessError as exc:
+        log.warning("javac failed, running the launcher from source: %s", exc.stderr[-500:])
+        return None
     return classes
 
 

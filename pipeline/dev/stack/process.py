@@ -86,19 +86,22 @@ def exclusive_lock(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def build_once(binary: Path, what: str, go: str, build: Callable[[str], None]) -> Path:
-    """``binary`` from the service cache; else ``build(go_path)`` makes it there, once
+def build_once(
+    binary: Path, what: str, tool: str, build: Callable[[str], None], *, needs: str = "Go"
+) -> Path:
+    """``binary`` from the service cache; else ``build(tool_path)`` makes it there, once
     across processes (under the cache entry's build lock; another process may have
-    built it while this one waited)."""
+    built it while this one waited). ``tool``: the compiler (``go``, a ``javac``) on
+    PATH or as a path; ``needs`` names it in the error when it is missing."""
     if binary.exists():
         return binary
-    go_path = shutil.which(go)
-    if go_path is None:
-        raise ServiceError(f"no `{go}` on PATH: building {what} needs Go")
+    tool_path = shutil.which(tool)
+    if tool_path is None:
+        raise ServiceError(f"no `{tool}` on PATH: building {what} needs {needs}")
     binary.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(binary.parent / ".build.lock"):
         if not binary.exists():
-            build(go_path)
+            build(tool_path)
     return binary
 
 
