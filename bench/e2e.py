@@ -45,8 +45,10 @@ from bench.real_stack import (  # noqa: E402
     CpuMeter,
     Services,
     cpu_bound,
+    default_store_cpus,
     enriched_bulk_bodies,
     machine_cpu_ticks,
+    parse_cpus,
     stat_cpu_seconds,
     store_ceiling,
 )
@@ -499,12 +501,7 @@ async def real_stack(
     await produce(services.kafka.bootstrap, topic, values[:n])
     await services.install_templates()
     documents, bodies = enriched_bulk_bodies(values[:n], topic, PARTITIONS, args.bulk_sizes)
-    env = base | {
-        "GRAYSCOPE_INPUT_TOPICS": topic,
-        "GRAYSCOPE_ES_URL": services.opensearch.url,
-        "GRAYSCOPE_ES_MODE": "data_stream",
-        "GRAYSCOPE_OTLP_ENDPOINT": services.jaeger.otlp_grpc_endpoint,
-    }
+    env = base | services.worker_env(topic)
     shared = await store_and_worker(services, env, n, documents, bodies, args, log, None)
     shared["topic"] = topic
     if args.store_cpus:
@@ -1028,8 +1025,8 @@ def main() -> int:
     )
     parser.add_argument(
         "--store-cpus",
-        type=lambda v: None if v == "none" else {int(x) for x in v.split(",")},
-        default={(os.cpu_count() or 1) - 1} if (os.cpu_count() or 1) > 1 else None,
+        type=parse_cpus,
+        default=default_store_cpus(),
         help="the real stack a second time with OpenSearch on these CPUs only and "
         "everything else (Kafka, Jaeger, the workers, this process) on the others "
         "(default: the last CPU; 'none' skips it): the store gets core(s) of its own, as "

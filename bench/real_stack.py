@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -97,7 +97,7 @@ class Services:
             raise ValueError(f"store CPUs {sorted(store_cpus or ())} leave none for the pipeline")
         for name, pid in self._pids().items():
             set_affinity(pid, (store_cpus or everything) if name == "opensearch" else rest)
-        for task in Path("/proc/self/task").iterdir():
+        for task in _threads([os.getpid()]):  # this process alone, not the services
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(int(task.name), rest)
 
@@ -108,6 +108,17 @@ class Services:
             "kafka": self.kafka.process.pid,
         }
         return {name: pid for name, pid in named.items() if pid}
+
+    def worker_env(self, topic: str) -> dict[str, str]:
+        """A worker's settings: ``topic`` from this Kafka into this OpenSearch (the data
+        stream, as by default) with spans to this Jaeger."""
+        return {
+            "GRAYSCOPE_KAFKA_BROKERS": self.kafka.bootstrap,
+            "GRAYSCOPE_INPUT_TOPICS": topic,
+            "GRAYSCOPE_ES_URL": self.opensearch.url,
+            "GRAYSCOPE_ES_MODE": "data_stream",
+            "GRAYSCOPE_OTLP_ENDPOINT": self.jaeger.otlp_grpc_endpoint,
+        }
 
     def cpu_clocks(self) -> dict[str, Callable[[], float]]:
         """CPU-seconds clocks of the services by name (each with its children)."""
@@ -184,14 +195,20 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def _threads(pids: Iterable[int]) -> Iterator[Path]:
+    """``/proc/PID/task/TID`` of every thread of these processes (those that end
+    meanwhile are skipped; so must a caller's reads of them be)."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            yield from Path(f"/proc/{pid}/task").iterdir()
+
+
 def set_affinity(pid: int, cpus: set[int]) -> None:
     """Every thread of ``pid`` and its descendants on ``cpus`` (threads started later
     inherit it from the thread that starts them)."""
-    for member in _process_tree(pid):
+    for task in _threads(_process_tree(pid)):
         with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{member}/task").iterdir():
-                with contextlib.suppress(OSError):
-                    os.sched_setaffinity(int(task.name), cpus)
+            os.sched_setaffinity(int(task.name), cpus)
 
 
 def jit_cpu_seconds(pid: int) -> float:
@@ -199,14 +216,23 @@ def jit_cpu_seconds(pid: int) -> float:
     (``pid`` and its descendants): a freshly started OpenSearch spends up to half of
     its CPU compiling during its first few hundred thousand documents."""
     total = 0.0
-    for member in _process_tree(pid):
+    for task in _threads(_process_tree(pid)):
         with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{member}/task").iterdir():
-                with contextlib.suppress(OSError):
-                    stat = (task / "stat").read_text()
-                    if "CompilerThre" in stat[: stat.rindex(")")]:
-                        total += stat_cpu_seconds(stat)
+            stat = (task / "stat").read_text()
+            if "CompilerThre" in stat[: stat.rindex(")")]:
+                total += stat_cpu_seconds(stat)
     return total
+
+
+def parse_cpus(text: str) -> set[int] | None:
+    """``--store-cpus``: "1" or "2,3" -> the CPUs; "none" -> None."""
+    return None if text == "none" else {int(cpu) for cpu in text.split(",")}
+
+
+def default_store_cpus() -> set[int] | None:
+    """The last CPU for the store when there are two or more, else none."""
+    cpus = os.cpu_count() or 1
+    return {cpus - 1} if cpus > 1 else None
 
 
 def own_cpu_seconds() -> float:
@@ -400,16 +426,17 @@ async def warm_store(
     of 7.5, 6.0, 6.5, 3.4, 4.3, 3.3, 2.7, 2.6 s loads, and the rate went 6.6k -> 19.3k
     docs/s. A ceiling measured on a cold JVM is the compiler's, not the store's, and
     whichever of the ceiling and the worker's run comes later would look better.
-    Returns each warm-up load's docs/s and the compiler's share of the store's CPU.
+    Returns each warm-up load's seconds and the compiler's share of the store's CPU.
     """
     rounds: list[dict[str, float]] = []
-    clocks = {"opensearch": services.cpu_clocks()["opensearch"]} | services.jit_clock()
+    store = {"opensearch": services.cpu_clocks()["opensearch"]}
     for _ in range(WARM_UP_LOADS):
         services.reset_data_stream()
-        before = {name: clock() for name, clock in clocks.items()}
+        meter = CpuMeter(store, services.jit_clock()).start()
         seconds, _failed = await bulk_load(services.opensearch.url, bodies, concurrency)
-        spent = {name: clock() - before[name] for name, clock in clocks.items()}
-        share = spent.get("opensearch_jit", 0.0) / max(spent["opensearch"], 1e-9)
+        cpu = meter.stop(1.0)  # only the compiler's share of the store's CPU is used
+        jit = cpu["aside_us_per_event"].get("opensearch_jit", 0.0)
+        share = jit / max(cpu["cpu_us_per_event"]["opensearch"], 1e-9)
         rounds.append({"seconds": round(seconds, 2), "jit_share": round(share, 3)})
         if share <= JIT_SETTLED:
             break

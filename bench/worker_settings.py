@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import uuid
 from pathlib import Path
@@ -39,7 +38,9 @@ from bench import e2e  # noqa: E402
 from bench.real_stack import (  # noqa: E402
     Services,
     bulk_load,
+    default_store_cpus,
     enriched_bulk_bodies,
+    parse_cpus,
     warm_store,
 )
 from pipeline.dev.synth import generate  # noqa: E402
@@ -70,13 +71,7 @@ async def run(args: argparse.Namespace) -> None:
         topic = "settings-" + uuid.uuid4().hex[:8]
         await e2e.create_topics(bootstrap, [topic], e2e.PARTITIONS)
         await e2e.produce(bootstrap, topic, values)
-        env = {
-            "GRAYSCOPE_KAFKA_BROKERS": bootstrap,
-            "GRAYSCOPE_INPUT_TOPICS": topic,
-            "GRAYSCOPE_ES_URL": services.opensearch.url,
-            "GRAYSCOPE_ES_MODE": "data_stream",
-            "GRAYSCOPE_OTLP_ENDPOINT": services.jaeger.otlp_grpc_endpoint,
-        }
+        env = services.worker_env(topic)
         if real:
             await services.install_templates()
             _, bodies = enriched_bulk_bodies(values, topic, e2e.PARTITIONS, [BULK])
@@ -138,8 +133,8 @@ def main() -> int:
     parser.add_argument("--store", choices=("opensearch", "null"), default="opensearch")
     parser.add_argument(
         "--store-cpus",
-        type=lambda v: None if v == "none" else {int(x) for x in v.split(",")},
-        default={(os.cpu_count() or 1) - 1} if (os.cpu_count() or 1) > 1 else None,
+        type=parse_cpus,
+        default=default_store_cpus(),
         help="OpenSearch on these CPUs only, the rest on the others ('none': shared)",
     )
     parser.add_argument("--timeout", type=float, default=300.0)
