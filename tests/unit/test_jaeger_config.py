@@ -37,11 +37,12 @@ def test_all_in_one_listens_on_the_given_loopback_ports_only() -> None:
     assert not DEFAULT_PORTS & {int(e.rsplit(":", 1)[1]) for e in listeners}
     # Only the extensions that were given ports: no health check, pprof or zpages on defaults.
     assert config["service"]["extensions"] == ["jaeger_storage", "jaeger_query"]
+    # Straight into the store: senders batch already (the module's doc has the figures).
     assert config["service"]["pipelines"]["traces"] == {
         "receivers": ["otlp"],
-        "processors": ["batch"],
         "exporters": ["jaeger_storage_exporter"],
     }
+    assert "processors" not in config
     assert config["extensions"]["jaeger_query"]["storage"] == {"traces": "memstore"}
 
 

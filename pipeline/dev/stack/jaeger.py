@@ -16,9 +16,13 @@ Run
     ``--config``. Every listener is on a free loopback port, none on a Jaeger
     default (other test runs share the machine). Two modes:
 
-    - all-in-one (``upstream=None``): OTLP gRPC + HTTP receivers → batch →
-      the in-memory trace store, and the query service (HTTP API + UI, gRPC
-      API) reading it. Ready when the query API answers.
+    - all-in-one (``upstream=None``): OTLP gRPC + HTTP receivers → the
+      in-memory trace store, and the query service (HTTP API + UI, gRPC API)
+      reading it. Ready when the query API answers. No batch processor: what
+      sends to it (grayscope's exporter, 512 spans a request; a relay) sends
+      batches already, and re-batching them in front of a store in memory only
+      cost CPU (100,000 spans in 512-span requests: 13.3-15.7 CPU µs per span
+      with it, 10.0-10.9 without, three rounds each; bench/README.md, "Session 12").
     - relay (``upstream=<OTLP gRPC endpoint>``): OTLP receivers → batch → an
       ``otlp`` exporter to another Jaeger or collector; the shape of the OTel
       Collector users put in front of Jaeger. Ready when both receivers accept.
@@ -210,7 +214,6 @@ def jaeger_config(ports: JaegerPorts, upstream: str | None = None) -> dict[str, 
             },
         },
         "receivers": receivers,
-        "processors": {"batch": {"timeout": "200ms"}},
         "exporters": {"jaeger_storage_exporter": {"trace_storage": "memstore"}},
         "service": {
             "extensions": ["jaeger_storage", "jaeger_query"],
@@ -218,7 +221,6 @@ def jaeger_config(ports: JaegerPorts, upstream: str | None = None) -> dict[str, 
             "pipelines": {
                 "traces": {
                     "receivers": ["otlp"],
-                    "processors": ["batch"],
                     "exporters": ["jaeger_storage_exporter"],
                 }
             },
