@@ -9,13 +9,20 @@ The worker's path for a batch, one named step each (``BatchHandler.handle``):
 3. ``encode_spans`` (pipeline/core/otlp.py): one OTLP span per request;
 4. ``_deliver``: the store's bulk requests (pipeline/sinks/elasticsearch/),
    then every dead letter to the dead-letter topic (pipeline/sinks/dlq.py);
-5. ``_after_delivery``: spans to the exporter's bounded queue (never holding up
-   the batch), the canary observer, latency and stats. (The request metrics,
-   ``pipeline/metrics/``, count each batch once it is processed.)
+   with ``GRAYSCOPE_OTLP_WHEN_FULL=block``, then the spans into the exporter's
+   queue, waiting for room (``OtlpExporter.submit_blocking``);
+5. ``_after_delivery``: spans to the exporter's bounded queue (drop_newest mode:
+   never holding up the batch), the canary observer, latency and stats. (The
+   request metrics, ``pipeline/metrics/``, count each batch once it is processed.)
 
 ``handle`` returns only when every message of the batch is stored or
 dead-lettered: the caller (agents/batching.py, or the stock Faust stream in
-agents/app.py) may then let the offsets be committed. Faust-agnostic on
+agents/app.py) may then let the offsets be committed. In block mode it also
+waits until the batch's spans are queued: that wait is the backpressure (the
+caller takes no next batch meanwhile, so a full span queue slows consumption
+instead of dropping spans). It comes after the documents are stored, never
+before (a slow trace backend delays the ack, not indexing), and inside the
+delivery that ``interrupt`` bounds at shutdown. Faust-agnostic on
 purpose. The per-event work of steps 1-3 runs in the compiled core, a stage at
 a time over the whole batch (bench/README.md, "Session 5").
 """
@@ -30,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pipeline.canary.observer import CanaryObserver
+from pipeline.config import WhenFull
 from pipeline.core.bulk import BulkItem, Rejection, build_bulk_items
 from pipeline.core.enrich import EnrichContext
 from pipeline.core.model import DeadLetter, InputMessage, Reason
@@ -57,6 +65,9 @@ class StoreSink(Protocol):
 class SpanSink(Protocol):
     def submit(self, spans: Sequence[EncodedSpan]) -> int:
         """Queue encoded spans without waiting; returns how many were accepted."""
+
+    async def submit_blocking(self, spans: Sequence[EncodedSpan]) -> int:
+        """Queue encoded spans, waiting for room; returns how many were queued."""
 
 
 @dataclass(slots=True)
@@ -86,6 +97,7 @@ class BatchHandler:
         observe_latency: Callable[[list[float]], None] | None = None,
         observer: CanaryObserver | None = None,
         request_metrics: RequestMetrics | None = None,
+        span_when_full: WhenFull = WhenFull.DROP_NEWEST,
     ) -> None:
         self._ctx = ctx
         self._store = store
@@ -95,6 +107,8 @@ class BatchHandler:
         self._observe_latency = observe_latency
         self._observer = observer
         self._request_metrics = request_metrics
+        # Decided once: the drop_newest path stays exactly as it was (no await per batch).
+        self._block_on_spans = spans is not None and span_when_full is WhenFull.BLOCK
         self.stats = BatchStats()
         self._delivering: set[asyncio.Task[int]] = set()
         self._idle = asyncio.Event()
@@ -138,8 +152,13 @@ class BatchHandler:
             # Counted once processed, before delivery (pipeline/metrics/requests.py).
             self._request_metrics.add_batch(results)
         del results  # serialised and encoded: free the documents before the delivery wait
-        stored = await self._deliver_guarded(items, letters)
-        self._after_delivery(messages, spans, observed, funnel_seen)
+        if self._block_on_spans:
+            # Queued inside the delivery, after the documents (see the module doc).
+            stored = await self._deliver_guarded(items, letters, spans)
+            self._after_delivery(messages, [], observed, funnel_seen)
+        else:
+            stored = await self._deliver_guarded(items, letters)
+            self._after_delivery(messages, spans, observed, funnel_seen)
         stats = self.stats
         stats.messages_consumed_total += len(messages)
         stats.batches_total += 1
@@ -147,12 +166,17 @@ class BatchHandler:
         stats.last_batch_seconds = time.perf_counter() - started
         return BatchOutcome(stored, len(letters), len(spans))
 
-    async def _deliver_guarded(self, items: list[BulkItem], letters: list[Rejection]) -> int:
+    async def _deliver_guarded(
+        self,
+        items: list[BulkItem],
+        letters: list[Rejection],
+        blocking_spans: list[EncodedSpan] | None = None,
+    ) -> int:
         """``_deliver`` as a task ``interrupt`` can abandon at shutdown."""
         if self._interrupted:
             raise ShutdownInterrupted("worker is stopping")
         self._idle.clear()
-        delivering = asyncio.ensure_future(self._deliver(items, letters))
+        delivering = asyncio.ensure_future(self._deliver(items, letters, blocking_spans))
         self._delivering.add(delivering)
         try:
             return await delivering
@@ -190,8 +214,12 @@ class BatchHandler:
         self,
         items: list[BulkItem],
         letters: list[Rejection],
+        blocking_spans: list[EncodedSpan] | None = None,
     ) -> int:
-        """Store the documents, dead-letter what the store rejects; the number stored."""
+        """Store the documents, dead-letter what the store rejects; the number stored.
+
+        Then, in block mode, queue ``blocking_spans``, waiting for room.
+        """
         stored = 0
         if items and self._store is not None:
             rejected = await self._store.deliver(items)
@@ -202,4 +230,9 @@ class BatchHandler:
                 letter = DeadLetter(Reason.MAPPING_REJECTED, detail, msg.value or b"")
                 letters.append((letter, msg.coords, msg.key))
         await self._dead_letters.send(letters)
+        if blocking_spans and self._spans is not None:
+            # Best effort still: the exporter drops what it cannot export after its
+            # retries (which frees room), so this wait ends even while the collector
+            # is down; it only holds the ack and the next batch back until then.
+            await self._spans.submit_blocking(blocking_spans)
         return stored
