@@ -237,3 +237,30 @@ async def test_a_batch_waiting_for_span_room_is_abandoned_at_shutdown() -> None:
     with pytest.raises(ShutdownInterrupted):
         await handled
     await spans.stop(flush_timeout=0.01)
+
+
+async def test_block_mode_records_the_delivery_latency_before_the_span_wait() -> None:
+    transport = FakeTransport()
+    transport.gate = asyncio.Event()
+    spans = otlp_exporter(
+        transport, queue_size=2, batch_size=2, max_concurrent=1, when_full="block"
+    )
+    spans.start()
+    latencies: list[list[float]] = []
+    batches = BatchHandler(
+        EnrichContext(),
+        FakeStore(),
+        DeadLetterSink(FakeProducer(), "dlq"),
+        spans,
+        es_mode="index",
+        observe_latency=latencies.append,
+        span_when_full=WhenFull.BLOCK,
+    )
+    handled = asyncio.create_task(batches.handle(lines(6, "d")))
+    await settle(transport, 1)
+    assert not handled.done()
+    # The documents' latency (Kafka record -> stored), not theirs plus the span wait.
+    assert len(latencies) == 1
+    transport.gate.set()
+    await asyncio.wait_for(handled, timeout=10)
+    await spans.stop()
