@@ -400,7 +400,8 @@ class OtlpExporter:
         ``max_retries``, each try bounded by the timeout). Spans not queued when the
         exporter stops (or its task ended) are counted as ``shutdown`` drops; while
         ``waits_released`` is in force, those that do not fit are ``queue_full``
-        drops, as in ``submit``.
+        drops, as in ``submit``. Before ``start`` nothing leaves the queue: a caller
+        that finds it full waits for the start.
         """
         if not spans:
             return 0
@@ -445,9 +446,10 @@ class OtlpExporter:
 
         For a rebalance: the worker waits for its batches in flight before it gives
         up their partitions, and a batch waiting for span room (minutes while the
-        collector is down) would hold that past the group's rebalance timeout. Those
-        batches are not acked anyway; the partitions' next owner reads them again,
-        spans included.
+        collector is down) would hold that past the group's rebalance timeout. In the
+        batch consumer mode those batches are not acked anyway: the partitions' next
+        owner reads them again, spans included. (In the stock stream mode Faust may
+        commit them: their remaining spans are then lost, counted as ``queue_full``.)
         """
         self._waits_released += 1
         self._room.set()
@@ -504,7 +506,6 @@ class OtlpExporter:
         self._inflight = 0
         self.stats.spans_queued = 0
         self._idle.set()
-        self._room.set()
         await self._transport.close()
 
     async def __aenter__(self) -> OtlpExporter:
