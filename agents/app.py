@@ -9,6 +9,7 @@ its events are withheld from acking so their offsets are never committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import tempfile
 import time
@@ -153,6 +154,9 @@ class GrayscopeApp(BatchPathApp, faust.App):
 
     async def on_revoked(self) -> None:
         await self.grayscope_runtime.on_partitions_revoked()
+
+    def revocation_scope(self) -> contextlib.AbstractContextManager[None]:
+        return self.grayscope_runtime.revocation_scope()
 
     async def on_stop(self) -> None:
         # Faust's stop waits until every started message is acked; a batch stuck

@@ -364,13 +364,19 @@ class BatchPathApp:
     ``batch_path`` says whether this app consumes through ``BatchingConsumer``;
     ``on_revoked`` runs before Faust's own revocation handling (like Faust
     waiting for its streams: queued batches are dropped, unacked, so the next
-    owner reads them again, and the batch in flight finishes).
+    owner reads them again, and the batch in flight finishes); ``revocation_scope``
+    is held around both (the worker's lets a batch in flight stop waiting for span
+    queue room, which could outlast the group's rebalance timeout).
     """
 
     batch_path: bool = False
 
     async def on_revoked(self) -> None:
         return None
+
+    def revocation_scope(self) -> contextlib.AbstractContextManager[None]:
+        """Entered for the whole revocation: ``on_revoked`` and Faust's own handling."""
+        return contextlib.nullcontext()
 
     def _new_transport(self) -> Any:
         if self.batch_path:
@@ -379,8 +385,9 @@ class BatchPathApp:
         return super()._new_transport()  # type: ignore[misc]
 
     async def _on_partitions_revoked(self, revoked: set[Any]) -> None:
-        await self.on_revoked()
-        await super()._on_partitions_revoked(revoked)  # type: ignore[misc]
+        with self.revocation_scope():
+            await self.on_revoked()
+            await super()._on_partitions_revoked(revoked)  # type: ignore[misc]
 
 
 class BatchPump:

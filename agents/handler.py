@@ -10,12 +10,21 @@ The worker's path for a batch, one named step each (``BatchHandler.handle``):
 4. ``_deliver``: the store's bulk requests (pipeline/sinks/elasticsearch/),
    then every dead letter to the dead-letter topic (pipeline/sinks/dlq.py);
 5. ``_after_delivery``: spans to the exporter's bounded queue (never holding up
-   the batch), the canary observer, latency and stats. (The request metrics,
-   ``pipeline/metrics/``, count each batch once it is processed.)
+   the batch; with ``GRAYSCOPE_OTLP_WHEN_FULL=block`` see below), the canary
+   observer, latency and stats. (The request metrics, ``pipeline/metrics/``,
+   count each batch once it is processed.)
+6. block mode only: the spans into the exporter's queue, waiting for room
+   (``OtlpExporter.submit_blocking``).
 
 ``handle`` returns only when every message of the batch is stored or
 dead-lettered: the caller (agents/batching.py, or the stock Faust stream in
-agents/app.py) may then let the offsets be committed. Faust-agnostic on
+agents/app.py) may then let the offsets be committed. In block mode it also
+waits until the batch's spans are queued: that wait is the backpressure (the
+caller's slot takes no next batch meanwhile; once every batch in flight waits,
+consumption pauses until the exporter makes room, instead of dropping spans).
+It comes after the documents are stored, never before (a slow trace backend
+delays the ack, not indexing or the delivery latency), and is guarded like the
+delivery, so ``interrupt`` bounds it at shutdown. Faust-agnostic on
 purpose. The per-event work of steps 1-3 runs in the compiled core, a stage at
 a time over the whole batch (bench/README.md, "Session 5").
 """
@@ -25,11 +34,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from pipeline.canary.observer import CanaryObserver
+from pipeline.config import WhenFull
 from pipeline.core.bulk import BulkItem, Rejection, build_bulk_items
 from pipeline.core.enrich import EnrichContext
 from pipeline.core.model import DeadLetter, InputMessage, Reason
@@ -49,6 +59,8 @@ from pipeline.sinks.dlq import DeadLetterSink
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 class StoreSink(Protocol):
     async def deliver(self, items: list[BulkItem]) -> list[tuple[BulkItem, str]]: ...
@@ -57,6 +69,9 @@ class StoreSink(Protocol):
 class SpanSink(Protocol):
     def submit(self, spans: Sequence[EncodedSpan]) -> int:
         """Queue encoded spans without waiting; returns how many were accepted."""
+
+    async def submit_blocking(self, spans: Sequence[EncodedSpan]) -> int:
+        """Queue encoded spans, waiting for room; returns how many were queued."""
 
 
 @dataclass(slots=True)
@@ -86,6 +101,7 @@ class BatchHandler:
         observe_latency: Callable[[list[float]], None] | None = None,
         observer: CanaryObserver | None = None,
         request_metrics: RequestMetrics | None = None,
+        span_when_full: WhenFull = WhenFull.DROP_NEWEST,
     ) -> None:
         self._ctx = ctx
         self._store = store
@@ -95,8 +111,10 @@ class BatchHandler:
         self._observe_latency = observe_latency
         self._observer = observer
         self._request_metrics = request_metrics
+        # Decided once: the drop_newest path stays exactly as it was (no await per batch).
+        self._block_on_spans = spans is not None and span_when_full is WhenFull.BLOCK
         self.stats = BatchStats()
-        self._delivering: set[asyncio.Task[int]] = set()
+        self._delivering: set[asyncio.Future[Any]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._interrupted = False
@@ -138,8 +156,14 @@ class BatchHandler:
             # Counted once processed, before delivery (pipeline/metrics/requests.py).
             self._request_metrics.add_batch(results)
         del results  # serialised and encoded: free the documents before the delivery wait
-        stored = await self._deliver_guarded(items, letters)
-        self._after_delivery(messages, spans, observed, funnel_seen)
+        if self._block_on_spans:
+            delivery = self._deliver_then_queue_spans(
+                items, letters, messages, spans, observed, funnel_seen
+            )
+            stored = await self._guarded(delivery)
+        else:
+            stored = await self._guarded(self._deliver(items, letters))
+            self._after_delivery(messages, spans, observed, funnel_seen)
         stats = self.stats
         stats.messages_consumed_total += len(messages)
         stats.batches_total += 1
@@ -147,12 +171,14 @@ class BatchHandler:
         stats.last_batch_seconds = time.perf_counter() - started
         return BatchOutcome(stored, len(letters), len(spans))
 
-    async def _deliver_guarded(self, items: list[BulkItem], letters: list[Rejection]) -> int:
-        """``_deliver`` as a task ``interrupt`` can abandon at shutdown."""
+    async def _guarded(self, work: Coroutine[Any, Any, T]) -> T:
+        """``work`` (the delivery; in block mode also the span wait) as a task
+        ``interrupt`` can abandon at shutdown."""
         if self._interrupted:
+            work.close()  # never started
             raise ShutdownInterrupted("worker is stopping")
         self._idle.clear()
-        delivering = asyncio.ensure_future(self._deliver(items, letters))
+        delivering = asyncio.ensure_future(work)
         self._delivering.add(delivering)
         try:
             return await delivering
@@ -165,6 +191,29 @@ class BatchHandler:
             self._delivering.discard(delivering)
             if not self._delivering:
                 self._idle.set()
+
+    async def _deliver_then_queue_spans(
+        self,
+        items: list[BulkItem],
+        letters: list[Rejection],
+        messages: Sequence[InputMessage],
+        spans: list[EncodedSpan],
+        observed: list[Observation],
+        funnel_seen: list[FunnelInput],
+    ) -> int:
+        """Block mode: deliver, then queue the spans, waiting for room (see the module doc).
+
+        One guarded task for both, so ``interrupt`` never sees the batch idle in
+        between. What follows delivery (latency, observer) is recorded before the
+        wait: the delivery latency is the documents', not the spans'.
+        """
+        stored = await self._deliver(items, letters)
+        self._after_delivery(messages, [], observed, funnel_seen)
+        if spans and self._spans is not None:
+            # Best effort still: the exporter drops what it cannot export after its
+            # retries, which frees room, so this ends even while the collector is down.
+            await self._spans.submit_blocking(spans)
+        return stored
 
     def _after_delivery(
         self,

@@ -127,6 +127,7 @@ class Runtime:
             observe_latency=self.telemetry.delivery_latency.observe_many,
             observer=self.canary_observer,
             request_metrics=self.request_metrics,
+            span_when_full=self.settings.otlp_when_full,
         )
         runtime = self
 
@@ -166,6 +167,13 @@ class Runtime:
         consumer.batch_topics = frozenset(self.settings.input_topics)
         consumer.handoff = self.pump.queue
         self.pump.start()
+
+    def revocation_scope(self) -> contextlib.AbstractContextManager[None]:
+        """Held around a whole revocation (ours and Faust's): batches in flight must
+        not wait for span room meanwhile (``OtlpExporter.waits_released``)."""
+        if self.exporter is None:
+            return contextlib.nullcontext()
+        return self.exporter.waits_released()
 
     async def on_partitions_revoked(self) -> None:
         if self.pump is not None:

@@ -41,6 +41,13 @@ class EsMode(StrEnum):
     INDEX = "index"
 
 
+class WhenFull(StrEnum):
+    """What span export does when its queue is full (Vector's buffer ``when_full``)."""
+
+    DROP_NEWEST = "drop_newest"  # drop the spans that do not fit; the worker never waits
+    BLOCK = "block"  # the worker waits for room: consumption slows to the trace backend's pace
+
+
 def bundled_city_db() -> str:
     """Path of the demo GeoLite2-City database shipped by `maxminddb-geolite2`, or ''."""
     try:
@@ -170,9 +177,9 @@ class Settings(BaseSettings):
     otlp_queue_size: int = Field(
         20_000,
         ge=1,
-        description="Spans buffered before new ones are dropped. A delivered batch queues its "
-        "spans at once: the worker warns at start when batch_size x batch_concurrency is more "
-        "than half of it.",
+        description="Spans buffered before new ones are dropped (or waited for: "
+        "otlp_when_full). A delivered batch queues its spans at once: in drop_newest mode the "
+        "worker warns at start when batch_size x batch_concurrency is more than half of it.",
     )
     otlp_batch_size: int = Field(512, ge=1, description="Spans per export request.")
     otlp_concurrent_exports: int = Field(
@@ -182,6 +189,15 @@ class Settings(BaseSettings):
         3, ge=0, description="Retries per export request before dropping it."
     )
     otlp_timeout: float = Field(5.0, gt=0, description="Per-export timeout in seconds.")
+    otlp_when_full: WhenFull = Field(
+        WhenFull.DROP_NEWEST,
+        description="What happens to a delivered batch's spans when the OTLP queue is full "
+        "(Vector's buffer when_full): drop_newest drops those that do not fit "
+        "(spans_dropped_total{reason=queue_full}); block makes the worker wait for room before "
+        "it acks the batch, so consumption slows to what the trace backend takes (documents "
+        "are still stored first; the wait is counted in span_queue_blocked_seconds_total). "
+        "Either way spans drop after otlp_max_retries failed exports and at shutdown.",
+    )
     jaeger_url: str = Field(
         "",
         description="Jaeger query service base URL (e.g. http://localhost:16686): where "
@@ -485,12 +501,13 @@ class Settings(BaseSettings):
         """Why spans may be dropped in bursts with these settings, or None.
 
         A delivered batch hands all its spans to the OTLP queue at once, so up to
-        ``batch_size x batch_concurrency`` can arrive together; more than the queue
-        holds are dropped even when the trace backend keeps up on average (measured:
-        batches of 5,000, four in flight, a 20,000-span queue: a fifth of the spans
-        dropped; bench/README.md, "Session 11").
+        ``batch_size x batch_concurrency`` can arrive together; in ``drop_newest``
+        mode more than the queue holds are dropped even when the trace backend keeps
+        up on average (measured: batches of 5,000, four in flight, a 20,000-span
+        queue: a fifth of the spans dropped; bench/README.md, "Session 11"). In
+        ``block`` mode a burst waits for room instead of dropping: nothing to warn of.
         """
-        if not self.otlp_endpoint:
+        if not self.otlp_endpoint or self.otlp_when_full is WhenFull.BLOCK:
             return None
         burst = self.batch_size * self.batch_concurrency
         if burst <= self.otlp_queue_size // 2:
@@ -499,7 +516,8 @@ class Settings(BaseSettings):
             f"GRAYSCOPE_BATCH_SIZE x GRAYSCOPE_BATCH_CONCURRENCY = {burst:,} spans can reach "
             f"the OTLP queue at once, more than half of GRAYSCOPE_OTLP_QUEUE_SIZE "
             f"({self.otlp_queue_size:,}): spans will be dropped in bursts; raise the queue "
-            f"to at least {2 * burst:,} or lower the batch settings"
+            f"to at least {2 * burst:,}, lower the batch settings, or set "
+            f"GRAYSCOPE_OTLP_WHEN_FULL=block (the worker then waits for room instead)"
         )
 
     def redacted(self) -> dict[str, Any]:
@@ -572,6 +590,7 @@ class OtlpSettings:
     concurrent_exports: int = field(metadata={"setting": "otlp_concurrent_exports"})
     max_retries: int = field(metadata={"setting": "otlp_max_retries"})
     timeout: float = field(metadata={"setting": "otlp_timeout"})
+    when_full: WhenFull = field(metadata={"setting": "otlp_when_full"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 from intervaltree import IntervalTree
 
-from agents.batching import BatchingConsumer, BatchPump, FetchedBatch
+from agents.batching import BatchingConsumer, BatchPathApp, BatchPump, FetchedBatch
 from agents.handler import InputMessage
 from pipeline.core.model import KafkaCoordinates
 
@@ -264,3 +266,31 @@ async def test_a_read_offset_set_back_below_what_was_handed_out_makes_no_gap() -
     consumer._read_offset[TP_A] = 686
     fresh = await consumer._to_batch({TP_A: fetched(TP_A, 686, 3)}, {TP_A})
     assert fresh is not None and fresh.offsets == {TP_A: [686, 687, 688]}
+
+
+async def test_the_revocation_scope_covers_ours_and_fausts_revocation() -> None:
+    # The worker's scope lets batches in flight stop waiting for span room
+    # (OtlpExporter.waits_released) for as long as either part of a revocation waits.
+    seen: list[tuple[str, bool]] = []
+    inside = False
+
+    class FaustSide:
+        async def _on_partitions_revoked(self, revoked: set[Any]) -> None:
+            seen.append(("faust", inside))
+
+    class App(BatchPathApp, FaustSide):
+        async def on_revoked(self) -> None:
+            seen.append(("ours", inside))
+
+        @contextlib.contextmanager
+        def revocation_scope(self) -> Iterator[None]:
+            nonlocal inside
+            inside = True
+            try:
+                yield
+            finally:
+                inside = False
+
+    await App()._on_partitions_revoked(set())
+    assert seen == [("ours", True), ("faust", True)]
+    assert not inside

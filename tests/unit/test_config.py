@@ -12,6 +12,7 @@ import pytest
 from pipeline.config import (
     DEFAULT_TRUSTED_PROXIES,
     Settings,
+    WhenFull,
     add_settings_arguments,
     flag_name,
     load_path_rules,
@@ -183,3 +184,20 @@ def test_batches_that_could_fill_the_span_queue_at_once_are_warned_about() -> No
     assert roomy.span_burst_warning() is None
     # Without span export there is no queue to overflow.
     assert Settings(batch_size=5000, batch_concurrency=4).span_burst_warning() is None
+
+
+def test_otlp_when_full_is_validated_and_reaches_the_otlp_section() -> None:
+    assert Settings().otlp_when_full is WhenFull.DROP_NEWEST  # today's behaviour by default
+    settings = Settings(otlp_when_full="block")
+    assert settings.otlp.when_full is WhenFull.BLOCK
+    with pytest.raises(ConfigError, match="GRAYSCOPE_OTLP_WHEN_FULL"):
+        load_settings(otlp_when_full="drop_oldest")
+
+
+def test_block_mode_is_not_warned_about_span_bursts() -> None:
+    # The burst that drops a fifth of the spans in drop_newest mode only waits in block mode.
+    bursty = {"otlp_endpoint": "http://collector:4317", "batch_size": 5000, "batch_concurrency": 4}
+    assert Settings(**bursty, otlp_when_full="drop_newest").span_burst_warning() is not None
+    assert Settings(**bursty, otlp_when_full="block").span_burst_warning() is None
+    warning = Settings(**bursty).span_burst_warning()
+    assert warning is not None and "GRAYSCOPE_OTLP_WHEN_FULL=block" in warning

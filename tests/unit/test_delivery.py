@@ -7,14 +7,19 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+import pytest
 
-from agents.handler import BatchHandler, InputMessage
+from agents.handler import BatchHandler, InputMessage, SpanSink
+from pipeline.config import WhenFull
 from pipeline.core.bulk import BulkItem
 from pipeline.core.enrich import EnrichContext
 from pipeline.core.model import KafkaCoordinates
 from pipeline.core.otlp_wire import EncodedSpan
 from pipeline.core.process import Enriched, process_batch
+from pipeline.errors import ShutdownInterrupted
 from pipeline.sinks.dlq import DeadLetterSink
+from tests.unit.test_otlp_exporter import FakeTransport, settle
+from tests.unit.test_otlp_exporter import exporter as otlp_exporter
 
 DAY1 = "2024-05-01T23:59:59.999Z"
 DAY2 = "2024-05-02T00:00:00.000Z"
@@ -62,6 +67,9 @@ class FakeSpans:
         self.spans.extend(spans)
         return len(spans)
 
+    async def submit_blocking(self, spans: Sequence[EncodedSpan]) -> int:
+        raise AssertionError("drop_newest mode never waits for span room")
+
 
 def messages(values: Sequence[bytes], kafka_time_ns: int | None = None) -> list[InputMessage]:
     return [
@@ -71,10 +79,19 @@ def messages(values: Sequence[bytes], kafka_time_ns: int | None = None) -> list[
 
 
 def handler(
-    store: FakeStore, producer: FakeProducer, spans: FakeSpans | None = None, mode: str = "index"
+    store: FakeStore,
+    producer: FakeProducer,
+    spans: SpanSink | None = None,
+    mode: str = "index",
+    span_when_full: WhenFull = WhenFull.DROP_NEWEST,
 ) -> BatchHandler:
     return BatchHandler(
-        EnrichContext(), store, DeadLetterSink(producer, "dlq"), spans, es_mode=mode
+        EnrichContext(),
+        store,
+        DeadLetterSink(producer, "dlq"),
+        spans,
+        es_mode=mode,
+        span_when_full=span_when_full,
     )
 
 
@@ -140,3 +157,110 @@ def test_a_span_that_cannot_be_encoded_is_left_out_and_the_batch_goes_on() -> No
     assert (outcome.stored, outcome.dead_lettered, outcome.spans) == (2, 0, 1)
     assert store.items[0].index == "grayscope-access-9999.12.31"
     assert [service for service, _ in spans.spans] == ["godoc"]
+
+
+# --- GRAYSCOPE_OTLP_WHEN_FULL=block: the batch waits for span room -----------------
+
+
+class GatedStore(FakeStore):
+    """Stores only once ``gate`` opens; ``stored`` is set when it did."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.stored = asyncio.Event()
+
+    async def deliver(self, items: list[BulkItem]) -> list[tuple[BulkItem, str]]:
+        await self.gate.wait()
+        rejected = await super().deliver(items)
+        self.stored.set()
+        return rejected
+
+
+def lines(n: int, tag: str) -> list[InputMessage]:
+    return messages([envoy_line(DAY1, f"/{tag}/{i}") for i in range(n)])
+
+
+async def test_block_mode_waits_for_span_room_after_the_documents_are_stored() -> None:
+    transport = FakeTransport()
+    transport.gate = asyncio.Event()  # the trace backend is slow until the gate opens
+    spans = otlp_exporter(
+        transport, queue_size=3, batch_size=2, max_concurrent=1, when_full="block"
+    )
+    spans.start()
+    store = GatedStore()
+    batches = handler(store, FakeProducer(), spans, span_when_full=WhenFull.BLOCK)
+    handled = asyncio.create_task(batches.handle(lines(8, "a")))
+    await settle(transport, 0)
+    assert store.items == [] and spans.stats.spans_queued == 0  # documents first
+    store.gate.set()
+    await store.stored.wait()
+    await settle(transport, 1)
+    assert len(store.items) == 8  # stored, while the batch still waits for span room
+    assert not handled.done()  # so it is not acked and the next batch does not start
+    assert spans.stats.spans_queued == 3
+    transport.gate.set()
+    outcome = await asyncio.wait_for(handled, timeout=10)
+    assert (outcome.stored, outcome.spans) == (8, 8)
+    assert await spans.flush(timeout=10)
+    assert spans.stats.spans_exported_total == 8
+    assert spans.stats.spans_dropped == 0
+    await spans.stop()
+
+
+async def test_drop_newest_mode_hands_spans_over_without_waiting() -> None:
+    transport = FakeTransport()
+    transport.gate = asyncio.Event()  # never opened
+    spans = otlp_exporter(transport, queue_size=3, batch_size=2, max_concurrent=1, timeout=60.0)
+    spans.start()
+    batches = handler(FakeStore(), FakeProducer(), spans)
+    outcome = await asyncio.wait_for(batches.handle(lines(8, "b")), timeout=10)
+    assert (outcome.stored, outcome.spans) == (8, 8)
+    assert spans.stats.spans_dropped_total["queue_full"] == 5
+    await spans.stop(flush_timeout=0.01)
+
+
+async def test_a_batch_waiting_for_span_room_is_abandoned_at_shutdown() -> None:
+    transport = FakeTransport()
+    transport.gate = asyncio.Event()  # never opened
+    spans = otlp_exporter(
+        transport, queue_size=2, batch_size=2, max_concurrent=1, timeout=60.0, when_full="block"
+    )
+    spans.start()
+    store = FakeStore()
+    batches = handler(store, FakeProducer(), spans, span_when_full=WhenFull.BLOCK)
+    handled = asyncio.create_task(batches.handle(lines(8, "c")))
+    await settle(transport, 1)
+    assert len(store.items) == 8 and not handled.done()
+    # The shutdown grace covers the span wait too; past it the batch is abandoned, unacked.
+    assert await batches.interrupt(grace=0.05)
+    with pytest.raises(ShutdownInterrupted):
+        await handled
+    await spans.stop(flush_timeout=0.01)
+
+
+async def test_block_mode_records_the_delivery_latency_before_the_span_wait() -> None:
+    transport = FakeTransport()
+    transport.gate = asyncio.Event()
+    spans = otlp_exporter(
+        transport, queue_size=2, batch_size=2, max_concurrent=1, when_full="block"
+    )
+    spans.start()
+    latencies: list[list[float]] = []
+    batches = BatchHandler(
+        EnrichContext(),
+        FakeStore(),
+        DeadLetterSink(FakeProducer(), "dlq"),
+        spans,
+        es_mode="index",
+        observe_latency=latencies.append,
+        span_when_full=WhenFull.BLOCK,
+    )
+    handled = asyncio.create_task(batches.handle(lines(6, "d")))
+    await settle(transport, 1)
+    assert not handled.done()
+    # The documents' latency (Kafka record -> stored), not theirs plus the span wait.
+    assert len(latencies) == 1
+    transport.gate.set()
+    await asyncio.wait_for(handled, timeout=10)
+    await spans.stop()

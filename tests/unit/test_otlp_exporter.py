@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -398,9 +399,185 @@ def test_from_settings() -> None:
             otlp_max_retries=1,
             otlp_timeout=2.5,
             otlp_concurrent_exports=2,
+            otlp_when_full="block",
         ).otlp
     )
     assert ex is not None
     assert ex.max_concurrent == 2
+    assert ex.when_full == "block"
     assert ex.endpoint.protocol == "http"
     assert (ex.queue_size, ex.batch_size, ex.max_retries, ex.timeout) == (7, 3, 1, 2.5)
+
+
+# --- when_full=block: submit_blocking ---------------------------------------------
+
+
+async def until(condition: Callable[[], bool], rounds: int = 500) -> None:
+    """Let the loop run until ``condition`` holds (fails after ``rounds`` passes)."""
+    for _ in range(rounds):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+def exported_span_ids(transport: FakeTransport) -> list[str]:
+    return [d["span_id"] for r in transport.parsed() for d in request_to_dicts(r)]
+
+
+def span_ids(data: list[SpanData]) -> list[str]:
+    return [s.span_id.hex() for s in data]
+
+
+async def test_block_waits_for_room_and_resumes_when_exports_succeed() -> None:
+    transport = FakeTransport()
+    transport.gate = asyncio.Event()  # the collector is slow until the gate opens
+    ex = exporter(transport, queue_size=10, batch_size=5, max_concurrent=1, when_full="block")
+    ex.start()
+    assert await ex.submit_blocking(spans(10)) == 10  # room: no wait at all
+    await until(lambda: len(transport.requests) == 1)  # 5 in flight (stuck), 5 queued
+    waiting = asyncio.create_task(ex.submit_blocking(spans(8)))
+    await settle(transport, 1)
+    assert not waiting.done()  # 5 of the 8 went in; the worker waits for the rest
+    assert ex.stats.spans_queued == 10
+    assert ex.stats.spans_dropped == 0
+    transport.gate.set()
+    assert await asyncio.wait_for(waiting, timeout=10) == 8
+    assert await ex.flush(timeout=10)
+    assert ex.stats.spans_exported_total == 18
+    assert ex.stats.spans_dropped == 0
+    assert ex.stats.span_queue_blocked_seconds_total > 0
+    await ex.stop()
+
+
+async def test_block_drops_nothing_for_a_full_queue_and_keeps_arrival_order() -> None:
+    # Three batches at once (batch_concurrency) into a queue that holds less than one:
+    # each waits its turn, none is dropped, the spans leave in the order they came.
+    transport = FakeTransport()
+    ex = exporter(transport, queue_size=6, batch_size=4, max_concurrent=2, when_full="block")
+    data = span_data(45)
+    batches = [data[:20], data[20:25], data[25:]]
+    ex.start()
+    results = await asyncio.wait_for(
+        asyncio.gather(*(ex.submit_blocking([encode_span(d) for d in b]) for b in batches)),
+        timeout=10,
+    )
+    assert results == [20, 5, 20]
+    assert await ex.flush(timeout=10)
+    assert ex.stats.spans_dropped_total["queue_full"] == 0
+    assert ex.stats.spans_exported_total == 45
+    assert exported_span_ids(transport) == span_ids(data)
+    await ex.stop()
+
+
+async def test_a_batch_bigger_than_the_whole_queue_goes_in_a_chunk_at_a_time() -> None:
+    class Sampling(FakeTransport):
+        """Records the queue's fill at every request: it never exceeds the bound."""
+
+        queued: list[int]
+
+        async def export(self, body: bytes, timeout: float) -> int:
+            self.queued.append(ex.stats.spans_queued)
+            return await super().export(body, timeout)
+
+    transport = Sampling()
+    transport.queued = []
+    ex = exporter(transport, queue_size=5, batch_size=2, max_concurrent=1, when_full="block")
+    data = span_data(23)
+    ex.start()
+    assert await asyncio.wait_for(ex.submit_blocking([encode_span(d) for d in data]), 10) == 23
+    assert await ex.flush(timeout=10)
+    assert exported_span_ids(transport) == span_ids(data)
+    assert ex.stats.spans_dropped == 0
+    assert max(transport.queued) <= 5
+    await ex.stop()
+
+
+async def test_block_never_deadlocks_on_a_failing_collector() -> None:
+    # Every export fails: each batch is dropped after its retries, which frees room,
+    # so the waiting caller still gets through (its spans then count as export_failed).
+    transport = FakeTransport(default=retriable())
+    ex = exporter(
+        transport, queue_size=4, batch_size=2, max_retries=2, max_concurrent=1, when_full="block"
+    )
+    ex.start()
+    assert await asyncio.wait_for(ex.submit_blocking(spans(20)), timeout=10) == 20
+    assert await ex.flush(timeout=10)
+    assert ex.stats.spans_dropped_total["export_failed"] == 20
+    assert ex.stats.spans_dropped_total["queue_full"] == 0
+    assert len(transport.requests) == 10 * 3  # every batch: the first try + 2 retries
+    await ex.stop()
+
+
+async def test_stop_releases_the_waiting_callers() -> None:
+    transport = FakeTransport()
+    transport.gate = asyncio.Event()  # never opened: nothing ever leaves
+    ex = exporter(
+        transport, queue_size=4, batch_size=2, max_concurrent=1, timeout=60.0, when_full="block"
+    )
+    ex.start()
+    assert await ex.submit_blocking(spans(6)) == 6  # 2 in flight, 4 queued
+    await until(lambda: len(transport.requests) == 1)
+    first = asyncio.create_task(ex.submit_blocking(spans(3)))
+    second = asyncio.create_task(ex.submit_blocking(spans(2)))
+    await settle(transport, 1)
+    assert not first.done() and not second.done()
+    await ex.stop(flush_timeout=0.01)
+    assert await asyncio.wait_for(asyncio.gather(first, second), timeout=10) == [0, 0]
+    # 4 queued + 2 in flight + the 5 never queued
+    assert ex.stats.spans_dropped_total["shutdown"] == 11
+    assert ex.stats.spans_dropped_total["queue_full"] == 0
+    assert await ex.submit_blocking(spans(2)) == 0  # stopped: no wait at all
+    assert ex.stats.spans_dropped_total["shutdown"] == 13
+
+
+async def test_a_cancelled_waiter_lets_the_next_one_in() -> None:
+    transport = FakeTransport()
+    transport.gate = asyncio.Event()
+    ex = exporter(transport, queue_size=4, batch_size=2, max_concurrent=1, when_full="block")
+    ex.start()
+    await ex.submit_blocking(spans(6))
+    await until(lambda: len(transport.requests) == 1)
+    cancelled = asyncio.create_task(ex.submit_blocking(spans(3)))
+    behind = asyncio.create_task(ex.submit_blocking(spans(1)))
+    await settle(transport, 1)
+    cancelled.cancel()  # e.g. the worker abandons the batch at shutdown
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    transport.gate.set()
+    assert await asyncio.wait_for(behind, timeout=10) == 1
+    assert await ex.flush(timeout=10)
+    assert ex.stats.spans_exported_total == 7
+    await ex.stop()
+
+
+async def test_released_waits_drop_what_does_not_fit_then_waiting_resumes() -> None:
+    transport = FakeTransport()
+    transport.gate = asyncio.Event()
+    ex = exporter(transport, queue_size=4, batch_size=2, max_concurrent=1, when_full="block")
+    ex.start()
+    await ex.submit_blocking(spans(6))
+    await until(lambda: len(transport.requests) == 1)
+    waiting = asyncio.create_task(ex.submit_blocking(spans(3)))
+    await settle(transport, 1)
+    with ex.waits_released():  # a rebalance: batches in flight must not wait
+        assert await asyncio.wait_for(waiting, timeout=10) == 0
+        assert await ex.submit_blocking(spans(2)) == 0
+    assert ex.stats.spans_dropped_total["queue_full"] == 5
+    later = asyncio.create_task(ex.submit_blocking(spans(2)))
+    await settle(transport, 1)
+    assert not later.done()  # released no more: it waits again
+    transport.gate.set()
+    assert await asyncio.wait_for(later, timeout=10) == 2
+    assert await ex.flush(timeout=10)
+    assert ex.stats.spans_exported_total == 8
+    await ex.stop()
+
+
+def test_drop_newest_is_the_default_and_submit_still_never_waits() -> None:
+    ex = exporter(FakeTransport(), queue_size=5)
+    assert ex.when_full == "drop_newest"
+    assert not inspect.iscoroutinefunction(OtlpExporter.submit)
+    assert ex.submit(spans(8)) == 5
+    assert ex.stats.spans_dropped_total["queue_full"] == 3
+    assert ex.stats.span_queue_blocked_seconds_total == 0

@@ -7,7 +7,10 @@ request is the bytes of ``encode.frame_request``: no protobuf objects are built
 (the gRPC call takes the bytes as they are, only the response is parsed).
 
 ``submit`` never awaits: spans go into a queue bounded by ``queue_size``;
-what does not fit is dropped and counted. The background task exports
+what does not fit is dropped and counted (``when_full=drop_newest``, the
+default). With ``when_full=block`` the caller uses ``submit_blocking`` instead,
+which waits for room (see its doc): Vector's buffer ``when_full: block``, for
+users who want complete traces more than throughput. The background task exports
 batches of ``batch_size``, up to ``max_concurrent`` requests at once (like the
 OTel Collector's ``sending_queue.num_consumers``: one request at a time could
 not keep up with a worker that enriches 20k+ events/s, and spans were dropped
@@ -18,12 +21,17 @@ Spans arrive encoded (``encode.EncodedSpan``: the batch handler writes each
 span's wire bytes straight from the request, ``direct.encode_request_span``);
 the task frames them into one request per batch (retries resend the same
 bytes).
-So a collector outage costs spans, never indexing throughput or memory.
+So in drop_newest mode a collector outage costs spans, never indexing
+throughput or memory; in block mode it slows the caller down to the pace at
+which exports succeed, or fail for good and drop their batch (after
+``max_retries``), which frees room: a dead collector never stops the caller.
 Header values may hold API keys: they are never logged.
 
 Counters (``OtlpExporter.stats``; label values are bounded enums):
 ``spans_exported_total``, ``spans_dropped_total{reason}``,
-``export_requests_total{outcome}``, plus the ``spans_queued`` gauge.
+``export_requests_total{outcome}``, ``span_queue_blocked_seconds_total`` (time
+``submit_blocking`` callers spent waiting for room, summed over callers), plus
+the ``spans_queued`` gauge.
 """
 
 from __future__ import annotations
@@ -31,8 +39,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol, TypeAlias
@@ -42,6 +51,7 @@ import aiohttp
 import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
+from pipeline.config import WhenFull
 from pipeline.core.otlp_wire import EncodedSpan, frame_request
 from pipeline.errors import ConfigError, ExportError, ExportRequestFailed
 from pipeline.retry import Backoff
@@ -81,7 +91,8 @@ USER_AGENT = "grayscope-otlp-exporter"
 
 
 class DropReason(StrEnum):
-    QUEUE_FULL = "queue_full"  # submitted while the queue was full
+    # Submitted while the queue was full: drop_newest, or block while waits are released.
+    QUEUE_FULL = "queue_full"
     EXPORT_FAILED = "export_failed"  # permanent error, or retries exhausted
     REJECTED = "rejected"  # the collector accepted the request but refused these spans
     SHUTDOWN = "shutdown"  # still queued (or submitted) when the exporter stopped
@@ -104,6 +115,7 @@ class OtlpStats:
     export_requests_total: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys((o.value for o in Outcome), 0)
     )
+    span_queue_blocked_seconds_total: float = 0.0  # submit_blocking's waits for room
     spans_queued: int = 0  # gauge
 
     @property
@@ -274,10 +286,12 @@ def make_transport(endpoint: Endpoint, headers: Mapping[str, str]) -> Transport:
 
 
 class OtlpExporter:
-    """Queue spans with ``submit``; a background task exports them (see the module doc).
+    """Queue spans with ``submit`` (or ``submit_blocking``); a background task exports them.
 
-    ``submit``, ``start``, ``stop`` and ``flush`` must be called on the event
-    loop the exporter runs on.
+    See the module doc. ``when_full`` is informational for callers (which of the
+    two to use); both work in either mode. ``submit``, ``submit_blocking``,
+    ``start``, ``stop`` and ``flush`` must be called on the event loop the
+    exporter runs on.
     """
 
     def __init__(
@@ -294,6 +308,7 @@ class OtlpExporter:
         retry_initial: float = 0.5,
         retry_max: float = 5.0,
         transport: Transport | None = None,
+        when_full: WhenFull = WhenFull.DROP_NEWEST,
     ) -> None:
         if queue_size < 1 or batch_size < 1 or max_retries < 0 or timeout <= 0:
             raise ValueError("queue_size/batch_size >= 1, max_retries >= 0, timeout > 0")
@@ -306,6 +321,7 @@ class OtlpExporter:
         self.timeout = timeout
         self.max_concurrent = max_concurrent
         self.flush_interval = flush_interval
+        self.when_full = WhenFull(when_full)
         self.backoff = Backoff(retry_initial, retry_max)
         self.stats = OtlpStats()
         self._transport = transport or make_transport(self.endpoint, headers or {})
@@ -320,6 +336,12 @@ class OtlpExporter:
         self._task: asyncio.Task[None] | None = None
         self._failing = False  # log the first failure of an outage loudly, the rest quietly
         self._queue_full_logged = False  # likewise for a full queue, until an export succeeds
+        # submit_blocking: one caller fills the queue at a time, the others queue up behind
+        # it in arrival order (asyncio.Lock is FIFO), so a batch's spans stay together and a
+        # big batch is never starved by small ones. ``_room`` is set whenever room appears.
+        self._fill_lock = asyncio.Lock()
+        self._room = asyncio.Event()
+        self._waits_released = 0  # > 0: submit_blocking drops instead of waiting
 
     @classmethod
     def from_settings(cls, otlp: OtlpSettings) -> OtlpExporter | None:
@@ -334,6 +356,7 @@ class OtlpExporter:
             max_retries=otlp.max_retries,
             timeout=otlp.timeout,
             max_concurrent=otlp.concurrent_exports,
+            when_full=otlp.when_full,
         )
 
     # --- producer side (never awaits) ------------------------------------
@@ -364,6 +387,77 @@ class OtlpExporter:
         self.stats.spans_queued = len(queue)
         return accepted
 
+    # --- producer side, block mode ------------------------------------------
+    async def submit_blocking(self, spans: Sequence[EncodedSpan]) -> int:
+        """Queue every one of ``spans``, waiting for room as needed; how many were queued.
+
+        Callers wait their turn (first come, first served); the one whose turn it is
+        puts as many spans as there is room for, then waits until the exporter takes
+        the next export batch off the queue. So a batch bigger than the whole queue
+        still goes in, a chunk at a time, and the call returns as soon as its last
+        span is queued. Room always comes back: a batch leaves the queue when an
+        export slot frees, and every export ends (success, or dropped after
+        ``max_retries``, each try bounded by the timeout). Spans not queued when the
+        exporter stops (or its task ended) are counted as ``shutdown`` drops; while
+        ``waits_released`` is in force, those that do not fit are ``queue_full``
+        drops, as in ``submit``. Before ``start`` nothing leaves the queue: a caller
+        that finds it full waits for the start.
+        """
+        if not spans:
+            return 0
+        accepted = 0
+        async with self._fill_lock:
+            queue = self._queue
+            total = len(spans)
+            while accepted < total:
+                if self._stopping or (self._task is not None and self._task.done()):
+                    self.stats.spans_dropped_total[DropReason.SHUTDOWN] += total - accepted
+                    break
+                room = self.queue_size - len(queue)
+                if room <= 0:
+                    if self._waits_released:
+                        self.stats.spans_dropped_total[DropReason.QUEUE_FULL] += total - accepted
+                        break
+                    await self._wait_for_room()
+                    continue
+                take = min(room, total - accepted)
+                queue.extend(spans[accepted : accepted + take])
+                accepted += take
+                self._idle.clear()
+                if len(queue) >= self.batch_size:
+                    self._wake.set()
+                self.stats.spans_queued = len(queue)
+        return accepted
+
+    async def _wait_for_room(self) -> None:
+        """Until the queue has room again, the exporter stops, or waits are released."""
+        # Cleared right before waiting, with no await since the caller saw the queue
+        # full: a wake-up cannot be lost in between.
+        self._room.clear()
+        started = time.perf_counter()
+        try:
+            await self._room.wait()
+        finally:
+            self.stats.span_queue_blocked_seconds_total += time.perf_counter() - started
+
+    @contextlib.contextmanager
+    def waits_released(self) -> Iterator[None]:
+        """While inside: ``submit_blocking`` stops waiting; what does not fit is dropped.
+
+        For a rebalance: the worker waits for its batches in flight before it gives
+        up their partitions, and a batch waiting for span room (minutes while the
+        collector is down) would hold that past the group's rebalance timeout. In the
+        batch consumer mode those batches are not acked anyway: the partitions' next
+        owner reads them again, spans included. (In the stock stream mode Faust may
+        commit them: their remaining spans are then lost, counted as ``queue_full``.)
+        """
+        self._waits_released += 1
+        self._room.set()
+        try:
+            yield
+        finally:
+            self._waits_released -= 1
+
     # --- lifecycle --------------------------------------------------------
     def start(self) -> None:
         if self._task is None:
@@ -389,8 +483,13 @@ class OtlpExporter:
         return await _wait(self._idle, timeout)
 
     async def stop(self, flush_timeout: float = 5.0) -> None:
-        """Export what is queued for up to ``flush_timeout`` s, drop the rest, close."""
+        """Export what is queued for up to ``flush_timeout`` s, drop the rest, close.
+
+        Callers waiting in ``submit_blocking`` are released at once (their spans not
+        yet queued count as ``shutdown`` drops, like a ``submit`` from now on).
+        """
         self._stopping = True
+        self._room.set()
         task, self._task = self._task, None
         if task is not None:
             self._wake.set()
@@ -445,6 +544,8 @@ class OtlpExporter:
                 # A partial batch goes out once flush_interval passes without news.
                 timed_out = not await self._wait_wake(self.flush_interval)
         finally:
+            # However this task ends, nobody may wait for room it will never make.
+            self._room.set()
             # Cancelled by stop(): the batches in flight stay counted in _inflight.
             for task in exports:
                 task.cancel()
@@ -462,6 +563,7 @@ class OtlpExporter:
 
     def _start_export(self, batch: list[EncodedSpan]) -> None:
         self.stats.spans_queued = len(self._queue)
+        self._room.set()  # the batch left the queue: a submit_blocking caller may go on
         self._inflight += len(batch)
         task = asyncio.get_running_loop().create_task(self._export_one(batch))
         self._exports.add(task)
