@@ -299,6 +299,20 @@ class Settings(BaseSettings):
         lt=1,
         description="Promote needs the canary's 5xx rate bounded below stable's plus this.",
     )
+    canary_promote_ratio: float = Field(
+        1.5,
+        gt=1.0,
+        le=10.0,
+        description="Promote needs the 5xx rate ratio of all path groups together (the "
+        "rollback's scale) bounded below this.",
+    )
+    canary_promote_error_floor: float = Field(
+        0.0001,
+        ge=0,
+        lt=1,
+        description="Errors too rare to bound that ratio: promote needs the canary's 5xx "
+        "rate over all path groups bounded below this instead.",
+    )
     canary_warmup_windows: int = Field(
         1, ge=0, description="Complete windows a rollout needs before promote or insufficient_data."
     )
@@ -644,6 +658,8 @@ class CanarySettings:
     latency_threshold_ms: float = field(metadata={"setting": "canary_latency_threshold_ms"})
     psi0: float = field(metadata={"setting": "canary_psi0"})
     promote_error_margin: float = field(metadata={"setting": "canary_promote_error_margin"})
+    promote_ratio: float = field(metadata={"setting": "canary_promote_ratio"})
+    promote_error_floor: float = field(metadata={"setting": "canary_promote_error_floor"})
     warmup_windows: int = field(metadata={"setting": "canary_warmup_windows"})
     horizon_seconds: float = field(metadata={"setting": "canary_horizon_seconds"})
     rollout_idle_seconds: float = field(metadata={"setting": "canary_rollout_idle_seconds"})

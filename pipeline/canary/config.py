@@ -48,6 +48,8 @@ class CanaryConfig:
                 latency_threshold_ms=float(section.latency_threshold_ms),
                 psi0=float(section.psi0),
                 promote_error_margin=float(section.promote_error_margin),
+                promote_ratio=float(section.promote_ratio),
+                promote_error_floor=float(section.promote_error_floor),
                 warmup_windows=int(section.warmup_windows),
                 horizon_seconds=float(section.horizon_seconds),
             )

@@ -34,8 +34,26 @@ worker's agent persists exactly those increments (``apply_fold``, keyed by
    or a missing window; ``insufficient_data`` below the minimum exposure or
    when the requests a decision still needs would take longer than the
    horizon; ``promote`` once the anytime-valid bounds exclude a meaningful
-   regression (5xx increase beyond ``promote_error_margin``, p95 increase
-   beyond the latency threshold); ``hold`` while neither is reached.
+   regression (see below); ``hold`` while neither is reached.
+
+The promote rule's 5xx part is on the rollback's scale: the rollback tests the
+rate ratio (``H0: psi <= psi0``), so a group is promoted only once the rate
+ratio's confidence sequence of the rollout's pooled strata (the open groups'
+together, as in the pooled e-process) lies below ``promote_ratio`` (1.5): a bad build, worse
+everywhere by that factor, is promoted with probability at most alpha/2 over
+the whole rollout. Between ``psi0`` and ``promote_ratio`` either verdict is
+acceptable. Where errors are too rare to bound a ratio (a service without
+5xx), the canary's pooled 5xx rate bounded by ``promote_error_floor`` (0.01 %)
+does instead: an absolute bound on the canary alone, since the pooled arms'
+crude rates are not comparable (a ramp of the canary share during an incident
+that hit both arms tilts them; the strata of the ratio are immune). The
+group's own 5xx increase must also be bounded by the absolute
+``promote_error_margin`` (a regression of one group alone, which the pooled
+bounds dilute), and its p95 increase by the latency threshold. A group's own
+ratio bound is not asked for: at a 0.1 % base rate it would take about 10^6
+canary requests to reach (README, "Verdict engines compared"). The groups
+pooled are those not rolled back: a group rolled back for its own regression
+does not hold the others.
 """
 
 from __future__ import annotations
@@ -67,6 +85,11 @@ class VerdictConfig:
     latency_threshold_ms: float = 200.0
     psi0: float = 1.1  # null rate ratio for the 5xx e-process
     promote_error_margin: float = 0.005  # largest 5xx increase (absolute) still promotable
+    #: Largest rate ratio of the rollout's pooled 5xx rate still promotable (the upper end
+    #: of its confidence sequence must lie below): the promote rule on the rollback's scale.
+    promote_ratio: float = 1.5
+    #: ... or, errors too rare for a ratio, the largest canary 5xx rate (all groups together).
+    promote_error_floor: float = 0.0001
     warmup_windows: int = 1
     horizon_seconds: float = 3600.0
     srm_z: float = 5.0
@@ -83,6 +106,10 @@ class VerdictConfig:
             raise ValueError("psi0 must be at least 1")
         if not 0.0 < self.promote_error_margin < 1.0:
             raise ValueError("promote_error_margin must lie strictly between 0 and 1")
+        if self.promote_ratio <= 1.0:
+            raise ValueError("promote_ratio must be above 1")
+        if not 0.0 <= self.promote_error_floor <= self.promote_error_margin:
+            raise ValueError("promote_error_floor must lie between 0 and promote_error_margin")
         if self.warmup_windows < 0 or self.horizon_seconds <= 0:
             raise ValueError("warmup_windows must be >= 0 and horizon_seconds > 0")
 
@@ -539,6 +566,35 @@ POOLED_SHARE = 0.5
 FUNNEL_PREFIX = "funnel:"
 
 
+@dataclass(slots=True, frozen=True)
+class PooledBounds:
+    """The 5xx bounds of the rollout's path groups together: the promote rule's scale."""
+
+    ratio_estimate: float = 1.0
+    ratio_upper: float = math.inf  # the pooled strata's rate-ratio confidence sequence
+    canary_rate_upper: float = 1.0  # the canary's 5xx rate over all its requests, upper bound
+    groups: int = 0
+
+
+def _pooled_bounds(
+    states: Mapping[str, GroupState], names: Sequence[str], alpha: float
+) -> PooledBounds:
+    if not names:
+        return PooledBounds()
+    estimate, _, upper = evidence.ratio_interval(_pooled_error_loglik(states, names), alpha)
+    canary_errors = sum(states[n].canary.errors_5xx for n in names)
+    canary_requests = sum(states[n].canary.requests for n in names)
+    c_high = evidence.rate_bounds(canary_errors, canary_requests, alpha)[1]
+    return PooledBounds(estimate, upper, c_high, len(names))
+
+
+def _pooled_error_loglik(
+    states: Mapping[str, GroupState], names: Sequence[str]
+) -> list[float]:
+    """The 5xx log-likelihood of the groups' strata together (a common rate ratio)."""
+    return [sum(values) for values in zip(*(states[n].error_loglik for n in names), strict=True)]
+
+
 def _pooled_e(
     states: Mapping[str, GroupState],
     facts: Mapping[str, Mapping[str, Any]],
@@ -555,7 +611,7 @@ def _pooled_e(
     names = [name for name in facts if name in states]
     if not names:
         return 0.0
-    error = [sum(values) for values in zip(*(states[n].error_loglik for n in names), strict=True)]
+    error = _pooled_error_loglik(states, names)
     levels = []
     for level in range(len(LATENCY_LEVELS)):
         summed = [
@@ -589,8 +645,8 @@ def _p95_delta(state: GroupState, alpha: float) -> tuple[float | None, float | N
     return estimate, lower, upper
 
 
-def _pct(rate: float) -> str:
-    return f"{rate * 100:.2f}%"
+def _pct(rate: float, digits: int = 2) -> str:
+    return f"{rate * 100:.{digits}f}%"
 
 
 def assess(
@@ -696,6 +752,11 @@ def assess(
                 ff,
                 funnel_weight,
             )
+    # The promote rule's 5xx scale: the path groups not rolled back, together (a group
+    # rolled back for its own regression does not hold the others).
+    pooled_bounds = _pooled_bounds(
+        states, [n for n in facts if n in states and n not in sticky and n not in named], alpha
+    )
     out: dict[str, Assessment] = {}
     for name, f in facts.items():
         state = states[name]
@@ -762,6 +823,7 @@ def assess(
                 weight,
                 window_seconds,
                 now,
+                pooled_bounds,
             )
             culprits = sorted(set(named) | sticky)
             if culprits:
@@ -783,6 +845,8 @@ def assess(
                 rate_ratio_lower=lower,
                 rate_ratio_upper=upper,
                 error_increase_upper=increase_upper,
+                rollout_rate_ratio_upper=pooled_bounds.ratio_upper,
+                rollout_canary_error_rate_upper=pooled_bounds.canary_rate_upper,
                 p95_delta_ms=p95_est,
                 p95_delta_lower_ms=p95_low,
                 p95_delta_upper_ms=p95_high,
@@ -810,9 +874,15 @@ def _judge_open(
     weight: float,
     window_seconds: int,
     now: float | None = None,
+    pooled: PooledBounds | None = None,
 ) -> tuple[Decision, str, list[str], int | None]:
-    """The decision of a group while the rollout is not rolled back."""
+    """The decision of a group while the rollout is not rolled back.
+
+    ``pooled``: the 5xx bounds of the rollout's path groups together (none: unbounded).
+    """
     canary = state.canary
+    pooled = pooled or PooledBounds()
+    together = f"{pooled.groups} path group{'' if pooled.groups == 1 else 's'} pooled"
     reasons = [rates]
     if latency_text:
         p95_est = f["p95"][0]
@@ -826,7 +896,7 @@ def _judge_open(
             )
         )
     reasons.append(evidence_text)
-    more = _more_requests(state, config, f, increase_upper, weight)
+    more = _more_requests(state, config, f, increase_upper, weight, pooled)
     if more is not None:
         reasons.append(f"about {more} more canary requests for a decision")
     # Windows fold as they fill: the newest may not have ended yet.
@@ -871,14 +941,25 @@ def _judge_open(
         )
     timed_short = canary.timed < config.min_samples or state.stable.timed < config.min_samples
     error_ok = increase_upper <= config.promote_error_margin
+    ratio_ok = pooled.ratio_upper <= config.promote_ratio
+    floor_ok = pooled.canary_rate_upper <= config.promote_error_floor
     latency_ok = (
         not timed_short and p95_high is not None and p95_high <= config.latency_threshold_ms
     )
-    if error_ok and latency_ok:
+    if error_ok and (ratio_ok or floor_ok) and latency_ok:
+        rollout_line = (
+            f"rollout's 5xx rate ratio ({together}) at most {pooled.ratio_upper:.2f}"
+            f" <= promote ratio {config.promote_ratio:g}"
+            if ratio_ok
+            else f"rollout's canary 5xx rate ({together}) at most"
+            f" {_pct(pooled.canary_rate_upper, 3)} <= floor"
+            f" {_pct(config.promote_error_floor, 3)} (too few errors for a ratio)"
+        )
         return (
             Decision.PROMOTE,
             "promote: the bounds exclude a meaningful regression",
             [
+                rollout_line,
                 f"5xx increase at most {increase_upper * 100:+.2f} pp"
                 f" <= margin {config.promote_error_margin * 100:.2f} pp",
                 f"p95 increase at most {p95_high:+.0f} ms <= {config.latency_threshold_ms:g} ms",
@@ -900,6 +981,13 @@ def _judge_open(
                 more,
             )
     doubts = []
+    if not (ratio_ok or floor_ok):
+        doubts.append(
+            f"rollout's 5xx rate ratio ({together}) could be up to"
+            f" {_ratio_text(pooled.ratio_upper)} (promote ratio {config.promote_ratio:g}),"
+            f" its canary 5xx rate up to {_pct(pooled.canary_rate_upper, 3)}"
+            f" (floor {_pct(config.promote_error_floor, 3)})"
+        )
     if not error_ok:
         doubts.append(
             f"5xx increase could be up to {increase_upper * 100:+.2f} pp"
@@ -914,14 +1002,23 @@ def _judge_open(
     return Decision.HOLD, "hold: no decision yet", [*doubts, *reasons], more
 
 
+def _ratio_text(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:.2f}"
+
+
 def _more_requests(
     state: GroupState,
     config: VerdictConfig,
     f: Mapping[str, Any],
     increase_upper: float,
     weight: float,
+    pooled: PooledBounds | None = None,
 ) -> int | None:
-    """About how many more canary requests until promote or rollback (rough, for people)."""
+    """About how many more canary requests until promote or rollback (rough, for people).
+
+    Bounds narrow as one over the square root of the requests; every group's traffic is
+    taken to grow alike (so the pooled bound's shortfall scales this group's requests).
+    """
     n = state.canary.requests
     if n <= 0:
         return None
@@ -935,8 +1032,19 @@ def _more_requests(
     diff = c_rate - s_rate
     width = increase_upper - diff
     room = config.promote_error_margin - diff
+    promote: list[float] = []  # what each of promote's 5xx bounds still needs
     if room > 0 and width > 0:
-        guesses.append(n * max((width / room) ** 2 - 1.0, 0.0))
+        promote.append(n * max((width / room) ** 2 - 1.0, 0.0))
+    if pooled is not None and pooled.canary_rate_upper > config.promote_error_floor:
+        estimate, upper = pooled.ratio_estimate, pooled.ratio_upper
+        if math.isinf(upper) or estimate <= 0 or estimate >= config.promote_ratio:
+            promote = []  # not in sight (the floor is for services without errors)
+        else:
+            spread = math.log(upper / estimate)
+            margin = math.log(config.promote_ratio / estimate)
+            promote.append(n * max((spread / margin) ** 2 - 1.0, 0.0))
+    if promote:
+        guesses.append(max(promote))
     if not guesses:
         return None
     return round(min(guesses))

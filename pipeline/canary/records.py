@@ -292,6 +292,10 @@ class Analysis:
     rate_ratio_lower: float | None = None
     rate_ratio_upper: float | None = None
     error_increase_upper: float | None = None  # canary - stable 5xx rate, upper bound
+    #: The rollout's path groups together (the promote rule's 5xx scale): the upper bounds
+    #: of the 5xx rate ratio and of the canary's 5xx rate.
+    rollout_rate_ratio_upper: float | None = None
+    rollout_canary_error_rate_upper: float | None = None
     p95_delta_ms: float | None = None
     p95_delta_lower_ms: float | None = None
     p95_delta_upper_ms: float | None = None
@@ -330,6 +334,10 @@ class Analysis:
                     "rate_ratio_lower": finite(self.rate_ratio_lower),
                     "rate_ratio_upper": finite(self.rate_ratio_upper),
                     "error_increase_upper": finite(self.error_increase_upper),
+                    "rollout_rate_ratio_upper": finite(self.rollout_rate_ratio_upper),
+                    "rollout_canary_error_rate_upper": finite(
+                        self.rollout_canary_error_rate_upper
+                    ),
                     "p95_delta_ms": _round(finite(self.p95_delta_ms)),
                     "p95_delta_lower_ms": _round(finite(self.p95_delta_lower_ms)),
                     "p95_delta_upper_ms": _round(finite(self.p95_delta_upper_ms)),
@@ -368,6 +376,10 @@ class Analysis:
             rate_ratio_lower=_opt_float(effect.get("rate_ratio_lower")),
             rate_ratio_upper=_opt_float(effect.get("rate_ratio_upper")),
             error_increase_upper=_opt_float(effect.get("error_increase_upper")),
+            rollout_rate_ratio_upper=_opt_float(effect.get("rollout_rate_ratio_upper")),
+            rollout_canary_error_rate_upper=_opt_float(
+                effect.get("rollout_canary_error_rate_upper")
+            ),
             p95_delta_ms=_opt_float(effect.get("p95_delta_ms")),
             p95_delta_lower_ms=_opt_float(effect.get("p95_delta_lower_ms")),
             p95_delta_upper_ms=_opt_float(effect.get("p95_delta_upper_ms")),

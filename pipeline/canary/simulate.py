@@ -75,17 +75,28 @@ Wrong promotions: A/B rollouts of a regression in which the engine said
 ``promote`` before any rollback. grayscope and the Z-test rule judge each
 path group, so a ``promote`` for any path group counts (every group is
 regressed); grayscope's rule is ``engine._judge_open``'s (minimum exposure,
-the 5xx increase's upper bound within ``promote_error_margin``, the p95
-increase's upper bound within the threshold, the latest window with both
-arms), on histograms drawn from the same latency model. Kayenta, Argo Rollouts
-and Flagger promote when their analysis ends without failing.
+the upper end of the rate-ratio confidence sequence of all groups' strata
+together within ``promote_ratio`` -- or the canary's 5xx rate over all groups
+bounded by ``promote_error_floor`` --, the group's 5xx increase's upper bound
+within ``promote_error_margin``, the p95 increase's upper bound within the
+threshold, the latest window with both arms), on histograms drawn from the
+same latency model; ``engine_promote_rule``, judged once per window. Kayenta,
+Argo Rollouts and Flagger promote when their analysis ends without failing.
 ``aa_promotions`` counts the A/A rollouts promoted (the right call there).
+For grayscope, which promotes path group by path group, the A/A figures also
+say how long a healthy canary waits (``aa_promotion``): the median window (of
+``WINDOWS``) of a rollout's first promote, the shares of path groups and of
+traffic promoted by the end, the median window by which half the traffic's
+groups are, and a group's median canary requests when promoted.
+``Knobs.promote_rules`` judges other promote rules on the same draws
+(``bench/canary_promote.py`` compares the candidates).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +116,8 @@ FLAGGER_THRESHOLD = 5
 LATENCY_THRESHOLD_MS = 200.0
 MIN_SAMPLES = 100
 PROMOTE_ERROR_MARGIN = engine.VerdictConfig().promote_error_margin
+PROMOTE_RATIO = engine.VerdictConfig().promote_ratio
+PROMOTE_ERROR_FLOOR = engine.VerdictConfig().promote_error_floor
 HIST_FIRST = histogram.bucket_index(10.0)  # the live bucket bounds 10 ms .. 10 s
 HIST_LAST = histogram.bucket_index(10_000.0)
 ERROR_PSIS = (1.5, 2.0, 5.0)
@@ -122,6 +135,39 @@ class Scenario:
     @property
     def is_regression(self) -> bool:
         return self.psi > 1.0 or self.p95_shift_ms >= LATENCY_THRESHOLD_MS
+
+
+@dataclass(slots=True, frozen=True)
+class PromoteFacts:
+    """What a promote rule may look at, per (rollout, group) at a window's end, on the
+    rollout's data so far; inf where a bound was not computed (the exposure or the latency
+    bound not yet reached: no rule promotes there)."""
+
+    #: Upper bound of the 5xx increase (canary rate's upper bound - stable's lower).
+    increase_upper: np.ndarray
+    #: Upper end of the group's rate-ratio confidence sequence (``evidence.ratio_interval``).
+    ratio_upper: np.ndarray
+    #: The same for the rollout's pooled strata (all groups: a common rate ratio), (r, 1).
+    pooled_ratio_upper: np.ndarray
+    #: Upper bound of the canary's 5xx rate over all groups' requests together, (r, 1).
+    pooled_canary_rate_upper: np.ndarray
+    #: Observed information about log psi in the pooled strata (minus the log-likelihood's
+    #: curvature at its maximum), (r, 1).
+    pooled_information: np.ndarray
+
+
+PromoteRule = Callable[[PromoteFacts], np.ndarray]
+
+
+def engine_promote_rule(facts: PromoteFacts) -> np.ndarray:
+    """``engine._judge_open``'s 5xx condition for promote, with the default settings: the
+    rollout's pooled rate ratio bounded by the promote ratio (or, errors too rare for a
+    ratio, the canary's pooled 5xx rate by the floor) and the group's increase by the
+    margin."""
+    pooled = (facts.pooled_ratio_upper <= PROMOTE_RATIO) | (
+        facts.pooled_canary_rate_upper <= PROMOTE_ERROR_FLOOR
+    )
+    return np.asarray(pooled & (facts.increase_upper <= PROMOTE_ERROR_MARGIN))
 
 
 @dataclass(slots=True, frozen=True)
@@ -143,6 +189,9 @@ class Knobs:
     slices: int = 6
     baselines: bool = True  # also run the other engines (the ablation skips them)
     promotions: bool = True  # also judge promote (the ablation skips it)
+    #: Promote rules judged beside the engine's on the same draws (``bench/canary_promote.py``):
+    #: (name, rule on the 5xx facts); the exposure and latency conditions are the engine's.
+    promote_rules: tuple[tuple[str, PromoteRule], ...] = ()
     #: The rollout evidence's share that configured conversion funnels take
     #: (``engine.FUNNEL_SHARE`` when any are; the path groups keep the rest): what a
     #: funnel costs the 5xx and latency families. 0: no funnels, as ``simulate`` runs.
@@ -160,6 +209,11 @@ class Outcome:
     promote_window: dict[str, np.ndarray] = field(default_factory=dict)
     #: The oracle of the first version of this harness: latency tested against no change.
     oracle_no_change: np.ndarray | None = None
+    #: Per promote rule ("grayscope": the engine's; then ``Knobs.promote_rules``): per
+    #: (rollout, group) the window of the group's first promote before any rollback (-1:
+    #: never) and the group's canary requests by then.
+    group_promote: dict[str, np.ndarray] = field(default_factory=dict)
+    group_promote_requests: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _quantile_lognormal(mu: np.ndarray, sigma: np.ndarray, q: float) -> np.ndarray:
@@ -245,6 +299,16 @@ def _run(
 
     rollback = {name: np.full(r, -1) for name in ENGINES}
     promote = {name: np.full(r, -1) for name in ENGINES}
+    rules: tuple[tuple[str, PromoteRule], ...] = (
+        ("grayscope", engine_promote_rule),
+        *knobs.promote_rules,
+    )
+    group_promote = {name: np.full((r, g), -1) for name, _ in rules}
+    group_promote_requests = {name: np.full((r, g), np.nan) for name, _ in rules}
+    # The full log-likelihood grid of the 5xx rate ratio (the promote rule's confidence
+    # sequences); the rollback needs only ``grid_err``'s columns.
+    err_full = np.zeros((r, g, evidence.GRID_SIZE)) if knobs.promotions else None
+    full_grid = np.array(evidence.GRID)
     errors_c = np.zeros((r, g))  # cumulative 5xx per arm, stable requests (for the promote bounds)
     errors_s = np.zeros((r, g))
     stable_total = np.zeros((r, g))
@@ -333,6 +397,8 @@ def _run(
             first_window = np.where(new, w * k + sl, first_window)
             first_stable = np.where(new, n0s, first_stable)
             _accumulate(err_ll, x1_k[sl], x1_k[sl] + x0_k[sl], n1s, n0s, grid_err)
+            if err_full is not None:
+                _accumulate(err_full, x1_k[sl], x1_k[sl] + x0_k[sl], n1s, n0s, full_grid)
             for level, (s_canary, s_stable) in enumerate(survival):
                 slow1 = rng.binomial(n1s, s_canary)
                 slow0 = rng.binomial(n0s, s_stable)
@@ -352,18 +418,36 @@ def _run(
             hist_s += rng.multinomial(n0, _cells(mu, sigma))
             # Promote for any path group, before any rollback: a promote verdict to a
             # regressed canary (every group is regressed in A/B) is a wrong promotion.
-            open_rows = (promote["grayscope"] < 0) & (rollback["grayscope"] < 0)
-            candidates = open_rows[:, None] & (first_window >= 0) & (n1 > 0) & (n0 > 0)
-            group_promote = _grayscope_promotes(
+            # Each group is followed until every rule has promoted it (the A/A figures:
+            # how long a healthy canary waits).
+            waiting = np.zeros((r, g), dtype=bool)
+            for name, _ in rules:
+                waiting |= group_promote[name] < 0
+            open_rows = rollback["grayscope"] < 0
+            candidates = (
+                open_rows[:, None] & waiting & (first_window >= 0) & (n1 > 0) & (n0 > 0)
+            )
+            assert err_full is not None
+            facts = _promote_facts(
                 np.where(candidates, canary_total, 0.0),
                 errors_c,
                 hist_c,
                 stable_total,
                 errors_s,
                 hist_s,
+                err_full,
                 alpha,
+                canary_total,
             )
-            _promoted(promote, rollback, "grayscope", group_promote.any(axis=1), w)
+            for name, rule in rules:
+                new_group = candidates & (group_promote[name] < 0) & rule(facts)
+                group_promote[name] = np.where(new_group, w, group_promote[name])
+                group_promote_requests[name] = np.where(
+                    new_group, canary_total, group_promote_requests[name]
+                )
+            _promoted(
+                promote, rollback, "grayscope", (group_promote["grayscope"] == w).any(axis=1), w
+            )
         if not knobs.baselines:
             continue
 
@@ -428,7 +512,15 @@ def _run(
         # Kayenta, Argo Rollouts and Flagger promote when their analysis ends without failing.
         for name in ("kayenta", "argo_rollouts", "flagger"):
             promote[name] = np.where(rollback[name] < 0, w_count - 1, -1)
-    return Outcome(rollback, delay, oracle_at, promote, oracle_at_no_change)
+    return Outcome(
+        rollback,
+        delay,
+        oracle_at,
+        promote,
+        oracle_at_no_change,
+        group_promote,
+        group_promote_requests,
+    )
 
 
 def _grayscope_e(
@@ -619,19 +711,61 @@ def _quantile_bounds(cells: np.ndarray, q: float, alpha: float) -> tuple[np.ndar
     )
 
 
-def _grayscope_promotes(
+def _promote_facts(
     canary_requests: np.ndarray,
     canary_errors: np.ndarray,
     canary_hist: np.ndarray,
     stable_requests: np.ndarray,
     stable_errors: np.ndarray,
     stable_hist: np.ndarray,
+    err_full: np.ndarray,
+    alpha: float,
+    canary_requests_all: np.ndarray | None = None,
+) -> PromoteFacts:
+    """The promote rules' 5xx facts, computed where the exposure and the latency bound are
+    reached (inf elsewhere: no rule promotes there)."""
+    r, g = canary_requests.shape
+    if canary_requests_all is None:
+        canary_requests_all = canary_requests
+    ready = _promote_ready(
+        canary_requests, canary_hist, stable_requests, stable_hist, alpha
+    )
+    increase = np.full((r, g), np.inf)
+    ratio = np.full((r, g), np.inf)
+    if ready.any():
+        idx = np.nonzero(ready)
+        c_high = _rate_bound(canary_errors[idx], canary_requests[idx], alpha, upper=True)
+        s_low = _rate_bound(stable_errors[idx], stable_requests[idx], alpha, upper=False)
+        increase[idx] = c_high - s_low
+        ratio[idx] = _ratio_upper(err_full[idx], alpha)
+    pooled_rows = ready.any(axis=1)
+    pooled = np.full((r, 1), np.inf)
+    pooled_canary = np.full((r, 1), np.inf)
+    information = np.zeros((r, 1))
+    if pooled_rows.any():
+        summed = err_full[pooled_rows].sum(axis=1)
+        pooled[pooled_rows, 0] = _ratio_upper(summed, alpha)
+        information[pooled_rows, 0] = _information(summed)
+        # every group that has started (the engine pools the groups it judges)
+        started = stable_requests[pooled_rows] > 0
+        pooled_canary[pooled_rows, 0] = _rate_bound(
+            np.where(started, canary_errors[pooled_rows], 0.0).sum(axis=1),
+            np.where(started, canary_requests_all[pooled_rows], 0.0).sum(axis=1),
+            alpha,
+            upper=True,
+        )
+    return PromoteFacts(increase, ratio, pooled, pooled_canary, information)
+
+
+def _promote_ready(
+    canary_requests: np.ndarray,
+    canary_hist: np.ndarray,
+    stable_requests: np.ndarray,
+    stable_hist: np.ndarray,
     alpha: float,
 ) -> np.ndarray:
-    """``engine._judge_open``'s promote rule per (rollout, group), on cumulative counts:
-    minimum exposure in both arms, the 5xx increase's upper bound within the margin and
-    the p95 increase's upper bound within the latency threshold (every request is timed).
-    The bounds are computed only where the exposure is reached."""
+    """Minimum exposure in both arms and the p95 increase's upper bound within the latency
+    threshold (``engine._judge_open``; every simulated request is timed)."""
     out = (canary_requests >= MIN_SAMPLES) & (stable_requests >= MIN_SAMPLES)
     if not out.any():
         return np.asarray(out)
@@ -639,13 +773,49 @@ def _grayscope_promotes(
     q_high = _quantile_bounds(canary_hist[idx], 0.95, alpha / 2.0)[1]
     q_low = _quantile_bounds(stable_hist[idx], 0.95, alpha / 2.0)[0]
     p95_high = q_high - np.nan_to_num(q_low, nan=0.0)
-    ok = np.nan_to_num(p95_high, nan=np.inf) <= LATENCY_THRESHOLD_MS
-    sub = tuple(axis[ok] for axis in idx)
-    c_high = _rate_bound(canary_errors[sub], canary_requests[sub], alpha, upper=True)
-    s_low = _rate_bound(stable_errors[sub], stable_requests[sub], alpha, upper=False)
-    result = np.zeros(out.shape, dtype=bool)
-    result[sub] = c_high - s_low <= PROMOTE_ERROR_MARGIN
-    return result
+    out[idx] = np.nan_to_num(p95_high, nan=np.inf) <= LATENCY_THRESHOLD_MS
+    return np.asarray(out)
+
+
+def _ratio_upper(loglik: np.ndarray, alpha: float) -> np.ndarray:
+    """The upper end of ``evidence.ratio_interval`` for each row of full-grid log-likelihoods:
+    the grid point above the highest one the two-sided mixture does not exclude (inf when
+    that is the grid's end)."""
+    if loglik.shape[0] > 512:  # bounded memory: (rows, grid, 2 x offsets) at a time
+        return np.concatenate(
+            [_ratio_upper(loglik[lo : lo + 512], alpha) for lo in range(0, loglik.shape[0], 512)]
+        )
+    size = evidence.GRID_SIZE
+    count = len(evidence.OFFSETS)
+    parts = []
+    for sign in (1, -1):
+        for offset in evidence.OFFSETS:
+            shifted = np.full(loglik.shape, -np.inf)
+            if sign > 0:
+                shifted[..., : size - offset] = loglik[..., offset:] - loglik[..., : size - offset]
+            else:
+                shifted[..., offset:] = loglik[..., : size - offset] - loglik[..., offset:]
+            parts.append(shifted)
+    terms = np.stack(parts, axis=-1)
+    up = _log_sum_exp(terms[..., :count]) - math.log(count)
+    down = _log_sum_exp(terms[..., count:]) - math.log(count)
+    two_sided = np.logaddexp(up, down) - math.log(2.0)
+    kept = two_sided < math.log(1.0 / alpha)
+    # highest kept index (-1: none kept, which a likelihood with a maximum cannot give)
+    high = np.where(kept.any(axis=-1), size - 1 - np.argmax(kept[..., ::-1], axis=-1), size - 1)
+    psi = np.exp(np.array(evidence.GRID))
+    above = np.minimum(high + 1, size - 1)
+    return np.asarray(np.where(high >= size - 1, np.inf, psi[above]))
+
+
+def _information(loglik: np.ndarray) -> np.ndarray:
+    """Observed information about log psi: minus the second difference of the log-likelihood
+    at its grid maximum (kept one step inside the grid)."""
+    best = np.clip(np.argmax(loglik, axis=-1), 1, evidence.GRID_SIZE - 2)[..., None]
+    centre = np.take_along_axis(loglik, best, axis=-1)[..., 0]
+    left = np.take_along_axis(loglik, best - 1, axis=-1)[..., 0]
+    right = np.take_along_axis(loglik, best + 1, axis=-1)[..., 0]
+    return np.asarray(np.maximum(-(left - 2.0 * centre + right) / evidence.GRID_STEP**2, 0.0))
 
 
 def _accumulate(
@@ -849,6 +1019,10 @@ def simulate(
             ),
             "ab_by_scenario": per_scenario,
         }
+        if name in outcome.group_promote:  # grayscope: per path group
+            result[name].update(
+                aa_promotion(outcome.group_promote[name], outcome.group_promote_requests[name])
+            )
     settings = {
         "alpha": alpha,
         "seed": seed,
@@ -865,6 +1039,39 @@ def simulate(
 
 def _finite(value: float) -> float | None:
     return None if math.isinf(value) or math.isnan(value) else round(value, 3)
+
+
+def traffic_shares() -> np.ndarray:
+    """Each path group's share of the traffic (the Zipf law of ``_run``)."""
+    weights = 1.0 / np.arange(1, GROUPS + 1) ** 1.1
+    return np.asarray(weights / weights.sum())
+
+
+def aa_promotion(windows: np.ndarray, requests: np.ndarray) -> dict[str, Any]:
+    """How long a healthy canary waits: from the windows (rollouts, groups) of each path
+    group's first promote in A/A (-1: never) and the group's canary requests by then.
+
+    The median window (of ``WINDOWS``) of a rollout's first promote (never: counted as
+    later than any), the share of path groups and of the traffic promoted by the end, the
+    median window by which the promoted groups carry half of the traffic, and the median
+    of a group's canary requests when it is promoted.
+    """
+    promoted = windows >= 0
+    first = np.where(promoted, windows, np.inf).min(axis=1)
+    shares = traffic_shares()
+    half = np.full(windows.shape[0], np.inf)
+    for w in range(WINDOWS):
+        reached = ((promoted & (windows <= w)) * shares).sum(axis=1) >= 0.5
+        half = np.where(np.isinf(half) & reached, w, half)
+    return {
+        "aa_first_promote_median_window": _finite(float(np.median(first))),
+        "aa_groups_promoted": round(float(promoted.mean()), 4),
+        "aa_traffic_promoted": round(float((promoted * shares).sum(axis=1).mean()), 4),
+        "aa_half_traffic_promoted_median_window": _finite(float(np.median(half))),
+        "aa_group_promote_median_canary_requests": (
+            round(float(np.median(requests[promoted]))) if promoted.any() else None
+        ),
+    }
 
 
 def _chunked(
@@ -886,6 +1093,11 @@ def _chunked(
         merged.delay_requests[name] = np.concatenate([p.delay_requests[name] for p in parts])
         if all(name in p.promote_window for p in parts):
             merged.promote_window[name] = np.concatenate([p.promote_window[name] for p in parts])
+    for rule in parts[0].group_promote:
+        merged.group_promote[rule] = np.concatenate([p.group_promote[rule] for p in parts])
+        merged.group_promote_requests[rule] = np.concatenate(
+            [p.group_promote_requests[rule] for p in parts]
+        )
     merged.oracle_requests = np.concatenate(
         [p.oracle_requests for p in parts if p.oracle_requests is not None]
     )

@@ -48,6 +48,9 @@ def canary_settings(app_id: str, **changes: Any) -> Settings:
         # A few hundred requests bound a 5xx increase only to a few points: promote here
         # needs a margin that wide (the default, 0.5 points, needs thousands).
         "canary_promote_error_margin": 0.1,
+        # ... and, with errors too few to bound the rate ratio of all path groups
+        # together, the canary's 5xx rate over them within the same.
+        "canary_promote_error_floor": 0.1,
         "canary_partitions": 1,
         "canary_topic": f"{app_id}-verdicts",
     }

@@ -313,3 +313,83 @@ def test_increments_fold_every_request_once(steps: list[tuple[int, int, int, int
             assert canary[start].minus(arms[0]) is not None  # never more than the table
             assert stable[start].minus(arms[1]) is not None
         assert engine.increments(state, canary, stable) == []  # nothing left to fold
+
+
+def test_a_low_base_regression_is_not_promoted_on_the_absolute_margin() -> None:
+    # 5xx 1.5x stable's on a 0.1 % base: an increase of 0.05 points, well inside the
+    # absolute margin, but the rate ratio is what the rollback tests (and will roll back).
+    state = rollout(30, canary=(1000, 0.0015, 100.0), stable=(9000, 0.001, 100.0), seed=5)
+    (result,) = assess({"/api": state}, VerdictConfig(), window_seconds=W).values()
+    a = result.analysis
+    assert a.error_increase_upper is not None and a.error_increase_upper <= 0.005
+    assert a.rollout_rate_ratio_upper is not None and a.rollout_rate_ratio_upper > 1.5
+    # at a ratio near the promote ratio, a promote is far off: beyond the horizon here
+    assert result.decision is Decision.INSUFFICIENT_DATA, result.reasons
+    assert a.more_canary_requests is not None and a.more_canary_requests > 10**6
+    patient = VerdictConfig(horizon_seconds=10**6)
+    (held,) = assess({"/api": state}, patient, window_seconds=W).values()
+    assert held.decision is Decision.HOLD
+    doubt = "rollout's 5xx rate ratio (1 path group pooled) could be up to"
+    assert any(doubt in r for r in held.reasons)
+
+
+def test_promote_pools_the_groups_that_are_not_rolled_back() -> None:
+    good = {f"/g{i}": rollout(30, name=f"/g{i}", seed=10 + i) for i in range(3)}
+    results = assess(good, VerdictConfig(), window_seconds=W)
+    assert all(r.decision is Decision.PROMOTE for r in results.values())
+    assert any("(3 path groups pooled) at most" in r for r in results["/g0"].reasons)
+    # one group far worse: rolled back, and it does not hold the others
+    states = {**good, "/bad": rollout(20, canary=(1000, 0.05, 100.0), name="/bad", seed=2)}
+    results = assess(states, VerdictConfig(), window_seconds=W)
+    assert results["/bad"].decision is Decision.ROLLBACK
+    assert results["/g0"].decision is Decision.PROMOTE, results["/g0"].reasons
+
+
+def test_without_errors_the_canary_rate_floor_promotes() -> None:
+    state = rollout(30, canary=(2000, 0.0, 100.0), stable=(2000, 0.0, 100.0))
+    (result,) = assess({"/api": state}, VerdictConfig(), window_seconds=W).values()
+    assert result.decision is Decision.PROMOTE, result.reasons
+    assert result.analysis.rollout_rate_ratio_upper == float("inf")  # no 5xx: no ratio
+    assert any("too few errors for a ratio" in r for r in result.reasons)
+    short = rollout(5, canary=(2000, 0.0, 100.0), stable=(2000, 0.0, 100.0))
+    (held,) = assess({"/api": short}, VerdictConfig(), window_seconds=W).values()
+    assert held.decision is Decision.HOLD
+    assert any("could be up to inf" in r and "floor 0.010%" in r for r in held.reasons)
+
+
+def test_promote_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="promote_ratio"):
+        VerdictConfig(promote_ratio=1.0)
+    with pytest.raises(ValueError, match="promote_error_floor"):
+        VerdictConfig(promote_error_floor=0.01)  # above the margin
+    VerdictConfig(promote_error_floor=0.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    canary_rate=st.sampled_from([0.0, 0.001, 0.01, 0.03]),
+    stable_rate=st.sampled_from([0.0, 0.001, 0.01]),
+    windows=st.integers(2, 12),
+    seed=st.integers(0, 1000),
+)
+def test_promote_only_inside_every_bound(
+    canary_rate: float, stable_rate: float, windows: int, seed: int
+) -> None:
+    config = VerdictConfig()
+    state = rollout(
+        windows, canary=(400, canary_rate, 100.0), stable=(800, stable_rate, 100.0), seed=seed
+    )
+    (result,) = assess({"/api": state}, config, window_seconds=W).values()
+    if result.decision is Decision.PROMOTE:
+        a = result.analysis
+        assert a.error_increase_upper is not None
+        assert a.error_increase_upper <= config.promote_error_margin
+        ratio_ok = (
+            a.rollout_rate_ratio_upper is not None
+            and a.rollout_rate_ratio_upper <= config.promote_ratio
+        )
+        floor_ok = (
+            a.rollout_canary_error_rate_upper is not None
+            and a.rollout_canary_error_rate_upper <= config.promote_error_floor
+        )
+        assert ratio_ok or floor_ok

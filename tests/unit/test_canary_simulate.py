@@ -219,23 +219,66 @@ def test_vectorised_quantile_bounds_equal_the_engines() -> None:
             assert (math.isnan(upper[0, j]) and high is None) or upper[0, j] == high
 
 
-def test_promote_needs_bounds_inside_the_margins() -> None:
+def _facts(
+    canary_errors: np.ndarray, stable_errors: np.ndarray, requests: float
+) -> simulate.PromoteFacts:
+    """Promote facts for (rollouts, groups) of one stratum each, identical latency."""
     rng = np.random.default_rng(8)
-    mu = np.log(np.full((1, 2), 100.0))
-    sigma = np.full((1, 2), 0.5)
-    big = rng.multinomial(np.full((1, 2), 50_000), simulate._cells(mu, sigma)).astype(float)
-    # group 0: identical arms, lots of data; group 1: canary 5xx 3 points higher
-    canary_errors = np.array([[50.0, 1550.0]])
-    stable_errors = np.array([[50.0, 50.0]])
-    requests = np.full((1, 2), 50_000.0)
-    promotes = simulate._grayscope_promotes(
-        requests, canary_errors, big, requests, stable_errors, big, 0.05
+    shape = canary_errors.shape
+    mu = np.log(np.full(shape, 100.0))
+    sigma = np.full(shape, 0.5)
+    hist = rng.multinomial(np.full(shape, int(requests)), simulate._cells(mu, sigma))
+    n = np.full(shape, requests)
+    err_full = np.zeros((*shape, evidence.GRID_SIZE))
+    simulate._accumulate(
+        err_full, canary_errors, canary_errors + stable_errors, n, n, np.array(evidence.GRID)
     )
-    assert promotes.tolist() == [[True, False]]
-    few = np.full((1, 2), 50.0)  # below the minimum exposure
-    assert not simulate._grayscope_promotes(
-        few, canary_errors * 0, big, requests, stable_errors, big, 0.05
-    ).any()
+    return simulate._promote_facts(
+        n, canary_errors, hist.astype(float), n, stable_errors, hist.astype(float), err_full, 0.05
+    )
+
+
+def test_promote_needs_the_pooled_ratio_and_the_groups_increase_bounded() -> None:
+    # rollout 0: identical arms in both groups; rollout 1: group 1's canary 3 points worse
+    canary = np.array([[300.0, 300.0], [300.0, 3300.0]])
+    stable = np.full((2, 2), 300.0)
+    facts = _facts(canary, stable, 100_000.0)
+    assert facts.pooled_ratio_upper[0, 0] <= simulate.PROMOTE_RATIO
+    assert facts.pooled_ratio_upper[1, 0] > simulate.PROMOTE_RATIO  # the build is worse
+    # the vectorised bounds are the engine's
+    group = evidence.zero_loglik()
+    evidence.accumulate(group, evidence.window_loglik(300, 600, 100_000, 100_000))
+    assert facts.ratio_upper[0, 0] == pytest.approx(evidence.ratio_interval(group, 0.05)[2])
+    promotes = simulate.engine_promote_rule(facts)
+    # group 0 of rollout 1 is fine on its own, but the rollout's 5xx rate is 6x stable's
+    assert promotes.tolist() == [[True, True], [False, False]]
+    # before the change: the absolute margin alone promoted group 0 of rollout 1
+    assert (facts.increase_upper <= simulate.PROMOTE_ERROR_MARGIN).tolist()[1] == [True, False]
+
+
+def test_without_errors_the_canary_rate_floor_promotes() -> None:
+    none = np.zeros((1, 2))
+    facts = _facts(none, none, 100_000.0)
+    assert np.isinf(facts.pooled_ratio_upper).all()  # no 5xx: no ratio to bound
+    assert (facts.pooled_canary_rate_upper <= simulate.PROMOTE_ERROR_FLOOR).all()
+    assert simulate.engine_promote_rule(facts).all()
+    few = _facts(none, none, 2_000.0)  # too few requests to bound even that
+    assert not simulate.engine_promote_rule(few).any()
+
+
+def test_ratio_upper_is_the_engines_confidence_sequence() -> None:
+    rng = np.random.default_rng(5)
+    rows = []
+    for _ in range(40):
+        loglik = evidence.zero_loglik()
+        for _ in range(int(rng.integers(1, 12))):
+            n1, n0 = int(rng.integers(10, 3000)), int(rng.integers(10, 3000))
+            x1 = int(rng.binomial(n1, 0.004 * rng.choice([1.0, 2.0, 5.0])))
+            x0 = int(rng.binomial(n0, 0.004))
+            evidence.accumulate(loglik, evidence.window_loglik(x1, x1 + x0, n1, n0))
+        rows.append(loglik)
+    got = simulate._ratio_upper(np.array(rows), 0.05)
+    assert got.tolist() == pytest.approx([evidence.ratio_interval(row, 0.05)[2] for row in rows])
 
 
 def test_the_simulated_engine_defaults_are_the_live_engines() -> None:
@@ -248,7 +291,10 @@ def test_the_simulated_engine_defaults_are_the_live_engines() -> None:
     # The worker's evaluations per window, each folding an increment.
     live = CanaryConfig()
     assert knobs.slices == live.window_seconds / live.interval_seconds
-    assert engine.VerdictConfig().promote_error_margin == simulate.PROMOTE_ERROR_MARGIN
+    verdict = engine.VerdictConfig()
+    assert verdict.promote_error_margin == simulate.PROMOTE_ERROR_MARGIN
+    assert verdict.promote_ratio == simulate.PROMOTE_RATIO
+    assert verdict.promote_error_floor == simulate.PROMOTE_ERROR_FLOOR
 
 
 def test_wrong_promotions_are_reported_with_their_upper_bound() -> None:
