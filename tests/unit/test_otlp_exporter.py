@@ -450,6 +450,43 @@ async def test_block_waits_for_room_and_resumes_when_exports_succeed() -> None:
     await ex.stop()
 
 
+async def test_block_counts_the_wait_while_it_lasts() -> None:
+    # A hung collector holds one wait for as long as its exports take (minutes, with a
+    # long timeout): a scrape meanwhile must see the time blocked grow, not only once
+    # the wait ends (found by the worker's end-to-end test against a paused Jaeger).
+    transport = FakeTransport()
+    transport.gate = asyncio.Event()  # hung until opened
+    ex = exporter(
+        transport,
+        queue_size=5,
+        batch_size=5,
+        max_concurrent=1,
+        when_full="block",
+        blocked_report_interval=0.01,
+    )
+    ex.start()
+    assert await ex.submit_blocking(spans(10)) == 10  # 5 in flight (stuck), 5 queued
+    waiting = asyncio.create_task(ex.submit_blocking(spans(3)))
+    for _ in range(1000):  # up to 10 s: a loaded box may be slow, never fast enough to fail
+        if ex.stats.span_queue_blocked_seconds_total >= 0.05:
+            break
+        await asyncio.sleep(0.01)
+    assert ex.stats.span_queue_blocked_seconds_total >= 0.05
+    assert not waiting.done()  # still waiting, yet counted
+    during = ex.stats.span_queue_blocked_seconds_total
+    transport.gate.set()
+    assert await asyncio.wait_for(waiting, timeout=10) == 3
+    assert ex.stats.span_queue_blocked_seconds_total >= during  # the rest of the wait added
+    assert await ex.flush(timeout=10)
+    assert ex.stats.spans_dropped == 0
+    await ex.stop()
+
+
+def test_blocked_report_interval_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="blocked_report_interval"):
+        exporter(FakeTransport(), blocked_report_interval=0)
+
+
 async def test_block_drops_nothing_for_a_full_queue_and_keeps_arrival_order() -> None:
     # Three batches at once (batch_concurrency) into a queue that holds less than one:
     # each waits its turn, none is dropped, the spans leave in the order they came.

@@ -30,7 +30,8 @@ Header values may hold API keys: they are never logged.
 Counters (``OtlpExporter.stats``; label values are bounded enums):
 ``spans_exported_total``, ``spans_dropped_total{reason}``,
 ``export_requests_total{outcome}``, ``span_queue_blocked_seconds_total`` (time
-``submit_blocking`` callers spent waiting for room, summed over callers), plus
+``submit_blocking`` callers spent waiting for room, summed over callers, and
+counted while a wait lasts), plus
 the ``spans_queued`` gauge.
 """
 
@@ -309,11 +310,12 @@ class OtlpExporter:
         retry_max: float = 5.0,
         transport: Transport | None = None,
         when_full: WhenFull = WhenFull.DROP_NEWEST,
+        blocked_report_interval: float = 1.0,
     ) -> None:
         if queue_size < 1 or batch_size < 1 or max_retries < 0 or timeout <= 0:
             raise ValueError("queue_size/batch_size >= 1, max_retries >= 0, timeout > 0")
-        if max_concurrent < 1:
-            raise ValueError("max_concurrent >= 1")
+        if max_concurrent < 1 or blocked_report_interval <= 0:
+            raise ValueError("max_concurrent >= 1, blocked_report_interval > 0")
         self.endpoint = parse_endpoint(endpoint)
         self.queue_size = queue_size
         self.batch_size = batch_size
@@ -322,6 +324,9 @@ class OtlpExporter:
         self.max_concurrent = max_concurrent
         self.flush_interval = flush_interval
         self.when_full = WhenFull(when_full)
+        # How often a wait for room is added to span_queue_blocked_seconds_total while
+        # it lasts: finer than any scrape interval, and one timer a second is nothing.
+        self.blocked_report_interval = blocked_report_interval
         self.backoff = Backoff(retry_initial, retry_max)
         self.stats = OtlpStats()
         self._transport = transport or make_transport(self.endpoint, headers or {})
@@ -430,15 +435,27 @@ class OtlpExporter:
         return accepted
 
     async def _wait_for_room(self) -> None:
-        """Until the queue has room again, the exporter stops, or waits are released."""
+        """Until the queue has room again, the exporter stops, or waits are released.
+
+        The wait is added to ``span_queue_blocked_seconds_total`` while it lasts (every
+        ``blocked_report_interval`` seconds), not only once it ends: with a hung
+        collector one wait lasts as long as the exports in flight (up to
+        ``timeout`` x (``max_retries`` + 1) each), and a scrape meanwhile must see the
+        worker blocked, not a counter that stands still.
+        """
         # Cleared right before waiting, with no await since the caller saw the queue
-        # full: a wake-up cannot be lost in between.
+        # full: a wake-up cannot be lost in between (and the event stays set across
+        # the slices below, so none is lost there either).
         self._room.clear()
-        started = time.perf_counter()
+        stats = self.stats
+        credited = time.perf_counter()
         try:
-            await self._room.wait()
+            while not await _wait(self._room, self.blocked_report_interval):
+                now = time.perf_counter()
+                stats.span_queue_blocked_seconds_total += now - credited
+                credited = now
         finally:
-            self.stats.span_queue_blocked_seconds_total += time.perf_counter() - started
+            stats.span_queue_blocked_seconds_total += time.perf_counter() - credited
 
     @contextlib.contextmanager
     def waits_released(self) -> Iterator[None]:
