@@ -30,9 +30,10 @@ Header values may hold API keys: they are never logged.
 Counters (``OtlpExporter.stats``; label values are bounded enums):
 ``spans_exported_total``, ``spans_dropped_total{reason}``,
 ``export_requests_total{outcome}``, ``span_queue_blocked_seconds_total`` (time
-``submit_blocking`` callers spent waiting for room, summed over callers, and
-counted while a wait lasts), plus
-the ``spans_queued`` gauge.
+during which the ``submit_blocking`` caller whose turn it is waited for room,
+counted while the wait lasts; callers queued behind it wait on the same room and
+are not counted again, so the rate is the share of wall time spent held up),
+plus the ``spans_queued`` gauge.
 """
 
 from __future__ import annotations
