@@ -44,9 +44,14 @@ every partition and every worker. Hence:
    each user's progress in ``canary-funnel-users`` (key ``<funnel>/<hash>``)
    and the funnel's strata, totals and evidence in ``canary-funnels``, both
    changelogged. Users past their window plus a window of grace are deleted,
-   and above ``max_users`` the longest idle are evicted (counted). The timer
+   and above ``max_users`` the longest idle are evicted (counted). Each record
+   also names the path groups its hits' requests fell into; the funnel's state
+   keeps them (at most ``funnel.MAX_CARRIERS``, the rest counted). The timer
    passes the funnels to the engine: they carry a share of the rollout's
-   evidence, and a funnel's rollback is carried by its steps' path groups.
+   evidence, and a funnel's rollback -- sticky in its state, like a path
+   group's -- is carried by its steps' configured path groups and those
+   observed path groups. A rolled-back funnel nothing carries is logged once
+   and says so in ``/canary``.
 
 Windows are placed by the request's own time (``@timestamp``); an aggregate
 whose window has already expired (Faust's rule, see ``pipeline/canary/windows.py``)
@@ -61,7 +66,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import faust
@@ -171,6 +176,7 @@ class CanaryAnalysis:
             )
         self.funnel_decisions: dict[str, FunnelDecision] = {}
         self._funnel_sticky: set[str] = set()  # funnel rollbacks not yet in the table
+        self._funnel_uncarried_warned: set[str] = set()  # rolled back, no carrier: logged
         self._last_aggregate_at = 0.0  # wall clock of the last aggregate applied
         self._funnel_gc: dict[str, float] = {}
         # Folds sent by the timer and not yet applied by the agent: (state after, sent at).
@@ -197,9 +203,22 @@ class CanaryAnalysis:
         for agg in aggregates:
             self._send_to_owner(agg.path_group, orjson.dumps(agg.to_json()))
 
-    def publish_funnel(self, name: str, hits: Sequence[funnels.Hit]) -> None:
-        """The observer's funnel hook: one record per funnel, to the funnel's owner."""
-        record = {"kind": CONTROL_FUNNEL, "funnel": name, "hits": list(hits)}
+    def publish_funnel(
+        self,
+        name: str,
+        hits: Sequence[funnels.Hit],
+        carriers: Mapping[str, int] | None = None,
+        carriers_left_out: int = 0,
+    ) -> None:
+        """The observer's funnel hook: one record per funnel, to the funnel's owner, with
+        the path groups the hits' requests fell into (the carriers of its rollback)."""
+        record = {
+            "kind": CONTROL_FUNNEL,
+            "funnel": name,
+            "hits": list(hits),
+            "carriers": dict(carriers or {}),
+            "carriers_left_out": carriers_left_out,
+        }
         self._send_to_owner(FUNNEL_PREFIX + name, orjson.dumps(record))
 
     def _send_to_owner(self, key: str, value: bytes) -> None:
@@ -294,6 +313,14 @@ class CanaryAnalysis:
             if progress is not None:
                 users[key] = progress
         self.stats.canary_funnel_late_conversions_total += state.late_conversions - late
+        carriers = data.get("carriers")  # a record of an older worker has none: no carriers
+        try:
+            state.add_carriers(
+                carriers if isinstance(carriers, dict) else {},
+                int(data.get("carriers_left_out") or 0),
+            )
+        except (TypeError, ValueError):
+            self.stats.canary_aggregates_invalid_total += 1
         funnels.resolve(spec, state, bucket)
         self._collect_funnel_users(spec, state)
         self.funnel_states[spec.name] = state.to_json()
@@ -470,6 +497,8 @@ class CanaryAnalysis:
                 continue
             if self._rollout_ended(state.last_canary_at, now):
                 continue  # an ended rollout
+            if name in self._funnel_sticky:
+                state.rolled_back = True  # decided, its control record not applied yet
             funnels.resolve(spec, state, bucket, up_to=self._stream_clock(now))
             out[name] = funnels.facts(spec, state, self.config.verdict.alpha)
         return out
@@ -512,6 +541,8 @@ class CanaryAnalysis:
         for name, decision in funnel_decisions.items():
             if decision.decision is Decision.ROLLBACK and not decision.facts.rolled_back:
                 self._make_funnel_sticky(name)
+            self._warn_uncarried(decision)
+        self._funnel_uncarried_warned &= set(funnel_decisions)  # ended rollouts start afresh
         for verdict in verdicts:
             changes = self.timeline.setdefault(verdict.path_group, [])
             if not changes or changes[-1][1] != verdict.decision.value:
@@ -534,6 +565,20 @@ class CanaryAnalysis:
             self._send_to_owner(path_group, orjson.dumps({"kind": CONTROL_FOLD, **fold.to_json()}))
             self._sent_folds[path_group] = (judged[path_group].copy(), now)
             self.stats.canary_folds_total += 1
+
+    def _warn_uncarried(self, decision: FunnelDecision) -> None:
+        """Log once that a funnel's rollback has no path group verdict to carry it (its
+        decision in ``/canary`` and the report says why); once more after it was carried
+        or after a new rollout."""
+        name = decision.name
+        if not decision.uncarried:
+            self._funnel_uncarried_warned.discard(name)
+            return
+        if name in self._funnel_uncarried_warned:
+            return
+        self._funnel_uncarried_warned.add(name)
+        note = next((r for r in decision.reasons if r.startswith("not carried")), "")
+        log.warning("canary funnel %s is rolled back, %s", name, note)
 
     def _make_funnel_sticky(self, name: str) -> None:
         if name in self._funnel_sticky:

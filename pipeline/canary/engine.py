@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.canary import evidence, histogram
-from pipeline.canary.funnel import FunnelFacts, explain
+from pipeline.canary.funnel import MAX_CARRIERS, FunnelFacts, explain
 from pipeline.canary.records import Analysis, Decision, WindowCounts
 
 LATENCY_LEVELS = (0.50, 0.95, 0.99)
@@ -550,6 +550,14 @@ class FunnelDecision:
     reasons: tuple[str, ...]
     facts: FunnelFacts
     weight: float  # its share of the rollout's evidence
+    #: The path groups whose verdicts say rollback for it (judged in this evaluation);
+    #: empty for a rolled-back funnel: nothing carries it (``uncarried``).
+    carried_by: tuple[str, ...] = ()
+
+    @property
+    def uncarried(self) -> bool:
+        """Rolled back, yet no path group verdict says so: only ``/canary`` and the report do."""
+        return self.decision is Decision.ROLLBACK and not self.carried_by
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -557,7 +565,29 @@ class FunnelDecision:
             "decision": self.decision.value,
             "reasons": list(self.reasons),
             "weight": self.weight,
+            "carried_by": list(self.carried_by),
         }
+
+
+def _carried_text(ff: FunnelFacts, carriers: Sequence[str]) -> str:
+    """Which path groups' verdicts say a funnel's rollback, or why none does."""
+    left_out = (
+        f" ({ff.carriers_left_out} matched requests in path groups beyond the"
+        f" {MAX_CARRIERS} kept)"
+        if ff.carriers_left_out
+        else ""
+    )
+    if carriers:
+        return f"carried by the path groups {', '.join(carriers)}{left_out}"
+    if not ff.path_groups:
+        return (
+            "not carried: no matched step request had a path group yet, so no path group"
+            f" verdict says rollback; act on this funnel's decision{left_out}"
+        )
+    return (
+        f"not carried: its path groups ({', '.join(ff.path_groups)}) have no rollout judged"
+        f" here, so no path group verdict says rollback; act on this funnel's decision{left_out}"
+    )
 
 
 #: Share of the rollout's evidence that pools all path groups (a bad build is bad
@@ -666,9 +696,11 @@ def assess(
     ended (warm-up counts complete windows); without it every folded window has.
 
     ``funnels``: the conversion funnels' facts (``funnel.facts``); they carry
-    ``FUNNEL_SHARE`` of the rollout's evidence, and a funnel named by e-BH rolls
-    back the path groups of its steps. ``funnel_decisions`` receives each
-    funnel's decision.
+    ``FUNNEL_SHARE`` of the rollout's evidence, and a funnel named by e-BH, or named
+    earlier in the rollout (``FunnelFacts.rolled_back``: sticky on its own), rolls
+    back its carriers: its steps' configured path groups and the path groups its
+    matched step requests fell into. ``funnel_decisions`` receives each funnel's
+    decision, with the path groups that carry it.
     """
     checks = checks or {}
     alpha = config.alpha
@@ -720,37 +752,56 @@ def assess(
         rejected = evidence.ebh(weighted, alpha) or [max(weighted, key=lambda n: weighted[n])]
         named = [n for n in rejected if not n.startswith(FUNNEL_PREFIX)]
         funnel_named = [n.removeprefix(FUNNEL_PREFIX) for n in rejected if n not in named]
+    # A funnel rolled back -- named now, or earlier in the rollout (its own sticky flag,
+    # kept in the funnel's state) -- rolls back its carriers (``FunnelFacts.path_groups``:
+    # its configured path groups and those its matched requests fell into). A sticky
+    # funnel keeps carrying whatever its path groups' own states say, and reaches a
+    # carrier first seen after it was named. The test is untouched: a sticky funnel was
+    # named by an earlier evaluation, so the event "some rollback in this rollout" is
+    # the same, and carriers decide only where the rollback shows.
     funnel_reasons: dict[str, list[str]] = {}
-    for name in funnel_named:
-        ff = funnels[name]
+    carried_by: dict[str, tuple[str, ...]] = {}
+    for name, ff in funnels.items():
+        if name not in funnel_named and not ff.rolled_back:
+            continue
+        why = (
+            "the canary converts less"
+            if name in funnel_named
+            else "rolled back earlier in this rollout (sticky)"
+        )
         lines = [
-            f"funnel {name}: the canary converts less (evidence {ff.e_value:.3g},"
+            f"funnel {name}: {why} (evidence {ff.e_value:.3g},"
             f" weight {funnel_weight:.3f}; rollout evidence {rollout_e:.3g}"
             f" vs 1/alpha = {threshold:g})",
             *explain(ff),
         ]
-        for group in ff.path_groups:
-            if group in facts and group not in named:
+        carriers = tuple(group for group in ff.path_groups if group in facts)
+        carried_by[name] = carriers
+        for group in carriers:
+            if group not in named:
                 named.append(group)
             funnel_reasons.setdefault(group, []).extend(lines)
     if funnel_decisions is not None:
         for name, ff in funnels.items():
-            rolled = name in funnel_named or ff.rolled_back
+            rolled = name in carried_by
+            said = [
+                (
+                    "rollback: rollout evidence reached 1/alpha (sticky)"
+                    if rolled
+                    else "hold: funnels never promote on their own"
+                ),
+                f"evidence {ff.e_value:.3g}, weight {funnel_weight:.3f};"
+                f" rollout evidence {rollout_e:.3g} vs 1/alpha = {threshold:g}",
+            ]
+            if rolled:
+                said.append(_carried_text(ff, carried_by[name]))
             funnel_decisions[name] = FunnelDecision(
                 name,
                 Decision.ROLLBACK if rolled else Decision.HOLD,
-                (
-                    (
-                        "rollback: rollout evidence reached 1/alpha (sticky)"
-                        if rolled
-                        else "hold: funnels never promote on their own"
-                    ),
-                    f"evidence {ff.e_value:.3g}, weight {funnel_weight:.3f};"
-                    f" rollout evidence {rollout_e:.3g} vs 1/alpha = {threshold:g}",
-                    *explain(ff),
-                ),
+                (*said, *explain(ff)),
                 ff,
                 funnel_weight,
+                carried_by.get(name, ()),
             )
     # The promote rule's 5xx scale: the path groups not rolled back, together (a group
     # rolled back for its own regression does not hold the others).

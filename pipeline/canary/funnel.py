@@ -59,6 +59,12 @@ CountsRow = list[int]
 HISTORY_LIMIT = 720
 DEFAULT_WINDOW_SECONDS = 600.0
 DEFAULT_MAX_USERS = 100_000
+#: Path groups a funnel remembers as the carriers of its rollback (those its matched step
+#: requests fell into). Path groups come from the path rules, or from the URL's first
+#: segments where no rule gives one, so a ``path`` regex over user-named URLs could meet
+#: many: the cap keeps the state and each hits record small, and what it left out is
+#: counted (``FunnelState.carriers_left_out``), never silently lost.
+MAX_CARRIERS = 16
 ARMS = ("stable", "canary")  # index = arm code
 USER_KEY_KINDS = ("cookie", "header", "client_ip")
 STATUS_CLASSES = {"1xx": 1, "2xx": 2, "3xx": 3, "4xx": 4, "5xx": 5}
@@ -254,10 +260,15 @@ def hits_of(
     specs: Sequence[FunnelSpec],
     inputs: Sequence[tuple[Any, ...]],
     keys: Sequence[tuple[str, str]],
+    carriers: dict[str, dict[str, int]] | None = None,
 ) -> tuple[dict[str, list[Hit]], int]:
     """Funnel hits per funnel from the core's ``funnel_inputs``; also the matches without a key.
 
     ``inputs``: (url path, route, path group, method, status, time ns, stage, user keys).
+    ``carriers``, when given, receives per funnel the path groups of the requests that
+    made hits, with their request counts: the funnel's rollback is carried by them (a
+    route or path step names no path group of its own). Bounded by the batch; the
+    observer caps what it buffers (``count_carrier``).
     """
     out: dict[str, list[Hit]] = {}
     keyless = 0
@@ -274,12 +285,26 @@ def hits_of(
                 keyless += 1
                 continue
             user = user_hash(spec.name, value)
+            if carriers is not None and path_group:
+                seen = carriers.setdefault(spec.name, {})
+                seen[path_group] = seen.get(path_group, 0) + 1
             arm = 1 if stage == "canary" else 0
             at = timestamp_ns / 1e9
             bucket = out.setdefault(spec.name, [])
             for step in steps:
                 bucket.append((user, step, arm, at))
     return out, keyless
+
+
+def count_carrier(carriers: dict[str, int], path_group: str, requests: int) -> int:
+    """Add ``requests`` matched step requests of ``path_group`` to ``carriers`` (in place),
+    keeping at most ``MAX_CARRIERS`` path groups; returns the requests left out (0 when
+    kept). First come, first kept: a carrier, once kept, is never displaced (the rollback
+    it carries must not move to another path group as traffic shifts)."""
+    if path_group in carriers or len(carriers) < MAX_CARRIERS:
+        carriers[path_group] = carriers.get(path_group, 0) + requests
+        return 0
+    return requests
 
 
 # --- per-user progress and the funnel's state ------------------------------------
@@ -300,6 +325,18 @@ class FunnelState:
     evicted_users: int = 0  # users dropped by the cap before their window ended
     history: list[list[float]] = field(default_factory=list)
     rolled_back: bool = False  # sticky for the rollout (set through a control record)
+    #: Path group -> matched step requests seen in it this rollout (at most
+    #: ``MAX_CARRIERS``): the path groups that carry the funnel's rollback.
+    carriers: dict[str, int] = field(default_factory=dict)
+    carriers_left_out: int = 0  # matched step requests whose path group the cap left out
+
+    def add_carriers(self, seen: Mapping[str, int], left_out: int = 0) -> None:
+        """Merge a hits record's path groups (``hits_of``'s ``carriers``) into the state."""
+        self.carriers_left_out += max(int(left_out), 0)
+        for path_group, requests in seen.items():
+            self.carriers_left_out += count_carrier(
+                self.carriers, str(path_group), max(int(requests), 0)
+            )
 
     def __post_init__(self) -> None:
         transitions = max(self.steps - 1, 0)
@@ -322,6 +359,8 @@ class FunnelState:
             "evicted": self.evicted_users,
             "rolled_back": self.rolled_back,
             "history": [[v if math.isfinite(v) else None for v in p] for p in self.history],
+            "carriers": self.carriers,
+            "carriers_left_out": self.carriers_left_out,
         }
 
     @classmethod
@@ -336,6 +375,15 @@ class FunnelState:
             totals = [[int(v) for v in row] for row in data["totals"]]
             if len(totals) != steps - 1 or any(len(r) != 4 for r in totals):
                 raise ValueError("funnel totals of the wrong size")
+            # Added later: a state persisted before has no carriers (empty, nothing left
+            # out); they fill again from the next hits. Beyond the cap (a smaller cap
+            # than the writer's) the most used are kept and the rest counted.
+            carried = sorted(
+                ((str(k), int(v)) for k, v in dict(data.get("carriers") or {}).items()),
+                key=lambda item: (-item[1], item[0]),
+            )
+            left_out = int(data.get("carriers_left_out") or 0)
+            left_out += sum(v for _, v in carried[MAX_CARRIERS:])
             return cls(
                 name=str(data["name"]),
                 steps=steps,
@@ -351,6 +399,8 @@ class FunnelState:
                     [-math.inf if v is None else float(v) for v in point]
                     for point in data["history"]
                 ],
+                carriers=dict(carried[:MAX_CARRIERS]),
+                carriers_left_out=left_out,
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed funnel state: {exc}") from exc
@@ -670,11 +720,14 @@ class FunnelFacts:
     name: str
     e_value: float
     steps: tuple[StepFacts, ...]
-    path_groups: tuple[str, ...]  # the steps' path groups: they carry a funnel rollback
+    #: The path groups that carry a funnel rollback (``carrier_groups``): the steps'
+    #: configured ones, then those the matched step requests fell into.
+    path_groups: tuple[str, ...]
     late_conversions: int = 0
     evicted_users: int = 0
     history: tuple[tuple[float, float], ...] = ()  # (event time, log e-value) per judged batch
     rolled_back: bool = False  # an earlier evaluation rolled the funnel back (sticky)
+    carriers_left_out: int = 0  # matched step requests whose path group the cap left out
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -683,6 +736,7 @@ class FunnelFacts:
             "e_value": None if math.isinf(self.e_value) else round(self.e_value, 6),
             "steps": [s.to_json() for s in self.steps],
             "path_groups": list(self.path_groups),
+            "carriers_left_out": self.carriers_left_out,
             "late_conversions": self.late_conversions,
             "evicted_users": self.evicted_users,
         }
@@ -723,17 +777,36 @@ def facts(spec: FunnelSpec, state: FunnelState, alpha: float) -> FunnelFacts:
                 counted=log_e > -math.inf,
             )
         )
-    groups = tuple(dict.fromkeys(s.path_group for s in spec.steps if s.path_group))
     return FunnelFacts(
         name=spec.name,
         e_value=math.exp(min(funnel_log_e(spec, state), 700.0)),
         steps=tuple(steps),
-        path_groups=groups,
+        path_groups=carrier_groups(spec, state),
         late_conversions=state.late_conversions,
         evicted_users=state.evicted_users,
         history=tuple((p[0], p[1]) for p in state.history if len(p) >= 2),
         rolled_back=state.rolled_back,
+        carriers_left_out=state.carriers_left_out,
     )
+
+
+def carrier_groups(spec: FunnelSpec, state: FunnelState) -> tuple[str, ...]:
+    """The path groups that say ``rollback`` when the funnel is rolled back: the steps'
+    configured path groups, then every path group its matched step requests fell into
+    this rollout (most requests first), of any step.
+
+    Every step's, not only those of the transitions that dropped: a transition's drop
+    does not say which of its two steps is at fault (a broken page at step k loses the
+    users as surely as a failing step k + 1), three quarters of a funnel's evidence is
+    one odds ratio common to all its steps, which points at no step, and which
+    transitions show a drop can change from one evaluation to the next while the
+    rollback is sticky: the carriers would wander. It is also what configured
+    ``path_group`` steps have always done. Who carries the verdict does not change what
+    is tested: the funnel's e-value and its share of the rollout's evidence are the same.
+    """
+    configured = [s.path_group for s in spec.steps if s.path_group]
+    observed = sorted(state.carriers, key=lambda g: (-state.carriers[g], g))
+    return tuple(dict.fromkeys([*configured, *observed]))
 
 
 def explain(f: FunnelFacts) -> list[str]:

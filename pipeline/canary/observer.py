@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from pipeline.canary import funnel as funnels_mod
 from pipeline.canary.counters import CanaryStats
@@ -31,8 +31,10 @@ ObservedEvent = Observation
 
 
 Publish = Callable[[Sequence[CanaryAggregate]], None]
-#: Publishes one funnel's hits (funnel name, hits) to the funnel's table owner.
-PublishFunnel = Callable[[str, Sequence[funnels_mod.Hit]], None]
+#: Publishes one funnel's hits to the funnel's table owner: (funnel name, hits, the
+#: path groups of the requests that made them with their request counts -- at most
+#: ``funnel.MAX_CARRIERS`` --, the requests whose path group that cap left out).
+PublishFunnel = Callable[[str, Sequence[funnels_mod.Hit], Mapping[str, int], int], None]
 
 NS_PER_MS = 1_000_000
 
@@ -128,6 +130,9 @@ class CanaryObserver:
         self.funnel_keys = funnels_mod.user_keys(self.funnels)
         self._publish_funnel = publish_funnel
         self._pending_hits: dict[str, list[funnels_mod.Hit]] = {}
+        #: Per funnel, the path groups of the hits pending (capped) and what the cap left out.
+        self._pending_carriers: dict[str, dict[str, int]] = {}
+        self._pending_left_out: dict[str, int] = {}
 
     def observe_funnels(self, inputs: Sequence[tuple[object, ...]]) -> int:
         """Match a delivered batch against the funnels; returns the hits buffered.
@@ -135,17 +140,28 @@ class CanaryObserver:
         Only hashed user keys are buffered (``funnel.user_hash``).
         """
         try:
-            hits, keyless = funnels_mod.hits_of(self.funnels, inputs, self.funnel_keys)
+            seen: dict[str, dict[str, int]] = {}
+            hits, keyless = funnels_mod.hits_of(self.funnels, inputs, self.funnel_keys, seen)
             self.stats.canary_funnel_hits_keyless_total += keyless
             count = 0
             for name, found in hits.items():
                 self._pending_hits.setdefault(name, []).extend(found)
                 count += len(found)
+            for name, groups in seen.items():
+                pending = self._pending_carriers.setdefault(name, {})
+                left_out = sum(
+                    funnels_mod.count_carrier(pending, group, requests)
+                    for group, requests in groups.items()
+                )
+                if left_out:
+                    self._pending_left_out[name] = self._pending_left_out.get(name, 0) + left_out
             self.stats.canary_funnel_hits_total += count
             return count
         except Exception:  # a bug must not fail the batch
             self.stats.canary_observer_errors_total += 1
             self._pending_hits.clear()
+            self._pending_carriers.clear()
+            self._pending_left_out.clear()
             log.exception("funnel observer failed; this batch is missing from the funnels")
             return 0
 
@@ -167,8 +183,10 @@ class CanaryObserver:
         self._last_flush = self._clock()
         if self._pending_hits and self._publish_funnel is not None:
             pending_hits, self._pending_hits = self._pending_hits, {}
+            carriers, self._pending_carriers = self._pending_carriers, {}
+            left_out, self._pending_left_out = self._pending_left_out, {}
             for name, found in pending_hits.items():
-                self._publish_funnel(name, found)
+                self._publish_funnel(name, found, carriers.get(name, {}), left_out.get(name, 0))
         if not self._pending:
             return 0
         aggregates = list(self._pending.values())

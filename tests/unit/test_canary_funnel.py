@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.canary import evidence, funnel
-from pipeline.canary.engine import VerdictConfig, assess
+from pipeline.canary.engine import FunnelDecision, GroupState, VerdictConfig, assess, fold
 from pipeline.canary.funnel import FunnelSpec, FunnelState, StepSpec
-from pipeline.canary.records import Decision
+from pipeline.canary.records import Decision, WindowCounts
 from pipeline.config import load_settings
 from pipeline.core.model import AccessRecord, Enrichment, InputMessage, KafkaCoordinates
 from pipeline.core.process import Enriched, funnel_inputs
@@ -458,7 +458,9 @@ def test_the_observer_buffers_hashed_hits_and_publishes_them_per_funnel() -> Non
         lambda aggregates: None,
         flush_interval=60.0,
         funnels=[spec()],
-        publish_funnel=lambda name, hits: published.append((name, list(hits))),
+        publish_funnel=lambda name, hits, carriers, left_out: published.append(
+            (name, list(hits))
+        ),
     )
     assert observer.funnel_keys == (("cookie", "uid"),)
     inputs = [
@@ -668,3 +670,243 @@ def test_the_common_part_counts_only_while_every_transition_shows_a_drop() -> No
     e0 = math.exp(funnel.step_log_e(s, state, 0))
     assert e0 > 1e3
     assert math.exp(funnel.funnel_log_e(s, state)) == pytest.approx(0.125 * e0, rel=1e-9)
+
+
+# --- carriers: the path groups a funnel's rollback is carried by ----------------------
+
+ROUTES = [
+    {"route": "play.page", "method": "GET"},
+    {"route": "play.compile", "method": "POST"},
+]
+
+
+def route_spec(window: float = 60.0) -> FunnelSpec:
+    text = orjson.dumps(
+        [{"name": "routes", "steps": ROUTES, "user_key": "cookie:uid", "window_seconds": window}]
+    ).decode()
+    (parsed,) = funnel.parse_funnels(text)
+    return parsed
+
+
+def route_input(user: str, route: str, group: str | None, method: str = "GET") -> tuple:
+    return ("/p", route, group, method, 200, 10**9, "canary", (user,))
+
+
+def regressed(s: FunnelSpec, carriers: dict[str, int] | None = None) -> FunnelState:
+    """A two-step funnel whose canary converts at 25 % against stable's 50 %."""
+    state = FunnelState(s.name, len(s.steps))
+    state.pending["0:0"] = [400, 100, 4000, 2000]
+    state.watermark = 1e6
+    funnel.resolve(s, state, BUCKET)
+    state.add_carriers(carriers or {})
+    return state
+
+
+def test_hits_name_the_path_groups_of_their_requests_as_carriers() -> None:
+    s = route_spec()
+    carriers: dict[str, dict[str, int]] = {}
+    hits, keyless = funnel.hits_of(
+        [s],
+        [
+            route_input("a", "play.page", "/play"),
+            route_input("a", "play.compile", "/play/compile", "POST"),
+            route_input("b", "play.compile", "/play/compile", "POST"),
+            route_input("", "play.compile", "/keyless", "POST"),  # no hit: no carrier
+            route_input("c", "play.page", None),  # a hit, but no path group to carry
+            route_input("d", "other", "/other"),  # no step matches
+        ],
+        funnel.user_keys([s]),
+        carriers,
+    )
+    assert len(hits["routes"]) == 4 and keyless == 1
+    assert carriers == {"routes": {"/play": 1, "/play/compile": 2}}
+
+
+def test_the_observer_sends_the_carriers_capped_with_what_it_left_out() -> None:
+    from pipeline.canary.observer import CanaryObserver
+
+    published: list[tuple[str, int, dict[str, int], int]] = []
+    observer = CanaryObserver(
+        10,
+        lambda aggregates: None,
+        flush_interval=60.0,
+        funnels=[route_spec()],
+        publish_funnel=lambda name, hits, carriers, left_out: published.append(
+            (name, len(hits), dict(carriers), left_out)
+        ),
+    )
+    many = [route_input(f"u{i}", "play.page", f"/g{i:02d}") for i in range(funnel.MAX_CARRIERS)]
+    observer.observe_funnels(many)
+    observer.observe_funnels([route_input("x", "play.page", "/late"), *many[:1]])
+    observer.flush()
+    ((name, hit_count, carriers, left_out),) = published
+    assert name == "routes" and hit_count == funnel.MAX_CARRIERS + 2
+    assert len(carriers) == funnel.MAX_CARRIERS and "/late" not in carriers
+    assert carriers["/g00"] == 2 and left_out == 1
+    observer.observe_funnels([route_input("y", "play.page", "/late")])
+    observer.flush()  # a new flush starts afresh (the state keeps the rollout's cap)
+    assert published[-1][2:] == ({"/late": 1}, 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    records=st.lists(
+        st.tuples(
+            st.dictionaries(
+                st.sampled_from([f"/g{i}" for i in range(2 * funnel.MAX_CARRIERS)]),
+                st.integers(0, 50),
+                max_size=8,
+            ),
+            st.integers(0, 5),
+        ),
+        max_size=12,
+    )
+)
+def test_carriers_stay_bounded_count_every_request_and_survive_persistence(
+    records: list[tuple[dict[str, int], int]],
+) -> None:
+    state = FunnelState("play", 3)
+    for seen, left_out in records:
+        state.add_carriers(seen, left_out)
+    assert len(state.carriers) <= funnel.MAX_CARRIERS
+    total = sum(sum(seen.values()) + left_out for seen, left_out in records)
+    assert sum(state.carriers.values()) + state.carriers_left_out == total
+    again = FunnelState.from_json(orjson.loads(orjson.dumps(state.to_json())))
+    assert again == state
+
+
+def test_a_state_persisted_before_carriers_reads_as_without_any() -> None:
+    state = FunnelState("play", 3)
+    old = state.to_json()
+    del old["carriers"], old["carriers_left_out"]
+    again = FunnelState.from_json(orjson.loads(orjson.dumps(old)))
+    assert again.carriers == {} and again.carriers_left_out == 0
+    # a state over the cap (written with a larger one): the most used kept, the rest counted
+    wide = {**old, "carriers": {f"/g{i:02d}": i + 1 for i in range(funnel.MAX_CARRIERS + 2)}}
+    read = FunnelState.from_json(wide)
+    assert set(read.carriers) == {f"/g{i:02d}" for i in range(2, funnel.MAX_CARRIERS + 2)}
+    assert read.carriers_left_out == 1 + 2
+
+
+def test_the_carriers_follow_the_configured_path_groups_most_requests_first() -> None:
+    s = spec()
+    state = FunnelState("play", 3)
+    state.add_carriers({"/play/share": 3, "/play/compile": 9, "/play/share/x": 5})
+    assert funnel.facts(s, state, 0.05).path_groups == (
+        "/play",
+        "/play/compile",
+        "/play/share/x",
+        "/play/share",
+    )
+
+
+def group_rollout(name: str) -> GroupState:
+    """A path group's rollout with identical arms: it rolls back only through a funnel."""
+    state = GroupState(name)
+    for w in range(3):
+        canary, stable = WindowCounts(), WindowCounts()
+        canary.add_requests([200] * 500, [100.0] * 500)
+        stable.add_requests([200] * 500, [100.0] * 500)
+        fold(state, w * 60, 60, canary, stable)
+    return state
+
+
+def test_a_route_only_funnel_rolls_back_the_path_groups_its_requests_fell_into() -> None:
+    s = route_spec()
+    facts = funnel.facts(s, regressed(s, {"/play/compile": 40, "/play": 60}), 0.05)
+    assert facts.path_groups == ("/play", "/play/compile")
+    states = {g: group_rollout(g) for g in ("/play", "/play/compile", "/blog")}
+    decisions: dict[str, FunnelDecision] = {}
+    out = assess(
+        states,
+        VerdictConfig(),
+        window_seconds=60,
+        funnels={"routes": facts},
+        funnel_decisions=decisions,
+    )
+    for group in ("/play", "/play/compile"):
+        assert out[group].decision is Decision.ROLLBACK
+        assert any("funnel routes: the canary converts less" in r for r in out[group].reasons)
+        assert any("canary 25.0% (100/400" in r for r in out[group].reasons)
+    assert out["/blog"].decision is not Decision.ROLLBACK
+    assert any("rolled back because of /play, /play/compile" in r for r in out["/blog"].reasons)
+    decision = decisions["routes"]
+    assert decision.decision is Decision.ROLLBACK and not decision.uncarried
+    assert decision.carried_by == ("/play", "/play/compile")
+    assert "carried by the path groups /play, /play/compile" in decision.reasons
+    assert decision.to_json()["carried_by"] == ["/play", "/play/compile"]
+
+
+def test_carriers_change_who_rolls_back_not_the_test() -> None:
+    """The alpha guarantee: the evidence and which funnels e-BH names are the same with or
+    without carriers; only the path groups that say rollback differ."""
+    s = route_spec()
+    states = {g: group_rollout(g) for g in ("/play", "/blog")}
+    outcomes = []
+    for carriers in ({}, {"/play": 10}):
+        decisions: dict[str, FunnelDecision] = {}
+        out = assess(
+            states,
+            VerdictConfig(),
+            window_seconds=60,
+            funnels={"routes": funnel.facts(s, regressed(s, carriers), 0.05)},
+            funnel_decisions=decisions,
+        )
+        d = decisions["routes"]
+        outcomes.append((d.decision, d.weight, out["/blog"].analysis.rollout_e_value))
+        assert (out["/play"].decision is Decision.ROLLBACK) == bool(carriers)
+    assert outcomes[0] == outcomes[1]
+
+
+def test_a_sticky_funnel_carries_its_rollback_on_its_own() -> None:
+    """Rolled back earlier, the funnel's evidence gone below 1/alpha (its gate closed),
+    its carriers still say rollback -- one first seen after the rollback too -- without
+    a sticky flag of their own."""
+    s = route_spec()
+    state = FunnelState("routes", 2, rolled_back=True)
+    state.add_carriers({"/play/new": 1})
+    facts = funnel.facts(s, state, 0.05)
+    assert facts.e_value < 1.0
+    states = {"/play/new": group_rollout("/play/new"), "/blog": group_rollout("/blog")}
+    assert not any(st.rolled_back for st in states.values())
+    decisions: dict[str, FunnelDecision] = {}
+    out = assess(
+        states,
+        VerdictConfig(),
+        window_seconds=60,
+        funnels={"routes": facts},
+        funnel_decisions=decisions,
+    )
+    assert out["/play/new"].decision is Decision.ROLLBACK
+    reasons = out["/play/new"].reasons
+    assert any("rolled back earlier in this rollout (sticky)" in r for r in reasons)
+    assert out["/blog"].decision is not Decision.ROLLBACK
+    assert decisions["routes"].decision is Decision.ROLLBACK
+    assert decisions["routes"].carried_by == ("/play/new",)
+
+
+@pytest.mark.parametrize(
+    ("carriers", "says"),
+    [
+        ({}, "no matched step request had a path group yet"),
+        ({"/elsewhere": 5}, "its path groups (/elsewhere) have no rollout judged here"),
+    ],
+)
+def test_a_rolled_back_funnel_without_a_carrier_says_so(
+    carriers: dict[str, int], says: str
+) -> None:
+    s = route_spec()
+    decisions: dict[str, FunnelDecision] = {}
+    out = assess(
+        {"/blog": group_rollout("/blog")},
+        VerdictConfig(),
+        window_seconds=60,
+        funnels={"routes": funnel.facts(s, regressed(s, carriers), 0.05)},
+        funnel_decisions=decisions,
+    )
+    decision = decisions["routes"]
+    assert decision.decision is Decision.ROLLBACK and decision.uncarried
+    (note,) = [r for r in decision.reasons if r.startswith("not carried")]
+    assert says in note
+    assert out["/blog"].decision is not Decision.ROLLBACK
+    assert decision.to_json()["carried_by"] == []
