@@ -2,8 +2,10 @@
 
 Offsets are committed by Faust only for acked events; an event is acked only
 after ``BatchHandler.handle`` returned, i.e. after every message of its batch
-is stored or dead-lettered. If the batch is interrupted (shutdown, crash),
-its events are withheld from acking so their offsets are never committed.
+is stored or dead-lettered. If the batch is interrupted (shutdown, crash), or
+(``GRAYSCOPE_OTLP_WHEN_FULL=block``) a rebalance released its wait for span room
+before all its spans were queued, its events are withheld from acking so their
+offsets are never committed.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from agents.batching import (
     unacked_messages,
 )
 from agents.canary import register_canary
-from agents.handler import InputMessage
+from agents.handler import BatchHandler, InputMessage
 from agents.runtime import Runtime
 from pipeline.config import ConsumerMode, Settings
 from pipeline.core.model import KafkaCoordinates
@@ -107,6 +109,28 @@ def withhold_acks(events: Sequence[EventT]) -> None:
     """
     for event in events:
         event.message.acked = True
+
+
+async def handle_stream_batch(handler: BatchHandler, events: Sequence[EventT]) -> None:
+    """One ``take_events`` batch of the stock stream path through the handler.
+
+    Block mode: a batch whose wait for span room a rebalance released could not
+    queue all its spans (``BatchOutcome.spans_released``). Its documents are stored,
+    but its acks are withheld, so the partition's next owner reads it again, spans
+    included, as in the batch consumer mode. Acked, Faust's revocation would commit it
+    (``wait_empty`` commits what the streams acked) and those spans would be lost. The
+    next owner (this worker too: Faust seeks every stream partition to its committed
+    offset after a rebalance) reads from the last commit.
+    """
+    outcome = await handler.handle(to_input_messages(events))
+    if outcome.spans_released:
+        withhold_acks(events)
+        log.info(
+            "rebalance: a batch of %d released from its wait for span room (%d spans "
+            "dropped) left unacked, to be read again",
+            len(events),
+            outcome.spans_released,
+        )
 
 
 class GrayscopeApp(BatchPathApp, faust.App):
@@ -191,7 +215,7 @@ def create_app(
         )
         async for events in batches:
             try:
-                await runtime.handler.handle(to_input_messages(events))
+                await handle_stream_batch(runtime.handler, events)
             except asyncio.CancelledError:
                 withhold_acks(events)
                 raise

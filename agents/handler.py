@@ -73,6 +73,11 @@ class SpanSink(Protocol):
     async def submit_blocking(self, spans: Sequence[EncodedSpan]) -> int:
         """Queue encoded spans, waiting for room; returns how many were queued."""
 
+    @property
+    def waits_are_released(self) -> bool:
+        """True while a rebalance releases ``submit_blocking``'s waits (it then drops
+        what does not fit)."""
+
 
 @dataclass(slots=True)
 class BatchStats:
@@ -88,6 +93,10 @@ class BatchOutcome:
     stored: int
     dead_lettered: int
     spans: int
+    # Block mode: spans not queued because a rebalance released the batch's wait for
+    # room (dropped as queue_full). The caller must not ack such a batch, so that the
+    # partition's next owner reads it again, spans included.
+    spans_released: int = 0
 
 
 class BatchHandler:
@@ -160,16 +169,17 @@ class BatchHandler:
             delivery = self._deliver_then_queue_spans(
                 items, letters, messages, spans, observed, funnel_seen
             )
-            stored = await self._guarded(delivery)
+            stored, released = await self._guarded(delivery)
         else:
             stored = await self._guarded(self._deliver(items, letters))
             self._after_delivery(messages, spans, observed, funnel_seen)
+            released = 0
         stats = self.stats
         stats.messages_consumed_total += len(messages)
         stats.batches_total += 1
         stats.documents_stored_total += stored
         stats.last_batch_seconds = time.perf_counter() - started
-        return BatchOutcome(stored, len(letters), len(spans))
+        return BatchOutcome(stored, len(letters), len(spans), released)
 
     async def _guarded(self, work: Coroutine[Any, Any, T]) -> T:
         """``work`` (the delivery; in block mode also the span wait) as a task
@@ -200,20 +210,27 @@ class BatchHandler:
         spans: list[EncodedSpan],
         observed: list[Observation],
         funnel_seen: list[FunnelInput],
-    ) -> int:
+    ) -> tuple[int, int]:
         """Block mode: deliver, then queue the spans, waiting for room (see the module doc).
 
         One guarded task for both, so ``interrupt`` never sees the batch idle in
         between. What follows delivery (latency, observer) is recorded before the
-        wait: the delivery latency is the documents', not the spans'.
+        wait: the delivery latency is the documents', not the spans'. Returns the
+        documents stored and the spans a released wait dropped (``BatchOutcome``).
         """
         stored = await self._deliver(items, letters)
         self._after_delivery(messages, [], observed, funnel_seen)
-        if spans and self._spans is not None:
+        released = 0
+        sink = self._spans
+        if spans and sink is not None:
             # Best effort still: the exporter drops what it cannot export after its
             # retries, which frees room, so this ends even while the collector is down.
-            await self._spans.submit_blocking(spans)
-        return stored
+            queued = await sink.submit_blocking(spans)
+            # Short only when stopping (shutdown drops: the worker exits anyway) or when a
+            # rebalance released the wait; read with no await since, so it is that wait's.
+            if queued < len(spans) and sink.waits_are_released:
+                released = len(spans) - queued
+        return stored, released
 
     def _after_delivery(
         self,

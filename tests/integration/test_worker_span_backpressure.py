@@ -14,6 +14,14 @@ requests in flight complete on SIGCONT and nothing is dropped as ``export_failed
   is not consumed to its end. After SIGCONT every document is stored exactly once,
   every span is found in Jaeger (by its ``gray.id`` and ``url.path``), nothing is
   dropped for any reason and the group's offsets reach the end of the topic.
+- ``block`` and a rebalance: a second worker joins the group while the first one's
+  batches wait for span room. The first one's waits are released (the spans that do
+  not fit count as ``queue_full``), so the rebalance completes in time, with the
+  partitions split between the two and the second storing documents while Jaeger is
+  still paused. The released batches are not acked: after SIGCONT every line is
+  stored and committed, and every request's span is in Jaeger (some twice).
+- each ``block`` test runs in both consumer modes (``GRAYSCOPE_CONSUMER_MODE``); the
+  rebalance one is expected to fail now and then in the stream mode (a message lost).
 - ``drop_newest`` (the contrast): with Jaeger still paused every document is stored
   and every offset committed; the spans that did not fit are dropped as
   ``queue_full``, and Jaeger later holds exactly the ones that were exported.
@@ -40,6 +48,7 @@ import pytest
 
 from pipeline.dev.stack.jaeger import JaegerQuery, JaegerServer
 from pipeline.dev.stack.opensearch import OpenSearchNode
+from pipeline.telemetry import parse_samples
 from tests.integration.conftest import TopicFactory
 from tests.integration.ledger import (
     assert_ledger,
@@ -50,7 +59,7 @@ from tests.integration.ledger import (
 )
 from tests.integration.worker_proc import WorkerProcess
 
-pytestmark = pytest.mark.expected_seconds(40)
+pytestmark = pytest.mark.expected_seconds(60)
 
 QUEUE = 50  # GRAYSCOPE_OTLP_QUEUE_SIZE
 OTLP_BATCH = 10  # spans per export request
@@ -64,6 +73,8 @@ LINES = 600  # produced while Jaeger is paused
 SPANS_HELD = QUEUE + OTLP_CONCURRENT * OTLP_BATCH
 MOST_STORED_WHILE_BLOCKED = WARM_UP + SPANS_HELD + BATCH_CONCURRENCY * KAFKA_BATCH
 assert MOST_STORED_WHILE_BLOCKED < (WARM_UP + LINES) // 2  # "held back" is unambiguous
+# batch: the fast path inside Faust's consumer (default); stream: the stock Faust agent.
+CONSUMER_MODES = ["batch", "stream"]
 HOLD_S = 3.0  # how long the blocked state is watched (longer than the 1 s commit interval)
 OTLP_TIMEOUT_S = 120  # per export try: far longer than any pause, on a loaded box too
 DEADLINE_S = 120.0  # upper bound for every poll; nothing here is timed
@@ -179,11 +190,13 @@ async def start_worker(
     store: OpenSearchNode,
     jaeger: JaegerServer,
     workers: Callable[[dict[str, str]], WorkerProcess],
+    consumer_mode: str = "batch",
 ) -> tuple[WorkerProcess, dict[str, str]]:
     topic = await topic_factory(partitions=3)
     dlq = await topic_factory(partitions=1, prefix="dlq")
     env = {
         **worker_env(bootstrap, topic, dlq, store.url),
+        "GRAYSCOPE_CONSUMER_MODE": consumer_mode,
         "GRAYSCOPE_BATCH_SIZE": str(KAFKA_BATCH),
         "GRAYSCOPE_BATCH_CONCURRENCY": str(BATCH_CONCURRENCY),
         "GRAYSCOPE_OTLP_ENDPOINT": jaeger.otlp_grpc_endpoint,
@@ -214,7 +227,9 @@ async def warm_up(
     return placed
 
 
+@pytest.mark.parametrize("consumer_mode", CONSUMER_MODES)
 async def test_block_mode_holds_the_worker_back_and_loses_no_span(
+    consumer_mode: str,
     bootstrap: str,
     topic_factory: TopicFactory,
     store: OpenSearchNode,
@@ -222,7 +237,9 @@ async def test_block_mode_holds_the_worker_back_and_loses_no_span(
     produce_lines: Any,
     workers: Callable[[dict[str, str]], WorkerProcess],
 ) -> None:
-    worker, env = await start_worker("block", bootstrap, topic_factory, store, own_jaeger, workers)
+    worker, env = await start_worker(
+        "block", bootstrap, topic_factory, store, own_jaeger, workers, consumer_mode
+    )
     topic, group = env["GRAYSCOPE_INPUT_TOPICS"], env["GRAYSCOPE_CONSUMER_GROUP"]
     service = f"blk-{uuid.uuid4().hex[:8]}.test"
     gray_id = f"blk{uuid.uuid4().hex[:8]}"
@@ -321,3 +338,116 @@ async def test_drop_newest_mode_keeps_consuming_and_drops_spans(
                                     gray_id, exported - WARM_UP)  # fmt: skip
     assert len(found) == len(set(found)) == exported - WARM_UP
     assert set(found) < paths(LINES)
+
+
+# The first worker's rebalance must finish well before a hung export would free room for
+# its waiting batch (OTLP_TIMEOUT_S): had its wait not been released, the group would
+# drop it after its rebalance timeout (GRAYSCOPE_KAFKA_REBALANCE_TIMEOUT, 10 s for the
+# test workers) and hand every partition to the second worker until that export ended.
+REBALANCE_DEADLINE_S = OTLP_TIMEOUT_S / 2
+PARTITIONS = 3  # start_worker's topic
+
+
+def assigned(worker: WorkerProcess, topic: str) -> set[int]:
+    """The topic's partitions the worker's consumer owns, from the per-partition
+    ``grayscope_consumer_lag`` series on its /metrics."""
+    _, body = worker.get("/metrics")
+    label = f'topic="{topic}"'
+    return {
+        int(block.split('partition="', 1)[1].split('"', 1)[0])
+        for name, block, _ in parse_samples(body.decode())
+        if name == "grayscope_consumer_lag" and label in block
+    }
+
+
+# The stock stream mode loses or skips a message now and then across this rebalance (6
+# of 8 runs before its released batch's acks were withheld, 2 of 9 after): a message
+# next to a take_events batch boundary is never handed to the agent after the
+# partition's re-seek, and Faust's commit sometimes passes it. Not understood yet
+# (Faust's take_events buffer across a revocation); kept running to show it.
+STREAM_REBALANCE_LOSS = pytest.mark.xfail(
+    reason="stream mode: a message skipped across a rebalance mid-batch (see the comment)",
+    strict=False,
+)
+
+
+@pytest.mark.parametrize(
+    "consumer_mode", ["batch", pytest.param("stream", marks=STREAM_REBALANCE_LOSS)]
+)
+async def test_block_mode_worker_gives_up_partitions_while_blocked(
+    consumer_mode: str,
+    bootstrap: str,
+    topic_factory: TopicFactory,
+    store: OpenSearchNode,
+    own_jaeger: JaegerServer,
+    produce_lines: Any,
+    workers: Callable[[dict[str, str]], WorkerProcess],
+) -> None:
+    """A second worker joins the group while the first one's batches wait for span room
+    (Jaeger paused): the first one's waits are released, so the rebalance completes with
+    both workers owning partitions (not after the rebalance timeout, without the first);
+    the released spans count as ``queue_full``; after SIGCONT every line is stored and
+    every offset committed."""
+    first, env = await start_worker(
+        "block", bootstrap, topic_factory, store, own_jaeger, workers, consumer_mode
+    )
+    topic = env["GRAYSCOPE_INPUT_TOPICS"]
+    service = f"rbl-{uuid.uuid4().hex[:8]}.test"
+    gray_id = f"rbl{uuid.uuid4().hex[:8]}"
+    placed = await warm_up(first, produce_lines, topic, service)
+
+    with paused(own_jaeger):
+        placed += await produce_lines(topic, access_lines(service, gray_id, LINES))
+        await poll(
+            "first worker: span queue full, a batch waiting",
+            lambda: (
+                first.metric("grayscope_spans_queued") == QUEUE
+                and first.metric("grayscope_span_queue_blocked_seconds_total") > 0
+            ),
+            first,
+        )
+        assert assigned(first, topic) == set(range(PARTITIONS))
+        assert dropped(first) == 0
+        stored_before = len(await asyncio.to_thread(stored_ids, store.url, topic))
+
+        second = workers(env)  # same group: every partition of the first is revoked
+        await asyncio.to_thread(second.wait_ready)
+
+        def split_between_both() -> bool:
+            mine, theirs = assigned(first, topic), assigned(second, topic)
+            return (
+                bool(mine and theirs)
+                and not mine & theirs
+                and mine | theirs == set(range(PARTITIONS))
+                and second.metric("grayscope_documents_indexed_total") > 0
+            )
+
+        deadline = time.monotonic() + REBALANCE_DEADLINE_S
+        while not await asyncio.to_thread(split_between_both):
+            assert time.monotonic() < deadline, (
+                f"partitions not split between the two workers: first {assigned(first, topic)}"
+                f", second {assigned(second, topic)}\nfirst:\n{span_metrics(first)}\n"
+                f"{first.tail()}\nsecond:\n{span_metrics(second)}\n{second.tail()}"
+            )
+            await asyncio.sleep(0.3)
+        # The first worker's released wait dropped the spans that did not fit; the second
+        # stored documents of its own partitions while Jaeger still answers nothing.
+        assert dropped(first, "queue_full") > 0, span_metrics(first)
+        assert dropped(first) == dropped(first, "queue_full"), span_metrics(first)
+        assert len(await asyncio.to_thread(stored_ids, store.url, topic)) > stored_before
+
+    # Resumed: both workers' waits end, every line is stored (a batch re-read by its
+    # partition's new owner overwrites its documents by _id) and committed to the end.
+    # (Half the usual deadline: a few seconds' work after SIGCONT, and a lost message,
+    # the stream mode's known failure, need not hold the run up for two minutes.)
+    await assert_ledger(bootstrap, store.url, env, placed, expected_dead=0,
+                        timeout=DEADLINE_S / 2)  # fmt: skip
+    # The released batches were not acked (in the stream mode too: agents/app.py
+    # withholds them), so their partitions' owners read them again and exported their
+    # spans: every request has a span in Jaeger, some twice (those queued before the
+    # release); none was lost to the rebalance.
+    found = await asyncio.to_thread(span_paths, JaegerQuery(own_jaeger.query_url), service,
+                                    gray_id, LINES)  # fmt: skip
+    assert set(found) == paths(LINES), sorted(paths(LINES) - set(found))[:10]
+    for worker in (first, second):
+        assert worker.proc is not None and worker.proc.poll() is None, worker.tail()

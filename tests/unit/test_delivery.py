@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 
+from agents.app import handle_stream_batch
 from agents.handler import BatchHandler, InputMessage, SpanSink
 from pipeline.config import WhenFull
 from pipeline.core.bulk import BulkItem
@@ -69,6 +71,8 @@ class FakeSpans:
 
     async def submit_blocking(self, spans: Sequence[EncodedSpan]) -> int:
         raise AssertionError("drop_newest mode never waits for span room")
+
+    waits_are_released = False
 
 
 def messages(values: Sequence[bytes], kafka_time_ns: int | None = None) -> list[InputMessage]:
@@ -263,4 +267,74 @@ async def test_block_mode_records_the_delivery_latency_before_the_span_wait() ->
     assert len(latencies) == 1
     transport.gate.set()
     await asyncio.wait_for(handled, timeout=10)
+    await spans.stop()
+
+
+async def test_a_wait_released_by_a_rebalance_reports_the_spans_it_dropped() -> None:
+    transport = FakeTransport()
+    transport.gate = asyncio.Event()  # the trace backend hangs
+    spans = otlp_exporter(
+        transport, queue_size=2, batch_size=2, max_concurrent=1, timeout=60.0, when_full="block"
+    )
+    spans.start()
+    store = FakeStore()
+    batches = handler(store, FakeProducer(), spans, span_when_full=WhenFull.BLOCK)
+    handled = asyncio.create_task(batches.handle(lines(8, "e")))
+    await settle(transport, 1)
+    assert len(store.items) == 8 and not handled.done()  # 2 in flight, 2 queued, 4 waiting
+    with spans.waits_released():  # a revocation: the wait ends, the rest is dropped
+        outcome = await asyncio.wait_for(handled, timeout=10)
+    assert (outcome.stored, outcome.spans, outcome.spans_released) == (8, 8, 4)
+    assert spans.stats.spans_dropped_total["queue_full"] == 4
+    # A batch whose spans fit, released or not, has nothing to report.
+    transport.gate.set()
+    assert await spans.flush(timeout=10)
+    with spans.waits_released():
+        outcome = await asyncio.wait_for(batches.handle(lines(2, "f")), timeout=10)
+    assert (outcome.spans, outcome.spans_released) == (2, 0)
+    await spans.stop()
+
+
+def stream_events(values: list[InputMessage]) -> list[Any]:
+    """Faust events as ``handle_stream_batch`` reads them (``event.message``)."""
+    return [
+        SimpleNamespace(
+            message=SimpleNamespace(
+                value=m.value,
+                key=m.key,
+                topic=m.coords.topic,
+                partition=m.coords.partition,
+                offset=m.coords.offset,
+                timestamp=None,
+                acked=False,
+            )
+        )
+        for m in values
+    ]
+
+
+async def test_the_stream_path_withholds_the_acks_of_a_batch_a_rebalance_released() -> None:
+    # Acked, Faust's revocation would commit the batch and the spans it dropped would be
+    # lost; withheld, the partition's next owner reads it again, as in the batch mode.
+    transport = FakeTransport()
+    transport.gate = asyncio.Event()
+    spans = otlp_exporter(
+        transport, queue_size=2, batch_size=2, max_concurrent=1, timeout=60.0, when_full="block"
+    )
+    spans.start()
+    batches = handler(FakeStore(), FakeProducer(), spans, span_when_full=WhenFull.BLOCK)
+    released = stream_events(lines(8, "g"))
+    handled = asyncio.create_task(handle_stream_batch(batches, released))
+    await settle(transport, 1)
+    assert not handled.done()
+    with spans.waits_released():
+        await asyncio.wait_for(handled, timeout=10)
+    assert all(event.message.acked for event in released)  # take_events' ack: a no-op
+    # A batch that queued every span is left for take_events to ack, as always.
+    transport.gate.set()
+    assert await spans.flush(timeout=10)
+    fitted = stream_events(lines(2, "h"))
+    with spans.waits_released():
+        await asyncio.wait_for(handle_stream_batch(batches, fitted), timeout=10)
+    assert not any(event.message.acked for event in fitted)
     await spans.stop()

@@ -466,8 +466,9 @@ class OtlpExporter:
         up their partitions, and a batch waiting for span room (minutes while the
         collector is down) would hold that past the group's rebalance timeout. In the
         batch consumer mode those batches are not acked anyway: the partitions' next
-        owner reads them again, spans included. (In the stock stream mode Faust may
-        commit them: their remaining spans are then lost, counted as ``queue_full``.)
+        owner reads them again, spans included; the stock stream mode withholds the acks
+        of a batch that could not queue all its spans (``waits_are_released``) for the
+        same reason (agents/app.py).
         """
         self._waits_released += 1
         self._room.set()
@@ -475,6 +476,12 @@ class OtlpExporter:
             yield
         finally:
             self._waits_released -= 1
+
+    @property
+    def waits_are_released(self) -> bool:
+        """True inside ``waits_released``: a ``submit_blocking`` that returned short
+        dropped the rest because a rebalance released its wait (unless stopping)."""
+        return self._waits_released > 0
 
     # --- lifecycle --------------------------------------------------------
     def start(self) -> None:
