@@ -7,6 +7,9 @@
   OTLP relay into ``jaeger``, the place of the OTel Collector users run in
   front of Jaeger.
 - ``jaeger_query``: the query API client bound to ``jaeger``.
+- ``paused(server)`` (a context manager, not a fixture): the process stopped with
+  SIGSTOP — it accepts bytes on its sockets and answers nothing — until the block
+  ends (SIGCONT, always: the server is used again after).
 
 The binary is built into the service cache the first time (``make services``,
 a prerequisite of ``make test``, does it ahead of the suite; ``make jaeger`` only that).
@@ -14,7 +17,10 @@ a prerequisite of ``make test``, does it ahead of the suite; ``make jaeger`` onl
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -48,3 +54,15 @@ def jaeger_relay(
 @pytest.fixture
 def jaeger_query(jaeger: JaegerServer) -> JaegerQuery:
     return JaegerQuery(jaeger.query_url)
+
+
+@contextmanager
+def paused(server: JaegerServer) -> Iterator[None]:
+    """Jaeger stopped (SIGSTOP): it accepts bytes, answers nothing, until resumed."""
+    pid = server.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)  # always: the server is used again after the block

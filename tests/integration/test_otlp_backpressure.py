@@ -12,18 +12,15 @@ so no batch is dropped as ``export_failed`` either.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 
 from pipeline.dev.stack.jaeger import JaegerQuery, JaegerServer
 from pipeline.sinks.otlp.exporter import OtlpExporter
+from tests.integration.jaeger_fixtures import paused
 from tests.oracles.otlp_reference import SpanData, encode_span
 
 pytestmark = pytest.mark.integration
@@ -50,18 +47,6 @@ def spans_for(service: str, gray_id: str) -> list[SpanData]:
         )
         for i in range(SPANS)
     ]
-
-
-@contextmanager
-def paused(jaeger: JaegerServer) -> Iterator[None]:
-    """Jaeger stopped (SIGSTOP): it accepts nothing, answers nothing, until resumed."""
-    pid = jaeger.pid
-    assert pid is not None
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)  # always: the rest of the session uses this Jaeger
 
 
 def found_in_jaeger(query: JaegerQuery, service: str, gray_id: str, data: list[SpanData],

@@ -34,12 +34,9 @@ hold, far less than what is produced.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +47,7 @@ from pipeline.dev.stack.jaeger import JaegerQuery, JaegerServer
 from pipeline.dev.stack.opensearch import OpenSearchNode
 from pipeline.telemetry import parse_samples
 from tests.integration.conftest import TopicFactory
+from tests.integration.jaeger_fixtures import paused
 from tests.integration.ledger import (
     assert_ledger,
     committed_offsets,
@@ -89,18 +87,6 @@ def own_jaeger(
     server = JaegerServer(jaeger_binary, tmp_path_factory.mktemp("jaeger-paused"))
     with server.start():
         yield server
-
-
-@contextmanager
-def paused(jaeger: JaegerServer) -> Iterator[None]:
-    """Jaeger stopped (SIGSTOP): its sockets accept bytes, it answers nothing, until resumed."""
-    pid = jaeger.pid
-    assert pid is not None
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)  # always: the module's next test uses it too
 
 
 def access_lines(service: str, gray_id: str, n: int) -> list[bytes]:
