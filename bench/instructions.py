@@ -18,7 +18,8 @@ worker's garbage-collector settings (``GC_THRESHOLDS``, ``gc.freeze()`` after th
 warm-up, as the runtime does after start-up).
 
 ``--compare`` runs it under callgrind twice, with N and N/10 events, and prints
-the difference per event (start-up, imports and warm-up cancel out). bench/README.md,
+the difference per event (start-up, imports and warm-up cancel out; both runs
+generate the same N-event synthetic stream, so its generation cancels out too). bench/README.md,
 "Session 7", has the figures for the tricks re-measured with it.
 """
 
@@ -113,7 +114,7 @@ class Shell:
         self.latency.observe_many([(now - m.timestamp_ns) / 1e9 for m in batch if m.timestamp_ns])
 
 
-def _instructions(events: int, shell: bool) -> int:
+def _instructions(events: int, shell: bool, stream_events: int) -> int:
     out = Path(tempfile.mkdtemp()) / "callgrind.out"
     subprocess.run(
         [
@@ -124,6 +125,8 @@ def _instructions(events: int, shell: bool) -> int:
             __file__,
             "--events",
             str(events),
+            "--stream-events",
+            str(stream_events),
             *(["--shell"] if shell else []),
         ],
         check=True,
@@ -141,6 +144,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument(
+        "--stream-events",
+        type=int,
+        default=0,
+        help="generate this many events (at least --events) and process the first --events",
+    )
+    parser.add_argument(
         "--compare", action="store_true", help="run under callgrind; print instructions/event"
     )
     parser.add_argument(
@@ -151,14 +160,17 @@ def main() -> int:
         # Python functions are invisible to callgrind: the difference of two runs that
         # differ only in the number of events cancels start-up, imports and warm-up.
         small = max(BATCH, args.events // 10)
-        big, little = _instructions(args.events, args.shell), _instructions(small, args.shell)
+        # The synthetic stream is generated in Python: the same size in both runs, or its
+        # generation would count as per-event cost of the stages.
+        big = _instructions(args.events, args.shell, args.events)
+        little = _instructions(small, args.shell, args.events)
         print(
             f"{(big - little) / (args.events - small):.0f} instructions/event "
             f"({args.events} - {small} events)"
         )
         return 0
     ctx = EnrichContext(path_rules=PathRules.from_config([dict(r) for r in PATH_RULES], depth=2))
-    messages = stream(args.events)
+    messages = stream(max(args.events, args.stream_events))[: args.events]
     shell = Shell() if args.shell else None
     if shell is not None:
         gc.set_threshold(*GC_THRESHOLDS)
