@@ -25,7 +25,7 @@ from tests.integration.ledger import wait_until
 from tests.integration.test_worker import base_env
 from tests.integration.worker_proc import WorkerProcess
 
-pytestmark = pytest.mark.expected_seconds(120)
+pytestmark = pytest.mark.expected_seconds(30)
 
 PARTITIONS = 2
 STARTUP = 90.0  # guards against hangs on the shared 2-core box, never asserted on
