@@ -50,8 +50,14 @@ every partition and every worker. Hence:
    passes the funnels to the engine: they carry a share of the rollout's
    evidence, and a funnel's rollback -- sticky in its state, like a path
    group's -- is carried by its steps' configured path groups and those
-   observed path groups. A rolled-back funnel nothing carries is logged once
-   and says so in ``/canary``.
+   observed path groups. The funnel's owner judges the carriers of the
+   partitions it owns; for every other carrier (another worker's partition, or
+   no rollout yet) it sends a ``carrier_rollback`` control record keyed by the
+   carrier to the carrier's partition, and that partition's owner makes the
+   rollback sticky in the carrier's ``canary-evidence`` state (idempotent: a
+   duplicate or replayed record changes nothing; sent again once a window and
+   by a new owner of the funnel). A rolled-back funnel nothing carries (no
+   path group known yet) is logged once and says so in ``/canary``.
 
 Windows are placed by the request's own time (``@timestamp``); an aggregate
 whose window has already expired (Faust's rule, see ``pipeline/canary/windows.py``)
@@ -78,7 +84,13 @@ from pipeline.canary import funnel as funnels
 from pipeline.canary import windows
 from pipeline.canary.config import CanaryConfig
 from pipeline.canary.counters import CanaryStats
-from pipeline.canary.engine import FUNNEL_PREFIX, Fold, FunnelDecision, GroupState
+from pipeline.canary.engine import (
+    FUNNEL_PREFIX,
+    Fold,
+    FunnelDecision,
+    GroupState,
+    mark_carrier,
+)
 from pipeline.canary.format import format_verdicts
 from pipeline.canary.observer import CanaryObserver
 from pipeline.canary.records import (
@@ -102,6 +114,7 @@ EVIDENCE_TABLE = "canary-evidence"
 CONTROL_ROLLBACK = "rollback"  # control record: make a rollback sticky in the state
 CONTROL_FUNNEL = "funnel"  # a batch's hits of one funnel (hashed users)
 CONTROL_FUNNEL_ROLLBACK = "funnel_rollback"  # make a funnel's rollback sticky
+CONTROL_CARRIER_ROLLBACK = "carrier_rollback"  # make a funnel's rollback sticky in a carrier
 CONTROL_FOLD = "fold"  # the increments an evaluation folded into a group's state
 #: Evaluations a sent fold may wait for the agent before the timer goes back to the
 #: table's state (a lost record: its increments are folded again, once, from there).
@@ -177,6 +190,8 @@ class CanaryAnalysis:
         self.funnel_decisions: dict[str, FunnelDecision] = {}
         self._funnel_sticky: set[str] = set()  # funnel rollbacks not yet in the table
         self._funnel_uncarried_warned: set[str] = set()  # rolled back, no carrier: logged
+        # (funnel, carrier) -> when its mark was last sent to the carrier's owner.
+        self._carrier_marks_sent: dict[tuple[str, str], float] = {}
         self._last_aggregate_at = 0.0  # wall clock of the last aggregate applied
         self._funnel_gc: dict[str, float] = {}
         # Folds sent by the timer and not yet applied by the agent: (state after, sent at).
@@ -246,6 +261,9 @@ class CanaryAnalysis:
                 return
             if isinstance(data, dict) and data.get("kind") == CONTROL_FUNNEL_ROLLBACK:
                 self._apply_funnel_rollback(str(data.get("funnel")))
+                return
+            if isinstance(data, dict) and data.get("kind") == CONTROL_CARRIER_ROLLBACK:
+                self._apply_carrier_rollback(data, now)
                 return
             if isinstance(data, dict) and data.get("kind") == CONTROL_FOLD:
                 self._apply_fold(Fold.from_json(data), now)
@@ -387,6 +405,29 @@ class CanaryAnalysis:
         state.rollback_reasons = tuple(str(r) for r in data.get("reasons") or ())
         self.evidence[path_group] = state.to_json()
         self._sticky.pop(path_group, None)
+
+    def _apply_carrier_rollback(self, data: dict[str, Any], now: float) -> None:
+        """A funnel's rollback, sent by the funnel's owner to the owner of a carrier's
+        partition (here): made sticky in the carrier's state, which its verdicts here
+        then say. Idempotent: a duplicate or replayed mark changes nothing, and one older
+        than ``rollout_idle_seconds`` is of an ended rollout."""
+        path_group, name = str(data.get("path_group") or ""), str(data.get("funnel") or "")
+        at = float(data.get("at", math.nan))
+        reasons = tuple(str(r) for r in data.get("reasons") or ())
+        if not path_group or not name or not math.isfinite(at):
+            raise ValueError("a carrier rollback needs a path group, a funnel and a time")
+        if self._rollout_ended(at, now):
+            self.stats.canary_funnel_carrier_marks_unchanged_total += 1
+            return
+        state = self._state(path_group)
+        if state is not None and self._rollout_ended(state.last_canary_at, now):
+            state = None  # the rollout ended: the mark starts a new one
+        marked = mark_carrier(state, path_group, name, reasons, at)
+        if marked is None:
+            self.stats.canary_funnel_carrier_marks_unchanged_total += 1
+            return
+        self.evidence[path_group] = marked.to_json()
+        self.stats.canary_funnel_carriers_marked_total += 1
 
     def _apply_fold(self, fold: Fold, now: float) -> None:
         """Persist a fold the timer judged on (only on top of the state it was made on)."""
@@ -542,6 +583,7 @@ class CanaryAnalysis:
             if decision.decision is Decision.ROLLBACK and not decision.facts.rolled_back:
                 self._make_funnel_sticky(name)
             self._warn_uncarried(decision)
+        self._mark_carriers(funnel_decisions, now)
         self._funnel_uncarried_warned &= set(funnel_decisions)  # ended rollouts start afresh
         for verdict in verdicts:
             changes = self.timeline.setdefault(verdict.path_group, [])
@@ -565,6 +607,35 @@ class CanaryAnalysis:
             self._send_to_owner(path_group, orjson.dumps({"kind": CONTROL_FOLD, **fold.to_json()}))
             self._sent_folds[path_group] = (judged[path_group].copy(), now)
             self.stats.canary_folds_total += 1
+
+    def _mark_carriers(self, decisions: Mapping[str, FunnelDecision], now: float) -> None:
+        """Send each rolled-back funnel's rollback to the owner of every carrier not judged
+        here (``FunnelDecision.marked``: its partition is another worker's, or it has no
+        rollout yet), keyed by the carrier: that worker's agent makes it sticky in the
+        carrier's state (``_apply_carrier_rollback``). Sent again once a window (a lost
+        record, or a carrier's new rollout) and by a new owner of the funnel: a mark is
+        idempotent."""
+        sent = self._carrier_marks_sent
+        wanted: set[tuple[str, str]] = set()
+        for name, decision in decisions.items():
+            if decision.decision is not Decision.ROLLBACK:
+                continue
+            for group in decision.marked:
+                wanted.add((name, group))
+                if now - sent.get((name, group), -math.inf) < self.config.window_seconds:
+                    continue
+                sent[(name, group)] = now
+                record = {
+                    "kind": CONTROL_CARRIER_ROLLBACK,
+                    "path_group": group,
+                    "funnel": name,
+                    "reasons": list(decision.carrier_reasons),
+                    "at": now,
+                }
+                self._send_to_owner(group, orjson.dumps(record))
+                self.stats.canary_funnel_carrier_marks_sent_total += 1
+        for key in set(sent) - wanted:
+            del sent[key]
 
     def _warn_uncarried(self, decision: FunnelDecision) -> None:
         """Log once that a funnel's rollback has no path group verdict to carry it (its

@@ -550,14 +550,21 @@ class FunnelDecision:
     reasons: tuple[str, ...]
     facts: FunnelFacts
     weight: float  # its share of the rollout's evidence
-    #: The path groups whose verdicts say rollback for it (judged in this evaluation);
-    #: empty for a rolled-back funnel: nothing carries it (``uncarried``).
+    #: The path groups whose verdicts say rollback for it (judged in this evaluation).
     carried_by: tuple[str, ...] = ()
+    #: Its other carriers (no rollout judged in this evaluation: another worker owns
+    #: their partition, or they have no rollout yet): the worker has the owner of each
+    #: mark its rollout state rolled back (``mark_carrier``), with ``carrier_reasons``.
+    marked: tuple[str, ...] = ()
+    #: What a carrier's verdict says of this funnel's rollback (empty unless rolled back);
+    #: the first line starts with ``funnel_reason_head``.
+    carrier_reasons: tuple[str, ...] = ()
 
     @property
     def uncarried(self) -> bool:
-        """Rolled back, yet no path group verdict says so: only ``/canary`` and the report do."""
-        return self.decision is Decision.ROLLBACK and not self.carried_by
+        """Rolled back, yet no path group carries it (none known): only ``/canary`` and the
+        report say so."""
+        return self.decision is Decision.ROLLBACK and not self.carried_by and not self.marked
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -566,10 +573,11 @@ class FunnelDecision:
             "reasons": list(self.reasons),
             "weight": self.weight,
             "carried_by": list(self.carried_by),
+            "marked": list(self.marked),
         }
 
 
-def _carried_text(ff: FunnelFacts, carriers: Sequence[str]) -> str:
+def _carried_text(ff: FunnelFacts, carriers: Sequence[str], marked: Sequence[str]) -> str:
     """Which path groups' verdicts say a funnel's rollback, or why none does."""
     left_out = (
         f" ({ff.carriers_left_out} matched requests in path groups beyond the"
@@ -577,17 +585,58 @@ def _carried_text(ff: FunnelFacts, carriers: Sequence[str]) -> str:
         if ff.carriers_left_out
         else ""
     )
-    if carriers:
-        return f"carried by the path groups {', '.join(carriers)}{left_out}"
-    if not ff.path_groups:
+    if not carriers and not marked:
         return (
             "not carried: no matched step request had a path group yet, so no path group"
             f" verdict says rollback; act on this funnel's decision{left_out}"
         )
-    return (
-        f"not carried: its path groups ({', '.join(ff.path_groups)}) have no rollout judged"
-        f" here, so no path group verdict says rollback; act on this funnel's decision{left_out}"
-    )
+    parts = [f"the path groups {', '.join(carriers)}"] if carriers else []
+    if marked:
+        parts.append(
+            f"{', '.join(marked)} (no rollout judged here: the worker that owns each one's"
+            " partition marks its rollout state rolled back, and its verdict says so once"
+            " it has a rollout)"
+        )
+    return f"carried by {'; and '.join(parts)}{left_out}"
+
+
+def funnel_reason_head(name: str) -> str:
+    """How the reasons a funnel's rollback gives its carriers begin (one funnel's mark on
+    a path group's state is recognised by it)."""
+    return f"funnel {name}: "
+
+
+def mark_carrier(
+    state: GroupState | None,
+    path_group: str,
+    funnel: str,
+    reasons: Sequence[str],
+    at: float,
+) -> GroupState | None:
+    """A funnel's rollback made sticky in one of its carriers' rollout state.
+
+    ``state``: the path group's live rollout state (None: it has none, or its rollout
+    ended); ``reasons``: the funnel decision's ``carrier_reasons``; ``at``: when the
+    funnel's owner decided (the wall clock). Returns the state to store, or None when
+    ``state`` already carries this funnel's rollback: a duplicate or replayed mark
+    changes nothing. Without a state a rollout starts, rolled back, at ``at`` (its
+    windows fold on top of it); a state rolled back for its own reasons or another
+    funnel's keeps them and gains this funnel's. Only the sticky flag and its reasons
+    change, never the evidence: what is tested stays the same (alpha holds).
+    """
+    head = funnel_reason_head(funnel)
+    if not reasons or not reasons[0].startswith(head):
+        raise ValueError(f"a mark of funnel {funnel!r} must give its reasons first")
+    if state is None:
+        return GroupState(
+            path_group, last_canary_at=at, rolled_back=True, rollback_reasons=tuple(reasons)
+        )
+    if state.rolled_back and any(r.startswith(head) for r in state.rollback_reasons):
+        return None
+    marked = state.copy()
+    kept = state.rollback_reasons if state.rolled_back else ()
+    marked.rolled_back, marked.rollback_reasons = True, (*kept, *reasons)
+    return marked
 
 
 #: Share of the rollout's evidence that pools all path groups (a bad build is bad
@@ -700,7 +749,9 @@ def assess(
     earlier in the rollout (``FunnelFacts.rolled_back``: sticky on its own), rolls
     back its carriers: its steps' configured path groups and the path groups its
     matched step requests fell into. ``funnel_decisions`` receives each funnel's
-    decision, with the path groups that carry it.
+    decision, with the path groups that carry it: those judged here, whose verdicts
+    say it now, and those ``marked`` (judged elsewhere, or not yet), which the worker
+    has their owners mark rolled back (``mark_carrier``).
     """
     checks = checks or {}
     alpha = config.alpha
@@ -759,8 +810,13 @@ def assess(
     # carrier first seen after it was named. The test is untouched: a sticky funnel was
     # named by an earlier evaluation, so the event "some rollback in this rollout" is
     # the same, and carriers decide only where the rollback shows.
+    # Its carriers not judged here (another worker owns their partition, or they have
+    # no rollout yet) are ``marked``: the worker has their owners make the rollback
+    # sticky in their states (``mark_carrier``), and their verdicts say it there.
     funnel_reasons: dict[str, list[str]] = {}
     carried_by: dict[str, tuple[str, ...]] = {}
+    marked: dict[str, tuple[str, ...]] = {}
+    carrier_reasons: dict[str, tuple[str, ...]] = {}
     for name, ff in funnels.items():
         if name not in funnel_named and not ff.rolled_back:
             continue
@@ -770,13 +826,15 @@ def assess(
             else "rolled back earlier in this rollout (sticky)"
         )
         lines = [
-            f"funnel {name}: {why} (evidence {ff.e_value:.3g},"
+            f"{funnel_reason_head(name)}{why} (evidence {ff.e_value:.3g},"
             f" weight {funnel_weight:.3f}; rollout evidence {rollout_e:.3g}"
             f" vs 1/alpha = {threshold:g})",
             *explain(ff),
         ]
         carriers = tuple(group for group in ff.path_groups if group in facts)
         carried_by[name] = carriers
+        marked[name] = tuple(group for group in ff.path_groups if group not in facts)
+        carrier_reasons[name] = tuple(lines)
         for group in carriers:
             if group not in named:
                 named.append(group)
@@ -794,7 +852,7 @@ def assess(
                 f" rollout evidence {rollout_e:.3g} vs 1/alpha = {threshold:g}",
             ]
             if rolled:
-                said.append(_carried_text(ff, carried_by[name]))
+                said.append(_carried_text(ff, carried_by[name], marked[name]))
             funnel_decisions[name] = FunnelDecision(
                 name,
                 Decision.ROLLBACK if rolled else Decision.HOLD,
@@ -802,6 +860,8 @@ def assess(
                 ff,
                 funnel_weight,
                 carried_by.get(name, ()),
+                marked.get(name, ()),
+                carrier_reasons.get(name, ()),
             )
     # The promote rule's 5xx scale: the path groups not rolled back, together (a group
     # rolled back for its own regression does not hold the others).

@@ -12,7 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.canary import evidence, funnel
-from pipeline.canary.engine import FunnelDecision, GroupState, VerdictConfig, assess, fold
+from pipeline.canary.engine import (
+    FunnelDecision,
+    GroupState,
+    VerdictConfig,
+    assess,
+    fold,
+    funnel_reason_head,
+    mark_carrier,
+)
 from pipeline.canary.funnel import FunnelSpec, FunnelState, StepSpec
 from pipeline.canary.records import Decision, WindowCounts
 from pipeline.config import load_settings
@@ -885,28 +893,157 @@ def test_a_sticky_funnel_carries_its_rollback_on_its_own() -> None:
     assert decisions["routes"].carried_by == ("/play/new",)
 
 
-@pytest.mark.parametrize(
-    ("carriers", "says"),
-    [
-        ({}, "no matched step request had a path group yet"),
-        ({"/elsewhere": 5}, "its path groups (/elsewhere) have no rollout judged here"),
-    ],
-)
-def test_a_rolled_back_funnel_without_a_carrier_says_so(
-    carriers: dict[str, int], says: str
-) -> None:
+def test_a_rolled_back_funnel_without_a_carrier_says_so() -> None:
     s = route_spec()
     decisions: dict[str, FunnelDecision] = {}
     out = assess(
         {"/blog": group_rollout("/blog")},
         VerdictConfig(),
         window_seconds=60,
-        funnels={"routes": funnel.facts(s, regressed(s, carriers), 0.05)},
+        funnels={"routes": funnel.facts(s, regressed(s), 0.05)},
         funnel_decisions=decisions,
     )
     decision = decisions["routes"]
     assert decision.decision is Decision.ROLLBACK and decision.uncarried
     (note,) = [r for r in decision.reasons if r.startswith("not carried")]
-    assert says in note
+    assert "no matched step request had a path group yet" in note
     assert out["/blog"].decision is not Decision.ROLLBACK
-    assert decision.to_json()["carried_by"] == []
+    assert decision.to_json()["carried_by"] == [] and decision.to_json()["marked"] == []
+
+
+def test_carriers_without_a_rollout_here_are_marked_through_their_owners() -> None:
+    """A carrier another worker judges (or with no rollout yet) is not left out: the
+    decision names it among those its owner marks, with the reasons to give."""
+    s = route_spec()
+    decisions: dict[str, FunnelDecision] = {}
+    out = assess(
+        {"/play": group_rollout("/play"), "/blog": group_rollout("/blog")},
+        VerdictConfig(),
+        window_seconds=60,
+        funnels={"routes": funnel.facts(s, regressed(s, {"/play": 9, "/elsewhere": 5}), 0.05)},
+        funnel_decisions=decisions,
+    )
+    decision = decisions["routes"]
+    assert decision.decision is Decision.ROLLBACK and not decision.uncarried
+    assert (decision.carried_by, decision.marked) == (("/play",), ("/elsewhere",))
+    (note,) = [r for r in decision.reasons if r.startswith("carried by")]
+    assert note.startswith("carried by the path groups /play; and /elsewhere (no rollout judged")
+    assert decision.to_json()["marked"] == ["/elsewhere"]
+    assert decision.carrier_reasons[0].startswith(funnel_reason_head("routes"))
+    assert decision.carrier_reasons[0].startswith("funnel routes: the canary converts less")
+    # the lines the local carrier's verdict says are the ones a remote carrier is given
+    assert all(r in out["/play"].reasons for r in decision.carrier_reasons)
+    assert out["/blog"].decision is not Decision.ROLLBACK
+
+
+def funnel_owner_decision(carriers: dict[str, int]) -> FunnelDecision:
+    """The rolled-back funnel ``routes`` as its owner judges it, owning only ``/play``."""
+    s = route_spec()
+    decisions: dict[str, FunnelDecision] = {}
+    assess(
+        {"/play": group_rollout("/play")},
+        VerdictConfig(),
+        window_seconds=60,
+        funnels={"routes": funnel.facts(s, regressed(s, carriers), 0.05)},
+        funnel_decisions=decisions,
+    )
+    return decisions["routes"]
+
+
+def test_a_carrier_another_worker_owns_says_the_funnels_rollback_there() -> None:
+    """Two workers: the funnel's owner judges /play; the other owns /play/compile and
+    /blog and no funnel. The mark it receives makes /play/compile roll back, sticky,
+    with the funnel's reasons; /blog and the evidence (what is tested) stay the same."""
+    decision = funnel_owner_decision({"/play": 9, "/play/compile": 4})
+    assert decision.marked == ("/play/compile",)
+    states = {g: group_rollout(g) for g in ("/play/compile", "/blog")}
+    before = assess(states, VerdictConfig(), window_seconds=60)
+    assert before["/play/compile"].decision is not Decision.ROLLBACK
+    marked = mark_carrier(
+        states["/play/compile"], "/play/compile", "routes", decision.carrier_reasons, 1e6
+    )
+    assert marked is not None and marked.rolled_back
+    states["/play/compile"] = GroupState.from_json(orjson.loads(orjson.dumps(marked.to_json())))
+    after = assess(states, VerdictConfig(), window_seconds=60)
+    verdict = after["/play/compile"]
+    assert verdict.decision is Decision.ROLLBACK
+    assert verdict.analysis.rule == "rollback: rollout evidence reached 1/alpha (sticky)"
+    assert any(r.startswith("funnel routes: the canary converts less") for r in verdict.reasons)
+    assert any("canary 25.0% (100/400" in r for r in verdict.reasons)
+    assert after["/blog"].decision is before["/blog"].decision
+    for group in states:
+        a, b = before[group].analysis, after[group].analysis
+        assert (a.e_value, a.rollout_e_value, a.weight) == (b.e_value, b.rollout_e_value, b.weight)
+
+
+def test_a_mark_before_any_rollout_starts_one_rolled_back_that_windows_fold_onto() -> None:
+    """A carrier first seen after the rollback, or whose windows were not folded yet:
+    its rollout starts rolled back at the owner's decision time, and stays so."""
+    decision = funnel_owner_decision({"/play": 9, "/play/new": 1})
+    state = mark_carrier(None, "/play/new", "routes", decision.carrier_reasons, 1234.5)
+    assert state is not None
+    assert (state.rolled_back, state.last_canary_at, state.first_window) == (True, 1234.5, -1)
+    assert state.rollback_reasons == decision.carrier_reasons
+    stored = GroupState.from_json(orjson.loads(orjson.dumps(state.to_json())))
+    assert stored == state  # the changelog keeps it
+    canary, stable = WindowCounts(), WindowCounts()
+    canary.add_requests([200] * 500, [100.0] * 500)
+    stable.add_requests([200] * 500, [100.0] * 500)
+    fold(stored, 1200, 60, canary, stable)
+    out = assess({"/play/new": stored}, VerdictConfig(), window_seconds=60)
+    assert out["/play/new"].decision is Decision.ROLLBACK
+    assert mark_carrier(stored, "/play/new", "routes", decision.carrier_reasons, 9e9) is None
+
+
+def test_a_mark_must_name_its_funnel_first() -> None:
+    with pytest.raises(ValueError, match="must give its reasons first"):
+        mark_carrier(None, "/play", "routes", ["funnel other: the canary converts less"], 1.0)
+    with pytest.raises(ValueError):
+        mark_carrier(None, "/play", "routes", [], 1.0)
+
+
+def mark_lines(name: str, n: int) -> tuple[str, ...]:
+    return (f"{funnel_reason_head(name)}the canary converts less ({n})", f"step {n}")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 3)), max_size=12),
+    st.booleans(),
+    st.booleans(),
+)
+def test_marks_are_idempotent_and_change_only_the_sticky_flag_and_reasons(
+    marks: list[tuple[str, int]], has_state: bool, own_rollback: bool
+) -> None:
+    """Any sequence of marks -- duplicates, replays, several funnels -- leaves one
+    funnel's reasons once per funnel, in the order first seen, a rollback of the group's
+    own kept; a mark seen before changes nothing; the evidence is never touched."""
+    base: GroupState | None = None
+    if has_state:
+        base = group_rollout("/g")
+        base.rolled_back, base.rollback_reasons = own_rollback, ("own",) if own_rollback else ()
+    state = base.copy() if base is not None else None
+    for name, n in marks:
+        new = mark_carrier(state, "/g", name, mark_lines(name, n), 100.0)
+        if new is None:
+            assert state is not None
+            assert any(r.startswith(funnel_reason_head(name)) for r in state.rollback_reasons)
+        else:
+            state = new
+    firsts: dict[str, int] = {}
+    for name, n in marks:
+        firsts.setdefault(name, n)
+    if not marks:
+        assert state == base
+        return
+    assert state is not None and state.rolled_back
+    expected = ("own",) if has_state and own_rollback else ()
+    for name, n in firsts.items():
+        expected += mark_lines(name, n)
+    assert state.rollback_reasons == expected
+    for name, n in marks:  # replayed: nothing changes
+        assert mark_carrier(state, "/g", name, mark_lines(name, n + 1), 200.0) is None
+    if base is not None:
+        untouched = state.copy()
+        untouched.rolled_back, untouched.rollback_reasons = base.rolled_back, base.rollback_reasons
+        assert untouched == base
