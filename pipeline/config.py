@@ -188,7 +188,13 @@ class Settings(BaseSettings):
     otlp_max_retries: int = Field(
         3, ge=0, description="Retries per export request before dropping it."
     )
-    otlp_timeout: float = Field(5.0, gt=0, description="Per-export timeout in seconds.")
+    otlp_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="Per-export timeout in seconds (each try). Over gRPC a connection "
+        "attempt may take as long: a collector that accepts connections but does not answer "
+        "yet is waited for, as on an established connection; a refused one fails at once.",
+    )
     otlp_when_full: WhenFull = Field(
         WhenFull.DROP_NEWEST,
         description="What happens to a delivered batch's spans when the OTLP queue is full "

@@ -23,15 +23,17 @@ from tests.geoip_data import EXPECTED_GEO, write_test_dbs
 from tests.integration.conftest import SpareStores, unique_name
 from tests.integration.ledger import INDEX, committed_offsets, wait_for_bulks_done, wait_until
 from tests.integration.worker_proc import WorkerProcess
+from tests.unit.conftest import SAMPLES
 
 pytestmark = pytest.mark.expected_seconds(150)
 
-SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
 # batch: the fast path inside Faust's consumer (default); stream: stock Faust agent.
 CONSUMER_MODES = ["batch", "stream"]
 
 
 def sample_lines() -> list[bytes]:
+    """Every line of the shared samples, from the repository's copy (equal to them:
+    test_formats_detect.py); ``../shared`` beside the clone is not beside a worktree."""
     lines: list[bytes] = []
     for path in sorted(SAMPLES.glob("*.log")) + sorted(SAMPLES.glob("*.json")):
         lines += [line for line in path.read_bytes().splitlines() if line.strip()]

@@ -20,11 +20,23 @@ requests in flight complete on SIGCONT and nothing is dropped as ``export_failed
   partitions split between the two and the second storing documents while Jaeger is
   still paused. The released batches are not acked: after SIGCONT every line is
   stored and committed, and every request's span is in Jaeger (some twice).
-- each ``block`` test runs in both consumer modes (``GRAYSCOPE_CONSUMER_MODE``); the
-  rebalance one is expected to fail now and then in the stream mode (a message lost).
 - ``drop_newest`` (the contrast): with Jaeger still paused every document is stored
   and every offset committed; the spans that did not fit are dropped as
   ``queue_full``, and Jaeger later holds exactly the ones that were exported.
+- a worker started while Jaeger is already paused, in either mode: its first export
+  opens a new gRPC connection, which the kernel completes from the listen backlog
+  and nothing answers. The worker still starts, its health endpoint says ready and
+  it joins its group (nothing at startup waits for Jaeger); then each mode behaves as
+  above with no span exported before the pause: ``block`` holds the worker back and,
+  after SIGCONT, everything is stored once, committed to the end and every span found
+  in Jaeger; ``drop_newest`` stores and commits everything while Jaeger is paused and
+  Jaeger later holds exactly the exported spans. In both, no export is given up
+  (``export_failed``): the unanswered connection is waited for as long as an export
+  try (gRPC used to give it up after 200 ms; ``exporter.grpc_channel_options``).
+- each ``block`` test runs in both consumer modes (``GRAYSCOPE_CONSUMER_MODE``), the
+  rebalance one too: the stream mode used to lose a message there now and then, until
+  the app's flow control kept what a running flow had queued (``agents/app.py``
+  ``ResumeKeepsQueued``; ``tests/unit/test_stream_flow_control.py``).
 
 Nothing is timed: each state is polled for with a generous deadline, and the
 "holds back" checks are bounded by what the queue and the batches in flight can
@@ -57,7 +69,7 @@ from tests.integration.ledger import (
 )
 from tests.integration.worker_proc import WorkerProcess
 
-pytestmark = pytest.mark.expected_seconds(60)
+pytestmark = pytest.mark.expected_seconds(75)
 
 QUEUE = 50  # GRAYSCOPE_OTLP_QUEUE_SIZE
 OTLP_BATCH = 10  # spans per export request
@@ -67,15 +79,17 @@ BATCH_CONCURRENCY = 2
 WARM_UP = 5  # lines whose spans are exported before the pause (connects the channel)
 LINES = 600  # produced while Jaeger is paused
 # Spans the worker can take while Jaeger answers nothing: the queue and the requests
-# in flight. Each batch in flight also holds its documents stored (block mode).
+# in flight. Each batch in flight also holds its documents stored (block mode): the
+# lines stored while blocked, beyond those whose spans were exported before the pause.
 SPANS_HELD = QUEUE + OTLP_CONCURRENT * OTLP_BATCH
-MOST_STORED_WHILE_BLOCKED = WARM_UP + SPANS_HELD + BATCH_CONCURRENCY * KAFKA_BATCH
-assert MOST_STORED_WHILE_BLOCKED < (WARM_UP + LINES) // 2  # "held back" is unambiguous
+STORED_WHILE_BLOCKED = SPANS_HELD + BATCH_CONCURRENCY * KAFKA_BATCH
+assert WARM_UP + STORED_WHILE_BLOCKED < LINES // 2  # "held back" is unambiguous
 # batch: the fast path inside Faust's consumer (default); stream: the stock Faust agent.
 CONSUMER_MODES = ["batch", "stream"]
 HOLD_S = 3.0  # how long the blocked state is watched (longer than the 1 s commit interval)
 OTLP_TIMEOUT_S = 120  # per export try: far longer than any pause, on a loaded box too
 DEADLINE_S = 120.0  # upper bound for every poll; nothing here is timed
+PARTITIONS = 3  # start_worker's topic
 
 
 @pytest.fixture(scope="module")
@@ -156,11 +170,16 @@ def span_metrics(worker: WorkerProcess) -> str:
     return "\n".join(line for line in body.splitlines() if line.startswith(wanted))
 
 
-def topic_ends(placed: list[tuple[int, int]]) -> dict[int, int]:
-    ends: dict[int, int] = {}
-    for partition, offset in placed:
-        ends[partition] = max(ends.get(partition, 0), offset + 1)
-    return ends
+def assigned(worker: WorkerProcess, topic: str) -> set[int]:
+    """The topic's partitions the worker's consumer owns, from the per-partition
+    ``grayscope_consumer_lag`` series on its /metrics."""
+    _, body = worker.get("/metrics")
+    label = f'topic="{topic}"'
+    return {
+        int(block.split('partition="', 1)[1].split('"', 1)[0])
+        for name, block, _ in parse_samples(body.decode())
+        if name == "grayscope_consumer_lag" and label in block
+    }
 
 
 def dropped(worker: WorkerProcess, reason: str = "") -> float:
@@ -178,7 +197,7 @@ async def start_worker(
     workers: Callable[[dict[str, str]], WorkerProcess],
     consumer_mode: str = "batch",
 ) -> tuple[WorkerProcess, dict[str, str]]:
-    topic = await topic_factory(partitions=3)
+    topic = await topic_factory(partitions=PARTITIONS)
     dlq = await topic_factory(partitions=1, prefix="dlq")
     env = {
         **worker_env(bootstrap, topic, dlq, store.url),
@@ -213,6 +232,142 @@ async def warm_up(
     return placed
 
 
+async def assert_held_back(
+    worker: WorkerProcess,
+    bootstrap: str,
+    store: OpenSearchNode,
+    env: dict[str, str],
+    warmed: int,
+    total: int,
+) -> None:
+    """``block`` mode with Jaeger paused: a batch waits for span room, and the worker
+    stores and commits no further than the queue, the requests in flight and the
+    waiting batches allow. ``warmed`` spans were exported before the pause."""
+    topic, group = env["GRAYSCOPE_INPUT_TOPICS"], env["GRAYSCOPE_CONSUMER_GROUP"]
+    # A batch waits for room: the queue is at its bound (the requests in flight hold
+    # the rest of what the exporter took) and the wait is counted while it lasts.
+    await poll(
+        "span queue full, a batch waiting",
+        lambda: (
+            worker.metric("grayscope_spans_queued") == QUEUE
+            and worker.metric("grayscope_span_queue_blocked_seconds_total") > 0
+        ),
+        worker,
+    )
+    blocked_at = worker.metric("grayscope_span_queue_blocked_seconds_total")
+    await asyncio.sleep(HOLD_S)  # the worker gets every chance to run ahead
+
+    stored = {coordinates(i) for i in await asyncio.to_thread(stored_ids, store.url, topic)}
+    committed = await committed_offsets(bootstrap, group, topic)
+    # Documents first: the waiting batches' documents are stored, though none of
+    # their spans has left the worker and their offsets are not committed.
+    assert worker.metric("grayscope_spans_exported_total") == warmed
+    uncommitted = {(p, o) for p, o in stored if o >= committed.get(p, 0)}
+    assert uncommitted, (committed, sorted(stored)[-10:])
+    # Consumption holds back: the worker stored and acked only what the queue, the
+    # requests in flight and the waiting batches hold, far from the end of the topic.
+    assert len(stored) <= warmed + STORED_WHILE_BLOCKED, len(stored)
+    assert sum(committed.values()) < total, committed
+    # Still waiting, nothing dropped (no export given up either: the timeout outlasts
+    # the pause); the wait counter grew during the pause.
+    assert worker.metric("grayscope_spans_queued") == QUEUE
+    assert dropped(worker) == 0, span_metrics(worker)
+    assert worker.metric("grayscope_span_queue_blocked_seconds_total") > blocked_at
+
+
+async def assert_everything_delivered(
+    worker: WorkerProcess,
+    bootstrap: str,
+    store: OpenSearchNode,
+    env: dict[str, str],
+    placed: list[tuple[int, int]],
+    jaeger: JaegerServer,
+    service: str,
+    gray_id: str,
+) -> None:
+    """``block`` mode after SIGCONT: every line stored exactly once and committed to the
+    end of the topic, every span exported and found in Jaeger once, none dropped. The
+    spans of ``gray_id`` are those of the last ``LINES`` lines of ``placed``."""
+    total = len(placed)
+    await assert_ledger(bootstrap, store.url, env, placed, expected_dead=0, timeout=DEADLINE_S)
+    await poll(
+        "every span exported",
+        lambda: worker.metric("grayscope_spans_exported_total") >= total,
+        worker,
+    )
+    found = await asyncio.to_thread(span_paths, JaegerQuery(jaeger.query_url), service,
+                                    gray_id, LINES)  # fmt: skip
+    assert sorted(found) == sorted(paths(LINES))  # each request's span, once
+    assert worker.metric("grayscope_spans_exported_total") == total
+    for reason in ("queue_full", "export_failed", "rejected", "shutdown"):
+        assert dropped(worker, reason) == 0, reason
+    assert dropped(worker) == 0
+    assert worker.metric("grayscope_spans_queued") == 0
+
+
+async def assert_stored_and_spans_dropped(
+    worker: WorkerProcess,
+    bootstrap: str,
+    store: OpenSearchNode,
+    env: dict[str, str],
+    placed: list[tuple[int, int]],
+    warmed: int,
+) -> None:
+    """``drop_newest`` mode with Jaeger paused: every document stored exactly once and
+    every offset committed to the end of the topic, nothing waiting for the spans;
+    what did not fit the queue (and the requests in flight) is dropped as
+    ``queue_full``, and no export was given up (the timeout outlasts the pause)."""
+    await assert_ledger(bootstrap, store.url, env, placed, expected_dead=0, timeout=DEADLINE_S)
+    assert dropped(worker, "queue_full") >= len(placed) - warmed - SPANS_HELD
+    assert dropped(worker) == dropped(worker, "queue_full"), span_metrics(worker)
+    assert worker.metric("grayscope_spans_exported_total") == warmed
+    assert worker.metric("grayscope_span_queue_blocked_seconds_total") == 0
+
+
+async def assert_queued_spans_exported(
+    worker: WorkerProcess,
+    jaeger: JaegerServer,
+    service: str,
+    gray_id: str,
+    warmed: int,
+    total: int,
+) -> None:
+    """``drop_newest`` mode after SIGCONT: what was queued or in flight is exported, and
+    only that (no export failed: the timeout outlasts the pause); every span is exported
+    or dropped as ``queue_full``, and Jaeger holds exactly the exported ones of
+    ``gray_id`` (those produced during the pause), each once."""
+
+    def settled() -> bool:
+        exported = worker.metric("grayscope_spans_exported_total")
+        return exported + dropped(worker, "queue_full") >= total
+
+    await poll("queued spans exported", settled, worker)
+    exported = int(worker.metric("grayscope_spans_exported_total"))
+    assert exported + dropped(worker, "queue_full") == total
+    assert warmed < exported <= warmed + SPANS_HELD
+    assert dropped(worker) == dropped(worker, "queue_full")  # no other reason
+    found = await asyncio.to_thread(span_paths, JaegerQuery(jaeger.query_url), service,
+                                    gray_id, exported - warmed)  # fmt: skip
+    assert len(found) == len(set(found)) == exported - warmed
+    assert set(found) < paths(LINES)
+
+
+async def assert_serving(worker: WorkerProcess, topic: str) -> None:
+    """Started, ready by its health endpoint, and a member of its group owning every
+    partition of ``topic`` (with Jaeger paused: nothing at startup waits for it)."""
+
+    def ready() -> bool:
+        status, body = worker.get("/healthz")
+        return status == 200 and bool(orjson.loads(body)["ready"])
+
+    await poll("health endpoint: ready", ready, worker)
+    await poll(
+        "joined the group, every partition assigned",
+        lambda: assigned(worker, topic) == set(range(PARTITIONS)),
+        worker,
+    )
+
+
 @pytest.mark.parametrize("consumer_mode", CONSUMER_MODES)
 async def test_block_mode_holds_the_worker_back_and_loses_no_span(
     consumer_mode: str,
@@ -226,60 +381,50 @@ async def test_block_mode_holds_the_worker_back_and_loses_no_span(
     worker, env = await start_worker(
         "block", bootstrap, topic_factory, store, own_jaeger, workers, consumer_mode
     )
-    topic, group = env["GRAYSCOPE_INPUT_TOPICS"], env["GRAYSCOPE_CONSUMER_GROUP"]
+    topic = env["GRAYSCOPE_INPUT_TOPICS"]
     service = f"blk-{uuid.uuid4().hex[:8]}.test"
     gray_id = f"blk{uuid.uuid4().hex[:8]}"
     placed = await warm_up(worker, produce_lines, topic, service)
-    total = WARM_UP + LINES
 
     with paused(own_jaeger):
         placed += await produce_lines(topic, access_lines(service, gray_id, LINES))
-        ends = topic_ends(placed)
-        # A batch waits for room: the queue is at its bound (the requests in flight hold
-        # the rest of what the exporter took) and the wait is counted while it lasts.
-        await poll(
-            "span queue full, a batch waiting",
-            lambda: (
-                worker.metric("grayscope_spans_queued") == QUEUE
-                and worker.metric("grayscope_span_queue_blocked_seconds_total") > 0
-            ),
-            worker,
-        )
-        blocked_at = worker.metric("grayscope_span_queue_blocked_seconds_total")
-        await asyncio.sleep(HOLD_S)  # the worker gets every chance to run ahead
-
-        stored = {coordinates(i) for i in await asyncio.to_thread(stored_ids, store.url, topic)}
-        committed = await committed_offsets(bootstrap, group, topic)
-        # Documents first: the waiting batches' documents are stored, though none of
-        # their spans has left the worker and their offsets are not committed.
-        assert worker.metric("grayscope_spans_exported_total") == WARM_UP
-        uncommitted = {(p, o) for p, o in stored if o >= committed.get(p, 0)}
-        assert uncommitted, (committed, sorted(stored)[-10:])
-        # Consumption holds back: the worker stored and acked only what the queue, the
-        # requests in flight and the waiting batches hold, far from the end of the topic.
-        assert len(stored) <= MOST_STORED_WHILE_BLOCKED, len(stored)
-        assert sum(committed.values()) < total, (committed, ends)
-        # Still waiting, nothing dropped; the wait counter grew during the pause.
-        assert worker.metric("grayscope_spans_queued") == QUEUE
-        assert dropped(worker) == 0, worker.get("/metrics")[1].decode()
-        assert worker.metric("grayscope_span_queue_blocked_seconds_total") > blocked_at
+        await assert_held_back(worker, bootstrap, store, env, WARM_UP, WARM_UP + LINES)
 
     # Resumed: the requests in flight complete (the timeout is far longer than the pause),
     # the waiting batches queue their spans and are acked, consumption runs to the end.
-    await assert_ledger(bootstrap, store.url, env, placed, expected_dead=0, timeout=DEADLINE_S)
-    await poll(
-        "every span exported",
-        lambda: worker.metric("grayscope_spans_exported_total") >= total,
-        worker,
+    await assert_everything_delivered(
+        worker, bootstrap, store, env, placed, own_jaeger, service, gray_id
     )
-    found = await asyncio.to_thread(span_paths, JaegerQuery(own_jaeger.query_url), service,
-                                    gray_id, LINES)  # fmt: skip
-    assert sorted(found) == sorted(paths(LINES))  # each request's span, once
-    assert worker.metric("grayscope_spans_exported_total") == total
-    for reason in ("queue_full", "export_failed", "rejected", "shutdown"):
-        assert dropped(worker, reason) == 0, reason
-    assert dropped(worker) == 0
-    assert worker.metric("grayscope_spans_queued") == 0
+
+
+@pytest.mark.parametrize("consumer_mode", CONSUMER_MODES)
+async def test_block_mode_worker_started_while_jaeger_is_paused(
+    consumer_mode: str,
+    bootstrap: str,
+    topic_factory: TopicFactory,
+    store: OpenSearchNode,
+    own_jaeger: JaegerServer,
+    produce_lines: Any,
+    workers: Callable[[dict[str, str]], WorkerProcess],
+) -> None:
+    """The worker starts with Jaeger already paused: its first export's gRPC connection
+    opens (the kernel accepts it) but is never answered. The worker starts, is ready
+    and joins its group, then is held back as with a connection established before the
+    pause; after SIGCONT the connection is used and every span arrives."""
+    service = f"bks-{uuid.uuid4().hex[:8]}.test"
+    gray_id = f"bks{uuid.uuid4().hex[:8]}"
+    with paused(own_jaeger):
+        worker, env = await start_worker(
+            "block", bootstrap, topic_factory, store, own_jaeger, workers, consumer_mode
+        )
+        topic = env["GRAYSCOPE_INPUT_TOPICS"]
+        await assert_serving(worker, topic)
+        placed = await produce_lines(topic, access_lines(service, gray_id, LINES))
+        await assert_held_back(worker, bootstrap, store, env, 0, LINES)
+
+    await assert_everything_delivered(
+        worker, bootstrap, store, env, placed, own_jaeger, service, gray_id
+    )
 
 
 async def test_drop_newest_mode_keeps_consuming_and_drops_spans(
@@ -297,33 +442,39 @@ async def test_drop_newest_mode_keeps_consuming_and_drops_spans(
     service = f"drp-{uuid.uuid4().hex[:8]}.test"
     gray_id = f"drp{uuid.uuid4().hex[:8]}"
     placed = await warm_up(worker, produce_lines, topic, service)
-    total = WARM_UP + LINES
 
     with paused(own_jaeger):
         placed += await produce_lines(topic, access_lines(service, gray_id, LINES))
-        # Jaeger answers nothing, yet every document is stored exactly once and every
-        # offset committed to the end of the topic: nothing waits for the spans.
-        await assert_ledger(bootstrap, store.url, env, placed, expected_dead=0, timeout=DEADLINE_S)
-        # What did not fit the queue (and the requests in flight) is gone.
-        assert dropped(worker, "queue_full") >= total - WARM_UP - SPANS_HELD
-        assert worker.metric("grayscope_spans_exported_total") == WARM_UP
-        assert worker.metric("grayscope_span_queue_blocked_seconds_total") == 0
+        await assert_stored_and_spans_dropped(worker, bootstrap, store, env, placed, WARM_UP)
 
-    # Resumed: what was queued or in flight is exported, and only that (no export failed:
-    # the timeout outlasts the pause); every span is exported or dropped as queue_full.
-    def settled() -> bool:
-        exported = worker.metric("grayscope_spans_exported_total")
-        return exported + dropped(worker, "queue_full") >= total
+    await assert_queued_spans_exported(
+        worker, own_jaeger, service, gray_id, WARM_UP, WARM_UP + LINES
+    )
 
-    await poll("queued spans exported", settled, worker)
-    exported = int(worker.metric("grayscope_spans_exported_total"))
-    assert exported + dropped(worker, "queue_full") == total
-    assert WARM_UP < exported <= WARM_UP + SPANS_HELD
-    assert dropped(worker) == dropped(worker, "queue_full")  # no other reason
-    found = await asyncio.to_thread(span_paths, JaegerQuery(own_jaeger.query_url), service,
-                                    gray_id, exported - WARM_UP)  # fmt: skip
-    assert len(found) == len(set(found)) == exported - WARM_UP
-    assert set(found) < paths(LINES)
+
+async def test_drop_newest_mode_worker_started_while_jaeger_is_paused(
+    bootstrap: str,
+    topic_factory: TopicFactory,
+    store: OpenSearchNode,
+    own_jaeger: JaegerServer,
+    produce_lines: Any,
+    workers: Callable[[dict[str, str]], WorkerProcess],
+) -> None:
+    """The worker starts with Jaeger already paused (its first export's connection
+    opens, nothing answers): it starts, is ready, joins its group, stores and commits
+    everything while Jaeger is still paused; after SIGCONT the spans it kept arrive."""
+    service = f"drs-{uuid.uuid4().hex[:8]}.test"
+    gray_id = f"drs{uuid.uuid4().hex[:8]}"
+    with paused(own_jaeger):
+        worker, env = await start_worker(
+            "drop_newest", bootstrap, topic_factory, store, own_jaeger, workers
+        )
+        topic = env["GRAYSCOPE_INPUT_TOPICS"]
+        await assert_serving(worker, topic)
+        placed = await produce_lines(topic, access_lines(service, gray_id, LINES))
+        await assert_stored_and_spans_dropped(worker, bootstrap, store, env, placed, 0)
+
+    await assert_queued_spans_exported(worker, own_jaeger, service, gray_id, 0, LINES)
 
 
 # The first worker's rebalance must finish well before a hung export would free room for
@@ -331,19 +482,6 @@ async def test_drop_newest_mode_keeps_consuming_and_drops_spans(
 # drop it after its rebalance timeout (GRAYSCOPE_KAFKA_REBALANCE_TIMEOUT, 10 s for the
 # test workers) and hand every partition to the second worker until that export ended.
 REBALANCE_DEADLINE_S = OTLP_TIMEOUT_S / 2
-PARTITIONS = 3  # start_worker's topic
-
-
-def assigned(worker: WorkerProcess, topic: str) -> set[int]:
-    """The topic's partitions the worker's consumer owns, from the per-partition
-    ``grayscope_consumer_lag`` series on its /metrics."""
-    _, body = worker.get("/metrics")
-    label = f'topic="{topic}"'
-    return {
-        int(block.split('partition="', 1)[1].split('"', 1)[0])
-        for name, block, _ in parse_samples(body.decode())
-        if name == "grayscope_consumer_lag" and label in block
-    }
 
 
 # The stream mode used to lose or skip messages across this rebalance (2 of 9 runs, 6 of 8

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -84,9 +85,8 @@ RETRIABLE_GRPC_CODES = frozenset(
 )
 # gRPC's default reconnect backoff grows to 120 s; a restarted collector should be
 # used again within seconds, not minutes.
-GRPC_CHANNEL_OPTIONS = (
+GRPC_RECONNECT_BACKOFF_MS = (
     ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 5000),
 )
 USER_AGENT = "grayscope-otlp-exporter"
@@ -233,27 +233,54 @@ class HttpTransport:
             self._session = None
 
 
+def grpc_channel_options(connect_timeout: float) -> tuple[tuple[str, int], ...]:
+    """The export channel's options: reconnects within seconds (``GRPC_RECONNECT_BACKOFF_MS``)
+    and ``connect_timeout`` seconds for every connection attempt.
+
+    ``grpc.min_reconnect_backoff_ms`` is no backoff: it is gRPC's minimum connect
+    timeout (MIN_CONNECT_TIMEOUT of its connection-backoff protocol), how long one
+    attempt may take, the HTTP/2 handshake included, before the channel gives it up,
+    turns TRANSIENT_FAILURE and fails every request waiting for it with UNAVAILABLE. At
+    200 ms (it was set with the backoff) a collector that accepts the TCP connection and
+    does not answer yet (stopped, overloaded, starting: the kernel completes the
+    connection) failed each try at once, where a request on an established connection
+    waits its whole timeout; a worker started while its collector hung so used up its
+    retries in seconds and dropped every batch as ``export_failed``, though the
+    collector, once answering, would have taken them. An attempt now lasts as long as
+    an export try may: the try that opened it waits for it as for an answer. A refused
+    connection still fails at once.
+    """
+    return (
+        *GRPC_RECONNECT_BACKOFF_MS,
+        ("grpc.min_reconnect_backoff_ms", max(1, math.ceil(connect_timeout * 1000))),
+    )
+
+
 class GrpcTransport:
     """OTLP/gRPC: ``TraceService/Export`` on a ``grpc.aio`` channel.
 
     A generic unary call without a request serializer: the already serialized
-    request goes out as it is.
+    request goes out as it is. ``connect_timeout``: seconds a connection attempt
+    may take (``grpc_channel_options``), the exporter's per-try timeout.
     """
 
-    def __init__(self, endpoint: Endpoint, headers: Mapping[str, str]) -> None:
+    def __init__(
+        self, endpoint: Endpoint, headers: Mapping[str, str], *, connect_timeout: float
+    ) -> None:
         self._endpoint = endpoint
         # gRPC metadata keys must be lower case.
         self._metadata = tuple((k.lower(), v) for k, v in headers.items())
+        self._options = grpc_channel_options(connect_timeout)
         self._channel: grpc.aio.Channel | None = None
         self._export: _ExportCall | None = None
 
     def _connect(self) -> _ExportCall:
         if self._endpoint.secure:
             channel = grpc.aio.secure_channel(
-                self._endpoint.url, grpc.ssl_channel_credentials(), options=GRPC_CHANNEL_OPTIONS
+                self._endpoint.url, grpc.ssl_channel_credentials(), options=self._options
             )
         else:
-            channel = grpc.aio.insecure_channel(self._endpoint.url, options=GRPC_CHANNEL_OPTIONS)
+            channel = grpc.aio.insecure_channel(self._endpoint.url, options=self._options)
         self._channel = channel
         self._export = channel.unary_unary(
             GRPC_EXPORT_METHOD,
@@ -281,10 +308,11 @@ class GrpcTransport:
             self._export = None
 
 
-def make_transport(endpoint: Endpoint, headers: Mapping[str, str]) -> Transport:
+def make_transport(endpoint: Endpoint, headers: Mapping[str, str], timeout: float) -> Transport:
+    """The endpoint's transport for exports of ``timeout`` seconds a try."""
     if endpoint.protocol == "http":
         return HttpTransport(endpoint, headers)
-    return GrpcTransport(endpoint, headers)
+    return GrpcTransport(endpoint, headers, connect_timeout=timeout)
 
 
 class OtlpExporter:
@@ -330,7 +358,7 @@ class OtlpExporter:
         self.blocked_report_interval = blocked_report_interval
         self.backoff = Backoff(retry_initial, retry_max)
         self.stats = OtlpStats()
-        self._transport = transport or make_transport(self.endpoint, headers or {})
+        self._transport = transport or make_transport(self.endpoint, headers or {}, timeout)
         self._queue: deque[EncodedSpan] = deque()
         self._inflight = 0  # spans of the batches being exported
         self._exports: set[asyncio.Task[None]] = set()
