@@ -1047,3 +1047,54 @@ def test_marks_are_idempotent_and_change_only_the_sticky_flag_and_reasons(
         untouched = state.copy()
         untouched.rolled_back, untouched.rollback_reasons = base.rolled_back, base.rollback_reasons
         assert untouched == base
+
+
+# --- hits of one stratum spread over records (partition lag, a backfill) ---------------
+
+
+def apply_record(
+    s: FunnelSpec, state: FunnelState, users: dict[str, dict], hits: list[funnel.Hit]
+) -> None:
+    """One funnel record as the agent applies it: every hit in event-time order, then the
+    strata whose users have all had their window judged (on the funnel's event time)."""
+    walk(s, state, users, sorted(hits, key=lambda h: h[3]))
+    funnel.resolve(s, state, BUCKET)
+
+
+@pytest.mark.xfail(strict=True, reason="a late entry re-opens a judged stratum", raises=Exception)
+def test_a_late_entry_never_reopens_a_judged_stratum() -> None:
+    """One partition lags the others by more than the window plus two buckets: the
+    stratum 0:100 is judged from the fast partition's hits, then the lagging one brings
+    more entries of it and conversions of users it judged as non-converters. They are
+    late: they neither re-open the stratum nor count anyone twice, and nothing raises."""
+    s = spec(window=60.0)
+    state = FunnelState("play", 3)
+    users: dict[str, dict] = {}
+    # the fast partition: a, f (canary) and b, c (stable) enter, b goes on
+    apply_record(s, state, users, [("a", 0, 1, 100.0), ("f", 0, 1, 101.0)])
+    apply_record(s, state, users, [("b", 0, 0, 102.0), ("c", 0, 0, 103.0)])
+    apply_record(s, state, users, [("b", 1, 0, 150.0), ("x", 0, 0, 200.0)])
+    # 200 - 60 - 2 * 10 = 120 >= 100: the stratum is judged
+    assert "0:100" not in state.pending and state.totals[0] == [2, 0, 2, 1]
+    judged = [list(row) for row in state.totals]
+    loglik = [list(row) for row in state.loglik]
+    # the lagging partition: entries of 0:100 (d canary, e and g stable) and a, f going on
+    apply_record(
+        s,
+        state,
+        users,
+        [
+            ("d", 0, 1, 104.0),
+            ("e", 0, 0, 105.0),
+            ("g", 0, 0, 106.0),
+            ("a", 1, 1, 130.0),
+            ("f", 1, 1, 131.0),
+        ],
+    )
+    assert "0:100" not in state.pending  # never re-opened
+    assert state.totals[0] == judged[0]  # a and f stay the non-converters they were judged
+    assert state.loglik[0] == loglik[0]  # the stratum's evidence counts once
+    assert state.late_conversions == 2
+    assert state.late_entries == 3
+    # a and f reached step 1 (at 130 and 131, a stratum not judged yet): counted there
+    assert state.pending["1:130"] == [2, 0, 0, 0]
