@@ -43,8 +43,10 @@ every partition and every worker. Hence:
    arm, event time) -- to the partition of ``funnel:<name>``. The agent keeps
    each user's progress in ``canary-funnel-users`` (key ``<funnel>/<hash>``)
    and the funnel's strata, totals and evidence in ``canary-funnels``, both
-   changelogged. Users past their window plus a window of grace are deleted,
-   and above ``max_users`` the longest idle are evicted (counted). Each record
+   changelogged; a record's progress and state are written once both are worked
+   out (whole or not at all), and a stratum, once judged, stays judged (its late
+   hits are counted as late). Users past their window plus a window of grace are
+   deleted, and above ``max_users`` the longest idle are evicted (counted). Each record
    also names the path groups its hits' requests fell into; the funnel's state
    keeps them (at most ``funnel.MAX_CARRIERS``, the rest counted). The timer
    passes the funnels to the engine: they carry a share of the rollout's
@@ -71,6 +73,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import secrets
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -311,9 +314,14 @@ class CanaryAnalysis:
         for raw in raw_hits:
             try:
                 user, step, arm, at = raw
-                hits.append((str(user), int(step), int(arm), float(at)))
+                hit = (str(user), int(step), int(arm), float(at))
             except (TypeError, ValueError):
                 self.stats.canary_aggregates_invalid_total += 1
+                continue
+            if hit[1] < 0 or hit[2] not in (0, 1) or not math.isfinite(hit[3]):
+                self.stats.canary_aggregates_invalid_total += 1
+                continue
+            hits.append(hit)
         if not hits:
             return
         bucket = self.config.window_seconds
@@ -322,15 +330,11 @@ class CanaryAnalysis:
         if state is not None and self._rollout_ended(state.last_canary_at, newest):
             state = None  # the rollout ended: a new one starts with fresh evidence
         if state is None or state.steps != len(spec.steps):
-            state = funnels.FunnelState(spec.name, len(spec.steps))
-        late = state.late_conversions
+            # A new rollout's state: users its predecessor counted start afresh in it.
+            state = funnels.FunnelState(spec.name, len(spec.steps), rollout=secrets.token_hex(8))
+        late, late_entries = state.late_conversions, state.late_entries
         users = self.funnel_users
-        for hit in sorted(hits, key=lambda h: h[3]):
-            key = f"{spec.name}/{hit[0]}"
-            progress = funnels.record_hit(spec, state, users.get(key), hit, bucket)
-            if progress is not None:
-                users[key] = progress
-        self.stats.canary_funnel_late_conversions_total += state.late_conversions - late
+        prefix = spec.name + "/"
         carriers = data.get("carriers")  # a record of an older worker has none: no carriers
         try:
             state.add_carriers(
@@ -339,7 +343,15 @@ class CanaryAnalysis:
             )
         except (TypeError, ValueError):
             self.stats.canary_aggregates_invalid_total += 1
-        funnels.resolve(spec, state, bucket)
+        # Users' progress, then the strata due, on this copy of the state; nothing is
+        # written before both are done: a record is applied whole or not at all.
+        updates = funnels.apply_record(
+            spec, state, lambda user: users.get(prefix + user), hits, bucket
+        )
+        for user, progress in updates.items():
+            users[prefix + user] = progress
+        self.stats.canary_funnel_late_conversions_total += state.late_conversions - late
+        self.stats.canary_funnel_late_entries_total += state.late_entries - late_entries
         self._collect_funnel_users(spec, state)
         self.funnel_states[spec.name] = state.to_json()
 

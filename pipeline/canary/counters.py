@@ -26,6 +26,7 @@ class CanaryStats:
     canary_funnel_users_expired_total: int = 0  # past their window (retention)
     canary_funnel_users_evicted_total: int = 0  # dropped by the cap while still in their window
     canary_funnel_late_conversions_total: int = 0  # conversions of already judged strata
+    canary_funnel_late_entries_total: int = 0  # entries into already judged strata (left out)
     canary_folds_stale_total: int = 0  # folds not applied: made on another state, or lost
     # Funnel rollbacks marked on carriers' states (owner of the carrier's partition).
     canary_funnel_carriers_marked_total: int = 0  # marks that made a state roll back

@@ -37,6 +37,39 @@ steps (their log-likelihoods add up) and a quarter the mean of its steps' own
 e-values (``funnel_log_e``), each part counted only while the estimated drop in
 conversion reaches ``min_drop`` (a gate can only lower an e-value). The
 engine mixes the funnels into the rollout's evidence (``engine.assess``).
+
+Late hits: a judged stratum stays judged
+----------------------------------------
+The hits of one stratum can arrive in records far apart (one input partition lagging
+the others by more than the window and its grace, a backfill): the stratum may be
+judged from the first records' hits before the rest arrive. ``resolve`` closes every
+stratum up to its horizon, ``FunnelState.judged_through`` (one number, persisted with
+the state: the strata are judged in order of their start, so everything at or before
+it is judged, those that had no users too). A hit that would count in a closed stratum
+is *late*: an entry is counted in ``late_entries`` and left out of the stratum, a
+conversion in ``late_conversions`` (its user stays the non-converter the stratum was
+judged with). A closed stratum is never re-opened, so no user's entry and conversion
+land in two different tables, and a row never holds more conversions than entries.
+
+Why the e-process stays valid (anytime, at level alpha). Each stratum enters the
+product of likelihood ratios once, when it is judged, with its margins (who entered,
+per arm; how many did not convert) fixed then; nothing that arrives later changes a
+factor already in the product, so the sequence the verdicts look at is one process.
+(Before, a late entry re-created the stratum and it was judged a second time: one
+stratum's users and conversions entered the product twice, the double counting no
+test supermartingale allows.) What arrives late is decided by the transport (a
+partition's lag, a backfill), not by a user's arm or outcome: leaving a late entrant
+out of a table is a selection on entry that does not look at the outcome, and
+Fisher's conditional law holds given the margins of whoever was selected; a late
+conversion counts as a non-conversion of its user, and the same delay thins the
+conversions of both arms alike, which keeps H0 (the canary converts at least as well:
+``p_c >= p_s`` gives ``q p_c >= q p_s`` for an equal share ``q`` arriving in time).
+Under H0 each factor then has expectation <= 1 given the past, and the mixture, the
+weighted average over transitions and the gates keep that (see above): Ville's
+inequality bounds the chance that the funnel's e-value ever reaches ``1/alpha``. A
+delay that depends on the arm (canary and stable logs on different partitions, one of
+them lagging beyond the grace) would thin one arm's conversions only: that is outside
+this guarantee, as it was before; ``late_conversions`` shows it.
 """
 
 from __future__ import annotations
@@ -44,7 +77,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -322,6 +355,12 @@ class FunnelState:
     watermark: float = 0.0  # newest event time seen (event-time clock of the funnel)
     last_canary_at: float = 0.0
     late_conversions: int = 0  # conversions of a stratum already judged
+    late_entries: int = 0  # entries into a stratum already judged (left out of it)
+    #: Every stratum starting at or before this event time is judged (``resolve``'s
+    #: horizon; strata are judged in order): its late hits count as late, it is never
+    #: re-opened. None: not known yet -- a fresh state, or one persisted before this was
+    #: kept (then it is what its last ``resolve`` used; ``judged_horizon``).
+    judged_through: float | None = None
     evicted_users: int = 0  # users dropped by the cap before their window ended
     history: list[list[float]] = field(default_factory=list)
     rolled_back: bool = False  # sticky for the rollout (set through a control record)
@@ -329,6 +368,10 @@ class FunnelState:
     #: ``MAX_CARRIERS``): the path groups that carry the funnel's rollback.
     carriers: dict[str, int] = field(default_factory=dict)
     carriers_left_out: int = 0  # matched step requests whose path group the cap left out
+    #: Names this rollout's state (the agent gives each fresh state a random one; "" in a
+    #: state persisted before): a user's progress names the state that counted it, and
+    #: progress another state counted starts afresh (``record_hit``).
+    rollout: str = ""
 
     def add_carriers(self, seen: Mapping[str, int], left_out: int = 0) -> None:
         """Merge a hits record's path groups (``hits_of``'s ``carriers``) into the state."""
@@ -346,6 +389,13 @@ class FunnelState:
             self.loglik = [evidence.zero_loglik() for _ in range(transitions)]
 
     def to_json(self) -> dict[str, Any]:
+        out = self._json()
+        if self.judged_through is not None:  # unknown (a state read from before): left out
+            judged = self.judged_through
+            out["judged_through"] = judged if math.isfinite(judged) else None  # None: -inf
+        return out
+
+    def _json(self) -> dict[str, Any]:
         return {
             "v": STATE_VERSION,
             "name": self.name,
@@ -356,11 +406,13 @@ class FunnelState:
             "watermark": self.watermark,
             "last_canary_at": self.last_canary_at,
             "late": self.late_conversions,
+            "late_entries": self.late_entries,
             "evicted": self.evicted_users,
             "rolled_back": self.rolled_back,
             "history": [[v if math.isfinite(v) else None for v in p] for p in self.history],
             "carriers": self.carriers,
             "carriers_left_out": self.carriers_left_out,
+            "rollout": self.rollout,
         }
 
     @classmethod
@@ -393,6 +445,16 @@ class FunnelState:
                 watermark=float(data["watermark"]),
                 last_canary_at=float(data["last_canary_at"]),
                 late_conversions=int(data["late"]),
+                # Added later: a state persisted before has no late entries, and its
+                # judged horizon is the one its last resolve used (``judged_horizon``).
+                late_entries=int(data.get("late_entries") or 0),
+                judged_through=(
+                    None
+                    if "judged_through" not in data
+                    else -math.inf
+                    if data["judged_through"] is None
+                    else float(data["judged_through"])
+                ),
                 evicted_users=int(data["evicted"]),
                 rolled_back=bool(data.get("rolled_back", False)),
                 history=[
@@ -401,6 +463,7 @@ class FunnelState:
                 ],
                 carriers=dict(carried[:MAX_CARRIERS]),
                 carriers_left_out=left_out,
+                rollout=str(data.get("rollout") or ""),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed funnel state: {exc}") from exc
@@ -435,22 +498,59 @@ def fisher_loglik(x: int, m: int, n1: int, n0: int) -> list[float] | None:
 
 
 def _stratum(step: int, at: float, bucket: int) -> str:
-    return f"{step}:{int(at // bucket) * bucket}"
+    return f"{step}:{_start(at, bucket)}"
+
+
+def _start(at: float, bucket: int) -> int:
+    return int(at // bucket) * bucket
+
+
+def _horizon(spec: FunnelSpec, clock: float, bucket: int) -> float:
+    """The newest stratum start whose users have all had their window (and its grace)."""
+    return clock - spec.window_seconds - 2 * bucket
+
+
+def judged_horizon(spec: FunnelSpec, state: FunnelState, bucket: int) -> float:
+    """``state.judged_through``, set first when unknown: a fresh state has judged nothing
+    (``-inf``); a state persisted before the horizon was kept had its strata judged up to
+    the horizon of its watermark (the agent resolves after every record it applies)."""
+    if state.judged_through is None:
+        state.judged_through = (
+            _horizon(spec, state.watermark, bucket) if state.watermark > 0 else -math.inf
+        )
+    return state.judged_through
 
 
 def _count(
     state: FunnelState, step: int, at: float, arm: int, bucket: int, converted: bool
 ) -> None:
+    """Count a user's entry into (or conversion out of) the stratum of step ``step`` at
+    ``at``; into ``late_entries`` / ``late_conversions`` when that stratum is judged.
+
+    Within one state every conversion lands in the row that holds its user's entry: the
+    entry was counted in a live row or left out as late, and a row leaves ``pending``
+    only when ``resolve`` closes its stratum for good; progress another state counted
+    starts afresh (``record_hit``). So a row without the entry (or with every entry of
+    the arm converted already) is never met; if it were (a state lost while its users'
+    progress was kept), the conversion is late: a row never holds more conversions than
+    entries (``fisher_loglik``'s margins)."""
     if step >= state.steps - 1:
         return  # the last step has no next one to convert to
+    judged = state.judged_through
+    if judged is not None and _start(at, bucket) <= judged:
+        if converted:  # the user was counted as not converted (or was left out)
+            state.late_conversions += 1
+        else:
+            state.late_entries += 1
+        return
     key = _stratum(step, at, bucket)
     row = state.pending.get(key)
-    if row is None:
-        if converted:  # the stratum was judged already: the user was counted as not converted
-            state.late_conversions += 1
-            return
-        row = state.pending[key] = [0, 0, 0, 0]
     offset = 0 if arm == 1 else 2
+    if converted and (row is None or row[offset + 1] >= row[offset]):
+        state.late_conversions += 1
+        return
+    if row is None:
+        row = state.pending[key] = [0, 0, 0, 0]
     row[offset + (1 if converted else 0)] += 1
 
 
@@ -469,17 +569,27 @@ def record_hit(
     """Apply one hit to a user's progress; the new progress, or None when nothing changed.
 
     Progress is ``{"a": arm code at step 0 (None before), "t": [time per step or None],
-    "c": steps counted so far}``. A user enters at step 0 (once per retention) and
+    "c": steps counted so far, "r": the state's ``rollout`` (left out when "")}``; progress
+    counted by another state (an ended rollout: its strata went with it) or of another
+    shape of the funnel starts afresh, so a conversion only ever meets the row that holds
+    its user's entry, or a judged stratum. A user enters at step 0 (once per retention) and
     reaches ``k + 1`` when a hit of step ``k + 1`` lies within the window after step
     ``k``. Hits may arrive out of order (the access-log partitions are consumed side by
     side): a later step seen first is kept and counted once its predecessor arrives.
     """
     _, step, arm, at = hit
+    judged_horizon(spec, state, bucket)  # before this hit moves the watermark
     state.watermark = max(state.watermark, at)
     if arm == 1:
         state.last_canary_at = max(state.last_canary_at, at)
     if step >= len(spec.steps):
         return None
+    if (
+        progress is None
+        or not valid_progress(spec, progress)
+        or progress.get("r", "") != state.rollout
+    ):
+        progress = None  # another state's user, or another shape of the funnel: afresh
     if progress is None:
         progress = {"a": None, "t": [None] * len(spec.steps), "c": 0}
     times: list[float | None] = list(progress["t"])
@@ -511,7 +621,50 @@ def record_hit(
             _count(state, counted - 1, previous, int(user_arm), bucket, converted=True)
             _count(state, counted, current, int(user_arm), bucket, converted=False)
         counted += 1
-    return {"a": user_arm, "t": times, "c": counted}
+    out = {"a": user_arm, "t": times, "c": counted}
+    if state.rollout:
+        out["r"] = state.rollout
+    return out
+
+
+def valid_progress(spec: FunnelSpec, progress: Mapping[str, Any] | None) -> bool:
+    """A user's stored progress fits this funnel (its steps may have changed since)."""
+    if not isinstance(progress, Mapping):
+        return False
+    times = progress.get("t")
+    return (
+        isinstance(times, list)
+        and len(times) == len(spec.steps)
+        and all(t is None or isinstance(t, int | float) for t in times)
+        and (times[0] is None or progress.get("a") in (0, 1))
+        and isinstance(progress.get("c", 0), int)
+    )
+
+
+def apply_record(
+    spec: FunnelSpec,
+    state: FunnelState,
+    progress_of: Callable[[str], Mapping[str, Any] | None],
+    hits: Sequence[Hit],
+    bucket: int,
+) -> dict[str, dict[str, Any]]:
+    """One funnel record: its hits in event-time order, then the strata due judged.
+
+    Changes ``state`` in place and returns the users' new progress (user hash ->
+    progress) without writing it: the caller writes both only once this returned, so a
+    record is applied whole or not at all. ``progress_of`` reads a user's stored
+    progress. Raises nothing on well-formed hits: rows hold at most their entries'
+    conversions (``_count``), and progress of another shape starts afresh.
+    """
+    updates: dict[str, dict[str, Any]] = {}
+    for hit in sorted(hits, key=lambda h: h[3]):
+        user = hit[0]
+        progress = updates[user] if user in updates else progress_of(user)
+        changed = record_hit(spec, state, progress, hit, bucket)
+        if changed is not None:
+            updates[user] = changed
+    resolve(spec, state, bucket)
+    return updates
 
 
 def _follows(current: float, previous: float, spec: FunnelSpec) -> bool:
@@ -536,8 +689,9 @@ def resolve(spec: FunnelSpec, state: FunnelState, bucket: int, up_to: float | No
     stratum judged early misses conversions of both arms alike: power, not validity).
     """
     done = 0
+    judged = judged_horizon(spec, state, bucket)
     clock = state.watermark if up_to is None else max(state.watermark, up_to)
-    horizon = clock - spec.window_seconds - 2 * bucket
+    horizon = _horizon(spec, clock, bucket)
     for key in sorted(state.pending, key=lambda k: (int(k.split(":")[1]), int(k.split(":")[0]))):
         step_text, start_text = key.split(":")
         step, start = int(step_text), int(start_text)
@@ -552,6 +706,9 @@ def resolve(spec: FunnelSpec, state: FunnelState, bucket: int, up_to: float | No
         for i, value in enumerate((c_reached, c_conv, s_reached, s_conv)):
             total[i] += value
         done += 1
+    # Every stratum up to the horizon is judged now, those without users too: from here
+    # their hits are late (``_count``), and none of them is ever judged again.
+    state.judged_through = max(judged, horizon)
     if done:
         state.history.append([float(clock), funnel_log_e(spec, state)])
         del state.history[:-HISTORY_LIMIT]
@@ -724,6 +881,7 @@ class FunnelFacts:
     #: configured ones, then those the matched step requests fell into.
     path_groups: tuple[str, ...]
     late_conversions: int = 0
+    late_entries: int = 0
     evicted_users: int = 0
     history: tuple[tuple[float, float], ...] = ()  # (event time, log e-value) per judged batch
     rolled_back: bool = False  # an earlier evaluation rolled the funnel back (sticky)
@@ -738,6 +896,7 @@ class FunnelFacts:
             "path_groups": list(self.path_groups),
             "carriers_left_out": self.carriers_left_out,
             "late_conversions": self.late_conversions,
+            "late_entries": self.late_entries,
             "evicted_users": self.evicted_users,
         }
 
@@ -783,6 +942,7 @@ def facts(spec: FunnelSpec, state: FunnelState, alpha: float) -> FunnelFacts:
         steps=tuple(steps),
         path_groups=carrier_groups(spec, state),
         late_conversions=state.late_conversions,
+        late_entries=state.late_entries,
         evicted_users=state.evicted_users,
         history=tuple((p[0], p[1]) for p in state.history if len(p) >= 2),
         rolled_back=state.rolled_back,

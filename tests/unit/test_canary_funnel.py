@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Any
 
 import numpy as np
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from pipeline.canary import evidence, funnel
@@ -1047,3 +1048,330 @@ def test_marks_are_idempotent_and_change_only_the_sticky_flag_and_reasons(
         untouched = state.copy()
         untouched.rolled_back, untouched.rollback_reasons = base.rolled_back, base.rollback_reasons
         assert untouched == base
+
+
+# --- hits of one stratum spread over records (partition lag, a backfill) ---------------
+
+
+def apply_record(
+    s: FunnelSpec, state: FunnelState, users: dict[str, dict], hits: list[funnel.Hit]
+) -> None:
+    """One funnel record as the agent applies it (``funnel.apply_record``): every hit in
+    event-time order, then the strata whose users have all had their window judged (on
+    the funnel's event time); the users' progress written once that returned."""
+    users.update(funnel.apply_record(s, state, users.get, hits, BUCKET))
+
+
+def test_a_late_entry_never_reopens_a_judged_stratum() -> None:
+    """One partition lags the others by more than the window plus two buckets: the
+    stratum 0:100 is judged from the fast partition's hits, then the lagging one brings
+    more entries of it and conversions of users it judged as non-converters. They are
+    late: they neither re-open the stratum nor count anyone twice, and nothing raises."""
+    s = spec(window=60.0)
+    state = FunnelState("play", 3)
+    users: dict[str, dict] = {}
+    # the fast partition: a, f (canary) and b, c (stable) enter, b goes on
+    apply_record(s, state, users, [("a", 0, 1, 100.0), ("f", 0, 1, 101.0)])
+    apply_record(s, state, users, [("b", 0, 0, 102.0), ("c", 0, 0, 103.0)])
+    apply_record(s, state, users, [("b", 1, 0, 150.0), ("x", 0, 0, 200.0)])
+    # 200 - 60 - 2 * 10 = 120 >= 100: the stratum is judged
+    assert "0:100" not in state.pending and state.totals[0] == [2, 0, 2, 1]
+    judged = [list(row) for row in state.totals]
+    loglik = [list(row) for row in state.loglik]
+    # the lagging partition: entries of 0:100 (d canary, e and g stable) and a, f going on
+    apply_record(
+        s,
+        state,
+        users,
+        [
+            ("d", 0, 1, 104.0),
+            ("e", 0, 0, 105.0),
+            ("g", 0, 0, 106.0),
+            ("a", 1, 1, 130.0),
+            ("f", 1, 1, 131.0),
+        ],
+    )
+    assert "0:100" not in state.pending  # never re-opened
+    assert state.totals[0] == judged[0]  # a and f stay the non-converters they were judged
+    assert state.loglik[0] == loglik[0]  # the stratum's evidence counts once
+    assert state.late_conversions == 2
+    assert state.late_entries == 3
+    # a and f reached step 1 (at 130 and 131, a stratum not judged yet): counted there
+    assert state.pending["1:130"] == [2, 0, 0, 0]
+
+
+def test_the_judged_horizon_survives_persistence_and_old_states_read_with_their_own() -> None:
+    s = spec(window=60.0)
+    state = FunnelState("play", 3)
+    users: dict[str, dict] = {}
+    apply_record(s, state, users, [("a", 0, 1, 100.0), ("b", 0, 0, 101.0), ("x", 0, 0, 200.0)])
+    assert state.judged_through == 200.0 - 60.0 - 2 * BUCKET
+    stored = orjson.loads(orjson.dumps(state.to_json()))
+    assert FunnelState.from_json(stored) == state
+    # a state persisted before the horizon was kept: its last resolve judged up to the
+    # horizon of its watermark, and that is what it reads as (no late entries yet)
+    del stored["judged_through"], stored["late_entries"]
+    old = FunnelState.from_json(stored)
+    assert old.judged_through is None and old.late_entries == 0
+    apply_record(s, old, users, [("c", 0, 0, 104.0), ("a", 1, 1, 130.0)])
+    assert old.late_entries == 1 and old.late_conversions == 1
+    assert old.totals == state.totals and "0:100" not in old.pending
+    # a fresh state has judged nothing: its first record's hits all count
+    fresh = FunnelState("play", 3)
+    assert FunnelState.from_json(orjson.loads(orjson.dumps(fresh.to_json()))) == fresh
+    walk(s, fresh, {}, [("a", 0, 1, 100.0)])
+    assert fresh.pending == {"0:100": [1, 0, 0, 0]} and fresh.judged_through == -math.inf
+    assert FunnelState.from_json(orjson.loads(orjson.dumps(fresh.to_json()))) == fresh
+
+
+def test_progress_of_another_shape_of_the_funnel_starts_the_user_afresh() -> None:
+    """Users keep their progress when the funnel's steps change (a new configuration):
+    progress that does not fit the funnel is a new user, not an exception."""
+    s = spec(window=60.0)
+    state = FunnelState("play", 3)
+    users: dict[str, dict] = {"a": {"a": 1, "t": [100.0, 120.0], "c": 2}, "b": {"t": 7}}
+    apply_record(s, state, users, [("a", 1, 1, 130.0), ("a", 0, 1, 125.0), ("b", 0, 0, 126.0)])
+    assert users["a"] == {"a": 1, "t": [125.0, 130.0, None], "c": 2}
+    assert state.pending == {"0:120": [1, 1, 1, 0], "1:130": [1, 0, 0, 0]}
+
+
+def test_users_a_previous_rollout_counted_start_afresh_in_the_next() -> None:
+    """A new rollout starts a fresh state while users keep their progress: a conversion
+    of a user the old state counted must not land in the new state's row of the same
+    stratum (it holds other users' entries). The user starts afresh: their next step
+    waits for a step 0 in this rollout."""
+    s = spec(window=60.0)
+    users: dict[str, dict] = {}
+    old = FunnelState("play", 3, rollout="r1")
+    apply_record(s, old, users, [("a", 0, 1, 100.0), ("b", 0, 0, 101.0)])
+    assert users["a"] == {"a": 1, "t": [100.0, None, None], "c": 1, "r": "r1"}
+    state = FunnelState("play", 3, rollout="r2")
+    apply_record(s, state, users, [("c", 0, 1, 102.0), ("d", 0, 0, 103.0), ("e", 0, 0, 104.0)])
+    apply_record(s, state, users, [("a", 1, 1, 120.0), ("b", 1, 0, 121.0), ("c", 1, 1, 122.0)])
+    assert state.pending["0:100"] == [1, 1, 2, 0] and state.late_conversions == 0
+    assert users["a"] == {"a": None, "t": [None, 120.0, None], "c": 0, "r": "r2"}
+    apply_record(s, state, users, [("z", 0, 0, 300.0)])
+    assert state.totals[0] == [1, 1, 2, 0]
+    assert FunnelState.from_json(orjson.loads(orjson.dumps(state.to_json()))).rollout == "r2"
+
+
+def test_a_row_never_takes_more_conversions_than_entries() -> None:
+    """The last guard of ``fisher_loglik``'s margins (a state lost while its users kept
+    their progress): a conversion whose entry is not in the row counts as late."""
+    s = spec(window=60.0)
+    users = {"a": {"a": 1, "t": [100.0, None, None], "c": 1}}
+    state = FunnelState("play", 3)
+    apply_record(s, state, users, [("a", 1, 1, 110.0)])
+    assert state.late_conversions == 1
+    assert state.pending == {"1:110": [1, 0, 0, 0]}  # the step it reached counts
+
+
+# Users walking the three steps: arm, entry time, the gaps to steps 1 and 2 (None: they
+# stop; a gap beyond the 60 s window or a second before the step: it does not follow).
+walkers = st.lists(
+    st.tuples(
+        st.sampled_from([0, 1]),
+        st.integers(0, 200),
+        st.one_of(st.none(), st.integers(-2, 70)),
+        st.one_of(st.none(), st.integers(-2, 70)),
+    ),
+    min_size=1,
+    max_size=14,
+)
+
+
+class PopSpy(dict):
+    """``FunnelState.pending`` that remembers every row ``resolve`` judged (pops)."""
+
+    judged: list[tuple[str, list[int]]]
+
+    def pop(self, key, *default):  # type: ignore[no-untyped-def, override]
+        if key in self:
+            self.judged.append((key, list(self[key])))
+        return super().pop(key, *default)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    users=walkers,
+    delays=st.lists(st.one_of(st.just(0), st.integers(0, 400)), min_size=42, max_size=42),
+    duplicates=st.lists(st.booleans(), min_size=42, max_size=42),
+    sizes=st.lists(st.integers(1, 7), min_size=1, max_size=12),
+    persist=st.sampled_from(["no", "json", "json before the horizon was kept"]),
+    no_delays=st.booleans(),
+)
+def test_any_interleaving_of_a_funnels_hits_over_records_counts_each_user_once(
+    users: list[tuple[int, int, int | None, int | None]],
+    delays: list[int],
+    duplicates: list[bool],
+    sizes: list[int],
+    persist: str,
+    no_delays: bool,
+) -> None:
+    """The same hits, delayed arbitrarily (lagging partitions, a backfill, replays) and
+    cut into records anyhow: nothing raises, no stratum is judged twice, every row holds
+    at most its entries' conversions and at most the users who entered it, and every
+    counted entry and conversion is in a table, pending or counted late -- once. Without
+    delays nothing is late."""
+    s = spec(window=60.0)
+    base = 1_800_000_000.0
+    hits: list[tuple[float, funnel.Hit]] = []
+    for index, (arm, entry, gap1, gap2) in enumerate(users):
+        user = f"u{index}"
+        at = base + entry
+        times = [at]
+        if gap1 is not None:
+            times.append(at + gap1)
+            if gap2 is not None:
+                times.append(at + gap1 + gap2)
+        for step, t in enumerate(times):
+            i = 3 * index + step
+            hit = (user, step, arm if step == 0 else 1 - arm if duplicates[i] else arm, t)
+            arrival = t + (0 if no_delays else delays[i])
+            hits.append((arrival, hit))
+            if duplicates[i] and not no_delays:  # a replayed record brings it again
+                hits.append((arrival + delays[-1 - i], hit))
+    hits.sort(key=lambda item: item[0])
+    records: list[list[funnel.Hit]] = []
+    cursor, turn = 0, 0
+    while cursor < len(hits):
+        size = sizes[turn % len(sizes)]
+        records.append([hit for _, hit in hits[cursor : cursor + size]])
+        cursor, turn = cursor + size, turn + 1
+
+    state = FunnelState("play", 3)
+    progress: dict[str, dict] = {}
+    judged: list[tuple[str, list[int]]] = []
+    for record in records:
+        spy = PopSpy(state.pending)
+        spy.judged = judged
+        state.pending = spy
+        progress.update(funnel.apply_record(s, state, progress.get, record, BUCKET))
+        state.pending = dict(state.pending)
+        if persist != "no":
+            stored = orjson.loads(orjson.dumps(state.to_json()))
+            if persist != "json":
+                del stored["judged_through"], stored["late_entries"]
+                late_entries = state.late_entries
+            again = FunnelState.from_json(stored)
+            if persist != "json":
+                assert funnel.judged_horizon(s, again, BUCKET) == state.judged_through
+                again.late_entries = late_entries  # the old state had no such counter
+            state = again
+        assert all(
+            int(key.split(":")[1]) > (state.judged_through or -math.inf) for key in state.pending
+        )
+    # the end of the stream: every stratum judged
+    spy = PopSpy(state.pending)
+    spy.judged = judged
+    state.pending = spy
+    funnel.resolve(s, state, BUCKET, up_to=base + 10_000.0)
+    assert not state.pending
+
+    keys = [key for key, _ in judged]
+    assert len(keys) == len(set(keys)), "a stratum was judged twice"
+    # who entered each stratum and who converted there, per arm, by the users' progress
+    entered: dict[str, list[int]] = {}
+    entries = conversions = 0
+    for p in progress.values():
+        counted, times, arm = p["c"], p["t"], p["a"]
+        for k in range(min(counted, 2)):  # steps 0 and 1 have a next step
+            truth = entered.setdefault(f"{k}:{int(times[k] // BUCKET) * BUCKET}", [0, 0, 0, 0])
+            converted = counted > k + 1
+            offset = 0 if arm == 1 else 2
+            truth[offset] += 1
+            truth[offset + 1] += converted
+            entries += 1
+            conversions += converted
+    for key, row in judged:
+        c_reached, c_conv, s_reached, s_conv = row
+        assert 0 <= c_conv <= c_reached and 0 <= s_conv <= s_reached
+        truth = entered[key]
+        assert c_reached <= truth[0] and s_reached <= truth[2], "a user counted twice"
+        assert c_conv <= truth[1] and s_conv <= truth[3], "a conversion counted twice"
+    totals = [[0, 0, 0, 0], [0, 0, 0, 0]]
+    for key, row in judged:
+        step = int(key.split(":")[0])
+        totals[step] = [a + b for a, b in zip(totals[step], row, strict=True)]
+    assert state.totals == totals
+    assert sum(t[0] + t[2] for t in totals) + state.late_entries == entries
+    assert sum(t[1] + t[3] for t in totals) + state.late_conversions == conversions
+    event(f"late entries: {state.late_entries > 0}, late conversions: {state.late_conversions > 0}")
+    if no_delays:
+        assert state.late_entries == state.late_conversions == 0
+        assert totals == [
+            [sum(v[i] for k, v in entered.items() if k.startswith(f"{step}:")) for i in range(4)]
+            for step in (0, 1)
+        ]
+
+
+def funnel_owner(s: FunnelSpec) -> Any:
+    """The agent's funnel side (``CanaryAnalysis.apply_funnel``) on plain dicts for tables."""
+    from agents.canary import CanaryAnalysis
+    from pipeline.canary.config import CanaryConfig
+    from pipeline.canary.counters import CanaryStats
+
+    owner = object.__new__(CanaryAnalysis)
+    owner.config = CanaryConfig(window_seconds=BUCKET, funnels=(s,))
+    owner.stats = CanaryStats()
+    owner.funnel_specs = {s.name: s}
+    owner.funnel_users = {}
+    owner.funnel_states = {}
+    owner._funnel_gc = {}
+    return owner
+
+
+def funnel_record(*hits: tuple[str, int, int, float]) -> dict[str, Any]:
+    base = 1_800_000_000.0
+    rows = [[user, step, arm, base + at] for user, step, arm, at in hits]
+    return {"kind": "funnel", "funnel": "play", "hits": rows}
+
+
+def test_the_owner_counts_a_lagging_partitions_hits_as_late() -> None:
+    s = spec(window=60.0)
+    owner = funnel_owner(s)
+    owner.apply_funnel(funnel_record(("a", 0, 1, 100.0), ("f", 0, 1, 101.0)))
+    owner.apply_funnel(funnel_record(("b", 0, 0, 102.0), ("c", 0, 0, 103.0)))
+    owner.apply_funnel(funnel_record(("b", 1, 0, 150.0), ("x", 0, 0, 200.0)))
+    owner.apply_funnel(
+        funnel_record(
+            ("d", 0, 1, 104.0),
+            ("e", 0, 0, 105.0),
+            ("g", 0, 0, 106.0),
+            ("a", 1, 1, 130.0),
+            ("f", 1, 1, 131.0),
+        )
+    )
+    state = owner.funnel_state("play")
+    assert state.totals[0] == [2, 0, 2, 1] and state.rollout
+    assert owner.stats.canary_funnel_late_entries_total == 3
+    # a and f were past their window and grace when the stratum was judged: retention
+    # deleted them, so their step 1 waits for a step 0 instead of counting as late
+    assert owner.stats.canary_funnel_late_conversions_total == state.late_conversions == 0
+    assert owner.funnel_users["play/a"]["t"] == [None, 1_800_000_130.0, None]
+    assert owner.stats.canary_aggregates_invalid_total == 0
+    assert all(p["r"] == state.rollout for p in owner.funnel_users.values())
+    assert funnel.facts(s, state, 0.05).to_json()["late_entries"] == 3
+
+
+def test_a_funnel_record_is_applied_whole_or_not_at_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = spec(window=60.0)
+    owner = funnel_owner(s)
+    owner.apply_funnel(funnel_record(("a", 0, 1, 100.0), ("b", 0, 0, 101.0)))
+    users, states = dict(owner.funnel_users), dict(owner.funnel_states)
+
+    def broken(*args: Any, **kwargs: Any) -> int:
+        raise RuntimeError("judging failed")
+
+    monkeypatch.setattr(funnel, "resolve", broken)
+    with pytest.raises(RuntimeError):
+        owner.apply_funnel(funnel_record(("a", 1, 1, 120.0), ("c", 0, 0, 121.0)))
+    assert owner.funnel_users == users and owner.funnel_states == states  # no progress written
+    monkeypatch.undo()
+    owner.apply_funnel(funnel_record(("a", 1, 1, 120.0), ("c", 0, 0, 121.0)))
+    assert owner.funnel_state("play").pending["0:1800000100"] == [1, 1, 1, 0]
+    # malformed hits are counted and skipped, never applied
+    owner.apply_funnel(
+        {"kind": "funnel", "funnel": "play", "hits": [["z", -1, 0, 1.0], ["z", 0, 7, 1.0]]}
+    )
+    assert owner.stats.canary_aggregates_invalid_total == 2
