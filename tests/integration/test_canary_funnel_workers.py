@@ -62,7 +62,7 @@ def traffic(entry: str, buy: str, bystander: str) -> list[bytes]:
     """Three minutes ago, 100 canary users of whom 25 buy and 100 stable users of whom 75
     do (the regression only the funnel sees); now, identical arms on every path group,
     none a funnel step (live windows, and a stream clock past the users' windows: the
-    timer judges their strata)."""
+    timer has the agent judge their strata)."""
     t0, now = time.time() - 180, time.time()
     out: list[bytes] = []
     for arm, arm_id, buying in (("canary", 1, 25), ("stable", 2, 75)):
