@@ -1619,3 +1619,24 @@ def test_the_timer_asks_the_agent_to_judge_a_quiet_funnel_once_and_idempotently(
     deliver(owner, orjson.dumps({**request, "up_to": None}), base + 193.0)
     assert owner.stats.canary_aggregates_invalid_total == 2
     assert owner.funnel_states == stored
+
+
+def test_a_resolve_request_judges_a_state_persisted_before_requests_existed() -> None:
+    """A state written before the judged horizon and the rollout's name were kept reads
+    as judged up to its own horizon with the rollout "": the timer's request names that
+    rollout, and the agent judges it as any other."""
+    s = spec(window=60.0)
+    owner = timer_owner(s)
+    base = 1_800_000_000.0
+    old = FunnelState("play", 3)
+    walk(s, old, {}, [("a", 0, 1, base + 100.0), ("b", 0, 0, base + 101.0)])
+    stored = old.to_json()
+    del stored["judged_through"], stored["late_entries"], stored["rollout"]
+    owner.funnel_states["play"] = stored
+    assert evaluate_funnels(owner, base + 180.0) is not None
+    (request,) = [orjson.loads(v) for v in owner.sent]
+    assert request["rollout"] == ""
+    deliver(owner, owner.sent[0], base + 181.0)
+    judged = owner.funnel_state("play")
+    assert judged.totals[0] == [1, 0, 1, 0] and judged.judged_through == base + 100.0
+    assert owner.stats.canary_funnel_resolves_unchanged_total == 0
