@@ -45,8 +45,14 @@ every partition and every worker. Hence:
    and the funnel's strata, totals and evidence in ``canary-funnels``, both
    changelogged; a record's progress and state are written once both are worked
    out (whole or not at all), and a stratum, once judged, stays judged (its late
-   hits are counted as late). Users past their window plus a window of grace are
-   deleted, and above ``max_users`` the longest idle are evicted (counted). Each record
+   hits are counted as late). The agent judges the strata due by the funnel's own
+   event time after each record; strata the stream's event time makes due (a quiet
+   funnel, a lagging funnel partition) it judges when the timer asks (a
+   ``funnel_resolve`` control record, idempotent, sent again every evaluation until
+   the state has them). The timer never judges a funnel itself: the verdicts see the
+   stored state, each stratum in the one version the state keeps. Users past
+   their window plus a window of grace are deleted, and above ``max_users`` the
+   longest idle are evicted (counted). Each record
    also names the path groups its hits' requests fell into; the funnel's state
    keeps them (at most ``funnel.MAX_CARRIERS``, the rest counted). The timer
    passes the funnels to the engine: they carry a share of the rollout's
@@ -119,6 +125,7 @@ CONTROL_FUNNEL = "funnel"  # a batch's hits of one funnel (hashed users)
 CONTROL_FUNNEL_ROLLBACK = "funnel_rollback"  # make a funnel's rollback sticky
 CONTROL_CARRIER_ROLLBACK = "carrier_rollback"  # make a funnel's rollback sticky in a carrier
 CONTROL_FOLD = "fold"  # the increments an evaluation folded into a group's state
+CONTROL_FUNNEL_RESOLVE = "funnel_resolve"  # judge a funnel's state at the stream's clock
 #: Evaluations a sent fold may wait for the agent before the timer goes back to the
 #: table's state (a lost record: its increments are folded again, once, from there).
 FOLD_PENDING_INTERVALS = 5
@@ -271,6 +278,9 @@ class CanaryAnalysis:
             if isinstance(data, dict) and data.get("kind") == CONTROL_FOLD:
                 self._apply_fold(Fold.from_json(data), now)
                 return
+            if isinstance(data, dict) and data.get("kind") == CONTROL_FUNNEL_RESOLVE:
+                self._apply_funnel_resolve(funnels.ResolveRequest.from_json(data))
+                return
             agg = CanaryAggregate.from_json(data)
         except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
             self.stats.canary_aggregates_invalid_total += 1
@@ -353,6 +363,20 @@ class CanaryAnalysis:
         self.stats.canary_funnel_late_conversions_total += state.late_conversions - late
         self.stats.canary_funnel_late_entries_total += state.late_entries - late_entries
         self._collect_funnel_users(spec, state)
+        self.funnel_states[spec.name] = state.to_json()
+
+    def _apply_funnel_resolve(self, request: funnels.ResolveRequest) -> None:
+        """Judge a funnel's stored state at the stream's clock, as the timer asked
+        (``_funnel_facts``): only the rollout's state it was asked for; a duplicate, a
+        replay or another rollout's request changes nothing and is counted."""
+        spec = self.funnel_specs.get(request.funnel)
+        state = None if spec is None else self.funnel_state(spec.name)
+        if spec is None or state is None:
+            self.stats.canary_funnel_resolves_unchanged_total += 1
+            return
+        if not request.apply(spec, state, self.config.window_seconds):
+            self.stats.canary_funnel_resolves_unchanged_total += 1
+            return
         self.funnel_states[spec.name] = state.to_json()
 
     def _apply_funnel_rollback(self, name: str) -> None:
@@ -538,10 +562,18 @@ class CanaryAnalysis:
         return out
 
     def _funnel_facts(self, owned: set[int], now: float) -> dict[str, funnels.FunnelFacts]:
-        """The funnels this worker owns, with the strata due by the wall clock judged
-        provisionally (a funnel whose traffic stopped has no new event time)."""
+        """The funnels this worker owns, as their stored states judged them.
+
+        The timer judges nothing itself: a verdict sees exactly the strata the state keeps,
+        so every evaluation's strata extend the previous one's, each in the one version the
+        state has (a stratum judged here on a copy could be judged again by the state with
+        hits that arrived since: two factors for one stratum). Strata the stream's clock
+        makes due (a funnel whose traffic stopped has no new event time; one whose
+        partition lags) are judged by the agent on the timer's request, sent behind the
+        hits already on the funnel's partition; the next evaluation sees them."""
         out: dict[str, funnels.FunnelFacts] = {}
         bucket = self.config.window_seconds
+        clock = self._stream_clock(now)
         for name, spec in self.funnel_specs.items():
             if partition_for(FUNNEL_PREFIX + name, self.config.partitions) not in owned:
                 continue
@@ -552,7 +584,11 @@ class CanaryAnalysis:
                 continue  # an ended rollout
             if name in self._funnel_sticky:
                 state.rolled_back = True  # decided, its control record not applied yet
-            funnels.resolve(spec, state, bucket, up_to=self._stream_clock(now))
+            request = funnels.resolve_request(spec, state, bucket, clock)
+            if request is not None:  # again every evaluation until judged: idempotent
+                record = {"kind": CONTROL_FUNNEL_RESOLVE, **request.to_json()}
+                self._send_to_owner(FUNNEL_PREFIX + name, orjson.dumps(record))
+                self.stats.canary_funnel_resolves_sent_total += 1
             out[name] = funnels.facts(spec, state, self.config.verdict.alpha)
         return out
 

@@ -28,6 +28,7 @@ class CanaryStats:
     canary_funnel_late_conversions_total: int = 0  # conversions of already judged strata
     canary_funnel_late_entries_total: int = 0  # entries into already judged strata (left out)
     canary_folds_stale_total: int = 0  # folds not applied: made on another state, or lost
+    canary_funnel_resolves_unchanged_total: int = 0  # judged already, or another rollout's
     # Funnel rollbacks marked on carriers' states (owner of the carrier's partition).
     canary_funnel_carriers_marked_total: int = 0  # marks that made a state roll back
     canary_funnel_carrier_marks_unchanged_total: int = 0  # already marked, or stale: ignored
@@ -35,6 +36,7 @@ class CanaryStats:
     canary_evaluations_total: int = 0
     canary_folds_total: int = 0  # folds sent to the agent (a group's increments per evaluation)
     canary_funnel_carrier_marks_sent_total: int = 0  # marks sent to carriers' owners
+    canary_funnel_resolves_sent_total: int = 0  # requests to judge a funnel at the stream clock
     canary_verdicts_total: dict[str, int] = field(default_factory=dict)  # by decision
     canary_verdict_publish_errors_total: dict[str, int] = field(default_factory=dict)  # by sink
 

@@ -70,6 +70,27 @@ inequality bounds the chance that the funnel's e-value ever reaches ``1/alpha``.
 delay that depends on the arm (canary and stable logs on different partitions, one of
 them lagging beyond the grace) would thin one arm's conversions only: that is outside
 this guarantee, as it was before; ``late_conversions`` shows it.
+
+What a verdict sees is what the state keeps
+-------------------------------------------
+The verdicts read the stored state only; nothing judges a stratum on a copy. The
+funnel's own clock (its newest hit) judges in the agent after each record; the stream's
+clock (the newest window of any path group, the wall clock once traffic stopped) can be
+ahead of it -- a quiet funnel, a lagging funnel partition -- and then the timer sends a
+``ResolveRequest`` to the funnel's partition and the agent judges the stored state at
+that clock (``ResolveRequest.apply``). So each stratum is judged once, in the state, and
+every evaluation sees the strata judged so far, each in the version the state keeps: the
+sequence of funnel e-values the verdicts look at is one e-process over a nested
+filtration, whatever the lag and whatever becomes of a control record (a duplicate judges
+nothing more, a lost one is sent again by the next evaluation, one made for another
+rollout's state is ignored). (Before, the timer judged due strata on a copy at every
+evaluation and kept nothing: under a lagging funnel partition a verdict saw a stratum
+with its first hits and a later one the same stratum as the state judged it with more --
+two factors for one stratum.) The price is delay, not evidence: a stratum the stream's
+clock makes due enters the verdicts one evaluation later (plus the funnel partition's
+lag), after a wait of ``window_seconds`` and two canary windows; the request queues
+behind the hits produced before it, so a lagging partition's hits are in the stratum
+when it is judged rather than late.
 """
 
 from __future__ import annotations
@@ -680,21 +701,27 @@ def user_expired(spec: FunnelSpec, progress: Mapping[str, Any], now: float, buck
     return last_seen(progress) + spec.window_seconds + 2 * bucket <= now
 
 
+def _stratum_key(key: str) -> tuple[int, int]:
+    """A ``pending`` key as (stratum start, step): the order ``resolve`` judges in."""
+    step_text, start_text = key.split(":")
+    return int(start_text), int(step_text)
+
+
 def resolve(spec: FunnelSpec, state: FunnelState, bucket: int, up_to: float | None = None) -> int:
     """Judge every stratum whose users have all had their full window; returns how many.
 
     The clock is the funnel's event time (``state.watermark``), or ``up_to`` when later:
-    the verdict timer passes the event time of the whole stream (the wall clock once
-    traffic stopped) so that a quiet funnel is still judged, on a copy of the state (a
-    stratum judged early misses conversions of both arms alike: power, not validity).
+    the event time of the whole stream (the wall clock once traffic stopped), which the
+    verdict timer asks the agent to judge the stored state at (``ResolveRequest``), so
+    that a quiet or lagging funnel is still judged (a stratum judged early misses
+    conversions of both arms alike: power, not validity).
     """
     done = 0
     judged = judged_horizon(spec, state, bucket)
     clock = state.watermark if up_to is None else max(state.watermark, up_to)
     horizon = _horizon(spec, clock, bucket)
-    for key in sorted(state.pending, key=lambda k: (int(k.split(":")[1]), int(k.split(":")[0]))):
-        step_text, start_text = key.split(":")
-        step, start = int(step_text), int(start_text)
+    for key in sorted(state.pending, key=_stratum_key):
+        start, step = _stratum_key(key)
         if start > horizon:
             continue
         c_reached, c_conv, s_reached, s_conv = state.pending.pop(key)
@@ -713,6 +740,59 @@ def resolve(spec: FunnelSpec, state: FunnelState, bucket: int, up_to: float | No
         state.history.append([float(clock), funnel_log_e(spec, state)])
         del state.history[:-HISTORY_LIMIT]
     return done
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveRequest:
+    """The verdict timer's request to judge a funnel's stored state at the stream's clock.
+
+    The timer never judges a funnel itself: a verdict looks at the stored state only, and
+    when the stream's event time (``up_to``) makes strata due that the state has not
+    judged (``resolve_request``), the timer sends this to the funnel's partition, behind
+    the hits already there; the agent judges the state at ``up_to`` (``apply``) and the
+    next verdicts see those strata as the state keeps them. Idempotent (a duplicate or a
+    replay judges nothing more; a lost one is sent again by the next evaluation) and made
+    for one rollout's state (``rollout``): another rollout's state is left alone.
+    """
+
+    funnel: str
+    rollout: str
+    up_to: float  # the stream's event time (epoch seconds) the strata are judged by
+
+    def to_json(self) -> dict[str, Any]:
+        return {"funnel": self.funnel, "rollout": self.rollout, "up_to": self.up_to}
+
+    @classmethod
+    def from_json(cls, data: Any) -> ResolveRequest:
+        try:
+            request = cls(str(data["funnel"]), str(data["rollout"]), float(data["up_to"]))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed funnel resolve request: {exc}") from exc
+        if not math.isfinite(request.up_to):
+            raise ValueError("a funnel resolve request needs a finite time")
+        return request
+
+    def apply(self, spec: FunnelSpec, state: FunnelState, bucket: int) -> bool:
+        """Persist-side: judge ``state`` at ``up_to`` if it is the rollout's; True when
+        that changed the state (a stratum judged, or the judged horizon moved on)."""
+        if state.rollout != self.rollout or state.steps != len(spec.steps):
+            return False
+        before = judged_horizon(spec, state, bucket)
+        return resolve(spec, state, bucket, up_to=self.up_to) > 0 or (
+            state.judged_through != before
+        )
+
+
+def resolve_request(
+    spec: FunnelSpec, state: FunnelState, bucket: int, up_to: float
+) -> ResolveRequest | None:
+    """What the timer asks of the agent at the stream's clock ``up_to``: a request when
+    strata with users are due by it that ``state`` has not judged, else None (strata
+    without users are closed by the next request, or by the funnel's own clock)."""
+    horizon = _horizon(spec, max(state.watermark, up_to), bucket)
+    if not any(_stratum_key(key)[0] <= horizon for key in state.pending):
+        return None
+    return ResolveRequest(spec.name, state.rollout, up_to)
 
 
 # --- evidence and explanation ------------------------------------------------------

@@ -71,7 +71,7 @@ async def test_funnel_state_is_recovered_after_a_restart_and_judged(
     app_id = "canary-funnel-" + str(time.time_ns())
     settings = canary_settings(app_id, canary_partitions=2, canary_funnels=FUNNELS)
     # whole windows, long enough ago for t0's strata, recent enough that the new user's
-    # stratum is not yet due on the wall clock (the timer judges due strata provisionally)
+    # stratum is not yet due on the wall clock (the timer has the agent judge due strata)
     t0 = (time.time() // 60 - 4) * 60
     later = t0 + 200  # a new user: moves the funnel's event-time clock past t0's strata
 

@@ -62,7 +62,7 @@ def traffic(entry: str, buy: str, bystander: str) -> list[bytes]:
     """Three minutes ago, 100 canary users of whom 25 buy and 100 stable users of whom 75
     do (the regression only the funnel sees); now, identical arms on every path group,
     none a funnel step (live windows, and a stream clock past the users' windows: the
-    timer judges their strata)."""
+    timer has the agent judge their strata)."""
     t0, now = time.time() - 180, time.time()
     out: list[bytes] = []
     for arm, arm_id, buying in (("canary", 1, 25), ("stable", 2, 75)):
@@ -185,6 +185,9 @@ async def test_a_funnel_rolls_back_a_carrier_another_worker_owns_and_it_survives
     assert canary_page(elsewhere)["funnels"] == []  # it owns no funnel: the mark did it
     assert elsewhere.metric(f"{PREFIX}carriers_marked_total") == 1
     assert home.metric(f"{PREFIX}carrier_marks_sent_total") >= 1
+    # its users' strata were due by the stream's clock only: judged by the funnel's agent
+    # on the timer's request, not by the timer itself
+    assert home.metric(f"{PREFIX}resolves_sent_total") >= 1
     assert elsewhere.metric(VERDICT, f'decision="rollback",path_group="{buy}"') == 1
     assert not says_the_funnel(verdict(owner_of(pair, bystander), bystander), funnel)
     assert decision(owner_of(pair, bystander), bystander) != "rollback"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
+import unittest.mock
 from typing import Any
 
 import numpy as np
@@ -1375,3 +1377,266 @@ def test_a_funnel_record_is_applied_whole_or_not_at_all(monkeypatch: pytest.Monk
         {"kind": "funnel", "funnel": "play", "hits": [["z", -1, 0, 1.0], ["z", 0, 7, 1.0]]}
     )
     assert owner.stats.canary_aggregates_invalid_total == 2
+
+
+# --- what a verdict judged is what the state keeps ---------------------------------
+
+
+def timer_owner(s: FunnelSpec) -> Any:
+    """``funnel_owner`` with the verdict timer's side: the stream clock (aggregates of
+    other partitions) and the control records it sends (kept in ``owner.sent``, in order,
+    not delivered: the test delivers them to ``apply`` as the partition would)."""
+    owner = funnel_owner(s)
+    owner._watermark = {}
+    owner._last_aggregate_at = 0.0
+    owner._funnel_sticky = set()
+    owner.sent = []
+    owner._send_to_owner = lambda key, value: owner.sent.append(value)
+    return owner
+
+
+def evaluate_funnels(owner: Any, clock: float) -> funnel.FunnelFacts | None:
+    """One evaluation of the timer at stream clock ``clock`` (aggregates of other
+    partitions reached it; epoch seconds): the funnel as the verdict sees it."""
+    owner._watermark = {"/elsewhere": int(clock) - BUCKET}
+    owner._last_aggregate_at = clock
+    owned = set(range(owner.config.partitions))
+    return owner._funnel_facts(owned, clock).get("play")
+
+
+def deliver(owner: Any, value: bytes, now: float) -> None:
+    """A record of the funnel's partition reaching the agent."""
+    event = type("Event", (), {"value": value})()
+    owner.apply(event, now=now)
+
+
+def judged_rows(facts: funnel.FunnelFacts) -> list[list[int]]:
+    return [
+        [s.canary_reached, s.canary_converted, s.stable_reached, s.stable_converted]
+        for s in facts.steps
+    ]
+
+
+def test_a_verdict_sees_a_stratum_only_as_the_state_keeps_it() -> None:
+    """The funnel's partition lags the stream: the timer evaluates while the stratum
+    0:100 has only the fast partition's hits, the lagging partition's entries of it arrive
+    after. The verdicts and the stored state must judge that stratum in one version (the
+    first verdict's table is the one the state keeps, or that verdict does not judge it
+    yet): two versions of one stratum are two factors for it in the e-process."""
+    s = spec(window=60.0)
+    owner = timer_owner(s)
+    base = 1_800_000_000.0
+    owner.apply_funnel(funnel_record(("a", 0, 1, 100.0), ("b", 0, 0, 102.0)))
+    # the stream has reached 200 elsewhere: by its clock 0:100 is due (200 - 60 - 20)
+    first = evaluate_funnels(owner, base + 200.0)
+    assert first is not None
+    # the lagging partition: more entries of 0:100, then the funnel's own clock moves on
+    lagging = funnel_record(("d", 0, 1, 104.0), ("e", 0, 0, 105.0), ("x", 0, 0, 200.0))
+    deliver(owner, orjson.dumps(lagging), base + 201.0)
+    for value in list(owner.sent):  # the timer's control records, behind the hits
+        deliver(owner, value, base + 202.0)
+    second = evaluate_funnels(owner, base + 210.0)
+    assert second is not None
+    kept = owner.funnel_state("play").totals
+    assert kept[0] == [2, 0, 2, 0]  # the lagging entries were in before it was judged
+    assert owner.funnel_state("play").late_entries == 0
+    for view in (first, second):  # nothing judged yet, or judged as the state keeps it
+        assert judged_rows(view)[0] in ([0, 0, 0, 0], kept[0])
+    assert judged_rows(second) == kept
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    users=walkers,
+    delays=st.lists(st.one_of(st.just(0), st.integers(0, 300)), min_size=42, max_size=42),
+    sizes=st.lists(st.integers(1, 5), min_size=1, max_size=8),
+    ops=st.lists(
+        st.tuples(st.sampled_from(["produce", "deliver", "evaluate"]), st.integers(0, 200)),
+        min_size=1,
+        max_size=60,
+    ),
+    fates=st.lists(st.sampled_from(["delivered", "lost", "duplicated"]), min_size=1, max_size=9),
+)
+def test_every_evaluation_sees_the_strata_the_state_keeps_nested_and_each_once(
+    users: list[tuple[int, int, int | None, int | None]],
+    delays: list[int],
+    sizes: list[int],
+    ops: list[tuple[str, int]],
+    fates: list[str],
+) -> None:
+    """Hits (delayed anyhow: lagging input partitions), timer evaluations at any stream
+    clock and deliveries of the funnel's partition, interleaved arbitrarily, the timer's
+    control records lost or duplicated: each stratum is judged once, in one version --
+    every evaluation's judged strata are judged so in the stored state -- and each
+    evaluation's strata extend the previous one's. The verdict's counts are the sums of
+    the strata it judged."""
+    s = spec(window=60.0)
+    base = 1_800_000_000.0
+    produced: list[tuple[float, funnel.Hit]] = []
+    for index, (arm, entry, gap1, gap2) in enumerate(users):
+        at = base + entry
+        times = [at]
+        if gap1 is not None:
+            times.append(at + gap1)
+            if gap2 is not None:
+                times.append(at + gap1 + gap2)
+        for step, t in enumerate(times):
+            produced.append((t + delays[3 * index + step], (f"u{index}", step, arm, t)))
+    produced.sort(key=lambda item: item[0])
+    records: list[list[funnel.Hit]] = []
+    cursor = 0
+    while cursor < len(produced):
+        size = sizes[len(records) % len(sizes)]
+        records.append([hit for _, hit in produced[cursor : cursor + size]])
+        cursor += size
+
+    owner = timer_owner(s)
+    partition: list[bytes] = []  # the funnel's partition: records not delivered yet
+    # strata the stored states judged, in order, as ((rollout, stratum), row): a funnel
+    # without canary users has no live rollout, and each record starts a new one
+    stored: list[tuple[tuple[str, str], list[int]]] = []
+    views: list[tuple[str | None, dict]] = []  # each evaluation's rollout and judged strata
+    context = {"timer": False, "provisional": {}}
+    real_resolve = funnel.resolve
+
+    def spy(spec: FunnelSpec, state: FunnelState, bucket: int, up_to: float | None = None) -> int:
+        before = {key: list(row) for key, row in state.pending.items()}
+        done = real_resolve(spec, state, bucket, up_to)
+        judged = [
+            ((state.rollout, key), row) for key, row in before.items() if key not in state.pending
+        ]
+        if context["timer"]:
+            context["provisional"].update(judged)
+        else:
+            stored.extend(judged)
+        return done
+
+    clock = base
+    fate = 0
+
+    def evaluate(at: float) -> None:
+        nonlocal fate
+        sent = len(owner.sent)
+        context["timer"], context["provisional"] = True, {}
+        facts = evaluate_funnels(owner, at)
+        context["timer"] = False
+        view: dict[tuple[str, str], list[int]] = {}
+        rollout = None
+        if facts is not None:  # else an ended rollout (no canary users): nothing seen
+            rollout = owner.funnel_state("play").rollout
+            view = {key: row for key, row in stored if key[0] == rollout}
+            view.update(context["provisional"])
+            sums = [[0, 0, 0, 0], [0, 0, 0, 0]]
+            for (_, key), row in view.items():
+                step = int(key.split(":")[0])
+                sums[step] = [a + b for a, b in zip(sums[step], row, strict=True)]
+            assert judged_rows(facts) == sums
+        views.append((rollout, view))
+        for value in owner.sent[sent:]:
+            what = fates[fate % len(fates)]
+            fate += 1
+            partition.extend([] if what == "lost" else [value] * (2 if what == "duplicated" else 1))
+
+    def deliver_next(count: int) -> None:
+        for _ in range(min(count, len(partition))):
+            deliver(owner, partition.pop(0), clock)
+
+    with unittest.mock.patch.object(funnel, "resolve", spy):
+        for op, value in ops:
+            if op == "produce" and records:
+                rows = [[u, k, a, t] for u, k, a, t in records.pop(0)]
+                partition.append(orjson.dumps({"kind": "funnel", "funnel": "play", "hits": rows}))
+                clock = max([clock] + [row[3] for row in rows])
+            elif op == "deliver":
+                deliver_next(value % 4 + 1)
+            elif op == "evaluate":
+                clock = min(clock + value, base + 1_500.0)  # within the rollout's idle time
+                evaluate(clock)
+        for record in records:  # the rest of the stream, then time enough for all of it
+            rows = [[u, k, a, t] for u, k, a, t in record]
+            partition.append(orjson.dumps({"kind": "funnel", "funnel": "play", "hits": rows}))
+        deliver_next(len(partition))
+        clock = base + 1_500.0  # past every stratum's horizon, within the idle time
+        fates = ["delivered"]
+        evaluate(clock)
+        deliver_next(len(partition))
+        evaluate(clock)
+
+    keys = [key for key, _ in stored]
+    assert len(keys) == len(set(keys)), "the state judged a stratum twice"
+    final = dict(stored)
+    state = owner.funnel_state("play")
+    if state is not None and state.last_canary_at:  # a live rollout: all of it judged
+        assert not state.pending, "a stratum was never judged"
+    for (rollout, earlier), (next_rollout, later) in itertools.pairwise(views):
+        if rollout != next_rollout:
+            continue  # not evaluated (no live rollout), or a new rollout starts afresh
+        for key, row in earlier.items():
+            assert later.get(key) == row, "an evaluation's stratum changed or vanished"
+    for _, view in views:
+        for key, row in view.items():
+            assert final.get(key) == row, "a verdict judged a stratum the state keeps otherwise"
+    event(f"late entries: {bool(state and state.late_entries)}")
+
+
+def test_the_timer_asks_the_agent_to_judge_a_quiet_funnel_once_and_idempotently() -> None:
+    """A funnel whose traffic stopped: the stream's clock makes its stratum due, the timer
+    asks the agent (``funnel_resolve``) and the next evaluation sees it judged. The
+    request is idempotent, and one made for another rollout's state changes nothing."""
+    s = spec(window=60.0)
+    owner = timer_owner(s)
+    base = 1_800_000_000.0
+    owner.apply_funnel(funnel_record(("a", 0, 1, 100.0), ("b", 0, 0, 101.0)))
+    assert evaluate_funnels(owner, base + 179.0) is not None
+    assert owner.sent == []  # 179 - 60 - 20 < 100: nothing due, nothing asked
+    first = evaluate_funnels(owner, base + 180.0)
+    assert first is not None and judged_rows(first)[0] == [0, 0, 0, 0]  # asked, not judged
+    (request,) = [orjson.loads(v) for v in owner.sent]
+    state = owner.funnel_state("play")
+    assert request == {
+        "kind": "funnel_resolve",
+        "funnel": "play",
+        "rollout": state.rollout,
+        "up_to": base + 180.0,
+    }
+    assert owner.stats.canary_funnel_resolves_sent_total == 1
+    deliver(owner, owner.sent[0], base + 181.0)
+    second = evaluate_funnels(owner, base + 190.0)
+    assert second is not None and judged_rows(second)[0] == [1, 0, 1, 0]
+    judged = owner.funnel_state("play")
+    assert judged.judged_through == base + 100.0 and len(owner.sent) == 1  # nothing more due
+    assert judged.history == [[base + 180.0, funnel.funnel_log_e(s, judged)]]
+    stored = dict(owner.funnel_states)
+    deliver(owner, owner.sent[0], base + 191.0)  # a duplicate, or a replay
+    assert owner.funnel_states == stored
+    assert owner.stats.canary_funnel_resolves_unchanged_total == 1
+    other = {**request, "rollout": "another", "up_to": base + 400.0}
+    deliver(owner, orjson.dumps(other), base + 192.0)  # made for another rollout's state
+    assert owner.funnel_states == stored
+    assert owner.stats.canary_funnel_resolves_unchanged_total == 2
+    # a malformed request is counted as invalid, like any unreadable record
+    deliver(owner, orjson.dumps({"kind": "funnel_resolve", "funnel": "play"}), base + 193.0)
+    deliver(owner, orjson.dumps({**request, "up_to": None}), base + 193.0)
+    assert owner.stats.canary_aggregates_invalid_total == 2
+    assert owner.funnel_states == stored
+
+
+def test_a_resolve_request_judges_a_state_persisted_before_requests_existed() -> None:
+    """A state written before the judged horizon and the rollout's name were kept reads
+    as judged up to its own horizon with the rollout "": the timer's request names that
+    rollout, and the agent judges it as any other."""
+    s = spec(window=60.0)
+    owner = timer_owner(s)
+    base = 1_800_000_000.0
+    old = FunnelState("play", 3)
+    walk(s, old, {}, [("a", 0, 1, base + 100.0), ("b", 0, 0, base + 101.0)])
+    stored = old.to_json()
+    del stored["judged_through"], stored["late_entries"], stored["rollout"]
+    owner.funnel_states["play"] = stored
+    assert evaluate_funnels(owner, base + 180.0) is not None
+    (request,) = [orjson.loads(v) for v in owner.sent]
+    assert request["rollout"] == ""
+    deliver(owner, owner.sent[0], base + 181.0)
+    judged = owner.funnel_state("play")
+    assert judged.totals[0] == [1, 0, 1, 0] and judged.judged_through == base + 100.0
+    assert owner.stats.canary_funnel_resolves_unchanged_total == 0
