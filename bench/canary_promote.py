@@ -99,6 +99,18 @@ def _relative(floor: float, factor: float, *, lower: bool = False) -> PromoteRul
     return rule
 
 
+def _quiet(e_value: float) -> PromoteRule:
+    """The group's own 5xx e-value (the rollback's evidence) at most ``e_value``: its
+    evidence does not lean towards a regression (a healthy group's drifts down; one with
+    no errors stays at 1)."""
+
+    def rule(f: PromoteFacts) -> np.ndarray:
+        assert f.group_error_log_e is not None
+        return np.asarray(f.group_error_log_e <= math.log(e_value) + 1e-12)
+
+    return rule
+
+
 #: The engine's pooled condition: the pooled ratio or, errors too rare, the canary's rate.
 ENGINE_POOLED = _either(_pooled(1.5), _pooled_floor(0.0001))
 
@@ -172,6 +184,25 @@ CANDIDATES: dict[str, PromoteRule] = {
     ),
     "(r) engine pooled, increase <= max(0.1 pp, 1 x stable lower)": _both(
         ENGINE_POOLED, _relative(0.001, 1.0, lower=True)
+    ),
+    "(r) engine pooled, increase <= max(0.05 pp, 1.5 x stable upper)": _both(
+        ENGINE_POOLED, _relative(0.0005, 1.5)
+    ),
+    # The group's own rollback evidence must not lean towards a regression.
+    "(g) engine, and group's 5xx e-value <= 1": _both(
+        ENGINE_POOLED, _margin(MARGIN), _quiet(1.0)
+    ),
+    "(g) engine, and group's 5xx e-value <= 2": _both(
+        ENGINE_POOLED, _margin(MARGIN), _quiet(2.0)
+    ),
+    "(g) engine, and group's 5xx e-value <= 4": _both(
+        ENGINE_POOLED, _margin(MARGIN), _quiet(4.0)
+    ),
+    "(g+r) engine pooled, e-value <= 2, increase <= max(0.05 pp, 2 x stable upper)": _both(
+        ENGINE_POOLED, _quiet(2.0), _relative(0.0005, 2.0)
+    ),
+    "(g+e) engine, e-value <= 2, and group ratio <= 4 or increase <= 0.1 pp": _both(
+        ENGINE_POOLED, _margin(MARGIN), _quiet(2.0), _either(_ratio(4.0), _margin(0.001))
     ),
     "(r|e) engine pooled, increase <= max(0.05 pp, 1 x stable upper) or group ratio <= 2": _both(
         ENGINE_POOLED, _margin(MARGIN), _either(_relative(0.0005, 1.0), _ratio(2.0))

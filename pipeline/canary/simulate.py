@@ -78,7 +78,8 @@ regressed); grayscope's rule is ``engine._judge_open``'s (minimum exposure,
 the upper end of the rate-ratio confidence sequence of all groups' strata
 together within ``promote_ratio`` -- or the canary's 5xx rate over all groups
 bounded by ``promote_error_floor`` --, the group's 5xx increase's upper bound
-within ``promote_error_margin``, the p95 increase's upper bound within the
+within ``promote_error_margin``, the group's own 5xx e-value at most
+``promote_error_evidence``, the p95 increase's upper bound within the
 threshold, the latest window with both arms), on histograms drawn from the
 same latency model; ``engine_promote_rule``, judged once per window. Kayenta,
 Argo Rollouts and Flagger promote when their analysis ends without failing.
@@ -118,6 +119,7 @@ MIN_SAMPLES = 100
 PROMOTE_ERROR_MARGIN = engine.VerdictConfig().promote_error_margin
 PROMOTE_RATIO = engine.VerdictConfig().promote_ratio
 PROMOTE_ERROR_FLOOR = engine.VerdictConfig().promote_error_floor
+PROMOTE_ERROR_EVIDENCE = engine.VerdictConfig().promote_error_evidence
 HIST_FIRST = histogram.bucket_index(10.0)  # the live bucket bounds 10 ms .. 10 s
 HIST_LAST = histogram.bucket_index(10_000.0)
 ERROR_PSIS = (1.5, 2.0, 5.0)
@@ -164,20 +166,26 @@ class PromoteFacts:
     #: increase bound's); the upper one only for ``Knobs.promote_rules`` (None otherwise).
     stable_rate_lower: np.ndarray | None = None
     stable_rate_upper: np.ndarray | None = None
+    #: The log of the group's own 5xx e-value (the rollback's ``H0: psi <= psi0``), every
+    #: group (None: not given; the engine's rule needs it).
+    group_error_log_e: np.ndarray | None = None
 
 
 PromoteRule = Callable[[PromoteFacts], np.ndarray]
 
 
 def engine_promote_rule(facts: PromoteFacts) -> np.ndarray:
-    """``engine._judge_open``'s 5xx condition for promote, with the default settings: the
-    rollout's pooled rate ratio bounded by the promote ratio (or, errors too rare for a
-    ratio, the canary's pooled 5xx rate by the floor) and the group's increase by the
-    margin."""
+    """``engine._judge_open``'s 5xx condition for promote (``engine.leans_to_regression``), with
+    the default settings: the rollout's pooled rate ratio bounded by the promote ratio (or,
+    errors too rare for a ratio, the canary's pooled 5xx rate by the floor), the group's
+    increase by the margin, and the group's own 5xx e-value at most
+    ``promote_error_evidence`` (its evidence does not lean towards a regression)."""
     pooled = (facts.pooled_ratio_upper <= PROMOTE_RATIO) | (
         facts.pooled_canary_rate_upper <= PROMOTE_ERROR_FLOOR
     )
-    return np.asarray(pooled & (facts.increase_upper <= PROMOTE_ERROR_MARGIN))
+    assert facts.group_error_log_e is not None
+    quiet = facts.group_error_log_e <= math.log(PROMOTE_ERROR_EVIDENCE) + 1e-12
+    return np.asarray(pooled & (facts.increase_upper <= PROMOTE_ERROR_MARGIN) & quiet)
 
 
 @dataclass(slots=True, frozen=True)
@@ -466,6 +474,7 @@ def _run(
                 alpha,
                 canary_total,
                 stable_upper=bool(knobs.promote_rules),
+                error_log_e=_log_e(err_ll, knobs.offsets),
             )
             for name, rule in rules:
                 new_group = candidates & (group_promote[name] < 0) & rule(facts)
@@ -773,6 +782,7 @@ def _promote_facts(
     canary_requests_all: np.ndarray | None = None,
     *,
     stable_upper: bool = False,
+    error_log_e: np.ndarray | None = None,
 ) -> PromoteFacts:
     """The promote rules' 5xx facts, computed where the exposure and the latency bound are
     reached (inf elsewhere: no rule promotes there; the stable rate bounds: 0 and 1)."""
@@ -814,7 +824,7 @@ def _promote_facts(
             upper=True,
         )
     return PromoteFacts(
-        increase, ratio, pooled, pooled_canary, information, stable_low, stable_high
+        increase, ratio, pooled, pooled_canary, information, stable_low, stable_high, error_log_e
     )
 
 

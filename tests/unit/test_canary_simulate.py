@@ -238,8 +238,19 @@ def _facts(
     simulate._accumulate(
         err_full, canary_errors, canary_errors + stable_errors, n, n, np.array(evidence.GRID)
     )
+    columns = simulate._columns(evidence.grid_index(simulate.Knobs().psi0))
+    err_ll = np.zeros((*shape, columns.size))
+    simulate._accumulate(err_ll, canary_errors, canary_errors + stable_errors, n, n, columns)
     return simulate._promote_facts(
-        n, canary_errors, hist.astype(float), n, stable_errors, hist.astype(float), err_full, 0.05
+        n,
+        canary_errors,
+        hist.astype(float),
+        n,
+        stable_errors,
+        hist.astype(float),
+        err_full,
+        0.05,
+        error_log_e=simulate._log_e(err_ll),
     )
 
 
@@ -259,6 +270,25 @@ def test_promote_needs_the_pooled_ratio_and_the_groups_increase_bounded() -> Non
     assert promotes.tolist() == [[True, True], [False, False]]
     # before the change: the absolute margin alone promoted group 0 of rollout 1
     assert (facts.increase_upper <= simulate.PROMOTE_ERROR_MARGIN).tolist()[1] == [True, False]
+
+
+def test_promote_waits_while_the_groups_own_evidence_leans_towards_a_regression() -> None:
+    # group 1: x2 on a 0.1 % base (0.1 points, inside the margin) beside a busy healthy
+    # group 0 at 1 %: the pooled ratio is bounded below 1.5, but group 1's own e-value is
+    # above 1
+    canary = np.array([[1000.0, 200.0]])
+    stable = np.array([[1000.0, 100.0]])
+    facts = _facts(canary, stable, 100_000.0)
+    assert facts.pooled_ratio_upper[0, 0] <= simulate.PROMOTE_RATIO
+    assert (facts.increase_upper <= simulate.PROMOTE_ERROR_MARGIN).all()
+    assert facts.group_error_log_e is not None
+    assert facts.group_error_log_e[0, 1] > 0.0 >= facts.group_error_log_e[0, 0]
+    assert simulate.engine_promote_rule(facts).tolist() == [[True, False]]
+    # the vectorised e-value is the engine's
+    group = evidence.zero_loglik()
+    evidence.accumulate(group, evidence.window_loglik(200, 300, 100_000, 100_000))
+    live = evidence.log_e_value(group, evidence.grid_index(simulate.Knobs().psi0))
+    assert facts.group_error_log_e[0, 1] == pytest.approx(live)
 
 
 def test_without_errors_the_canary_rate_floor_promotes() -> None:
