@@ -132,7 +132,7 @@ CANDIDATES: dict[str, PromoteRule] = {
     "(p) pooled ratio <= 1.4, increase <= 0.5 pp": _both(_pooled(1.4), _margin(MARGIN)),
     "(p) pooled ratio <= 1.5, increase <= 0.5 pp": _both(_pooled(1.5), _margin(MARGIN)),
     "(p) pooled ratio <= 2, increase <= 0.5 pp": _both(_pooled(2.0), _margin(MARGIN)),
-    "(p) pooled ratio <= 1.5 or canary rate <= 0.01 %, increase <= 0.5 pp (engine)": _both(
+    "(p) pooled ratio <= 1.5 or canary rate <= 0.01 %, increase <= 0.5 pp (engine before)": _both(
         _either(_pooled(1.5), _pooled_floor(0.0001)), _margin(MARGIN)
     ),
     "(p+a) pooled ratio <= 1.5, group ratio <= 3, increase <= 0.5 pp": _both(
@@ -189,7 +189,7 @@ CANDIDATES: dict[str, PromoteRule] = {
         ENGINE_POOLED, _relative(0.0005, 1.5)
     ),
     # The group's own rollback evidence must not lean towards a regression.
-    "(g) engine, and group's 5xx e-value <= 1": _both(
+    "(g) engine before, and group's 5xx e-value <= 1 (the engine)": _both(
         ENGINE_POOLED, _margin(MARGIN), _quiet(1.0)
     ),
     "(g) engine, and group's 5xx e-value <= 2": _both(

@@ -16,6 +16,10 @@ log-sd 0.4 .. 1.0: skewed) that swings with the traffic (+-20 %). Incidents
 psi in {1.5, 2, 5} or its latency scaled so its p95 rises by +50 / +250 /
 +400 ms -- in every path group (a bad build). +50 ms is below the 200 ms
 threshold: not a regression to roll back, its rollback rate is reported.
+The one-group scenarios (``one_group_scenarios``, ``--one-group``; their own
+draws, after the others') multiply the 5xx odds of one path group alone, its
+base rate pinned at 0.1 %: what pooling dilutes and the absolute margin lets
+through; a wrong promotion there is a promote of that group before the rollback.
 
 Per window and group the counts are drawn as binomials; latency enters
 through counts above thresholds (exact binomials from the log-normal) and
@@ -1115,7 +1119,7 @@ def format_one_group_table(one_group: dict[str, Any]) -> str:
     lines = [
         "| one group regressed (5xx 0.1 %) | traffic share | regressed group promoted"
         " (95 % upper) | rolled back (group named) | median delay / oracle |"
-        " other groups promoted |",
+        " other groups promoted (before a rollback) |",
         "|---|---|---|---|---|---|",
     ]
     for name, row in one_group["by_scenario"].items():
