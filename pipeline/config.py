@@ -319,6 +319,13 @@ class Settings(BaseSettings):
         description="Errors too rare to bound that ratio: promote needs the canary's 5xx "
         "rate over all path groups bounded below this instead.",
     )
+    canary_promote_error_evidence: float = Field(
+        1.0,
+        ge=1.0,
+        description="Promote needs the path group's own 5xx evidence (its rollback e-value) "
+        "at most this: no lean towards a regression of the group alone, which pooling "
+        "dilutes (a group without 5xx stays at 1).",
+    )
     canary_warmup_windows: int = Field(
         1, ge=0, description="Complete windows a rollout needs before promote or insufficient_data."
     )
@@ -666,6 +673,7 @@ class CanarySettings:
     promote_error_margin: float = field(metadata={"setting": "canary_promote_error_margin"})
     promote_ratio: float = field(metadata={"setting": "canary_promote_ratio"})
     promote_error_floor: float = field(metadata={"setting": "canary_promote_error_floor"})
+    promote_error_evidence: float = field(metadata={"setting": "canary_promote_error_evidence"})
     warmup_windows: int = field(metadata={"setting": "canary_warmup_windows"})
     horizon_seconds: float = field(metadata={"setting": "canary_horizon_seconds"})
     rollout_idle_seconds: float = field(metadata={"setting": "canary_rollout_idle_seconds"})

@@ -50,6 +50,7 @@ class CanaryConfig:
                 promote_error_margin=float(section.promote_error_margin),
                 promote_ratio=float(section.promote_ratio),
                 promote_error_floor=float(section.promote_error_floor),
+                promote_error_evidence=float(section.promote_error_evidence),
                 warmup_windows=int(section.warmup_windows),
                 horizon_seconds=float(section.horizon_seconds),
             )

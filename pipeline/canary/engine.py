@@ -49,9 +49,13 @@ crude rates are not comparable (a ramp of the canary share during an incident
 that hit both arms tilts them; the strata of the ratio are immune). The
 group's own 5xx increase must also be bounded by the absolute
 ``promote_error_margin`` (a regression of one group alone, which the pooled
-bounds dilute), and its p95 increase by the latency threshold. A group's own
-ratio bound is not asked for: at a 0.1 % base rate it would take about 10^6
-canary requests to reach (README, "Verdict engines compared"). The groups
+bounds dilute), its own 5xx evidence (the rollback's e-value for the group) must
+not lean towards a regression (at most ``promote_error_evidence``, 1:
+``leans_to_regression``; an increase under the margin, x2 on a 0.1 % base rate,
+shows there long before a rollback), and its p95 increase must be bounded by the
+latency threshold. A group's own ratio bound is not asked for: at a 0.1 % base
+rate it would take about 10^6 canary requests to reach (README, "Verdict engines
+compared"). The groups
 pooled are those not rolled back: a group rolled back for its own regression
 does not hold the others.
 """
@@ -90,6 +94,10 @@ class VerdictConfig:
     promote_ratio: float = 1.5
     #: ... or, errors too rare for a ratio, the largest canary 5xx rate (all groups together).
     promote_error_floor: float = 0.0001
+    #: Largest 5xx e-value of the group itself (its own rollback evidence, ``H0: psi <=
+    #: psi0``) still promotable: the group's evidence must not lean towards a regression.
+    #: At least 1: a group without 5xx stays at 1.
+    promote_error_evidence: float = 1.0
     warmup_windows: int = 1
     horizon_seconds: float = 3600.0
     srm_z: float = 5.0
@@ -110,6 +118,8 @@ class VerdictConfig:
             raise ValueError("promote_ratio must be above 1")
         if not 0.0 <= self.promote_error_floor <= self.promote_error_margin:
             raise ValueError("promote_error_floor must lie between 0 and promote_error_margin")
+        if not self.promote_error_evidence >= 1.0:
+            raise ValueError("promote_error_evidence must be at least 1")
         if self.warmup_windows < 0 or self.horizon_seconds <= 0:
             raise ValueError("warmup_windows must be >= 0 and horizon_seconds > 0")
 
@@ -1054,10 +1064,11 @@ def _judge_open(
     error_ok = increase_upper <= config.promote_error_margin
     ratio_ok = pooled.ratio_upper <= config.promote_ratio
     floor_ok = pooled.canary_rate_upper <= config.promote_error_floor
+    quiet = not leans_to_regression(f["error_e"], config)
     latency_ok = (
         not timed_short and p95_high is not None and p95_high <= config.latency_threshold_ms
     )
-    if error_ok and (ratio_ok or floor_ok) and latency_ok:
+    if error_ok and (ratio_ok or floor_ok) and quiet and latency_ok:
         rollout_line = (
             f"rollout's 5xx rate ratio ({together}) at most {pooled.ratio_upper:.2f}"
             f" <= promote ratio {config.promote_ratio:g}"
@@ -1073,6 +1084,8 @@ def _judge_open(
                 rollout_line,
                 f"5xx increase at most {increase_upper * 100:+.2f} pp"
                 f" <= margin {config.promote_error_margin * 100:.2f} pp",
+                f"the group's own 5xx evidence {f['error_e']:.3g}"
+                f" <= {config.promote_error_evidence:g} (no lean towards a regression)",
                 f"p95 increase at most {p95_high:+.0f} ms <= {config.latency_threshold_ms:g} ms",
                 *reasons,
             ],
@@ -1104,6 +1117,11 @@ def _judge_open(
             f"5xx increase could be up to {increase_upper * 100:+.2f} pp"
             f" (margin {config.promote_error_margin * 100:.2f} pp)"
         )
+    if not quiet:
+        doubts.append(
+            f"the group's own 5xx evidence {f['error_e']:.3g} is above"
+            f" {config.promote_error_evidence:g}: it leans towards a regression"
+        )
     if timed_short:
         doubts.append(
             f"p95 latency not compared: fewer than {config.min_samples} timed requests in an arm"
@@ -1111,6 +1129,19 @@ def _judge_open(
     elif not latency_ok:
         doubts.append("p95 increase not yet bounded below the threshold")
     return Decision.HOLD, "hold: no decision yet", [*doubts, *reasons], more
+
+
+def leans_to_regression(error_e: float, config: VerdictConfig) -> bool:
+    """Whether a group's own 5xx evidence (its rollback e-value, ``H0: psi <= psi0``) is
+    above ``promote_error_evidence``: then promote waits, whatever the bounds say.
+
+    A healthy group's e-value drifts below 1 (a test supermartingale) and stays at 1
+    without 5xx; a regressed one's climbs long before it reaches the rollback's share of
+    1/alpha. Pooling dilutes a regression of one group alone and its absolute increase
+    can lie under ``promote_error_margin`` (x2 on a 0.1 % base rate); this is where the
+    group's own data speaks (README, "The promote rule").
+    """
+    return not error_e <= config.promote_error_evidence * (1.0 + 1e-12)
 
 
 def _ratio_text(value: float) -> str:

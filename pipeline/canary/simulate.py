@@ -16,6 +16,10 @@ log-sd 0.4 .. 1.0: skewed) that swings with the traffic (+-20 %). Incidents
 psi in {1.5, 2, 5} or its latency scaled so its p95 rises by +50 / +250 /
 +400 ms -- in every path group (a bad build). +50 ms is below the 200 ms
 threshold: not a regression to roll back, its rollback rate is reported.
+The one-group scenarios (``one_group_scenarios``, ``--one-group``; their own
+draws, after the others') multiply the 5xx odds of one path group alone, its
+base rate pinned at 0.1 %: what pooling dilutes and the absolute margin lets
+through; a wrong promotion there is a promote of that group before the rollback.
 
 Per window and group the counts are drawn as binomials; latency enters
 through counts above thresholds (exact binomials from the log-normal) and
@@ -78,7 +82,8 @@ regressed); grayscope's rule is ``engine._judge_open``'s (minimum exposure,
 the upper end of the rate-ratio confidence sequence of all groups' strata
 together within ``promote_ratio`` -- or the canary's 5xx rate over all groups
 bounded by ``promote_error_floor`` --, the group's 5xx increase's upper bound
-within ``promote_error_margin``, the p95 increase's upper bound within the
+within ``promote_error_margin``, the group's own 5xx e-value at most
+``promote_error_evidence``, the p95 increase's upper bound within the
 threshold, the latest window with both arms), on histograms drawn from the
 same latency model; ``engine_promote_rule``, judged once per window. Kayenta,
 Argo Rollouts and Flagger promote when their analysis ends without failing.
@@ -118,6 +123,7 @@ MIN_SAMPLES = 100
 PROMOTE_ERROR_MARGIN = engine.VerdictConfig().promote_error_margin
 PROMOTE_RATIO = engine.VerdictConfig().promote_ratio
 PROMOTE_ERROR_FLOOR = engine.VerdictConfig().promote_error_floor
+PROMOTE_ERROR_EVIDENCE = engine.VerdictConfig().promote_error_evidence
 HIST_FIRST = histogram.bucket_index(10.0)  # the live bucket bounds 10 ms .. 10 s
 HIST_LAST = histogram.bucket_index(10_000.0)
 ERROR_PSIS = (1.5, 2.0, 5.0)
@@ -131,6 +137,12 @@ class Scenario:
     name: str
     psi: float = 1.0  # canary/stable 5xx odds ratio
     p95_shift_ms: float = 0.0  # canary p95 increase (latency scaled)
+    #: The one path group (its Zipf rank - 1) whose 5xx odds ``psi`` multiplies; None:
+    #: every group (a bad build).
+    group: int | None = None
+    #: That group's 5xx base rate, in place of its draw (the draw is still made, so every
+    #: other group's values are those of the same rollout without it).
+    group_base: float | None = None
 
     @property
     def is_regression(self) -> bool:
@@ -154,20 +166,30 @@ class PromoteFacts:
     #: Observed information about log psi in the pooled strata (minus the log-likelihood's
     #: curvature at its maximum), (r, 1).
     pooled_information: np.ndarray
+    #: The group's stable 5xx rate bounds (``evidence.rate_bounds``; the lower one is the
+    #: increase bound's); the upper one only for ``Knobs.promote_rules`` (None otherwise).
+    stable_rate_lower: np.ndarray | None = None
+    stable_rate_upper: np.ndarray | None = None
+    #: The log of the group's own 5xx e-value (the rollback's ``H0: psi <= psi0``), every
+    #: group (None: not given; the engine's rule needs it).
+    group_error_log_e: np.ndarray | None = None
 
 
 PromoteRule = Callable[[PromoteFacts], np.ndarray]
 
 
 def engine_promote_rule(facts: PromoteFacts) -> np.ndarray:
-    """``engine._judge_open``'s 5xx condition for promote, with the default settings: the
-    rollout's pooled rate ratio bounded by the promote ratio (or, errors too rare for a
-    ratio, the canary's pooled 5xx rate by the floor) and the group's increase by the
-    margin."""
+    """``engine._judge_open``'s 5xx condition for promote (``engine.leans_to_regression``), with
+    the default settings: the rollout's pooled rate ratio bounded by the promote ratio (or,
+    errors too rare for a ratio, the canary's pooled 5xx rate by the floor), the group's
+    increase by the margin, and the group's own 5xx e-value at most
+    ``promote_error_evidence`` (its evidence does not lean towards a regression)."""
     pooled = (facts.pooled_ratio_upper <= PROMOTE_RATIO) | (
         facts.pooled_canary_rate_upper <= PROMOTE_ERROR_FLOOR
     )
-    return np.asarray(pooled & (facts.increase_upper <= PROMOTE_ERROR_MARGIN))
+    assert facts.group_error_log_e is not None
+    quiet = facts.group_error_log_e <= math.log(PROMOTE_ERROR_EVIDENCE) + 1e-12
+    return np.asarray(pooled & (facts.increase_upper <= PROMOTE_ERROR_MARGIN) & quiet)
 
 
 @dataclass(slots=True, frozen=True)
@@ -214,6 +236,10 @@ class Outcome:
     #: never) and the group's canary requests by then.
     group_promote: dict[str, np.ndarray] = field(default_factory=dict)
     group_promote_requests: dict[str, np.ndarray] = field(default_factory=dict)
+    #: One-group scenarios (``Scenario.group``): per rollout, whether e-BH named the
+    #: regressed group at grayscope's rollback (``engine.assess``: the named groups roll
+    #: back, the others are judged on); False without a rollback.
+    group_named: np.ndarray | None = None
 
 
 def _quantile_lognormal(mu: np.ndarray, sigma: np.ndarray, q: float) -> np.ndarray:
@@ -272,6 +298,12 @@ def _run(
     zipf = 1.0 / np.arange(1, g + 1) ** 1.1
     zipf /= zipf.sum()
     base = np.exp(rng.uniform(math.log(1e-4), math.log(1e-2), (r, g)))
+    # The canary/stable 5xx odds ratio: the same everywhere, or in one group only.
+    psi: float | np.ndarray = scenario.psi
+    if scenario.group is not None:
+        psi = np.where(np.arange(g) == scenario.group, scenario.psi, 1.0)[None, :]
+        if scenario.group_base is not None:
+            base[:, scenario.group] = scenario.group_base
     mu0 = np.log(rng.uniform(20.0, 200.0, (r, g)))
     sigma = rng.uniform(0.4, 1.0, (r, g))
     z95 = _norm_ppf(0.95)
@@ -298,6 +330,7 @@ def _run(
     threshold_log = math.log(1.0 / alpha)
 
     rollback = {name: np.full(r, -1) for name in ENGINES}
+    group_named = np.zeros(r, dtype=bool)
     promote = {name: np.full(r, -1) for name in ENGINES}
     rules: tuple[tuple[str, PromoteRule], ...] = (
         ("grayscope", engine_promote_rule),
@@ -336,7 +369,7 @@ def _run(
             np.where(starting, rng.integers(1, 6, r), 0),
         )
         rate_s = np.clip(base + 0.05 * (incident > 0)[:, None], 0.0, 1.0)
-        odds = rate_s / (1.0 - rate_s) * scenario.psi
+        odds = rate_s / (1.0 - rate_s) * psi
         rate_c = odds / (1.0 + odds)
         k = knobs.slices
         # Per evaluation slice (grayscope folds each); the window's counts are their sums.
@@ -355,7 +388,7 @@ def _run(
         # not a regression it may act on).
         odds_null = rate_s / (1.0 - rate_s) * knobs.psi0
         kl_err = np.where(
-            scenario.psi > knobs.psi0, _bernoulli_kl(rate_c, odds_null / (1.0 + odds_null)), 0.0
+            psi > knobs.psi0, _bernoulli_kl(rate_c, odds_null / (1.0 + odds_null)), 0.0
         )
         # Latency: against the least favourable non-regression, the canary whose p95 is
         # exactly the threshold slower (DESIGN: the threshold is the smallest p95 increase
@@ -405,11 +438,17 @@ def _run(
                 _accumulate(lat_ll[:, :, level, :], slow1, slow1 + slow0, n1s, n0s, grid_lat)
             canary_total += n1s
             canary_before += n1s.sum(axis=1)
-            rollout_e = _grayscope_e(
+            rollout_e, scores = _grayscope_e(
                 err_ll, lat_ll, canary_total, first_window, first_stable, mu0, scale, sigma,
                 p95_stable, rng, knobs,
             )  # fmt: skip
-            _record(rollback, delay, "grayscope", rollout_e >= 1.0 / alpha, w, canary_before)
+            fired = rollout_e >= 1.0 / alpha
+            if scenario.group is not None:
+                new = fired & (rollback["grayscope"] < 0)
+                if new.any():
+                    named = _ebh_named(scores, first_window >= 0, alpha)[:, scenario.group]
+                    group_named = np.where(new, named, group_named)
+            _record(rollback, delay, "grayscope", fired, w, canary_before)
         if knobs.promotions:
             errors_c += x1
             errors_s += x0
@@ -438,6 +477,8 @@ def _run(
                 err_full,
                 alpha,
                 canary_total,
+                stable_upper=bool(knobs.promote_rules),
+                error_log_e=_log_e(err_ll, knobs.offsets),
             )
             for name, rule in rules:
                 new_group = candidates & (group_promote[name] < 0) & rule(facts)
@@ -520,7 +561,25 @@ def _run(
         oracle_at_no_change,
         group_promote,
         group_promote_requests,
+        group_named if scenario.group is not None else None,
     )
+
+
+def _ebh_named(scores: np.ndarray, started: np.ndarray, alpha: float) -> np.ndarray:
+    """``evidence.ebh`` row by row on the groups' scores (``_grayscope_e``), the largest
+    named when e-BH rejects none (``engine.assess``): which groups a rollback names."""
+    count = started.sum(axis=1, keepdims=True)
+    values = np.where(started, scores, -np.inf)
+    ordered = -np.sort(-values, axis=1)
+    k = np.arange(1, values.shape[1] + 1)[None, :]
+    rejected = np.isfinite(ordered) & (ordered >= count / (alpha * k))
+    # the largest k whose k-th largest score passes (0: none)
+    kstar = np.where(
+        rejected.any(axis=1), values.shape[1] - np.argmax(rejected[:, ::-1], axis=1), 0
+    )
+    cutoff = np.take_along_axis(ordered, np.maximum(kstar - 1, 0)[:, None], axis=1)
+    top = ordered[:, :1]
+    return np.asarray(started & (values >= np.where(kstar[:, None] > 0, cutoff, top)))
 
 
 def _grayscope_e(
@@ -535,8 +594,9 @@ def _grayscope_e(
     p95_stable: np.ndarray,
     rng: np.random.Generator,
     knobs: Knobs,
-) -> np.ndarray:
-    """The rollout's evidence per rollout (``engine.assess``), from the folded strata."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rollout's evidence per rollout (``engine.assess``), from the folded strata, and
+    the groups' e-BH scores (``assess``'s ``weighted``: started groups x weight x e)."""
     z95 = _norm_ppf(0.95)
 
     def latency_e(loglik: np.ndarray) -> np.ndarray:
@@ -563,13 +623,16 @@ def _grayscope_e(
     mean_delta = (canary_total * estimate).sum(axis=1) / np.maximum(canary_total.sum(axis=1), 1.0)
     pooled_gate = (mean_delta >= LATENCY_THRESHOLD_MS) | (not knobs.latency_gate)
     pooled = ew * pooled_err + (1.0 - ew) * np.where(pooled_gate, pooled_lat, 0.0)
-    return np.asarray(
+    rollout = np.asarray(
         (1.0 - knobs.funnel_share)
         * (
             knobs.pooled_share * np.minimum(pooled, 1e300)
             + (1.0 - knobs.pooled_share) * (weights * np.minimum(group_e, 1e300)).sum(axis=1)
         )
     )
+    started = (first_window >= 0).sum(axis=1, keepdims=True)
+    scores = started * (1.0 - knobs.funnel_share) * weights * np.minimum(group_e, 1e300)
+    return rollout, np.asarray(scores)
 
 
 def _bernoulli_kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -721,9 +784,12 @@ def _promote_facts(
     err_full: np.ndarray,
     alpha: float,
     canary_requests_all: np.ndarray | None = None,
+    *,
+    stable_upper: bool = False,
+    error_log_e: np.ndarray | None = None,
 ) -> PromoteFacts:
     """The promote rules' 5xx facts, computed where the exposure and the latency bound are
-    reached (inf elsewhere: no rule promotes there)."""
+    reached (inf elsewhere: no rule promotes there; the stable rate bounds: 0 and 1)."""
     r, g = canary_requests.shape
     if canary_requests_all is None:
         canary_requests_all = canary_requests
@@ -732,11 +798,18 @@ def _promote_facts(
     )
     increase = np.full((r, g), np.inf)
     ratio = np.full((r, g), np.inf)
+    stable_low = np.zeros((r, g))
+    stable_high = np.ones((r, g)) if stable_upper else None
     if ready.any():
         idx = np.nonzero(ready)
         c_high = _rate_bound(canary_errors[idx], canary_requests[idx], alpha, upper=True)
         s_low = _rate_bound(stable_errors[idx], stable_requests[idx], alpha, upper=False)
         increase[idx] = c_high - s_low
+        stable_low[idx] = s_low
+        if stable_high is not None:
+            stable_high[idx] = _rate_bound(
+                stable_errors[idx], stable_requests[idx], alpha, upper=True
+            )
         ratio[idx] = _ratio_upper(err_full[idx], alpha)
     pooled_rows = ready.any(axis=1)
     pooled = np.full((r, 1), np.inf)
@@ -754,7 +827,9 @@ def _promote_facts(
             alpha,
             upper=True,
         )
-    return PromoteFacts(increase, ratio, pooled, pooled_canary, information)
+    return PromoteFacts(
+        increase, ratio, pooled, pooled_canary, information, stable_low, stable_high, error_log_e
+    )
 
 
 def _promote_ready(
@@ -957,6 +1032,111 @@ def scenarios() -> tuple[Scenario, list[Scenario]]:
     return aa, ab
 
 
+#: The one-group scenarios' regressed path group (its Zipf rank - 1): the fifth busiest
+#: (5.3 % of the traffic, "moderate") and the busiest (31 %); its 5xx base rate is pinned
+#: at ONE_GROUP_BASE (the median of the simulated 0.01-1 %), where x1.5/x2/x5 are
+#: increases of 0.05/0.1/0.4 points: under the promote rule's 0.5-point margin.
+ONE_GROUP_GROUPS = (4, 0)
+ONE_GROUP_BASE = 0.001
+
+
+def one_group_scenarios() -> list[Scenario]:
+    """A regression of one path group alone (the others healthy): 5xx odds x ERROR_PSIS
+    on each of ONE_GROUP_GROUPS, whose base rate is ONE_GROUP_BASE."""
+    return [
+        Scenario(
+            f"one group x{psi:g} (rank {group + 1})",
+            psi=psi,
+            group=group,
+            group_base=ONE_GROUP_BASE,
+        )
+        for group in ONE_GROUP_GROUPS
+        for psi in ERROR_PSIS
+    ]
+
+
+def one_group_figures(scenario: Scenario, out: Outcome, rule: str = "grayscope") -> dict[str, Any]:
+    """What a promote rule did to the regressed group of a one-group scenario: promoted
+    before any rollback (a wrong promotion, with its 95 % upper bound), rolled back (the
+    rollout's evidence at 1/alpha; and with e-BH naming that group), the median delay of
+    the rollback over the oracle's (never: inf), the median window of the wrong promote."""
+    assert scenario.group is not None and out.group_named is not None
+    promote = out.group_promote[rule][:, scenario.group]
+    wrong = promote >= 0
+    n = wrong.size
+    fired = out.rollback_window["grayscope"] >= 0
+    assert out.oracle_requests is not None
+    ratio = out.delay_requests["grayscope"] / out.oracle_requests
+    ratio = np.where(fired & ~np.isnan(out.oracle_requests), ratio, np.inf)
+    healthy = np.arange(GROUPS) != scenario.group
+    return {
+        "rollouts": n,
+        "group": scenario.group,
+        "group_traffic_share": round(float(traffic_shares()[scenario.group]), 4),
+        "group_base_rate": scenario.group_base,
+        "psi": scenario.psi,
+        "wrong_promotions": int(wrong.sum()),
+        "wrong_promotion_rate": round(float(wrong.mean()), 4),
+        "wrong_promotion_upper95": round(evidence.clopper_pearson_upper(int(wrong.sum()), n), 4),
+        "wrong_promote_median_window": (
+            _finite(float(np.median(promote[wrong]))) if wrong.any() else None
+        ),
+        "rollback_fraction": round(float(fired.mean()), 4),
+        "rollback_named_fraction": round(float((fired & out.group_named).mean()), 4),
+        "median_delay_ratio": _finite(float(np.median(ratio))),
+        "other_groups_promoted": round(
+            float((out.group_promote[rule][:, healthy] >= 0).mean()), 4
+        ),
+    }
+
+
+def simulate_one_group(
+    rollouts: int = 200, seed: int = 1, alpha: float = 0.05
+) -> dict[str, Any]:
+    """grayscope on the one-group scenarios (``one_group_scenarios``), its own draws (the
+    other scenarios' are unchanged): per scenario ``one_group_figures``, then the wrong
+    promotions pooled over them."""
+    rng = np.random.default_rng(seed + 29)
+    knobs = Knobs(baselines=False)
+    scenarios_out: dict[str, Any] = {}
+    wrong = total = 0
+    for scenario in one_group_scenarios():
+        figures = one_group_figures(scenario, _chunked(scenario, rollouts, rng, alpha, knobs))
+        scenarios_out[scenario.name] = figures
+        wrong += figures["wrong_promotions"]
+        total += figures["rollouts"]
+    return {
+        "rollouts_per_scenario": rollouts,
+        "wrong_promotions": wrong,
+        "wrong_promotion_rate": round(wrong / total, 4),
+        "wrong_promotion_upper95": round(evidence.clopper_pearson_upper(wrong, total), 4),
+        "by_scenario": scenarios_out,
+    }
+
+
+def format_one_group_table(one_group: dict[str, Any]) -> str:
+    """The README's one-group table (grayscope's promote rule on the regressed group)."""
+    lines = [
+        "| one group regressed (5xx 0.1 %) | traffic share | regressed group promoted"
+        " (95 % upper) | rolled back (group named) | median delay / oracle |"
+        " other groups promoted (before a rollback) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in one_group["by_scenario"].items():
+        ratio = row["median_delay_ratio"]
+        lines.append(
+            f"| {name} | {row['group_traffic_share'] * 100:.1f} %"
+            f" | {row['wrong_promotions']}/{row['rollouts']}"
+            f" ({row['wrong_promotion_rate'] * 100:.1f} %,"
+            f" {row['wrong_promotion_upper95'] * 100:.1f} %)"
+            f" | {row['rollback_fraction'] * 100:.0f} %"
+            f" ({row['rollback_named_fraction'] * 100:.0f} %)"
+            f" | {'never' if ratio is None else f'{ratio:.2f}'}"
+            f" | {row['other_groups_promoted'] * 100:.0f} % |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def simulate(
     rollouts: int = 1000, seed: int = 1, alpha: float = 0.05, ab_rollouts: int | None = None
 ) -> dict[str, Any]:
@@ -1097,6 +1277,10 @@ def _chunked(
         merged.group_promote[rule] = np.concatenate([p.group_promote[rule] for p in parts])
         merged.group_promote_requests[rule] = np.concatenate(
             [p.group_promote_requests[rule] for p in parts]
+        )
+    if parts[0].group_named is not None:
+        merged.group_named = np.concatenate(
+            [p.group_named for p in parts if p.group_named is not None]
         )
     merged.oracle_requests = np.concatenate(
         [p.oracle_requests for p in parts if p.oracle_requests is not None]

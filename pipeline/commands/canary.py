@@ -64,6 +64,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     simulate.add_argument(
         "--alpha", type=float, default=0.05, help="false-rollback level (default 0.05)"
     )
+    simulate.add_argument(
+        "--one-group",
+        action="store_true",
+        help="also run the one-group scenarios (one path group's 5xx regressed, the others"
+        " healthy; --ab-rollouts each) for grayscope's promote rule",
+    )
     add_settings_arguments(simulate)
     simulate.set_defaults(handler=run_canary_simulate)
 
@@ -129,11 +135,20 @@ def run_canary_simulate(
         alpha=float(getattr(args, "alpha", 0.05)),
         ab_rollouts=getattr(args, "ab_rollouts", None),
     )
+    if getattr(args, "one_group", False):
+        ab = getattr(args, "ab_rollouts", None)
+        result["grayscope"]["one_group"] = simulate.simulate_one_group(
+            rollouts=ab if ab is not None else max(50, rollouts // 5),
+            seed=int(getattr(args, "seed", 1)),
+            alpha=float(getattr(args, "alpha", 0.05)),
+        )
     if getattr(args, "json", False):
         out.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         out.write(simulate.format_table(result))
         out.write("\n" + simulate.format_funnel_table(result["grayscope"]["funnels"]))
+        if "one_group" in result["grayscope"]:
+            out.write("\n" + simulate.format_one_group_table(result["grayscope"]["one_group"]))
     return 0
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.canary import engine
+from pipeline.canary import engine, evidence
 from pipeline.canary.engine import GroupState, VerdictConfig, WindowCheck, assess, fold, weights
 from pipeline.canary.records import Decision, WindowCounts
 from pipeline.canary.verdict import evaluate
@@ -363,6 +364,43 @@ def test_promote_settings_are_validated() -> None:
     with pytest.raises(ValueError, match="promote_error_floor"):
         VerdictConfig(promote_error_floor=0.01)  # above the margin
     VerdictConfig(promote_error_floor=0.0)
+    with pytest.raises(ValueError, match="promote_error_evidence"):
+        VerdictConfig(promote_error_evidence=0.5)  # a group without 5xx (e = 1) could not pass
+
+
+def test_leans_to_regression_is_the_groups_own_evidence_above_the_setting() -> None:
+    config = VerdictConfig()
+    assert config.promote_error_evidence == 1.0
+    assert not engine.leans_to_regression(1.0, config)  # no 5xx yet: e stays at 1
+    assert not engine.leans_to_regression(0.2, config)  # a healthy group's drifts down
+    assert engine.leans_to_regression(1.5, config)
+    assert not engine.leans_to_regression(1.5, VerdictConfig(promote_error_evidence=2.0))
+    # an e-process with no stratum carrying a 5xx is exactly 1
+    state = rollout(10, canary=(500, 0.0, 100.0), stable=(500, 0.0, 100.0))
+    log_e = evidence.log_e_value(state.error_loglik, evidence.grid_index(1.1))
+    assert not engine.leans_to_regression(math.exp(log_e), config)
+
+
+def test_a_regression_of_one_group_under_the_margin_is_held_by_its_own_evidence() -> None:
+    # x3 on a 0.1 % base (an increase of 0.2 points, under the 0.5-point margin) in one
+    # group beside three healthy 1 % groups: the pooled ratio is bounded below 1.5, the
+    # rollout's evidence is short of 1/alpha, but the group's own 5xx evidence leans
+    # towards a regression -- promote waits.
+    good = {f"/g{i}": rollout(30, name=f"/g{i}", seed=10 + i) for i in range(3)}
+    low = rollout(10, canary=(1000, 0.003, 100.0), stable=(9000, 0.001, 100.0), seed=3, name="/low")
+    states = {**good, "/low": low}
+    results = assess(states, VerdictConfig(), window_seconds=W)
+    a = results["/low"].analysis
+    assert a.error_increase_upper is not None and a.error_increase_upper <= 0.005
+    assert a.rollout_rate_ratio_upper is not None and a.rollout_rate_ratio_upper <= 1.5
+    assert a.rollout_e_value < 20.0 and a.error_e_value > 1.0
+    assert results["/low"].decision is Decision.HOLD
+    assert any("leans towards a regression" in r for r in results["/low"].reasons)
+    assert all(results[n].decision is Decision.PROMOTE for n in good)
+    assert any("no lean towards a regression" in r for r in results["/g0"].reasons)
+    # before: the bounds alone promoted it
+    lax = assess(states, VerdictConfig(promote_error_evidence=1e12), window_seconds=W)
+    assert lax["/low"].decision is Decision.PROMOTE
 
 
 @settings(max_examples=40, deadline=None)
@@ -393,3 +431,5 @@ def test_promote_only_inside_every_bound(
             and a.rollout_canary_error_rate_upper <= config.promote_error_floor
         )
         assert ratio_ok or floor_ok
+        # and the group's own 5xx evidence does not lean towards a regression
+        assert a.error_e_value <= config.promote_error_evidence * (1 + 1e-12)

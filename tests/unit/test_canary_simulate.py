@@ -94,10 +94,15 @@ def test_simulate_reports_every_engine_with_the_design_keys() -> None:
 
 def test_the_command_prints_json() -> None:
     out = io.StringIO()
-    args = argparse.Namespace(json=True, rollouts=4, ab_rollouts=2, seed=5, alpha=0.05)
+    args = argparse.Namespace(
+        json=True, rollouts=4, ab_rollouts=2, seed=5, alpha=0.05, one_group=True
+    )
     assert run_canary_simulate(args, Settings(), out) == 0
     data = orjson.loads(out.getvalue())
     assert set(data["grayscope"]) >= KEYS
+    one_group = data["grayscope"]["one_group"]  # --one-group: the one-group scenarios
+    assert one_group["rollouts_per_scenario"] == 2
+    assert set(one_group["by_scenario"]) == {s.name for s in simulate.one_group_scenarios()}
     funnels = data["grayscope"]["funnels"]
     assert funnels["aa_rollouts"] == 4
     assert set(funnels["ab_by_scenario"]) == {
@@ -233,8 +238,19 @@ def _facts(
     simulate._accumulate(
         err_full, canary_errors, canary_errors + stable_errors, n, n, np.array(evidence.GRID)
     )
+    columns = simulate._columns(evidence.grid_index(simulate.Knobs().psi0))
+    err_ll = np.zeros((*shape, columns.size))
+    simulate._accumulate(err_ll, canary_errors, canary_errors + stable_errors, n, n, columns)
     return simulate._promote_facts(
-        n, canary_errors, hist.astype(float), n, stable_errors, hist.astype(float), err_full, 0.05
+        n,
+        canary_errors,
+        hist.astype(float),
+        n,
+        stable_errors,
+        hist.astype(float),
+        err_full,
+        0.05,
+        error_log_e=simulate._log_e(err_ll),
     )
 
 
@@ -254,6 +270,25 @@ def test_promote_needs_the_pooled_ratio_and_the_groups_increase_bounded() -> Non
     assert promotes.tolist() == [[True, True], [False, False]]
     # before the change: the absolute margin alone promoted group 0 of rollout 1
     assert (facts.increase_upper <= simulate.PROMOTE_ERROR_MARGIN).tolist()[1] == [True, False]
+
+
+def test_promote_waits_while_the_groups_own_evidence_leans_towards_a_regression() -> None:
+    # group 1: x2 on a 0.1 % base (0.1 points, inside the margin) beside a busy healthy
+    # group 0 at 1 %: the pooled ratio is bounded below 1.5, but group 1's own e-value is
+    # above 1
+    canary = np.array([[1000.0, 200.0]])
+    stable = np.array([[1000.0, 100.0]])
+    facts = _facts(canary, stable, 100_000.0)
+    assert facts.pooled_ratio_upper[0, 0] <= simulate.PROMOTE_RATIO
+    assert (facts.increase_upper <= simulate.PROMOTE_ERROR_MARGIN).all()
+    assert facts.group_error_log_e is not None
+    assert facts.group_error_log_e[0, 1] > 0.0 >= facts.group_error_log_e[0, 0]
+    assert simulate.engine_promote_rule(facts).tolist() == [[True, False]]
+    # the vectorised e-value is the engine's
+    group = evidence.zero_loglik()
+    evidence.accumulate(group, evidence.window_loglik(200, 300, 100_000, 100_000))
+    live = evidence.log_e_value(group, evidence.grid_index(simulate.Knobs().psi0))
+    assert facts.group_error_log_e[0, 1] == pytest.approx(live)
 
 
 def test_without_errors_the_canary_rate_floor_promotes() -> None:
@@ -310,3 +345,57 @@ def test_wrong_promotions_are_reported_with_their_upper_bound() -> None:
         assert result[name]["aa_promotions"] == 6 - result[name]["aa_false_rollbacks"]
     # a x5 regression of the 5xx rate is never promoted by grayscope before it is rolled back
     assert result["grayscope"]["ab_by_scenario"]["5xx odds x5"]["promote_fraction"] == 0.0
+
+
+def test_ebh_named_is_the_engines_ebh_with_its_fallback() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        groups = int(rng.integers(1, 8))
+        scores = np.exp(rng.normal(2.0, 3.0, (1, groups)))
+        started = rng.random((1, groups)) < 0.8
+        started[0, 0] = True
+        got = simulate._ebh_named(scores, started, 0.05)[0]
+        live = {str(j): float(scores[0, j]) for j in range(groups) if started[0, j]}
+        expected = evidence.ebh(live, 0.05) or [max(live, key=lambda n: live[n])]
+        assert {str(j) for j in range(groups) if got[j]} == set(expected)
+
+
+def test_one_group_scenarios_regress_one_group_at_its_pinned_base_rate() -> None:
+    scenarios = simulate.one_group_scenarios()
+    assert [(s.group, s.psi) for s in scenarios] == [
+        (group, psi) for group in simulate.ONE_GROUP_GROUPS for psi in simulate.ERROR_PSIS
+    ]
+    assert all(s.is_regression and s.group_base == simulate.ONE_GROUP_BASE for s in scenarios)
+    assert simulate.scenarios()[1] == [  # the all-groups scenarios are unchanged
+        *(simulate.Scenario(f"5xx odds x{psi:g}", psi=psi) for psi in simulate.ERROR_PSIS),
+        *(
+            simulate.Scenario(f"p95 +{shift:g} ms", p95_shift_ms=shift)
+            for shift in simulate.LATENCY_SHIFTS_MS
+        ),
+    ]
+    knobs = simulate.Knobs(baselines=False)
+    # psi = 1 in the chosen group, its base rate not pinned: the A/A rollouts, draw for draw
+    aa = simulate.run_scenario(simulate.Scenario("A/A"), 3, np.random.default_rng(2), 0.05, knobs)
+    same = simulate.run_scenario(
+        simulate.Scenario("one", psi=1.0, group=4), 3, np.random.default_rng(2), 0.05, knobs
+    )
+    for rule in aa.group_promote:
+        assert np.array_equal(aa.group_promote[rule], same.group_promote[rule])
+    assert np.array_equal(aa.rollback_window["grayscope"], same.rollback_window["grayscope"])
+    assert aa.group_named is None and same.group_named is not None
+
+
+def test_a_large_regression_of_the_busiest_group_alone_is_rolled_back_and_named() -> None:
+    scenario = simulate.Scenario("one", psi=5.0, group=0, group_base=simulate.ONE_GROUP_BASE)
+    out = simulate._chunked(
+        scenario, 4, np.random.default_rng(3), 0.05, simulate.Knobs(baselines=False)
+    )
+    figures = simulate.one_group_figures(scenario, out)
+    assert figures["rollback_named_fraction"] == 1.0
+    assert figures["wrong_promotions"] == 0
+    assert figures["wrong_promotion_upper95"] >= 0.5  # 0 of 4
+    assert figures["group_traffic_share"] == pytest.approx(simulate.traffic_shares()[0], abs=1e-4)
+    table = simulate.format_one_group_table(
+        {"by_scenario": {scenario.name: figures}, "wrong_promotions": 0}
+    )
+    assert "| one | 31.3 % | 0/4 (0.0 %" in table
