@@ -60,9 +60,11 @@ debian-packages:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
 	fi
 
-# ruff, mypy and the architecture contract (who may import whom: tests/unit/test_architecture.py).
+# ruff (lint and format), mypy and the architecture contract (who may import whom:
+# tests/unit/test_architecture.py).
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline agents schemas tests bench
+	$(BIN)/ruff format --check pipeline agents schemas tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_architecture.py
 

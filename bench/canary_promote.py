@@ -192,12 +192,8 @@ CANDIDATES: dict[str, PromoteRule] = {
     "(g) engine before, and group's 5xx e-value <= 1 (the engine)": _both(
         ENGINE_POOLED, _margin(MARGIN), _quiet(1.0)
     ),
-    "(g) engine, and group's 5xx e-value <= 2": _both(
-        ENGINE_POOLED, _margin(MARGIN), _quiet(2.0)
-    ),
-    "(g) engine, and group's 5xx e-value <= 4": _both(
-        ENGINE_POOLED, _margin(MARGIN), _quiet(4.0)
-    ),
+    "(g) engine, and group's 5xx e-value <= 2": _both(ENGINE_POOLED, _margin(MARGIN), _quiet(2.0)),
+    "(g) engine, and group's 5xx e-value <= 4": _both(ENGINE_POOLED, _margin(MARGIN), _quiet(4.0)),
     "(g+r) engine pooled, e-value <= 2, increase <= max(0.05 pp, 2 x stable upper)": _both(
         ENGINE_POOLED, _quiet(2.0), _relative(0.0005, 2.0)
     ),
@@ -211,9 +207,7 @@ CANDIDATES: dict[str, PromoteRule] = {
 
 
 def measure(rollouts: int, aa: int, seed: int, alpha: float) -> dict[str, Any]:
-    knobs = replace(
-        Knobs(baselines=False), promote_rules=tuple(CANDIDATES.items())
-    )
+    knobs = replace(Knobs(baselines=False), promote_rules=tuple(CANDIDATES.items()))
     rng = np.random.default_rng(seed)
     aa_scenario, ab = simulate.scenarios()
     a = simulate._chunked(aa_scenario, aa, rng, alpha, knobs)

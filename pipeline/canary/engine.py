@@ -590,8 +590,7 @@ class FunnelDecision:
 def _carried_text(ff: FunnelFacts, carriers: Sequence[str], marked: Sequence[str]) -> str:
     """Which path groups' verdicts say a funnel's rollback, or why none does."""
     left_out = (
-        f" ({ff.carriers_left_out} matched requests in path groups beyond the"
-        f" {MAX_CARRIERS} kept)"
+        f" ({ff.carriers_left_out} matched requests in path groups beyond the {MAX_CARRIERS} kept)"
         if ff.carriers_left_out
         else ""
     )
@@ -677,9 +676,7 @@ def _pooled_bounds(
     return PooledBounds(estimate, upper, c_high, len(names))
 
 
-def _pooled_error_loglik(
-    states: Mapping[str, GroupState], names: Sequence[str]
-) -> list[float]:
+def _pooled_error_loglik(states: Mapping[str, GroupState], names: Sequence[str]) -> list[float]:
     """The 5xx log-likelihood of the groups' strata together (a common rate ratio)."""
     return [sum(values) for values in zip(*(states[n].error_loglik for n in names), strict=True)]
 

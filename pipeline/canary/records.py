@@ -335,9 +335,7 @@ class Analysis:
                     "rate_ratio_upper": finite(self.rate_ratio_upper),
                     "error_increase_upper": finite(self.error_increase_upper),
                     "rollout_rate_ratio_upper": finite(self.rollout_rate_ratio_upper),
-                    "rollout_canary_error_rate_upper": finite(
-                        self.rollout_canary_error_rate_upper
-                    ),
+                    "rollout_canary_error_rate_upper": finite(self.rollout_canary_error_rate_upper),
                     "p95_delta_ms": _round(finite(self.p95_delta_ms)),
                     "p95_delta_lower_ms": _round(finite(self.p95_delta_lower_ms)),
                     "p95_delta_upper_ms": _round(finite(self.p95_delta_upper_ms)),

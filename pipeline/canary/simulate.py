@@ -463,9 +463,7 @@ def _run(
             for name, _ in rules:
                 waiting |= group_promote[name] < 0
             open_rows = rollback["grayscope"] < 0
-            candidates = (
-                open_rows[:, None] & waiting & (first_window >= 0) & (n1 > 0) & (n0 > 0)
-            )
+            candidates = open_rows[:, None] & waiting & (first_window >= 0) & (n1 > 0) & (n0 > 0)
             assert err_full is not None
             facts = _promote_facts(
                 np.where(candidates, canary_total, 0.0),
@@ -793,9 +791,7 @@ def _promote_facts(
     r, g = canary_requests.shape
     if canary_requests_all is None:
         canary_requests_all = canary_requests
-    ready = _promote_ready(
-        canary_requests, canary_hist, stable_requests, stable_hist, alpha
-    )
+    ready = _promote_ready(canary_requests, canary_hist, stable_requests, stable_hist, alpha)
     increase = np.full((r, g), np.inf)
     ratio = np.full((r, g), np.inf)
     stable_low = np.zeros((r, g))
@@ -1084,15 +1080,11 @@ def one_group_figures(scenario: Scenario, out: Outcome, rule: str = "grayscope")
         "rollback_fraction": round(float(fired.mean()), 4),
         "rollback_named_fraction": round(float((fired & out.group_named).mean()), 4),
         "median_delay_ratio": _finite(float(np.median(ratio))),
-        "other_groups_promoted": round(
-            float((out.group_promote[rule][:, healthy] >= 0).mean()), 4
-        ),
+        "other_groups_promoted": round(float((out.group_promote[rule][:, healthy] >= 0).mean()), 4),
     }
 
 
-def simulate_one_group(
-    rollouts: int = 200, seed: int = 1, alpha: float = 0.05
-) -> dict[str, Any]:
+def simulate_one_group(rollouts: int = 200, seed: int = 1, alpha: float = 0.05) -> dict[str, Any]:
     """grayscope on the one-group scenarios (``one_group_scenarios``), its own draws (the
     other scenarios' are unchanged): per scenario ``one_group_figures``, then the wrong
     promotions pooled over them."""

@@ -469,9 +469,7 @@ def test_the_observer_buffers_hashed_hits_and_publishes_them_per_funnel() -> Non
         lambda aggregates: None,
         flush_interval=60.0,
         funnels=[spec()],
-        publish_funnel=lambda name, hits, carriers, left_out: published.append(
-            (name, list(hits))
-        ),
+        publish_funnel=lambda name, hits, carriers, left_out: published.append((name, list(hits))),
     )
     assert observer.funnel_keys == (("cookie", "uid"),)
     inputs = [
