@@ -61,6 +61,7 @@ __all__ = [
     "encode_request",
     "encode_span",
     "encode_spans",
+    "numbered_spans",
     "request_to_dicts",
     "to_bytes",
 ]
@@ -82,6 +83,26 @@ class SpanData:
     status_message: str
     service_name: str
     attributes: dict[str, str | int | float | bool]
+
+
+def numbered_spans(n: int, gray_id: str = "exp1") -> list[SpanData]:
+    """``n`` small spans told apart by their ids (trace i, span i + 1 for i = 1..n), all
+    with ``gray.id`` ``gray_id``: test traffic for exporters and receivers."""
+    return [
+        SpanData(
+            trace_id=i.to_bytes(16, "big"),
+            span_id=(i + 1).to_bytes(8, "big"),
+            parent_span_id=None,
+            name="GET /x",
+            start_ns=1,
+            end_ns=2,
+            error=False,
+            status_message="",
+            service_name="svc",
+            attributes={"gray.id": gray_id},
+        )
+        for i in range(1, n + 1)
+    ]
 
 
 _NO_GEO = GeoInfo()

@@ -1191,6 +1191,16 @@ class PopSpy(dict):
         return super().pop(key, *default)
 
 
+def walker_times(entered: float, gap1: int | None, gap2: int | None) -> list[float]:
+    """When a ``walkers`` user hits the funnel's steps: entry, then each gap it goes on."""
+    times = [entered]
+    if gap1 is not None:
+        times.append(entered + gap1)
+        if gap2 is not None:
+            times.append(entered + gap1 + gap2)
+    return times
+
+
 @settings(max_examples=400, deadline=None)
 @given(
     users=walkers,
@@ -1218,13 +1228,7 @@ def test_any_interleaving_of_a_funnels_hits_over_records_counts_each_user_once(
     hits: list[tuple[float, funnel.Hit]] = []
     for index, (arm, entry, gap1, gap2) in enumerate(users):
         user = f"u{index}"
-        at = base + entry
-        times = [at]
-        if gap1 is not None:
-            times.append(at + gap1)
-            if gap2 is not None:
-                times.append(at + gap1 + gap2)
-        for step, t in enumerate(times):
+        for step, t in enumerate(walker_times(base + entry, gap1, gap2)):
             i = 3 * index + step
             hit = (user, step, arm if step == 0 else 1 - arm if duplicates[i] else arm, t)
             arrival = t + (0 if no_delays else delays[i])
@@ -1472,13 +1476,7 @@ def test_every_evaluation_sees_the_strata_the_state_keeps_nested_and_each_once(
     base = 1_800_000_000.0
     produced: list[tuple[float, funnel.Hit]] = []
     for index, (arm, entry, gap1, gap2) in enumerate(users):
-        at = base + entry
-        times = [at]
-        if gap1 is not None:
-            times.append(at + gap1)
-            if gap2 is not None:
-                times.append(at + gap1 + gap2)
-        for step, t in enumerate(times):
+        for step, t in enumerate(walker_times(base + entry, gap1, gap2)):
             produced.append((t + delays[3 * index + step], (f"u{index}", step, arm, t)))
     produced.sort(key=lambda item: item[0])
     records: list[list[funnel.Hit]] = []

@@ -19,7 +19,13 @@ from pipeline.sinks.otlp.exporter import (
     parse_endpoint,
     parse_headers,
 )
-from tests.oracles.otlp_reference import SpanData, encode_span, encode_spans, request_to_dicts
+from tests.oracles.otlp_reference import (
+    SpanData,
+    encode_span,
+    encode_spans,
+    numbered_spans,
+    request_to_dicts,
+)
 
 Outcome = BaseException | int | None  # raise it / rejected spans / plain success
 
@@ -56,27 +62,9 @@ class FakeTransport:
         ]
 
 
-def span_data(n: int) -> list[SpanData]:
-    return [
-        SpanData(
-            trace_id=i.to_bytes(16, "big"),
-            span_id=(i + 1).to_bytes(8, "big"),
-            parent_span_id=None,
-            name="GET /x",
-            start_ns=1,
-            end_ns=2,
-            error=False,
-            status_message="",
-            service_name="svc",
-            attributes={"gray.id": "exp1"},
-        )
-        for i in range(1, n + 1)
-    ]
-
-
 def spans(n: int) -> list[EncodedSpan]:
     """What the batch handler submits: encoded spans."""
-    return [encode_span(data) for data in span_data(n)]
+    return [encode_span(data) for data in numbered_spans(n)]
 
 
 def exporter(transport: FakeTransport, **kwargs: Any) -> OtlpExporter:
@@ -206,7 +194,7 @@ async def test_batches_of_batch_size() -> None:
 async def test_requests_are_the_encoded_spans_in_submit_order() -> None:
     transport = FakeTransport()
     ex = exporter(transport, batch_size=3)
-    submitted = span_data(5)
+    submitted = numbered_spans(5)
     ex.submit([encode_span(data) for data in submitted])
     ex.start()
     assert await ex.flush(timeout=10)
@@ -492,7 +480,7 @@ async def test_block_drops_nothing_for_a_full_queue_and_keeps_arrival_order() ->
     # each waits its turn, none is dropped, the spans leave in the order they came.
     transport = FakeTransport()
     ex = exporter(transport, queue_size=6, batch_size=4, max_concurrent=2, when_full="block")
-    data = span_data(45)
+    data = numbered_spans(45)
     batches = [data[:20], data[20:25], data[25:]]
     ex.start()
     results = await asyncio.wait_for(
@@ -520,7 +508,7 @@ async def test_a_batch_bigger_than_the_whole_queue_goes_in_a_chunk_at_a_time() -
     transport = Sampling()
     transport.queued = []
     ex = exporter(transport, queue_size=5, batch_size=2, max_concurrent=1, when_full="block")
-    data = span_data(23)
+    data = numbered_spans(23)
     ex.start()
     assert await asyncio.wait_for(ex.submit_blocking([encode_span(d) for d in data]), 10) == 23
     assert await ex.flush(timeout=10)

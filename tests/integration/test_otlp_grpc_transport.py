@@ -25,7 +25,9 @@ from pipeline.sinks.otlp.exporter import (
     grpc_channel_options,
     parse_endpoint,
 )
-from tests.oracles.otlp_reference import SpanData, encode_span
+from tests.oracles.otlp_reference import encode_span, numbered_spans
+
+pytestmark = [pytest.mark.integration, pytest.mark.expected_seconds(3)]
 
 # Far longer than the test waits while the collector is held: no try ends on its own.
 EXPORT_TIMEOUT_S = 60.0
@@ -84,25 +86,7 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
 
 
 def request(gray_id: str, n: int) -> bytes:
-    return frame_request(
-        [
-            encode_span(
-                SpanData(
-                    trace_id=i.to_bytes(16, "big"),
-                    span_id=i.to_bytes(8, "big"),
-                    parent_span_id=None,
-                    name="GET /x",
-                    start_ns=1,
-                    end_ns=2,
-                    error=False,
-                    status_message="",
-                    service_name="svc",
-                    attributes={"gray.id": gray_id},
-                )
-            )
-            for i in range(1, n + 1)
-        ]
-    )
+    return frame_request([encode_span(data) for data in numbered_spans(n, gray_id)])
 
 
 @pytest.fixture
