@@ -263,22 +263,24 @@ class CanaryAnalysis:
         now = time.time() if now is None else now
         try:
             data = orjson.loads(event.value)
-            if isinstance(data, dict) and data.get("kind") == CONTROL_ROLLBACK:
+            # A control record names its kind; an aggregate has none.
+            kind = data.get("kind") if isinstance(data, dict) else None
+            if kind == CONTROL_ROLLBACK:
                 self._apply_rollback(data)
                 return
-            if isinstance(data, dict) and data.get("kind") == CONTROL_FUNNEL:
+            if kind == CONTROL_FUNNEL:
                 self.apply_funnel(data)
                 return
-            if isinstance(data, dict) and data.get("kind") == CONTROL_FUNNEL_ROLLBACK:
+            if kind == CONTROL_FUNNEL_ROLLBACK:
                 self._apply_funnel_rollback(str(data.get("funnel")))
                 return
-            if isinstance(data, dict) and data.get("kind") == CONTROL_CARRIER_ROLLBACK:
+            if kind == CONTROL_CARRIER_ROLLBACK:
                 self._apply_carrier_rollback(data, now)
                 return
-            if isinstance(data, dict) and data.get("kind") == CONTROL_FOLD:
+            if kind == CONTROL_FOLD:
                 self._apply_fold(Fold.from_json(data), now)
                 return
-            if isinstance(data, dict) and data.get("kind") == CONTROL_FUNNEL_RESOLVE:
+            if kind == CONTROL_FUNNEL_RESOLVE:
                 self._apply_funnel_resolve(funnels.ResolveRequest.from_json(data))
                 return
             agg = CanaryAggregate.from_json(data)
