@@ -322,7 +322,7 @@ def hits_of(
     ``carriers``, when given, receives per funnel the path groups of the requests that
     made hits, with their request counts: the funnel's rollback is carried by them (a
     route or path step names no path group of its own). Bounded by the batch; the
-    observer caps what it buffers (``count_carrier``).
+    observer caps what it buffers (``merge_carriers``).
     """
     out: dict[str, list[Hit]] = {}
     keyless = 0
@@ -361,6 +361,15 @@ def count_carrier(carriers: dict[str, int], path_group: str, requests: int) -> i
     return requests
 
 
+def merge_carriers(carriers: dict[str, int], seen: Mapping[str, int]) -> int:
+    """``count_carrier`` for every path group of ``seen`` (path group -> requests, as
+    ``hits_of`` counts them or a hits record carries them); returns the requests left out."""
+    return sum(
+        count_carrier(carriers, str(path_group), max(int(requests), 0))
+        for path_group, requests in seen.items()
+    )
+
+
 # --- per-user progress and the funnel's state ------------------------------------
 
 
@@ -396,11 +405,7 @@ class FunnelState:
 
     def add_carriers(self, seen: Mapping[str, int], left_out: int = 0) -> None:
         """Merge a hits record's path groups (``hits_of``'s ``carriers``) into the state."""
-        self.carriers_left_out += max(int(left_out), 0)
-        for path_group, requests in seen.items():
-            self.carriers_left_out += count_carrier(
-                self.carriers, str(path_group), max(int(requests), 0)
-            )
+        self.carriers_left_out += max(int(left_out), 0) + merge_carriers(self.carriers, seen)
 
     def __post_init__(self) -> None:
         transitions = max(self.steps - 1, 0)
@@ -410,14 +415,7 @@ class FunnelState:
             self.loglik = [evidence.zero_loglik() for _ in range(transitions)]
 
     def to_json(self) -> dict[str, Any]:
-        out = self._json()
-        if self.judged_through is not None:  # unknown (a state read from before): left out
-            judged = self.judged_through
-            out["judged_through"] = judged if math.isfinite(judged) else None  # None: -inf
-        return out
-
-    def _json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "v": STATE_VERSION,
             "name": self.name,
             "steps": self.steps,
@@ -435,6 +433,10 @@ class FunnelState:
             "carriers_left_out": self.carriers_left_out,
             "rollout": self.rollout,
         }
+        if self.judged_through is not None:  # unknown (a state read from before): left out
+            judged = self.judged_through
+            out["judged_through"] = judged if math.isfinite(judged) else None  # None: -inf
+        return out
 
     @classmethod
     def from_json(cls, data: Any) -> FunnelState:

@@ -149,10 +149,7 @@ class CanaryObserver:
                 count += len(found)
             for name, groups in seen.items():
                 pending = self._pending_carriers.setdefault(name, {})
-                left_out = sum(
-                    funnels_mod.count_carrier(pending, group, requests)
-                    for group, requests in groups.items()
-                )
+                left_out = funnels_mod.merge_carriers(pending, groups)
                 if left_out:
                     self._pending_left_out[name] = self._pending_left_out.get(name, 0) + left_out
             self.stats.canary_funnel_hits_total += count
