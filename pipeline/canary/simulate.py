@@ -1129,13 +1129,19 @@ def format_one_group_table(one_group: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ab_rollout_count(rollouts: int, ab_rollouts: int | None) -> int:
+    """Rollouts per A/B scenario: ``ab_rollouts`` when given, else a fifth of the A/A
+    ``rollouts`` (at least 50)."""
+    return ab_rollouts if ab_rollouts is not None else max(50, rollouts // 5)
+
+
 def simulate(
     rollouts: int = 1000, seed: int = 1, alpha: float = 0.05, ab_rollouts: int | None = None
 ) -> dict[str, Any]:
     """All engines on the A/A and A/B scenarios; the JSON of ``--json``."""
     rng = np.random.default_rng(seed)
     aa, ab = scenarios()
-    ab_count = ab_rollouts if ab_rollouts is not None else max(50, rollouts // 5)
+    ab_count = ab_rollout_count(rollouts, ab_rollouts)
     outcome = _chunked(aa, rollouts, rng, alpha)
     result: dict[str, Any] = {}
     ab_outcomes = [(s, _chunked(s, ab_count, rng, alpha)) for s in ab]
@@ -1513,7 +1519,7 @@ def simulate_funnels(
 ) -> dict[str, Any]:
     """The funnel family on A/A and conversion-drop A/B rollouts (``grayscope`` only)."""
     rng = np.random.default_rng(seed + 17)
-    ab_count = ab_rollouts if ab_rollouts is not None else max(50, rollouts // 5)
+    ab_count = ab_rollout_count(rollouts, ab_rollouts)
 
     def chunks(drop: float, count: int) -> dict[str, np.ndarray]:
         parts = []

@@ -136,9 +136,8 @@ def run_canary_simulate(
         ab_rollouts=getattr(args, "ab_rollouts", None),
     )
     if getattr(args, "one_group", False):
-        ab = getattr(args, "ab_rollouts", None)
         result["grayscope"]["one_group"] = simulate.simulate_one_group(
-            rollouts=ab if ab is not None else max(50, rollouts // 5),
+            rollouts=simulate.ab_rollout_count(rollouts, getattr(args, "ab_rollouts", None)),
             seed=int(getattr(args, "seed", 1)),
             alpha=float(getattr(args, "alpha", 0.05)),
         )
