@@ -67,6 +67,9 @@ class StoreSink(Protocol):
 
 
 class SpanSink(Protocol):
+    #: Which of the two the handler uses: ``submit`` (drop_newest) or ``submit_blocking``.
+    when_full: WhenFull
+
     def submit(self, spans: Sequence[EncodedSpan]) -> int:
         """Queue encoded spans without waiting; returns how many were accepted."""
 
@@ -110,7 +113,6 @@ class BatchHandler:
         observe_latency: Callable[[list[float]], None] | None = None,
         observer: CanaryObserver | None = None,
         request_metrics: RequestMetrics | None = None,
-        span_when_full: WhenFull = WhenFull.DROP_NEWEST,
     ) -> None:
         self._ctx = ctx
         self._store = store
@@ -120,8 +122,9 @@ class BatchHandler:
         self._observe_latency = observe_latency
         self._observer = observer
         self._request_metrics = request_metrics
-        # Decided once: the drop_newest path stays exactly as it was (no await per batch).
-        self._block_on_spans = spans is not None and span_when_full is WhenFull.BLOCK
+        # Decided once, by the span sink's mode: the drop_newest path stays exactly as it
+        # was (no await per batch).
+        self._block_on_spans = spans is not None and spans.when_full is WhenFull.BLOCK
         self.stats = BatchStats()
         self._delivering: set[asyncio.Future[Any]] = set()
         self._idle = asyncio.Event()

@@ -127,7 +127,6 @@ class Runtime:
             observe_latency=self.telemetry.delivery_latency.observe_many,
             observer=self.canary_observer,
             request_metrics=self.request_metrics,
-            span_when_full=self.settings.otlp_when_full,
         )
         runtime = self
 

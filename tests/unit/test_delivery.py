@@ -62,6 +62,8 @@ class FakeProducer:
 
 
 class FakeSpans:
+    when_full = WhenFull.DROP_NEWEST
+
     def __init__(self) -> None:
         self.spans: list[EncodedSpan] = []
 
@@ -87,7 +89,6 @@ def handler(
     producer: FakeProducer,
     spans: SpanSink | None = None,
     mode: str = "index",
-    span_when_full: WhenFull = WhenFull.DROP_NEWEST,
 ) -> BatchHandler:
     return BatchHandler(
         EnrichContext(),
@@ -95,7 +96,6 @@ def handler(
         DeadLetterSink(producer, "dlq"),
         spans,
         es_mode=mode,
-        span_when_full=span_when_full,
     )
 
 
@@ -193,7 +193,7 @@ async def test_block_mode_waits_for_span_room_after_the_documents_are_stored() -
     )
     spans.start()
     store = GatedStore()
-    batches = handler(store, FakeProducer(), spans, span_when_full=WhenFull.BLOCK)
+    batches = handler(store, FakeProducer(), spans)
     handled = asyncio.create_task(batches.handle(lines(8, "a")))
     await settle(transport, 0)
     assert store.items == [] and spans.stats.spans_queued == 0  # documents first
@@ -232,7 +232,7 @@ async def test_a_batch_waiting_for_span_room_is_abandoned_at_shutdown() -> None:
     )
     spans.start()
     store = FakeStore()
-    batches = handler(store, FakeProducer(), spans, span_when_full=WhenFull.BLOCK)
+    batches = handler(store, FakeProducer(), spans)
     handled = asyncio.create_task(batches.handle(lines(8, "c")))
     await settle(transport, 1)
     assert len(store.items) == 8 and not handled.done()
@@ -258,7 +258,6 @@ async def test_block_mode_records_the_delivery_latency_before_the_span_wait() ->
         spans,
         es_mode="index",
         observe_latency=latencies.append,
-        span_when_full=WhenFull.BLOCK,
     )
     handled = asyncio.create_task(batches.handle(lines(6, "d")))
     await settle(transport, 1)
@@ -278,7 +277,7 @@ async def test_a_wait_released_by_a_rebalance_reports_the_spans_it_dropped() -> 
     )
     spans.start()
     store = FakeStore()
-    batches = handler(store, FakeProducer(), spans, span_when_full=WhenFull.BLOCK)
+    batches = handler(store, FakeProducer(), spans)
     handled = asyncio.create_task(batches.handle(lines(8, "e")))
     await settle(transport, 1)
     assert len(store.items) == 8 and not handled.done()  # 2 in flight, 2 queued, 4 waiting
@@ -322,7 +321,7 @@ async def test_the_stream_path_withholds_the_acks_of_a_batch_a_rebalance_release
         transport, queue_size=2, batch_size=2, max_concurrent=1, timeout=60.0, when_full="block"
     )
     spans.start()
-    batches = handler(FakeStore(), FakeProducer(), spans, span_when_full=WhenFull.BLOCK)
+    batches = handler(FakeStore(), FakeProducer(), spans)
     released = stream_events(lines(8, "g"))
     handled = asyncio.create_task(handle_stream_batch(batches, released))
     await settle(transport, 1)

@@ -318,8 +318,8 @@ def make_transport(endpoint: Endpoint, headers: Mapping[str, str], timeout: floa
 class OtlpExporter:
     """Queue spans with ``submit`` (or ``submit_blocking``); a background task exports them.
 
-    See the module doc. ``when_full`` is informational for callers (which of the
-    two to use); both work in either mode. ``submit``, ``submit_blocking``,
+    See the module doc. ``when_full`` tells callers which of the two to use (the batch
+    handler reads it); both work in either mode. ``submit``, ``submit_blocking``,
     ``start``, ``stop`` and ``flush`` must be called on the event loop the
     exporter runs on.
     """
