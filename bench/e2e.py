@@ -256,8 +256,10 @@ def peak_rss_mb(pid: int) -> float:
 # Rendering /metrics costs the worker its one core for a while: with the request
 # metrics (per path group, stage, version, status class, 20 latency buckets) one
 # render took ~17 ms here, and polling at 5 Hz was 8.8 % of the worker's samples
-# (py-spy). A production scrape every 15 s is ~0.1 %; the bench polls once a second
-# and interpolates when, inside the last interval, the count reached the target.
+# (py-spy); ~2 ms since the request metrics write their own text (bench/README.md,
+# session 14). A production scrape every 15 s is ~0.1 % (now ~0.015 %); the bench
+# polls once a second and interpolates when, inside the last interval, the count
+# reached the target.
 POLL_SECONDS = 1.0
 
 

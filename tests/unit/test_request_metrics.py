@@ -8,6 +8,8 @@ from types import SimpleNamespace
 
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import generate_latest
 
 from pipeline.core.model import AccessRecord, DeadLetter, Enrichment, Reason
 from pipeline.core.process import Enriched
@@ -18,7 +20,7 @@ from pipeline.metrics.requests import (
     looks_like_version,
     status_class,
 )
-from pipeline.telemetry import Telemetry, parse_samples
+from pipeline.telemetry import Telemetry, parse_samples, request_metrics_text
 
 MS = 1_000_000
 
@@ -236,6 +238,65 @@ def test_the_worker_exposes_them_with_the_verdicts_of_its_canary_analysis() -> N
         samples[("grayscope_canary_verdict", '{decision="rollback",path_group="/api/cart"}')] == 1.0
     )
     assert samples[("grayscope_canary_verdict", '{decision="hold",path_group="/api/cart"}')] == 0.0
+
+
+class ReferenceFamilies:
+    """The request metrics as prometheus_client metric families (how /metrics built them
+    before ``request_metrics_text`` wrote them itself): the oracle for its text."""
+
+    def __init__(self, metrics: RequestMetrics, verdicts: list[tuple[str, str]]) -> None:
+        self.metrics = metrics
+        self.verdicts = verdicts
+
+    def collect(self) -> list[object]:
+        counter = CounterMetricFamily(
+            "grayscope_http_requests",
+            "requests in the access logs, by path group, stage, version and status class",
+            labels=["path_group", "stage", "version", "status_class"],
+        )
+        for key, count in sorted(self.metrics.requests.items()):
+            counter.add_metric(list(key), count)
+        histogram = HistogramMetricFamily(
+            "grayscope_http_request_duration_seconds",
+            "request duration as logged by the proxy, by path group, stage and version",
+            labels=["path_group", "stage", "version"],
+        )
+        for series, durations in sorted(self.metrics.durations.items()):
+            histogram.add_metric(
+                list(series), list(durations.cumulative()), sum_value=durations.sum_seconds
+            )
+        gauge = GaugeMetricFamily(
+            "grayscope_canary_verdict",
+            "current canary verdict per path group: 1 for the current decision, 0 for the others",
+            labels=["path_group", "decision"],
+        )
+        for path_group, decision, value in self.metrics.verdict_series(self.verdicts):
+            gauge.add_metric([path_group, decision], value)
+        return [counter, histogram, gauge]
+
+
+def test_the_text_is_prometheus_clients_for_the_same_families_byte_for_byte() -> None:
+    metrics = RequestMetrics(max_path_groups=3)
+    metrics.add_batch(
+        [
+            request(status=200, duration_ms=0.5),
+            request(status=404, duration_ms=180.0),
+            request(stage="canary", version="v2", status=503, duration_ms=25_000.0),
+            request(path_group="/odd\\path", version="1.4.0-rc.1", duration_ms=None),
+            request(path_group=None, version=None, status=None),
+            request(path_group="/a"),
+            request(path_group="/b", stage="blue", version="10.0.0.1"),
+        ]
+    )
+    # Counts past a million print in Go's exponent form ("1.2345678e+07").
+    metrics.requests["/api/cart", "stable", "v1", "2xx"] = 12_345_678
+    verdicts = [("/api/cart", "rollback"), ("/odd\\path", "promote"), ("/b", "hold")]
+    expected = generate_latest(ReferenceFamilies(metrics, verdicts))  # type: ignore[arg-type]
+    assert request_metrics_text(metrics, verdicts).encode() == expected
+    empty = RequestMetrics()
+    assert request_metrics_text(empty, []).encode() == generate_latest(
+        ReferenceFamilies(empty, [])  # type: ignore[arg-type]
+    )
 
 
 def test_no_request_metrics_no_families() -> None:
