@@ -191,6 +191,15 @@ class Settings(BaseSettings):
         "worker warns at start when batch_size x batch_concurrency is more than half of it.",
     )
     otlp_batch_size: int = Field(512, ge=1, description="Spans per export request.")
+    otlp_max_request_bytes: int = Field(
+        4_000_000,
+        ge=1024,
+        description="Largest export request in bytes: a batch of spans that would be larger "
+        "goes out in several requests. gRPC servers refuse messages over 4 MiB (4,194,304 "
+        "bytes) unless configured otherwise, the OpenTelemetry Collector's and Jaeger's OTLP "
+        "receivers included: keep it below the receiver's limit. A single span larger than "
+        "this goes alone (and is dropped if the receiver refuses it).",
+    )
     otlp_concurrent_exports: int = Field(
         4, ge=1, description="Export requests in flight at once (each up to a batch of spans)."
     )
@@ -624,6 +633,7 @@ class OtlpSettings:
     headers: str = field(metadata={"setting": "otlp_headers"})
     queue_size: int = field(metadata={"setting": "otlp_queue_size"})
     batch_size: int = field(metadata={"setting": "otlp_batch_size"})
+    max_request_bytes: int = field(metadata={"setting": "otlp_max_request_bytes"})
     concurrent_exports: int = field(metadata={"setting": "otlp_concurrent_exports"})
     max_retries: int = field(metadata={"setting": "otlp_max_retries"})
     timeout: float = field(metadata={"setting": "otlp_timeout"})
