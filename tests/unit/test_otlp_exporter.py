@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -16,6 +17,7 @@ from pipeline.errors import ConfigError, ExportRequestFailed
 from pipeline.sinks.otlp.exporter import (
     Endpoint,
     OtlpExporter,
+    grpc_retriable,
     parse_endpoint,
     parse_headers,
 )
@@ -660,3 +662,30 @@ async def test_a_span_bigger_than_max_request_bytes_goes_alone() -> None:
 def test_max_request_bytes_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_request_bytes"):
         exporter(FakeTransport(), max_request_bytes=0)
+
+
+@pytest.mark.parametrize(
+    ("code", "trailers", "retriable"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, None, True),
+        (grpc.StatusCode.INVALID_ARGUMENT, None, False),
+        # Over the receiver's message size: no RetryInfo, the same request fails again.
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, None, False),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, (("x-other", "v"),), False),
+        # A memory limiter that may recover says so with a RetryInfo in the details.
+        (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            (
+                (
+                    "grpc-status-details-bin",
+                    b"\x08\x08\x1a\x2c\n(type.googleapis.com/google.rpc.RetryInfo\x12\x00",
+                ),
+            ),
+            True,
+        ),
+    ],
+)
+def test_grpc_retriable_follows_the_otlp_spec(
+    code: grpc.StatusCode, trailers: Any, retriable: bool
+) -> None:
+    assert grpc_retriable(code, trailers) is retriable

@@ -71,7 +71,8 @@ DEFAULT_GRPC_PORT = 4317
 GRPC_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 # OTLP/HTTP spec: only these are worth another try (plus connection errors).
 RETRIABLE_HTTP_STATUS = frozenset({429, 502, 503, 504})
-# OTLP/gRPC spec's retryable codes.
+# OTLP/gRPC spec's retryable codes; RESOURCE_EXHAUSTED only with the server's RetryInfo
+# (``grpc_retriable``).
 RETRIABLE_GRPC_CODES = frozenset(
     {
         grpc.StatusCode.CANCELLED,
@@ -83,6 +84,31 @@ RETRIABLE_GRPC_CODES = frozenset(
         grpc.StatusCode.DATA_LOSS,
     }
 )
+# The google.rpc.Status details of a gRPC error travel in this trailer (serialized);
+# a RetryInfo among them is an ``Any`` whose type URL is this string.
+_STATUS_DETAILS_TRAILER = "grpc-status-details-bin"
+_RETRY_INFO_TYPE_URL = b"type.googleapis.com/google.rpc.RetryInfo"
+
+
+def grpc_retriable(
+    code: grpc.StatusCode, trailing_metadata: Iterable[tuple[str, str | bytes]] | None
+) -> bool:
+    """Whether an export that failed with ``code`` is worth another try (OTLP/gRPC spec).
+
+    RESOURCE_EXHAUSTED is retried only when the server says it may recover (a RetryInfo
+    in the status details, e.g. a collector's memory limiter): a request over the
+    receiver's message size limit gets it without, and would be refused again.
+    """
+    if code is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return code in RETRIABLE_GRPC_CODES
+    return any(
+        key == _STATUS_DETAILS_TRAILER
+        and isinstance(value, bytes)
+        and _RETRY_INFO_TYPE_URL in value
+        for key, value in trailing_metadata or ()
+    )
+
+
 # gRPC's default reconnect backoff grows to 120 s; a restarted collector should be
 # used again within seconds, not minutes.
 GRPC_RECONNECT_BACKOFF_MS = (
@@ -297,7 +323,7 @@ class GrpcTransport:
             code = exc.code()
             raise ExportRequestFailed(
                 f"{self._endpoint.display}: gRPC {code.name}",
-                retriable=code in RETRIABLE_GRPC_CODES,
+                retriable=grpc_retriable(code, exc.trailing_metadata()),
             ) from exc
         return int(response.partial_success.rejected_spans)
 
