@@ -72,6 +72,7 @@ def faust_settings(settings: Settings, topic_replicas: int | None = None) -> dic
         "broker_session_timeout": settings.kafka_session_timeout,
         "broker_heartbeat_interval": min(3.0, settings.kafka_session_timeout / 4),
         "broker_rebalance_timeout": settings.kafka_rebalance_timeout,
+        "broker_check_crcs": settings.kafka.check_crcs,
         "consumer_metadata_max_age_ms": METADATA_MAX_AGE_MS,
         "topic_allow_declare": True,
         "topic_disable_leader": True,

@@ -39,6 +39,14 @@ def build_document(
     Documents may share sub-objects (``client.geo``, ``client.as``) with other
     documents: serialise them, never modify them.
     """
+    return _document(rec, enr, include_original, False)
+
+
+def _document(
+    rec: AccessRecord, enr: Enrichment, include_original: bool, serialised: bool
+) -> dict[str, Any]:
+    """``build_document``; with ``serialised``, ``client.geo`` and ``client.as`` are
+    the shared objects' JSON (``orjson.Fragment``): only for ``orjson.dumps``."""
     # Written for speed (it runs once per event): direct attribute reads into
     # locals, dict displays for the parts that are always there, and the
     # sub-objects only when they have something in them.
@@ -120,16 +128,20 @@ def build_document(
             # shared by every document of that client: documents are read-only.
             geo_doc = geo.document
             if geo_doc is None:
-                geo_doc = geo.document = geo_document(geo)
+                geo_doc = geo_document(geo)
+                geo.document_json = _fragment(geo_doc)  # first: it may raise
+                geo.document = geo_doc
             if geo_doc:
-                client["geo"] = geo_doc
+                client["geo"] = geo.document_json if serialised else geo_doc
         asn = enr.asn
         if asn is not None:
             as_doc = asn.document
             if as_doc is None:
-                as_doc = asn.document = as_document(asn)
+                as_doc = as_document(asn)
+                asn.document_json = _fragment(as_doc)  # first: it may raise
+                asn.document = as_doc
             if as_doc:
-                client["as"] = as_doc
+                client["as"] = asn.document_json if serialised else as_doc
         doc["client"] = client
 
     value = enr.trace_id
@@ -185,7 +197,14 @@ def document_source(rec: AccessRecord, enr: Enrichment, include_original: bool =
     "Session 10"). Raises orjson's error for what JSON cannot hold (an int beyond
     64 bits, a lone surrogate).
     """
-    return orjson.dumps(build_document(rec, enr, include_original))
+    return orjson.dumps(_document(rec, enr, include_original, True))
+
+
+def _fragment(part: dict[str, Any]) -> orjson.Fragment | None:
+    """A shared sub-object as JSON for orjson to copy into every document that has it
+    (measured: ~180 ns less per event with client.geo and client.as; bench/README.md,
+    "Session 14")."""
+    return orjson.Fragment(orjson.dumps(part)) if part else None
 
 
 def geo_document(geo: GeoInfo) -> dict[str, Any]:

@@ -306,6 +306,17 @@ def _resource_field(service_name: str) -> bytes:
     return _field(_RESOURCE_SPANS_RESOURCE, attribute)
 
 
+# What framing adds to a request beyond the spans' bodies, at most (varints of up to
+# 5 bytes): for a bound on a request's size before it is framed (the exporter's
+# max_request_bytes).
+SPAN_FRAMING = 1 + 5  # the ScopeSpans.spans tag and length in front of each span
+
+
+def group_framing(service_name: str) -> int:
+    """Bytes a service's ResourceSpans adds to a request beyond its spans, at most."""
+    return 2 * (1 + 5) + len(_resource_field(service_name)) + len(_SCOPE_FIELD)
+
+
 def frame_request(spans: Sequence[EncodedSpan]) -> bytes:
     """The serialized export request holding these encoded spans, grouped by service."""
     groups: dict[str, list[bytes]] = {}

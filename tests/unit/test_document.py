@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
-from pipeline.core.document import build_document, geo_document, http_version
+from pipeline.core.document import build_document, document_source, geo_document, http_version
 from pipeline.core.model import AccessRecord, AsnInfo, Enrichment, GeoInfo
 from tests.unit.conftest import FULL_ASN, FULL_GEO, T0_NS
 
@@ -219,3 +220,39 @@ def test_documents_of_one_client_share_its_geo_and_as_objects() -> None:
     # The memo is no part of the value.
     assert geo == GeoInfo(country_iso_code="SE", city_name="Linköping", lat=58.4, lon=15.6)
     assert "document" not in repr(geo)
+
+
+@pytest.mark.parametrize("first_call", ["source", "dict"])
+@pytest.mark.parametrize(
+    ("geo", "asn"),
+    [
+        (GeoInfo(country_iso_code="SE", city_name="Linköping", lat=58.4, lon=-1e-7), AsnInfo(7)),
+        (GeoInfo(), AsnInfo()),  # empty: left out in both forms
+        (GeoInfo(city_name='a "quoted"\\ city\x01'), AsnInfo(organization="Org\u2028")),
+    ],
+)
+def test_serialised_document_copies_the_shared_json(
+    geo: GeoInfo, asn: AsnInfo, first_call: str
+) -> None:
+    """``document_source`` splices client.geo/client.as in as JSON built once per
+    GeoInfo/AsnInfo: the bytes are exactly those of serialising the dict, whichever
+    form is built first, for every document of the client."""
+    enrichments = [Enrichment(client_ip=ip, geo=geo, asn=asn) for ip in ("192.0.2.1", "::1")]
+    if first_call == "dict":
+        build_document(full_record(), enrichments[0])
+    for enrichment in enrichments:
+        source = document_source(full_record(), enrichment)
+        assert source == orjson.dumps(build_document(full_record(), enrichment))
+        assert orjson.loads(source) == build_document(full_record(), enrichment)
+    assert "document_json" not in repr(geo)
+
+
+def test_a_geo_object_json_cannot_hold_is_not_left_half_built() -> None:
+    """If the shared object cannot be serialised, neither memo is set: the next
+    document of that client fails the same way instead of writing ``"geo": null``."""
+    geo = GeoInfo(city_name="\ud800")  # a lone surrogate (lenient JSON input)
+    enrichment = Enrichment(client_ip="192.0.2.1", geo=geo)
+    for _ in range(2):
+        with pytest.raises(orjson.JSONEncodeError):
+            document_source(full_record(), enrichment)
+    assert geo.document is None and geo.document_json is None

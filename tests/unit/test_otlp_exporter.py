@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -16,6 +17,7 @@ from pipeline.errors import ConfigError, ExportRequestFailed
 from pipeline.sinks.otlp.exporter import (
     Endpoint,
     OtlpExporter,
+    grpc_retriable,
     parse_endpoint,
     parse_headers,
 )
@@ -388,10 +390,12 @@ def test_from_settings() -> None:
             otlp_timeout=2.5,
             otlp_concurrent_exports=2,
             otlp_when_full="block",
+            otlp_max_request_bytes=100_000,
         ).otlp
     )
     assert ex is not None
     assert ex.max_concurrent == 2
+    assert ex.max_request_bytes == 100_000
     assert ex.when_full == "block"
     assert ex.endpoint.protocol == "http"
     assert (ex.queue_size, ex.batch_size, ex.max_retries, ex.timeout) == (7, 3, 1, 2.5)
@@ -606,3 +610,82 @@ def test_drop_newest_is_the_default_and_submit_still_never_waits() -> None:
     assert ex.submit(spans(8)) == 5
     assert ex.stats.spans_dropped_total["queue_full"] == 3
     assert ex.stats.span_queue_blocked_seconds_total == 0
+
+
+def _long_spans(n: int, services: tuple[str, ...] = ("svc",), pad: int = 900) -> list[EncodedSpan]:
+    """Encoded spans of about ``pad`` bytes each, round-robin over ``services``."""
+    out = []
+    for i, data in enumerate(numbered_spans(n)):
+        data.attributes["user_agent.original"] = "u" * pad
+        data.service_name = services[i % len(services)]
+        out.append(encode_span(data))
+    return out
+
+
+@pytest.mark.parametrize("services", [("svc",), ("svc-a", "svc-b", "a-much-longer-service-name")])
+async def test_requests_stay_within_max_request_bytes(services: tuple[str, ...]) -> None:
+    """A batch whose framed request would pass max_request_bytes (gRPC receivers refuse
+    messages over 4 MiB by default) goes out in several requests, none over the limit,
+    every span once and in order."""
+    transport = FakeTransport()
+    limit = 10_000
+    submitted = _long_spans(40, services)
+    ex = exporter(transport, batch_size=30, queue_size=100, max_request_bytes=limit)
+    ex.submit(submitted)
+    ex.start()
+    assert await ex.flush(timeout=10)
+    await ex.stop()
+    assert len(transport.requests) > 2
+    assert all(len(body) <= limit for body in transport.requests)
+    # As full as the limit allows: the next span would not have fitted.
+    largest = max(len(body) for _, body in submitted)
+    assert all(len(body) > limit - 2 * largest for body in transport.requests[:-1])
+    exported = [d["span_id"] for r in transport.parsed() for d in request_to_dicts(r)]
+    span_ids = [(i + 1).to_bytes(8, "big").hex() for i in range(1, len(submitted) + 1)]
+    assert sorted(exported) == span_ids  # each once
+    if len(services) == 1:  # one group per request: submit order throughout
+        assert exported == span_ids
+    assert ex.stats.spans_exported_total == 40
+
+
+async def test_a_span_bigger_than_max_request_bytes_goes_alone() -> None:
+    transport = FakeTransport()
+    ex = exporter(transport, batch_size=10, max_request_bytes=2048)
+    ex.submit(_long_spans(1, pad=5000) + spans(2))
+    ex.start()
+    assert await ex.flush(timeout=10)
+    await ex.stop()
+    assert transport.batch_sizes() == [1, 2]
+    assert len(transport.requests[0]) > 2048
+
+
+def test_max_request_bytes_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_request_bytes"):
+        exporter(FakeTransport(), max_request_bytes=0)
+
+
+@pytest.mark.parametrize(
+    ("code", "trailers", "retriable"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, None, True),
+        (grpc.StatusCode.INVALID_ARGUMENT, None, False),
+        # Over the receiver's message size: no RetryInfo, the same request fails again.
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, None, False),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, (("x-other", "v"),), False),
+        # A memory limiter that may recover says so with a RetryInfo in the details.
+        (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            (
+                (
+                    "grpc-status-details-bin",
+                    b"\x08\x08\x1a\x2c\n(type.googleapis.com/google.rpc.RetryInfo\x12\x00",
+                ),
+            ),
+            True,
+        ),
+    ],
+)
+def test_grpc_retriable_follows_the_otlp_spec(
+    code: grpc.StatusCode, trailers: Any, retriable: bool
+) -> None:
+    assert grpc_retriable(code, trailers) is retriable

@@ -55,7 +55,7 @@ import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from pipeline.config import WhenFull
-from pipeline.core.otlp_wire import EncodedSpan, frame_request
+from pipeline.core.otlp_wire import SPAN_FRAMING, EncodedSpan, frame_request, group_framing
 from pipeline.errors import ConfigError, ExportError, ExportRequestFailed
 from pipeline.retry import Backoff
 
@@ -71,7 +71,8 @@ DEFAULT_GRPC_PORT = 4317
 GRPC_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 # OTLP/HTTP spec: only these are worth another try (plus connection errors).
 RETRIABLE_HTTP_STATUS = frozenset({429, 502, 503, 504})
-# OTLP/gRPC spec's retryable codes.
+# OTLP/gRPC spec's retryable codes; RESOURCE_EXHAUSTED only with the server's RetryInfo
+# (``grpc_retriable``).
 RETRIABLE_GRPC_CODES = frozenset(
     {
         grpc.StatusCode.CANCELLED,
@@ -83,6 +84,31 @@ RETRIABLE_GRPC_CODES = frozenset(
         grpc.StatusCode.DATA_LOSS,
     }
 )
+# The google.rpc.Status details of a gRPC error travel in this trailer (serialized);
+# a RetryInfo among them is an ``Any`` whose type URL is this string.
+_STATUS_DETAILS_TRAILER = "grpc-status-details-bin"
+_RETRY_INFO_TYPE_URL = b"type.googleapis.com/google.rpc.RetryInfo"
+
+
+def grpc_retriable(
+    code: grpc.StatusCode, trailing_metadata: Iterable[tuple[str, str | bytes]] | None
+) -> bool:
+    """Whether an export that failed with ``code`` is worth another try (OTLP/gRPC spec).
+
+    RESOURCE_EXHAUSTED is retried only when the server says it may recover (a RetryInfo
+    in the status details, e.g. a collector's memory limiter): a request over the
+    receiver's message size limit gets it without, and would be refused again.
+    """
+    if code is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return code in RETRIABLE_GRPC_CODES
+    return any(
+        key == _STATUS_DETAILS_TRAILER
+        and isinstance(value, bytes)
+        and _RETRY_INFO_TYPE_URL in value
+        for key, value in trailing_metadata or ()
+    )
+
+
 # gRPC's default reconnect backoff grows to 120 s; a restarted collector should be
 # used again within seconds, not minutes.
 GRPC_RECONNECT_BACKOFF_MS = (
@@ -297,7 +323,7 @@ class GrpcTransport:
             code = exc.code()
             raise ExportRequestFailed(
                 f"{self._endpoint.display}: gRPC {code.name}",
-                retriable=code in RETRIABLE_GRPC_CODES,
+                retriable=grpc_retriable(code, exc.trailing_metadata()),
             ) from exc
         return int(response.partial_success.rejected_spans)
 
@@ -340,14 +366,18 @@ class OtlpExporter:
         transport: Transport | None = None,
         when_full: WhenFull = WhenFull.DROP_NEWEST,
         blocked_report_interval: float = 1.0,
+        max_request_bytes: int = 4_000_000,
     ) -> None:
         if queue_size < 1 or batch_size < 1 or max_retries < 0 or timeout <= 0:
             raise ValueError("queue_size/batch_size >= 1, max_retries >= 0, timeout > 0")
-        if max_concurrent < 1 or blocked_report_interval <= 0:
-            raise ValueError("max_concurrent >= 1, blocked_report_interval > 0")
+        if max_concurrent < 1 or blocked_report_interval <= 0 or max_request_bytes < 1:
+            raise ValueError(
+                "max_concurrent >= 1, blocked_report_interval > 0, max_request_bytes >= 1"
+            )
         self.endpoint = parse_endpoint(endpoint)
         self.queue_size = queue_size
         self.batch_size = batch_size
+        self.max_request_bytes = max_request_bytes
         self.max_retries = max_retries
         self.timeout = timeout
         self.max_concurrent = max_concurrent
@@ -391,6 +421,7 @@ class OtlpExporter:
             timeout=otlp.timeout,
             max_concurrent=otlp.concurrent_exports,
             when_full=otlp.when_full,
+            max_request_bytes=otlp.max_request_bytes,
         )
 
     # --- producer side (never awaits) ------------------------------------
@@ -585,9 +616,7 @@ class OtlpExporter:
                     or self._flush_requested
                 ):
                     timed_out = False
-                    self._start_export(
-                        [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
-                    )
+                    self._start_export(self._take_batch())
                     continue
                 if not queue and not exports:
                     self._flush_requested = False
@@ -613,6 +642,27 @@ class OtlpExporter:
         """
         self._wake.clear()
         return await _wait(self._wake, timeout)
+
+    def _take_batch(self) -> list[EncodedSpan]:
+        """The next request's spans off the queue: up to ``batch_size`` of them and, framed,
+        at most ``max_request_bytes`` (the first span always: one bigger than that goes
+        alone, and a receiver that refuses it costs that span only)."""
+        queue = self._queue
+        limit = self.max_request_bytes
+        batch: list[EncodedSpan] = []
+        size = 0
+        services: set[str] = set()
+        for _ in range(min(self.batch_size, len(queue))):
+            service_name, body = queue[0]
+            grown = size + len(body) + SPAN_FRAMING
+            if service_name not in services:
+                grown += group_framing(service_name)
+            if batch and grown > limit:
+                break
+            services.add(service_name)
+            size = grown
+            batch.append(queue.popleft())
+        return batch
 
     def _start_export(self, batch: list[EncodedSpan]) -> None:
         self.stats.spans_queued = len(self._queue)
