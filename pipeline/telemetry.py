@@ -135,6 +135,17 @@ class _StatsCollector:
             yield family
 
 
+# Help texts of the request metrics' families (``request_metrics_text``; the tests'
+# reference families read them too).
+HTTP_REQUESTS_HELP = "requests in the access logs, by path group, stage, version and status class"
+HTTP_REQUEST_DURATION_HELP = (
+    "request duration as logged by the proxy, by path group, stage and version"
+)
+CANARY_VERDICT_HELP = (
+    "current canary verdict per path group: 1 for the current decision, 0 for the others"
+)
+
+
 def _label_value(value: str) -> str:
     """A label value as the text format writes it: backslash, newline and quote escaped."""
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
@@ -162,7 +173,7 @@ def request_metrics_text(requests: RequestMetrics, verdicts: list[tuple[str, str
     out.append(
         _family_header(
             name,
-            "requests in the access logs, by path group, stage, version and status class",
+            HTTP_REQUESTS_HELP,
             "counter",
         )
     )
@@ -176,7 +187,7 @@ def request_metrics_text(requests: RequestMetrics, verdicts: list[tuple[str, str
     out.append(
         _family_header(
             name,
-            "request duration as logged by the proxy, by path group, stage and version",
+            HTTP_REQUEST_DURATION_HELP,
             "histogram",
         )
     )
@@ -195,7 +206,7 @@ def request_metrics_text(requests: RequestMetrics, verdicts: list[tuple[str, str
     out.append(
         _family_header(
             name,
-            "current canary verdict per path group: 1 for the current decision, 0 for the others",
+            CANARY_VERDICT_HELP,
             "gauge",
         )
     )

@@ -20,7 +20,14 @@ from pipeline.metrics.requests import (
     looks_like_version,
     status_class,
 )
-from pipeline.telemetry import Telemetry, parse_samples, request_metrics_text
+from pipeline.telemetry import (
+    CANARY_VERDICT_HELP,
+    HTTP_REQUEST_DURATION_HELP,
+    HTTP_REQUESTS_HELP,
+    Telemetry,
+    parse_samples,
+    request_metrics_text,
+)
 
 MS = 1_000_000
 
@@ -251,14 +258,14 @@ class ReferenceFamilies:
     def collect(self) -> list[object]:
         counter = CounterMetricFamily(
             "grayscope_http_requests",
-            "requests in the access logs, by path group, stage, version and status class",
+            HTTP_REQUESTS_HELP,
             labels=["path_group", "stage", "version", "status_class"],
         )
         for key, count in sorted(self.metrics.requests.items()):
             counter.add_metric(list(key), count)
         histogram = HistogramMetricFamily(
             "grayscope_http_request_duration_seconds",
-            "request duration as logged by the proxy, by path group, stage and version",
+            HTTP_REQUEST_DURATION_HELP,
             labels=["path_group", "stage", "version"],
         )
         for series, durations in sorted(self.metrics.durations.items()):
@@ -267,7 +274,7 @@ class ReferenceFamilies:
             )
         gauge = GaugeMetricFamily(
             "grayscope_canary_verdict",
-            "current canary verdict per path group: 1 for the current decision, 0 for the others",
+            CANARY_VERDICT_HELP,
             labels=["path_group", "decision"],
         )
         for path_group, decision, value in self.metrics.verdict_series(self.verdicts):
