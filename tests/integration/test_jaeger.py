@@ -28,7 +28,7 @@ from pipeline.config import load_settings
 from pipeline.core.enrich import EnrichContext
 from pipeline.core.otlp import encode_request_span
 from pipeline.core.process import Enriched, process
-from pipeline.dev.stack.jaeger import JaegerQuery, JaegerServer
+from pipeline.dev.stack.jaeger import JAEGER_GOGC, JaegerQuery, JaegerServer
 from pipeline.geoip import GeoIPResolver
 from pipeline.sinks.otlp.exporter import OtlpExporter
 from tests.geoip_data import EXPECTED_GEO, write_test_dbs
@@ -308,9 +308,19 @@ def test_jaeger_listens_on_loopback_ports_only(jaeger: JaegerServer) -> None:
         host, port = endpoint.rsplit(":", 1)
         assert host == "127.0.0.1"
         assert int(port) not in defaults
-    # Jaeger's own metrics are served on the configured port, not 8888.
+    # Jaeger's own metrics are served on the configured port, not 8888 (the receiver's
+    # counters appear only once a span came in: this test may run first).
     with urllib.request.urlopen(jaeger.metrics_url, timeout=10) as response:
-        assert b"otelcol_receiver_accepted_spans" in response.read()
+        assert b'target_info{service_instance_id="' in (body := response.read())
+        assert b'service_name="jaeger"' in body
+
+
+def test_the_all_in_one_jaeger_runs_with_a_higher_gc_target(jaeger: JaegerServer) -> None:
+    """Its in-memory store is marked on every GC cycle: GOGC=JAEGER_GOGC, not Go's 100
+    (bench/README.md, "Session 14"), whatever the caller's environment says."""
+    assert jaeger.pid is not None
+    environ = Path(f"/proc/{jaeger.pid}/environ").read_bytes().split(b"\0")
+    assert f"GOGC={JAEGER_GOGC}".encode() in environ
 
 
 @pytest.mark.parametrize("path", ["direct-grpc", "relay-http"])

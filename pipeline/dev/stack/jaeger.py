@@ -77,6 +77,13 @@ RECIPE = Path(__file__).parent / "recipes" / SERVICE
 # up to a few hundred MB, so parallelism is capped.
 BUILD_PARALLELISM = max(1, min(4, os.cpu_count() or 1))
 START_ATTEMPTS = 3  # a free port can be taken between our pick and Jaeger's bind
+# Go's GC target for the all-in-one Jaeger: its in-memory store (100,000 traces, ~500 MB
+# live once full) is marked on every cycle, and with Go's default (GOGC=100: a cycle per
+# heap's worth of new spans) that was ~2/3 of its CPU in the bench (14 of ~21 CPU µs a
+# span, GODEBUG=gctrace=1; bench/README.md, "Session 14"). 400: a cycle per four heaps'
+# worth, ~4 µs a span; the heap may grow to ~5x the live store (~3.5 GB when full, only
+# the bench fills it; the tests' Jaeger holds a few thousand spans).
+JAEGER_GOGC = 400
 
 
 def jaeger_version() -> str:
@@ -325,6 +332,7 @@ class JaegerServer:
             self._process = ManagedProcess(
                 self.name,
                 [str(self.binary), "--config", f"file:{self.config_path}"],
+                env={"GOGC": str(JAEGER_GOGC)} if self.upstream is None else None,
                 log_path=self.log_path,
                 ready=self._ready,
                 cwd=self.data_dir,
