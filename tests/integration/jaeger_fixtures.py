@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,7 @@ import pytest
 
 from pipeline.config import StackSettings
 from pipeline.dev.stack.jaeger import JaegerQuery, JaegerServer, build_jaeger
+from tests.oracles.otlp_reference import SpanData
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +68,21 @@ def paused(server: JaegerServer) -> Iterator[None]:
         yield
     finally:
         os.kill(pid, signal.SIGCONT)  # always: the server is used again after the block
+
+
+def found_in_jaeger(
+    query: JaegerQuery, service: str, gray_id: str, data: list[SpanData], expected: int
+) -> set[str]:
+    """Span ids of ``data``'s time range that Jaeger's tag search (``gray.id``) finds,
+    polled until ``expected`` show up (or 20 s)."""
+    start_ns = min(s.start_ns for s in data) - 1_000_000_000
+    end_ns = max(s.end_ns for s in data) + 1_000_000_000
+    deadline = time.monotonic() + 20
+    while True:
+        spans = query.find_spans(
+            service, {"gray.id": gray_id}, start_ns=start_ns, end_ns=end_ns, limit=len(data) * 2
+        )
+        ids = {span["span_id"] for span in spans}
+        if len(ids) >= expected or time.monotonic() > deadline:
+            return ids
+        time.sleep(0.2)

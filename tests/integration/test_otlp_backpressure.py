@@ -12,7 +12,6 @@ so no batch is dropped as ``export_failed`` either.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from typing import Any
 
@@ -20,8 +19,8 @@ import pytest
 
 from pipeline.dev.stack.jaeger import JaegerQuery, JaegerServer
 from pipeline.sinks.otlp.exporter import OtlpExporter
-from tests.integration.jaeger_fixtures import paused
-from tests.oracles.otlp_reference import SpanData, encode_span
+from tests.integration.jaeger_fixtures import found_in_jaeger, paused
+from tests.oracles.otlp_reference import SpanData, encode_span, recent_spans
 
 pytestmark = pytest.mark.integration
 
@@ -31,38 +30,7 @@ PAUSE_S = 1.5
 
 
 def spans_for(service: str, gray_id: str) -> list[SpanData]:
-    now = time.time_ns()
-    return [
-        SpanData(
-            trace_id=uuid.uuid4().bytes,
-            span_id=uuid.uuid4().bytes[:8],
-            parent_span_id=None,
-            name="GET /godoc/pkg",
-            start_ns=now - 2_000_000_000 + i * 1_000_000,
-            end_ns=now - 2_000_000_000 + i * 1_000_000 + 500_000,
-            error=False,
-            status_message="",
-            service_name=service,
-            attributes={"gray.id": gray_id},
-        )
-        for i in range(SPANS)
-    ]
-
-
-def found_in_jaeger(query: JaegerQuery, service: str, gray_id: str, data: list[SpanData],
-                    expected: int) -> set[str]:  # fmt: skip
-    """Span ids Jaeger's tag search finds, polled until ``expected`` show up (or 20 s)."""
-    start_ns = min(s.start_ns for s in data) - 1_000_000_000
-    end_ns = max(s.end_ns for s in data) + 1_000_000_000
-    deadline = time.monotonic() + 20
-    while True:
-        spans = query.find_spans(
-            service, {"gray.id": gray_id}, start_ns=start_ns, end_ns=end_ns, limit=SPANS * 2
-        )
-        ids = {span["span_id"] for span in spans}
-        if len(ids) >= expected or time.monotonic() > deadline:
-            return ids
-        time.sleep(0.2)
+    return recent_spans(SPANS, service, {"gray.id": gray_id})
 
 
 def make_exporter(jaeger: JaegerServer, when_full: str) -> OtlpExporter:

@@ -9,14 +9,14 @@ cuts such a batch into requests the receiver takes: the same spans, all exported
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 
 import pytest
 
 from pipeline.dev.stack.jaeger import JaegerQuery, JaegerServer
 from pipeline.sinks.otlp.exporter import OtlpExporter
-from tests.oracles.otlp_reference import SpanData, encode_span
+from tests.integration.jaeger_fixtures import found_in_jaeger
+from tests.oracles.otlp_reference import SpanData, encode_span, recent_spans
 
 pytestmark = [pytest.mark.integration, pytest.mark.expected_seconds(10)]
 
@@ -25,22 +25,7 @@ PAD = 2000  # bytes of user agent a span: ~6.5 MB of spans, more than 4 MiB
 
 
 def long_spans(service: str, gray_id: str) -> list[SpanData]:
-    now = time.time_ns()
-    return [
-        SpanData(
-            trace_id=uuid.uuid4().bytes,
-            span_id=uuid.uuid4().bytes[:8],
-            parent_span_id=None,
-            name="GET /godoc/pkg",
-            start_ns=now - 2_000_000_000 + i * 1000,
-            end_ns=now - 2_000_000_000 + i * 1000 + 500,
-            error=False,
-            status_message="",
-            service_name=service,
-            attributes={"gray.id": gray_id, "user_agent.original": "u" * PAD},
-        )
-        for i in range(SPANS)
-    ]
+    return recent_spans(SPANS, service, {"gray.id": gray_id, "user_agent.original": "u" * PAD})
 
 
 async def export_all(jaeger: JaegerServer, data: list[SpanData], **options: int) -> OtlpExporter:
@@ -70,21 +55,9 @@ async def test_a_batch_over_the_receivers_limit_goes_in_requests_it_takes(
     assert stats.spans_dropped == 0, stats.spans_dropped_total
     assert stats.spans_exported_total == SPANS
     assert stats.export_requests_total["success"] >= 2
-    # Jaeger has them all (its tag search, polled until they show up).
-    deadline = time.monotonic() + 20
-    while True:
-        found = await asyncio.to_thread(
-            jaeger_query.find_spans,
-            service,
-            {"gray.id": gray_id},
-            start_ns=data[0].start_ns - 1_000_000_000,
-            end_ns=data[-1].end_ns + 1_000_000_000,
-            limit=SPANS * 2,
-        )
-        if len(found) >= SPANS or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.2)
-    assert {span["span_id"] for span in found} == {s.span_id.hex() for s in data}
+    # Jaeger has them all (its tag search).
+    found = await asyncio.to_thread(found_in_jaeger, jaeger_query, service, gray_id, data, SPANS)
+    assert found == {s.span_id.hex() for s in data}
 
 
 async def test_without_the_cap_the_receiver_refuses_the_request(jaeger: JaegerServer) -> None:

@@ -17,8 +17,11 @@ property-tested (tests/unit/test_otlp_direct.py, test_otlp_encode.py).
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
@@ -102,6 +105,27 @@ def numbered_spans(n: int, gray_id: str = "exp1") -> list[SpanData]:
             attributes={"gray.id": gray_id},
         )
         for i in range(1, n + 1)
+    ]
+
+
+def recent_spans(n: int, service: str, attributes: dict[str, Any]) -> list[SpanData]:
+    """``n`` spans of ``service`` with random ids, a millisecond apart from two seconds
+    ago, each with ``attributes``: test traffic a real Jaeger's search finds."""
+    now = time.time_ns()
+    return [
+        SpanData(
+            trace_id=uuid.uuid4().bytes,
+            span_id=uuid.uuid4().bytes[:8],
+            parent_span_id=None,
+            name="GET /godoc/pkg",
+            start_ns=now - 2_000_000_000 + i * 1_000_000,
+            end_ns=now - 2_000_000_000 + i * 1_000_000 + 500_000,
+            error=False,
+            status_message="",
+            service_name=service,
+            attributes=dict(attributes),
+        )
+        for i in range(n)
     ]
 
 
