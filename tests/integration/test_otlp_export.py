@@ -175,12 +175,16 @@ async def test_outage_drops_spans_and_export_resumes(protocol: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("http_status", "grpc_code", "requests"),
+    ("http_status", "grpc_code", "retry_delay", "requests"),
     [
-        (503, grpc.StatusCode.UNAVAILABLE, 3),
-        (429, grpc.StatusCode.RESOURCE_EXHAUSTED, 3),
-        (400, grpc.StatusCode.INVALID_ARGUMENT, 1),
-        (401, grpc.StatusCode.UNAUTHENTICATED, 1),
+        (503, grpc.StatusCode.UNAVAILABLE, None, {"http": 3, "grpc": 3}),
+        # Throttled: HTTP 429 is retried; gRPC RESOURCE_EXHAUSTED only with the server's
+        # RetryInfo (OTLP spec: without it, e.g. a message over the size limit, the same
+        # request would be refused again).
+        (429, grpc.StatusCode.RESOURCE_EXHAUSTED, 1, {"http": 3, "grpc": 3}),
+        (429, grpc.StatusCode.RESOURCE_EXHAUSTED, None, {"http": 3, "grpc": 1}),
+        (400, grpc.StatusCode.INVALID_ARGUMENT, None, {"http": 1, "grpc": 1}),
+        (401, grpc.StatusCode.UNAUTHENTICATED, None, {"http": 1, "grpc": 1}),
     ],
 )
 async def test_only_retriable_failures_are_retried(
@@ -188,14 +192,15 @@ async def test_only_retriable_failures_are_retried(
     protocol: str,
     http_status: int,
     grpc_code: grpc.StatusCode,
-    requests: int,
+    retry_delay: int | None,
+    requests: dict[str, int],
 ) -> None:
-    receiver.fail(http_status=http_status, grpc_code=grpc_code)
+    receiver.fail(http_status=http_status, grpc_code=grpc_code, retry_delay=retry_delay)
     exporter = make_exporter(endpoint(receiver, protocol), max_retries=2)
     async with exporter:
         exporter.submit(encoded(make_spans(4, "failing1")))
         assert await exporter.flush(timeout=30)
-    assert receiver.request_count(protocol) == requests
+    assert receiver.request_count(protocol) == requests[protocol]
     assert exporter.stats.spans_dropped_total["export_failed"] == 4
     assert receiver.spans() == []
 

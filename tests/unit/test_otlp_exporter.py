@@ -13,6 +13,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from pipeline.config import load_settings
 from pipeline.core.otlp_wire import EncodedSpan
+from pipeline.dev.embedded.otlp_receiver import retry_info_status
 from pipeline.errors import ConfigError, ExportRequestFailed
 from pipeline.sinks.otlp.exporter import (
     Endpoint,
@@ -678,7 +679,7 @@ def test_max_request_bytes_must_be_positive() -> None:
             (
                 (
                     "grpc-status-details-bin",
-                    b"\x08\x08\x1a\x2c\n(type.googleapis.com/google.rpc.RetryInfo\x12\x00",
+                    retry_info_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "memory limiter", 1),
                 ),
             ),
             True,

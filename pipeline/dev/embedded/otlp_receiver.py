@@ -50,6 +50,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import (
 )
 
 from pipeline.dev.otlp_decode import request_to_dicts
+from pipeline.sinks.otlp.exporter import RETRY_INFO_TYPE_URL, STATUS_DETAILS_TRAILER
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,20 @@ PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 MAX_BODY = 64 * 1024 * 1024
 _ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
+
+
+def retry_info_status(code: grpc.StatusCode, message: str, delay_seconds: int) -> bytes:
+    """A serialized google.rpc.Status of ``code`` whose details hold a RetryInfo of
+    ``delay_seconds`` (written by hand: the google.rpc protos are not a dependency)."""
+
+    def field(number: int, payload: bytes) -> bytes:  # length-delimited, short payloads
+        assert len(payload) < 0x80
+        return bytes((number << 3 | 2, len(payload))) + payload
+
+    duration = bytes((1 << 3, delay_seconds)) if 0 < delay_seconds < 0x80 else b""
+    retry_info = field(1, duration)
+    any_value = field(1, RETRY_INFO_TYPE_URL) + field(2, retry_info)
+    return bytes((1 << 3, code.value[0])) + field(2, message.encode()) + field(3, any_value)
 
 
 class _Servicer(TraceServiceServicer):
@@ -71,7 +86,14 @@ class _Servicer(TraceServiceServicer):
         metadata = {str(k): str(v) for k, v in (context.invocation_metadata() or ())}
         failure = self._receiver._count_request("grpc", metadata)
         if failure is not None:
-            await context.abort(failure, "failure injected by the test receiver")
+            message = "failure injected by the test receiver"
+            delay = self._receiver._fail_retry_delay
+            trailers = (
+                ()
+                if delay is None
+                else ((STATUS_DETAILS_TRAILER, retry_info_status(failure, message, delay)),)
+            )
+            await context.abort(failure, message, trailing_metadata=trailers)
         self._receiver._store(request)
         return ExportTraceServiceResponse()
 
@@ -93,6 +115,7 @@ class OtlpReceiver:
         self._headers: dict[str, dict[str, str]] = {}
         self._fail_http: int | None = None
         self._fail_grpc: grpc.StatusCode | None = None
+        self._fail_retry_delay: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._grpc_server: grpc.aio.Server | None = None
@@ -202,11 +225,21 @@ class OtlpReceiver:
 
     # --- failure injection ----------------------------------------------------
     def fail(
-        self, http_status: int | None = None, grpc_code: grpc.StatusCode | None = None
+        self,
+        http_status: int | None = None,
+        grpc_code: grpc.StatusCode | None = None,
+        *,
+        retry_delay: int | None = None,
     ) -> None:
-        """Fail every request with these until called again without arguments."""
+        """Fail every request with these until called again without arguments.
+
+        ``retry_delay`` (seconds): the gRPC failure carries a google.rpc.RetryInfo in
+        its status details, as a collector that may recover (a memory limiter) sends
+        with RESOURCE_EXHAUSTED.
+        """
         with self._cond:
             self._fail_http, self._fail_grpc = http_status, grpc_code
+            self._fail_retry_delay = retry_delay
 
     def request_count(self, protocol: str | None = None) -> int:
         """Export requests received (failed ones included), per "grpc"/"http" or in total."""

@@ -86,8 +86,8 @@ RETRIABLE_GRPC_CODES = frozenset(
 )
 # The google.rpc.Status details of a gRPC error travel in this trailer (serialized);
 # a RetryInfo among them is an ``Any`` whose type URL is this string.
-_STATUS_DETAILS_TRAILER = "grpc-status-details-bin"
-_RETRY_INFO_TYPE_URL = b"type.googleapis.com/google.rpc.RetryInfo"
+STATUS_DETAILS_TRAILER = "grpc-status-details-bin"
+RETRY_INFO_TYPE_URL = b"type.googleapis.com/google.rpc.RetryInfo"
 
 
 def grpc_retriable(
@@ -102,9 +102,7 @@ def grpc_retriable(
     if code is not grpc.StatusCode.RESOURCE_EXHAUSTED:
         return code in RETRIABLE_GRPC_CODES
     return any(
-        key == _STATUS_DETAILS_TRAILER
-        and isinstance(value, bytes)
-        and _RETRY_INFO_TYPE_URL in value
+        key == STATUS_DETAILS_TRAILER and isinstance(value, bytes) and RETRY_INFO_TYPE_URL in value
         for key, value in trailing_metadata or ()
     )
 
