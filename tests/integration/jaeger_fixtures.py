@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,3 +87,10 @@ def found_in_jaeger(
         if len(ids) >= expected or time.monotonic() > deadline:
             return ids
         time.sleep(0.2)
+
+
+def unique_span_names(prefix: str) -> tuple[str, str]:
+    """(service name, gray id) of one test's spans, unique to it: ``{prefix}-{hex}.test``
+    and ``{prefix}{hex}`` (a gray id of letters and digits, as the extractors take)."""
+    tag = uuid.uuid4().hex[:8]
+    return f"{prefix}-{tag}.test", f"{prefix}{tag}"

@@ -12,14 +12,13 @@ so no batch is dropped as ``export_failed`` either.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import pytest
 
 from pipeline.dev.stack.jaeger import JaegerQuery, JaegerServer
 from pipeline.sinks.otlp.exporter import OtlpExporter
-from tests.integration.jaeger_fixtures import found_in_jaeger, paused
+from tests.integration.jaeger_fixtures import found_in_jaeger, paused, unique_span_names
 from tests.oracles.otlp_reference import SpanData, encode_span, recent_spans
 
 pytestmark = pytest.mark.integration
@@ -57,8 +56,7 @@ async def connected(exporter: OtlpExporter, service: str) -> None:
 async def test_block_mode_waits_for_a_paused_jaeger_and_loses_no_span(
     jaeger: JaegerServer, jaeger_query: JaegerQuery
 ) -> None:
-    service = f"bp-{uuid.uuid4().hex[:8]}.test"
-    gray_id = f"blk{uuid.uuid4().hex[:8]}"
+    service, gray_id = unique_span_names("blk")
     data = spans_for(service, gray_id)
     async with make_exporter(jaeger, "block") as exporter:
         await connected(exporter, service)
@@ -85,8 +83,7 @@ async def test_block_mode_waits_for_a_paused_jaeger_and_loses_no_span(
 async def test_drop_newest_mode_drops_what_a_paused_jaeger_leaves_no_room_for(
     jaeger: JaegerServer, jaeger_query: JaegerQuery
 ) -> None:
-    service = f"dn-{uuid.uuid4().hex[:8]}.test"
-    gray_id = f"drp{uuid.uuid4().hex[:8]}"
+    service, gray_id = unique_span_names("drp")
     data = spans_for(service, gray_id)
     async with make_exporter(jaeger, "drop_newest") as exporter:
         await connected(exporter, service)

@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.dev.stack.jaeger import JaegerQuery, JaegerServer
 from pipeline.sinks.otlp.exporter import OtlpExporter
-from tests.integration.jaeger_fixtures import found_in_jaeger
+from tests.integration.jaeger_fixtures import found_in_jaeger, unique_span_names
 from tests.oracles.otlp_reference import SpanData, encode_span, recent_spans
 
 pytestmark = [pytest.mark.integration, pytest.mark.expected_seconds(10)]
@@ -47,8 +47,7 @@ async def export_all(jaeger: JaegerServer, data: list[SpanData], **options: int)
 async def test_a_batch_over_the_receivers_limit_goes_in_requests_it_takes(
     jaeger: JaegerServer, jaeger_query: JaegerQuery
 ) -> None:
-    service = f"size-{uuid.uuid4().hex[:8]}.test"
-    gray_id = f"sz{uuid.uuid4().hex[:8]}"
+    service, gray_id = unique_span_names("sz")
     data = long_spans(service, gray_id)
     exporter = await export_all(jaeger, data)  # the default max_request_bytes
     stats = exporter.stats

@@ -59,7 +59,7 @@ from pipeline.dev.stack.jaeger import JaegerQuery, JaegerServer
 from pipeline.dev.stack.opensearch import OpenSearchNode
 from pipeline.telemetry import parse_samples
 from tests.integration.conftest import TopicFactory
-from tests.integration.jaeger_fixtures import paused
+from tests.integration.jaeger_fixtures import paused, unique_span_names
 from tests.integration.ledger import (
     assert_ledger,
     committed_offsets,
@@ -382,8 +382,7 @@ async def test_block_mode_holds_the_worker_back_and_loses_no_span(
         "block", bootstrap, topic_factory, store, own_jaeger, workers, consumer_mode
     )
     topic = env["GRAYSCOPE_INPUT_TOPICS"]
-    service = f"blk-{uuid.uuid4().hex[:8]}.test"
-    gray_id = f"blk{uuid.uuid4().hex[:8]}"
+    service, gray_id = unique_span_names("blk")
     placed = await warm_up(worker, produce_lines, topic, service)
 
     with paused(own_jaeger):
@@ -411,8 +410,7 @@ async def test_block_mode_worker_started_while_jaeger_is_paused(
     opens (the kernel accepts it) but is never answered. The worker starts, is ready
     and joins its group, then is held back as with a connection established before the
     pause; after SIGCONT the connection is used and every span arrives."""
-    service = f"bks-{uuid.uuid4().hex[:8]}.test"
-    gray_id = f"bks{uuid.uuid4().hex[:8]}"
+    service, gray_id = unique_span_names("bks")
     with paused(own_jaeger):
         worker, env = await start_worker(
             "block", bootstrap, topic_factory, store, own_jaeger, workers, consumer_mode
@@ -439,8 +437,7 @@ async def test_drop_newest_mode_keeps_consuming_and_drops_spans(
         "drop_newest", bootstrap, topic_factory, store, own_jaeger, workers
     )
     topic = env["GRAYSCOPE_INPUT_TOPICS"]
-    service = f"drp-{uuid.uuid4().hex[:8]}.test"
-    gray_id = f"drp{uuid.uuid4().hex[:8]}"
+    service, gray_id = unique_span_names("drp")
     placed = await warm_up(worker, produce_lines, topic, service)
 
     with paused(own_jaeger):
@@ -463,8 +460,7 @@ async def test_drop_newest_mode_worker_started_while_jaeger_is_paused(
     """The worker starts with Jaeger already paused (its first export's connection
     opens, nothing answers): it starts, is ready, joins its group, stores and commits
     everything while Jaeger is still paused; after SIGCONT the spans it kept arrive."""
-    service = f"drs-{uuid.uuid4().hex[:8]}.test"
-    gray_id = f"drs{uuid.uuid4().hex[:8]}"
+    service, gray_id = unique_span_names("drs")
     with paused(own_jaeger):
         worker, env = await start_worker(
             "drop_newest", bootstrap, topic_factory, store, own_jaeger, workers
@@ -509,8 +505,7 @@ async def test_block_mode_worker_gives_up_partitions_while_blocked(
         "block", bootstrap, topic_factory, store, own_jaeger, workers, consumer_mode
     )
     topic = env["GRAYSCOPE_INPUT_TOPICS"]
-    service = f"rbl-{uuid.uuid4().hex[:8]}.test"
-    gray_id = f"rbl{uuid.uuid4().hex[:8]}"
+    service, gray_id = unique_span_names("rbl")
     placed = await warm_up(first, produce_lines, topic, service)
 
     with paused(own_jaeger):
