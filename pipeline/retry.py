@@ -4,11 +4,12 @@ Every component that waits and tries the same thing again uses it: the store
 sink (bulk requests and throttled documents), the dead-letter sink, the
 worker's start-up connection to the store, and the OTLP exporter. Attempt
 ``n`` (from 0) waits a uniform time in ``[d/2, d)`` with
-``d = min(cap, initial * 2**n)``, raised to a server's ``Retry-After`` when it
-names one (up to the cap). The jitter keeps many workers from retrying a
-recovering service in lock step; its lower half keeps a retry loop from
-spinning when the random draw is small. Randomness and sleep are injectable,
-so tests run the schedule without waiting.
+``d = min(cap, initial * 2**n)``, and never less than a server's ``Retry-After``
+or gRPC RetryInfo delay when it names one (up to the cap): the OTel Collector's
+rule, the larger of its backoff and the server's throttle delay. The jitter
+keeps many workers from retrying a recovering service in lock step; its lower
+half keeps a retry loop from spinning when the random draw is small.
+Randomness and sleep are injectable, so tests run the schedule without waiting.
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ class Backoff:
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         ceiling = min(self.cap, self.initial * 2 ** min(attempt, _MAX_EXPONENT))
-        if retry_after is not None:
-            ceiling = max(ceiling, min(retry_after, self.cap))
-        return ceiling * (0.5 + self.rng() / 2)
+        jittered = ceiling * (0.5 + self.rng() / 2)
+        if retry_after is None:
+            return jittered
+        # The server's delay is a floor, not a bound for the jitter to halve.
+        return max(jittered, min(retry_after, self.cap))
 
     async def wait(self, attempt: int, retry_after: float | None = None) -> float:
         """Sleep before retry ``attempt``; returns the time slept."""

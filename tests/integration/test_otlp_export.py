@@ -17,6 +17,7 @@ import pytest
 from pipeline.core.model import AccessRecord, Enrichment, GeoInfo
 from pipeline.core.otlp_wire import EncodedSpan
 from pipeline.dev.embedded.otlp_receiver import OtlpReceiver
+from pipeline.retry import Backoff
 from pipeline.sinks.otlp.exporter import OtlpExporter
 from tests.oracles.otlp_reference import SpanData, build_span, encode_span
 
@@ -203,6 +204,24 @@ async def test_only_retriable_failures_are_retried(
     assert receiver.request_count(protocol) == requests[protocol]
     assert exporter.stats.spans_dropped_total["export_failed"] == 4
     assert receiver.spans() == []
+
+
+async def test_the_servers_retry_delay_is_waited(receiver: OtlpReceiver, protocol: str) -> None:
+    """A throttling server's delay (gRPC RetryInfo, HTTP Retry-After) is the least
+    the exporter waits before trying again, whatever its own backoff says."""
+    receiver.fail(http_status=429, grpc_code=grpc.StatusCode.RESOURCE_EXHAUSTED, retry_delay=0.4)
+    exporter = make_exporter(endpoint(receiver, protocol), max_retries=2, retry_max=5.0)
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    exporter.backoff = Backoff(0.01, 5.0, sleep=sleep)
+    async with exporter:
+        exporter.submit(encoded(make_spans(2, "slowdown")))
+        assert await exporter.flush(timeout=30)
+    assert receiver.request_count(protocol) == 3
+    assert slept == [0.4, 0.4]  # the backoff alone would have waited 5-20 ms
 
 
 async def test_header_values_are_never_logged(

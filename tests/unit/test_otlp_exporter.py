@@ -13,7 +13,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from pipeline.config import load_settings
 from pipeline.core.otlp_wire import EncodedSpan
-from pipeline.dev.embedded.otlp_receiver import retry_info_status
 from pipeline.errors import ConfigError, ExportRequestFailed
 from pipeline.sinks.otlp.exporter import (
     Endpoint,
@@ -22,6 +21,7 @@ from pipeline.sinks.otlp.exporter import (
     parse_endpoint,
     parse_headers,
 )
+from pipeline.sinks.otlp.grpc_status import status_with_retry_info
 from tests.oracles.otlp_reference import (
     SpanData,
     encode_span,
@@ -679,7 +679,9 @@ def test_max_request_bytes_must_be_positive() -> None:
             (
                 (
                     "grpc-status-details-bin",
-                    retry_info_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "memory limiter", 1),
+                    status_with_retry_info(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], "memory limiter", 1
+                    ),
                 ),
             ),
             True,

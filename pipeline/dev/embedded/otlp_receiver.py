@@ -50,7 +50,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import (
 )
 
 from pipeline.dev.otlp_decode import request_to_dicts
-from pipeline.sinks.otlp.exporter import RETRY_INFO_TYPE_URL, STATUS_DETAILS_TRAILER
+from pipeline.sinks.otlp.grpc_status import STATUS_DETAILS_TRAILER, status_with_retry_info
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +60,6 @@ PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 MAX_BODY = 64 * 1024 * 1024
 _ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
-
-
-def retry_info_status(code: grpc.StatusCode, message: str, delay_seconds: int) -> bytes:
-    """A serialized google.rpc.Status of ``code`` whose details hold a RetryInfo of
-    ``delay_seconds`` (written by hand: the google.rpc protos are not a dependency)."""
-
-    def field(number: int, payload: bytes) -> bytes:  # length-delimited, short payloads
-        assert len(payload) < 0x80
-        return bytes((number << 3 | 2, len(payload))) + payload
-
-    duration = bytes((1 << 3, delay_seconds)) if 0 < delay_seconds < 0x80 else b""
-    retry_info = field(1, duration)
-    any_value = field(1, RETRY_INFO_TYPE_URL) + field(2, retry_info)
-    return bytes((1 << 3, code.value[0])) + field(2, message.encode()) + field(3, any_value)
 
 
 class _Servicer(TraceServiceServicer):
@@ -91,7 +77,12 @@ class _Servicer(TraceServiceServicer):
             trailers = (
                 ()
                 if delay is None
-                else ((STATUS_DETAILS_TRAILER, retry_info_status(failure, message, delay)),)
+                else (
+                    (
+                        STATUS_DETAILS_TRAILER,
+                        status_with_retry_info(failure.value[0], message, delay),
+                    ),
+                )
             )
             await context.abort(failure, message, trailing_metadata=trailers)
         self._receiver._store(request)
@@ -115,7 +106,7 @@ class OtlpReceiver:
         self._headers: dict[str, dict[str, str]] = {}
         self._fail_http: int | None = None
         self._fail_grpc: grpc.StatusCode | None = None
-        self._fail_retry_delay: int | None = None
+        self._fail_retry_delay: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._grpc_server: grpc.aio.Server | None = None
@@ -229,13 +220,13 @@ class OtlpReceiver:
         http_status: int | None = None,
         grpc_code: grpc.StatusCode | None = None,
         *,
-        retry_delay: int | None = None,
+        retry_delay: float | None = None,
     ) -> None:
         """Fail every request with these until called again without arguments.
 
         ``retry_delay`` (seconds): the gRPC failure carries a google.rpc.RetryInfo in
         its status details, as a collector that may recover (a memory limiter) sends
-        with RESOURCE_EXHAUSTED.
+        with RESOURCE_EXHAUSTED; the HTTP failure a ``Retry-After`` header.
         """
         with self._cond:
             self._fail_http, self._fail_grpc = http_status, grpc_code
@@ -309,7 +300,11 @@ class OtlpReceiver:
     async def _http_export(self, request: web.Request) -> web.Response:
         failure = self._count_request("http", {k.lower(): v for k, v in request.headers.items()})
         if failure is not None:
-            return web.Response(status=failure, text="failure injected by the test receiver")
+            delay = self._fail_retry_delay
+            headers = {} if delay is None else {"Retry-After": f"{delay:g}"}
+            return web.Response(
+                status=failure, text="failure injected by the test receiver", headers=headers
+            )
         body = await request.read()
         if request.headers.get("Content-Encoding", "").lower() == "gzip":
             try:

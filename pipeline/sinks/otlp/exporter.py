@@ -58,6 +58,7 @@ from pipeline.config import WhenFull
 from pipeline.core.otlp_wire import SPAN_FRAMING, EncodedSpan, frame_request, group_framing
 from pipeline.errors import ConfigError, ExportError, ExportRequestFailed
 from pipeline.retry import Backoff
+from pipeline.sinks.otlp.grpc_status import retry_delay
 
 if TYPE_CHECKING:
     from pipeline.config import OtlpSettings
@@ -84,10 +85,6 @@ RETRIABLE_GRPC_CODES = frozenset(
         grpc.StatusCode.DATA_LOSS,
     }
 )
-# The google.rpc.Status details of a gRPC error travel in this trailer (serialized);
-# a RetryInfo among them is an ``Any`` whose type URL is this string.
-STATUS_DETAILS_TRAILER = "grpc-status-details-bin"
-RETRY_INFO_TYPE_URL = b"type.googleapis.com/google.rpc.RetryInfo"
 
 
 def grpc_retriable(
@@ -101,10 +98,7 @@ def grpc_retriable(
     """
     if code is not grpc.StatusCode.RESOURCE_EXHAUSTED:
         return code in RETRIABLE_GRPC_CODES
-    return any(
-        key == STATUS_DETAILS_TRAILER and isinstance(value, bytes) and RETRY_INFO_TYPE_URL in value
-        for key, value in trailing_metadata or ()
-    )
+    return retry_delay(trailing_metadata) is not None
 
 
 # gRPC's default reconnect backoff grows to 120 s; a restarted collector should be
@@ -319,9 +313,12 @@ class GrpcTransport:
             response = await call(body, timeout=timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
+            trailers = exc.trailing_metadata()
             raise ExportRequestFailed(
                 f"{self._endpoint.display}: gRPC {code.name}",
-                retriable=grpc_retriable(code, exc.trailing_metadata()),
+                retriable=grpc_retriable(code, trailers),
+                # The server's RetryInfo, as HTTP's Retry-After: wait at least that long.
+                retry_after=retry_delay(trailers),
             ) from exc
         return int(response.partial_success.rejected_spans)
 
