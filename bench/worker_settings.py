@@ -5,13 +5,14 @@ default (batch size, batches in flight, OTLP batch) needs several settings in th
 same window, on one warm set of services, because this VM's speed and Jaeger's
 CPU per span drift within minutes. This starts Kafka, OpenSearch and Jaeger once
 (``bench.real_stack.Services``), produces the synth stream once, warms the store
-up (``warm_store``), measures its ceiling at bulks of 5,000 x 2, then runs one
-worker per setting per round into the store, and prints one JSON line per run:
+up (``warm_store``), measures its ceiling at the worker's default shape (bulks
+of 5,000, four at once: ``GRAYSCOPE_BATCH_SIZE`` x ``GRAYSCOPE_BATCH_CONCURRENCY``),
+then runs one worker per setting per round into the store, and prints one JSON line per run:
 events/s, the CPU µs per event of the worker, OpenSearch (its JIT apart), Jaeger
 and Kafka, the cores busy, and the spans exported and dropped::
 
     .venv/bin/python -m bench.worker_settings --rounds 3 \\
-        '' 'GRAYSCOPE_BATCH_SIZE=1000' 'GRAYSCOPE_BATCH_SIZE=5000,GRAYSCOPE_BATCH_CONCURRENCY=4'
+        '' 'GRAYSCOPE_BATCH_SIZE=1000' 'GRAYSCOPE_BATCH_CONCURRENCY=2'
 
 Each setting is a comma list of KEY=VALUE ('' = the defaults). ``--store-cpus 1``
 (the default on a box with two or more CPUs) puts OpenSearch on that CPU and
@@ -45,7 +46,9 @@ from bench.real_stack import (  # noqa: E402
 )
 from pipeline.dev.synth import generate  # noqa: E402
 
+# The worker's default shape (pipeline.config.Settings): documents per bulk, bulks at once.
 BULK = 5000
+CONNECTIONS = 4
 
 
 def parse_setting(text: str) -> dict[str, str]:
@@ -75,10 +78,11 @@ async def run(args: argparse.Namespace) -> None:
         if real:
             await services.install_templates()
             _, bodies = enriched_bulk_bodies(values, topic, e2e.PARTITIONS, [BULK])
-            warm = await warm_store(services, bodies[BULK], 2)
+            warm = await warm_store(services, bodies[BULK], CONNECTIONS)
             services.reset_data_stream()
-            seconds, _ = await bulk_load(services.opensearch.url, bodies[BULK], 2)
-            print(json.dumps({"warm_up": warm, "ceiling_5000x2": round(args.events / seconds)}))
+            seconds, _ = await bulk_load(services.opensearch.url, bodies[BULK], CONNECTIONS)
+            ceiling = {f"ceiling_{BULK}x{CONNECTIONS}": round(args.events / seconds)}
+            print(json.dumps({"warm_up": warm} | ceiling))
         else:
             receiver, endpoints = e2e.start_receiver()
             null_store, null_url = e2e.start_null_store()

@@ -144,11 +144,13 @@ class Settings(BaseSettings):
         "Faust's consumer (fast path); stream: stock Faust agent with stream.take_events.",
     )
     batch_concurrency: int = Field(
-        2,
+        4,
         ge=1,
         le=16,
-        description="Batches in flight at once (enrich one while one is stored); each holds its "
-        "offsets uncommitted until stored. Each delivered batch hands its spans to the OTLP "
+        description="Batches in flight at once (enrich some while others are stored); each holds "
+        "its offsets uncommitted until stored. Four keep a store busy that takes several bulk "
+        "requests at once (OpenSearch: more documents/s, less CPU each than with two; "
+        'bench/README.md, "Session 15"). Each delivered batch hands its spans to the OTLP '
         "queue at once: keep batch_size x batch_concurrency well inside otlp_queue_size.",
     )
 
@@ -184,7 +186,7 @@ class Settings(BaseSettings):
     )
     otlp_headers: str = Field("", description="Extra OTLP headers, k=v comma list (secret values).")
     otlp_queue_size: int = Field(
-        20_000,
+        50_000,
         ge=1,
         description="Spans buffered before new ones are dropped (or waited for: "
         "otlp_when_full). A delivered batch queues its spans at once: in drop_newest mode the "

@@ -170,7 +170,12 @@ def test_the_defaults_leave_room_in_the_span_queue_for_every_batch_in_flight() -
 
 
 def test_batches_that_could_fill_the_span_queue_at_once_are_warned_about() -> None:
-    settings = Settings(otlp_endpoint="http://collector:4317", batch_size=5000, batch_concurrency=4)
+    settings = Settings(
+        otlp_endpoint="http://collector:4317",
+        batch_size=5000,
+        batch_concurrency=4,
+        otlp_queue_size=20_000,
+    )
     warning = settings.span_burst_warning()
     assert warning is not None
     assert "20,000 spans" in warning and "GRAYSCOPE_OTLP_QUEUE_SIZE (20,000)" in warning
@@ -196,7 +201,12 @@ def test_otlp_when_full_is_validated_and_reaches_the_otlp_section() -> None:
 
 def test_block_mode_is_not_warned_about_span_bursts() -> None:
     # The burst that drops a fifth of the spans in drop_newest mode only waits in block mode.
-    bursty = {"otlp_endpoint": "http://collector:4317", "batch_size": 5000, "batch_concurrency": 4}
+    bursty = {
+        "otlp_endpoint": "http://collector:4317",
+        "batch_size": 5000,
+        "batch_concurrency": 4,
+        "otlp_queue_size": 20_000,
+    }
     assert Settings(**bursty, otlp_when_full="drop_newest").span_burst_warning() is not None
     assert Settings(**bursty, otlp_when_full="block").span_burst_warning() is None
     warning = Settings(**bursty).span_burst_warning()
