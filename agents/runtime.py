@@ -79,6 +79,7 @@ class Runtime:
                 retry_initial=settings.es_retry_initial,
                 retry_max=settings.es_retry_max,
                 observe_latency=self.telemetry.bulk_latency.observe,
+                max_bytes=settings.store.bulk_max_bytes,
             )
         self.exporter = OtlpExporter.from_settings(settings.otlp)
         if (burst := settings.span_burst_warning()) is not None:

@@ -5,11 +5,12 @@ default (batch size, batches in flight, OTLP batch) needs several settings in th
 same window, on one warm set of services, because this VM's speed and Jaeger's
 CPU per span drift within minutes. This starts Kafka, OpenSearch and Jaeger once
 (``bench.real_stack.Services``), produces the synth stream once, warms the store
-up (``warm_store``), measures its ceiling at the worker's default shape (bulks
-of 5,000, four at once: ``GRAYSCOPE_BATCH_SIZE`` x ``GRAYSCOPE_BATCH_CONCURRENCY``),
-then runs one worker per setting per round into the store, and prints one JSON line per run:
-events/s, the CPU µs per event of the worker, OpenSearch (its JIT apart), Jaeger
-and Kafka, the cores busy, and the spans exported and dropped::
+up (``warm_store``), then, each round, measures its ceiling at the worker's default
+shape (bulks of 5,000, four at once: ``GRAYSCOPE_BATCH_SIZE`` x
+``GRAYSCOPE_BATCH_CONCURRENCY``) and runs one worker per setting into the store. One
+JSON line per run: events/s, its ratio to the round's ceiling, the CPU µs per event of
+the worker, OpenSearch (its JIT apart), Jaeger and Kafka, the cores busy, and the spans
+exported and dropped::
 
     .venv/bin/python -m bench.worker_settings --rounds 3 \\
         '' 'GRAYSCOPE_BATCH_SIZE=1000' 'GRAYSCOPE_BATCH_CONCURRENCY=2'
@@ -92,7 +93,16 @@ async def run(args: argparse.Namespace) -> None:
                 "GRAYSCOPE_ES_MODE": "index",
                 "GRAYSCOPE_OTLP_ENDPOINT": endpoints["grpc_endpoint"],
             }
+        ceiling_key = f"ceiling_{BULK}x{CONNECTIONS}"
         for round_number in range(1, args.rounds + 1):
+            round_ceiling = None
+            if real:
+                # The store's cost per document drifts between runs minutes apart (34-46
+                # CPU µs, session 15): each round's runs are held to that round's ceiling.
+                services.reset_data_stream()
+                seconds, _ = await bulk_load(services.opensearch.url, bodies[BULK], CONNECTIONS)
+                round_ceiling = round(args.events / seconds)
+                print(json.dumps({"round": round_number, ceiling_key: round_ceiling}))
             for text in args.settings:
                 if real:
                     services.reset_data_stream()
@@ -110,6 +120,9 @@ async def run(args: argparse.Namespace) -> None:
                     "round": round_number,
                     "setting": text,
                     "events_per_s": result["events_per_s"],
+                    "ratio": (
+                        round(result["events_per_s"] / round_ceiling, 3) if round_ceiling else None
+                    ),
                     "worker_cpu_us": result["cpu_us_per_event"],
                     **{f"{k}_cpu_us": v for k, v in stack["cpu_us_per_event"].items()},
                     "opensearch_jit_cpu_us": stack["aside_us_per_event"].get("opensearch_jit"),

@@ -177,6 +177,14 @@ class Settings(BaseSettings):
     es_install_templates: bool = Field(
         True, description="Install index/component templates when the worker starts."
     )
+    es_bulk_max_bytes: int = Field(
+        10_000_000,
+        ge=1,
+        description="Largest bulk request body in bytes: a batch whose documents are more goes "
+        "to the store as several requests, one after the other (a document bigger than this "
+        "alone). Vector's elasticsearch sink sends at most 10 MB a request too; Amazon "
+        "OpenSearch Service refuses bodies over 10 MiB on its smaller instance types.",
+    )
 
     # --- OTLP ------------------------------------------------------------
     otlp_endpoint: str = Field(
@@ -621,6 +629,7 @@ class StoreSettings:
     retry_initial: float = field(metadata={"setting": "es_retry_initial"})
     retry_max: float = field(metadata={"setting": "es_retry_max"})
     install_templates: bool = field(metadata={"setting": "es_install_templates"})
+    bulk_max_bytes: int = field(metadata={"setting": "es_bulk_max_bytes"})
 
     def hosts(self) -> list[str]:
         """The configured URLs (a comma list); none: the sink is off."""

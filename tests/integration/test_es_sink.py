@@ -16,7 +16,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from pipeline.core.bulk import BulkItem
+from pipeline.core.bulk import BulkItem, build_bulk_body
 from pipeline.dev.stack.opensearch import OpenSearchNode
 from pipeline.errors import StoreRejected, StoreUnavailable
 from pipeline.sinks.elasticsearch.service import ELASTICSEARCH, OPENSEARCH, ElasticsearchService
@@ -133,6 +133,20 @@ async def test_index_mode_documents_land(
     props = mapping["grayscope-access-2024.05.02"]["mappings"]["properties"]
     assert props["client"]["properties"]["ip"]["type"] == "ip"
     assert props["client"]["properties"]["geo"]["properties"]["location"]["type"] == "geo_point"
+
+
+async def test_a_batch_over_the_size_limit_lands_in_several_requests(
+    service: ElasticsearchService, store: OpenSearchNode
+) -> None:
+    await service.install_templates()
+    docs = [access_doc(n, "2024-05-04") for n in range(40)]
+    whole = index_sink(service)
+    one_request = len(build_bulk_body(items_for(whole, docs, "cut")))
+    sink = index_sink(service, max_bytes=one_request // 4)
+    assert await sink.deliver(items_for(sink, docs, "cut")) == []
+    assert count(store, "grayscope-access-2024.05.04") == 40
+    assert sink.stats.bulk_requests_total["ok"] >= 4
+    assert sink.stats.bulk_requests_total["too_large"] == 0
 
 
 async def test_bad_client_ip_is_rejected_the_rest_lands(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import orjson
 import pytest
 from hypothesis import given
@@ -12,6 +14,7 @@ from pipeline.core.bulk import (
     build_bulk_body,
     build_item,
     daily_index,
+    split_by_bytes,
     target_for,
 )
 from schemas import DAILY_INDEX_PREFIX, DATA_STREAM_NAME
@@ -140,3 +143,40 @@ def test_bulk_body_round_trips(specs: list[tuple[str | None, str, dict]]) -> Non
 def test_ids_are_json_escaped(doc_id: str) -> None:
     body = build_bulk_body([BulkItem(doc_id, "i", "index", b"{}")])
     assert parse_body(body) == [({"index": {"_index": "i", "_id": doc_id}}, {})]
+
+
+_item_specs = st.lists(
+    st.tuples(
+        st.one_of(st.none(), st.text(max_size=12)),
+        st.sampled_from(["data_stream", "index"]),
+        st.sampled_from(["2024-05-01T10:00:00Z", "2024-05-02T10:00:00Z"]),
+        st.text(max_size=300),
+    ),
+    max_size=12,
+)
+
+
+@given(_item_specs, st.integers(1, 2000))
+def test_split_by_bytes_keeps_every_body_within_the_limit(
+    specs: list[tuple[str | None, str, str, str]], max_bytes: int
+) -> None:
+    items = [
+        build_item({"@timestamp": day, "m": text}, doc_id=doc_id, mode=mode)
+        for doc_id, mode, day, text in specs
+    ]
+    runs = split_by_bytes(items, max_bytes)
+    assert [item for run in runs for item in run] == items  # all of them, in order, once
+    assert all(run for run in runs)
+    for run in runs:
+        assert len(build_bulk_body(run)) <= max_bytes or len(run) == 1
+    for run, following in pairwise(runs):
+        # Cut only where the next item would not have fitted: no more requests than needed.
+        assert len(build_bulk_body([*run, following[0]])) > max_bytes
+
+
+def test_split_by_bytes_leaves_a_batch_within_the_limit_whole() -> None:
+    items = [BulkItem(f"t-0-{i}", "i", "create", b'{"n":1}') for i in range(100)]
+    body = build_bulk_body(items)
+    assert split_by_bytes(items, len(body)) == [items]
+    assert [len(run) for run in split_by_bytes(items, len(body) - 1)] == [99, 1]
+    assert split_by_bytes([], 10) == []

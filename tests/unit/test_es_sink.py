@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from pipeline.config import EsMode, load_settings
-from pipeline.core.bulk import BulkItem
+from pipeline.core.bulk import BulkItem, build_bulk_body
 from pipeline.credentials import authorization, redact_url
 from pipeline.errors import ConfigError, StoreRejected, StoreUnavailable
 from pipeline.sinks.elasticsearch.service import (
@@ -254,6 +254,26 @@ async def test_too_large_splits_until_it_fits() -> None:
     assert sink.stats.documents_indexed_total == 4
     assert sink.stats.documents_rejected_total == 1
     assert sink.stats.bulk_requests_total["too_large"] >= 2
+
+
+async def test_a_batch_over_the_size_limit_goes_as_several_requests() -> None:
+    service = FakeService(all_ok)
+    items = make_items(10, pad="x" * 100)
+    one = len(build_bulk_body(items[:1]))
+    sink, sleep = make_sink(service, max_bytes=3 * one)
+    assert await sink.deliver(items) == []
+    assert service.requests == [
+        [f"t-0-{i}" for i in range(s, min(s + 3, 10))] for s in (0, 3, 6, 9)
+    ]
+    assert sleep.delays == []
+    assert sink.stats.documents_indexed_total == 10
+    assert sink.stats.bulk_requests_total["ok"] == 4
+    assert sink.stats.bulk_requests_total["too_large"] == 0
+
+
+def test_the_size_limit_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_bytes"):
+        make_sink(FakeService(all_ok), max_bytes=0)
 
 
 async def test_unreadable_request_isolates_the_poison_document() -> None:

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pipeline.core.bulk import MODES, BulkItem, build_bulk_body, build_item
+from pipeline.core.bulk import MODES, BulkItem, build_bulk_body, build_item, split_by_bytes
 from pipeline.errors import SinkError, StoreRejected
 from pipeline.retry import Backoff
 from pipeline.sinks.elasticsearch.classify import (
@@ -95,12 +95,18 @@ class ElasticsearchSink:
         clock: Callable[[], float] = time.monotonic,
         observe_latency: Callable[[float], None] | None = None,
         stats: EsSinkStats | None = None,
+        max_bytes: int | None = None,
     ) -> None:
         if str(mode) not in MODES:
             raise ValueError(f"unknown Elasticsearch mode {mode!r} (data_stream or index)")
         self.service = service
         self.mode = str(mode)
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be positive (or None: no limit)")
         self.backoff = Backoff(retry_initial, retry_max, rng=rng, sleep=sleep)
+        # A bulk body's size limit (GRAYSCOPE_ES_BULK_MAX_BYTES): a batch over it goes as
+        # several requests, one after the other.
+        self.max_bytes = max_bytes
         self.stats = stats if stats is not None else EsSinkStats()
         self._clock = clock
         self._observe_latency = observe_latency
@@ -122,8 +128,14 @@ class ElasticsearchSink:
         stop rather than dead-letter good documents.
         """
         rejected: list[tuple[BulkItem, str]] = []
-        # A stack of chunks: a split pushes both halves, first half on top.
-        work = [items] if items else []
+        # A stack of chunks, first on top: the batch cut to the size limit; a split (413)
+        # pushes both halves, first half on top.
+        if not items:
+            work = []
+        elif self.max_bytes is None:
+            work = [items]
+        else:
+            work = split_by_bytes(items, self.max_bytes)[::-1]
         while work:
             await self._deliver_chunk(work.pop(), work, rejected)
         return rejected
