@@ -25,37 +25,39 @@ STATUS_DETAILS_TRAILER = "grpc-status-details-bin"
 RETRY_INFO_TYPE_URL = "type.googleapis.com/google.rpc.RetryInfo"
 
 
+_FieldProto = descriptor_pb2.FieldDescriptorProto
+#: (message, field, number, type, message type name or "", repeated), as googleapis
+#: declares them: google.rpc.Status and google.rpc.RetryInfo.
+_FIELDS = (
+    ("Status", "code", 1, _FieldProto.TYPE_INT32, "", False),
+    ("Status", "message", 2, _FieldProto.TYPE_STRING, "", False),
+    ("Status", "details", 3, _FieldProto.TYPE_MESSAGE, ".google.protobuf.Any", True),
+    ("RetryInfo", "retry_delay", 1, _FieldProto.TYPE_MESSAGE, ".google.protobuf.Duration", False),
+)
+
+
 def _message_classes() -> tuple[type[Message], type[Message]]:
     pool = descriptor_pool.DescriptorPool()
     for well_known in (any_pb2.DESCRIPTOR, duration_pb2.DESCRIPTOR):
         proto = descriptor_pb2.FileDescriptorProto()
         well_known.CopyToProto(proto)
         pool.Add(proto)
-    label = descriptor_pb2.FieldDescriptorProto
     rpc = descriptor_pb2.FileDescriptorProto(
         name="grayscope/google_rpc_status.proto",
         package="google.rpc",
         syntax="proto3",
         dependency=["google/protobuf/any.proto", "google/protobuf/duration.proto"],
     )
-    status = rpc.message_type.add(name="Status")
-    status.field.add(name="code", number=1, type=label.TYPE_INT32, label=label.LABEL_OPTIONAL)
-    status.field.add(name="message", number=2, type=label.TYPE_STRING, label=label.LABEL_OPTIONAL)
-    status.field.add(
-        name="details",
-        number=3,
-        type=label.TYPE_MESSAGE,
-        type_name=".google.protobuf.Any",
-        label=label.LABEL_REPEATED,
-    )
-    retry_info = rpc.message_type.add(name="RetryInfo")
-    retry_info.field.add(
-        name="retry_delay",
-        number=1,
-        type=label.TYPE_MESSAGE,
-        type_name=".google.protobuf.Duration",
-        label=label.LABEL_OPTIONAL,
-    )
+    messages = {name: rpc.message_type.add(name=name) for name in ("Status", "RetryInfo")}
+    for message, name, number, kind, type_name, repeated in _FIELDS:
+        field = messages[message].field.add(
+            name=name,
+            number=number,
+            type=kind,
+            label=_FieldProto.LABEL_REPEATED if repeated else _FieldProto.LABEL_OPTIONAL,
+        )
+        if type_name:  # set at all (even empty) only on message fields
+            field.type_name = type_name
     pool.Add(rpc)
     return (
         message_factory.GetMessageClass(pool.FindMessageTypeByName("google.rpc.Status")),
