@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -20,6 +21,7 @@ from pipeline.sinks.otlp.exporter import (
     grpc_retriable,
     parse_endpoint,
     parse_headers,
+    retry_after_seconds,
 )
 from pipeline.sinks.otlp.grpc_status import status_with_retry_info
 from tests.oracles.otlp_reference import (
@@ -692,3 +694,27 @@ def test_grpc_retriable_follows_the_otlp_spec(
     code: grpc.StatusCode, trailers: Any, retriable: bool
 ) -> None:
     assert grpc_retriable(code, trailers) is retriable
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        (None, None),
+        ("", None),
+        ("3", 3.0),
+        ("0.5", 0.5),
+        ("-1", None),
+        ("nan", None),
+        ("soon", None),
+        # RFC 9110's preferred form, and the obsolete ones it still asks clients to read.
+        ("Sun, 06 Dec 2026 17:00:30 GMT", 30.0),
+        ("Sunday, 06-Dec-26 17:00:30 GMT", 30.0),
+        ("Sun Dec  6 17:00:30 2026", 30.0),
+        ("Sun, 06 Dec 2026 16:59:00 GMT", 0.0),  # past: retry now
+    ],
+)
+def test_retry_after_reads_seconds_and_http_dates(
+    header: str | None, seconds: float | None
+) -> None:
+    now = datetime(2026, 12, 6, 17, 0, 0, tzinfo=UTC).timestamp()
+    assert retry_after_seconds(header, now) == (None if seconds is None else pytest.approx(seconds))

@@ -46,6 +46,8 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from itertools import islice
 from operator import itemgetter
@@ -234,7 +236,7 @@ class HttpTransport:
             ) as response:
                 payload = await response.read()
                 status = response.status
-                retry_after = _retry_after(response.headers.get("Retry-After"))
+                retry_after = retry_after_seconds(response.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ExportRequestFailed(
                 f"{self._display}: {type(exc).__name__}", retriable=True
@@ -753,15 +755,23 @@ async def _wait(event: asyncio.Event, timeout: float | None) -> bool:
     return True
 
 
-def _retry_after(value: str | None) -> float | None:
-    # Only the delta-seconds form; an HTTP date is rare from collectors.
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """An HTTP ``Retry-After`` as seconds from ``now`` (epoch seconds; the wall clock when
+    None): delta-seconds or an HTTP date (RFC 9110); None when absent or unreadable."""
     if not value:
         return None
     try:
         seconds = float(value)
     except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # RFC 9110 dates are GMT; a zone-less one is read as such
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+        return max(0.0, seconds)
+    return seconds if seconds >= 0 and math.isfinite(seconds) else None
 
 
 def _rejected_spans(payload: bytes) -> int:
