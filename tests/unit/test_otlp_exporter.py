@@ -23,7 +23,7 @@ from pipeline.sinks.otlp.exporter import (
     parse_headers,
     retry_after_seconds,
 )
-from pipeline.sinks.otlp.grpc_status import status_with_retry_info
+from pipeline.sinks.otlp.grpc_status import retry_delay, status_with_retry_info
 from tests.oracles.otlp_reference import (
     SpanData,
     encode_span,
@@ -693,7 +693,7 @@ def test_max_request_bytes_must_be_positive() -> None:
 def test_grpc_retriable_follows_the_otlp_spec(
     code: grpc.StatusCode, trailers: Any, retriable: bool
 ) -> None:
-    assert grpc_retriable(code, trailers) is retriable
+    assert grpc_retriable(code, retry_delay(trailers)) is retriable
 
 
 @pytest.mark.parametrize(

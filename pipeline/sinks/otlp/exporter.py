@@ -91,18 +91,17 @@ RETRIABLE_GRPC_CODES = frozenset(
 )
 
 
-def grpc_retriable(
-    code: grpc.StatusCode, trailing_metadata: Iterable[tuple[str, str | bytes]] | None
-) -> bool:
+def grpc_retriable(code: grpc.StatusCode, server_delay: float | None) -> bool:
     """Whether an export that failed with ``code`` is worth another try (OTLP/gRPC spec).
 
-    RESOURCE_EXHAUSTED is retried only when the server says it may recover (a RetryInfo
-    in the status details, e.g. a collector's memory limiter): a request over the
-    receiver's message size limit gets it without, and would be refused again.
+    ``server_delay``: the failure's RetryInfo delay (``grpc_status.retry_delay``), None
+    without one. RESOURCE_EXHAUSTED is retried only when the server says it may recover
+    (a RetryInfo, e.g. from a collector's memory limiter): a request over the receiver's
+    message size limit gets none, and would be refused again.
     """
     if code is not grpc.StatusCode.RESOURCE_EXHAUSTED:
         return code in RETRIABLE_GRPC_CODES
-    return retry_delay(trailing_metadata) is not None
+    return server_delay is not None
 
 
 # gRPC's default reconnect backoff grows to 120 s; a restarted collector should be
@@ -317,12 +316,12 @@ class GrpcTransport:
             response = await call(body, timeout=timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
-            trailers = exc.trailing_metadata()
+            # The server's RetryInfo, as HTTP's Retry-After: wait at least that long.
+            server_delay = retry_delay(exc.trailing_metadata())
             raise ExportRequestFailed(
                 f"{self._endpoint.display}: gRPC {code.name}",
-                retriable=grpc_retriable(code, trailers),
-                # The server's RetryInfo, as HTTP's Retry-After: wait at least that long.
-                retry_after=retry_delay(trailers),
+                retriable=grpc_retriable(code, server_delay),
+                retry_after=server_delay,
             ) from exc
         return int(response.partial_success.rejected_spans)
 
