@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -116,6 +116,10 @@ def build_item(
     return BulkItem(doc_id, index, op, orjson.dumps(document), ref)
 
 
+# What follows the _id string's contents in an action line (``_action_prefix`` before it).
+_ACTION_END: Final = b'"}}\n'
+
+
 @lru_cache(maxsize=1024)
 def _action_prefix(op: str, index: str) -> bytes:
     # Everything of the action line up to the _id string's contents.
@@ -144,7 +148,7 @@ def build_bulk_body(items: Iterable[BulkItem]) -> bytes:
                 prefix = _action_prefix(item.op, item.index)
             parts.append(prefix)
             parts.append(doc_id.encode() if _plain_id(doc_id) else orjson.dumps(doc_id)[1:-1])
-            parts.append(b'"}}\n')
+            parts.append(_ACTION_END)
         parts.append(item.source)
         parts.append(b"\n")
     return b"".join(parts)
@@ -174,7 +178,7 @@ def split_by_bytes(items: Sequence[BulkItem], max_bytes: int) -> list[list[BulkI
                 target = (item.op, item.index)
                 prefix = len(_action_prefix(item.op, item.index))
             escaped = len(doc_id) if _plain_id(doc_id) else len(orjson.dumps(doc_id)) - 2
-            line = prefix + escaped + 4  # '"}}' and the newline
+            line = prefix + escaped + len(_ACTION_END)
         line += len(item.source) + 1
         if run and size + line > max_bytes:
             runs.append(run)
