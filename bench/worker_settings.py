@@ -45,11 +45,20 @@ from bench.real_stack import (  # noqa: E402
     parse_cpus,
     warm_store,
 )
+from pipeline.config import Settings  # noqa: E402
 from pipeline.dev.synth import generate  # noqa: E402
 
-# The worker's default shape (pipeline.config.Settings): documents per bulk, bulks at once.
-BULK = 5000
-CONNECTIONS = 4
+# The worker's default shape: documents per bulk, bulks at once.
+BULK: int = Settings.model_fields["batch_size"].default
+CONNECTIONS: int = Settings.model_fields["batch_concurrency"].default
+CEILING_KEY = f"ceiling_{BULK}x{CONNECTIONS}"
+
+
+async def ceiling_at_worker_shape(services: Services, bodies: list[bytes], events: int) -> int:
+    """Docs/s of ``bodies`` bulk-loaded at the worker's shape into an empty data stream."""
+    services.reset_data_stream()
+    seconds, _ = await bulk_load(services.opensearch.url, bodies, CONNECTIONS)
+    return round(events / seconds)
 
 
 def parse_setting(text: str) -> dict[str, str]:
@@ -80,10 +89,8 @@ async def run(args: argparse.Namespace) -> None:
             await services.install_templates()
             _, bodies = enriched_bulk_bodies(values, topic, e2e.PARTITIONS, [BULK])
             warm = await warm_store(services, bodies[BULK], CONNECTIONS)
-            services.reset_data_stream()
-            seconds, _ = await bulk_load(services.opensearch.url, bodies[BULK], CONNECTIONS)
-            ceiling = {f"ceiling_{BULK}x{CONNECTIONS}": round(args.events / seconds)}
-            print(json.dumps({"warm_up": warm} | ceiling))
+            ceiling = await ceiling_at_worker_shape(services, bodies[BULK], args.events)
+            print(json.dumps({"warm_up": warm, CEILING_KEY: ceiling}))
         else:
             receiver, endpoints = e2e.start_receiver()
             null_store, null_url = e2e.start_null_store()
@@ -93,16 +100,13 @@ async def run(args: argparse.Namespace) -> None:
                 "GRAYSCOPE_ES_MODE": "index",
                 "GRAYSCOPE_OTLP_ENDPOINT": endpoints["grpc_endpoint"],
             }
-        ceiling_key = f"ceiling_{BULK}x{CONNECTIONS}"
         for round_number in range(1, args.rounds + 1):
             round_ceiling = None
             if real:
-                # The store's cost per document drifts between runs minutes apart (34-46
+                # The store's cost per document drifts between runs minutes apart (34-54
                 # CPU µs, session 15): each round's runs are held to that round's ceiling.
-                services.reset_data_stream()
-                seconds, _ = await bulk_load(services.opensearch.url, bodies[BULK], CONNECTIONS)
-                round_ceiling = round(args.events / seconds)
-                print(json.dumps({"round": round_number, ceiling_key: round_ceiling}))
+                round_ceiling = await ceiling_at_worker_shape(services, bodies[BULK], args.events)
+                print(json.dumps({"round": round_number, CEILING_KEY: round_ceiling}))
             for text in args.settings:
                 if real:
                     services.reset_data_stream()
