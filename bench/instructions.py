@@ -38,6 +38,7 @@ from typing import Any
 from aiokafka.structs import ConsumerRecord
 
 from agents.batching import input_messages
+from agents.handler import STAGE_CHUNK
 from pipeline.canary.observer import CanaryObserver
 from pipeline.commands.worker import GC_THRESHOLDS
 from pipeline.core.bulk import build_bulk_items
@@ -51,7 +52,11 @@ from pipeline.metrics.requests import RequestMetrics
 from pipeline.native import loaded_native
 from pipeline.telemetry import LatencyHistogram
 
-BATCH = 1000
+# Events per pass of the stages, as BatchHandler.handle takes a batch (it was 1,000
+# before session 16, when the handler took the whole batch at once).
+BATCH = STAGE_CHUNK
+# Events run before the measured ones, to warm the memos as a running worker has them.
+WARM_UP = 1000
 
 
 def stream(events: int) -> list[InputMessage]:
@@ -159,7 +164,7 @@ def main() -> int:
     if args.compare:
         # Python functions are invisible to callgrind: the difference of two runs that
         # differ only in the number of events cancels start-up, imports and warm-up.
-        small = max(BATCH, args.events // 10)
+        small = max(WARM_UP, args.events // 10)
         # The synthetic stream is generated in Python: the same size in both runs, or its
         # generation would count as per-event cost of the stages.
         big = _instructions(args.events, args.shell, args.events)
@@ -174,7 +179,7 @@ def main() -> int:
     shell = Shell() if args.shell else None
     if shell is not None:
         gc.set_threshold(*GC_THRESHOLDS)
-    run_stages(messages[:BATCH], ctx, shell)  # warm the memos, as a running worker has them
+    run_stages(messages[:WARM_UP], ctx, shell)
     if shell is not None:
         gc.freeze()
     items = run_stages(messages, ctx, shell)

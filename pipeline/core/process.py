@@ -228,6 +228,36 @@ def funnel_inputs(
     return out
 
 
+# What the request metrics count of a batch (pipeline/metrics/requests.py): (path group,
+# stage, version, status or 0) -> the durations in ns of those requests (None: untimed).
+RequestGroups = dict[tuple[str | None, str, str | None, int], list[int | None]]
+
+
+def request_groups(
+    results: Sequence[Enriched | DeadLetter], into: RequestGroups | None = None
+) -> RequestGroups:
+    """The enriched requests of a batch grouped for the request metrics, in first-seen
+    order; added to ``into`` when given (a batch processed in parts)."""
+    groups: RequestGroups = {} if into is None else into
+    for result in results:
+        if isinstance(result, Enriched):
+            record = result.record
+            enrichment = result.enrichment
+            status = record.status
+            key = (
+                enrichment.path_group,
+                enrichment.stage,
+                enrichment.version,
+                status if status is not None else 0,
+            )
+            durations = groups.get(key)
+            if durations is None:
+                groups[key] = [record.duration_ns]
+            else:
+                durations.append(record.duration_ns)
+    return groups
+
+
 def count_datasets(results: Sequence[Enriched | DeadLetter], into: dict[str, int]) -> None:
     """Add the batch's enriched events to ``into``, by dataset (``event.dataset``)."""
     for result in results:

@@ -31,7 +31,8 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from pipeline.config import MetricsSettings
-from pipeline.core.process import Enriched
+from pipeline.core.model import DeadLetter
+from pipeline.core.process import Enriched, RequestGroups, request_groups
 
 OTHER = "other"
 #: A request without a path group / version (nothing to route by).
@@ -57,8 +58,6 @@ MAX_PATH_GROUP_CHARS = 100
 
 RequestKey = tuple[str, str, str, str]  # path_group, stage, version, status_class
 SeriesKey = tuple[str, str, str]  # path_group, stage, version
-# Raw (path group, stage, version, status) of a batch -> its durations (None: untimed).
-BatchGroups = dict[tuple[str | None, str, str | None, int], list[int | None]]
 
 
 def status_class(status: int | None) -> str:
@@ -204,32 +203,19 @@ class RequestMetrics:
         for series in [k for k in self.durations if k[position] == value]:
             del self.durations[series]
 
-    def add_batch(self, results: Iterable[object]) -> None:
+    def add_batch(self, results: Sequence[Enriched | DeadLetter]) -> None:
         """Count the enriched requests of one processed batch (dead letters are skipped)."""
-        # Group by the raw values first (one dict lookup per request), then map each
-        # distinct group to its labels once per batch.
-        groups: BatchGroups = {}
-        for result in results:
-            if not isinstance(result, Enriched):
-                continue
-            record = result.record
-            enrichment = result.enrichment
-            status = record.status
-            key = (
-                enrichment.path_group,
-                enrichment.stage,
-                enrichment.version,
-                status if status is not None else 0,
-            )
-            durations = groups.get(key)
-            if durations is None:
-                groups[key] = [record.duration_ns]
-            else:
-                durations.append(record.duration_ns)
+        self.add_groups(request_groups(results))
+
+    def add_groups(self, groups: RequestGroups) -> None:
+        """Count a batch's requests grouped by their raw values (``request_groups``: one
+        dict lookup per request, in the compiled core); each distinct group is mapped to
+        its labels once per batch. The worker groups the parts of a batch as it processes
+        them and counts the whole batch once (the mapping costs per group, not per request)."""
         if groups:
             self._fold(groups)
 
-    def _fold(self, groups: BatchGroups) -> None:
+    def _fold(self, groups: RequestGroups) -> None:
         requests, histograms = self.requests, self.durations
         now = self._clock()
         for (path_group, stage, version, status), durations in groups.items():

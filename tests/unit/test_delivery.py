@@ -19,6 +19,7 @@ from pipeline.core.model import KafkaCoordinates
 from pipeline.core.otlp_wire import EncodedSpan
 from pipeline.core.process import Enriched, process_batch
 from pipeline.errors import ShutdownInterrupted
+from pipeline.metrics.requests import RequestMetrics
 from pipeline.sinks.dlq import DeadLetterSink
 from tests.unit.test_otlp_exporter import FakeTransport, settle
 from tests.unit.test_otlp_exporter import exporter as otlp_exporter
@@ -337,3 +338,47 @@ async def test_the_stream_path_withholds_the_acks_of_a_batch_a_rebalance_release
         await asyncio.wait_for(handle_stream_batch(batches, fitted), timeout=10)
     assert not any(event.message.acked for event in fitted)
     await spans.stop()
+
+
+def test_a_batch_is_processed_in_chunks_with_the_same_outcome_as_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Steps 1-3 run over ``STAGE_CHUNK`` events at a time (for the CPU caches): the
+    documents, dead letters, spans and counts of a batch are those of one pass over it,
+    in the same order, whatever the chunk size and wherever the bad lines fall."""
+    import agents.handler as handler_module
+    from pipeline.dev.synth import generate
+
+    values = list(generate(3 * handler_module.STAGE_CHUNK + 7, seed=11))
+    for bad in (0, handler_module.STAGE_CHUNK - 1, handler_module.STAGE_CHUNK, len(values) - 1):
+        values[bad] = b"not a log line %d" % bad
+    batch = messages(values, kafka_time_ns=KAFKA_TIME_NS)
+
+    def run(chunk: int) -> tuple[Any, ...]:
+        monkeypatch.setattr(handler_module, "STAGE_CHUNK", chunk)
+        store, producer, spans = FakeStore(), FakeProducer(), FakeSpans()
+        metrics = RequestMetrics(clock=lambda: 0.0)
+        batches = BatchHandler(
+            EnrichContext(),
+            store,
+            DeadLetterSink(producer, "dlq"),
+            spans,
+            es_mode="index",
+            request_metrics=metrics,
+        )
+        outcome = asyncio.run(batches.handle(batch))
+        return (
+            outcome,
+            [(item.doc_id, item.index, item.source) for item in store.items],
+            producer.records,
+            spans.spans,
+            batches.stats.events_enriched_total,
+            metrics.requests,
+            {series: list(h.cumulative()) for series, h in metrics.durations.items()},
+        )
+
+    whole = run(len(batch))
+    assert whole[0].dead_lettered == 4 and whole[0].stored == len(values) - 4
+    assert sum(whole[5].values()) == len(values) - 4
+    for chunk in (1, 5, handler_module.STAGE_CHUNK):
+        assert run(chunk) == whole
