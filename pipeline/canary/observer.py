@@ -22,7 +22,7 @@ from pipeline.canary import funnel as funnels_mod
 from pipeline.canary.counters import CanaryStats
 from pipeline.canary.records import NO_VERSION, CanaryAggregate, WindowCounts
 from pipeline.canary.windows import NS_PER_S, window_start
-from pipeline.core.process import Observation
+from pipeline.core.process import Observation, group_by_second
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,6 @@ Publish = Callable[[Sequence[CanaryAggregate]], None]
 #: ``funnel.MAX_CARRIERS`` --, the requests whose path group that cap left out).
 PublishFunnel = Callable[[str, Sequence[funnels_mod.Hit], Mapping[str, int], int], None]
 
-NS_PER_MS = 1_000_000
-
 
 def aggregate(
     events: Iterable[ObservedEvent],
@@ -50,34 +48,26 @@ def aggregate(
     Event time is the log's own time; the Kafka record time stands in when
     the log has none (as it does for the document's ``@timestamp``; see ``observed``).
     """
-    # First the requests of each (path group, window, stage, version) — a batch has
-    # a few dozen — are gathered, counted into one tally each, and each tally is merged
-    # into its stage and its version arm: per request only a tuple and two appends.
-    groups: dict[tuple[str, int, str, str], tuple[list[int | None], list[float]]] = {}
-    starts: dict[int, int] = {}  # epoch second -> its window's start (seconds repeat)
-    seen = unrouted = untimed = 0
-    for path_group, timestamp_ns, stage, version, status, duration_ns in events:
-        seen += 1
-        if not path_group:
-            unrouted += 1
-            continue
-        if not timestamp_ns:
-            untimed += 1
-            continue
-        second = timestamp_ns // NS_PER_S
-        start = starts.get(second)
-        if start is None:
-            start = starts[second] = window_start(timestamp_ns, window_seconds)
-        key = (path_group, start, stage, version or NO_VERSION)
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = ([], [])
-        group[0].append(status)
-        if duration_ns is not None:
-            group[1].append(duration_ns / NS_PER_MS)
+    # First the requests of each (path group, second, stage, version) are gathered in
+    # the compiled core (per request only a tuple and two appends), then each
+    # second's group is placed in its window — a batch has a few dozen groups.
+    by_second, seen, unrouted, untimed = group_by_second(events)
     stats.canary_events_observed_total += seen
     stats.canary_events_unrouted_total += unrouted
     stats.canary_events_untimed_total += untimed
+    groups: dict[tuple[str, int, str, str], tuple[list[int | None], list[float]]] = {}
+    starts: dict[int, int] = {}  # epoch second -> its window's start
+    for (path_group, second, stage, version), (statuses, durations_ms) in by_second.items():
+        start = starts.get(second)
+        if start is None:
+            start = starts[second] = window_start(second * NS_PER_S, window_seconds)
+        key = (path_group, start, stage, version or NO_VERSION)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = (statuses, durations_ms)
+        else:
+            group[0].extend(statuses)
+            group[1].extend(durations_ms)
 
     out: dict[tuple[str, int], CanaryAggregate] = {} if into is None else into
     for (path_group, start, stage, version), (statuses, durations_ms) in groups.items():

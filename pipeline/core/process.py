@@ -8,7 +8,7 @@ with a reason from the bounded set in :class:`pipeline.core.model.Reason`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ import orjson
 from pipeline.core.document import document_source
 from pipeline.core.enrich import DEFAULT_CHAIN, EnrichContext, Step, enrich
 from pipeline.core.formats.detect import parse_message, resolve_message
+from pipeline.core.formats.values import NS_PER_MS, NS_PER_S
 from pipeline.core.model import (
     AccessRecord,
     DeadLetter,
@@ -179,6 +180,41 @@ def observations(
                 )
             )
     return out
+
+
+# A batch's observations grouped for the canary analysis (pipeline/canary/observer.py):
+# (path group, epoch second of the event time, stage, version) -> the statuses of
+# those requests and the durations in ms of those that logged one.
+SecondGroups = dict[tuple[str, int, str, str | None], tuple[list[int | None], list[float]]]
+
+
+def group_by_second(
+    events: Iterable[Observation],
+) -> tuple[SecondGroups, int, int, int]:
+    """(groups in first-seen order, requests seen, without a path group, without a time).
+
+    The per-request part of the canary fold, here compiled (interpreted, it cost
+    ~0.37 µs per event; bench/README.md, "Session 16"); the analysis maps each group's
+    second to its window.
+    """
+    groups: SecondGroups = {}
+    seen = unrouted = untimed = 0
+    for path_group, timestamp_ns, stage, version, status, duration_ns in events:
+        seen += 1
+        if not path_group:
+            unrouted += 1
+            continue
+        if not timestamp_ns:
+            untimed += 1
+            continue
+        key = (path_group, timestamp_ns // NS_PER_S, stage, version)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = ([], [])
+        group[0].append(status)
+        if duration_ns is not None:
+            group[1].append(duration_ns / NS_PER_MS)
+    return groups, seen, unrouted, untimed
 
 
 # What a conversion funnel needs of one request: (URL path, route, path group, method,

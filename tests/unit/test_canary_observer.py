@@ -139,7 +139,7 @@ def _one_by_one(events: Sequence[ObservedEvent], window_seconds: int) -> dict[An
         st.tuples(
             st.sampled_from(["/a", "/b", None]),
             st.sampled_from(["stable", "canary"]),
-            st.sampled_from(["v1", "v2", None]),
+            st.sampled_from(["v1", "v2", None, ""]),  # None and "" are both no version
             st.one_of(st.none(), st.floats(T0, T0 + 200)),
             st.one_of(st.none(), st.integers(100, 599)),
             st.one_of(st.none(), st.floats(0, 70_000), st.just(-5.0)),

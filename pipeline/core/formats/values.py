@@ -27,14 +27,14 @@ from pipeline.errors import RejectedInput
 #: Strings that mean "not logged".
 MISSING = frozenset(("", "-", "null", "None"))
 _MISSING = MISSING
-_NS_PER_S = 1_000_000_000
-_NS_PER_MS = 1_000_000
+NS_PER_S = 1_000_000_000
+NS_PER_MS = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Elasticsearch ``long`` range: larger integers are rejected by the mapping.
 MIN_LONG = -(2**63)
 MAX_LONG = 2**63 - 1
 #: Timestamps are readable in [1970-01-01, 10000-01-01): ``ns_to_iso`` renders those.
-MAX_TIMESTAMP_NS = 253_402_300_800 * _NS_PER_S
+MAX_TIMESTAMP_NS = 253_402_300_800 * NS_PER_S
 
 # Per-field limits (README, "Limits"). A message is bounded by the size limit;
 # these bound what one field of it may cost and keep. Client-controlled lists
@@ -132,8 +132,8 @@ def _duration(number: float | None, scale: int) -> int | None:
     return round(number * scale)
 
 
-_MAX_MILLIS = MAX_LONG // _NS_PER_MS
-_MAX_SECONDS = MAX_LONG / _NS_PER_S
+_MAX_MILLIS = MAX_LONG // NS_PER_MS
+_MAX_SECONDS = MAX_LONG / NS_PER_S
 
 
 def millis_to_ns(value: Any) -> int | None:
@@ -141,10 +141,10 @@ def millis_to_ns(value: Any) -> int | None:
     # Fast paths for what Envoy logs (a digit string, or an int when typed).
     if isinstance(value, str):
         if value.isdigit() and value.isascii() and len(value) < 13:
-            return int(value) * _NS_PER_MS  # < 10^12 ms: the ns fit a long
+            return int(value) * NS_PER_MS  # < 10^12 ms: the ns fit a long
     elif isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_MILLIS:
-        return int(value) * _NS_PER_MS
-    return _duration(_number(value), _NS_PER_MS)
+        return int(value) * NS_PER_MS
+    return _duration(_number(value), NS_PER_MS)
 
 
 def seconds_to_ns(value: Any) -> int | None:
@@ -157,8 +157,8 @@ def seconds_to_ns(value: Any) -> int | None:
         except ValueError:
             return None
         # Also false for NaN and infinities.
-        return round(number * _NS_PER_S) if 0 <= number < _MAX_SECONDS else None
-    return _duration(_number(value), _NS_PER_S)
+        return round(number * NS_PER_S) if 0 <= number < _MAX_SECONDS else None
+    return _duration(_number(value), NS_PER_S)
 
 
 def upstream_seconds_to_ns(value: Any) -> int | None:
@@ -199,7 +199,7 @@ def _dt_to_ns(dt: datetime) -> int:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     delta = dt - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * _NS_PER_S + delta.microseconds * 1000
+    return (delta.days * 86_400 + delta.seconds) * NS_PER_S + delta.microseconds * 1000
 
 
 @lru_cache(maxsize=4096)
@@ -235,9 +235,9 @@ def epoch_to_ns(number: float) -> int | None:
     if not number > 0 or not math.isfinite(number):  # also NaN
         return None
     if number < 1e11:
-        return in_range(round(number * _NS_PER_S))
+        return in_range(round(number * NS_PER_S))
     if number < 1e14:
-        return in_range(round(number * _NS_PER_MS))
+        return in_range(round(number * NS_PER_MS))
     if number < 1e17:
         return in_range(round(number * 1000))
     return in_range(int(number))
@@ -252,7 +252,7 @@ def timestamp_to_ns(value: Any) -> int | None:
             millis = value[20:23]
             if millis.isdigit() and millis.isascii():
                 try:
-                    ns = _iso_second_ns(value[:19]) + int(millis) * _NS_PER_MS
+                    ns = _iso_second_ns(value[:19]) + int(millis) * NS_PER_MS
                 except (ValueError, OverflowError):
                     return None
                 return ns if 0 <= ns < MAX_TIMESTAMP_NS else None
@@ -297,7 +297,7 @@ def _clf_to_ns(value: str) -> int | None:
         sign = -1 if tz[0] == "-" else 1
         offset_min = sign * (int(tz[1:3]) * 60 + int(tz[3:5]))
         dt = datetime(int(year), _MONTHS[month], int(day), int(hh), int(mm), int(ss), tzinfo=UTC)
-        return in_range(_dt_to_ns(dt) - offset_min * 60 * _NS_PER_S)
+        return in_range(_dt_to_ns(dt) - offset_min * 60 * NS_PER_S)
     except (ValueError, KeyError, IndexError, OverflowError):  # Overflow: absurd years
         return None
 
@@ -307,8 +307,8 @@ def ns_to_iso(ns: int) -> str:
 
     ``ns`` must be in the readable range (see :func:`in_range`).
     """
-    seconds, rest = divmod(ns, _NS_PER_S)
-    return _iso_second(seconds) + _MILLIS_SUFFIX[rest // _NS_PER_MS]
+    seconds, rest = divmod(ns, NS_PER_S)
+    return _iso_second(seconds) + _MILLIS_SUFFIX[rest // NS_PER_MS]
 
 
 _MILLIS_SUFFIX = tuple(f".{ms:03d}Z" for ms in range(1000))
