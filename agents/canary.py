@@ -366,6 +366,7 @@ class CanaryAnalysis:
         self.stats.canary_funnel_late_entries_total += state.late_entries - late_entries
         self._collect_funnel_users(spec, state)
         self.funnel_states[spec.name] = state.to_json()
+        self.stats.canary_funnel_hits_applied_total += len(hits)
 
     def _apply_funnel_resolve(self, request: funnels.ResolveRequest) -> None:
         """Judge a funnel's stored state at the stream's clock, as the timer asked

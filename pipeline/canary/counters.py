@@ -22,6 +22,7 @@ class CanaryStats:
     canary_late_events_total: int = 0  # requests in aggregates for expired windows
     canary_future_events_total: int = 0  # requests timestamped more than a window ahead
     canary_windows_expired_total: int = 0  # stale table windows deleted
+    canary_funnel_hits_applied_total: int = 0  # hits a funnel's owner applied to its state
     canary_funnel_users: int = 0  # users held in the funnel tables (this worker's partitions)
     canary_funnel_users_expired_total: int = 0  # past their window (retention)
     canary_funnel_users_evicted_total: int = 0  # dropped by the cap while still in their window

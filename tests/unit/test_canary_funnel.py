@@ -1349,6 +1349,7 @@ def test_the_owner_counts_a_lagging_partitions_hits_as_late() -> None:
     state = owner.funnel_state("play")
     assert state.totals[0] == [2, 0, 2, 1] and state.rollout
     assert owner.stats.canary_funnel_late_entries_total == 3
+    assert owner.stats.canary_funnel_hits_applied_total == 11  # late or not, every hit
     # a and f were past their window and grace when the stratum was judged: retention
     # deleted them, so their step 1 waits for a step 0 instead of counting as late
     assert owner.stats.canary_funnel_late_conversions_total == state.late_conversions == 0
