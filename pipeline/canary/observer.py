@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pipeline.canary import funnel as funnels_mod
 from pipeline.canary.counters import CanaryStats
 from pipeline.canary.records import NO_VERSION, CanaryAggregate, WindowCounts
-from pipeline.canary.windows import NS_PER_S, window_start
+from pipeline.canary.windows import window_start
+from pipeline.core.formats.values import NS_PER_S
 from pipeline.core.process import Observation, group_by_second
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from enum import StrEnum
 
-NS_PER_S = 1_000_000_000
+from pipeline.core.formats.values import NS_PER_S
+
 # Faust's WindowRange ends 0.1 s before the next window starts.
 FAUST_RANGE_END_OFFSET = 0.1
 

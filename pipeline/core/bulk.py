@@ -16,7 +16,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from pipeline.core.formats.values import ns_to_iso
+from pipeline.core.formats.values import NS_PER_S, ns_to_iso
 from pipeline.core.model import DeadLetter, InputMessage, KafkaCoordinates, Reason, document_id
 from pipeline.core.process import Enriched
 from schemas import DAILY_INDEX_PREFIX, DATA_STREAM_NAME
@@ -25,7 +25,7 @@ Op = Literal["create", "index"]
 MODES = ("data_stream", "index")
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
-NS_PER_DAY = 86_400 * 1_000_000_000
+NS_PER_DAY = 86_400 * NS_PER_S
 
 
 @dataclass(slots=True, init=False)

@@ -193,9 +193,9 @@ def group_by_second(
 ) -> tuple[SecondGroups, int, int, int]:
     """(groups in first-seen order, requests seen, without a path group, without a time).
 
-    The per-request part of the canary fold, here compiled (interpreted, it cost
-    ~0.37 µs per event; bench/README.md, "Session 16"); the analysis maps each group's
-    second to its window.
+    The per-request part of the canary fold, here compiled (``observe_batch`` went
+    372 -> 282 ns per event with it; bench/README.md, "Session 16"); the analysis maps
+    each group's second to its window.
     """
     groups: SecondGroups = {}
     seen = unrouted = untimed = 0
