@@ -145,7 +145,8 @@ async def profile(args: argparse.Namespace) -> None:
     )
     by_dso: dict[str, float] = {}
     for share, dso, _ in rows:
-        by_dso[dso_kind(dso)] = by_dso.get(dso_kind(dso), 0.0) + share
+        kind = dso_kind(dso)
+        by_dso[kind] = by_dso.get(kind, 0.0) + share
     print("\nby shared object (µs per event):")
     for kind, share in sorted(by_dso.items(), key=lambda item: -item[1])[:12]:
         print(f"  {us_per_event * share / 100:6.2f}  {kind}")
