@@ -121,6 +121,8 @@ async def profile(args: argparse.Namespace) -> None:
             before_events = consumed(port)
             before_cpu = sum(e2e.cpu_seconds(proc.pid).values())
             record = ["perf", "record", "-q", "-F", "999", "-p", str(proc.pid), "-o", str(data)]
+            if args.call_graph:
+                record += ["--call-graph", args.call_graph]
             subprocess.run(
                 [*record, "--", "sleep", str(args.seconds)],
                 check=True,
@@ -170,6 +172,11 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--keep", action="store_true", help="keep the perf data")
+    parser.add_argument(
+        "--call-graph",
+        help="perf record's --call-graph (dwarf: Debian's interpreter has no frame pointers);"
+        " with --keep, `perf report -i DATA --no-children -S SYMBOL -G` shows a symbol's callers",
+    )
     args = parser.parse_args()
     if shutil.which("perf") is None:
         print("needs perf (Debian: linux-perf)", file=sys.stderr)

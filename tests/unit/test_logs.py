@@ -6,6 +6,9 @@ import logging
 
 import orjson
 
+from agents.app import create_app
+from pipeline.commands.worker import faust_worker
+from pipeline.config import load_settings
 from pipeline.logs import JsonFormatter, logging_config
 
 
@@ -26,3 +29,21 @@ def test_json_lines_carry_level_logger_message_and_extras() -> None:
     assert line["logger"] == "grayscope.x"
     assert line["message"] == "hi there"
     assert line["batch"] == 7
+
+
+def test_the_worker_keeps_the_root_logger_at_the_configured_level() -> None:
+    """Faust's terminal spinner would set the root logger to DEBUG at WARNING and above:
+    every library's debug message built into a record nobody writes."""
+    settings = load_settings(
+        consumer_group="orders-enrich", geoip_city_db="", es_url="", log_level="warning"
+    )
+    worker = faust_worker(create_app(settings), settings)
+    root = logging.getLogger()
+    saved = root.level
+    try:
+        root.setLevel(logging.WARNING)
+        worker.on_setup_root_logger(root, logging.WARNING)  # what Faust calls after dictConfig
+        assert root.level == logging.WARNING
+        assert not logging.getLogger("aiokafka.conn").isEnabledFor(logging.DEBUG)
+    finally:
+        root.setLevel(saved)
