@@ -30,6 +30,7 @@ crash the process (SIGBUS) before any reload check notices.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import maxminddb
 from maxminddb import InvalidDatabaseError
 
+from pipeline.core.enrich import GeoAnswers
 from pipeline.core.model import AsnInfo, GeoInfo
 from pipeline.errors import GeoIPDatabaseError
 
@@ -362,13 +364,17 @@ class GeoIPResolver:
     ) -> None:
         if cache_size < 0:
             raise ValueError("cache_size must be >= 0")
-        self.stats = GeoIPStats()
+        self._stats = GeoIPStats()
+        #: The cache, shared with the compiled ``geo_step``: it takes hits without a call
+        #: here until a reload check is ``due`` (pipeline.core.enrich.GeoAnswers).
+        self.cached_answers = GeoAnswers(
+            clock, clock() + reload_interval if reload_interval > 0 else math.inf, _SKIPPED
+        )
         # Address (str) and network (bytes, see _parse) -> answer, in one LRU order.
-        self._cache: OrderedDict[str | bytes, GeoResult] = OrderedDict()
+        self._cache: OrderedDict[str | bytes, GeoResult] = self.cached_answers.entries
         self._cache_size = cache_size
         self._reload_interval = reload_interval
         self._clock = clock
-        self._next_check = clock() + reload_interval
         self._city: _Database | None = None
         self._asn: _Database | None = None
         self._city_reader: maxminddb.Reader | None = None
@@ -395,6 +401,13 @@ class GeoIPResolver:
         )
 
     # --- introspection ---------------------------------------------------
+
+    @property
+    def stats(self) -> GeoIPStats:
+        """The counters; cache hits include those ``geo_step`` took from ``cached_answers``."""
+        stats = self._stats
+        stats.geoip_cache_hits_total = self.cached_answers.hits
+        return stats
 
     @property
     def enabled(self) -> bool:
@@ -429,18 +442,19 @@ class GeoIPResolver:
 
     def lookup(self, ip: str) -> GeoResult:
         """(geo, asn) for one address string; (None, None) when unknown, skipped or invalid."""
+        answers = self.cached_answers
         if self._reload_interval > 0:
             now = self._clock()
-            if now >= self._next_check:
-                self._next_check = now + self._reload_interval
+            if now >= answers.due:
+                answers.due = now + self._reload_interval
                 self._reload_from_lookup()
         entry = self._cache.get(ip)
         if entry is not None:
             self._cache.move_to_end(ip)
             if entry is _SKIPPED:
-                self.stats.geoip_lookups_skipped_total += 1
+                self._stats.geoip_lookups_skipped_total += 1
                 return _NOTHING
-            self.stats.geoip_cache_hits_total += 1
+            answers.hits += 1
             return entry
         return self._resolve(ip)
 
@@ -450,11 +464,11 @@ class GeoIPResolver:
         parsed = _parse(ip)
         if parsed is None:
             # Not cached: garbage must not evict real addresses.
-            self.stats.geoip_invalid_addresses_total += 1
+            self._stats.geoip_invalid_addresses_total += 1
             return _NOTHING
         address, skip, network = parsed
         if skip:
-            self.stats.geoip_lookups_skipped_total += 1
+            self._stats.geoip_lookups_skipped_total += 1
             self._remember(ip, _SKIPPED)
             return _NOTHING
         cache = self._cache
@@ -462,10 +476,10 @@ class GeoIPResolver:
         if entry is not None:
             # Another address of a network the database answers as a whole.
             cache.move_to_end(network)
-            self.stats.geoip_cache_hits_total += 1
+            self.cached_answers.hits += 1
             self._remember(ip, entry)
             return entry
-        self.stats.geoip_cache_misses_total += 1
+        self._stats.geoip_cache_misses_total += 1
         geo = asn = None
         # The smallest network every answer holds for (the longest prefix; prefix
         # lengths count within the family of the address looked up: 32 or 128 bits).
@@ -488,7 +502,7 @@ class GeoIPResolver:
         try:
             return reader.get_with_prefix_len(address)
         except InvalidDatabaseError:
-            self.stats.geoip_lookup_errors_total += 1
+            self._stats.geoip_lookup_errors_total += 1
             return None, 128
         except ValueError:
             # An IPv6 address against an IPv4-only database: simply not found.
@@ -519,7 +533,7 @@ class GeoIPResolver:
             if sig is None:
                 # Remembered as the current state so a missing file is reported once.
                 db.signature, db.failed_signature = None, _NO_FAILURE
-                self.stats.geoip_reload_errors_total += 1
+                self._stats.geoip_reload_errors_total += 1
                 log.error(
                     "GeoIP %s database %s disappeared; still serving the loaded copy",
                     db.kind.label,
@@ -530,7 +544,7 @@ class GeoIPResolver:
                 new_reader = _open_reader(db.kind, db.path)
             except GeoIPDatabaseError as exc:
                 db.failed_signature = sig
-                self.stats.geoip_reload_errors_total += 1
+                self._stats.geoip_reload_errors_total += 1
                 log.error(
                     "GeoIP %s database reload failed, keeping the old one: %s", db.kind.label, exc
                 )
@@ -538,7 +552,7 @@ class GeoIPResolver:
             old_reader, db.reader = db.reader, new_reader
             db.signature, db.failed_signature = sig, _NO_FAILURE
             swapped = True
-            self.stats.geoip_reloads_total += 1
+            self._stats.geoip_reloads_total += 1
             log.info(
                 "GeoIP %s database reloaded from %s (%s, built %s)",
                 db.kind.label,
@@ -557,7 +571,7 @@ class GeoIPResolver:
         try:
             self.check_reload()
         except Exception:  # lookups never raise; an explicit check_reload() does
-            self.stats.geoip_reload_errors_total += 1
+            self._stats.geoip_reload_errors_total += 1
             log.exception("GeoIP reload check failed; still serving the loaded databases")
 
     def _install_readers(self) -> None:

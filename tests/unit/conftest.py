@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import schemas
-from pipeline.core.enrich import EnrichContext
+from pipeline.core.enrich import EnrichContext, GeoAnswers
 from pipeline.core.model import (
     AccessRecord,
     AsnInfo,
@@ -160,6 +160,8 @@ def _is_ip(value: str) -> bool:
 
 class FakeGeo:
     """A GeoLookup answering from a dict; counts lookups."""
+
+    cached_answers: GeoAnswers | None = None  # every lookup is a call
 
     def __init__(self, answers: dict[str, tuple[GeoInfo | None, AsnInfo | None]]) -> None:
         self.answers = answers

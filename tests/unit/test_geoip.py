@@ -11,7 +11,8 @@ import maxminddb
 import pytest
 
 from pipeline.config import load_settings
-from pipeline.core.model import AsnInfo, GeoInfo
+from pipeline.core.enrich import EnrichContext, geo_step
+from pipeline.core.model import AccessRecord, AsnInfo, Enrichment, GeoInfo
 from pipeline.errors import ConfigError, GeoIPDatabaseError
 from pipeline.geoip import (
     ASN_SETTING,
@@ -745,3 +746,66 @@ def test_test_data_has_a_dozen_networks_in_several_countries() -> None:
     assert len({e.country_iso for e in DEFAULT_CITY_ENTRIES}) >= 8
     assert any(":" in e.network for e in DEFAULT_CITY_ENTRIES)
     assert isinstance(DEFAULT_CITY_ENTRIES[0], CityEntry)
+
+
+# --- the worker's path: geo_step takes cached answers without calling lookup ---------
+
+
+def geo_of(ctx: EnrichContext, ip: str) -> tuple[GeoInfo | None, AsnInfo | None]:
+    """What the enrichment chain's GeoIP step gives a request from ``ip``."""
+    enr = Enrichment()
+    enr.client_ip = ip
+    geo_step(AccessRecord(dataset="test"), enr, ctx)
+    return enr.geo, enr.asn
+
+
+def test_geo_step_answers_and_counts_as_lookup_does(shared_dbs: tuple[Path, Path]) -> None:
+    city, asn = shared_dbs
+    addresses = ("8.8.8.8", "8.8.8.8", "8.8.8.9", "10.0.0.1", "10.0.0.1", "81.2.69.142")
+    addresses += (*NOT_FOUND_IPS, "not an address", "8.8.8.9", "8.8.8.8", *NOT_FOUND_IPS)
+    with (
+        GeoIPResolver(str(city), str(asn), cache_size=100, reload_interval=0) as stepped,
+        GeoIPResolver(str(city), str(asn), cache_size=100, reload_interval=0) as called,
+    ):
+        ctx = EnrichContext(geoip=stepped)
+        assert ctx.geo_answers is stepped.cached_answers
+        for ip in addresses:
+            assert geo_of(ctx, ip) == called.lookup(ip), ip
+        assert stepped.stats.snapshot() == called.stats.snapshot()
+        assert stepped.stats.geoip_cache_hits_total >= 4
+        assert stepped.cached_answers.hits == stepped.stats.geoip_cache_hits_total
+
+
+def test_geo_step_hits_keep_an_address_recently_used(tmp_path: Path) -> None:
+    city = write_city_db(tmp_path / "city.mmdb", SMALL_NETWORKS)
+    a, b, c = (entry.sample_ip for entry in SMALL_NETWORKS)
+    r = GeoIPResolver(str(city), "", cache_size=2, reload_interval=0)
+    ctx = EnrichContext(geoip=r)
+    geo_of(ctx, a)  # miss
+    geo_of(ctx, b)  # miss
+    geo_of(ctx, a)  # hit, taken in geo_step: b is now the least recently used
+    geo_of(ctx, c)  # miss: evicts b
+    assert (r.stats.geoip_cache_hits_total, r.stats.geoip_cache_misses_total) == (1, 3)
+    geo_of(ctx, a)
+    assert (r.stats.geoip_cache_hits_total, r.stats.geoip_cache_misses_total) == (2, 3)
+    r.close()
+
+
+def test_geo_step_leaves_a_due_reload_check_to_lookup(
+    dbs: tuple[Path, Path], clock: FakeClock
+) -> None:
+    city, asn = dbs
+    r = make(city, asn, clock)
+    ctx = EnrichContext(geoip=r)
+    assert geo_of(ctx, "8.8.8.8")[0] == EXPECTED_GEO["8.8.8.8"]
+    write_city_db(city, MOVED)
+    clock.advance(INTERVAL - 0.5)
+    assert geo_of(ctx, "8.8.8.8")[0] == EXPECTED_GEO["8.8.8.8"]  # cached, not due yet
+    assert r.stats.geoip_reloads_total == 0
+    clock.advance(0.5)
+    assert geo_of(ctx, "8.8.8.8")[0] == MOVED_GEO  # due: lookup checked and reloaded
+    assert r.stats.geoip_reloads_total == 1
+    clock.advance(INTERVAL - 0.5)
+    assert geo_of(ctx, "8.8.8.8")[0] == MOVED_GEO
+    assert r.stats.geoip_reloads_total == 1
+    r.close()
