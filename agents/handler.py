@@ -39,7 +39,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from pipeline.canary.observer import CanaryObserver
+from pipeline.canary.observer import CanaryObserver, new_tallies
 from pipeline.config import WhenFull
 from pipeline.core.bulk import BulkItem, Rejection, build_bulk_items
 from pipeline.core.enrich import EnrichContext
@@ -48,13 +48,14 @@ from pipeline.core.otlp import encode_spans
 from pipeline.core.otlp_wire import EncodedSpan
 from pipeline.core.process import (
     FunnelInput,
-    Observation,
     RequestGroups,
+    SecondTallies,
     count_datasets,
     funnel_inputs,
-    observations,
     process_batch,
+    record_ages,
     request_groups,
+    tally_results,
 )
 from pipeline.errors import ShutdownInterrupted
 from pipeline.metrics.requests import RequestMetrics
@@ -167,7 +168,7 @@ class BatchHandler:
         items: list[BulkItem] = []
         letters: list[Rejection] = []
         spans: list[EncodedSpan] = []
-        observed: list[Observation] = []
+        observed = new_tallies() if self._observer is not None else None
         funnel_seen: list[FunnelInput] = []
         requests: RequestGroups = {}
         for start in range(0, len(messages), STAGE_CHUNK):
@@ -198,7 +199,7 @@ class BatchHandler:
         items: list[BulkItem],
         letters: list[Rejection],
         spans: list[EncodedSpan],
-        observed: list[Observation],
+        observed: SecondTallies | None,
         funnel_seen: list[FunnelInput],
         requests: RequestGroups,
     ) -> None:
@@ -212,8 +213,8 @@ class BatchHandler:
         if self._spans is not None:
             spans += encode_spans(messages, results)
         observer = self._observer
-        if observer is not None:
-            observed += observations(messages, results)
+        if observer is not None and observed is not None:
+            tally_results(messages, results, observed)
             if observer.funnel_keys:
                 funnel_seen += funnel_inputs(messages, results, observer.funnel_keys)
         count_datasets(results, self.stats.events_enriched_total)
@@ -250,7 +251,7 @@ class BatchHandler:
         letters: list[Rejection],
         messages: Sequence[InputMessage],
         spans: list[EncodedSpan],
-        observed: list[Observation],
+        observed: SecondTallies | None,
         funnel_seen: list[FunnelInput],
     ) -> tuple[int, int]:
         """Block mode: deliver, then queue the spans, waiting for room (see the module doc).
@@ -278,21 +279,18 @@ class BatchHandler:
         self,
         messages: Sequence[InputMessage],
         spans: list[EncodedSpan],
-        observed: list[Observation],
+        observed: SecondTallies | None,
         funnel_seen: list[FunnelInput] | None = None,
     ) -> None:
         """What follows a delivered batch; none of it can fail or hold up the batch."""
         if spans and self._spans is not None:
             self._spans.submit(spans)
-        if observed and self._observer is not None:
-            self._observer.observe_batch(observed)  # never raises
+        if observed is not None and observed.seen and self._observer is not None:
+            self._observer.observe_tallies(observed)  # never raises
         if funnel_seen and self._observer is not None:
             self._observer.observe_funnels(funnel_seen)  # never raises
         if self._observe_latency is not None:
-            now = time.time_ns()
-            self._observe_latency(
-                [(now - m.timestamp_ns) / 1e9 for m in messages if m.timestamp_ns]
-            )
+            self._observe_latency(record_ages(messages, time.time_ns()))
 
     async def _deliver(
         self,

@@ -3,7 +3,7 @@
 Wall time on this VM swings with the hypervisor's steal (2-28 %); instruction
 counts do not. This runs exactly the per-event work of ``BatchHandler.handle``
 (``process_batch`` -> ``build_bulk_items`` -> ``encode_spans`` ->
-``observations``) over a fixed synthetic stream, without I/O, so that two
+``tally_results``) over a fixed synthetic stream, without I/O, so that two
 builds can be compared by callgrind's instruction count::
 
     valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out \\
@@ -12,7 +12,7 @@ builds can be compared by callgrind's instruction count::
 
 ``--shell`` adds what the worker's interpreted shell does per event around them:
 the InputMessages built from aiokafka records (agents/batching.py), the request
-metrics (``RequestMetrics.add_batch``), the canary observer (``observe_batch``)
+metrics (``RequestMetrics.add_batch``), the canary observer (``observe_tallies``)
 and the delivery-latency histogram (``BatchHandler._after_delivery``); with the
 worker's garbage-collector settings (``GC_THRESHOLDS``, ``gc.freeze()`` after the
 warm-up, as the runtime does after start-up).
@@ -39,14 +39,14 @@ from aiokafka.structs import ConsumerRecord
 
 from agents.batching import input_messages
 from agents.handler import STAGE_CHUNK
-from pipeline.canary.observer import CanaryObserver
+from pipeline.canary.observer import CanaryObserver, new_tallies
 from pipeline.commands.worker import GC_THRESHOLDS
 from pipeline.core.bulk import build_bulk_items
 from pipeline.core.enrich import EnrichContext
 from pipeline.core.extract.path_group import PathRules
 from pipeline.core.model import InputMessage, KafkaCoordinates
 from pipeline.core.otlp import encode_spans
-from pipeline.core.process import observations, process_batch
+from pipeline.core.process import SecondTallies, process_batch, record_ages, tally_results
 from pipeline.dev.synth import PATH_RULES, generate
 from pipeline.metrics.requests import RequestMetrics
 from pipeline.native import loaded_native
@@ -77,7 +77,8 @@ def run_stages(messages: list[InputMessage], ctx: EnrichContext, shell: Shell | 
         results = process_batch([m.value or b"" for m in batch], ctx)
         items, _letters = build_bulk_items(batch, results, "data_stream")
         encode_spans(batch, results)
-        observed = observations(batch, results)
+        observed = new_tallies()
+        tally_results(batch, results, observed)
         if shell is not None:
             shell.after(batch, results, observed)
         items_total += len(items)
@@ -112,11 +113,10 @@ class Shell:
         ]
         return input_messages(records, "access-logs", 0, time.time_ns())
 
-    def after(self, batch: list[InputMessage], results: list[Any], observed: list[Any]) -> None:
+    def after(self, batch: list[InputMessage], results: list[Any], observed: SecondTallies) -> None:
         self.metrics.add_batch(results)
-        self.observer.observe_batch(observed)
-        now = time.time_ns()
-        self.latency.observe_many([(now - m.timestamp_ns) / 1e9 for m in batch if m.timestamp_ns])
+        self.observer.observe_tallies(observed)
+        self.latency.observe_many(record_ages(batch, time.time_ns()))
 
 
 def _instructions(events: int, shell: bool, stream_events: int) -> int:

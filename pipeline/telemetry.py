@@ -9,7 +9,6 @@ outcome, dataset) — never a client address.
 from __future__ import annotations
 
 import dataclasses
-from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.utils import floatToGoString
 
+from pipeline.core.buckets import count_floats
 from pipeline.metrics.requests import RequestMetrics
 
 PREFIX = "grayscope_"
@@ -81,11 +81,9 @@ class LatencyHistogram:
         self.n = 0
 
     def observe_many(self, values: list[float]) -> None:
-        counts, bounds = self.counts, self.bounds
-        for value in values:
-            counts[bisect_left(bounds, value)] += 1
-        self.total += sum(values)
-        self.n += len(values)
+        counted, total = count_floats(values, self.bounds, self.counts)
+        self.total += total
+        self.n += counted
 
     def quantile(self, q: float) -> float | None:
         """Linear interpolation inside the bucket holding the q-th value."""

@@ -22,6 +22,8 @@ from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from typing import Final
 
+from pipeline.core.buckets import count_ms
+
 PER_DECADE: Final = 20
 # 10 ** (k / 20) for k in -20..100: 0.1 ms .. 100 000 ms. Rounded so that every
 # process computes bit-identical bounds.
@@ -50,13 +52,9 @@ def add(histogram: dict[int, int], duration_ms: float, count: int = 1) -> None:
 
 
 def add_all(histogram: dict[int, int], durations_ms: Iterable[float]) -> None:
-    """``add`` for each of many durations (one call instead of one per request)."""
-    bounds = BOUNDS_MS
-    get = histogram.get
-    for duration_ms in durations_ms:
-        # As bucket_index, inline: this runs once per request.
-        index = bisect_left(bounds, duration_ms if duration_ms > 0 else 0.0)
-        histogram[index] = get(index, 0) + 1
+    """``add`` for each of many durations (one call instead of one per request; the loop
+    is compiled: pipeline/core/buckets.py)."""
+    count_ms(durations_ms, BOUNDS_MS, histogram)
 
 
 def merge(into: dict[int, int], other: Mapping[int, int]) -> None:

@@ -19,11 +19,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from pipeline.canary import funnel as funnels_mod
+from pipeline.canary import histogram
 from pipeline.canary.counters import CanaryStats
 from pipeline.canary.records import NO_VERSION, CanaryAggregate, WindowCounts
 from pipeline.canary.windows import window_start
 from pipeline.core.formats.values import NS_PER_S
-from pipeline.core.process import Observation, group_by_second
+from pipeline.core.process import Observation, SecondTallies, tally_observations
 
 log = logging.getLogger(__name__)
 
@@ -49,40 +50,60 @@ def aggregate(
     Event time is the log's own time; the Kafka record time stands in when
     the log has none (as it does for the document's ``@timestamp``; see ``observed``).
     """
-    # First the requests of each (path group, second, stage, version) are gathered in
-    # the compiled core (per request only a tuple and two appends), then each
-    # second's group is placed in its window — a batch has a few dozen groups.
-    by_second, seen, unrouted, untimed = group_by_second(events)
-    stats.canary_events_observed_total += seen
-    stats.canary_events_unrouted_total += unrouted
-    stats.canary_events_untimed_total += untimed
-    groups: dict[tuple[str, int, str, str], tuple[list[int | None], list[float]]] = {}
+    tallies = new_tallies()
+    tally_observations(events, tallies)
+    return aggregate_tallies(tallies, window_seconds, stats, into)
+
+
+def new_tallies() -> SecondTallies:
+    """An empty count of a batch's requests (``tally_results`` fills it)."""
+    return SecondTallies(histogram.BOUNDS_MS)
+
+
+def aggregate_tallies(
+    tallies: SecondTallies,
+    window_seconds: int,
+    stats: CanaryStats,
+    into: dict[tuple[str, int], CanaryAggregate] | None = None,
+) -> list[CanaryAggregate]:
+    """``aggregate`` of requests already counted by (path group, second, stage, version)
+    in the compiled core (``tally_results``: the batch handler's); each second is put
+    in its window here -- a batch has a few dozen of them."""
+    stats.canary_events_observed_total += tallies.seen
+    stats.canary_events_unrouted_total += tallies.unrouted
+    stats.canary_events_untimed_total += tallies.untimed
+    windows: dict[tuple[str, int, str, str], WindowCounts] = {}
     starts: dict[int, int] = {}  # epoch second -> its window's start
-    for (path_group, second, stage, version), (statuses, durations_ms) in by_second.items():
+    for (path_group, second, stage, version), tally in tallies.groups.items():
         start = starts.get(second)
         if start is None:
             start = starts[second] = window_start(second * NS_PER_S, window_seconds)
+        counts = WindowCounts(
+            tally.requests,
+            tally.errors_5xx,
+            tally.errors_4xx,
+            tally.latency,
+            tally.min_ms,
+            tally.max_ms,
+        )
         key = (path_group, start, stage, version or NO_VERSION)
-        group = groups.get(key)
-        if group is None:
-            groups[key] = (statuses, durations_ms)
+        known = windows.get(key)
+        if known is None:
+            windows[key] = counts
         else:
-            group[0].extend(statuses)
-            group[1].extend(durations_ms)
+            known.merge(counts)
 
     out: dict[tuple[str, int], CanaryAggregate] = {} if into is None else into
-    for (path_group, start, stage, version), (statuses, durations_ms) in groups.items():
-        tally = WindowCounts()
-        tally.add_requests(statuses, durations_ms)
+    for (path_group, start, stage, version), tally_counts in windows.items():
         agg = out.get((path_group, start))
         if agg is None:
             agg = out[(path_group, start)] = CanaryAggregate(path_group, start)
         for table, name in ((agg.by_stage, stage), (agg.by_version, version)):
-            counts = table.get(name)
-            if counts is None:
-                table[name] = tally.copy()
+            held = table.get(name)
+            if held is None:
+                table[name] = tally_counts.copy()
             else:
-                counts.merge(tally)
+                held.merge(tally_counts)
     return list(out.values())
 
 
@@ -155,16 +176,29 @@ class CanaryObserver:
 
     def observe_batch(self, events: Iterable[ObservedEvent]) -> int:
         """Aggregate one delivered batch; returns the number of aggregates published now."""
+        tallies = new_tallies()
         try:
-            aggregate(events, self.window_seconds, self.stats, into=self._pending)
+            tally_observations(events, tallies)
+        except Exception:
+            return self._failed()
+        return self.observe_tallies(tallies)
+
+    def observe_tallies(self, tallies: SecondTallies) -> int:
+        """``observe_batch`` of a delivered batch's requests counted by ``tally_results``
+        (the batch handler's way: no Observation per request)."""
+        try:
+            aggregate_tallies(tallies, self.window_seconds, self.stats, into=self._pending)
             if self._clock() - self._last_flush >= self._flush_interval:
                 return self.flush()
             return 0
         except Exception:  # a bug or a full producer must not fail the batch
-            self.stats.canary_observer_errors_total += 1
-            self._pending.clear()
-            log.exception("canary observer failed; this batch is missing from the analysis")
-            return 0
+            return self._failed()
+
+    def _failed(self) -> int:
+        self.stats.canary_observer_errors_total += 1
+        self._pending.clear()
+        log.exception("canary observer failed; this batch is missing from the analysis")
+        return 0
 
     def flush(self) -> int:
         """Publish what is pending; returns the number of aggregates."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.core.buckets import bucket_ms
 from pipeline.core.document import document_source
 from pipeline.core.enrich import DEFAULT_CHAIN, EnrichContext, Step, enrich
 from pipeline.core.formats.detect import parse_message, resolve_message
@@ -160,6 +161,12 @@ def _dead_letter(exc: Exception, raw: bytes) -> DeadLetter:
 Observation = tuple[str | None, int | None, str, str | None, int | None, int | None]
 
 
+def record_ages(messages: Sequence[InputMessage], now_ns: int) -> list[float]:
+    """Seconds from each message's Kafka record time to ``now_ns`` (the delivery latency;
+    messages without a record time are left out)."""
+    return [(now_ns - m.timestamp_ns) / 1e9 for m in messages if m.timestamp_ns]
+
+
 def observations(
     messages: Sequence[InputMessage], results: Sequence[Enriched | DeadLetter]
 ) -> list[Observation]:
@@ -182,39 +189,107 @@ def observations(
     return out
 
 
-# A batch's observations grouped for the canary analysis (pipeline/canary/observer.py):
-# (path group, epoch second of the event time, stage, version) -> the statuses of
-# those requests and the durations in ms of those that logged one.
-SecondGroups = dict[tuple[str, int, str, str | None], tuple[list[int | None], list[float]]]
+class SecondTally:
+    """What the canary analysis counts of the requests of one (path group, epoch second
+    of the event time, stage, version) of a batch: ``pipeline.canary.records.WindowCounts``'
+    fields, as ``WindowCounts.add`` of each request makes them."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors_5xx = 0
+        self.errors_4xx = 0
+        self.latency: dict[int, int] = {}  # bucket index -> count
+        self.min_ms: float | None = None  # fastest and slowest timed request
+        self.max_ms: float | None = None
 
 
-def group_by_second(
-    events: Iterable[Observation],
-) -> tuple[SecondGroups, int, int, int]:
-    """(groups in first-seen order, requests seen, without a path group, without a time).
+# (path group, epoch second, stage, version) of a SecondTally.
+SecondKey = tuple[str, int, str, str | None]
 
-    The per-request part of the canary fold, here compiled (``observe_batch`` went
-    372 -> 282 ns per event with it; bench/README.md, "Session 16"); the analysis maps
-    each group's second to its window.
+
+class SecondTallies:
+    """A batch's requests counted for the canary analysis (pipeline/canary/observer.py)
+    by (path group, epoch second, stage, version), in first-seen order; the analysis
+    puts each second in its window.
+
+    The per-request part of the canary fold, compiled, without a list per group or a
+    tuple per request (bench/README.md, "Session 17"). ``bounds_ms`` are the latency
+    histogram's bucket bounds (``pipeline.canary.histogram.BOUNDS_MS``).
     """
-    groups: SecondGroups = {}
-    seen = unrouted = untimed = 0
-    for path_group, timestamp_ns, stage, version, status, duration_ns in events:
-        seen += 1
+
+    def __init__(self, bounds_ms: tuple[float, ...]) -> None:
+        self.bounds_ms = bounds_ms
+        self.groups: dict[SecondKey, SecondTally] = {}
+        self.seen = 0  # requests counted, and of those:
+        self.unrouted = 0  # without a path group (left out)
+        self.untimed = 0  # without an event time (left out)
+
+    def add(
+        self,
+        path_group: str | None,
+        timestamp_ns: int | None,
+        stage: str,
+        version: str | None,
+        status: int | None,
+        duration_ns: int | None,
+    ) -> None:
+        self.seen += 1
         if not path_group:
-            unrouted += 1
-            continue
+            self.unrouted += 1
+            return
         if not timestamp_ns:
-            untimed += 1
-            continue
+            self.untimed += 1
+            return
         key = (path_group, timestamp_ns // NS_PER_S, stage, version)
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = ([], [])
-        group[0].append(status)
+        tally = self.groups.get(key)
+        if tally is None:
+            tally = self.groups[key] = SecondTally()
+        tally.requests += 1
+        if status is not None:
+            if 500 <= status <= 599:
+                tally.errors_5xx += 1
+            elif 400 <= status <= 499:
+                tally.errors_4xx += 1
         if duration_ns is not None:
-            group[1].append(duration_ns / NS_PER_MS)
-    return groups, seen, unrouted, untimed
+            duration_ms = duration_ns / NS_PER_MS
+            if duration_ms < 0.0:
+                duration_ms = 0.0
+            latency = tally.latency
+            index = bucket_ms(self.bounds_ms, duration_ms)
+            latency[index] = latency.get(index, 0) + 1
+            low = tally.min_ms
+            if low is None or duration_ms < low:
+                tally.min_ms = duration_ms
+            high = tally.max_ms
+            if high is None or duration_ms > high:
+                tally.max_ms = duration_ms
+
+
+def tally_results(
+    messages: Sequence[InputMessage],
+    results: Sequence[Enriched | DeadLetter],
+    into: SecondTallies,
+) -> None:
+    """Count the enriched requests of (part of) a batch into ``into``: what
+    ``tally_observations`` of their ``observations`` counts."""
+    for msg, result in zip(messages, results, strict=True):
+        if isinstance(result, Enriched):
+            record = result.record
+            enrichment = result.enrichment
+            into.add(
+                enrichment.path_group,
+                record.timestamp_ns or msg.timestamp_ns,
+                enrichment.stage,
+                enrichment.version,
+                record.status,
+                record.duration_ns,
+            )
+
+
+def tally_observations(events: Iterable[Observation], into: SecondTallies) -> None:
+    """Count requests given as Observations into ``into``."""
+    for path_group, timestamp_ns, stage, version, status, duration_ns in events:
+        into.add(path_group, timestamp_ns, stage, version, status, duration_ns)
 
 
 # What a conversion funnel needs of one request: (URL path, route, path group, method,

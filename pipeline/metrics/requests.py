@@ -27,10 +27,10 @@ from __future__ import annotations
 import ipaddress
 import re
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from pipeline.config import MetricsSettings
+from pipeline.core.buckets import count_ns
 from pipeline.core.model import DeadLetter
 from pipeline.core.process import Enriched, RequestGroups, request_groups
 
@@ -151,12 +151,12 @@ class DurationHistogram:
         self.sum_seconds = 0.0
         self.count = 0
 
-    def observe_ns(self, durations_ns: Sequence[int]) -> None:
-        counts, bounds = self.counts, _BOUNDS_NS
-        for value in durations_ns:
-            counts[bisect_left(bounds, value)] += 1
-        self.sum_seconds += sum(durations_ns) / 1e9
-        self.count += len(durations_ns)
+    def observe_ns(self, durations_ns: Iterable[int | None]) -> int:
+        """Count the durations of at least 0 ns (None: untimed, left out); how many."""
+        counted, total = count_ns(durations_ns, _BOUNDS_NS, self.counts)
+        self.sum_seconds += total / 1e9
+        self.count += counted
+        return counted
 
     def cumulative(self) -> Iterator[tuple[str, int]]:
         running = 0
@@ -226,12 +226,13 @@ class RequestMetrics:
             )
             key: RequestKey = (*series, status_class(status))
             requests[key] = requests.get(key, 0) + len(durations)
-            timed = [d for d in durations if d is not None and d >= 0]
-            if timed:
-                histogram = histograms.get(series)
-                if histogram is None:
-                    histogram = histograms[series] = DurationHistogram()
-                histogram.observe_ns(timed)
+            histogram = histograms.get(series)
+            if histogram is not None:
+                histogram.observe_ns(durations)
+            else:
+                histogram = DurationHistogram()
+                if histogram.observe_ns(durations):  # a series only once it has a duration
+                    histograms[series] = histogram
 
     def verdict_series(self, verdicts: Iterable[tuple[str, str]]) -> list[tuple[str, str, int]]:
         """``(path group, decision)`` pairs -> ``(path_group, decision, 0|1)`` for every decision.

@@ -10,10 +10,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.canary.counters import CanaryStats
-from pipeline.canary.observer import CanaryObserver, ObservedEvent, aggregate
+from pipeline.canary.observer import CanaryObserver, ObservedEvent, aggregate, new_tallies
 from pipeline.canary.records import NO_VERSION, CanaryAggregate, WindowCounts
 from pipeline.canary.windows import window_start
-from pipeline.core.model import AccessRecord, Enrichment
+from pipeline.core.model import (
+    AccessRecord,
+    DeadLetter,
+    Enrichment,
+    InputMessage,
+    KafkaCoordinates,
+    Reason,
+)
+from pipeline.core.process import Enriched, observations, tally_results
 from tests.unit.conftest import observed
 
 NS = 1_000_000_000
@@ -163,3 +171,52 @@ def test_aggregates_equal_adding_every_event_to_both_arms(
     )
     assert stats.canary_events_observed_total == len(events)
     assert stats.canary_events_unrouted_total == sum(1 for s in specs if s[0] is None)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.none(),  # a dead letter: not counted
+            st.tuples(
+                st.sampled_from(["/a", "/b", None, ""]),
+                st.sampled_from(["stable", "canary"]),
+                st.sampled_from(["v1", "v2", None, ""]),
+                st.one_of(st.none(), st.just(0), st.integers(T0 * NS, (T0 + 200) * NS)),
+                st.one_of(st.none(), st.integers(100, 599)),
+                st.one_of(st.none(), st.integers(-(10**9), 10**11)),
+                st.one_of(st.none(), st.just(0), st.integers(T0 * NS, (T0 + 200) * NS)),
+            ),
+        ),
+        max_size=60,
+    ),
+    st.sampled_from([1, 10, 60]),
+)
+@settings(max_examples=300, deadline=None)
+def test_the_handlers_tallies_aggregate_as_the_observations_do(
+    specs: list[tuple[Any, ...] | None], window_seconds: int
+) -> None:
+    """``tally_results`` (the batch handler, per chunk) then ``observe_tallies`` gives the
+    aggregates and counters that ``observe_batch`` of the batch's Observations gives."""
+    messages: list[InputMessage] = []
+    results: list[Enriched | DeadLetter] = []
+    for i, spec in enumerate(specs):
+        if spec is None:
+            messages.append(InputMessage(b"x", None, KafkaCoordinates("t", 0, i), None))
+            results.append(DeadLetter(Reason.INVALID_JSON, "", b"x"))
+            continue
+        path_group, stage, version, timestamp_ns, status, duration_ns, kafka_ns = spec
+        record = AccessRecord("nginx.access", timestamp_ns, status=status)
+        record.duration_ns = duration_ns
+        enrichment = Enrichment(stage=stage, version=version, path_group=path_group)
+        messages.append(InputMessage(b"x", None, KafkaCoordinates("t", 0, i), kafka_ns))
+        results.append(Enriched(record, enrichment, b"{}"))
+    by_observations, by_tallies = Published(), Published()
+    reference = CanaryObserver(window_seconds, by_observations)
+    reference.observe_batch(observations(messages, results))
+    observer = CanaryObserver(window_seconds, by_tallies)
+    tallies = new_tallies()
+    for start in range(0, len(messages), 7):  # in chunks, as the handler adds them
+        tally_results(messages[start : start + 7], results[start : start + 7], tallies)
+    observer.observe_tallies(tallies)
+    assert by_tallies.batches == by_observations.batches
+    assert observer.stats == reference.stats
