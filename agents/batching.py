@@ -48,6 +48,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from aiokafka.consumer import fetcher as aiokafka_fetcher
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.tuples import ack_lock
@@ -89,6 +90,8 @@ FAUST_PRIVATE_NAMES: frozenset[tuple[str, str]] = frozenset(
 AIOKAFKA_PRIVATE_NAMES: frozenset[tuple[str, str]] = frozenset(
     {
         ("aiokafka.AIOKafkaConsumer", "_fetch_max_wait_ms"),
+        ("aiokafka.AIOKafkaConsumer", "_key_deserializer"),
+        ("aiokafka.consumer.fetcher.PartitionRecords", "_consumer_record"),
         ("aiokafka.AIOKafkaConsumer", "_coordinator"),
         ("aiokafka.consumer.group_coordinator.GroupCoordinator", "_pending_exception"),
         ("aiokafka.consumer.group_coordinator.GroupCoordinator", "_coordination_task"),
@@ -173,8 +176,9 @@ def consumer_group_error(app: Any) -> BaseException | None:
 
 
 def input_messages(records: list[Any], topic: str, partition: int, now: int) -> list[InputMessage]:
-    """One partition's fetched aiokafka records as the handler's messages (record
-    timestamps are milliseconds; none or negative: unknown)."""
+    """One partition's fetched aiokafka ConsumerRecords as the handler's messages (record
+    timestamps are milliseconds; none or negative: unknown). Only for records fetched
+    before the batch topics were known: ``MessagePartitionRecords`` makes the rest."""
     return [
         InputMessage(
             record.value,
@@ -185,6 +189,78 @@ def input_messages(records: list[Any], topic: str, partition: int, now: int) -> 
         )
         for record in records
     ]
+
+
+class BatchTopicKeys:
+    """The key deserializer of the worker's aiokafka consumer: keys stay bytes.
+
+    It also names the Faust consumer (``BatchingConsumer``) the aiokafka consumer
+    fetches for, so that ``MessagePartitionRecords`` knows its batch topics: aiokafka
+    hands each fetched partition's deserializers, and nothing else of the consumer,
+    to the records it unpacks.
+    """
+
+    __slots__ = ("consumer",)
+
+    def __init__(self, consumer: BatchingConsumer) -> None:
+        self.consumer = consumer
+
+    def __call__(self, key: bytes | None) -> bytes | None:
+        return key
+
+
+class MessagePartitionRecords(aiokafka_fetcher.PartitionRecords):  # type: ignore[misc]
+    """aiokafka's records of one fetched partition. Those of a batch topic fetched by
+    the worker's consumer (its key deserializer a ``BatchTopicKeys``) come out as the
+    handler's InputMessages, made in Faust's consumer thread as aiokafka unpacks them.
+
+    Before, aiokafka made a ConsumerRecord of each (an 11-field dataclass, ~290 ns a
+    record) and ``_to_batch`` an InputMessage of that (~320 ns; bench/README.md,
+    "Session 17"). Every other partition's records, and every other consumer's, are
+    aiokafka's own ConsumerRecords as before.
+    """
+
+    def __init__(
+        self,
+        tp: Any,
+        records: Any,
+        aborted_transactions: Any,
+        fetch_offset: int,
+        key_deserializer: Any,
+        value_deserializer: Any,
+        check_crcs: bool,
+        isolation_level: Any,
+    ) -> None:
+        super().__init__(
+            tp,
+            records,
+            aborted_transactions,
+            fetch_offset,
+            key_deserializer,
+            value_deserializer,
+            check_crcs,
+            isolation_level,
+        )
+        if (
+            isinstance(key_deserializer, BatchTopicKeys)
+            and value_deserializer is None
+            and tp.topic in key_deserializer.consumer.batch_topics
+        ):
+            self.received_ns = time.time_ns()
+            # An instance attribute: aiokafka's unpacking loop calls it for each record.
+            self._consumer_record = self.input_message
+
+    def input_message(self, tp: Any, record: Any) -> InputMessage:
+        """A fetched record as the handler's message (record timestamps are
+        milliseconds; none or negative: unknown)."""
+        timestamp = record.timestamp
+        return InputMessage(
+            record.value,
+            record.key,
+            KafkaCoordinates(tp.topic, tp.partition, record.offset),
+            timestamp * 1_000_000 if timestamp and timestamp > 0 else None,
+            self.received_ns,
+        )
 
 
 @dataclass(slots=True)
@@ -206,6 +282,11 @@ class ShortWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        # Batch topics' records as InputMessages (MessagePartitionRecords): aiokafka's
+        # fetcher, made when the consumer starts, takes this deserializer, and makes its
+        # PartitionRecords through the module's name.
+        consumer._key_deserializer = BatchTopicKeys(cast(BatchingConsumer, self.consumer))
+        aiokafka_fetcher.PartitionRecords = MessagePartitionRecords
         return consumer
 
 
@@ -251,7 +332,6 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             # anyway, but flow can stop after that seek and resume without another.
             await self._seek_back_to_committed()
             return None
-        now = time.time_ns()
         messages: list[InputMessage] = []
         offsets: dict[TP, list[int]] = {}
         read_offset = self._read_offset
@@ -260,9 +340,13 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         if handed_out is None:
             handed_out = self.handed_out = {}
         for tp, recs in records.items():
+            if recs and not isinstance(recs[0], InputMessage):
+                # Unpacked before ``batch_topics`` named this topic (a partition's records
+                # come from one MessagePartitionRecords: all alike).
+                recs = input_messages(recs, tp.topic, tp.partition, time.time_ns())
             if active is not None and tp not in active and tp not in buffered:
                 if recs:  # paused meanwhile: read these again when it resumes
-                    await self._seek_back(tp, recs[0].offset)
+                    await self._seek_back(tp, recs[0].coords.offset)
                 continue
             previous = read_offset[tp]
             # What this generation handed out is read, whatever the read offset says: a
@@ -275,11 +359,10 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             handed = handed_out.get(tp)
             if handed is not None and (previous is None or previous < handed):
                 previous = handed
-            topic, partition = tp.topic, tp.partition
             self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
             if not recs:
                 continue
-            first, last = recs[0].offset, recs[-1].offset
+            first, last = recs[0].coords.offset, recs[-1].coords.offset
             if (
                 last - first == len(recs) - 1  # consecutive (aiokafka yields them in order)
                 and (previous is None or first >= previous)
@@ -290,7 +373,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             else:
                 kept = []
                 for record in recs:
-                    offset = record.offset
+                    offset = record.coords.offset
                     if handed is not None and offset <= handed:
                         continue  # handed out already in this generation
                     if previous is not None and offset < previous:
@@ -302,9 +385,9 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                     kept.append(record)
                 if not kept:
                     continue
-            messages.extend(input_messages(kept, topic, partition, now))
-            read_offset[tp] = handed_out[tp] = kept[-1].offset
-            offsets[tp] = [record.offset for record in kept]
+            messages.extend(kept)
+            read_offset[tp] = handed_out[tp] = kept[-1].coords.offset
+            offsets[tp] = [message.coords.offset for message in kept]
         if not messages:
             return None
         self._fetch_sequence += 1

@@ -11,7 +11,7 @@ builds can be compared by callgrind's instruction count::
     callgrind_annotate /tmp/cg.out | head -20      # "PROGRAM TOTALS" = instructions
 
 ``--shell`` adds what the worker's interpreted shell does per event around them:
-the InputMessages built from aiokafka records (agents/batching.py), the request
+the InputMessages made of fetched records (agents/batching.py), the request
 metrics (``RequestMetrics.add_batch``), the canary observer (``observe_tallies``)
 and the delivery-latency histogram (``BatchHandler._after_delivery``); with the
 worker's garbage-collector settings (``GC_THRESHOLDS``, ``gc.freeze()`` after the
@@ -32,12 +32,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
-from aiokafka.structs import ConsumerRecord
+from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.structs import TopicPartition
 
-from agents.batching import input_messages
+from agents.batching import BatchingConsumer, BatchTopicKeys, MessagePartitionRecords
 from agents.handler import STAGE_CHUNK
 from pipeline.canary.observer import CanaryObserver, new_tallies
 from pipeline.commands.worker import GC_THRESHOLDS
@@ -85,33 +88,40 @@ def run_stages(messages: list[InputMessage], ctx: EnrichContext, shell: Shell | 
     return items_total
 
 
+@dataclass(slots=True)
+class FetchedRecord:
+    """What aiokafka's record unpacking hands ``MessagePartitionRecords`` of a record."""
+
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+
+
 class Shell:
     """The worker's per-event steps outside the core, as the worker calls them."""
 
     def __init__(self) -> None:
+        consumer = cast(BatchingConsumer, SimpleNamespace(batch_topics=frozenset({"access-logs"})))
+        self.partition_tp = TopicPartition("access-logs", 0)
+        self.partition = MessagePartitionRecords(
+            self.partition_tp, MemoryRecords(b""), [], 0, BatchTopicKeys(consumer), None, True, 0
+        )
         self.metrics = RequestMetrics()
         self.observer = CanaryObserver(10, lambda aggregates: None, flush_interval=1.0)
         self.latency = LatencyHistogram()
 
     def consume(self, batch: list[InputMessage]) -> list[InputMessage]:
-        """The batch as BatchingConsumer makes it from aiokafka's records."""
-        records = [
-            ConsumerRecord(
-                "access-logs",
-                0,
-                m.coords.offset,
-                1_700_000_000_000,
-                0,
-                m.key,
-                m.value,
-                None,
-                0,
-                len(m.value or b""),
-                [],
-            )
+        """The batch as the worker's consumer makes it from fetched records: aiokafka
+        unpacks each into a record object (here a stand-in with the same fields), and
+        ``MessagePartitionRecords`` makes that the handler's message (session 17; before,
+        an aiokafka ConsumerRecord that ``input_messages`` then converted)."""
+        unpack = self.partition.input_message
+        tp = self.partition_tp
+        return [
+            unpack(tp, FetchedRecord(m.coords.offset, 1_700_000_000_000, m.key, m.value))
             for m in batch
         ]
-        return input_messages(records, "access-logs", 0, time.time_ns())
 
     def after(self, batch: list[InputMessage], results: list[Any], observed: SecondTallies) -> None:
         self.metrics.add_batch(results)

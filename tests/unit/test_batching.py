@@ -8,11 +8,21 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 from intervaltree import IntervalTree
 
-from agents.batching import BatchingConsumer, BatchPathApp, BatchPump, FetchedBatch
+from agents.batching import (
+    BatchingConsumer,
+    BatchPathApp,
+    BatchPump,
+    BatchTopicKeys,
+    FetchedBatch,
+    MessagePartitionRecords,
+    input_messages,
+)
 from agents.handler import InputMessage
 from pipeline.core.model import KafkaCoordinates
 
@@ -194,7 +204,16 @@ class SeekRecordingConsumer(BatchingConsumer):
         self._read_offset[partition] = offset
 
 
-def fetched(tp: TP, first: int, n: int) -> list[ConsumerRecord[bytes, bytes]]:
+def fetched(tp: TP, first: int, n: int) -> list[InputMessage]:
+    """A batch topic's fetched records, as MessagePartitionRecords makes them."""
+    return [
+        InputMessage(b"v", None, KafkaCoordinates(tp.topic, tp.partition, o), 1_000_000, 5)
+        for o in range(first, first + n)
+    ]
+
+
+def fetched_as_consumer_records(tp: TP, first: int, n: int) -> list[ConsumerRecord[bytes, bytes]]:
+    """The same as aiokafka's own ConsumerRecords (fetched before the batch topics were set)."""
     return [
         ConsumerRecord(tp.topic, tp.partition, o, 1, 0, None, b"v", None, 0, 1, ())
         for o in range(first, first + n)
@@ -294,3 +313,71 @@ async def test_the_revocation_scope_covers_ours_and_fausts_revocation() -> None:
     await App()._on_partitions_revoked(set())
     assert seen == [("ours", True), ("faust", True)]
     assert not inside
+
+
+async def test_consumer_records_fetched_before_the_batch_topics_were_set_make_the_same_batch() -> (
+    None
+):
+    as_messages = await fetching_consumer()._to_batch({TP_A: fetched(TP_A, 3, 4)}, {TP_A})
+    as_records = await fetching_consumer()._to_batch(
+        {TP_A: fetched_as_consumer_records(TP_A, 3, 4)}, {TP_A}
+    )
+    assert as_messages is not None and as_records is not None
+    assert as_records.offsets == as_messages.offsets == {TP_A: [3, 4, 5, 6]}
+    assert [(m.value, m.key, m.coords, m.timestamp_ns) for m in as_records.messages] == [
+        (m.value, m.key, m.coords, m.timestamp_ns) for m in as_messages.messages
+    ]
+
+
+def record_bytes(records: list[tuple[int, int, bytes | None, bytes]]) -> bytes:
+    """A Kafka record batch (message format v2) of (offset delta, timestamp, key, value)."""
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=0,
+        is_transactional=0,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 20,
+    )
+    for offset, timestamp, key, value in records:
+        builder.append(offset, timestamp=timestamp, key=key, value=value, headers=[])
+    return bytes(builder.build())
+
+
+def unpacked(topic: str, key_deserializer: Any) -> list[Any]:
+    """What aiokafka's fetcher gets of one fetched partition through MessagePartitionRecords."""
+    data = record_bytes([(0, 1_700_000_000_123, None, b"a"), (1, -1, b"k", b"b"), (2, 0, b"", b"")])
+    records = MessagePartitionRecords(
+        TP(topic, 2), MemoryRecords(data), [], 0, key_deserializer, None, True, 0
+    )
+    return list(records)
+
+
+def test_a_batch_topics_records_come_out_as_input_messages() -> None:
+    consumer = SeekRecordingConsumer(flow_active=True)
+    consumer.batch_topics = frozenset({"logs"})
+    messages = unpacked("logs", BatchTopicKeys(consumer))
+    assert [(m.value, m.key, m.coords, m.timestamp_ns) for m in messages] == [
+        (b"a", None, KafkaCoordinates("logs", 2, 0), 1_700_000_000_123_000_000),
+        (b"b", b"k", KafkaCoordinates("logs", 2, 1), None),  # no record time
+        (b"", b"", KafkaCoordinates("logs", 2, 2), None),
+    ]
+    assert all(isinstance(m, InputMessage) and m.received_ns > 0 for m in messages)
+    # What input_messages made of aiokafka's own records, field for field.
+    stock = unpacked("logs", None)
+    assert all(isinstance(r, ConsumerRecord) for r in stock)
+    assert [(m.value, m.key, m.coords, m.timestamp_ns) for m in messages] == [
+        (m.value, m.key, m.coords, m.timestamp_ns) for m in input_messages(stock, "logs", 2, 0)
+    ]
+
+
+def test_other_topics_and_other_consumers_get_aiokafkas_records() -> None:
+    consumer = SeekRecordingConsumer(flow_active=True)
+    consumer.batch_topics = frozenset({"logs"})
+    # Not a batch topic (a changelog): aiokafka's records, as without the subclass.
+    stock = unpacked("changelog", None)
+    assert all(isinstance(r, ConsumerRecord) for r in stock)
+    assert unpacked("changelog", BatchTopicKeys(consumer)) == stock
+    # Another consumer (no BatchTopicKeys): aiokafka's records for every topic.
+    assert all(isinstance(r, ConsumerRecord) for r in unpacked("logs", None))

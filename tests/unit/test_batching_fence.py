@@ -91,7 +91,10 @@ FENCE_OWN = {
 
 
 def test_every_private_library_name_of_the_fence_is_listed() -> None:
-    used = private_names_used(FENCE) - own_private_names(FENCE) - FENCE_OWN
+    # A listed name the fence assigns on ``self`` is still the library's: a subclass
+    # replacing a library method per instance (``MessagePartitionRecords``).
+    own = own_private_names(FENCE) - LISTED_NAMES
+    used = private_names_used(FENCE) - own - FENCE_OWN
     assert used == LISTED_NAMES, (
         f"unlisted: {sorted(used - LISTED_NAMES)}; listed but unused: {sorted(LISTED_NAMES - used)}"
     )
