@@ -52,6 +52,8 @@ def count_floats(
     return counted, total
 
 
+# The same search twice, for int and for float bounds: compiled, each compares native
+# values; one generic function would compare boxed objects.
 def bucket_ns(bounds_ns: tuple[int, ...], value: int) -> int:
     """``bisect_left(bounds_ns, value)``."""
     low, high = 0, len(bounds_ns)
