@@ -1,13 +1,15 @@
-"""The worker's logging configuration."""
+"""The worker's process settings: its logging configuration, its malloc thresholds."""
 
 from __future__ import annotations
 
 import logging
+import platform
 
 import orjson
+import pytest
 
 from agents.app import create_app
-from pipeline.commands.worker import faust_worker
+from pipeline.commands.worker import faust_worker, keep_freed_heap
 from pipeline.config import load_settings
 from pipeline.logs import JsonFormatter, logging_config
 
@@ -47,3 +49,11 @@ def test_the_worker_keeps_the_root_logger_at_the_configured_level() -> None:
         assert not logging.getLogger("aiokafka.conn").isEnabledFor(logging.DEBUG)
     finally:
         root.setLevel(saved)
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt"
+)
+def test_the_worker_keeps_freed_heap_mapped_on_glibc() -> None:
+    """The worker's malloc thresholds (pipeline.commands.worker.keep_freed_heap) are set."""
+    assert keep_freed_heap()
