@@ -72,7 +72,8 @@ LAG_BUCKETS = tuple(round(0.001 * 1.12**i, 6) for i in range(98))
 
 
 class LatencyHistogram:
-    """Cumulative histogram fed a batch at a time (bisect per value, no locks, no labels)."""
+    """Cumulative histogram fed a batch at a time (counted in the compiled core, no locks,
+    no labels)."""
 
     def __init__(self, bounds: tuple[float, ...] = LAG_BUCKETS) -> None:
         self.bounds = bounds

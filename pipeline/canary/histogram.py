@@ -18,11 +18,10 @@ so changing them needs new table names.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-from pipeline.core.buckets import count_ms
+from pipeline.core.buckets import bucket_float, count_ms
 
 PER_DECADE: Final = 20
 # 10 ** (k / 20) for k in -20..100: 0.1 ms .. 100 000 ms. Rounded so that every
@@ -36,7 +35,7 @@ BUCKETS: Final = OVERFLOW + 1
 
 def bucket_index(duration_ms: float) -> int:
     """The bucket a duration falls into (negative durations count as 0)."""
-    return bisect_left(BOUNDS_MS, duration_ms if duration_ms > 0 else 0.0)
+    return bucket_float(BOUNDS_MS, duration_ms if duration_ms > 0 else 0.0)
 
 
 def bucket_range(index: int) -> tuple[float, float]:

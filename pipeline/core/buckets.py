@@ -23,7 +23,7 @@ def count_ns(
     for value in durations_ns:
         if value is None or value < 0:
             continue
-        counts[bucket_ns(bounds_ns, value)] += 1
+        counts[bucket_int(bounds_ns, value)] += 1
         counted += 1
         total += value
     return counted, total
@@ -35,7 +35,7 @@ def count_ms(
     """Each duration added to the sparse ``histogram`` (bucket index -> count); negative
     durations (and NaN) count as 0 ms."""
     for duration_ms in durations_ms:
-        index = bucket_ms(bounds_ms, duration_ms if duration_ms > 0 else 0.0)
+        index = bucket_float(bounds_ms, duration_ms if duration_ms > 0 else 0.0)
         histogram[index] = histogram.get(index, 0) + 1
 
 
@@ -46,7 +46,7 @@ def count_floats(
     counted = 0
     total = 0.0
     for value in values:
-        counts[bucket_ms(bounds, value)] += 1
+        counts[bucket_float(bounds, value)] += 1
         counted += 1
         total += value
     return counted, total
@@ -54,24 +54,24 @@ def count_floats(
 
 # The same search twice, for int and for float bounds: compiled, each compares native
 # values; one generic function would compare boxed objects.
-def bucket_ns(bounds_ns: tuple[int, ...], value: int) -> int:
-    """``bisect_left(bounds_ns, value)``."""
-    low, high = 0, len(bounds_ns)
+def bucket_int(bounds: tuple[int, ...], value: int) -> int:
+    """``bisect_left(bounds, value)``."""
+    low, high = 0, len(bounds)
     while low < high:
         middle = (low + high) // 2
-        if bounds_ns[middle] < value:
+        if bounds[middle] < value:
             low = middle + 1
         else:
             high = middle
     return low
 
 
-def bucket_ms(bounds_ms: tuple[float, ...], value: float) -> int:
-    """``bisect_left(bounds_ms, value)`` (of any float bounds, not only milliseconds)."""
-    low, high = 0, len(bounds_ms)
+def bucket_float(bounds: tuple[float, ...], value: float) -> int:
+    """``bisect_left(bounds, value)``."""
+    low, high = 0, len(bounds)
     while low < high:
         middle = (low + high) // 2
-        if bounds_ms[middle] < value:
+        if bounds[middle] < value:
             low = middle + 1
         else:
             high = middle

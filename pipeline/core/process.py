@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.core.buckets import bucket_ms
+from pipeline.core.buckets import bucket_float
 from pipeline.core.document import document_source
 from pipeline.core.enrich import DEFAULT_CHAIN, EnrichContext, Step, enrich
 from pipeline.core.formats.detect import parse_message, resolve_message
@@ -255,7 +255,7 @@ class SecondTallies:
             if duration_ms < 0.0:
                 duration_ms = 0.0
             latency = tally.latency
-            index = bucket_ms(self.bounds_ms, duration_ms)
+            index = bucket_float(self.bounds_ms, duration_ms)
             latency[index] = latency.get(index, 0) + 1
             low = tally.min_ms
             if low is None or duration_ms < low:
