@@ -230,12 +230,14 @@ def create_app(
     app = GrayscopeApp(settings.consumer_group, **faust_settings(settings, topic_replicas))
     runtime = runtime or Runtime(settings)
     app.grayscope_runtime = runtime
+    problem = batch_path_problem()
     app.batch_path = settings.consumer_mode is ConsumerMode.BATCH
-    if app.batch_path and (problem := batch_path_problem()) is not None:
+    if app.batch_path and problem is not None:
         log.warning(
             "batch consumption path not tested on %s: using Faust's stock stream path", problem
         )
         app.batch_path = False
+    app.stream_fence = not app.batch_path and problem is None
     input_topic = app.topic(*settings.input_topics, value_serializer="raw", key_serializer="raw")
 
     @app.agent(input_topic, name="grayscope-enrich")

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from agents import batching
 from agents.app import create_app
@@ -85,8 +86,6 @@ FENCE_OWN = {
     "_deliver",
     "_to_batch",
     "_fetch_sequence",
-    "_seek_back",
-    "_seek_back_to_committed",
 }
 
 
@@ -151,3 +150,15 @@ def test_other_versions_fall_back_to_the_stock_stream_path(
         app = create_app(settings)
     assert not app.batch_path  # type: ignore[attr-defined]
     assert "stock stream path" in caplog.text
+    # The stream path's fenced consumer is fenced code too: stock Faust there as well.
+    assert not app.stream_fence  # type: ignore[attr-defined]
+    assert app.transport.Consumer is faust_aiokafka.Consumer  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("mode", "consumer_class"),
+    [("batch", batching.BatchingConsumer), ("stream", batching.StreamConsumer)],
+)
+def test_each_consumer_mode_gets_its_consumer(mode: str, consumer_class: type) -> None:
+    app = create_app(load_settings(consumer_mode=mode, geoip_city_db="", es_url=""))
+    assert app.transport.Consumer is consumer_class  # type: ignore[attr-defined]
