@@ -551,6 +551,15 @@ class StreamConsumer(faust_aiokafka.Consumer):
             delivered[tp] = message.offset
             last = tp, message.offset
             yield tp, message
+        if not read_again and (self.seeks_in_progress or self.seek_count > seeks_before):
+            # A seek during the last record's callback: Faust's drain then sets the read
+            # offset to that record, above the position the seek set.
+            sought_at = self.sought_at or {}
+            read_again = any(
+                acks_enabled_for(tp.topic)
+                and (self.seeks_in_progress or sought_at.get(tp, 0) > seeks_before)
+                for tp in delivered
+            )
         undelivered = self.undelivered(delivered, acks_enabled_for)
         if last is not None and not self.flow_active:
             tp, offset = last  # the drain may have dropped it as the flow stopped

@@ -166,6 +166,25 @@ async def test_a_seek_landing_in_mid_fetch_reads_the_partition_again_from_the_co
     assert drained.handed[cleared_up_to[0] :] == list(range(35, 100))
 
 
+async def test_a_seek_landing_as_the_fetchs_last_record_is_handed_out_reads_it_all_again() -> None:
+    # Faust's drain sets the read offset to that record (64) after the seek set it to
+    # the commit (35): the partition's re-read (35..63) would be dropped as read, and
+    # the commit would stay at 35 for ever.
+    thread = FakeLogThread(end=100, committed=35, position=35)
+    consumer = FakeLogConsumer(thread)
+    drained = Drained([], [], [])
+    cleared_up_to: list[int] = []
+
+    async def seek_at_64(offset: int) -> None:
+        if offset == 64 and not cleared_up_to:
+            await consumer.perform_seek()
+            cleared_up_to.append(len(drained.handed))
+
+    await drain(consumer, fetches=6, on_handed=seek_at_64, out=drained)
+    assert drained.gaps == [] and drained.dropped == []
+    assert drained.handed[cleared_up_to[0] :] == list(range(35, 100))
+
+
 async def test_records_delivered_while_a_seek_is_in_progress_are_read_again() -> None:
     # The seek has moved aiokafka's position back (35) but its answer, and so Faust's
     # read offset going back, comes later: a fetch from 35 meanwhile is dropped as read
