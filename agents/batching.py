@@ -476,8 +476,10 @@ class StreamConsumer(faust_aiokafka.Consumer):
 
     Here an input record fetched before a seek that moved its partition is not handed
     out, and when anything of a fetch was held back, left out, or handed out while a
-    seek was in progress, every partition goes back to its committed offset (one with
-    none to its first record not handed out) and is read again. Records a stream had
+    seek was in progress (or its partition was sought while its last record was being
+    handed out: the drain then sets the read offset to that record, above the sought
+    position), every partition goes back to its committed offset (one with none to its
+    first record not handed out) and is read again. Records a stream had
     queued already are then handled twice (documents overwritten by ``_id``), as after
     any rebalance. tests/unit/test_stream_fetch_fence.py runs Faust's own ``getmany``
     and seeks over a fake log; the stock consumer fails it. The batch path keeps its
