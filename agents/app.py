@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import tempfile
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -85,7 +84,6 @@ def faust_settings(settings: Settings, topic_replicas: int | None = None) -> dic
 
 
 def to_input_messages(events: Sequence[EventT]) -> list[InputMessage]:
-    now = time.time_ns()
     out = []
     for event in events:
         message = event.message
@@ -96,7 +94,6 @@ def to_input_messages(events: Sequence[EventT]) -> list[InputMessage]:
                 key=message.key,
                 coords=KafkaCoordinates(message.topic, message.partition, message.offset),
                 timestamp_ns=int(timestamp * 1e9) if timestamp else None,
-                received_ns=now,
             )
         )
     return out

@@ -47,7 +47,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -179,7 +178,7 @@ def consumer_group_error(app: Any) -> BaseException | None:
     return None
 
 
-def input_messages(records: list[Any], topic: str, partition: int, now: int) -> list[InputMessage]:
+def input_messages(records: list[Any], topic: str, partition: int) -> list[InputMessage]:
     """One partition's fetched aiokafka ConsumerRecords as the handler's messages (record
     timestamps are milliseconds; none or negative: unknown). Only for records fetched
     before the batch topics were known: ``MessagePartitionRecords`` makes the rest."""
@@ -189,7 +188,6 @@ def input_messages(records: list[Any], topic: str, partition: int, now: int) -> 
             record.key,
             KafkaCoordinates(topic, partition, record.offset),
             ts * 1_000_000 if (ts := record.timestamp) and ts > 0 else None,
-            now,
         )
         for record in records
     ]
@@ -250,7 +248,6 @@ class MessagePartitionRecords(aiokafka_fetcher.PartitionRecords):  # type: ignor
             and value_deserializer is None
             and tp.topic in key_deserializer.consumer.batch_topics
         ):
-            self.received_ns = time.time_ns()
             # An instance attribute: aiokafka's unpacking loop calls it for each record.
             self._consumer_record = self.input_message
 
@@ -263,7 +260,6 @@ class MessagePartitionRecords(aiokafka_fetcher.PartitionRecords):  # type: ignor
             record.key,
             KafkaCoordinates(tp.topic, tp.partition, record.offset),
             timestamp * 1_000_000 if timestamp and timestamp > 0 else None,
-            self.received_ns,
         )
 
 
@@ -364,7 +360,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             if recs and not isinstance(recs[0], InputMessage):
                 # Unpacked before ``batch_topics`` named this topic (a partition's records
                 # come from one MessagePartitionRecords: all alike).
-                recs = input_messages(recs, tp.topic, tp.partition, time.time_ns())
+                recs = input_messages(recs, tp.topic, tp.partition)
             if active is not None and tp not in active and tp not in buffered:
                 if recs:  # paused meanwhile: read these again when it resumes
                     await seek_back(self, tp, recs[0].coords.offset)

@@ -274,7 +274,6 @@ class InputMessage:
     key: bytes | None
     coords: KafkaCoordinates
     timestamp_ns: int | None = None  # the Kafka record timestamp
-    received_ns: int = 0  # when the worker took it (for latency metrics)
 
     # Written out for the compiled core (measured: see AccessRecord).
     def __init__(
@@ -283,10 +282,8 @@ class InputMessage:
         key: bytes | None,
         coords: KafkaCoordinates,
         timestamp_ns: int | None = None,
-        received_ns: int = 0,
     ) -> None:
         self.value = value
         self.key = key
         self.coords = coords
         self.timestamp_ns = timestamp_ns
-        self.received_ns = received_ns
