@@ -37,9 +37,10 @@ worker then falls back to Faust's stock stream path with a warning.
 tests/integration cover acks, commits, rebalances with two workers, store
 outage and SIGKILL with this path on.
 
-The stock stream path (``GRAYSCOPE_CONSUMER_MODE=stream``) gets ``StreamConsumer``
-here too: Faust's consumer with its fetches fenced by seeks, so that a seek racing a
-fetch around a rebalance cannot make a jump Faust's commit passes.
+Both paths' consumers are ``SeekFencedConsumer``s (the stock stream path's,
+``GRAYSCOPE_CONSUMER_MODE=stream``, too): Faust's consumer with its fetches fenced by
+seeks, so that a seek racing a fetch around a rebalance cannot make a jump Faust's
+commit passes.
 """
 
 from __future__ import annotations
@@ -307,7 +308,150 @@ class ShortWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
-class BatchingConsumer(faust_aiokafka.Consumer):
+class SeekFencedConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer with its fetches fenced by seeks: no record an input
+    partition skips reaches the commit unhandled. The stock stream path's consumer, and
+    the base of the batch path's (``BatchingConsumer``: the topics it leaves to Faust's
+    per-message path, such as the canary aggregates, go through this ``getmany``).
+
+    Faust's per-message drain (``Consumer._drain_messages``) takes a jump from a
+    partition's read offset to the next record it is handed for a hole in the log
+    (compaction, aborted transactions): ``_add_gap`` lets the commit pass the missing
+    offsets (and Faust's commit passes one missing offset at the head anyway). Around
+    a rebalance such jumps happen without a hole:
+
+    - A seek to the committed offsets (Faust's recovery, after resuming the input
+      partitions) moves aiokafka's position back, but Faust sets the read offsets back
+      only when the seek's answer reaches its thread. A fetch delivered in between is
+      dropped as read already; a fetch made before it and delivered after it goes on
+      from the old position. Either way the next record jumps from the committed
+      offset. In CI the stream mode lost 30 messages of a partition (35..64, commit
+      at 35) across a rebalance; the unit test's stock run gives exactly that gap,
+      36..65: the partition's first fetch after the rebalance, handed to the stream
+      queues that the flow's resume then cleared, fetched again during the seek and
+      dropped as read.
+    - ``getmany`` drops the rest of a fetch when the flow stops or the generation
+      changes, and a paused partition's records, without moving aiokafka's position
+      back; the drain drops the message in hand when the flow stops.
+
+    Here an input record fetched before a seek that moved its partition is not handed
+    out, and when anything of a fetch was held back, left out, or handed out while a
+    seek was in progress (or its partition was sought while its last record was being
+    handed out: the drain then sets the read offset to that record, above the sought
+    position), every partition goes back to its committed offset (one with none to its
+    first record not handed out) and is read again. Records a stream had queued
+    already are then handled twice (documents overwritten by ``_id``), as after any
+    rebalance. tests/unit/test_stream_fetch_fence.py runs Faust's own ``getmany``
+    and seeks over a fake log, with both consumers; the stock consumer fails it. The
+    batch topics keep their own bookkeeping (``BatchingConsumer._to_batch``: what a
+    generation handed out is read, and a re-read skips it); table changelogs, whose
+    acks are off, are left to Faust.
+    """
+
+    #: Seeks so far (``seek_to_committed`` and ``seek``), the seeks in progress, and per
+    #: partition the count at the seek that last moved it.
+    seek_count: int = 0
+    seeks_in_progress: int = 0
+    sought_at: dict[TP, int] | None = None
+    #: The partitions the last seek to the committed offsets moved (committed > 0:
+    #: aiokafka leaves the others where they are).
+    moved_to_committed: frozenset[TP] = frozenset()
+    #: The record map of the fetch being delivered.
+    fetched: Mapping[TP, list[Any]] | None = None
+
+    def note_sought(self, partitions: Iterable[TP]) -> None:
+        if self.sought_at is None:
+            self.sought_at = {}
+        self.seek_count += 1
+        count = self.seek_count
+        for tp in partitions:
+            self.sought_at[tp] = count
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        self.seeks_in_progress += 1
+        try:
+            offsets = await super().seek_to_committed()
+        finally:
+            self.seeks_in_progress -= 1
+        # No await from here to Faust's ``perform_seek`` setting the read offsets back.
+        self.moved_to_committed = frozenset(
+            tp for tp, offset in offsets.items() if offset is not None and offset > 0
+        )
+        self.note_sought(self.moved_to_committed)
+        return offsets
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        self.seeks_in_progress += 1
+        try:
+            await super().seek(partition, offset)
+        finally:
+            self.seeks_in_progress -= 1
+        self.note_sought((partition,))
+
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+        records, active = await super()._wait_next_records(timeout)
+        self.fetched = records
+        return records, active
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+        """Faust's ``getmany``; an input record fetched before a seek that moved its
+        partition is held back, and when anything of the fetch was held back, left out,
+        or delivered while a seek was in progress (its read offset may be set back
+        under it), the partitions are sought back to be read again."""
+        seeks_before = self.seek_count
+        self.fetched = None
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        delivered: dict[TP, int] = {}
+        read_again = False
+        last: tuple[TP, int] | None = None
+        async for tp, message in super().getmany(timeout):
+            if acks_enabled_for(tp.topic):
+                sought_at = self.sought_at
+                if sought_at is not None and sought_at.get(tp, 0) > seeks_before:
+                    read_again = True  # fetched from where the seek moved it away
+                    continue
+                if self.seeks_in_progress:
+                    read_again = True
+            delivered[tp] = message.offset
+            last = tp, message.offset
+            yield tp, message
+        if not read_again and (self.seeks_in_progress or self.seek_count > seeks_before):
+            # A seek during the last record's callback: Faust's drain then sets the read
+            # offset to that record, above the position the seek set.
+            sought_at = self.sought_at or {}
+            read_again = any(
+                acks_enabled_for(tp.topic)
+                and (self.seeks_in_progress or sought_at.get(tp, 0) > seeks_before)
+                for tp in delivered
+            )
+        undelivered = self.undelivered(delivered, acks_enabled_for)
+        if last is not None and not self.flow_active:
+            tp, offset = last  # the drain may have dropped it as the flow stopped
+            if acks_enabled_for(tp.topic):
+                undelivered[tp] = min(undelivered.get(tp, offset), offset)
+        if read_again or undelivered:
+            await seek_back_to_committed(self)
+            for tp, offset in undelivered.items():
+                if tp not in self.moved_to_committed:  # none committed: not moved back
+                    await seek_back(self, tp, offset)
+
+    def undelivered(
+        self, delivered: dict[TP, int], acks_enabled_for: Callable[[str], bool]
+    ) -> dict[TP, int]:
+        """Per input partition of the fetch, its first record ``getmany`` did not deliver."""
+        undelivered: dict[TP, int] = {}
+        for tp, records in (self.fetched or {}).items():
+            if not records or not acks_enabled_for(tp.topic):
+                continue
+            last = delivered.get(tp)
+            if last is None:
+                undelivered[tp] = records[0].offset
+            elif last < records[-1].offset:
+                undelivered[tp] = last + 1
+        return undelivered
+
+
+class BatchingConsumer(SeekFencedConsumer):
     """Faust's aiokafka consumer that diverts batch topics to a queue."""
 
     def _new_consumer_thread(self) -> Any:
@@ -446,147 +590,8 @@ class BatchingTransport(faust_aiokafka.Transport):
     Consumer = BatchingConsumer
 
 
-class StreamConsumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer for the stock stream path, with its fetches fenced by
-    seeks: no record an input partition skips reaches the commit unhandled.
-
-    Faust's per-message drain (``Consumer._drain_messages``) takes a jump from a
-    partition's read offset to the next record it is handed for a hole in the log
-    (compaction, aborted transactions): ``_add_gap`` lets the commit pass the missing
-    offsets (and Faust's commit passes one missing offset at the head anyway). Around
-    a rebalance such jumps happen without a hole:
-
-    - A seek to the committed offsets (Faust's recovery, after resuming the input
-      partitions) moves aiokafka's position back, but Faust sets the read offsets back
-      only when the seek's answer reaches its thread. A fetch delivered in between is
-      dropped as read already; a fetch made before it and delivered after it goes on
-      from the old position. Either way the next record jumps from the committed
-      offset. In CI the stream mode lost 30 messages of a partition (35..64, commit
-      at 35) across a rebalance; the unit test's stock run gives exactly that gap,
-      36..65: the partition's first fetch after the rebalance, handed to the stream
-      queues that the flow's resume then cleared, fetched again during the seek and
-      dropped as read.
-    - ``getmany`` drops the rest of a fetch when the flow stops or the generation
-      changes, and a paused partition's records, without moving aiokafka's position
-      back; the drain drops the message in hand when the flow stops.
-
-    Here an input record fetched before a seek that moved its partition is not handed
-    out, and when anything of a fetch was held back, left out, or handed out while a
-    seek was in progress (or its partition was sought while its last record was being
-    handed out: the drain then sets the read offset to that record, above the sought
-    position), every partition goes back to its committed offset (one with none to its
-    first record not handed out) and is read again. Records a stream had
-    queued already are then handled twice (documents overwritten by ``_id``), as after
-    any rebalance. tests/unit/test_stream_fetch_fence.py runs Faust's own ``getmany``
-    and seeks over a fake log; the stock consumer fails it. The batch path keeps its
-    own bookkeeping (``BatchingConsumer``); table changelogs are left to Faust.
-    """
-
-    #: Seeks so far (``seek_to_committed`` and ``seek``), the seeks in progress, and per
-    #: partition the count at the seek that last moved it.
-    seek_count: int = 0
-    seeks_in_progress: int = 0
-    sought_at: dict[TP, int] | None = None
-    #: The partitions the last seek to the committed offsets moved (committed > 0:
-    #: aiokafka leaves the others where they are).
-    moved_to_committed: frozenset[TP] = frozenset()
-    #: The record map of the fetch being delivered.
-    fetched: Mapping[TP, list[Any]] | None = None
-
-    def note_sought(self, partitions: Iterable[TP]) -> None:
-        if self.sought_at is None:
-            self.sought_at = {}
-        self.seek_count += 1
-        count = self.seek_count
-        for tp in partitions:
-            self.sought_at[tp] = count
-
-    async def seek_to_committed(self) -> Mapping[TP, int]:
-        self.seeks_in_progress += 1
-        try:
-            offsets = await super().seek_to_committed()
-        finally:
-            self.seeks_in_progress -= 1
-        # No await from here to Faust's ``perform_seek`` setting the read offsets back.
-        self.moved_to_committed = frozenset(
-            tp for tp, offset in offsets.items() if offset is not None and offset > 0
-        )
-        self.note_sought(self.moved_to_committed)
-        return offsets
-
-    async def seek(self, partition: TP, offset: int) -> None:
-        self.seeks_in_progress += 1
-        try:
-            await super().seek(partition, offset)
-        finally:
-            self.seeks_in_progress -= 1
-        self.note_sought((partition,))
-
-    async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
-        records, active = await super()._wait_next_records(timeout)
-        self.fetched = records
-        return records, active
-
-    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
-        """Faust's ``getmany``; an input record fetched before a seek that moved its
-        partition is held back, and when anything of the fetch was held back, left out,
-        or delivered while a seek was in progress (its read offset may be set back
-        under it), the partitions are sought back to be read again."""
-        seeks_before = self.seek_count
-        self.fetched = None
-        acks_enabled_for = self.app.topics.acks_enabled_for
-        delivered: dict[TP, int] = {}
-        read_again = False
-        last: tuple[TP, int] | None = None
-        async for tp, message in super().getmany(timeout):
-            if acks_enabled_for(tp.topic):
-                sought_at = self.sought_at
-                if sought_at is not None and sought_at.get(tp, 0) > seeks_before:
-                    read_again = True  # fetched from where the seek moved it away
-                    continue
-                if self.seeks_in_progress:
-                    read_again = True
-            delivered[tp] = message.offset
-            last = tp, message.offset
-            yield tp, message
-        if not read_again and (self.seeks_in_progress or self.seek_count > seeks_before):
-            # A seek during the last record's callback: Faust's drain then sets the read
-            # offset to that record, above the position the seek set.
-            sought_at = self.sought_at or {}
-            read_again = any(
-                acks_enabled_for(tp.topic)
-                and (self.seeks_in_progress or sought_at.get(tp, 0) > seeks_before)
-                for tp in delivered
-            )
-        undelivered = self.undelivered(delivered, acks_enabled_for)
-        if last is not None and not self.flow_active:
-            tp, offset = last  # the drain may have dropped it as the flow stopped
-            if acks_enabled_for(tp.topic):
-                undelivered[tp] = min(undelivered.get(tp, offset), offset)
-        if read_again or undelivered:
-            await seek_back_to_committed(self)
-            for tp, offset in undelivered.items():
-                if tp not in self.moved_to_committed:  # none committed: not moved back
-                    await seek_back(self, tp, offset)
-
-    def undelivered(
-        self, delivered: dict[TP, int], acks_enabled_for: Callable[[str], bool]
-    ) -> dict[TP, int]:
-        """Per input partition of the fetch, its first record ``getmany`` did not deliver."""
-        undelivered: dict[TP, int] = {}
-        for tp, records in (self.fetched or {}).items():
-            if not records or not acks_enabled_for(tp.topic):
-                continue
-            last = delivered.get(tp)
-            if last is None:
-                undelivered[tp] = records[0].offset
-            elif last < records[-1].offset:
-                undelivered[tp] = last + 1
-        return undelivered
-
-
 class StreamTransport(faust_aiokafka.Transport):
-    Consumer = StreamConsumer
+    Consumer = SeekFencedConsumer
 
 
 class BatchPathApp:
@@ -601,7 +606,7 @@ class BatchPathApp:
     """
 
     batch_path: bool = False
-    #: Whether the stream path's consumer is a ``StreamConsumer`` (on the tested versions).
+    #: Whether the stream path's consumer is a ``SeekFencedConsumer`` (on the tested versions).
     stream_fence: bool = False
 
     async def on_revoked(self) -> None:

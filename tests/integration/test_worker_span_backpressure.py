@@ -38,7 +38,7 @@ requests in flight complete on SIGCONT and nothing is dropped as ``export_failed
   the app's flow control kept what a running flow had queued (``agents/app.py``
   ``ResumeKeepsQueued``; ``tests/unit/test_stream_flow_control.py``), and once more
   (30 messages, CI 2026-12-06) until its consumer fenced fetches by seeks
-  (``agents/batching.py`` ``StreamConsumer``; ``tests/unit/test_stream_fetch_fence.py``).
+  (``agents/batching.py`` ``SeekFencedConsumer``; ``tests/unit/test_stream_fetch_fence.py``).
 
 Nothing is timed: each state is polled for with a generous deadline, and the
 "holds back" checks are bounded by what the queue and the batches in flight can

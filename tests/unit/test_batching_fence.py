@@ -157,7 +157,7 @@ def test_other_versions_fall_back_to_the_stock_stream_path(
 
 @pytest.mark.parametrize(
     ("mode", "consumer_class"),
-    [("batch", batching.BatchingConsumer), ("stream", batching.StreamConsumer)],
+    [("batch", batching.BatchingConsumer), ("stream", batching.SeekFencedConsumer)],
 )
 def test_each_consumer_mode_gets_its_consumer(mode: str, consumer_class: type) -> None:
     app = create_app(load_settings(consumer_mode=mode, geoip_city_db="", es_url=""))

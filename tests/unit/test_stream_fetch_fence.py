@@ -1,4 +1,4 @@
-"""The stream path's consumer fences its fetches by seeks (agents/batching.py ``StreamConsumer``).
+"""Both paths' consumers fence their fetches by seeks (agents/batching.py ``SeekFencedConsumer``).
 
 Faust's drain (``Consumer._drain_messages``) takes a jump from a partition's read offset
 to the next record it is handed for a hole in the log and lets the commit pass it. A seek
@@ -19,10 +19,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from faust.transport.utils import DefaultSchedulingStrategy
 from faust.types import TP
 
-from agents.batching import StreamConsumer
+from agents.batching import BatchingConsumer, SeekFencedConsumer
 
 INPUT = TP("in", 0)
 FETCH = 30  # records per fetch
@@ -88,8 +89,8 @@ class QuietLog:
         return None
 
 
-class FakeLogConsumer(StreamConsumer):
-    """A bare StreamConsumer (no app, no thread) over a FakeLogThread."""
+class FakeLogConsumer(SeekFencedConsumer):
+    """A bare SeekFencedConsumer, the stream path's (no app, no thread), over a FakeLogThread."""
 
     def __init__(self, thread: FakeLogThread) -> None:
         self._thread = thread  # type: ignore[assignment]
@@ -111,6 +112,17 @@ class FakeLogConsumer(StreamConsumer):
 
     def _to_message(self, tp: TP, record: Any) -> Any:
         return record
+
+
+class FakeLogBatchingConsumer(FakeLogConsumer, BatchingConsumer):
+    """The batch path's consumer: what it leaves to Faust's path (here every topic: no
+    batch topics) goes through the same fence."""
+
+
+@pytest.fixture(params=[FakeLogConsumer, FakeLogBatchingConsumer], ids=["stream", "batch"])
+def consumer_class(request: pytest.FixtureRequest) -> type[FakeLogConsumer]:
+    cls: type[FakeLogConsumer] = request.param
+    return cls
 
 
 @dataclass
@@ -146,12 +158,14 @@ async def drain(
     return out
 
 
-async def test_a_seek_landing_in_mid_fetch_reads_the_partition_again_from_the_commit() -> None:
+async def test_a_seek_landing_in_mid_fetch_reads_the_partition_again_from_the_commit(
+    consumer_class: type[FakeLogConsumer],
+) -> None:
     # After a rebalance: the fetch made as recovery resumes the partition delivers its
     # first records (35..), the seek to the commit (35) lands while record 50 is handed
     # to the streams, and the flow's resume then clears what the streams had queued.
     thread = FakeLogThread(end=100, committed=35, position=35)
-    consumer = FakeLogConsumer(thread)
+    consumer = consumer_class(thread)
     drained = Drained([], [], [])
     cleared_up_to: list[int] = []
 
@@ -166,12 +180,14 @@ async def test_a_seek_landing_in_mid_fetch_reads_the_partition_again_from_the_co
     assert drained.handed[cleared_up_to[0] :] == list(range(35, 100))
 
 
-async def test_a_seek_landing_as_the_fetchs_last_record_is_handed_out_reads_it_all_again() -> None:
+async def test_a_seek_landing_as_the_fetchs_last_record_is_handed_out_reads_it_all_again(
+    consumer_class: type[FakeLogConsumer],
+) -> None:
     # Faust's drain sets the read offset to that record (64) after the seek set it to
     # the commit (35): the partition's re-read (35..63) would be dropped as read, and
     # the commit would stay at 35 for ever.
     thread = FakeLogThread(end=100, committed=35, position=35)
-    consumer = FakeLogConsumer(thread)
+    consumer = consumer_class(thread)
     drained = Drained([], [], [])
     cleared_up_to: list[int] = []
 
@@ -185,7 +201,9 @@ async def test_a_seek_landing_as_the_fetchs_last_record_is_handed_out_reads_it_a
     assert drained.handed[cleared_up_to[0] :] == list(range(35, 100))
 
 
-async def test_records_delivered_while_a_seek_is_in_progress_are_read_again() -> None:
+async def test_records_delivered_while_a_seek_is_in_progress_are_read_again(
+    consumer_class: type[FakeLogConsumer],
+) -> None:
     # The seek has moved aiokafka's position back (35) but its answer, and so Faust's
     # read offset going back, comes later: a fetch from 35 meanwhile is dropped as read
     # already (the read offset is 64), and the next jump from 35 would be a gap. The
@@ -193,7 +211,7 @@ async def test_records_delivered_while_a_seek_is_in_progress_are_read_again() ->
     # offset at the head passes) the commit passes 35..64, the 30 messages CI lost
     # (test_worker_span_backpressure.py's stream-mode rebalance, 2026-12-06).
     thread = FakeLogThread(end=100, committed=35, position=35)
-    consumer = FakeLogConsumer(thread)
+    consumer = consumer_class(thread)
     first = await drain(consumer, fetches=1)  # 35..64 handed out (then cleared)
     assert first.handed == list(range(35, 65))
     thread.seek_lands.clear()
@@ -210,9 +228,11 @@ async def test_records_delivered_while_a_seek_is_in_progress_are_read_again() ->
     assert after.handed == list(range(35, 100))
 
 
-async def test_the_rest_of_a_fetch_dropped_as_the_flow_stops_is_read_again() -> None:
+async def test_the_rest_of_a_fetch_dropped_as_the_flow_stops_is_read_again(
+    consumer_class: type[FakeLogConsumer],
+) -> None:
     thread = FakeLogThread(end=100, committed=35, position=35)
-    consumer = FakeLogConsumer(thread)
+    consumer = consumer_class(thread)
 
     async def stop_at_40(offset: int) -> None:
         if offset == 40:
@@ -226,10 +246,12 @@ async def test_the_rest_of_a_fetch_dropped_as_the_flow_stops_is_read_again() -> 
     assert after.handed[0] == 35 and after.handed == list(range(35, 100))
 
 
-async def test_a_partition_without_a_commit_goes_back_to_its_first_record_not_handed_out() -> None:
+async def test_a_partition_without_a_commit_goes_back_to_its_first_record_not_handed_out(
+    consumer_class: type[FakeLogConsumer],
+) -> None:
     # aiokafka's seek to the committed offsets leaves such a partition where it is.
     thread = FakeLogThread(end=100, committed=None, position=0)
-    consumer = FakeLogConsumer(thread)
+    consumer = consumer_class(thread)
 
     async def stop_at_10(offset: int) -> None:
         if offset == 10:
@@ -244,9 +266,11 @@ async def test_a_partition_without_a_commit_goes_back_to_its_first_record_not_ha
     assert after.gaps == []
 
 
-async def test_fetches_without_seeks_are_handed_out_untouched() -> None:
+async def test_fetches_without_seeks_are_handed_out_untouched(
+    consumer_class: type[FakeLogConsumer],
+) -> None:
     thread = FakeLogThread(end=100, committed=35, position=35)
-    consumer = FakeLogConsumer(thread)
+    consumer = consumer_class(thread)
     drained = await drain(consumer, fetches=3)
     assert drained.handed == list(range(35, 100))
     assert drained.gaps == [] and drained.dropped == []
