@@ -158,46 +158,29 @@ async def drain(
     return out
 
 
-async def test_a_seek_landing_in_mid_fetch_reads_the_partition_again_from_the_commit(
-    consumer_class: type[FakeLogConsumer],
+@pytest.mark.parametrize("seek_lands_at", [50, 64], ids=["mid-fetch", "last-record"])
+async def test_a_seek_landing_as_a_fetch_is_handed_out_reads_the_partition_again(
+    consumer_class: type[FakeLogConsumer], seek_lands_at: int
 ) -> None:
-    # After a rebalance: the fetch made as recovery resumes the partition delivers its
-    # first records (35..), the seek to the commit (35) lands while record 50 is handed
-    # to the streams, and the flow's resume then clears what the streams had queued.
+    # After a rebalance: the fetch made as recovery resumes the partition hands out its
+    # first records (35..64), the seek to the commit (35) lands while one of them is
+    # handed to the streams, and the flow's resume then clears what they had queued.
+    # Mid-fetch, the rest of the fetch would jump from 35 (a gap); at its last record,
+    # the drain sets the read offset to 64 after the seek set it to 35, so the re-read
+    # (35..63) would be dropped as read and the commit would stay at 35 for ever.
     thread = FakeLogThread(end=100, committed=35, position=35)
     consumer = consumer_class(thread)
     drained = Drained([], [], [])
     cleared_up_to: list[int] = []
 
-    async def seek_at_50(offset: int) -> None:
-        if offset == 50 and not cleared_up_to:
+    async def seek(offset: int) -> None:
+        if offset == seek_lands_at and not cleared_up_to:
             await consumer.perform_seek()
             cleared_up_to.append(len(drained.handed))
 
-    await drain(consumer, fetches=8, on_handed=seek_at_50, out=drained)
-    assert drained.gaps == []
-    # Everything handed out up to the seek was cleared: all of 35.. again after it.
-    assert drained.handed[cleared_up_to[0] :] == list(range(35, 100))
-
-
-async def test_a_seek_landing_as_the_fetchs_last_record_is_handed_out_reads_it_all_again(
-    consumer_class: type[FakeLogConsumer],
-) -> None:
-    # Faust's drain sets the read offset to that record (64) after the seek set it to
-    # the commit (35): the partition's re-read (35..63) would be dropped as read, and
-    # the commit would stay at 35 for ever.
-    thread = FakeLogThread(end=100, committed=35, position=35)
-    consumer = consumer_class(thread)
-    drained = Drained([], [], [])
-    cleared_up_to: list[int] = []
-
-    async def seek_at_64(offset: int) -> None:
-        if offset == 64 and not cleared_up_to:
-            await consumer.perform_seek()
-            cleared_up_to.append(len(drained.handed))
-
-    await drain(consumer, fetches=6, on_handed=seek_at_64, out=drained)
+    await drain(consumer, fetches=8, on_handed=seek, out=drained)
     assert drained.gaps == [] and drained.dropped == []
+    # Everything handed out up to the seek was cleared: all of 35.. again after it.
     assert drained.handed[cleared_up_to[0] :] == list(range(35, 100))
 
 
