@@ -367,6 +367,11 @@ class SeekFencedConsumer(faust_aiokafka.Consumer):
         for tp in partitions:
             self.sought_at[tp] = count
 
+    def sought_since(self, tp: TP, seek_count: int) -> bool:
+        """Whether a seek after the ``seek_count``-th moved ``tp``."""
+        sought_at = self.sought_at
+        return sought_at is not None and sought_at.get(tp, 0) > seek_count
+
     async def seek_to_committed(self) -> Mapping[TP, int]:
         self.seeks_in_progress += 1
         try:
@@ -396,8 +401,8 @@ class SeekFencedConsumer(faust_aiokafka.Consumer):
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
         """Faust's ``getmany``; an input record fetched before a seek that moved its
         partition is held back, and when anything of the fetch was held back, left out,
-        or delivered while a seek was in progress (its read offset may be set back
-        under it), the partitions are sought back to be read again."""
+        or handled by the drain while a seek was in progress or moved its partition,
+        the partitions are sought back to be read again."""
         seeks_before = self.seek_count
         self.fetched = None
         acks_enabled_for = self.app.topics.acks_enabled_for
@@ -405,25 +410,17 @@ class SeekFencedConsumer(faust_aiokafka.Consumer):
         read_again = False
         last: tuple[TP, int] | None = None
         async for tp, message in super().getmany(timeout):
-            if acks_enabled_for(tp.topic):
-                sought_at = self.sought_at
-                if sought_at is not None and sought_at.get(tp, 0) > seeks_before:
-                    read_again = True  # fetched from where the seek moved it away
-                    continue
-                if self.seeks_in_progress:
-                    read_again = True
+            fenced = acks_enabled_for(tp.topic)
+            if fenced and self.sought_since(tp, seeks_before):
+                read_again = True  # fetched from where the seek moved it away
+                continue
             delivered[tp] = message.offset
             last = tp, message.offset
             yield tp, message
-        if not read_again and (self.seeks_in_progress or self.seek_count > seeks_before):
-            # A seek during the last record's callback: Faust's drain then sets the read
-            # offset to that record, above the position the seek set.
-            sought_at = self.sought_at or {}
-            read_again = any(
-                acks_enabled_for(tp.topic)
-                and (self.seeks_in_progress or sought_at.get(tp, 0) > seeks_before)
-                for tp in delivered
-            )
+            # A seek in progress, or one that moved it, while the drain handled it: the
+            # drain set the read offset to this record after the seek had set it back.
+            if fenced and (self.seeks_in_progress or self.sought_since(tp, seeks_before)):
+                read_again = True
         undelivered = self.undelivered(delivered, acks_enabled_for)
         if last is not None and not self.flow_active:
             tp, offset = last  # the drain may have dropped it as the flow stopped
