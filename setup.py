@@ -8,7 +8,7 @@ Python. ``make native`` runs ``build_ext --inplace`` through this file.
 import os
 import runpy
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 ext_modules = []
 if os.environ.get("GRAYSCOPE_MYPYC") == "1":
@@ -16,5 +16,10 @@ if os.environ.get("GRAYSCOPE_MYPYC") == "1":
 
     native = runpy.run_path(os.path.join("pipeline", "native.py"))
     ext_modules = mypycify(native["source_paths"](), opt_level="3", group_name=native["GROUP_NAME"])
+    # The hand-written C modules (pipeline/native.py's C_MODULES), one C file each.
+    ext_modules += [
+        Extension(module, [source], extra_compile_args=["-O3"])
+        for module, source in zip(native["C_MODULES"], native["c_source_paths"](), strict=True)
+    ]
 
 setup(ext_modules=ext_modules)

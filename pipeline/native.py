@@ -49,6 +49,11 @@ def _core_modules() -> tuple[str, ...]:
 #: Compiled modules (sorted by name; mypyc builds them as one group).
 NATIVE_MODULES = _core_modules()
 
+#: Hand-written C extension modules of the core, built with it (setup.py) from one C
+#: file each beside them; their Python callers keep a plain-Python path for when they
+#: are not built, and the plain-Python core does not use them (``prefer_sources``).
+C_MODULES = ("pipeline.core._wire",)
+
 #: mypyc's shared library for all of them (``pipeline/core_native__mypyc.*.so``);
 #: each module's own extension is a small shim that loads it.
 GROUP_NAME = "pipeline.core_native"
@@ -61,6 +66,15 @@ def source_path(module: str) -> Path:
 def source_paths() -> list[str]:
     """Repository-relative sources of the compiled modules (the build's input)."""
     return [str(source_path(m).relative_to(_ROOT)) for m in NATIVE_MODULES]
+
+
+def c_source_path(module: str) -> Path:
+    return _ROOT.joinpath(*module.split(".")).with_suffix(".c")
+
+
+def c_source_paths() -> list[str]:
+    """Repository-relative C sources of ``C_MODULES``."""
+    return [str(c_source_path(m).relative_to(_ROOT)) for m in C_MODULES]
 
 
 def _extension(path: Path) -> Path | None:
@@ -86,15 +100,20 @@ def group_library() -> Path | None:
 def stale_modules() -> list[str]:
     """Compiled modules whose source changed after the build: Python would
     silently run the old code. ``make native`` rebuilds them."""
+    stale = []
+    for m in C_MODULES:
+        built_c = _extension(c_source_path(m).with_suffix(""))
+        if built_c is not None and c_source_path(m).stat().st_mtime > built_c.stat().st_mtime:
+            stale.append(m)
     library = group_library()
     if library is None:
-        return [m for m in NATIVE_MODULES if compiled_path(m) is not None]  # shims alone
+        return [m for m in NATIVE_MODULES if compiled_path(m) is not None] + stale  # shims alone
     built = library.stat().st_mtime
     return [
         m
         for m in NATIVE_MODULES
         if compiled_path(m) is not None and source_path(m).stat().st_mtime > built
-    ]
+    ] + stale
 
 
 def loaded_native(modules: Sequence[str] = NATIVE_MODULES) -> list[str]:
@@ -114,6 +133,8 @@ class _SourceFirst(importlib.abc.MetaPathFinder):
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
+        if fullname in C_MODULES:
+            raise ModuleNotFoundError(f"{fullname}: the plain-Python core is in use", name=fullname)
         if fullname not in NATIVE_MODULES:
             return None
         return importlib.util.spec_from_file_location(fullname, source_path(fullname))
@@ -128,4 +149,5 @@ def prefer_sources() -> None:
 
 
 if __name__ == "__main__":
-    print(" ".join(source_paths()))
+    # The build's inputs (Makefile): with --c, the C sources too.
+    print(" ".join(source_paths() + (c_source_paths() if "--c" in sys.argv else [])))

@@ -6,6 +6,7 @@ this builder emits nothing that file does not map.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -126,22 +127,14 @@ def _document(
         if geo is not None:
             # Built once per GeoInfo (they come shared from the GeoIP cache), then
             # shared by every document of that client: documents are read-only.
-            geo_doc = geo.document
-            if geo_doc is None:
-                geo_doc = geo_document(geo)
-                geo.document_json = _fragment(geo_doc)  # first: it may raise
-                geo.document = geo_doc
-            if geo_doc:
-                client["geo"] = geo.document_json if serialised else geo_doc
+            geo_json = _geo_json(geo)
+            if geo_json is not None:
+                client["geo"] = orjson.Fragment(geo_json) if serialised else geo.document
         asn = enr.asn
         if asn is not None:
-            as_doc = asn.document
-            if as_doc is None:
-                as_doc = as_document(asn)
-                asn.document_json = _fragment(as_doc)  # first: it may raise
-                asn.document = as_doc
-            if as_doc:
-                client["as"] = asn.document_json if serialised else as_doc
+            as_json = _as_json(asn)
+            if as_json is not None:
+                client["as"] = orjson.Fragment(as_json) if serialised else asn.document
         doc["client"] = client
 
     value = enr.trace_id
@@ -187,6 +180,19 @@ def _document(
     return doc
 
 
+def _native_writer() -> Callable[..., bytes] | None:
+    """The C writer (pipeline/core/_wire.c); None where it is not built (or the
+    plain-Python core is in use: pipeline.native.prefer_sources)."""
+    try:
+        from pipeline.core import _wire
+    except ImportError:
+        return None
+    return _wire.document_json
+
+
+_NATIVE_DOCUMENT = _native_writer()
+
+
 def document_source(rec: AccessRecord, enr: Enrichment, include_original: bool = False) -> bytes:
     """``build_document`` serialised (what the store gets), as soon as it is built.
 
@@ -196,15 +202,75 @@ def document_source(rec: AccessRecord, enr: Enrichment, include_original: bool =
     freed a stage later, when they have left the caches (bench/README.md,
     "Session 10"). Raises orjson's error for what JSON cannot hold (an int beyond
     64 bits, a lone surrogate).
+
+    Where the core is compiled, C writes the same bytes without the dicts
+    (``pipeline/core/_wire.c``; bench/README.md, "Session 19"); what it does not
+    take (truncation tags, anything unusual) it leaves to the dicts and orjson.
     """
+    write = _NATIVE_DOCUMENT
+    if write is not None and not rec.truncated and not enr.truncated:
+        timestamp_ns = rec.timestamp_ns
+        headers = rec.headers
+        protocol = rec.protocol
+        geo = enr.geo
+        asn = enr.asn
+        client_ip = enr.client_ip
+        source = write(
+            None if timestamp_ns is None else ns_to_iso(timestamp_ns),
+            rec.dataset,
+            rec.duration_ns,
+            rec.original if include_original else None,
+            rec.method,
+            rec.request_id,
+            headers.get("referer") if headers else None,
+            rec.status,
+            rec.bytes_sent,
+            None if protocol is None else _HTTP_VERSIONS.get(protocol) or http_version(protocol),
+            enr.route,
+            rec.uri,
+            enr.url_path,
+            enr.url_query,
+            rec.user_agent,
+            rec.peer_addr,
+            client_ip,
+            None if geo is None or client_ip is None else _geo_json(geo),
+            None if asn is None or client_ip is None else _as_json(asn),
+            enr.trace_id,
+            enr.span_id,
+            enr.service_name,
+            rec.upstream_cluster,
+            rec.upstream_host,
+            rec.upstream_status,
+            rec.upstream_duration_ns,
+            enr.stage,
+            enr.gray_id,
+            enr.gray_id_source,
+            enr.version,
+            enr.path_group,
+        )
+        if source:
+            return source
     return orjson.dumps(_document(rec, enr, include_original, True))
 
 
-def _fragment(part: dict[str, Any]) -> orjson.Fragment | None:
-    """A shared sub-object as JSON for orjson to copy into every document that has it
+def _geo_json(geo: GeoInfo) -> bytes | None:
+    """``client.geo`` as JSON, None when empty: built once per GeoInfo with its dict
     (measured: ~180 ns less per event with client.geo and client.as; bench/README.md,
     "Session 14")."""
-    return orjson.Fragment(orjson.dumps(part)) if part else None
+    if geo.document is None:
+        part = geo_document(geo)
+        geo.document_json = orjson.dumps(part) if part else None  # first: it may raise
+        geo.document = part
+    return geo.document_json
+
+
+def _as_json(asn: AsnInfo) -> bytes | None:
+    """``client.as`` as JSON, None when empty (as ``_geo_json``)."""
+    if asn.document is None:
+        part = as_document(asn)
+        asn.document_json = orjson.dumps(part) if part else None  # first: it may raise
+        asn.document = part
+    return asn.document_json
 
 
 def geo_document(geo: GeoInfo) -> dict[str, Any]:

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-import orjson
-
 from pipeline.core import ReadOnlyDict
 
 
@@ -188,10 +186,10 @@ class GeoInfo:
     # pipeline.core.document: the GeoIP cache shares one GeoInfo between every event
     # of a client, so their documents share this (read-only) dict too.
     document: dict[str, Any] | None = field(default=None, compare=False, repr=False)
-    # The same object as JSON for orjson to copy (``orjson.Fragment``; None when the
-    # object is empty), built with ``document``: a serialised document does not walk
-    # the same nine fields and two floats again for every event of the client.
-    document_json: orjson.Fragment | None = field(default=None, compare=False, repr=False)
+    # The same object as JSON (None when the object is empty), built with ``document``:
+    # copied into every serialised document of the client instead of walking the same
+    # nine fields and two floats again for every event.
+    document_json: bytes | None = field(default=None, compare=False, repr=False)
     # The span's geo attributes as OTLP wire bytes, built once per GeoInfo by
     # pipeline.core.otlp (shared the same way).
     span_fields: bytes | None = field(default=None, compare=False, repr=False)
@@ -203,7 +201,7 @@ class AsnInfo:
     organization: str | None = None
     # ``client.as`` as a document object and as JSON, built once (see GeoInfo.document).
     document: dict[str, Any] | None = field(default=None, compare=False, repr=False)
-    document_json: orjson.Fragment | None = field(default=None, compare=False, repr=False)
+    document_json: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True, init=False)

@@ -15,11 +15,18 @@ method and name rules are ``pipeline.core.span``'s own functions.
 Memos are bounded (cleared when full, like encode's): most values repeat
 (stage, method, route, status, country, coordinates); per-request ones
 (client address, URL path) are bounded by the limit.
+
+Where the core is compiled, the usual span is written by C instead
+(``pipeline/core/_wire.c``, built with the compiled core): the same bytes in
+one pass into one buffer, with its own BLAKE2b, without the memo lookups, the list
+of parts and the hash objects (bench/README.md, "Session 19"). Anything unusual
+(text that is not valid UTF-8, an id that is not plain hex, a time or int out of
+range) it hands back to the Python path below, so the rules for those have one copy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import schemas
 from pipeline.core.model import (
@@ -107,6 +114,28 @@ def _geo_fields(geo: GeoInfo) -> bytes:
     return fields
 
 
+# The schema's request attributes (all but the geo ones) as the C encoder writes them:
+# strings, but the status code, an int.
+_NATIVE_KINDS = ("string",) * 7 + ("int",) + ("string",) * 2
+
+
+def _native_encoder() -> Callable[..., bytes | None] | None:
+    """The C encoder, given the schema's attribute keys; None where it is not built (or
+    the plain-Python core is in use: pipeline.native.prefer_sources)."""
+    try:
+        from pipeline.core import _wire
+    except ImportError:
+        return None
+    attributes = list(schemas.span_attributes().items())[:-_GEO_ATTRIBUTES]
+    if tuple(kind for _, kind in attributes) != _NATIVE_KINDS:
+        return None  # the schema moved on; tests/unit/test_otlp_direct.py says so
+    _wire.configure(tuple(name for name, _ in attributes))
+    return _wire.encode_span
+
+
+_NATIVE_ENCODE = _native_encoder()
+
+
 def encode_request_span(
     record: AccessRecord, enr: Enrichment, fallback_key: str | None = None
 ) -> EncodedSpan | None:
@@ -115,6 +144,45 @@ def encode_request_span(
     Also None where the reference encoder raises (a time outside uint64, an int
     beyond int64): that request gets no span, the others of the batch do.
     """
+    encode = _NATIVE_ENCODE
+    if encode is not None:
+        geo = enr.geo
+        body = encode(
+            record.timestamp_ns,
+            record.duration_ns,
+            record.method,
+            record.status,
+            record.request_id,
+            record.dataset,
+            record.uri,
+            record.peer_addr,
+            record.upstream_cluster,
+            record.authority,
+            record.user_agent,
+            enr.trace_id,
+            enr.span_id,
+            enr.route,
+            enr.path_group,
+            enr.gray_id,
+            enr.stage,
+            enr.version,
+            enr.url_path,
+            enr.client_ip,
+            b"" if geo is None else geo.span_fields or _geo_fields(geo),
+            fallback_key,
+        )
+        if body is None:
+            return None
+        if body:
+            return enr.service_name or UNKNOWN_SERVICE, body
+        # b"": something unusual, for the rules below
+    return _encode_in_python(record, enr, fallback_key)
+
+
+def _encode_in_python(
+    record: AccessRecord, enr: Enrichment, fallback_key: str | None
+) -> EncodedSpan | None:
+    """``encode_request_span`` in Python: every request (the C encoder's usual ones too)."""
     skeleton = span_skeleton(record, enr, fallback_key)
     if skeleton is None:
         return None
@@ -170,7 +238,10 @@ def encode_spans(
     spans: list[EncodedSpan] = []
     for msg, result in zip(messages, results, strict=True):
         if isinstance(result, Enriched):
-            span = encode_request_span(result.record, result.enrichment, document_id(msg.coords))
+            record = result.record
+            # The key identifies a span only when the line has no request id.
+            key = None if record.request_id else document_id(msg.coords)
+            span = encode_request_span(record, result.enrichment, key)
             if span is not None:
                 spans.append(span)
     return spans

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.core.document import build_document, document_source, geo_document, http_version
+from pipeline.core.enrich import EnrichContext
 from pipeline.core.model import AccessRecord, AsnInfo, Enrichment, GeoInfo
+from pipeline.core.process import Enriched, process
+from pipeline.dev.synth import generate
 from tests.unit.conftest import FULL_ASN, FULL_GEO, T0_NS
 
 
@@ -256,3 +263,130 @@ def test_a_geo_object_json_cannot_hold_is_not_left_half_built() -> None:
         with pytest.raises(orjson.JSONEncodeError):
             document_source(full_record(), enrichment)
     assert geo.document is None and geo.document_json is None
+
+
+# --- the C writer (pipeline/core/_wire.c) writes exactly what orjson writes -------------
+
+# Text as logs bring it: any code point (control characters, quotes, backslashes,
+# non-ASCII) and lone surrogates (lenient JSON), which JSON cannot hold.
+any_text = st.one_of(
+    st.none(),
+    st.just(""),
+    st.text(max_size=40),
+    st.text(st.characters(max_codepoint=0x7F), max_size=40),
+    st.sampled_from(['"\\\x00\x1f\x7f', "\u2028é😀", "\ud800", "a\udfffb"]),
+)
+# Ints in and beyond int64 and uint64 (orjson refuses beyond 64 bits).
+any_int = st.one_of(
+    st.none(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.sampled_from([2**63, 2**64 - 1, 2**64, -(2**63) - 1, True]),
+)
+
+
+def _outcome(write: Callable[[], bytes]) -> bytes | str:
+    try:
+        return write()
+    except orjson.JSONEncodeError:
+        return "refused"
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    texts=st.lists(any_text, min_size=19, max_size=19),
+    ints=st.lists(any_int, min_size=5, max_size=5),
+    timestamp_ns=st.one_of(st.none(), st.integers(0, 4_000_000_000 * 10**9)),
+    stage=st.one_of(st.just("canary"), st.just(""), st.text(max_size=20), st.just("\ud800")),
+    geo=st.one_of(st.none(), st.builds(GeoInfo, city_name=any_text, lat=st.floats(-90, 90))),
+    asn=st.one_of(st.none(), st.builds(AsnInfo, number=st.integers(0, 2**32))),
+    truncated=st.sampled_from([(), ("user_agent",)]),
+    include_original=st.booleans(),
+)
+def test_any_document_is_written_as_orjson_writes_its_dict(
+    texts: list[str | None],
+    ints: list[int | None],
+    timestamp_ns: int | None,
+    stage: str,
+    geo: GeoInfo | None,
+    asn: AsnInfo | None,
+    truncated: tuple[str, ...],
+    include_original: bool,
+) -> None:
+    """Whichever writer runs (C where the core is compiled, orjson over the dicts under
+    tests/pure.py), the bytes are orjson's of ``build_document``'s dict, or both refuse."""
+    (dataset, method, request_id, referer, protocol, route, uri, url_path, url_query) = texts[:9]
+    (user_agent, peer, client_ip, trace_id, span_id, service, cluster, host, gray_id) = texts[9:18]
+    original = texts[18]
+    status, bytes_sent, duration, upstream_status, upstream_duration = ints
+    record = AccessRecord(
+        dataset=dataset or "envoy.access",
+        timestamp_ns=timestamp_ns,
+        method=method,
+        uri=uri,
+        protocol=protocol,
+        status=status,
+        bytes_sent=bytes_sent,
+        duration_ns=duration,
+        upstream_duration_ns=upstream_duration,
+        upstream_status=upstream_status,
+        peer_addr=peer,
+        user_agent=user_agent,
+        request_id=request_id,
+        upstream_cluster=cluster,
+        upstream_host=host,
+        headers={"referer": referer} if referer is not None else {},
+        truncated=truncated,
+    )
+    record.original = original
+    enrichment = Enrichment(
+        url_path=url_path,
+        url_query=url_query,
+        gray_id=gray_id,
+        gray_id_source="header" if gray_id else None,
+        stage=stage,
+        version=service,
+        path_group=route,
+        route=route,
+        client_ip=client_ip,
+        geo=geo,
+        asn=asn,
+        trace_id=trace_id,
+        span_id=span_id,
+        service_name=service,
+    )
+    expected = _outcome(lambda: orjson.dumps(build_document(record, enrichment, include_original)))
+    assert _outcome(lambda: document_source(record, enrichment, include_original)) == expected
+
+
+def test_the_synth_stream_is_written_as_orjson_writes_its_dicts() -> None:
+    ctx = EnrichContext()
+    written = 0
+    for raw in generate(3000, seed=11):
+        result = process(raw, ctx)
+        if isinstance(result, Enriched):
+            assert result.source == orjson.dumps(build_document(result.record, result.enrichment))
+            written += 1
+    assert written > 2500
+
+
+def test_the_c_writer_is_used_where_the_core_is_compiled() -> None:
+    """Compiled (``make test``'s first pass) the C writer takes the usual document;
+    under tests/pure.py there is none."""
+    from pipeline import native
+    from pipeline.core import document
+
+    pure = any(isinstance(f, native._SourceFirst) for f in sys.meta_path)
+    if pure or native.group_library() is None:
+        assert document._NATIVE_DOCUMENT is None
+        return
+    from pipeline.core import _wire
+
+    assert document._NATIVE_DOCUMENT is _wire.document_json
+    values: list[object] = [None] * 31
+    values[1], values[26] = "envoy.access", "canary"  # event.dataset, gray.stage
+    assert (
+        _wire.document_json(*values)
+        == b'{"event":{"dataset":"envoy.access"},"gray":{"stage":"canary"}}'
+    )
+    values[7] = 2**64  # an int orjson refuses: the Python path says so
+    assert _wire.document_json(*values) == b""

@@ -87,3 +87,40 @@ def test_without_a_build_nothing_is_stale(tmp_path: Path, monkeypatch: pytest.Mo
 def test_sources_first_must_come_before_the_core() -> None:
     with pytest.raises(RuntimeError, match="before the core"):
         native.prefer_sources()  # the core is already imported in this session
+
+
+def test_a_c_module_changed_after_its_build_is_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(native, "_ROOT", tmp_path)
+    monkeypatch.setattr(native, "NATIVE_MODULES", ())
+    monkeypatch.setattr(native, "C_MODULES", ("pipeline.core._wire",))
+    (tmp_path / "pipeline" / "core").mkdir(parents=True)
+    source = tmp_path / "pipeline" / "core" / "_wire.c"
+    source.write_text("")
+    assert native.stale_modules() == []  # not built
+    built = tmp_path / "pipeline" / "core" / f"_wire{SUFFIX}"
+    built.write_bytes(b"")
+    os.utime(source, (1_000, 1_000))
+    os.utime(built, (2_000, 2_000))
+    assert native.stale_modules() == []
+    os.utime(source, (3_000, 3_000))
+    assert native.stale_modules() == ["pipeline.core._wire"]
+
+
+def test_the_c_modules_are_built_with_the_core_and_left_out_of_plain_python() -> None:
+    """Built beside the compiled core (``make native``) and used by it; under
+    tests/pure.py they cannot be imported, so the Python paths run."""
+    import importlib
+
+    pure = any(isinstance(f, native._SourceFirst) for f in sys.meta_path)
+    for module in native.C_MODULES:
+        assert native.c_source_path(module).is_file()
+        built = native._extension(native.c_source_path(module).with_suffix("")) is not None
+        if pure:
+            with pytest.raises(ImportError):
+                importlib.import_module(module)
+        else:
+            assert built == (native.group_library() is not None), module
+            if built:
+                importlib.import_module(module)

@@ -178,3 +178,49 @@ def test_any_request_encodes_as_the_reference(
         assert encode_request_span(record, enr, key) is None
         return
     assert encode_request_span(record, enr, key) == expected
+
+
+def test_the_c_encoder_is_used_where_the_core_is_compiled() -> None:
+    """Compiled (``make test``'s first pass) the C encoder writes the usual span, and
+    hands what is unusual back; under tests/pure.py there is none."""
+    import sys
+
+    from pipeline import native
+
+    pure = any(isinstance(f, native._SourceFirst) for f in sys.meta_path)
+    if pure or native.group_library() is None:
+        assert direct._NATIVE_ENCODE is None
+        return
+    from pipeline.core import _wire
+
+    assert direct._NATIVE_ENCODE is _wire.encode_span
+    values: list[object] = [None] * 22
+    # timestamp, request id, dataset, stage, geo fields; the rest None
+    values[0], values[4], values[5] = START, "r-1", "envoy.access"
+    values[16], values[20] = "stable", b""
+    record = AccessRecord(dataset="envoy.access", timestamp_ns=START, request_id="r-1")
+    expected = direct._encode_in_python(record, Enrichment(), None)
+    assert expected is not None and _wire.encode_span(*values) == expected[1]
+    values[11] = "4bf92f3577b34da6a3ce929d0e0e47 6"  # not plain hex: bytes.fromhex's rules
+    assert _wire.encode_span(*values) == b""
+
+
+def test_the_c_encoders_blake2b_is_hashlibs() -> None:
+    import hashlib
+    import sys
+
+    from pipeline import native
+
+    if any(isinstance(f, native._SourceFirst) for f in sys.meta_path):
+        pytest.skip("plain Python: no C encoder")
+    if native.group_library() is None:
+        pytest.skip("the core is not compiled")
+    from pipeline.core import _wire
+
+    data = bytes(range(256)) * 3
+    for n in [*range(0, 300), 383, 384, 385, 768]:  # around every 128-byte block edge
+        for size in (8, 16, 64):
+            assert (
+                _wire.blake2b(data[:n], size)
+                == hashlib.blake2b(data[:n], digest_size=size).digest()
+            )
