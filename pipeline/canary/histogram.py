@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-from pipeline.core.buckets import bucket_float, count_ms
+from pipeline.core.buckets import bucket_float, count_ms, nonnegative_ms
 
 PER_DECADE: Final = 20
 # 10 ** (k / 20) for k in -20..100: 0.1 ms .. 100 000 ms. Rounded so that every
@@ -35,7 +35,7 @@ BUCKETS: Final = OVERFLOW + 1
 
 def bucket_index(duration_ms: float) -> int:
     """The bucket a duration falls into (negative durations count as 0)."""
-    return bucket_float(BOUNDS_MS, duration_ms if duration_ms > 0 else 0.0)
+    return bucket_float(BOUNDS_MS, nonnegative_ms(duration_ms))
 
 
 def bucket_range(index: int) -> tuple[float, float]:

@@ -29,13 +29,19 @@ def count_ns(
     return counted, total
 
 
+def nonnegative_ms(duration_ms: float) -> float:
+    """A duration as the latency histograms count it: negative ones (a clock step
+    between two hosts' log lines) and NaN count as 0 ms."""
+    return duration_ms if duration_ms > 0 else 0.0
+
+
 def count_ms(
     durations_ms: Iterable[float], bounds_ms: tuple[float, ...], histogram: dict[int, int]
 ) -> None:
-    """Each duration added to the sparse ``histogram`` (bucket index -> count); negative
-    durations (and NaN) count as 0 ms."""
+    """Each duration added to the sparse ``histogram`` (bucket index -> count), as
+    ``nonnegative_ms``."""
     for duration_ms in durations_ms:
-        index = bucket_float(bounds_ms, duration_ms if duration_ms > 0 else 0.0)
+        index = bucket_float(bounds_ms, nonnegative_ms(duration_ms))
         histogram[index] = histogram.get(index, 0) + 1
 
 

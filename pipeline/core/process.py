@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.core.buckets import bucket_float
+from pipeline.core.buckets import bucket_float, nonnegative_ms
 from pipeline.core.document import document_source
 from pipeline.core.enrich import DEFAULT_CHAIN, EnrichContext, Step, enrich
 from pipeline.core.formats.detect import parse_message, resolve_message
@@ -251,9 +251,7 @@ class SecondTallies:
             elif 400 <= status <= 499:
                 tally.errors_4xx += 1
         if duration_ns is not None:
-            duration_ms = duration_ns / NS_PER_MS
-            if duration_ms < 0.0:
-                duration_ms = 0.0
+            duration_ms = nonnegative_ms(duration_ns / NS_PER_MS)
             latency = tally.latency
             index = bucket_float(self.bounds_ms, duration_ms)
             latency[index] = latency.get(index, 0) + 1
