@@ -209,14 +209,13 @@ def document_source(rec: AccessRecord, enr: Enrichment, include_original: bool =
     """
     write = _NATIVE_DOCUMENT
     if write is not None and not rec.truncated and not enr.truncated:
-        timestamp_ns = rec.timestamp_ns
         headers = rec.headers
         protocol = rec.protocol
         geo = enr.geo
         asn = enr.asn
         client_ip = enr.client_ip
         source = write(
-            None if timestamp_ns is None else ns_to_iso(timestamp_ns),
+            rec.timestamp_ns,  # written as ns_to_iso writes it
             rec.dataset,
             rec.duration_ns,
             rec.original if include_original else None,

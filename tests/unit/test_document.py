@@ -295,7 +295,12 @@ def _outcome(write: Callable[[], bytes]) -> bytes | str:
 @given(
     texts=st.lists(any_text, min_size=19, max_size=19),
     ints=st.lists(any_int, min_size=5, max_size=5),
-    timestamp_ns=st.one_of(st.none(), st.integers(0, 4_000_000_000 * 10**9)),
+    # before 1970 (the Python path), up to the last ns of year 9999 (ns_to_iso's range)
+    timestamp_ns=st.one_of(
+        st.none(),
+        st.integers(-(10**18), 253_402_300_799_999_999_999),
+        st.sampled_from([0, 951_782_400 * 10**9, 253_402_300_799_999_999_999]),  # 2000-02-29
+    ),
     stage=st.one_of(st.just("canary"), st.just(""), st.text(max_size=20), st.just("\ud800")),
     geo=st.one_of(st.none(), st.builds(GeoInfo, city_name=any_text, lat=st.floats(-90, 90))),
     asn=st.one_of(st.none(), st.builds(AsnInfo, number=st.integers(0, 2**32))),
