@@ -206,6 +206,22 @@ static int int64_of(PyObject *o, long long *out) {
     return 0;
 }
 
+#define DIGITS 24 /* an int64 in decimal, with its sign */
+
+/* ``v`` in decimal (what str(int) writes), backwards into the end of ``digits``;
+ * returns where it starts and its length in ``*n`` (snprintf cost ~70 ns a call). */
+static const char *decimal(long long v, char digits[DIGITS], size_t *n) {
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    char *end = digits + DIGITS, *p = end;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0) *--p = '-';
+    *n = (size_t)(end - p);
+    return p;
+}
+
 static int hex_value(char c) {
     if (c >= '0' && c <= '9') return c - '0';
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -246,6 +262,7 @@ static size_t key_field_len[REQUEST_ATTRIBUTES];
 static int configured = 0;
 
 static PyObject *configure(PyObject *self, PyObject *keys) {
+    (void)self;
     if (!PyTuple_CheckExact(keys) || PyTuple_GET_SIZE(keys) != REQUEST_ATTRIBUTES) {
         PyErr_SetString(PyExc_ValueError, "configure() takes the 10 request attribute keys");
         return NULL;
@@ -313,22 +330,16 @@ static int material_text(blake2b_state *h, PyObject *o) {
 
 /* An int or None as the f-string writes it ("None" or its decimal). */
 static int material_int(blake2b_state *h, PyObject *o) {
-    char digits[24];
+    char digits[DIGITS];
     if (o == Py_None) {
         blake2b_update(h, (const uint8_t *)"None", 4);
         return 0;
     }
     long long v;
     if (int64_of(o, &v) < 0) return -1;
-    /* Decimal, written backwards (snprintf cost ~70 ns a call). */
-    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-    char *end = digits + sizeof digits, *p = end;
-    do {
-        *--p = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    if (v < 0) *--p = '-';
-    blake2b_update(h, (const uint8_t *)p, (size_t)(end - p));
+    size_t n;
+    const char *text = decimal(v, digits, &n);
+    blake2b_update(h, (const uint8_t *)text, n);
     return 0;
 }
 
@@ -369,6 +380,7 @@ static PyObject *empty_bytes;
  *             geo_fields, fallback_key) -> bytes | None
  * None: no span (no time, no identity); b"": take the Python path. */
 static PyObject *encode_span(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
     if (nargs != N_ARGS) {
         PyErr_Format(PyExc_TypeError, "encode_span() takes %d arguments", N_ARGS);
         return NULL;
@@ -569,6 +581,7 @@ done:
 /* blake2b(data, digest_size): for the tests, against hashlib (no all-zero rule here
  * would be visible: it applies to astronomically rare digests). */
 static PyObject *blake2b_digest(PyObject *self, PyObject *args) {
+    (void)self;
     Py_buffer data;
     int size;
     if (!PyArg_ParseTuple(args, "y*i", &data, &size)) return NULL;
@@ -669,16 +682,11 @@ static int json_string_value(wbuf *b, PyObject *o) {
 static int json_int_value(wbuf *b, PyObject *o) {
     long long v;
     if (int64_of(o, &v) < 0) return -1;
-    if (wb_reserve(b, 24) < 0) return -2;
-    char digits[24];
-    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-    char *end = digits + sizeof digits, *p = end;
-    do {
-        *--p = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    if (v < 0) *--p = '-';
-    wb_bytes(b, p, (size_t)(end - p));
+    if (wb_reserve(b, DIGITS) < 0) return -2;
+    char digits[DIGITS];
+    size_t n;
+    const char *text = decimal(v, digits, &n);
+    wb_bytes(b, text, n);
     return 0;
 }
 
@@ -764,6 +772,42 @@ static int json_close(wbuf *b) {
     return 0;
 }
 
+/* `"object":{"key":value}` when the value is there (user_agent.original, source.ip,
+ * trace.id, span.id, service.name). */
+static int json_wrapped(wbuf *b, int *first, const char *object, size_t object_len,
+                        const char *key, size_t key_len, PyObject *o) {
+    if (o == Py_None) return 0;
+    int inner, rc;
+    if ((rc = json_open(b, first, object, object_len, &inner)) < 0) return rc;
+    if ((rc = json_member(b, &inner, key, key_len, o, KIND_STR)) < 0) return rc;
+    return json_close(b);
+}
+
+/* One member of an object: its key, which argument, what kind of value. */
+typedef struct {
+    const char *key;
+    size_t key_len;
+    int arg;
+    int kind;
+} member_spec;
+
+enum { WHEN_FIRST, WHEN_ANY }; /* an object is written when its first / any member is there */
+
+/* `"key":{members}` (the members that are there), when its first or any member is. */
+static int json_object(wbuf *b, int *first, const char *key, size_t key_len,
+                       PyObject *const *args, const member_spec *members, int n, int when) {
+    int wanted = args[members[0].arg] != Py_None;
+    for (int i = 1; when == WHEN_ANY && i < n && !wanted; i++) wanted = args[members[i].arg] != Py_None;
+    if (!wanted) return 0;
+    int inner, rc;
+    if ((rc = json_open(b, first, key, key_len, &inner)) < 0) return rc;
+    for (int i = 0; i < n; i++)
+        if ((rc = json_member(b, &inner, members[i].key, members[i].key_len, args[members[i].arg],
+                              members[i].kind)) < 0)
+            return rc;
+    return json_close(b);
+}
+
 enum {
     D_TIMESTAMP, D_DATASET, D_DURATION, D_ORIGINAL, D_METHOD, D_REQUEST_ID, D_REFERRER,
     D_STATUS, D_BODY_BYTES, D_HTTP_VERSION, D_ROUTE, D_URI, D_URL_PATH, D_URL_QUERY,
@@ -804,13 +848,10 @@ static PyObject *document_json(PyObject *self, PyObject *const *args, Py_ssize_t
         present(args, D_STATUS) || present(args, D_BODY_BYTES) || present(args, D_HTTP_VERSION) ||
         present(args, D_ROUTE)) {
         DO(json_open(&b, &top, KEY("http"), &inner));
-        if (present(args, D_METHOD) || present(args, D_REQUEST_ID) || present(args, D_REFERRER)) {
-            DO(json_open(&b, &inner, KEY("request"), &innermost));
-            DO(json_member(&b, &innermost, KEY("method"), args[D_METHOD], KIND_STR));
-            DO(json_member(&b, &innermost, KEY("id"), args[D_REQUEST_ID], KIND_STR));
-            DO(json_member(&b, &innermost, KEY("referrer"), args[D_REFERRER], KIND_STR));
-            DO(json_close(&b));
-        }
+        static const member_spec request[] = {{KEY("method"), D_METHOD, KIND_STR},
+                                               {KEY("id"), D_REQUEST_ID, KIND_STR},
+                                               {KEY("referrer"), D_REFERRER, KIND_STR}};
+        DO(json_object(&b, &inner, KEY("request"), args, request, 3, WHEN_ANY));
         if (present(args, D_STATUS) || present(args, D_BODY_BYTES)) {
             DO(json_open(&b, &inner, KEY("response"), &innermost));
             DO(json_member(&b, &innermost, KEY("status_code"), args[D_STATUS], KIND_INT));
@@ -826,47 +867,24 @@ static PyObject *document_json(PyObject *self, PyObject *const *args, Py_ssize_t
         DO(json_member(&b, &inner, KEY("route"), args[D_ROUTE], KIND_STR));
         DO(json_close(&b));
     }
-    if (present(args, D_URI)) {
-        DO(json_open(&b, &top, KEY("url"), &inner));
-        DO(json_member(&b, &inner, KEY("original"), args[D_URI], KIND_STR));
-        DO(json_member(&b, &inner, KEY("path"), args[D_URL_PATH], KIND_STR));
-        DO(json_member(&b, &inner, KEY("query"), args[D_URL_QUERY], KIND_STR));
-        DO(json_close(&b));
-    }
-    static const struct { int arg; const char *object; size_t object_len; const char *key; size_t key_len; } singles[] = {
-        {D_USER_AGENT, KEY("user_agent"), KEY("original")}, {D_PEER, KEY("source"), KEY("ip")}};
-    for (int i = 0; i < 2; i++) {
-        if (!present(args, singles[i].arg)) continue;
-        DO(json_open(&b, &top, singles[i].object, singles[i].object_len, &inner));
-        DO(json_member(&b, &inner, singles[i].key, singles[i].key_len, args[singles[i].arg],
-                       KIND_STR));
-        DO(json_close(&b));
-    }
-    if (present(args, D_CLIENT_IP)) {
-        DO(json_open(&b, &top, KEY("client"), &inner));
-        DO(json_member(&b, &inner, KEY("ip"), args[D_CLIENT_IP], KIND_STR));
-        DO(json_member(&b, &inner, KEY("geo"), args[D_GEO_JSON], KIND_JSON));
-        DO(json_member(&b, &inner, KEY("as"), args[D_AS_JSON], KIND_JSON));
-        DO(json_close(&b));
-    }
-    static const struct { int arg; const char *object; size_t object_len; const char *key; size_t key_len; } ids[] = {
-        {D_TRACE_ID, KEY("trace"), KEY("id")}, {D_SPAN_ID, KEY("span"), KEY("id")},
-        {D_SERVICE, KEY("service"), KEY("name")}};
-    for (int i = 0; i < 3; i++) {
-        if (!present(args, ids[i].arg)) continue;
-        DO(json_open(&b, &top, ids[i].object, ids[i].object_len, &inner));
-        DO(json_member(&b, &inner, ids[i].key, ids[i].key_len, args[ids[i].arg], KIND_STR));
-        DO(json_close(&b));
-    }
-    if (present(args, D_UPSTREAM_CLUSTER) || present(args, D_UPSTREAM_ADDRESS) ||
-        present(args, D_UPSTREAM_STATUS) || present(args, D_UPSTREAM_DURATION)) {
-        DO(json_open(&b, &top, KEY("upstream"), &inner));
-        DO(json_member(&b, &inner, KEY("cluster"), args[D_UPSTREAM_CLUSTER], KIND_STR));
-        DO(json_member(&b, &inner, KEY("address"), args[D_UPSTREAM_ADDRESS], KIND_STR));
-        DO(json_member(&b, &inner, KEY("status_code"), args[D_UPSTREAM_STATUS], KIND_INT));
-        DO(json_member(&b, &inner, KEY("duration"), args[D_UPSTREAM_DURATION], KIND_INT));
-        DO(json_close(&b));
-    }
+    static const member_spec url[] = {{KEY("original"), D_URI, KIND_STR},
+                                       {KEY("path"), D_URL_PATH, KIND_STR},
+                                       {KEY("query"), D_URL_QUERY, KIND_STR}};
+    DO(json_object(&b, &top, KEY("url"), args, url, 3, WHEN_FIRST));
+    DO(json_wrapped(&b, &top, KEY("user_agent"), KEY("original"), args[D_USER_AGENT]));
+    DO(json_wrapped(&b, &top, KEY("source"), KEY("ip"), args[D_PEER]));
+    static const member_spec client[] = {{KEY("ip"), D_CLIENT_IP, KIND_STR},
+                                          {KEY("geo"), D_GEO_JSON, KIND_JSON},
+                                          {KEY("as"), D_AS_JSON, KIND_JSON}};
+    DO(json_object(&b, &top, KEY("client"), args, client, 3, WHEN_FIRST));
+    DO(json_wrapped(&b, &top, KEY("trace"), KEY("id"), args[D_TRACE_ID]));
+    DO(json_wrapped(&b, &top, KEY("span"), KEY("id"), args[D_SPAN_ID]));
+    DO(json_wrapped(&b, &top, KEY("service"), KEY("name"), args[D_SERVICE]));
+    static const member_spec upstream[] = {{KEY("cluster"), D_UPSTREAM_CLUSTER, KIND_STR},
+                                            {KEY("address"), D_UPSTREAM_ADDRESS, KIND_STR},
+                                            {KEY("status_code"), D_UPSTREAM_STATUS, KIND_INT},
+                                            {KEY("duration"), D_UPSTREAM_DURATION, KIND_INT}};
+    DO(json_object(&b, &top, KEY("upstream"), args, upstream, 4, WHEN_ANY));
     DO(json_open(&b, &top, KEY("gray"), &inner));
     DO(json_member(&b, &inner, KEY("stage"), args[D_STAGE], KIND_STR_OR_NULL));
     if (present(args, D_GRAY_ID)) {
@@ -903,7 +921,8 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "pipeline.core._wire",
-                                    "A request's span and document, written in C.", -1, methods};
+                                    "A request's span and document, written in C.", -1, methods,
+                                    NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__wire(void) {
     empty_bytes = PyBytes_FromStringAndSize("", 0);

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,15 @@ FIXTURES = REPO / "tests" / "fixtures"
 SHARED_SAMPLES = Path("/work/shared/samples")
 SAMPLES = FIXTURES / "samples"
 T0_NS = 1_795_176_000_000_000_000  # 2026-11-20T12:00:00Z, the samples' day
+
+
+def compiled_core_in_use() -> bool:
+    """Whether this run imports the compiled core and its C module: built (``make
+    native``), and not ``make test``'s plain-Python pass (tests/pure.py)."""
+    from pipeline import native
+
+    pure = any(isinstance(finder, native._SourceFirst) for finder in sys.meta_path)
+    return native.group_library() is not None and not pure
 
 
 def sample_lines(name: str) -> list[bytes]:

@@ -17,6 +17,7 @@ from pipeline.core.otlp_wire import frame_request
 from pipeline.core.process import Enriched, process
 from pipeline.dev.synth import generate
 from tests.oracles.otlp_reference import build_span, encode_span, request_to_dicts
+from tests.unit.conftest import compiled_core_in_use
 
 START = 1_700_000_000_123_456_789
 
@@ -183,12 +184,7 @@ def test_any_request_encodes_as_the_reference(
 def test_the_c_encoder_is_used_where_the_core_is_compiled() -> None:
     """Compiled (``make test``'s first pass) the C encoder writes the usual span, and
     hands what is unusual back; under tests/pure.py there is none."""
-    import sys
-
-    from pipeline import native
-
-    pure = any(isinstance(f, native._SourceFirst) for f in sys.meta_path)
-    if pure or native.group_library() is None:
+    if not compiled_core_in_use():
         assert direct._NATIVE_ENCODE is None
         return
     from pipeline.core import _wire
@@ -207,14 +203,9 @@ def test_the_c_encoder_is_used_where_the_core_is_compiled() -> None:
 
 def test_the_c_encoders_blake2b_is_hashlibs() -> None:
     import hashlib
-    import sys
 
-    from pipeline import native
-
-    if any(isinstance(f, native._SourceFirst) for f in sys.meta_path):
-        pytest.skip("plain Python: no C encoder")
-    if native.group_library() is None:
-        pytest.skip("the core is not compiled")
+    if not compiled_core_in_use():
+        pytest.skip("plain Python: no C module")
     from pipeline.core import _wire
 
     data = bytes(range(256)) * 3
