@@ -1407,6 +1407,28 @@ def evaluate_funnels(owner: Any, clock: float) -> funnel.FunnelFacts | None:
     return owner._funnel_facts(owned, clock).get("play")
 
 
+def test_no_stream_clock_before_an_aggregate_then_the_wall_clock_once_traffic_stops() -> None:
+    """Until an aggregate has come since the worker started, the stream's time is not
+    known: the timer asks nothing, however old the funnel's strata (a replay, a lagging
+    partition: the rest of their hits may still come). Once aggregates came and then
+    stopped for two windows, the wall clock makes the strata due."""
+    s = spec(window=60.0)
+    owner = timer_owner(s)
+    base = 1_800_000_000.0
+    owner.apply_funnel(funnel_record(("a", 0, 1, 100.0), ("b", 0, 0, 101.0)))
+    owned = set(range(owner.config.partitions))
+    later = base + 600.0  # within the rollout (idle for 1,800 s ends it)
+    owner._funnel_facts(owned, later)
+    assert owner.sent == []  # no aggregate yet: nothing is due by the stream's clock
+    owner._watermark = {"/elsewhere": int(base + 120.0)}
+    owner._last_aggregate_at = base + 125.0
+    owner._funnel_facts(owned, base + 130.0)
+    assert owner.sent == []  # the stream's clock (base + 130) leaves the stratum open
+    owner._funnel_facts(owned, later)  # no aggregate for minutes: traffic stopped
+    (request,) = [orjson.loads(v) for v in owner.sent]
+    assert request["kind"] == "funnel_resolve" and request["up_to"] == later - BUCKET
+
+
 def deliver(owner: Any, value: bytes, now: float) -> None:
     """A record of the funnel's partition reaching the agent."""
     event = type("Event", (), {"value": value})()
