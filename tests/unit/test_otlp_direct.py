@@ -128,6 +128,9 @@ number = st.one_of(st.none(), st.floats(allow_nan=False), st.integers(-(2**40), 
     request_id=optional_text,
     user_agent=optional_text,
     texts=st.lists(optional_text, min_size=8, max_size=8),
+    # what else the span id hashes: URL, peer, upstream cluster, authority, dataset
+    material=st.lists(optional_text, min_size=4, max_size=4),
+    dataset=st.sampled_from(["nginx.access", "envoy.access", "", "é\ud800"]),
     stage=st.one_of(st.just("canary"), st.just("stable"), st.just("")),
     trace_id=hex_id,
     parent=hex_id,
@@ -149,9 +152,16 @@ def test_any_request_encodes_as_the_reference(
     lat: float | None,
     lon: float | None,
     key: str | None,
+    material: list[str | None],
+    dataset: str,
 ) -> None:
+    uri, peer_addr, upstream_cluster, authority = material
     record = AccessRecord(
-        dataset="nginx.access",
+        dataset=dataset,
+        uri=uri,
+        peer_addr=peer_addr,
+        upstream_cluster=upstream_cluster,
+        authority=authority,
         timestamp_ns=start,
         method=method,
         status=status,
