@@ -12,7 +12,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/* \
-    && pip install "setuptools>=68" wheel "mypy>=1.10"
+    && pip install "setuptools>=77" wheel "mypy>=1.10"
 
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./

@@ -864,16 +864,23 @@ def stack_lines(where: str, stack: dict[str, Any]) -> list[str]:
 
 
 def table(results: dict[str, Any]) -> str:
-    ceiling = results["a_raw_ceiling"]
+    """The run as a table; a partial run (``--only-*``) shows the parts it has."""
+    ceiling = results.get("a_raw_ceiling")
     ceilings = results.get("a_raw_ceiling_runs", [])
-    rows: list[tuple[str, int, float, str]] = [
-        (
-            "a. raw ceiling: aiokafka getmany + orjson",
-            ceiling,
-            1.0,
-            "runs " + "/".join(f"{rate:,}" for rate in ceilings) if len(ceilings) > 1 else "",
+    rows: list[tuple[str, int, float | None, str]] = []
+    if ceiling:
+        rows.append(
+            (
+                "a. raw ceiling: aiokafka getmany + orjson",
+                ceiling,
+                1.0,
+                "runs " + "/".join(f"{rate:,}" for rate in ceilings) if len(ceilings) > 1 else "",
+            )
         )
-    ]
+
+    def vs_raw(rate: float) -> float | None:
+        return rate / ceiling if ceiling else None
+
     for key, label in (
         ("b_stock_faust", "b. worker, no sinks, stock Faust agent"),
         ("b_batch_path", "b. worker, no sinks, batch path"),
@@ -899,10 +906,10 @@ def table(results: dict[str, Any]) -> str:
         if key.startswith("c_"):
             note += f", spans exported {r['spans_exported']:,} dropped {r['spans_dropped']:,}"
         # A round's worker runs are compared with that round's raw ceiling.
-        rows.append((label, r["events_per_s"], r.get("vs_raw", r["events_per_s"] / ceiling), note))
-    real = results["real_stack"]
-    stacks = [("", real)]
-    if real.get("store_pinned"):
+        rows.append((label, r["events_per_s"], r.get("vs_raw", vs_raw(r["events_per_s"])), note))
+    real = results.get("real_stack")
+    stacks = [("", real)] if real else []
+    if real and real.get("store_pinned"):
         pinned_cpus = ",".join(map(str, real["store_pinned"].get("store_cpus") or []))
         stacks.append((f" (store on CPU {pinned_cpus})", real["store_pinned"]))
     for where, stack in stacks:
@@ -911,7 +918,7 @@ def table(results: dict[str, Any]) -> str:
             (
                 "r. full worker -> OpenSearch + Jaeger" + where,
                 stack["worker_events_per_s"],
-                stack["worker_events_per_s"] / ceiling,
+                vs_raw(stack["worker_events_per_s"]),
                 f"CPU {worker.get('cpu_us_per_event')} µs/event, stored {worker['stored']:,} "
                 f"of {stack['documents']:,}, spans exported {worker['spans_exported']:,} "
                 f"dropped {worker['spans_dropped']:,}",
@@ -921,7 +928,7 @@ def table(results: dict[str, Any]) -> str:
             (
                 "r. OpenSearch ceiling" + (where or " (direct parallel bulk)"),
                 stack["store_ceiling_docs_per_s"],
-                stack["store_ceiling_docs_per_s"] / ceiling,
+                vs_raw(stack["store_ceiling_docs_per_s"]),
                 f"best: bulk {best['bulk_size']:,} x {best['concurrency']} connections; "
                 + ", ".join(
                     f"{r['bulk_size']}x{r['concurrency']} {r['docs_per_s']:,}"
@@ -935,16 +942,19 @@ def table(results: dict[str, Any]) -> str:
             (
                 "o. OpenTelemetry Collector -> OpenSearch + Jaeger",
                 col["events_per_s"],
-                col["events_per_s"] / ceiling,
+                vs_raw(col["events_per_s"]),
                 f"CPU {col.get('cpu_us_per_event')} µs/event",
             )
         )
     out = [f"{'path':48} {'events/s':>10} {'vs raw':>7}  notes"]
     for label, rate, ratio, note in rows:
-        out.append(f"{label:48} {rate:>10,} {ratio:>7.2f}  {note}")
-    stock, batch = results["b_stock_faust"]["events_per_s"], results["b_batch_path"]["events_per_s"]
-    out.append(f"batch path vs stock Faust: {batch / max(stock, 1):.1f}x")
-    full = results["c_full_null_store"]
+        shown = "-" if ratio is None else f"{ratio:.2f}"
+        out.append(f"{label:48} {rate:>10,} {shown:>7}  {note}")
+    if "b_stock_faust" in results and "b_batch_path" in results:
+        stock = results["b_stock_faust"]["events_per_s"]
+        batch = results["b_batch_path"]["events_per_s"]
+        out.append(f"batch path vs stock Faust: {batch / max(stock, 1):.1f}x")
+    full = results.get("c_full_null_store", {})
     if "cpu_us_per_event" in full:
         out.append(
             f"full path CPU: {full['cpu_us_per_event']} µs/event "
@@ -953,7 +963,7 @@ def table(results: dict[str, Any]) -> str:
         )
     for where, stack in stacks:
         out.extend(stack_lines(where, stack))
-    if "otelcol" in results:
+    if "otelcol" in results and real:
         col = results["otelcol"]
         out.append(
             f"CPU per event into OpenSearch: grayscope worker {real['worker_cpu_us_per_event']} µs "
@@ -967,13 +977,16 @@ def table(results: dict[str, Any]) -> str:
             f"{before.get('runs_cpu_us_per_event')} vs this checkout "
             f"{full.get('runs_cpu_us_per_event')} µs/event (per round)"
         )
-    lat = results["e_latency"]
-    out.append(
-        f"e. latency at {lat['offered_events_per_s']:,} events/s "
-        f"(Kafka record time -> bulk acked): p50 {lat.get('p50')} ms, "
-        f"p99 {lat.get('p99')} ms, worker peak RSS {lat['peak_rss_mb']} MB"
-    )
-    out.append(f"GeoIP cache hit ratio (batch path): {results['b_batch_path']['geoip_hit_ratio']}")
+    lat = results.get("e_latency")
+    if lat:
+        out.append(
+            f"e. latency at {lat['offered_events_per_s']:,} events/s "
+            f"(Kafka record time -> bulk acked): p50 {lat.get('p50')} ms, "
+            f"p99 {lat.get('p99')} ms, worker peak RSS {lat['peak_rss_mb']} MB"
+        )
+    if "b_batch_path" in results:
+        hits = results["b_batch_path"]["geoip_hit_ratio"]
+        out.append(f"GeoIP cache hit ratio (batch path): {hits}")
     scale = results.get("scaling")
     if scale:
         for key, figures in scale.items():
@@ -995,7 +1008,9 @@ def table(results: dict[str, Any]) -> str:
             f"scaling streams: synthetic {scale['synthetic_distinct_clients']:,} distinct clients, "
             f"distinct_clients {scale['distinct_clients_distinct_clients']:,}"
         )
-    out.append(f"producer (bench process, aiokafka): {results['produce_events_per_s']:,} events/s")
+    if "produce_events_per_s" in results:
+        rate = results["produce_events_per_s"]
+        out.append(f"producer (bench process, aiokafka): {rate:,} events/s")
     out.append(f"CPU: {results['cpu']}")
     py = results["python"]
     out.append(
@@ -1090,9 +1105,6 @@ def main() -> int:
     args = parser.parse_args()
     WORKER_ENV.update(item.split("=", 1) for item in args.worker_env)
     results = asyncio.run(main_async(args))
-    if args.only_real_stack or args.only_scaling or args.only_rounds:
-        print(json.dumps(results, indent=2))
-        return 0
     print(json.dumps(results, indent=2) if args.json else table(results))
     return 0
 

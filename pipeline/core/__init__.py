@@ -17,7 +17,20 @@ ReadOnlyDict would accept changes.
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
+
+
+def wire_module() -> ModuleType | None:
+    """The hand-written C writers (``_wire.c``: the usual span and document); None
+    where they are not built, or where the plain-Python core is in use
+    (``pipeline.native.prefer_sources``). ``otlp`` and ``document`` keep the Python
+    paths that define what these write."""
+    try:
+        from pipeline.core import _wire
+    except ImportError:
+        return None
+    return _wire
 
 
 class ReadOnlyDict(dict[str, str]):

@@ -13,8 +13,8 @@
  * truncation tags) returns b"" and the caller takes the Python path, which handles
  * it: this file never needs to know those rules.
  *
- * The span's attribute keys come from schemas/span_attributes.json through
- * configure(); the wire tags are trace.proto's (the same constants as otlp_wire.py);
+ * The span's attribute keys come from schemas/span_attributes.json and its method
+ * rules from span.py, both through configure(); the wire tags are trace.proto's (the same constants as otlp_wire.py);
  * the document's keys are document.py's (tests hold both to schemas/access_fields.json).
  */
 #define PY_SSIZE_T_CLEAN
@@ -261,12 +261,47 @@ static uint8_t key_field[REQUEST_ATTRIBUTES][130];
 static size_t key_field_len[REQUEST_ATTRIBUTES];
 static int configured = 0;
 
-static PyObject *configure(PyObject *self, PyObject *keys) {
+/* span.py's KNOWN_METHODS, OTHER_METHOD and UNKNOWN_VERB, given to configure(). */
+#define MAX_METHODS 32
+#define MAX_METHOD_BYTES 24
+static char known_methods[MAX_METHODS][MAX_METHOD_BYTES + 1];
+static size_t known_method_len[MAX_METHODS];
+static size_t known_method_count = 0;
+static char other_method[MAX_METHOD_BYTES + 1];
+static char unknown_verb[MAX_METHOD_BYTES + 1];
+
+/* A configured name into a fixed buffer: 1..MAX_METHOD_BYTES bytes, no NUL; -1: error set. */
+static int copy_name(PyObject *name, char *out, size_t *out_len) {
+    Py_ssize_t n;
+    const char *s = PyUnicode_Check(name) ? PyUnicode_AsUTF8AndSize(name, &n) : NULL;
+    if (s == NULL || n == 0 || n > MAX_METHOD_BYTES || memchr(s, 0, (size_t)n) != NULL) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "method names are strings of 1..24 bytes");
+        return -1;
+    }
+    memcpy(out, s, (size_t)n);
+    out[n] = 0;
+    if (out_len != NULL) *out_len = (size_t)n;
+    return 0;
+}
+
+/* configure(keys, methods, other_method, unknown_verb): the request attributes' keys
+   (the schema's first 10), then span.py's method rules; nothing is written before it. */
+static PyObject *configure(PyObject *self, PyObject *args) {
     (void)self;
-    if (!PyTuple_CheckExact(keys) || PyTuple_GET_SIZE(keys) != REQUEST_ATTRIBUTES) {
+    PyObject *keys, *methods, *other, *verb;
+    if (!PyArg_ParseTuple(args, "O!O!UU:configure", &PyTuple_Type, &keys, &PyTuple_Type,
+                          &methods, &other, &verb))
+        return NULL;
+    if (PyTuple_GET_SIZE(keys) != REQUEST_ATTRIBUTES) {
         PyErr_SetString(PyExc_ValueError, "configure() takes the 10 request attribute keys");
         return NULL;
     }
+    if (PyTuple_GET_SIZE(methods) > MAX_METHODS) {
+        PyErr_SetString(PyExc_ValueError, "at most 32 known methods");
+        return NULL;
+    }
+    configured = 0;
     for (int i = 0; i < REQUEST_ATTRIBUTES; i++) {
         Py_ssize_t n;
         const char *s = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(keys, i), &n);
@@ -280,6 +315,13 @@ static PyObject *configure(PyObject *self, PyObject *keys) {
         memcpy(key_field[i] + 2, s, (size_t)n);
         key_field_len[i] = (size_t)n + 2;
     }
+    Py_ssize_t count = PyTuple_GET_SIZE(methods);
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (copy_name(PyTuple_GET_ITEM(methods, i), known_methods[i], &known_method_len[i]) < 0)
+            return NULL;
+    if (copy_name(other, other_method, NULL) < 0 || copy_name(verb, unknown_verb, NULL) < 0)
+        return NULL;
+    known_method_count = (size_t)count;
     configured = 1;
     Py_RETURN_NONE;
 }
@@ -293,10 +335,7 @@ enum {
     A_FALLBACK_KEY, N_ARGS
 };
 
-static const char *const known_methods[] = {"GET", "HEAD", "POST", "PUT", "DELETE",
-                                            "CONNECT", "OPTIONS", "TRACE", "PATCH"};
-
-/* span.py's http_method: NULL for none, "_OTHER" for a non-standard one; -1: odd. */
+/* span.py's http_method: NULL for none, OTHER_METHOD for a non-standard one; -1: odd. */
 static int span_method(PyObject *o, const char **out, Py_ssize_t *n) {
     *out = NULL;
     *n = 0;
@@ -306,15 +345,15 @@ static int span_method(PyObject *o, const char **out, Py_ssize_t *n) {
     Py_ssize_t len;
     const char *s = utf8_of(o, &len);
     if (s == NULL) return -1;
-    for (size_t i = 0; i < sizeof known_methods / sizeof *known_methods; i++) {
-        if ((size_t)len == strlen(known_methods[i]) && memcmp(s, known_methods[i], (size_t)len) == 0) {
+    for (size_t i = 0; i < known_method_count; i++) {
+        if ((size_t)len == known_method_len[i] && memcmp(s, known_methods[i], (size_t)len) == 0) {
             *out = known_methods[i];
             *n = len;
             return 0;
         }
     }
-    *out = "_OTHER";
-    *n = 6;
+    *out = other_method;
+    *n = (Py_ssize_t)strlen(other_method);
     return 0;
 }
 
@@ -492,9 +531,9 @@ static PyObject *encode_span(PyObject *self, PyObject *const *args, Py_ssize_t n
     wb_byte(&b, 0x12); wb_byte(&b, 8); wb_bytes(&b, span_id, 8);
     if (has_parent) { wb_byte(&b, 0x22); wb_byte(&b, 8); wb_bytes(&b, parent, 8); }
     {
-        /* span_name: "{method} {route or path group}", "HTTP" for unknown methods. */
+        /* span_name: "{method} {route or path group}", UNKNOWN_VERB for unknown methods. */
         PyObject *target = truthy_text(args[A_ROUTE]) ? args[A_ROUTE] : args[A_PATH_GROUP];
-        const char *verb = (method != NULL && strcmp(method, "_OTHER") != 0) ? method : "HTTP";
+        const char *verb = (method != NULL && method != other_method) ? method : unknown_verb;
         size_t verb_len = strlen(verb);
         const char *t = NULL;
         Py_ssize_t tn = 0;
@@ -912,7 +951,8 @@ out:
 }
 
 static PyMethodDef methods[] = {
-    {"configure", configure, METH_O, "Set the request attributes' keys (the schema's first 10)."},
+    {"configure", configure, METH_VARARGS,
+     "Set the request attributes' keys (the schema's first 10) and span.py's method rules."},
     {"encode_span", (PyCFunction)(void (*)(void))encode_span, METH_FASTCALL,
      "A request's span as wire bytes; None: no span; b\"\": take the Python path."},
     {"document_json", (PyCFunction)(void (*)(void))document_json, METH_FASTCALL,

@@ -7,10 +7,11 @@ this builder emits nothing that file does not map.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
+from pipeline.core import wire_module
 from pipeline.core.formats.values import ns_to_iso
 from pipeline.core.model import AccessRecord, AsnInfo, Enrichment, GeoInfo
 
@@ -183,11 +184,8 @@ def _document(
 def _native_writer() -> Callable[..., bytes] | None:
     """The C writer (pipeline/core/_wire.c); None where it is not built (or the
     plain-Python core is in use: pipeline.native.prefer_sources)."""
-    try:
-        from pipeline.core import _wire
-    except ImportError:
-        return None
-    return _wire.document_json
+    wire = wire_module()
+    return None if wire is None else cast(Callable[..., bytes], wire.document_json)
 
 
 _NATIVE_DOCUMENT = _native_writer()

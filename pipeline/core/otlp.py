@@ -27,8 +27,10 @@ range) it hands back to the Python path below, so the rules for those have one c
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import schemas
+from pipeline.core import wire_module
 from pipeline.core.model import (
     AccessRecord,
     DeadLetter,
@@ -47,7 +49,10 @@ from pipeline.core.otlp_wire import (
 from pipeline.core.process import Enriched
 from pipeline.core.span import (
     KIND_TYPES,
+    KNOWN_METHODS,
+    OTHER_METHOD,
     UNKNOWN_SERVICE,
+    UNKNOWN_VERB,
     span_coordinates,
     span_id,
     span_name,
@@ -122,15 +127,19 @@ _NATIVE_KINDS = ("string",) * 7 + ("int",) + ("string",) * 2
 def _native_encoder() -> Callable[..., bytes | None] | None:
     """The C encoder, given the schema's attribute keys; None where it is not built (or
     the plain-Python core is in use: pipeline.native.prefer_sources)."""
-    try:
-        from pipeline.core import _wire
-    except ImportError:
+    wire = wire_module()
+    if wire is None:
         return None
     attributes = list(schemas.span_attributes().items())[:-_GEO_ATTRIBUTES]
     if tuple(kind for _, kind in attributes) != _NATIVE_KINDS:
         return None  # the schema moved on; tests/unit/test_otlp_direct.py says so
-    _wire.configure(tuple(name for name, _ in attributes))
-    return _wire.encode_span
+    wire.configure(
+        tuple(name for name, _ in attributes),
+        tuple(sorted(KNOWN_METHODS)),
+        OTHER_METHOD,
+        UNKNOWN_VERB,
+    )
+    return cast(Callable[..., bytes | None], wire.encode_span)
 
 
 _NATIVE_ENCODE = _native_encoder()

@@ -52,6 +52,8 @@ KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )
 OTHER_METHOD = "_OTHER"
+#: The span name's verb when the method is unknown or non-standard.
+UNKNOWN_VERB = "HTTP"
 
 
 # The schema's attribute kinds as Python types.
@@ -120,8 +122,8 @@ def http_method(method: str | None) -> str | None:
 
 
 def span_name(method: str | None, target: str | None) -> str:
-    """``{method} {target}`` per the HTTP semantic conventions, "HTTP" for unknown methods."""
-    verb = method if method and method != OTHER_METHOD else "HTTP"
+    """``{method} {target}`` per the HTTP semantic conventions, UNKNOWN_VERB for unknown methods."""
+    verb = method if method and method != OTHER_METHOD else UNKNOWN_VERB
     return f"{verb} {target}" if target else verb
 
 
