@@ -22,10 +22,10 @@ from pipeline.core.process import Enriched
 from schemas import DAILY_INDEX_PREFIX, DATA_STREAM_NAME
 
 Op = Literal["create", "index"]
-MODES = ("data_stream", "index")
+MODES: Final = ("data_stream", "index")
 
-_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
-NS_PER_DAY = 86_400 * NS_PER_S
+_DAY: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
+NS_PER_DAY: Final = 86_400 * NS_PER_S
 
 
 @dataclass(slots=True, init=False)

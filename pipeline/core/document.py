@@ -7,7 +7,7 @@ this builder emits nothing that file does not map.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import orjson
 
@@ -15,7 +15,7 @@ from pipeline.core import wire_module
 from pipeline.core.formats.values import ns_to_iso
 from pipeline.core.model import AccessRecord, AsnInfo, Enrichment, GeoInfo
 
-_HTTP_VERSIONS = {
+_HTTP_VERSIONS: Final = {
     "HTTP/1.0": "1.0",
     "HTTP/1.1": "1.1",
     "HTTP/2": "2",
@@ -188,7 +188,7 @@ def _native_writer() -> Callable[..., bytes] | None:
     return None if wire is None else cast(Callable[..., bytes], wire.document_json)
 
 
-_NATIVE_DOCUMENT = _native_writer()
+_NATIVE_DOCUMENT: Final = _native_writer()
 
 
 def document_source(rec: AccessRecord, enr: Enrichment, include_original: bool = False) -> bytes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from pipeline.core.extract import gray
 from pipeline.core.extract.client_ip import (
@@ -108,7 +108,7 @@ def url_step(rec: AccessRecord, enr: Enrichment, ctx: EnrichContext) -> None:
 # (``/godoc/pkg/fmt?v=1.22``); long ones are not kept (bounded memory).
 _TARGETS: dict[str, tuple[str, str | None, ReadOnlyDict]] = {}
 _TARGET_MEMO_MAX = 16_384
-_TARGET_MEMO_KEY_MAX = 2048
+_TARGET_MEMO_KEY_MAX: Final = 2048
 
 
 def target_parts(uri: str) -> tuple[str, str | None, ReadOnlyDict]:
@@ -172,7 +172,7 @@ def service_from(rec: AccessRecord) -> str | None:
     return None
 
 
-DEFAULT_CHAIN: tuple[Step, ...] = (
+DEFAULT_CHAIN: Final[tuple[Step, ...]] = (
     url_step,
     gray_step,
     path_group_step,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from pipeline.core import ReadOnlyDict
 
@@ -70,7 +70,7 @@ def document_id(coords: KafkaCoordinates) -> str:
 
 
 #: The shared empty headers/cookies/args/query (read-only).
-EMPTY: dict[str, str] = ReadOnlyDict()
+EMPTY: Final[dict[str, str]] = ReadOnlyDict()
 
 
 @dataclass(slots=True, init=False)

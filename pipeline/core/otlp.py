@@ -27,7 +27,7 @@ range) it hands back to the Python path below, so the rules for those have one c
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import cast
+from typing import Final, cast
 
 import schemas
 from pipeline.core import wire_module
@@ -61,8 +61,8 @@ from pipeline.core.span import (
 )
 
 # Entries per attribute memo; the client address and URL path see per-request values.
-MEMO_LIMITS = {"client.address": 16_384, "url.path": 8192, "user_agent.original": 8192}
-DEFAULT_MEMO_LIMIT = 2048
+MEMO_LIMITS: Final = {"client.address": 16_384, "url.path": 8192, "user_agent.original": 8192}
+DEFAULT_MEMO_LIMIT: Final = 2048
 
 
 class _AttributeMemo(dict[object, bytes]):
@@ -98,16 +98,16 @@ class _AttributeMemo(dict[object, bytes]):
 
 
 # One memo per attribute, in the schema's order (the order of the values below).
-_MEMOS = tuple(
+_MEMOS: Final = tuple(
     _AttributeMemo(name, kind, MEMO_LIMITS.get(name, DEFAULT_MEMO_LIMIT))
     for name, kind in schemas.span_attributes().items()
 )
 _lookup = dict.__getitem__
 # The geo attributes come last in the schema: encoded once per GeoInfo (the GeoIP
 # cache shares one GeoInfo between all the clients of a network), the others per request.
-_GEO_ATTRIBUTES = 4
-_REQUEST_MEMOS = _MEMOS[:-_GEO_ATTRIBUTES]
-_GEO_MEMOS = _MEMOS[-_GEO_ATTRIBUTES:]
+_GEO_ATTRIBUTES: Final = 4
+_REQUEST_MEMOS: Final = _MEMOS[:-_GEO_ATTRIBUTES]
+_GEO_MEMOS: Final = _MEMOS[-_GEO_ATTRIBUTES:]
 
 
 def _geo_fields(geo: GeoInfo) -> bytes:
@@ -121,7 +121,7 @@ def _geo_fields(geo: GeoInfo) -> bytes:
 
 # The schema's request attributes (all but the geo ones) as the C encoder writes them:
 # strings, but the status code, an int.
-_NATIVE_KINDS = ("string",) * 7 + ("int",) + ("string",) * 2
+_NATIVE_KINDS: Final = ("string",) * 7 + ("int",) + ("string",) * 2
 
 
 def _native_encoder() -> Callable[..., bytes | None] | None:
@@ -142,7 +142,7 @@ def _native_encoder() -> Callable[..., bytes | None] | None:
     return cast(Callable[..., bytes | None], wire.encode_span)
 
 
-_NATIVE_ENCODE = _native_encoder()
+_NATIVE_ENCODE: Final = _native_encoder()
 
 
 def encode_request_span(

@@ -40,31 +40,31 @@ Cost
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Final
 
 from pipeline.core.model import AccessRecord, Enrichment, GeoInfo
 
-UNKNOWN_SERVICE = "grayscope-unknown"
+UNKNOWN_SERVICE: Final = "grayscope-unknown"
 
 # OpenTelemetry semantic conventions: other methods become "_OTHER" and the span
 # name uses "HTTP", so a scanner's junk methods cannot explode the operation list.
-KNOWN_METHODS = frozenset(
+KNOWN_METHODS: Final = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )
-OTHER_METHOD = "_OTHER"
+OTHER_METHOD: Final = "_OTHER"
 #: The span name's verb when the method is unknown or non-standard.
-UNKNOWN_VERB = "HTTP"
+UNKNOWN_VERB: Final = "HTTP"
 
 
 # The schema's attribute kinds as Python types.
-KIND_TYPES: dict[str, type] = {"string": str, "int": int, "double": float, "bool": bool}
+KIND_TYPES: Final[dict[str, type]] = {"string": str, "int": int, "double": float, "bool": bool}
 
 # BLAKE2b states with the domain prefix already absorbed: copying one is cheaper than
 # setting up a new hash, and the digests are those of blake2b(prefix + material).
 # Distinct prefixes keep a request id and a Kafka key that happen to be equal apart.
-_FROM_REQUEST_ID = hashlib.blake2b(b"r\x00", digest_size=16)
-_FROM_KEY = hashlib.blake2b(b"k\x00", digest_size=16)
-_SPAN = hashlib.blake2b(b"s\x00", digest_size=8)
+_FROM_REQUEST_ID: Final = hashlib.blake2b(b"r\x00", digest_size=16)
+_FROM_KEY: Final = hashlib.blake2b(b"k\x00", digest_size=16)
+_SPAN: Final = hashlib.blake2b(b"s\x00", digest_size=8)
 
 
 def span_status(status: int | None) -> int | None:

@@ -12,6 +12,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
 from pipeline.core.formats.values import MAX_FORWARDED_HOPS, MEMO_KEY_MAX, canonical_ip, remember
 
@@ -22,7 +23,7 @@ _MEMO_MAX = 65_536
 
 # The default trusted proxies (``GRAYSCOPE_TRUSTED_PROXIES``): peers whose
 # X-Forwarded-For entries are believed.
-DEFAULT_TRUSTED_PROXIES = (
+DEFAULT_TRUSTED_PROXIES: Final = (
     "127.0.0.0/8,::1/128,"  # loopback
     "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,"  # RFC 1918
     "fc00::/7,"  # RFC 4193

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from pipeline.core.model import AccessRecord
 
-_ZERO32 = "0" * 32
-_ZERO16 = "0" * 16
+_ZERO32: Final = "0" * 32
+_ZERO16: Final = "0" * 16
 
 
 def trace_context(rec: AccessRecord) -> tuple[str | None, str | None]:
@@ -53,7 +54,9 @@ def _traceparent(value: str) -> tuple[str, str] | None:
     return trace_id, span_id
 
 
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.S)
+_TRACEPARENT: Final = re.compile(
+    r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.S
+)
 
 
 def _is_hex(value: str) -> bool:
@@ -61,7 +64,7 @@ def _is_hex(value: str) -> bool:
     return bool(value) and not value.strip(_HEX_DIGITS)
 
 
-_HEX_DIGITS = "0123456789abcdef"
+_HEX_DIGITS: Final = "0123456789abcdef"
 
 
 def trace_id_of(value: str | None) -> str | None:

@@ -10,7 +10,7 @@ line: Envoy/Istio TEXT (``[%START_TIME%] "..."``) or nginx. A text line is never
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -25,11 +25,11 @@ from pipeline.core.model import AccessRecord, Reason
 from pipeline.errors import RejectedInput
 
 # An envelope inside an envelope (rsyslog -> Fluent Bit -> Kafka) is real; deeper is not.
-MAX_ENVELOPE_DEPTH = 3
-_ENVELOPE_MARKERS = ("@metadata", "source_type", "agent", "ecs", "input", "fluentbit")
-_ENVELOPE_MARKER_SET = frozenset(_ENVELOPE_MARKERS)
+MAX_ENVELOPE_DEPTH: Final = 3
+_ENVELOPE_MARKERS: Final = ("@metadata", "source_type", "agent", "ecs", "input", "fluentbit")
+_ENVELOPE_MARKER_SET: Final = frozenset(_ENVELOPE_MARKERS)
 
-_JSON_OPENERS = frozenset(b"{[")
+_JSON_OPENERS: Final = frozenset(b"{[")
 # (parser, the shape it takes): a tuple called positionally, not a
 # functools.partial with a keyword (half the call cost, on every JSON line).
 _Parser = tuple[Callable[[dict[str, Any], Any], AccessRecord], Any]
@@ -40,8 +40,8 @@ _SHAPES: dict[tuple[str, ...], _Parser | None] = {}
 _SHAPES_MAX = 1024
 # Only plausible log formats are kept: a stream of huge random objects must not
 # pin megabytes per memo entry.
-_SHAPE_KEYS_MAX = 200
-_SHAPE_CHARS_MAX = 8192
+_SHAPE_KEYS_MAX: Final = 200
+_SHAPE_CHARS_MAX: Final = 8192
 
 
 # What parsing a message comes down to: (the format's parser, its arguments).
@@ -89,7 +89,7 @@ def resolve_message(raw: bytes, max_bytes: int = 1_048_576) -> ParseJob:
     return _text_job(line)
 
 
-_ARRAY = ord("[")
+_ARRAY: Final = ord("[")
 
 
 def _text_job(line: str) -> ParseJob:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from pipeline.core.formats.values import (
     MAX_COOKIES,
@@ -17,7 +17,7 @@ from pipeline.core.formats.values import (
 from pipeline.core.model import AccessRecord
 
 # Keys that say "this object is an Envoy access log" (Istio defaults + common custom keys).
-SIGNATURE_KEYS = frozenset(
+SIGNATURE_KEYS: Final = frozenset(
     (
         "start_time",
         "response_code",
@@ -43,9 +43,9 @@ SIGNATURE_KEYS = frozenset(
 )
 
 # Custom keys logged from request headers under a name without the ``x_`` prefix.
-_HEADER_ALIASES = {"gray_id": "x-gray-id", "traceparent": "traceparent", "b3": "b3"}
+_HEADER_ALIASES: Final = {"gray_id": "x-gray-id", "traceparent": "traceparent", "b3": "b3"}
 # Keys consumed into AccessRecord fields; every other ``x_*`` key is a header.
-_FIELD_KEYS = frozenset(("x_forwarded_for",))
+_FIELD_KEYS: Final = frozenset(("x_forwarded_for",))
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ may hold ``"`` (it is the one quoted field that ends where the last four fit).
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from pipeline.core.formats.nginx_text import split_request
 from pipeline.core.formats.values import (
@@ -40,18 +41,18 @@ from pipeline.errors import RejectedInput
 # "%UPSTREAM_TRANSPORT_FAILURE_REASON%"`, 1.5-1.7 `"%DYNAMIC_METADATA(istio.mixer:status)%"
 # "%UPSTREAM_TRANSPORT_FAILURE_REASON%"`; then %BYTES_RECEIVED% %BYTES_SENT% %DURATION%
 # %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%. Anchored: no search over the line.
-_HEAD = re.compile(
+_HEAD: Final = re.compile(
     r'\[([^\]]*)\] "([^"]*)" (\d+|-) \S+ (?:[^\s"]+ [^\s"]+ "[^"]*" |"[^"]*" "[^"]*" )?'
     r"(\d+|-) (\d+|-) (\d+|-) (\d+|-) "
 )
 # The user agent is greedy: it ends at the last place where the other four fit,
 # so quotes inside it (Envoy writes them raw) stay in it.
-_HEADERS = re.compile(r'"([^"]*)" "(.*)" "([^"]*)" "([^"]*)" "([^"]*)"(?= |$)')
+_HEADERS: Final = re.compile(r'"([^"]*)" "(.*)" "([^"]*)" "([^"]*)" "([^"]*)"(?= |$)')
 # Found by finditer's search (no leading ` *`: trailing blanks would be re-scanned
 # from every position).
-_TAIL_TOKEN = re.compile(r'"([^"]*)"|(\S+)')
-_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
-_B3_TRACE_ID = re.compile(r"[0-9a-f]{16}(?:[0-9a-f]{16})?")
+_TAIL_TOKEN: Final = re.compile(r'"([^"]*)"|(\S+)')
+_TRACEPARENT: Final = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_B3_TRACE_ID: Final = re.compile(r"[0-9a-f]{16}(?:[0-9a-f]{16})?")
 
 
 def looks_like_envoy_text(line: str) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from pipeline.core.formats.envoy import cookies_truncated, parse_cookie_header
 from pipeline.core.formats.values import (
@@ -24,7 +24,7 @@ from pipeline.core.formats.values import (
 )
 from pipeline.core.model import AccessRecord
 
-SIGNATURE_KEYS = frozenset(
+SIGNATURE_KEYS: Final = frozenset(
     (
         "remote_addr",
         "request_uri",

@@ -23,6 +23,7 @@ default escaping writes ``"``, ``\\`` and non-ASCII bytes as ``\\xXX``.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from pipeline.core.formats.values import (
     MAX_TAIL_FIELDS,
@@ -44,19 +45,19 @@ from pipeline.errors import RejectedInput
 # loop, and without it an unterminated field of ``\\\\…`` left a backtracking
 # point per character (superlinear: 15 -> 390 ns per character from 16 KiB to
 # 1 MiB; possessive 9 ns flat; tests/unit/test_regex_linear.py).
-_QUOTED = r'"([^"\\]*+(?:\\.[^"\\]*+)*+)"'
+_QUOTED: Final = r'"([^"\\]*+(?:\\.[^"\\]*+)*+)"'
 # Without a backslash in the line a quoted field is just ``"[^"]*"``: the same
 # matches, and SRE scans a one-character negated class with a tight loop instead
 # of a class test per character (the fields are ~200 of a line's ~300 characters).
-_PLAIN_QUOTED = r'"([^"]*+)"'
+_PLAIN_QUOTED: Final = r'"([^"]*+)"'
 
 # ``$remote_addr``: one token (the fast path, tried first).
-_ONE_FIELD = r"(?P<remote>\S+)"
+_ONE_FIELD: Final = r"(?P<remote>\S+)"
 # A virtual host and/or an address list before ``- $remote_user [``: anything up to
 # the first ``[`` (lazy; it cannot pass a ``[``, so it ends at one place: linear),
 # at most MAX_HEAD characters (nginx's default header buffers hold 8 KiB).
-MAX_HEAD = 16_384
-_LONG_HEAD = rf"(?P<remote>[^\[]{{1,{MAX_HEAD}}}?)"
+MAX_HEAD: Final = 16_384
+_LONG_HEAD: Final = rf"(?P<remote>[^\[]{{1,{MAX_HEAD}}}?)"
 
 
 def _combined(quoted: str, head: str) -> re.Pattern[str]:
@@ -75,13 +76,13 @@ def _combined(quoted: str, head: str) -> re.Pattern[str]:
     )
 
 
-COMBINED = _combined(_QUOTED, _ONE_FIELD)
-COMBINED_PLAIN = _combined(_PLAIN_QUOTED, _ONE_FIELD)  # only for lines without a backslash
-HEADED = _combined(_QUOTED, _LONG_HEAD)
-HEADED_PLAIN = _combined(_PLAIN_QUOTED, _LONG_HEAD)
+COMBINED: Final = _combined(_QUOTED, _ONE_FIELD)
+COMBINED_PLAIN: Final = _combined(_PLAIN_QUOTED, _ONE_FIELD)  # only for lines without a backslash
+HEADED: Final = _combined(_QUOTED, _LONG_HEAD)
+HEADED_PLAIN: Final = _combined(_PLAIN_QUOTED, _LONG_HEAD)
 # Tokens are found by finditer's search; no leading ``\s*``: a run of blanks
 # that ends the line would be re-scanned from every position (quadratic).
-_REST_TOKEN = re.compile(
+_REST_TOKEN: Final = re.compile(
     r"(?:(?P<key>[A-Za-z_][\w.-]*)=(?:"
     + _QUOTED.replace("(", "(?P<value>", 1)
     + r"|(?P<plain>\S*))|"
@@ -89,24 +90,24 @@ _REST_TOKEN = re.compile(
     + r"|(?P<bare>\S+))"
 )
 # `` $request_uri $args version="$arg_v" region="$http_x_forwarded_for"``
-_STRUCTURED = re.compile(r" (/\S*) \S+ version=" + _QUOTED + " region=" + _QUOTED + r"\s*")
-_STRUCTURED_PLAIN = re.compile(
+_STRUCTURED: Final = re.compile(r" (/\S*) \S+ version=" + _QUOTED + " region=" + _QUOTED + r"\s*")
+_STRUCTURED_PLAIN: Final = re.compile(
     r" (/\S*) \S+ version=" + _PLAIN_QUOTED + " region=" + _PLAIN_QUOTED + r"\s*"
 )
 # ingress-nginx ``upstreaminfo`` after the user agent: request length, request
 # time, [upstream], [alternative upstream], then the upstream lists and $req_id.
-_UPSTREAMINFO = re.compile(r" (\d+|-) (\d+\.\d+|-) \[([^\]\s]*)\] \[([^\]\s]*)\] (\S.*)")
+_UPSTREAMINFO: Final = re.compile(r" (\d+|-) (\d+\.\d+|-) \[([^\]\s]*)\] \[([^\]\s]*)\] (\S.*)")
 # A virtual host: a DNS name or an IP, maybe with a port.
-_VHOST = re.compile(r"[A-Za-z0-9_.-]+(?::\d{1,5})?")
+_VHOST: Final = re.compile(r"[A-Za-z0-9_.-]+(?::\d{1,5})?")
 # nginx's escapes: ``\xXX`` (quotes, backslashes, non-ASCII); ``\"`` and ``\\``
 # (``escape=default`` of older versions and hand-written formats).
 # A run of ``\xXX`` is decoded in one call (a non-ASCII user agent is one run).
-_ESCAPE = re.compile(rb'(?:\\x[0-9A-Fa-f]{2})+|\\(["\\])')
+_ESCAPE: Final = re.compile(rb'(?:\\x[0-9A-Fa-f]{2})+|\\(["\\])')
 
 # Extension keys seen in the wild (``log_format main_ext``) -> what they mean.
-_REQUEST_TIME_KEYS = ("request_time", "rt")
-_UPSTREAM_TIME_KEYS = ("upstream_response_time", "urt")
-_UNKNOWN = "not a JSON object, nor an nginx or Envoy access-log line"
+_REQUEST_TIME_KEYS: Final = ("request_time", "rt")
+_UPSTREAM_TIME_KEYS: Final = ("upstream_response_time", "urt")
+_UNKNOWN: Final = "not a JSON object, nor an nginx or Envoy access-log line"
 
 
 def looks_like_text_log(line: str) -> bool:

@@ -19,22 +19,23 @@ import re
 import socket
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 
 from pipeline.core.model import Reason
 from pipeline.errors import RejectedInput
 
 #: Strings that mean "not logged".
-MISSING = frozenset(("", "-", "null", "None"))
-_MISSING = MISSING
-NS_PER_S = 1_000_000_000
-NS_PER_MS = 1_000_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MISSING: Final = frozenset(("", "-", "null", "None"))
+_MISSING: Final = MISSING
+_MISSING_MAX_CHARS: Final = max(map(len, MISSING))
+NS_PER_S: Final = 1_000_000_000
+NS_PER_MS: Final = 1_000_000
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 #: Elasticsearch ``long`` range: larger integers are rejected by the mapping.
-MIN_LONG = -(2**63)
-MAX_LONG = 2**63 - 1
+MIN_LONG: Final = -(2**63)
+MAX_LONG: Final = 2**63 - 1
 #: Timestamps are readable in [1970-01-01, 10000-01-01): ``ns_to_iso`` renders those.
-MAX_TIMESTAMP_NS = 253_402_300_800 * NS_PER_S
+MAX_TIMESTAMP_NS: Final = 253_402_300_800 * NS_PER_S
 
 # Per-field limits (README, "Limits"). A message is bounded by the size limit;
 # these bound what one field of it may cost and keep. Client-controlled lists
@@ -42,16 +43,16 @@ MAX_TIMESTAMP_NS = 253_402_300_800 * NS_PER_S
 # must not be able to hide its requests from the canary analysis by sending many.
 # A cut is named in the document's ``tags`` (``truncated_<field>``).
 #: Keys of one JSON object (header/cookie/arg keys among them): more is ``too_large``.
-MAX_JSON_KEYS = 512
+MAX_JSON_KEYS: Final = 512
 #: Cookies read from one Cookie header (the first ones are kept).
-MAX_COOKIES = 64
+MAX_COOKIES: Final = 64
 #: Distinct query args read from one request target (the first ones are kept).
-MAX_QUERY_ARGS = 128
+MAX_QUERY_ARGS: Final = 128
 #: X-Forwarded-For entries walked, from the right (the hops nearest to us).
-MAX_FORWARDED_HOPS = 32
+MAX_FORWARDED_HOPS: Final = 32
 #: Fields after the known part of a text line (nginx extension pairs, Istio's
 #: tail): more is ``unknown_format`` (no format logs that many).
-MAX_TAIL_FIELDS = 64
+MAX_TAIL_FIELDS: Final = 64
 
 
 def text(value: Any) -> str | None:
@@ -59,7 +60,9 @@ def text(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return None if value in _MISSING else value
+        # Only a short string can be a marker: a long one (a user agent, a header) is
+        # not hashed for the set lookup (orjson's fresh strings carry no hash yet).
+        return None if len(value) <= _MISSING_MAX_CHARS and value in _MISSING else value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -132,8 +135,8 @@ def _duration(number: float | None, scale: int) -> int | None:
     return round(number * scale)
 
 
-_MAX_MILLIS = MAX_LONG // NS_PER_MS
-_MAX_SECONDS = MAX_LONG / NS_PER_S
+_MAX_MILLIS: Final = MAX_LONG // NS_PER_MS
+_MAX_SECONDS: Final = MAX_LONG / NS_PER_S
 
 
 def millis_to_ns(value: Any) -> int | None:
@@ -180,7 +183,7 @@ def upstream_seconds_to_ns(value: Any) -> int | None:
     return total if seen and total <= MAX_LONG else None
 
 
-_UPSTREAM_SEPARATORS = re.compile(r"[,:]")
+_UPSTREAM_SEPARATORS: Final = re.compile(r"[,:]")
 
 
 def in_range(ns: int | None) -> int | None:
@@ -226,8 +229,8 @@ def iso_to_ns(value: str) -> int | None:
         return None
 
 
-_DIGITS = frozenset("0123456789")
-_ASCII_DIGITS = re.compile("[0-9]*")
+_DIGITS: Final = frozenset("0123456789")
+_ASCII_DIGITS: Final = re.compile("[0-9]*")
 
 
 def epoch_to_ns(number: float) -> int | None:
@@ -274,7 +277,7 @@ def timestamp_to_ns(value: Any) -> int | None:
     return None
 
 
-_MONTHS = {
+_MONTHS: Final = {
     m: i + 1
     for i, m in enumerate(
         ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -311,7 +314,7 @@ def ns_to_iso(ns: int) -> str:
     return _iso_second(seconds) + _MILLIS_SUFFIX[rest // NS_PER_MS]
 
 
-_MILLIS_SUFFIX = tuple(f".{ms:03d}Z" for ms in range(1000))
+_MILLIS_SUFFIX: Final = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 
 @lru_cache(maxsize=4096)
@@ -321,7 +324,7 @@ def _iso_second(seconds: int) -> str:
 
 #: Memos only keep keys up to this length: a stream of huge garbage values must
 #: not pin megabytes per entry (valid IPs, timestamps, clusters are short).
-MEMO_KEY_MAX = 256
+MEMO_KEY_MAX: Final = 256
 _IP_MEMO: dict[str, str | None] = {}
 _IP_MEMO_MAX = 65_536
 
@@ -402,4 +405,4 @@ def _canonical_ip(entry: str) -> str | None:
     return text_ip
 
 
-_V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
+_V4_MAPPED_PREFIX: Final = bytes(10) + b"\xff\xff"
