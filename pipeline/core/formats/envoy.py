@@ -8,6 +8,8 @@ from typing import Any, Final
 
 from pipeline.core.formats.values import (
     MAX_COOKIES,
+    field_positions,
+    field_values,
     integer,
     millis_to_ns,
     peer_ip,
@@ -48,62 +50,119 @@ _HEADER_ALIASES: Final = {"gray_id": "x-gray-id", "traceparent": "traceparent", 
 _FIELD_KEYS: Final = frozenset(("x_forwarded_for",))
 
 
+# The fields parse_envoy reads, in the order of EnvoyShape.fields.
+FIELD_KEYS: Final = (
+    "start_time",
+    "time",
+    "timestamp",
+    "downstream_remote_address",
+    "request_id",
+    "upstream_cluster",
+    "method",
+    "path",
+    "protocol",
+    "response_code",
+    "bytes_sent",
+    "bytes_received",
+    "duration",
+    "upstream_service_time",
+    "x_forwarded_for",
+    "user_agent",
+    "x_request_id",
+    "authority",
+    "cluster",
+    "upstream_host",
+    "trace_id",
+    "cookie",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class EnvoyShape:
-    """Which keys of one log format carry request headers.
+    """Where one log format puts its fields, and which of its keys carry request headers.
 
-    A deployment logs thousands of lines with the same keys: working this out
-    once per key set (see :mod:`pipeline.core.formats.detect`) instead of once per
-    line saves a Python-level pass over every key.
+    A deployment logs thousands of lines with the same keys in the same order:
+    working this out once per key tuple (see :mod:`pipeline.core.formats.detect`)
+    instead of once per line saves a Python-level pass over every key, and a dict
+    lookup per field (``fields``: a tuple index instead).
     """
 
     headers: tuple[tuple[str, str], ...] = ()  # (key, header): ``x_*`` keys, later wins
     aliases: tuple[tuple[str, str], ...] = ()  # (key, header): only if not set by ``x_*``
+    # Per FIELD_KEYS, its position among the keys (-1: not logged); ``size``: the key count.
+    fields: tuple[int, ...] = (-1,) * len(FIELD_KEYS)
+    size: int = 0
 
 
 def envoy_shape(keys: Iterable[str]) -> EnvoyShape:
+    """The shape of objects with exactly these keys, in this order."""
+    ordered = tuple(keys)
     headers = []
     aliases = []
-    for key in keys:
+    for key in ordered:
         if key.startswith("x_") and key not in _FIELD_KEYS:
             headers.append((key, key.replace("_", "-")))
         elif key in _HEADER_ALIASES:
             aliases.append((key, _HEADER_ALIASES[key]))
-    return EnvoyShape(tuple(headers), tuple(aliases))
+    fields = field_positions(ordered, FIELD_KEYS)
+    return EnvoyShape(tuple(headers), tuple(aliases), fields, len(ordered))
 
 
 def parse_envoy(obj: dict[str, Any], shape: EnvoyShape | None = None) -> AccessRecord:
-    if shape is None:
+    """One Envoy/Istio JSON access-log object; ``shape`` is ``envoy_shape`` of its keys."""
+    if shape is None or shape.size != len(obj):
         shape = envoy_shape(obj)
-    # Plain text(obj.get(k)) per field: compiled (pipeline.native), both calls are
-    # direct C calls, so the interpreter-era inlining of text() bought nothing.
-    timestamp_ns = timestamp_to_ns(obj.get("start_time"))
+    (
+        start_time,
+        time,
+        timestamp,
+        remote_address,
+        request_id,
+        upstream_cluster,
+        method,
+        path,
+        protocol,
+        response_code,
+        bytes_sent,
+        bytes_received,
+        duration,
+        upstream_service_time,
+        forwarded_for,
+        user_agent,
+        x_request_id,
+        authority,
+        cluster,
+        upstream_host,
+        trace_id,
+        cookie_header,
+    ) = field_values(obj, shape.fields)
+    timestamp_ns = timestamp_to_ns(start_time)
     if timestamp_ns is None:
-        timestamp_ns = timestamp_to_ns(obj.get("time")) or timestamp_to_ns(obj.get("timestamp"))
-    peer = text(obj.get("downstream_remote_address"))
-    request_id = text(obj.get("request_id"))
-    cluster = text(obj.get("upstream_cluster"))
+        timestamp_ns = timestamp_to_ns(time) or timestamp_to_ns(timestamp)
+    peer = text(remote_address)
+    request_id_text = text(request_id)
+    cluster_text = text(upstream_cluster)
     headers: dict[str, str] = {}
     rec = AccessRecord(
         dataset="envoy.access",
         timestamp_ns=timestamp_ns,
-        method=text(obj.get("method")),
-        uri=text(obj.get("path")),
-        protocol=text(obj.get("protocol")),
-        status=integer(obj.get("response_code"), "response_code") or None,
-        bytes_sent=integer(obj.get("bytes_sent"), "bytes_sent"),
-        bytes_received=integer(obj.get("bytes_received"), "bytes_received"),
-        duration_ns=millis_to_ns(obj.get("duration")),
-        upstream_duration_ns=millis_to_ns(obj.get("upstream_service_time")),
+        method=text(method),
+        uri=text(path),
+        protocol=text(protocol),
+        status=integer(response_code, "response_code") or None,
+        bytes_sent=integer(bytes_sent, "bytes_sent"),
+        bytes_received=integer(bytes_received, "bytes_received"),
+        duration_ns=millis_to_ns(duration),
+        upstream_duration_ns=millis_to_ns(upstream_service_time),
         peer_addr=peer_ip(peer) if peer else None,
-        forwarded_for=text(obj.get("x_forwarded_for")),
-        user_agent=text(obj.get("user_agent")),
+        forwarded_for=text(forwarded_for),
+        user_agent=text(user_agent),
         # A "-" in the first key must not hide a value in the second.
-        request_id=request_id or text(obj.get("x_request_id")),
-        authority=text(obj.get("authority")),
-        upstream_cluster=cluster or text(obj.get("cluster")),
-        upstream_host=text(obj.get("upstream_host")),
-        trace_id=text(obj.get("trace_id")),
+        request_id=request_id_text or text(x_request_id),
+        authority=text(authority),
+        upstream_cluster=cluster_text or text(cluster),
+        upstream_host=text(upstream_host),
+        trace_id=text(trace_id),
         headers=headers,
     )
     for key, name in shape.headers:
@@ -114,7 +173,7 @@ def parse_envoy(obj: dict[str, Any], shape: EnvoyShape | None = None) -> AccessR
         header = text(obj[key])
         if header is not None and name not in headers:
             headers[name] = header
-    cookie = text(obj.get("cookie"))
+    cookie = text(cookie_header)
     if cookie is not None:
         rec.cookies = parse_cookie_header(cookie)
         if cookies_truncated(cookie):

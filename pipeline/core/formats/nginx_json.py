@@ -14,6 +14,8 @@ from typing import Any, Final
 from pipeline.core.formats.envoy import cookies_truncated, parse_cookie_header
 from pipeline.core.formats.values import (
     clf_to_ns,
+    field_positions,
+    field_values,
     integer,
     peer_ip,
     seconds_to_ns,
@@ -45,42 +47,104 @@ SIGNATURE_KEYS: Final = frozenset(
 )
 
 
+# The fields parse_nginx_json reads, in the order of NginxShape.fields.
+FIELD_KEYS: Final = (
+    "request_method",
+    "request_uri",
+    "server_protocol",
+    "request",
+    "uri",
+    "args",
+    "remote_addr",
+    "request_time",
+    "msec",
+    "time_iso8601",
+    "@timestamp",
+    "timestamp",
+    "time",
+    "time_local",
+    "status",
+    "body_bytes_sent",
+    "request_length",
+    "upstream_response_time",
+    "request_id",
+    "host",
+    "server_name",
+    "upstream_addr",
+    "trace_id",
+    "opentelemetry_trace_id",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class NginxShape:
-    """Which keys of one log format are headers, cookies and query args.
+    """Where one log format puts its fields; which keys are headers, cookies and query args.
 
-    Worked out once per key set (see :mod:`pipeline.core.formats.detect`), not once per line.
+    Worked out once per key tuple (see :mod:`pipeline.core.formats.detect`), not once
+    per line (``fields`` as in :class:`pipeline.core.formats.envoy.EnvoyShape`).
     """
 
     headers: tuple[tuple[str, str], ...] = ()  # (key, header name): ``http_x_y`` -> ``x-y``
     cookies: tuple[tuple[str, str], ...] = ()  # (key, cookie name)
     args: tuple[tuple[str, str], ...] = ()  # (key, arg name)
+    # Per FIELD_KEYS, its position among the keys (-1: not logged); ``size``: the key count.
+    fields: tuple[int, ...] = (-1,) * len(FIELD_KEYS)
+    size: int = 0
 
 
 def nginx_shape(keys: Iterable[str]) -> NginxShape:
+    """The shape of objects with exactly these keys, in this order."""
+    ordered = tuple(keys)
     headers = []
     cookies = []
     args = []
-    for key in keys:
+    for key in ordered:
         if key.startswith("http_"):
             headers.append((key, key[5:].replace("_", "-")))
         elif key.startswith("cookie_"):
             cookies.append((key, key[7:]))
         elif key.startswith("arg_"):
             args.append((key, key[4:]))
-    return NginxShape(tuple(headers), tuple(cookies), tuple(args))
+    fields = field_positions(ordered, FIELD_KEYS)
+    return NginxShape(tuple(headers), tuple(cookies), tuple(args), fields, len(ordered))
 
 
 def parse_nginx_json(obj: dict[str, Any], shape: NginxShape | None = None) -> AccessRecord:
-    if shape is None:
+    """One nginx JSON access-log object; ``shape`` is ``nginx_shape`` of its keys."""
+    if shape is None or shape.size != len(obj):
         shape = nginx_shape(obj)
-    # text(obj.get(k)) per field, as in parse_envoy.
-    method = text(obj.get("request_method"))
-    uri = text(obj.get("request_uri"))
-    protocol = text(obj.get("server_protocol"))
+    (
+        request_method,
+        request_uri,
+        server_protocol,
+        request_line,
+        uri_path,
+        uri_args,
+        remote_addr,
+        request_time,
+        msec,
+        time_iso8601,
+        at_timestamp,
+        timestamp,
+        time,
+        time_local,
+        status,
+        body_bytes_sent,
+        request_length,
+        upstream_response_time,
+        request_id,
+        host,
+        server_name,
+        upstream_addr,
+        trace_id,
+        otel_trace_id,
+    ) = field_values(obj, shape.fields)
+    method = text(request_method)
+    uri = text(request_uri)
+    protocol = text(server_protocol)
     if method is None or uri is None:
         # `$request` is the request line: "GET /path?x=1 HTTP/1.1".
-        request = text(obj.get("request"))
+        request = text(request_line)
         if request is not None:
             parts = request.split(" ")
             if len(parts) >= 2:
@@ -89,18 +153,18 @@ def parse_nginx_json(obj: dict[str, Any], shape: NginxShape | None = None) -> Ac
                 if len(parts) >= 3:
                     protocol = protocol or parts[2]
     if uri is None:
-        path = text(obj.get("uri"))
+        path = text(uri_path)
         if path is not None:
-            query = text(obj.get("args"))
+            query = text(uri_args)
             uri = f"{path}?{query}" if query else path
-    peer = text(obj.get("remote_addr"))
-    duration_ns = seconds_to_ns(obj.get("request_time"))
+    peer = text(remote_addr)
+    duration_ns = seconds_to_ns(request_time)
     # nginx logs when the response is done; the record wants the request start.
-    end_ns = timestamp_to_ns(obj.get("msec")) or timestamp_to_ns(obj.get("time_iso8601"))
+    end_ns = timestamp_to_ns(msec) or timestamp_to_ns(time_iso8601)
     if end_ns is None:
-        end_ns = timestamp_to_ns(obj.get("@timestamp") or obj.get("timestamp") or obj.get("time"))
+        end_ns = timestamp_to_ns(at_timestamp or timestamp or time)
     if end_ns is None:
-        local = text(obj.get("time_local"))
+        local = text(time_local)
         if local is not None:
             end_ns = clf_to_ns(local)
     headers: dict[str, str] = {}
@@ -114,18 +178,18 @@ def parse_nginx_json(obj: dict[str, Any], shape: NginxShape | None = None) -> Ac
         method=method,
         uri=uri,
         protocol=protocol,
-        status=integer(obj.get("status"), "status") or None,
-        bytes_sent=integer(obj.get("body_bytes_sent"), "body_bytes_sent"),
-        bytes_received=integer(obj.get("request_length"), "request_length"),
+        status=integer(status, "status") or None,
+        bytes_sent=integer(body_bytes_sent, "body_bytes_sent"),
+        bytes_received=integer(request_length, "request_length"),
         duration_ns=duration_ns,
-        upstream_duration_ns=upstream_seconds_to_ns(obj.get("upstream_response_time")),
+        upstream_duration_ns=upstream_seconds_to_ns(upstream_response_time),
         peer_addr=peer_ip(peer) if peer is not None else None,
         forwarded_for=headers.get("x-forwarded-for"),
         user_agent=headers.get("user-agent"),
-        request_id=(text(obj.get("request_id"))) or headers.get("x-request-id"),
-        authority=headers.get("host") or text(obj.get("host")) or text(obj.get("server_name")),
-        upstream_host=text(obj.get("upstream_addr")),
-        trace_id=text(obj.get("trace_id")) or text(obj.get("opentelemetry_trace_id")),
+        request_id=text(request_id) or headers.get("x-request-id"),
+        authority=headers.get("host") or text(host) or text(server_name),
+        upstream_host=text(upstream_addr),
+        trace_id=text(trace_id) or text(otel_trace_id),
         headers=headers,
     )
     if shape.cookies or "cookie" in headers:
