@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Any, Final, Literal
@@ -42,6 +42,9 @@ class BulkItem:
     op: Op
     source: bytes
     ref: Any = None  # Any, not object: mypyc (pipeline.native) cannot resolve builtins here
+    # The _id as its action line holds it (JSON-escaped, no quotes), made once: both
+    # split_by_bytes (its length) and build_bulk_body read it.
+    id_json: bytes | None = field(init=False, default=None, repr=False, compare=False)
 
     # Written out for the compiled core (measured: see pipeline.core.model.AccessRecord).
     def __init__(
@@ -52,6 +55,7 @@ class BulkItem:
         self.op = op
         self.source = source
         self.ref = ref
+        self.id_json = None if doc_id is None else escaped_id(doc_id)
 
 
 def target_for(timestamp: str | int | float | None, mode: str) -> tuple[str, Op]:
@@ -139,25 +143,28 @@ def build_bulk_body(items: Iterable[BulkItem]) -> bytes:
     target: tuple[str, str] | None = None
     prefix = b""
     for item in items:
-        doc_id = item.doc_id
-        if doc_id is None:
+        id_json = item.id_json
+        if id_json is None:
             parts.append(_action_line_without_id(item.op, item.index))
         else:
             if target is None or target[0] != item.op or target[1] != item.index:
                 target = (item.op, item.index)
                 prefix = _action_prefix(item.op, item.index)
             parts.append(prefix)
-            parts.append(doc_id.encode() if _plain_id(doc_id) else orjson.dumps(doc_id)[1:-1])
+            parts.append(id_json)
             parts.append(_ACTION_END)
         parts.append(item.source)
         parts.append(b"\n")
     return b"".join(parts)
 
 
-def _plain_id(doc_id: str) -> bool:
-    """An ``_id`` JSON takes as it is. Kafka-derived ids are: encoding them directly is
-    ~20x cheaper than a small orjson.dumps (and four str methods beat one regex call)."""
-    return doc_id.isascii() and doc_id.isprintable() and '"' not in doc_id and "\\" not in doc_id
+def escaped_id(doc_id: str) -> bytes:
+    """An ``_id`` as a JSON string's contents (the action line's ``"_id":"…"``)."""
+    if doc_id.isascii() and doc_id.isprintable() and '"' not in doc_id and "\\" not in doc_id:
+        # Kafka-derived ids are plain: encoding them directly is ~20x cheaper than a
+        # small orjson.dumps (and four str methods beat one regex call).
+        return doc_id.encode()
+    return orjson.dumps(doc_id)[1:-1]
 
 
 def split_by_bytes(items: Sequence[BulkItem], max_bytes: int) -> list[list[BulkItem]]:
@@ -170,15 +177,14 @@ def split_by_bytes(items: Sequence[BulkItem], max_bytes: int) -> list[list[BulkI
     target: tuple[str, str] | None = None
     prefix = 0
     for item in items:
-        doc_id = item.doc_id
-        if doc_id is None:
+        id_json = item.id_json
+        if id_json is None:
             line = len(_action_line_without_id(item.op, item.index))
         else:
             if target is None or target[0] != item.op or target[1] != item.index:
                 target = (item.op, item.index)
                 prefix = len(_action_prefix(item.op, item.index))
-            escaped = len(doc_id) if _plain_id(doc_id) else len(orjson.dumps(doc_id)) - 2
-            line = prefix + escaped + len(_ACTION_END)
+            line = prefix + len(id_json) + len(_ACTION_END)
         line += len(item.source) + 1
         if run and size + line > max_bytes:
             runs.append(run)
