@@ -11,7 +11,8 @@ builds can be compared by callgrind's instruction count::
     callgrind_annotate /tmp/cg.out | head -20      # "PROGRAM TOTALS" = instructions
 
 ``--shell`` adds what the worker's interpreted shell does per event around them:
-the InputMessages made of fetched records (agents/batching.py), the request
+the InputMessages made of fetched records (agents/batching.py), the elasticsearch
+sink's request bodies (``split_by_bytes``, ``build_bulk_body``; since session 20), the request
 metrics (``RequestMetrics.add_batch``), the canary observer (``observe_tallies``)
 and the delivery-latency histogram (``BatchHandler._after_delivery``); with the
 worker's garbage-collector settings (``GC_THRESHOLDS``, ``gc.freeze()`` after the
@@ -44,7 +45,8 @@ from agents.batching import BatchingConsumer, BatchTopicKeys, MessagePartitionRe
 from agents.handler import STAGE_CHUNK
 from pipeline.canary.observer import CanaryObserver, new_tallies
 from pipeline.commands.worker import GC_THRESHOLDS
-from pipeline.core.bulk import build_bulk_items
+from pipeline.config import Settings
+from pipeline.core.bulk import BulkItem, build_bulk_body, build_bulk_items, split_by_bytes
 from pipeline.core.enrich import EnrichContext
 from pipeline.core.extract.path_group import PathRules
 from pipeline.core.model import InputMessage, KafkaCoordinates
@@ -58,6 +60,8 @@ from pipeline.telemetry import LatencyHistogram
 # Events per pass of the stages, as BatchHandler.handle takes a batch (it was 1,000
 # before session 16, when the handler took the whole batch at once).
 BATCH = STAGE_CHUNK
+# The sink's request size limit (GRAYSCOPE_ES_BULK_MAX_BYTES), its default.
+BULK_MAX_BYTES = Settings.model_fields["es_bulk_max_bytes"].default
 # Events run before the measured ones, to warm the memos as a running worker has them.
 WARM_UP = 1000
 
@@ -83,7 +87,7 @@ def run_stages(messages: list[InputMessage], ctx: EnrichContext, shell: Shell | 
         observed = new_tallies()
         tally_results(batch, results, observed)
         if shell is not None:
-            shell.after(batch, results, observed)
+            shell.after(batch, results, observed, items)
         items_total += len(items)
     return items_total
 
@@ -123,7 +127,16 @@ class Shell:
             for m in batch
         ]
 
-    def after(self, batch: list[InputMessage], results: list[Any], observed: SecondTallies) -> None:
+    def after(
+        self,
+        batch: list[InputMessage],
+        results: list[Any],
+        observed: SecondTallies,
+        items: list[BulkItem],
+    ) -> None:
+        # The elasticsearch sink's request bodies (ElasticsearchSink.deliver), since session 20.
+        for run in split_by_bytes(items, BULK_MAX_BYTES):
+            build_bulk_body(run)
         self.metrics.add_batch(results)
         self.observer.observe_tallies(observed)
         self.latency.observe_many(record_ages(batch, time.time_ns()))

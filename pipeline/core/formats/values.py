@@ -211,9 +211,22 @@ def _dt_to_ns(dt: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * NS_PER_S + delta.microseconds * 1000
 
 
-@lru_cache(maxsize=4096)
+# Timestamps' whole seconds -> epoch ns (``_iso_second_ns``, ``_clf_to_ns``; -1: not a
+# time). Plain dicts, not functools.lru_cache: compiled, a hit is one dict lookup
+# instead of a Python-level call into the cache's wrapper.
+_SECONDS_MEMO_MAX: Final = 4096
+_ISO_SECONDS: Final[dict[str, int]] = {}
+_CLF_TIMES: Final[dict[str, int]] = {}
+
+
 def _iso_second_ns(prefix: str) -> int:
-    return _dt_to_ns(datetime.fromisoformat(prefix))
+    """``datetime.fromisoformat(prefix)`` in epoch ns, memoised (what it raises is not)."""
+    ns = _ISO_SECONDS.get(prefix)
+    if ns is None:
+        ns = _dt_to_ns(datetime.fromisoformat(prefix))
+        if len(prefix) <= MEMO_KEY_MAX:
+            remember(_ISO_SECONDS, prefix, ns, _SECONDS_MEMO_MAX)
+    return ns
 
 
 def iso_to_ns(value: str) -> int | None:
@@ -294,10 +307,16 @@ _MONTHS: Final = {
 def clf_to_ns(value: str) -> int | None:
     """nginx ``$time_local`` (``20/Nov/2026:12:00:03 +0000``) to epoch ns."""
     # 26 characters when valid; longer garbage is not memoised (bounded memory).
-    return _clf_to_ns(value) if len(value) <= MEMO_KEY_MAX else None
+    if len(value) > MEMO_KEY_MAX:
+        return None
+    ns = _CLF_TIMES.get(value)
+    if ns is None:
+        read = _clf_to_ns(value)
+        ns = -1 if read is None else read
+        remember(_CLF_TIMES, value, ns, _SECONDS_MEMO_MAX)
+    return None if ns < 0 else ns
 
 
-@lru_cache(maxsize=4096)
 def _clf_to_ns(value: str) -> int | None:
     try:
         day, month, rest = value.split("/", 2)
