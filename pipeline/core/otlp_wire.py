@@ -24,28 +24,28 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from importlib import metadata
-from typing import Any
+from typing import Any, Final
 
 import schemas
 
-SCOPE_NAME = "grayscope"
-SERVICE_NAME_KEY = "service.name"
+SCOPE_NAME: Final = "grayscope"
+SERVICE_NAME_KEY: Final = "service.name"
 
 # Enum values of opentelemetry-proto's trace.proto, written as numbers so the core
 # imports no protobuf module (tests/unit/test_otlp_encode.py holds them to protobuf's).
-SPAN_KIND_SERVER = 2
-STATUS_CODE_ERROR = 2
-FLAG_SAMPLED = 0x01
-FLAG_CONTEXT_HAS_IS_REMOTE = 0x100
-FLAG_CONTEXT_IS_REMOTE = 0x200
-_SERVER = SPAN_KIND_SERVER
-_ERROR = STATUS_CODE_ERROR
+SPAN_KIND_SERVER: Final = 2
+STATUS_CODE_ERROR: Final = 2
+FLAG_SAMPLED: Final = 0x01
+FLAG_CONTEXT_HAS_IS_REMOTE: Final = 0x100
+FLAG_CONTEXT_IS_REMOTE: Final = 0x200
+_SERVER: Final = SPAN_KIND_SERVER
+_ERROR: Final = STATUS_CODE_ERROR
 # W3C "sampled" (we export every span) + "we know whether the parent is remote";
 # a parent always is remote here: it is the caller's span from the request headers.
-FLAGS_ROOT = FLAG_SAMPLED | FLAG_CONTEXT_HAS_IS_REMOTE
-FLAGS_REMOTE_PARENT = FLAGS_ROOT | FLAG_CONTEXT_IS_REMOTE
-_FLAGS_ROOT = FLAGS_ROOT
-_FLAGS_REMOTE_PARENT = FLAGS_REMOTE_PARENT
+FLAGS_ROOT: Final = FLAG_SAMPLED | FLAG_CONTEXT_HAS_IS_REMOTE
+FLAGS_REMOTE_PARENT: Final = FLAGS_ROOT | FLAG_CONTEXT_IS_REMOTE
+_FLAGS_ROOT: Final = FLAGS_ROOT
+_FLAGS_REMOTE_PARENT: Final = FLAGS_REMOTE_PARENT
 
 
 def _scope_version() -> str:
@@ -55,16 +55,16 @@ def _scope_version() -> str:
         return ""
 
 
-SCOPE_VERSION = _scope_version()
+SCOPE_VERSION: Final = _scope_version()
 
 
 # --- wire format ---------------------------------------------------------------
 
 # Cache size (entries; a full cache is cleared: values drift, e.g. over a day).
-_MAX_NAMES = 4096
-_UINT64 = 1 << 64
-_INT64_MIN = -(1 << 63)
-_INT64_MAX = (1 << 63) - 1
+_MAX_NAMES: Final = 4096
+_UINT64: Final = 1 << 64
+_INT64_MIN: Final = -(1 << 63)
+_INT64_MAX: Final = (1 << 63) - 1
 
 _pack_double = struct.Struct("<d").pack
 _pack_fixed32 = struct.Struct("<I").pack
@@ -72,7 +72,7 @@ _pack_fixed32 = struct.Struct("<I").pack
 _pack_times = struct.Struct("<QBQ").pack
 _pack_fixed64 = struct.Struct("<Q").pack
 
-_BYTE = tuple(bytes((i,)) for i in range(256))
+_BYTE: Final = tuple(bytes((i,)) for i in range(256))
 
 
 def _varint(n: int) -> bytes:
@@ -107,43 +107,43 @@ def _utf8(text: str) -> bytes:
 
 
 # Tags, named message.field (wire type 0 varint, 1 fixed64, 2 length-delimited, 5 fixed32).
-_REQUEST_RESOURCE_SPANS = _tag(1, 2)
-_RESOURCE_SPANS_RESOURCE = _tag(1, 2)
-_RESOURCE_SPANS_SCOPE_SPANS = _tag(2, 2)
-_RESOURCE_ATTRIBUTES = _tag(1, 2)
-_SCOPE_SPANS_SCOPE = _tag(1, 2)
-_SCOPE_SPANS_SPANS = _tag(2, 2)
-_SCOPE_NAME = _tag(1, 2)
-_SCOPE_VERSION = _tag(2, 2)
-_SPAN_TRACE_ID = _tag(1, 2)
-_SPAN_SPAN_ID = _tag(2, 2)
-_SPAN_PARENT_SPAN_ID = _tag(4, 2)
-_SPAN_NAME = _tag(5, 2)
-_SPAN_KIND = _tag(6, 0)
-_SPAN_START = _tag(7, 1)
-_SPAN_END = _tag(8, 1)
-_SPAN_ATTRIBUTES = _tag(9, 2)
-_SPAN_STATUS = _tag(15, 2)
-_SPAN_FLAGS = _tag(16, 5)
-_STATUS_MESSAGE = _tag(2, 2)
-_STATUS_CODE = _tag(3, 0)
-_KV_KEY = _tag(1, 2)
-_KV_VALUE = _tag(2, 2)
-_ANY_STRING = _tag(1, 2)
-_ANY_BOOL = _tag(2, 0)
-_ANY_INT = _tag(3, 0)
-_ANY_DOUBLE = _tag(4, 1)
+_REQUEST_RESOURCE_SPANS: Final = _tag(1, 2)
+_RESOURCE_SPANS_RESOURCE: Final = _tag(1, 2)
+_RESOURCE_SPANS_SCOPE_SPANS: Final = _tag(2, 2)
+_RESOURCE_ATTRIBUTES: Final = _tag(1, 2)
+_SCOPE_SPANS_SCOPE: Final = _tag(1, 2)
+_SCOPE_SPANS_SPANS: Final = _tag(2, 2)
+_SCOPE_NAME: Final = _tag(1, 2)
+_SCOPE_VERSION: Final = _tag(2, 2)
+_SPAN_TRACE_ID: Final = _tag(1, 2)
+_SPAN_SPAN_ID: Final = _tag(2, 2)
+_SPAN_PARENT_SPAN_ID: Final = _tag(4, 2)
+_SPAN_NAME: Final = _tag(5, 2)
+_SPAN_KIND: Final = _tag(6, 0)
+_SPAN_START: Final = _tag(7, 1)
+_SPAN_END: Final = _tag(8, 1)
+_SPAN_ATTRIBUTES: Final = _tag(9, 2)
+_SPAN_STATUS: Final = _tag(15, 2)
+_SPAN_FLAGS: Final = _tag(16, 5)
+_STATUS_MESSAGE: Final = _tag(2, 2)
+_STATUS_CODE: Final = _tag(3, 0)
+_KV_KEY: Final = _tag(1, 2)
+_KV_VALUE: Final = _tag(2, 2)
+_ANY_STRING: Final = _tag(1, 2)
+_ANY_BOOL: Final = _tag(2, 0)
+_ANY_INT: Final = _tag(3, 0)
+_ANY_DOUBLE: Final = _tag(4, 1)
 
-_TRACE_ID_16 = _SPAN_TRACE_ID + _BYTE[16]
-_SPAN_ID_8 = _SPAN_SPAN_ID + _BYTE[8]
-_PARENT_ID_8 = _SPAN_PARENT_SPAN_ID + _BYTE[8]
-_KIND_SERVER_START = _SPAN_KIND + _varint(_SERVER) + _SPAN_START
-_KIND_SERVER = _SPAN_KIND + _varint(_SERVER)
-_END_TAG = _SPAN_END[0]
-_STATUS_CODE_ERROR = _STATUS_CODE + _varint(_ERROR)
-_FLAGS_ROOT_FIELD = _SPAN_FLAGS + _pack_fixed32(_FLAGS_ROOT)
-_FLAGS_REMOTE_PARENT_FIELD = _SPAN_FLAGS + _pack_fixed32(_FLAGS_REMOTE_PARENT)
-_SCOPE_FIELD = _field(
+_TRACE_ID_16: Final = _SPAN_TRACE_ID + _BYTE[16]
+_SPAN_ID_8: Final = _SPAN_SPAN_ID + _BYTE[8]
+_PARENT_ID_8: Final = _SPAN_PARENT_SPAN_ID + _BYTE[8]
+_KIND_SERVER_START: Final = _SPAN_KIND + _varint(_SERVER) + _SPAN_START
+_KIND_SERVER: Final = _SPAN_KIND + _varint(_SERVER)
+_END_TAG: Final = _SPAN_END[0]
+_STATUS_CODE_ERROR: Final = _STATUS_CODE + _varint(_ERROR)
+_FLAGS_ROOT_FIELD: Final = _SPAN_FLAGS + _pack_fixed32(_FLAGS_ROOT)
+_FLAGS_REMOTE_PARENT_FIELD: Final = _SPAN_FLAGS + _pack_fixed32(_FLAGS_REMOTE_PARENT)
+_SCOPE_FIELD: Final = _field(
     _SCOPE_SPANS_SCOPE,
     _field(_SCOPE_NAME, _utf8(SCOPE_NAME))
     + (_field(_SCOPE_VERSION, _utf8(SCOPE_VERSION)) if SCOPE_VERSION else b""),
@@ -171,7 +171,7 @@ def _key_field(key: str) -> bytes:
 
 
 # The key fields of the schema's attribute names, written once.
-_KEY_FIELDS = {name: _key_field(name) for name in schemas.span_attributes()}
+_KEY_FIELDS: Final = {name: _key_field(name) for name in schemas.span_attributes()}
 
 
 def _key_value(key: str, value: object) -> bytes:
@@ -185,8 +185,8 @@ def _string_heads(key: str) -> tuple[bytes, ...]:
     return tuple(_key_value(key, "x" * n)[: -n or None] for n in range(_HEAD_LENGTHS))
 
 
-_HEAD_LENGTHS = 256
-_STRING_HEADS = {
+_HEAD_LENGTHS: Final = 256
+_STRING_HEADS: Final = {
     name: _string_heads(name)
     for name, kind in schemas.span_attributes().items()
     if kind == "string"
@@ -203,9 +203,9 @@ def attribute_field(key: str, value: object) -> bytes:
     return _key_value(key, value)
 
 
-_NAMES: dict[str, bytes] = {}
+_NAMES: Final[dict[str, bytes]] = {}
 # Span length -> the ScopeSpans.spans tag and length in front of it.
-_SPAN_PREFIXES: dict[int, bytes] = {}
+_SPAN_PREFIXES: Final[dict[int, bytes]] = {}
 
 
 def _remember(cache: dict[Any, bytes], key: object, encoded: bytes, limit: int) -> bytes:
@@ -309,7 +309,7 @@ def _resource_field(service_name: str) -> bytes:
 # What framing adds to a request beyond the spans' bodies, at most (varints of up to
 # 5 bytes): for a bound on a request's size before it is framed (the exporter's
 # max_request_bytes).
-SPAN_FRAMING = 1 + 5  # the ScopeSpans.spans tag and length in front of each span
+SPAN_FRAMING: Final = 1 + 5  # the ScopeSpans.spans tag and length in front of each span
 
 
 def group_framing(service_name: str) -> int:

@@ -220,3 +220,34 @@ def test_no_import_cycles() -> None:
     for node in sorted(graph):
         if node not in state:
             visit(node)
+
+
+# Module-level memos the unit tests replace (monkeypatch) to test their bounds: a
+# ``Final`` name is a C static in the compiled core, which a replacement would miss.
+REPLACEABLE_MEMOS = {
+    "pipeline.core.enrich": {"_TARGETS", "_TARGET_MEMO_MAX"},
+    "pipeline.core.formats.values": {"_IP_MEMO", "_IP_MEMO_MAX"},
+    "pipeline.core.formats.detect": {"_SHAPES", "_SHAPES_MAX"},
+}
+
+
+@pytest.mark.parametrize("name", native.NATIVE_MODULES)
+def test_core_constants_are_final(name: str) -> None:
+    """The core's module-level constants are ``Final``: compiled, mypyc reads a ``Final``
+    name as a C static and any other one from the module's dict at every use
+    (bench/README.md, "Session 20")."""
+    tree = ast.parse(native.source_path(name).read_text())
+    loose = []
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            annotation = node.annotation
+            if isinstance(annotation, ast.Subscript):
+                annotation = annotation.value
+            final = isinstance(annotation, ast.Name) and annotation.id == "Final"
+            names = [] if final else [node.target.id]
+        elif isinstance(node, ast.Assign):
+            names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+        else:
+            continue
+        loose += [n for n in names if n.lstrip("_")[:1].isupper() and n.upper() == n]
+    assert sorted(set(loose) - REPLACEABLE_MEMOS.get(name, set())) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Final
 
 from pipeline.core.formats.values import MEMO_KEY_MAX, remember
 from pipeline.core.model import AccessRecord
@@ -34,7 +35,7 @@ class GrayRules:
         return _checked(self.query_ids, self.id_query_pattern, value)
 
 
-_ID_MEMO_MAX = 8192
+_ID_MEMO_MAX: Final = 8192
 
 
 def _checked(memo: dict[str, bool], pattern: re.Pattern[str], value: str) -> bool:

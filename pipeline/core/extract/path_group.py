@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Final
 
 from pipeline.core.extract.url import decode_component
 from pipeline.core.formats.values import remember
 
-_MEMO_MAX = 16_384
-_MEMO_PATH_MAX = 2048
+_MEMO_MAX: Final = 16_384
+_MEMO_PATH_MAX: Final = 2048
 
 
 @dataclass(frozen=True, slots=True)
