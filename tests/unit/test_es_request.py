@@ -141,8 +141,15 @@ def test_bulk_body_round_trips(specs: list[tuple[str | None, str, dict]]) -> Non
     "doc_id", ["access-logs-0-1", "ünï-cödé", "tab\there", "del\x7f", 'q"uote', "back\\slash", ""]
 )
 def test_ids_are_json_escaped(doc_id: str) -> None:
-    body = build_bulk_body([BulkItem(doc_id, "i", "index", b"{}")])
+    item = BulkItem(doc_id, "i", "index", b"{}")
+    # Escaped once, when the item is made (split_by_bytes and the body both read it).
+    assert item.id_json == orjson.dumps(doc_id)[1:-1]
+    body = build_bulk_body([item])
     assert parse_body(body) == [({"index": {"_index": "i", "_id": doc_id}}, {})]
+
+
+def test_an_item_without_an_id_has_no_escaped_id() -> None:
+    assert BulkItem(None, "i", "create", b"{}").id_json is None
 
 
 _item_specs = st.lists(
