@@ -19,7 +19,7 @@ from pipeline.core.formats.values import MAX_FORWARDED_HOPS, MEMO_KEY_MAX, canon
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # An XFF entry -> (canonical IP or None, trusted?)
 _Entry = tuple[str | None, bool]
-_MEMO_MAX: Final = 65_536
+_MEMO_MAX = 65_536
 
 # The default trusted proxies (``GRAYSCOPE_TRUSTED_PROXIES``): peers whose
 # X-Forwarded-For entries are believed.
