@@ -211,7 +211,7 @@ def _dt_to_ns(dt: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * NS_PER_S + delta.microseconds * 1000
 
 
-# Timestamps' whole seconds -> epoch ns (``_iso_second_ns``, ``_clf_to_ns``; -1: not a
+# Timestamps' whole seconds -> epoch ns (``_iso_second_ns``, ``clf_to_ns``; -1: not a
 # time). Plain dicts, not functools.lru_cache: compiled, a hit is one dict lookup
 # instead of a Python-level call into the cache's wrapper.
 _SECONDS_MEMO_MAX: Final = 4096
@@ -393,9 +393,10 @@ def field_positions(keys: tuple[str, ...], wanted: tuple[str, ...]) -> tuple[int
 def field_values(obj: dict[str, Any], positions: tuple[int, ...]) -> tuple[Any, ...]:
     """The values at ``positions`` (``field_positions`` of ``obj``'s keys), None for -1.
 
-    One pass over the values and a tuple index per field: a dict lookup per field cost
-    ~4.5k instructions per line (its misses probe, its hits compare orjson's key
-    strings with ours; bench/README.md, "Session 20").
+    One pass over the values and a tuple index per field instead of a dict lookup per
+    field (a miss probes, a hit compares orjson's key string with ours): with
+    ``integer()``'s fast path, 93,125 -> 92,346 instructions per event on the
+    synthetic stream (bench/README.md, "Session 20").
     """
     values = tuple(obj.values())
     return tuple(values[i] if i >= 0 else None for i in positions)
