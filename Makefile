@@ -13,8 +13,10 @@ STAMP := $(VENV)/.installed
 # (and `make clean-native` removes it) to run everything as plain Python.
 NATIVE ?= 1
 NATIVE_SRC := $(shell python3 pipeline/native.py 2>/dev/null || $(PYTHON) pipeline/native.py)
-# ... and the hand-written C modules' sources (pipeline/native.py's C_MODULES).
-NATIVE_C_SRC := $(filter %.c,$(shell python3 pipeline/native.py --c 2>/dev/null || $(PYTHON) pipeline/native.py --c))
+# ... and the hand-written C modules' sources and shared headers (pipeline/native.py's C_MODULES).
+NATIVE_C_INPUTS := $(shell python3 pipeline/native.py --c 2>/dev/null || $(PYTHON) pipeline/native.py --c)
+NATIVE_C_SRC := $(filter %.c,$(NATIVE_C_INPUTS))
+NATIVE_C_HEADERS := $(filter %.h,$(NATIVE_C_INPUTS))
 NATIVE_STAMP := pipeline/.native-built
 
 .PHONY: install native clean-native services test unit integration lint demo bench bench-core bench-spans soak fuzz clean \
@@ -32,7 +34,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 ifeq ($(NATIVE),1)
 # Rebuilt whenever a compiled module's source (or the build recipe) changes;
 # the test suite refuses to run against a stale build (tests/conftest.py).
-$(NATIVE_STAMP): $(NATIVE_SRC) $(NATIVE_C_SRC) pipeline/native.py setup.py | $(STAMP)
+$(NATIVE_STAMP): $(NATIVE_SRC) $(NATIVE_C_SRC) $(NATIVE_C_HEADERS) pipeline/native.py setup.py | $(STAMP)
 	GRAYSCOPE_MYPYC=1 $(BIN)/python setup.py --quiet build_ext --inplace >$(VENV)/native-build.log 2>&1 \
 		|| { tail -40 $(VENV)/native-build.log; exit 1; }
 	@# An unchanged C file is not recompiled and the copy keeps the old build's

@@ -16,9 +16,11 @@ if os.environ.get("GRAYSCOPE_MYPYC") == "1":
 
     native = runpy.run_path(os.path.join("pipeline", "native.py"))
     ext_modules = mypycify(native["source_paths"](), opt_level="3", group_name=native["GROUP_NAME"])
-    # The hand-written C modules (pipeline/native.py's C_MODULES), one C file each.
+    # The hand-written C modules (pipeline/native.py's C_MODULES), one C file each, and
+    # the headers they share.
+    headers = native["c_header_paths"]()
     ext_modules += [
-        Extension(module, [source], extra_compile_args=["-O3"])
+        Extension(module, [source], depends=headers, extra_compile_args=["-O3"])
         for module, source in zip(native["C_MODULES"], native["c_source_paths"](), strict=True)
     ]
 

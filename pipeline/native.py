@@ -52,7 +52,7 @@ NATIVE_MODULES = _core_modules()
 #: Hand-written C extension modules of the core, built with it (setup.py) from one C
 #: file each beside them; their Python callers keep a plain-Python path for when they
 #: are not built, and the plain-Python core does not use them (``prefer_sources``).
-C_MODULES = ("pipeline.core._wire",)
+C_MODULES = ("pipeline.core._read", "pipeline.core._wire")
 
 #: mypyc's shared library for all of them (``pipeline/core_native__mypyc.*.so``);
 #: each module's own extension is a small shim that loads it.
@@ -75,6 +75,13 @@ def c_source_path(module: str) -> Path:
 def c_source_paths() -> list[str]:
     """Repository-relative C sources of ``C_MODULES``."""
     return [str(c_source_path(m).relative_to(_ROOT)) for m in C_MODULES]
+
+
+def c_header_paths() -> list[str]:
+    """Repository-relative headers the C modules share (``pipeline/core/*.h``): every C
+    module is built again, and stale, when one changes."""
+    core = _ROOT / "pipeline" / "core"
+    return sorted(str(path.relative_to(_ROOT)) for path in core.glob("*.h"))
 
 
 def _extension(path: Path) -> Path | None:
@@ -101,9 +108,12 @@ def stale_modules() -> list[str]:
     """Compiled modules whose source changed after the build: Python would
     silently run the old code. ``make native`` rebuilds them."""
     stale = []
+    headers = max((_ROOT.joinpath(h).stat().st_mtime for h in c_header_paths()), default=0.0)
     for m in C_MODULES:
         built_c = _extension(c_source_path(m).with_suffix(""))
-        if built_c is not None and c_source_path(m).stat().st_mtime > built_c.stat().st_mtime:
+        if built_c is None:
+            continue
+        if max(c_source_path(m).stat().st_mtime, headers) > built_c.stat().st_mtime:
             stale.append(m)
     library = group_library()
     if library is None:
@@ -149,5 +159,6 @@ def prefer_sources() -> None:
 
 
 if __name__ == "__main__":
-    # The build's inputs (Makefile): with --c, the C sources too.
-    print(" ".join(source_paths() + (c_source_paths() if "--c" in sys.argv else [])))
+    # The build's inputs (Makefile): with --c, the C sources and their headers too.
+    c_inputs = c_source_paths() + c_header_paths() if "--c" in sys.argv else []
+    print(" ".join(source_paths() + c_inputs))

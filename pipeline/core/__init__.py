@@ -33,6 +33,17 @@ def wire_module() -> ModuleType | None:
     return _wire
 
 
+def read_module() -> ModuleType | None:
+    """The hand-written C readers (``_read.c``: a flat JSON line, a client address);
+    None as for ``wire_module``. ``formats.detect`` and ``formats.values`` keep the
+    Python paths that define what these read."""
+    try:
+        from pipeline.core import _read
+    except ImportError:
+        return None
+    return _read
+
+
 class ReadOnlyDict(dict[str, str]):
     """A dict that refuses changes, for maps shared between events: the empty
     default of the record's and the enrichment's name -> value maps (building a

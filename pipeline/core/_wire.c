@@ -22,6 +22,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_json_bytes.h"
+
 /* ---- BLAKE2b (RFC 7693), unkeyed, for the span and trace ids -------------------- */
 
 typedef struct {
@@ -640,18 +642,6 @@ static PyObject *blake2b_digest(PyObject *self, PyObject *args) {
 
 /* ---- the ECS document as JSON (document.py's _document, serialised as orjson does) -- */
 
-/* Whether any of 8 bytes needs escaping in JSON (< 0x20, '"' or '\\'): the bit tricks
- * of "Bit Twiddling Hacks" (hasless, haszero), exact as a yes/no. */
-static inline int word_needs_escape(uint64_t x) {
-    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
-    uint64_t control = (x - ones * 0x20) & ~x & highs;
-    uint64_t quote = x ^ (ones * 0x22);
-    uint64_t backslash = x ^ (ones * 0x5C);
-    quote = (quote - ones) & ~quote & highs;
-    backslash = (backslash - ones) & ~backslash & highs;
-    return (control | quote | backslash) != 0;
-}
-
 /* A JSON string as orjson writes it: UTF-8 as is; '"', '\\' and control characters
  * escaped (\b \t \n \f \r, else \u00xx in lowercase hex). Eight bytes at a time
  * while none needs escaping (measured: the byte loop was ~60 % of the document). */
@@ -664,7 +654,7 @@ static int json_text(wbuf *b, const char *s, size_t n) {
         if (i + 8 <= n) {
             uint64_t word;
             memcpy(&word, s + i, 8);
-            if (!word_needs_escape(word)) {
+            if (!json_word_stops(word)) {
                 i += 8;
                 continue;
             }

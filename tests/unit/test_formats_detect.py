@@ -166,15 +166,16 @@ def test_key_order_does_not_change_the_result() -> None:
 
 
 def test_resolve_message_names_the_format_parser_and_its_arguments() -> None:
-    from pipeline.core.formats.envoy import parse_envoy
-    from pipeline.core.formats.nginx_json import parse_nginx_json
+    from pipeline.core.formats.envoy import parse_envoy_values
+    from pipeline.core.formats.nginx_json import parse_nginx_json_values
     from pipeline.core.formats.nginx_text import parse_nginx_text
 
+    # The JSON formats' parsers take the object's values in key order.
     expected = {
-        "istio-default.json.log": parse_envoy,
-        "fluent-bit-envelope.json": parse_envoy,  # the envelope is unwrapped first
-        "nginx.json.log": parse_nginx_json,
-        "filebeat-envelope.json": parse_nginx_json,
+        "istio-default.json.log": parse_envoy_values,
+        "fluent-bit-envelope.json": parse_envoy_values,  # the envelope is unwrapped first
+        "nginx.json.log": parse_nginx_json_values,
+        "filebeat-envelope.json": parse_nginx_json_values,
         "nginx-structured.log": parse_nginx_text,
         "vector-envelope.json": parse_nginx_text,
     }

@@ -211,8 +211,8 @@ def test_non_string_values_never_crash() -> None:
 
 def test_shape_is_worked_out_from_the_keys() -> None:
     shape = envoy_shape(["start_time", "x_forwarded_for", "x_abtest_id", "gray_id", "b3"])
-    assert shape.headers == (("x_abtest_id", "x-abtest-id"),)
-    assert shape.aliases == (("gray_id", "x-gray-id"), ("b3", "b3"))
+    assert shape.headers == ((2, "x-abtest-id"),)  # (position among the keys, header)
+    assert shape.aliases == ((3, "x-gray-id"), (4, "b3"))
 
 
 def test_shape_and_no_shape_agree() -> None:

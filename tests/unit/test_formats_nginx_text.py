@@ -9,9 +9,11 @@ from hypothesis import strategies as st
 from pipeline.core.formats.nginx_text import (
     _STRUCTURED,
     _STRUCTURED_PLAIN,
+    COMBINED_GROUPS,
     COMBINED_PLAIN,
     HEADED,
     HEADED_PLAIN,
+    STRUCTURED_GROUPS,
     looks_like_text_log,
     parse_nginx_text,
     unescape,
@@ -19,7 +21,7 @@ from pipeline.core.formats.nginx_text import (
 from pipeline.core.formats.nginx_text import COMBINED as COMBINED_PATTERN
 from pipeline.core.model import Reason
 from pipeline.errors import RejectedInput
-from tests.unit.conftest import T0_NS, fixture_lines, sample_lines
+from tests.unit.conftest import T0_NS, compiled_core_in_use, fixture_lines, sample_lines
 
 COMBINED = (
     '10.0.0.9 - - [20/Nov/2026:12:00:03 +0000] "GET /godoc/pkg/io?v=1.22 HTTP/1.1" 200 900 '
@@ -174,15 +176,33 @@ def test_every_fixture_line_parses() -> None:
 # --- without backslashes the plain patterns match exactly like the escaping ones ----
 
 _PIECES = (" ", " ", '"', '"', "[", "]", "-", "0", "200", "a", "/", "=", "\t", "\u00e9", "\u0663",
-           ' version="', ' region="', "\n")  # fmt: skip
+           ' version="', ' region="', "\n", ".", " 0.5", "\x7f", "\\")  # fmt: skip
 _REAL = (
     '10.4.0.9 - - [20/Nov/2026:12:00:00 +0000] "GET /doc/x?v=1.22 HTTP/1.1" 200 10838 '
     '"https://go.dev/" "curl/8.5.0" /doc/x?v=1.22 v=1.22 version="1.22" region="24.6.10.44"'
 )
 
 
+def _c_reads_as_the_patterns(line: str) -> None:
+    """The C readers (pipeline/core/_read.c) give the plain patterns' groups for any
+    plain printable ASCII line, and leave every other line to the patterns."""
+    if COMBINED_GROUPS is None or STRUCTURED_GROUPS is None:
+        return
+    ours = line.isascii() and line.isprintable() and "\\" not in line
+    for read, expected in (
+        (COMBINED_GROUPS, COMBINED_PLAIN.match(line)),
+        (STRUCTURED_GROUPS, _STRUCTURED_PLAIN.fullmatch(line)),
+    ):
+        if ours:
+            assert read(line) == (expected and expected.groups()), line
+        else:
+            assert read(line) is None, line
+
+
 def _same_matches(line: str) -> None:
-    assert "\\" not in line
+    _c_reads_as_the_patterns(line)
+    if "\\" in line:
+        return
     for escaping, plain in (
         (COMBINED_PATTERN, COMBINED_PLAIN),
         (HEADED, HEADED_PLAIN),
@@ -231,3 +251,14 @@ def test_plain_patterns_agree_on_mutated_structured_tails(
     for at, cut, piece in edits:
         tail = tail[:at] + piece + tail[at + cut :]
     _same_matches(tail)
+
+
+def test_the_c_readers_are_used_where_the_core_is_compiled() -> None:
+    assert (COMBINED_GROUPS is not None) == compiled_core_in_use()
+    assert (STRUCTURED_GROUPS is not None) == compiled_core_in_use()
+    lines = [COMBINED, _REAL, _TAIL, *(raw.decode() for raw in fixture_lines("nginx-text.log"))]
+    for line in lines:
+        _c_reads_as_the_patterns(line)
+    if COMBINED_GROUPS is not None and STRUCTURED_GROUPS is not None:
+        assert COMBINED_GROUPS(_REAL) is not None  # the usual line is read in C
+        assert STRUCTURED_GROUPS(_TAIL) is not None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.core.formats import values
 from pipeline.core.formats.values import (
@@ -14,6 +16,7 @@ from pipeline.core.formats.values import (
     clf_to_ns,
     epoch_to_ns,
     integer,
+    ipv4_value,
     iso_to_ns,
     millis_to_ns,
     ns_to_iso,
@@ -27,6 +30,7 @@ from pipeline.core.formats.values import (
 )
 from pipeline.core.model import Reason
 from pipeline.errors import RejectedInput
+from tests.unit.conftest import compiled_core_in_use
 
 T0 = 1_795_176_000_000_000_000  # 2026-11-20T12:00:00Z
 
@@ -277,6 +281,61 @@ def test_start_from_end() -> None:
 )
 def test_canonical_ip(entry: str, expected: str | None) -> None:
     assert canonical_ip(entry) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1.2.3.4", 0x01020304),
+        ("0.0.0.0", 0),
+        ("255.255.255.255", 2**32 - 1),
+        ("10.0.0.1", 0x0A000001),
+        ("01.2.3.4", -1),  # what inet_pton refuses: leading zeros,
+        ("1.2.3.04", -1),
+        ("1.2.3", -1),  # three or five parts,
+        ("1.2.3.4.5", -1),
+        ("256.1.1.1", -1),  # an octet beyond 255,
+        ("1234.1.1.1", -1),
+        ("1..2.3", -1),
+        (" 1.2.3.4", -1),  # anything around it,
+        ("1.2.3.4:80", -1),
+        ("1.2.3.4\x00", -1),
+        ("\u0663.1.1.1", -1),  # digits of other scripts,
+        ("::1", -1),  # IPv6
+        ("", -1),
+    ],
+)
+def test_ipv4_value(text: str, expected: int) -> None:
+    assert ipv4_value(text) == expected
+    assert values.IPV4_VALUE(text) == expected  # C where the core is compiled
+
+
+def test_the_compiled_core_reads_addresses_in_c() -> None:
+    if not compiled_core_in_use():
+        assert values.IPV4_VALUE is ipv4_value
+        return
+    from pipeline.core import _read
+
+    assert values.IPV4_VALUE is _read.ipv4
+
+
+_OCTETS = st.one_of(
+    st.integers(0, 300).map(str),
+    st.sampled_from(["00", "01", "007", "", "1a", "\u0661", " 1", "2 ", "+1", "-1", "0x1"]),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    text=st.one_of(
+        st.lists(_OCTETS, min_size=1, max_size=6).map(".".join),
+        st.text(st.sampled_from("0123456789.:x \x00"), max_size=20),
+        st.text(max_size=20),
+    )
+)
+def test_the_c_ipv4_reader_is_inet_pton(text: str) -> None:
+    """``_read.ipv4`` (what the compiled core uses) reads exactly what ``inet_pton`` does."""
+    assert values.IPV4_VALUE(text) == ipv4_value(text)
 
 
 @pytest.mark.parametrize(

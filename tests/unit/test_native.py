@@ -108,6 +108,28 @@ def test_a_c_module_changed_after_its_build_is_stale(
     assert native.stale_modules() == ["pipeline.core._wire"]
 
 
+def test_a_shared_header_changed_after_the_build_makes_every_c_module_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(native, "_ROOT", tmp_path)
+    monkeypatch.setattr(native, "NATIVE_MODULES", ())
+    monkeypatch.setattr(native, "C_MODULES", ("pipeline.core._read", "pipeline.core._wire"))
+    core = tmp_path / "pipeline" / "core"
+    core.mkdir(parents=True)
+    header = core / "_shared.h"
+    header.write_text("")
+    for name in ("_read", "_wire"):
+        (core / f"{name}.c").write_text("")
+        (core / f"{name}{SUFFIX}").write_bytes(b"")
+        os.utime(core / f"{name}.c", (1_000, 1_000))
+        os.utime(core / f"{name}{SUFFIX}", (2_000, 2_000))
+    os.utime(header, (1_500, 1_500))
+    assert native.c_header_paths() == ["pipeline/core/_shared.h"]
+    assert native.stale_modules() == []
+    os.utime(header, (3_000, 3_000))
+    assert native.stale_modules() == ["pipeline.core._read", "pipeline.core._wire"]
+
+
 def test_the_c_modules_are_built_with_the_core_and_left_out_of_plain_python() -> None:
     """Built beside the compiled core (``make native``) and used by it; under
     tests/pure.py they cannot be imported, so the Python paths run."""

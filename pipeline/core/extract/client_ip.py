@@ -14,7 +14,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
-from pipeline.core.formats.values import MAX_FORWARDED_HOPS, MEMO_KEY_MAX, canonical_ip, remember
+from pipeline.core.formats.values import (
+    IPV4_VALUE,
+    MAX_FORWARDED_HOPS,
+    MEMO_KEY_MAX,
+    canonical_ip,
+    remember,
+)
 
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # An XFF entry -> (canonical IP or None, trusted?)
@@ -63,12 +69,15 @@ class TrustedProxies:
 
     def _entry(self, raw: str) -> _Entry:
         memo = self._memo
-        try:
-            return memo[raw]
-        except KeyError:
-            pass
-        ip = canonical_ip(raw)
-        entry = (ip, ip is not None and self.is_trusted(ip))
+        entry = memo.get(raw)  # no KeyError on a miss (see canonical_ip)
+        if entry is not None:
+            return entry
+        value = IPV4_VALUE(raw)
+        if value >= 0:  # the usual address, already canonical: no strips, no inet_pton
+            entry = (raw, self._trusted_v4(value))
+        else:
+            ip = canonical_ip(raw)
+            entry = (ip, ip is not None and self.is_trusted(ip))
         if len(raw) <= MEMO_KEY_MAX:
             remember(memo, raw, entry, _MEMO_MAX)
         return entry
@@ -81,11 +90,15 @@ class TrustedProxies:
         # inet_pton + integer masks: ~10x cheaper than ipaddress objects.
         if ":" in ip:
             value = int.from_bytes(socket.inet_pton(socket.AF_INET6, ip), "big")
-            nets = self._v6
-        else:
-            value = int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big")
-            nets = self._v4
-        for net, mask in nets:  # noqa: SIM110 - a plain loop is cheaper than any(<genexpr>)
+            for net, mask in self._v6:  # noqa: SIM110 - a plain loop is cheaper than any()
+                if value & mask == net:
+                    return True
+            return False
+        return self._trusted_v4(IPV4_VALUE(ip))
+
+    def _trusted_v4(self, value: int) -> bool:
+        """Whether the IPv4 address of this 32-bit value is in a trusted network."""
+        for net, mask in self._v4:  # noqa: SIM110 - a plain loop is cheaper than any(<genexpr>)
             if value & mask == net:
                 return True
         return False

@@ -10,15 +10,16 @@ line: Envoy/Istio TEXT (``[%START_TIME%] "..."``) or nginx. A text line is never
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import orjson
 
+from pipeline.core import read_module
 from pipeline.core.formats.envoy import SIGNATURE_KEYS as ENVOY_KEYS
-from pipeline.core.formats.envoy import envoy_shape, parse_envoy
+from pipeline.core.formats.envoy import envoy_shape, parse_envoy_values
 from pipeline.core.formats.envoy_text import looks_like_envoy_text, parse_envoy_text
 from pipeline.core.formats.nginx_json import SIGNATURE_KEYS as NGINX_KEYS
-from pipeline.core.formats.nginx_json import nginx_shape, parse_nginx_json
+from pipeline.core.formats.nginx_json import nginx_shape, parse_nginx_json_values
 from pipeline.core.formats.nginx_text import parse_nginx_text
 from pipeline.core.formats.values import MAX_JSON_KEYS, remember
 from pipeline.core.model import AccessRecord, Reason
@@ -31,8 +32,9 @@ _ENVELOPE_MARKER_SET: Final = frozenset(_ENVELOPE_MARKERS)
 
 _JSON_OPENERS: Final = frozenset(b"{[")
 # (parser, the shape it takes): a tuple called positionally, not a
-# functools.partial with a keyword (half the call cost, on every JSON line).
-_Parser = tuple[Callable[[dict[str, Any], Any], AccessRecord], Any]
+# functools.partial with a keyword (half the call cost, on every JSON line). The
+# parser takes the object's values in key order.
+_Parser = tuple[Callable[[tuple[Any, ...], Any], AccessRecord], Any]
 # Key tuple -> the parser for that key set and its shape, or None (not an access
 # log: maybe an envelope). One format config logs the same keys in the same
 # order on every line, so this turns per-line key scans into one dict lookup.
@@ -46,6 +48,23 @@ _SHAPE_CHARS_MAX: Final = 8192
 
 # What parsing a message comes down to: (the format's parser, its arguments).
 ParseJob = tuple[Callable[..., AccessRecord], tuple[Any, ...]]
+
+# A JSON object as (its keys, its values), both in order.
+FlatObject = tuple[tuple[str, ...], tuple[Any, ...]]
+
+
+def _flat_reader() -> Callable[[bytes | str], FlatObject | None] | None:
+    """``_read.flat_json`` where the core is compiled (pipeline/core/_read.c): a JSON
+    line whose values are all scalars read as orjson reads it, without the dict
+    (bench/README.md, "Session 21"); None returned means orjson's to read. None here:
+    orjson reads every line."""
+    read = read_module()
+    return (
+        None if read is None else cast(Callable[[bytes | str], FlatObject | None], read.flat_json)
+    )
+
+
+FLAT_JSON: Final = _flat_reader()
 
 
 def parse_message(raw: bytes, max_bytes: int = 1_048_576) -> AccessRecord:
@@ -67,6 +86,9 @@ def resolve_message(raw: bytes, max_bytes: int = 1_048_576) -> ParseJob:
     if not stripped:
         raise RejectedInput(Reason.EMPTY, "empty message")
     if stripped[0] in _JSON_OPENERS and not (stripped[0] == _ARRAY and b'] "' in stripped[:80]):
+        flat = FLAT_JSON(stripped) if FLAT_JSON is not None else None
+        if flat is not None:
+            return _resolve_object(flat[0], flat[1], None, 0)
         try:
             value = orjson.loads(stripped)
         except orjson.JSONDecodeError as exc:
@@ -100,13 +122,21 @@ def _text_job(line: str) -> ParseJob:
 
 
 def _resolve_value(value: Any, depth: int) -> ParseJob:
+    """What orjson read: an object goes on as its keys and values."""
     if not isinstance(value, dict):
         raise RejectedInput(Reason.NOT_AN_OBJECT, f"JSON {type(value).__name__}, not an object")
-    if len(value) > MAX_JSON_KEYS:
+    return _resolve_object(tuple(value), tuple(value.values()), value, depth)
+
+
+def _resolve_object(
+    keys: tuple[str, ...], values: tuple[Any, ...], obj: dict[str, Any] | None, depth: int
+) -> ParseJob:
+    """A JSON object (its keys and values in order; ``obj``: its dict, if one was made)
+    -> the parser of its format, or of the line an envelope of it carries."""
+    if len(keys) > MAX_JSON_KEYS:
         raise RejectedInput(
-            Reason.TOO_LARGE, f"JSON object with {len(value)} keys > limit {MAX_JSON_KEYS}"
+            Reason.TOO_LARGE, f"JSON object with {len(keys)} keys > limit {MAX_JSON_KEYS}"
         )
-    keys = tuple(value)
     try:
         parser = _SHAPES[keys]
     except KeyError:
@@ -115,8 +145,8 @@ def _resolve_value(value: Any, depth: int) -> ParseJob:
             remember(_SHAPES, keys, parser, _SHAPES_MAX)
     if parser is not None:
         parse, shape = parser
-        return parse, (value, shape)
-    inner = _envelope_payload(value)
+        return parse, (values, shape)
+    inner = _envelope_payload(obj if obj is not None else dict(zip(keys, values, strict=True)))
     if inner is None:
         raise RejectedInput(Reason.UNKNOWN_FORMAT, "JSON object with no access-log keys")
     if depth >= MAX_ENVELOPE_DEPTH:
@@ -135,8 +165,8 @@ def _classify(keys: tuple[str, ...]) -> _Parser | None:
     if not envoy_score and not nginx_score:
         return None
     if envoy_score > nginx_score:
-        return parse_envoy, envoy_shape(keys)
-    return parse_nginx_json, nginx_shape(keys)
+        return parse_envoy_values, envoy_shape(keys)
+    return parse_nginx_json_values, nginx_shape(keys)
 
 
 def _envelope_payload(obj: dict[str, Any]) -> str | dict[str, Any] | None:
@@ -159,6 +189,9 @@ def _resolve_payload(inner: str | dict[str, Any], depth: int) -> ParseJob:
     if not payload:
         raise RejectedInput(Reason.EMPTY, "envelope carries an empty line")
     if payload[0] in "{[" and not looks_like_envoy_text(payload):
+        flat = FLAT_JSON(payload) if FLAT_JSON is not None else None
+        if flat is not None:
+            return _resolve_object(flat[0], flat[1], None, depth)
         try:
             value = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:

@@ -87,8 +87,10 @@ class EnvoyShape:
     lookup per field (``fields``: a tuple index instead).
     """
 
-    headers: tuple[tuple[str, str], ...] = ()  # (key, header): ``x_*`` keys, later wins
-    aliases: tuple[tuple[str, str], ...] = ()  # (key, header): only if not set by ``x_*``
+    # (position among the keys, header): ``x_*`` keys, later wins
+    headers: tuple[tuple[int, str], ...] = ()
+    # (position, header): only if not set by ``x_*``
+    aliases: tuple[tuple[int, str], ...] = ()
     # Per FIELD_KEYS, its position among the keys (-1: not logged); ``size``: the key count.
     fields: tuple[int, ...] = (-1,) * len(FIELD_KEYS)
     size: int = 0
@@ -99,11 +101,11 @@ def envoy_shape(keys: Iterable[str]) -> EnvoyShape:
     ordered = tuple(keys)
     headers = []
     aliases = []
-    for key in ordered:
+    for position, key in enumerate(ordered):
         if key.startswith("x_") and key not in _FIELD_KEYS:
-            headers.append((key, key.replace("_", "-")))
+            headers.append((position, key.replace("_", "-")))
         elif key in _HEADER_ALIASES:
-            aliases.append((key, _HEADER_ALIASES[key]))
+            aliases.append((position, _HEADER_ALIASES[key]))
     fields = field_positions(ordered, FIELD_KEYS)
     return EnvoyShape(tuple(headers), tuple(aliases), fields, len(ordered))
 
@@ -112,6 +114,13 @@ def parse_envoy(obj: dict[str, Any], shape: EnvoyShape | None = None) -> AccessR
     """One Envoy/Istio JSON access-log object; ``shape`` is ``envoy_shape`` of its keys."""
     if shape is None or shape.size != len(obj):
         shape = envoy_shape(obj)
+    return parse_envoy_values(tuple(obj.values()), shape)
+
+
+def parse_envoy_values(values: tuple[Any, ...], shape: EnvoyShape) -> AccessRecord:
+    """An Envoy/Istio JSON object as its values in key order, ``shape`` ``envoy_shape``
+    of its keys: what format detection hands over (from orjson's dict, or from
+    ``_read.flat_json`` with no dict at all)."""
     (
         start_time,
         time,
@@ -135,7 +144,7 @@ def parse_envoy(obj: dict[str, Any], shape: EnvoyShape | None = None) -> AccessR
         upstream_host,
         trace_id,
         cookie_header,
-    ) = field_values(obj, shape.fields)
+    ) = field_values(values, shape.fields)
     timestamp_ns = timestamp_to_ns(start_time)
     if timestamp_ns is None:
         timestamp_ns = timestamp_to_ns(time) or timestamp_to_ns(timestamp)
@@ -165,12 +174,12 @@ def parse_envoy(obj: dict[str, Any], shape: EnvoyShape | None = None) -> AccessR
         trace_id=text(trace_id),
         headers=headers,
     )
-    for key, name in shape.headers:
-        header = text(obj[key])
+    for position, name in shape.headers:
+        header = text(values[position])
         if header is not None:
             headers[name] = header
-    for key, name in shape.aliases:
-        header = text(obj[key])
+    for position, name in shape.aliases:
+        header = text(values[position])
         if header is not None and name not in headers:
             headers[name] = header
     cookie = text(cookie_header)

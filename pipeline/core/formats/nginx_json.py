@@ -84,9 +84,10 @@ class NginxShape:
     per line (``fields`` as in :class:`pipeline.core.formats.envoy.EnvoyShape`).
     """
 
-    headers: tuple[tuple[str, str], ...] = ()  # (key, header name): ``http_x_y`` -> ``x-y``
-    cookies: tuple[tuple[str, str], ...] = ()  # (key, cookie name)
-    args: tuple[tuple[str, str], ...] = ()  # (key, arg name)
+    # (position among the keys, header name): ``http_x_y`` -> ``x-y``
+    headers: tuple[tuple[int, str], ...] = ()
+    cookies: tuple[tuple[int, str], ...] = ()  # (position, cookie name)
+    args: tuple[tuple[int, str], ...] = ()  # (position, arg name)
     # Per FIELD_KEYS, its position among the keys (-1: not logged); ``size``: the key count.
     fields: tuple[int, ...] = (-1,) * len(FIELD_KEYS)
     size: int = 0
@@ -98,13 +99,13 @@ def nginx_shape(keys: Iterable[str]) -> NginxShape:
     headers = []
     cookies = []
     args = []
-    for key in ordered:
+    for position, key in enumerate(ordered):
         if key.startswith("http_"):
-            headers.append((key, key[5:].replace("_", "-")))
+            headers.append((position, key[5:].replace("_", "-")))
         elif key.startswith("cookie_"):
-            cookies.append((key, key[7:]))
+            cookies.append((position, key[7:]))
         elif key.startswith("arg_"):
-            args.append((key, key[4:]))
+            args.append((position, key[4:]))
     fields = field_positions(ordered, FIELD_KEYS)
     return NginxShape(tuple(headers), tuple(cookies), tuple(args), fields, len(ordered))
 
@@ -113,6 +114,12 @@ def parse_nginx_json(obj: dict[str, Any], shape: NginxShape | None = None) -> Ac
     """One nginx JSON access-log object; ``shape`` is ``nginx_shape`` of its keys."""
     if shape is None or shape.size != len(obj):
         shape = nginx_shape(obj)
+    return parse_nginx_json_values(tuple(obj.values()), shape)
+
+
+def parse_nginx_json_values(values: tuple[Any, ...], shape: NginxShape) -> AccessRecord:
+    """An nginx JSON object as its values in key order, ``shape`` ``nginx_shape`` of its
+    keys: what format detection hands over (``parse_envoy_values`` says from where)."""
     (
         request_method,
         request_uri,
@@ -138,7 +145,7 @@ def parse_nginx_json(obj: dict[str, Any], shape: NginxShape | None = None) -> Ac
         upstream_addr,
         trace_id,
         otel_trace_id,
-    ) = field_values(obj, shape.fields)
+    ) = field_values(values, shape.fields)
     method = text(request_method)
     uri = text(request_uri)
     protocol = text(server_protocol)
@@ -168,8 +175,8 @@ def parse_nginx_json(obj: dict[str, Any], shape: NginxShape | None = None) -> Ac
         if local is not None:
             end_ns = clf_to_ns(local)
     headers: dict[str, str] = {}
-    for key, name in shape.headers:
-        header = text(obj[key])
+    for position, name in shape.headers:
+        header = text(values[position])
         if header is not None:
             headers[name] = header
     rec = AccessRecord(
@@ -194,8 +201,8 @@ def parse_nginx_json(obj: dict[str, Any], shape: NginxShape | None = None) -> Ac
     )
     if shape.cookies or "cookie" in headers:
         cookies: dict[str, str] = {}
-        for key, name in shape.cookies:
-            cookie = text(obj[key])
+        for position, name in shape.cookies:
+            cookie = text(values[position])
             if cookie is not None:
                 cookies[name] = cookie
         if "cookie" in headers:
@@ -207,8 +214,8 @@ def parse_nginx_json(obj: dict[str, Any], shape: NginxShape | None = None) -> Ac
             rec.cookies = cookies
     if shape.args:
         args: dict[str, str] = {}
-        for key, name in shape.args:
-            arg = text(obj[key])
+        for position, name in shape.args:
+            arg = text(values[position])
             if arg is not None:
                 args[name] = arg
         if args:

@@ -23,8 +23,10 @@ default escaping writes ``"``, ``\\`` and non-ASCII bytes as ``\\xXX``.
 from __future__ import annotations
 
 import re
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final, cast
 
+from pipeline.core import read_module
 from pipeline.core.formats.values import (
     MAX_TAIL_FIELDS,
     canonical_ip,
@@ -110,6 +112,22 @@ _UPSTREAM_TIME_KEYS: Final = ("upstream_response_time", "urt")
 _UNKNOWN: Final = "not a JSON object, nor an nginx or Envoy access-log line"
 
 
+# The C readers of the usual line (pipeline/core/_read.c), where the core is compiled:
+# COMBINED_PLAIN's and _STRUCTURED_PLAIN's groups without the regex engine, for plain
+# printable ASCII; None from them means the regexes read the line, as they define it
+# (bench/README.md, "Session 21").
+_Groups = tuple[str | Any, ...]  # as re.Match.groups() is typed
+
+
+def _c_reader(name: str) -> Callable[[str], _Groups | None] | None:
+    read = read_module()
+    return None if read is None else cast(Callable[[str], _Groups | None], getattr(read, name))
+
+
+COMBINED_GROUPS: Final = _c_reader("nginx_combined")
+STRUCTURED_GROUPS: Final = _c_reader("nginx_structured")
+
+
 def looks_like_text_log(line: str) -> bool:
     return COMBINED.match(line) is not None or HEADED.match(line) is not None
 
@@ -147,8 +165,13 @@ def split_request(request: str) -> tuple[str | None, str | None, str | None]:
     return parts[0], " ".join(parts[1:]), None
 
 
-def parse_nginx_text(line: str) -> AccessRecord:
-    plain = "\\" not in line
+def _line_groups(line: str, plain: bool) -> _Groups:
+    """The line's groups by the first pattern that matches it (``COMBINED``, else the
+    ``HEADED`` one; their ``_PLAIN`` forms when it holds no backslash)."""
+    if plain and COMBINED_GROUPS is not None:
+        groups = COMBINED_GROUPS(line)
+        if groups is not None:
+            return groups
     match = (COMBINED_PLAIN if plain else COMBINED).match(line)
     if match is None:
         # Only a head of more than one field before `- $remote_user [` can match
@@ -159,8 +182,24 @@ def parse_nginx_text(line: str) -> AccessRecord:
         match = (HEADED_PLAIN if plain else HEADED).match(line)
         if match is None:
             raise RejectedInput(Reason.UNKNOWN_FORMAT, _UNKNOWN)
+    return match.groups()
+
+
+def _structured_groups(rest: str, plain: bool) -> _Groups | None:
+    """``_STRUCTURED``'s (``_STRUCTURED_PLAIN``'s) groups of what follows the user
+    agent, or None when it is not the structured format's."""
+    if plain and STRUCTURED_GROUPS is not None:
+        groups = STRUCTURED_GROUPS(rest)
+        if groups is not None:
+            return groups
+    match = (_STRUCTURED_PLAIN if plain else _STRUCTURED).fullmatch(rest)
+    return None if match is None else match.groups()
+
+
+def parse_nginx_text(line: str) -> AccessRecord:
+    plain = "\\" not in line
     remote, _user, time_local, request, status, body_bytes, request_time, referer, ua, rest = (
-        match.groups()
+        _line_groups(line, plain)
     )
     if referer is None and rest and not rest.isspace():
         # `combined` without referrer and user agent is the common log format; text
@@ -190,10 +229,10 @@ def parse_nginx_text(line: str) -> AccessRecord:
     if referer is not None and text(referer) is not None:
         rec.headers = {"referer": unescape(referer)}
     if rest and not rest.isspace():
-        structured = (_STRUCTURED_PLAIN if plain else _STRUCTURED).fullmatch(rest)
+        structured = _structured_groups(rest, plain)
         if structured is not None:
             # The gray-release `structured` tail; $args is not read (the URI has them).
-            request_uri, version, region = structured.groups()
+            request_uri, version, region = structured
             # $request_uri is the original target; $request may differ after rewrites.
             rec.uri = unescape(request_uri) if "\\" in request_uri else request_uri
             rec.version_field = text(unescape(version) if "\\" in version else version)

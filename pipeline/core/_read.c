@@ -1,0 +1,667 @@
+/* The worker's per-event inputs read in C: a log line's flat JSON object, the usual
+ * nginx text line, and a client address (pipeline.core.formats.detect, .nginx_text,
+ * .values).
+ *
+ * The Python code is the definition, as for _wire.c's writers: detect.py reads a JSON
+ * line with orjson.loads, nginx_text.py a text line with its regexes,
+ * values.ipv4_value an address with inet_pton. This module
+ * answers only the usual case and answers it exactly as they do; for anything else it
+ * returns None (-1 for addresses) and the caller takes the Python path, which also
+ * reports every error. The tests hold the two to each other on any input (property
+ * tests against orjson, the regexes and inet_pton).
+ *
+ * flat_json is what orjson.loads does for an access-log line, without the dict: the
+ * keys come back as one tuple shared by every line with the same keys in the same
+ * order (what detect.py's shape memo is keyed by), the values as a tuple beside it.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "_json_bytes.h"
+
+/* ---- a flat JSON object ----------------------------------------------------------- */
+
+/* Keys of one object read here; an object with more goes to orjson (detect.py's
+ * MAX_JSON_KEYS is larger and applies either way). */
+#define FLAT_MAX_KEYS 256
+/* Key tuples kept (distinct log formats in one stream), and the key bytes kept for one. */
+#define KEYSETS 8
+#define KEYSET_MAX_BYTES 8192
+/* A float's text read here (longer: orjson). */
+#define FLOAT_MAX_CHARS 40
+
+typedef struct {
+    const char *p;
+    Py_ssize_t n;
+} span;
+
+typedef struct {
+    Py_ssize_t count;
+    Py_ssize_t lengths[FLAT_MAX_KEYS];
+    char *bytes;      /* the keys' raw bytes, one after another */
+    PyObject *keys;   /* the tuple of key strs; NULL: an empty slot */
+    int duplicated;   /* a key occurs twice: orjson's dict is smaller than the pairs */
+} keyset;
+
+static keyset keysets[KEYSETS];
+static int keyset_next;
+
+static inline int is_space(unsigned char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+static inline const char *skip_space(const char *p, const char *end) {
+    while (p < end && is_space((unsigned char)*p)) p++;
+    return p;
+}
+
+/* A str of UTF-8 bytes: NULL (no error set) when they are not valid UTF-8. */
+static PyObject *text_of(const char *s, Py_ssize_t n, int ascii) {
+    if (ascii) {
+        PyObject *o = PyUnicode_New(n, 127);
+        if (o != NULL) memcpy(PyUnicode_1BYTE_DATA(o), s, (size_t)n);
+        return o;
+    }
+    PyObject *o = PyUnicode_DecodeUTF8(s, n, NULL);
+    if (o == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) PyErr_Clear();
+    return o;
+}
+
+static inline int hex_digit(unsigned char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+static int hex4(const char *p, const char *end) {
+    if (end - p < 4) return -1;
+    int v = 0;
+    for (int i = 0; i < 4; i++) {
+        int d = hex_digit((unsigned char)p[i]);
+        if (d < 0) return -1;
+        v = v << 4 | d;
+    }
+    return v;
+}
+
+/* The rest of a string holding escapes, from ``p`` (at a backslash; ``start`` its
+ * opening quote + 1): unescaped into a buffer. Surrogate escapes (pairs included) go
+ * to orjson, which knows what it accepts of them. */
+static PyObject *escaped_text(const char *start, const char *p, const char *end,
+                              const char **after) {
+    char *buf = PyMem_Malloc((size_t)(end - start) + 1);
+    if (buf == NULL) return PyErr_NoMemory();
+    size_t n = (size_t)(p - start);
+    memcpy(buf, start, n);
+    int ascii = 1;
+    for (const char *q = start; q < p; q++)
+        if ((unsigned char)*q >= 0x80) ascii = 0;
+    PyObject *result = NULL;
+    const uint64_t highs = 0x8080808080808080ULL;
+    while (p < end) {
+        /* A plain run, eight bytes at a time (an envelope's line is mostly plain). */
+        while (end - p >= 8) {
+            uint64_t word;
+            memcpy(&word, p, 8);
+            if (json_word_stops(word)) break;
+            if (word & highs) ascii = 0;
+            memcpy(buf + n, p, 8);
+            n += 8;
+            p += 8;
+        }
+        if (p >= end) break;
+        unsigned char c = (unsigned char)*p;
+        if (c == '"') {
+            *after = p + 1;
+            result = text_of(buf, (Py_ssize_t)n, ascii);
+            break;
+        }
+        if (c < 0x20) break;
+        if (c != '\\') {
+            if (c >= 0x80) ascii = 0;
+            buf[n++] = (char)c;
+            p++;
+            continue;
+        }
+        if (p + 1 >= end) break;
+        char e = p[1];
+        p += 2;
+        switch (e) {
+            case '"': buf[n++] = '"'; continue;
+            case '\\': buf[n++] = '\\'; continue;
+            case '/': buf[n++] = '/'; continue;
+            case 'b': buf[n++] = '\b'; continue;
+            case 'f': buf[n++] = '\f'; continue;
+            case 'n': buf[n++] = '\n'; continue;
+            case 'r': buf[n++] = '\r'; continue;
+            case 't': buf[n++] = '\t'; continue;
+            case 'u': break;
+            default: goto out;
+        }
+        int code = hex4(p, end);
+        if (code < 0 || (code >= 0xD800 && code <= 0xDFFF)) goto out;
+        p += 4;
+        if (code < 0x80) {
+            buf[n++] = (char)code;
+        } else if (code < 0x800) {
+            ascii = 0;
+            buf[n++] = (char)(0xC0 | code >> 6);
+            buf[n++] = (char)(0x80 | (code & 0x3F));
+        } else {
+            ascii = 0;
+            buf[n++] = (char)(0xE0 | code >> 12);
+            buf[n++] = (char)(0x80 | (code >> 6 & 0x3F));
+            buf[n++] = (char)(0x80 | (code & 0x3F));
+        }
+    }
+out:
+    PyMem_Free(buf);
+    return result;
+}
+
+/* A string from ``p`` (just past its opening quote) -> a str; ``*after`` past its
+ * closing quote. NULL with no error set: not the usual string (orjson decides). */
+static PyObject *string_at(const char *p, const char *end, const char **after) {
+    const char *start = p;
+    uint64_t high = 0;
+    const uint64_t highs = 0x8080808080808080ULL;
+    while (end - p >= 8) {
+        uint64_t word;
+        memcpy(&word, p, 8);
+        if (json_word_stops(word)) break;
+        high |= word;
+        p += 8;
+    }
+    for (; p < end; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"') {
+            *after = p + 1;
+            return text_of(start, p - start, (high & highs) == 0);
+        }
+        if (c == '\\') return escaped_text(start, p, end, after);
+        if (c < 0x20) return NULL;
+        high |= (uint64_t)c;
+    }
+    return NULL;
+}
+
+/* A number from ``p``: an int (int64, at most 18 digits) or a float without an
+ * exponent, as orjson reads them; NULL (no error set) for any other. */
+static PyObject *number_at(const char *p, const char *end, const char **after) {
+    const char *start = p;
+    if (p < end && *p == '-') p++;
+    const char *digits = p;
+    while (p < end && *p >= '0' && *p <= '9') p++;
+    Py_ssize_t int_digits = p - digits;
+    if (int_digits == 0 || (int_digits > 1 && *digits == '0')) return NULL;
+    if (p < end && (*p == 'e' || *p == 'E')) return NULL;
+    if (p < end && *p == '.') {
+        const char *fraction = ++p;
+        while (p < end && *p >= '0' && *p <= '9') p++;
+        if (p == fraction || (p < end && (*p == 'e' || *p == 'E'))) return NULL;
+        if (p - start > FLOAT_MAX_CHARS) return NULL;
+        char text[FLOAT_MAX_CHARS + 1];
+        memcpy(text, start, (size_t)(p - start));
+        text[p - start] = '\0';
+        char *stop;
+        double v = PyOS_string_to_double(text, &stop, NULL);
+        if (v == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return NULL;
+        }
+        if (stop != text + (p - start)) return NULL;
+        *after = p;
+        return PyFloat_FromDouble(v);
+    }
+    if (int_digits > 18) return NULL;
+    long long v = 0;
+    for (const char *q = digits; q < p; q++) v = v * 10 + (*q - '0');
+    *after = p;
+    return PyLong_FromLongLong(*start == '-' ? -v : v);
+}
+
+static PyObject *value_at(const char *p, const char *end, const char **after) {
+    if (p >= end) return NULL;
+    switch (*p) {
+        case '"': return string_at(p + 1, end, after);
+        case 't':
+            if (end - p >= 4 && memcmp(p, "true", 4) == 0) {
+                *after = p + 4;
+                Py_RETURN_TRUE;
+            }
+            return NULL;
+        case 'f':
+            if (end - p >= 5 && memcmp(p, "false", 5) == 0) {
+                *after = p + 5;
+                Py_RETURN_FALSE;
+            }
+            return NULL;
+        case 'n':
+            if (end - p >= 4 && memcmp(p, "null", 4) == 0) {
+                *after = p + 4;
+                Py_RETURN_NONE;
+            }
+            return NULL;
+        default:
+            if (*p == '-' || (*p >= '0' && *p <= '9')) return number_at(p, end, after);
+            return NULL; /* objects, arrays: orjson */
+    }
+}
+
+/* A kept set whose first key is this one (the most recently made first), or NULL. */
+static const keyset *starting_with(const char *key, Py_ssize_t n) {
+    for (int k = 1; k <= KEYSETS; k++) {
+        const keyset *set = &keysets[(keyset_next - k + KEYSETS) % KEYSETS];
+        if (set->keys != NULL && set->count > 0 && set->lengths[0] == n &&
+            memcmp(set->bytes, key, (size_t)n) == 0)
+            return set;
+    }
+    return NULL;
+}
+
+static int same_keys(const keyset *set, const span *keys, Py_ssize_t count) {
+    if (set->keys == NULL || set->count != count) return 0;
+    const char *stored = set->bytes;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (set->lengths[i] != keys[i].n || memcmp(stored, keys[i].p, (size_t)keys[i].n) != 0)
+            return 0;
+        stored += keys[i].n;
+    }
+    return 1;
+}
+
+/* The tuple of these keys (a new reference; the same object for the same keys while
+ * they are kept), and whether one occurs twice. NULL: an error, or (none set) a key
+ * that is not valid UTF-8. */
+static PyObject *key_tuple(const span *keys, Py_ssize_t count, int *duplicated) {
+    for (int i = 0; i < KEYSETS; i++) {
+        if (same_keys(&keysets[i], keys, count)) {
+            *duplicated = keysets[i].duplicated;
+            Py_INCREF(keysets[i].keys);
+            return keysets[i].keys;
+        }
+    }
+    PyObject *tuple = PyTuple_New(count);
+    if (tuple == NULL) return NULL;
+    size_t total = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int ascii = 1;
+        for (Py_ssize_t k = 0; k < keys[i].n; k++)
+            if ((unsigned char)keys[i].p[k] >= 0x80) ascii = 0;
+        PyObject *key = text_of(keys[i].p, keys[i].n, ascii);
+        if (key == NULL) {
+            Py_DECREF(tuple);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(tuple, i, key);
+        total += (size_t)keys[i].n;
+    }
+    /* Raw bytes equal <=> strs equal: keys here hold no escapes, and strict UTF-8 has
+     * one spelling per text. */
+    int twice = 0;
+    for (Py_ssize_t i = 0; i < count && !twice; i++)
+        for (Py_ssize_t j = i + 1; j < count; j++)
+            if (keys[i].n == keys[j].n && memcmp(keys[i].p, keys[j].p, (size_t)keys[i].n) == 0) {
+                twice = 1;
+                break;
+            }
+    *duplicated = twice;
+    if (total <= KEYSET_MAX_BYTES) {
+        char *bytes = PyMem_Malloc(total + 1);
+        if (bytes != NULL) {
+            keyset *set = &keysets[keyset_next];
+            keyset_next = (keyset_next + 1) % KEYSETS;
+            Py_CLEAR(set->keys);
+            PyMem_Free(set->bytes);
+            char *q = bytes;
+            for (Py_ssize_t i = 0; i < count; i++) {
+                memcpy(q, keys[i].p, (size_t)keys[i].n);
+                q += keys[i].n;
+                set->lengths[i] = keys[i].n;
+            }
+            set->bytes = bytes;
+            set->count = count;
+            set->duplicated = twice;
+            Py_INCREF(tuple);
+            set->keys = tuple;
+        }
+    }
+    return tuple;
+}
+
+/* flat_json(data) -> (keys, values) | None: a JSON object (bytes or str) whose values
+ * are all strings, numbers, booleans or null, with no key twice, as orjson.loads reads
+ * it: keys == tuple(d), values == tuple(d.values()) of its dict d. None: anything
+ * else (nested values, exponents, big ints, surrogate escapes, invalid JSON or UTF-8,
+ * more than FLAT_MAX_KEYS keys); orjson then reads it, or says what is wrong. */
+static PyObject *flat_json(PyObject *self, PyObject *arg) {
+    (void)self;
+    const char *s;
+    Py_ssize_t n;
+    if (PyBytes_CheckExact(arg)) {
+        s = PyBytes_AS_STRING(arg);
+        n = PyBytes_GET_SIZE(arg);
+    } else if (PyUnicode_CheckExact(arg)) {
+        s = PyUnicode_AsUTF8AndSize(arg, &n);
+        if (s == NULL) {
+            PyErr_Clear(); /* lone surrogates: orjson's error */
+            Py_RETURN_NONE;
+        }
+    } else {
+        Py_RETURN_NONE;
+    }
+    const char *p = s, *end = s + n;
+    span keys[FLAT_MAX_KEYS];
+    PyObject *values[FLAT_MAX_KEYS];
+    Py_ssize_t count = 0;
+    PyObject *result = NULL;
+    /* The keys are expected to be those of a kept set that starts with the same key
+     * (one format logs the same keys in the same order): each is compared with the
+     * set's instead of scanned for its end, and the set is known without a lookup
+     * when all match. */
+    const keyset *expected = NULL;
+    const char *expected_key = NULL;
+    p = skip_space(p, end);
+    if (p >= end || *p != '{') goto other;
+    p = skip_space(p + 1, end);
+    if (p < end && *p == '}') {
+        p++;
+    } else {
+        for (;;) {
+            if (p >= end || *p != '"' || count == FLAT_MAX_KEYS) goto other;
+            const char *key = ++p;
+            if (expected != NULL && count > 0) {
+                Py_ssize_t length = count < expected->count ? expected->lengths[count] : -1;
+                if (length >= 0 && end - p > length && p[length] == '"' &&
+                    memcmp(p, expected_key, (size_t)length) == 0) {
+                    expected_key += length;
+                    p += length;
+                } else {
+                    expected = NULL;
+                }
+            }
+            if (expected == NULL)
+                while (p < end && *p != '"' && *p != '\\' && (unsigned char)*p >= 0x20) p++;
+            if (p >= end || *p != '"') goto other;
+            keys[count].p = key;
+            keys[count].n = p - key;
+            if (count == 0) {
+                expected = starting_with(key, p - key);
+                if (expected != NULL) expected_key = expected->bytes + expected->lengths[0];
+            }
+            p = skip_space(p + 1, end);
+            if (p >= end || *p != ':') goto other;
+            p = skip_space(p + 1, end);
+            const char *after = p;
+            PyObject *value = value_at(p, end, &after);
+            if (value == NULL) goto other;
+            values[count++] = value;
+            p = skip_space(after, end);
+            if (p < end && *p == ',') {
+                p = skip_space(p + 1, end);
+                continue;
+            }
+            if (p < end && *p == '}') {
+                p++;
+                break;
+            }
+            goto other;
+        }
+    }
+    if (skip_space(p, end) != end) goto other;
+    int duplicated = 0;
+    PyObject *key_names;
+    if (expected != NULL && expected->count == count) {
+        duplicated = expected->duplicated;
+        key_names = expected->keys;
+        Py_INCREF(key_names);
+    } else {
+        key_names = key_tuple(keys, count, &duplicated);
+    }
+    if (key_names == NULL) goto other;
+    if (duplicated) {
+        Py_DECREF(key_names);
+        goto other;
+    }
+    PyObject *value_tuple = PyTuple_New(count);
+    if (value_tuple == NULL) {
+        Py_DECREF(key_names);
+        goto other;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) PyTuple_SET_ITEM(value_tuple, i, values[i]);
+    count = 0; /* the tuple owns them */
+    result = PyTuple_New(2);
+    if (result == NULL) {
+        Py_DECREF(key_names);
+        Py_DECREF(value_tuple);
+        goto other;
+    }
+    PyTuple_SET_ITEM(result, 0, key_names);
+    PyTuple_SET_ITEM(result, 1, value_tuple);
+    return result;
+other:
+    for (Py_ssize_t i = 0; i < count; i++) Py_DECREF(values[i]);
+    if (PyErr_Occurred()) {
+        /* Out of memory is the one error that stays an error. */
+        if (PyErr_ExceptionMatches(PyExc_MemoryError)) return NULL;
+        PyErr_Clear();
+    }
+    Py_RETURN_NONE;
+}
+
+/* ---- nginx text lines ------------------------------------------------------------- */
+
+/* Whether a str is what the nginx readers here take: ASCII, printable (0x20-0x7e), no
+ * backslash. Then a regex's \S is "not a space" and \d "0-9", and "." takes any byte. */
+static const char *plain_ascii(PyObject *o, Py_ssize_t *n) {
+    if (!PyUnicode_CheckExact(o) || !PyUnicode_IS_ASCII(o)) return NULL;
+    const char *s = (const char *)PyUnicode_1BYTE_DATA(o);
+    *n = PyUnicode_GET_LENGTH(o);
+    for (Py_ssize_t i = 0; i < *n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c > 0x7e || c == '\\') return NULL;
+    }
+    return s;
+}
+
+static inline const char *non_spaces(const char *p, const char *end) {
+    while (p < end && *p != ' ') p++;
+    return p;
+}
+
+static inline const char *digits_from(const char *p, const char *end) {
+    while (p < end && *p >= '0' && *p <= '9') p++;
+    return p;
+}
+
+static inline const char *until(const char *p, const char *end, char stop) {
+    const char *q = memchr(p, stop, (size_t)(end - p));
+    return q != NULL ? q : end;
+}
+
+/* A group's text (ASCII), or None for a group that took no part. */
+static PyObject *group(const char *p, const char *q) {
+    if (p == NULL) Py_RETURN_NONE;
+    PyObject *o = PyUnicode_New(q - p, 127);
+    if (o != NULL) memcpy(PyUnicode_1BYTE_DATA(o), p, (size_t)(q - p));
+    return o;
+}
+
+static PyObject *groups_of(const char *const *at, int n) {
+    PyObject *tuple = PyTuple_New(n);
+    if (tuple == NULL) return NULL;
+    for (int i = 0; i < n; i++) {
+        PyObject *o = group(at[2 * i], at[2 * i + 1]);
+        if (o == NULL) {
+            Py_DECREF(tuple);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(tuple, i, o);
+    }
+    return tuple;
+}
+
+/* nginx_combined(line) -> the ten groups of nginx_text.COMBINED_PLAIN.match(line)
+ * (remote, user, time, request, status, bytes, rt, referer, ua, rest), or None: no
+ * match, or a line outside what is read here (plain_ascii), which the regex reads. */
+static PyObject *nginx_combined(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_ssize_t n;
+    const char *s = plain_ascii(arg, &n);
+    if (s == NULL) Py_RETURN_NONE;
+    const char *end = s + n, *p = s, *q;
+    const char *at[20] = {NULL};
+    /* (?P<remote>\S+) \S+ (?P<user>\S+) \[ */
+    q = non_spaces(p, end);
+    if (q == p || q >= end) Py_RETURN_NONE;
+    at[0] = p, at[1] = q;
+    p = q + 1;
+    q = non_spaces(p, end);
+    if (q == p || q >= end) Py_RETURN_NONE;
+    p = q + 1;
+    q = non_spaces(p, end);
+    if (q == p || end - q < 2 || q[1] != '[') Py_RETURN_NONE;
+    at[2] = p, at[3] = q;
+    /* (?P<time>[^\]]+)\] " */
+    p = q + 2;
+    q = until(p, end, ']');
+    if (q == p || end - q < 3 || q[1] != ' ' || q[2] != '"') Py_RETURN_NONE;
+    at[4] = p, at[5] = q;
+    /* (?P<request>[^"]*+)" */
+    p = q + 3;
+    q = until(p, end, '"');
+    if (q >= end) Py_RETURN_NONE;
+    at[6] = p, at[7] = q;
+    /* ' ' (?P<status>\d{3}|-) ' ' */
+    p = q + 1;
+    if (p >= end || *p != ' ') Py_RETURN_NONE;
+    p++;
+    if (end - p >= 3 && digits_from(p, p + 3) == p + 3) q = p + 3;
+    else if (p < end && *p == '-') q = p + 1;
+    else Py_RETURN_NONE;
+    if (q >= end || *q != ' ') Py_RETURN_NONE;
+    at[8] = p, at[9] = q;
+    /* (?P<bytes>\d+|-) */
+    p = q + 1;
+    q = digits_from(p, end);
+    if (q == p) {
+        if (p < end && *p == '-') q = p + 1;
+        else Py_RETURN_NONE;
+    }
+    at[10] = p, at[11] = q;
+    p = q;
+    /* (?: (?P<rt>\d+\.\d+))? */
+    if (end - p >= 2 && *p == ' ') {
+        const char *r = p + 1, *dot = digits_from(r, end);
+        if (dot > r && dot < end && *dot == '.') {
+            const char *e = digits_from(dot + 1, end);
+            if (e > dot + 1) {
+                at[12] = r, at[13] = e;
+                p = e;
+            }
+        }
+    }
+    /* (?: "(?P<referer>[^"]*+)" "(?P<ua>[^"]*+)")? */
+    if (end - p >= 2 && p[0] == ' ' && p[1] == '"') {
+        const char *r = p + 2, *r_end = until(r, end, '"');
+        if (end - r_end >= 3 && r_end[1] == ' ' && r_end[2] == '"') {
+            const char *u = r_end + 3, *u_end = until(u, end, '"');
+            if (u_end < end) {
+                at[14] = r, at[15] = r_end;
+                at[16] = u, at[17] = u_end;
+                p = u_end + 1;
+            }
+        }
+    }
+    /* (?P<rest>.*) */
+    at[18] = p, at[19] = end;
+    return groups_of(at, 10);
+}
+
+/* nginx_structured(rest) -> the three groups of nginx_text._STRUCTURED_PLAIN.fullmatch
+ * (request_uri, version, region): ' (/\S*) \S+ version="([^"]*+)" region="([^"]*+)"\s*';
+ * None: no match, or text outside what is read here (the regex then decides). */
+static PyObject *nginx_structured(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_ssize_t n;
+    const char *s = plain_ascii(arg, &n);
+    if (s == NULL) Py_RETURN_NONE;
+    const char *end = s + n, *p = s, *q;
+    const char *at[6];
+    if (end - p < 2 || p[0] != ' ' || p[1] != '/') Py_RETURN_NONE;
+    p++;
+    q = non_spaces(p, end);
+    if (q >= end) Py_RETURN_NONE;
+    at[0] = p, at[1] = q;
+    p = q + 1;
+    q = non_spaces(p, end);
+    static const char version[] = " version=\"", region[] = "\" region=\"";
+    if (q == p || (size_t)(end - q) < sizeof version - 1 ||
+        memcmp(q, version, sizeof version - 1) != 0)
+        Py_RETURN_NONE;
+    p = q + sizeof version - 1;
+    q = until(p, end, '"');
+    if ((size_t)(end - q) < sizeof region - 1 || memcmp(q, region, sizeof region - 1) != 0)
+        Py_RETURN_NONE;
+    at[2] = p, at[3] = q;
+    p = q + sizeof region - 1;
+    q = until(p, end, '"');
+    if (q >= end) Py_RETURN_NONE;
+    at[4] = p, at[5] = q;
+    for (p = q + 1; p < end; p++)
+        if (*p != ' ') Py_RETURN_NONE;
+    return groups_of(at, 3);
+}
+
+/* ---- client addresses ------------------------------------------------------------- */
+
+/* ipv4(text) -> the 32-bit value of a canonical dotted quad, else -1: exactly what
+ * inet_pton(AF_INET) accepts (four decimal parts 0-255, no leading zeros, nothing
+ * else), as values.ipv4_value defines it. Per address the enrichment has not seen
+ * before, this replaces three strip calls, two inet_pton calls and int.from_bytes. */
+static PyObject *ipv4(PyObject *self, PyObject *arg) {
+    (void)self;
+    if (!PyUnicode_CheckExact(arg) || !PyUnicode_IS_ASCII(arg)) return PyLong_FromLong(-1);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(arg);
+    const unsigned char *s = PyUnicode_1BYTE_DATA(arg);
+    if (n < 7 || n > 15) return PyLong_FromLong(-1);
+    uint32_t value = 0;
+    Py_ssize_t i = 0;
+    for (int part = 0; part < 4; part++) {
+        if (part > 0) {
+            if (i >= n || s[i] != '.') return PyLong_FromLong(-1);
+            i++;
+        }
+        Py_ssize_t start = i;
+        unsigned octet = 0;
+        while (i < n && s[i] >= '0' && s[i] <= '9' && i - start < 3) {
+            octet = octet * 10 + (unsigned)(s[i] - '0');
+            i++;
+        }
+        Py_ssize_t digits = i - start;
+        if (digits == 0 || octet > 255 || (digits > 1 && s[start] == '0'))
+            return PyLong_FromLong(-1);
+        value = value << 8 | octet;
+    }
+    if (i != n) return PyLong_FromLong(-1);
+    return PyLong_FromUnsignedLong(value);
+}
+
+static PyMethodDef methods[] = {
+    {"flat_json", flat_json, METH_O,
+     "A flat JSON object as (keys, values), as orjson reads it; None: orjson's to read."},
+    {"nginx_combined", nginx_combined, METH_O,
+     "nginx_text.COMBINED_PLAIN's groups of a plain ASCII line, or None."},
+    {"nginx_structured", nginx_structured, METH_O,
+     "nginx_text._STRUCTURED_PLAIN's groups of a plain ASCII rest of a line, or None."},
+    {"ipv4", ipv4, METH_O, "A canonical dotted quad's 32-bit value, else -1 (values.ipv4_value)."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "pipeline.core._read",
+                                    "A log line's flat JSON object and a client address, read in C.",
+                                    -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__read(void) { return PyModule_Create(&module); }
