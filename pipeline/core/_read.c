@@ -454,17 +454,34 @@ other:
 
 /* ---- nginx text lines ------------------------------------------------------------- */
 
-/* Whether a str is what the nginx readers here take: ASCII, printable (0x20-0x7e), no
- * backslash. Then a regex's \S is "not a space" and \d "0-9", and "." takes any byte. */
-static const char *plain_ascii(PyObject *o, Py_ssize_t *n) {
+/* Whether a str is what the nginx readers here take: printable ASCII (0x20-0x7e).
+ * Then a regex's \S is "not a space" and \d "0-9", and "." takes any byte.
+ * ``*escaped``: whether it holds a backslash (nginx's escapes, \xXX and \"). */
+static const char *printable_ascii(PyObject *o, Py_ssize_t *n, int *escaped) {
     if (!PyUnicode_CheckExact(o) || !PyUnicode_IS_ASCII(o)) return NULL;
     const char *s = (const char *)PyUnicode_1BYTE_DATA(o);
     *n = PyUnicode_GET_LENGTH(o);
+    int backslash = 0;
     for (Py_ssize_t i = 0; i < *n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c < 0x20 || c > 0x7e || c == '\\') return NULL;
+        if (c < 0x20 || c > 0x7e) return NULL;
+        backslash |= c == '\\';
     }
+    *escaped = backslash;
     return s;
+}
+
+/* The closing quote of a quoted field from ``p`` (past its opening quote), or NULL:
+ * nginx_text._QUOTED, '"([^"\\]*+(?:\\.[^"\\]*+)*+)"': a backslash takes the next
+ * character whatever it is. Without backslashes in the line, the next quote
+ * (_PLAIN_QUOTED, which reads such lines as _QUOTED does). */
+static const char *closing_quote(const char *p, const char *end, int escaped) {
+    if (!escaped) return memchr(p, '"', (size_t)(end - p));
+    while (p < end) {
+        if (*p == '"') return p;
+        p += *p == '\\' ? 2 : 1;
+    }
+    return NULL;
 }
 
 static inline const char *non_spaces(const char *p, const char *end) {
@@ -504,13 +521,16 @@ static PyObject *groups_of(const char *const *at, int n) {
     return tuple;
 }
 
-/* nginx_combined(line) -> the ten groups of nginx_text.COMBINED_PLAIN.match(line)
+/* nginx_combined(line) -> the ten groups of nginx_text.COMBINED.match(line)
  * (remote, user, time, request, status, bytes, rt, referer, ua, rest), or None: no
- * match, or a line outside what is read here (plain_ascii), which the regex reads. */
+ * match, or a line outside what is read here (printable_ascii), which the regex reads.
+ * A line with backslashes gets nginx_text.COMBINED's groups (quoted fields may hold
+ * escaped quotes); without, the two patterns read it alike. */
 static PyObject *nginx_combined(PyObject *self, PyObject *arg) {
     (void)self;
     Py_ssize_t n;
-    const char *s = plain_ascii(arg, &n);
+    int escaped;
+    const char *s = printable_ascii(arg, &n, &escaped);
     if (s == NULL) Py_RETURN_NONE;
     const char *end = s + n, *p = s, *q;
     const char *at[20] = {NULL};
@@ -532,8 +552,8 @@ static PyObject *nginx_combined(PyObject *self, PyObject *arg) {
     at[4] = p, at[5] = q;
     /* (?P<request>[^"]*+)" */
     p = q + 3;
-    q = until(p, end, '"');
-    if (q >= end) Py_RETURN_NONE;
+    q = closing_quote(p, end, escaped);
+    if (q == NULL) Py_RETURN_NONE;
     at[6] = p, at[7] = q;
     /* ' ' (?P<status>\d{3}|-) ' ' */
     p = q + 1;
@@ -566,10 +586,10 @@ static PyObject *nginx_combined(PyObject *self, PyObject *arg) {
     }
     /* (?: "(?P<referer>[^"]*+)" "(?P<ua>[^"]*+)")? */
     if (end - p >= 2 && p[0] == ' ' && p[1] == '"') {
-        const char *r = p + 2, *r_end = until(r, end, '"');
-        if (end - r_end >= 3 && r_end[1] == ' ' && r_end[2] == '"') {
-            const char *u = r_end + 3, *u_end = until(u, end, '"');
-            if (u_end < end) {
+        const char *r = p + 2, *r_end = closing_quote(r, end, escaped);
+        if (r_end != NULL && end - r_end >= 3 && r_end[1] == ' ' && r_end[2] == '"') {
+            const char *u = r_end + 3, *u_end = closing_quote(u, end, escaped);
+            if (u_end != NULL) {
                 at[14] = r, at[15] = r_end;
                 at[16] = u, at[17] = u_end;
                 p = u_end + 1;
@@ -581,13 +601,15 @@ static PyObject *nginx_combined(PyObject *self, PyObject *arg) {
     return groups_of(at, 10);
 }
 
-/* nginx_structured(rest) -> the three groups of nginx_text._STRUCTURED_PLAIN.fullmatch
- * (request_uri, version, region): ' (/\S*) \S+ version="([^"]*+)" region="([^"]*+)"\s*';
- * None: no match, or text outside what is read here (the regex then decides). */
+/* nginx_structured(rest) -> the three groups of nginx_text._STRUCTURED.fullmatch
+ * (request_uri, version, region): ' (/\S*) \S+ version="(...)" region="(...)"\s*' with
+ * quoted fields as in nginx_combined; None: no match, or text outside what is read
+ * here (the regex then decides). */
 static PyObject *nginx_structured(PyObject *self, PyObject *arg) {
     (void)self;
     Py_ssize_t n;
-    const char *s = plain_ascii(arg, &n);
+    int escaped;
+    const char *s = printable_ascii(arg, &n, &escaped);
     if (s == NULL) Py_RETURN_NONE;
     const char *end = s + n, *p = s, *q;
     const char *at[6];
@@ -603,13 +625,14 @@ static PyObject *nginx_structured(PyObject *self, PyObject *arg) {
         memcmp(q, version, sizeof version - 1) != 0)
         Py_RETURN_NONE;
     p = q + sizeof version - 1;
-    q = until(p, end, '"');
-    if ((size_t)(end - q) < sizeof region - 1 || memcmp(q, region, sizeof region - 1) != 0)
+    q = closing_quote(p, end, escaped);
+    if (q == NULL || (size_t)(end - q) < sizeof region - 1 ||
+        memcmp(q, region, sizeof region - 1) != 0)
         Py_RETURN_NONE;
     at[2] = p, at[3] = q;
     p = q + sizeof region - 1;
-    q = until(p, end, '"');
-    if (q >= end) Py_RETURN_NONE;
+    q = closing_quote(p, end, escaped);
+    if (q == NULL) Py_RETURN_NONE;
     at[4] = p, at[5] = q;
     for (p = q + 1; p < end; p++)
         if (*p != ' ') Py_RETURN_NONE;
@@ -654,9 +677,9 @@ static PyMethodDef methods[] = {
     {"flat_json", flat_json, METH_O,
      "A flat JSON object as (keys, values), as orjson reads it; None: orjson's to read."},
     {"nginx_combined", nginx_combined, METH_O,
-     "nginx_text.COMBINED_PLAIN's groups of a plain ASCII line, or None."},
+     "nginx_text.COMBINED's groups of a printable ASCII line, or None."},
     {"nginx_structured", nginx_structured, METH_O,
-     "nginx_text._STRUCTURED_PLAIN's groups of a plain ASCII rest of a line, or None."},
+     "nginx_text._STRUCTURED's groups of a printable ASCII rest of a line, or None."},
     {"ipv4", ipv4, METH_O, "A canonical dotted quad's 32-bit value, else -1 (values.ipv4_value)."},
     {NULL, NULL, 0, NULL}};
 

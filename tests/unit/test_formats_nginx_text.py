@@ -176,7 +176,7 @@ def test_every_fixture_line_parses() -> None:
 # --- without backslashes the plain patterns match exactly like the escaping ones ----
 
 _PIECES = (" ", " ", '"', '"', "[", "]", "-", "0", "200", "a", "/", "=", "\t", "\u00e9", "\u0663",
-           ' version="', ' region="', "\n", ".", " 0.5", "\x7f", "\\")  # fmt: skip
+           ' version="', ' region="', "\n", ".", " 0.5", "\x7f", "\\", '\\"', "\\x22")  # fmt: skip
 _REAL = (
     '10.4.0.9 - - [20/Nov/2026:12:00:00 +0000] "GET /doc/x?v=1.22 HTTP/1.1" 200 10838 '
     '"https://go.dev/" "curl/8.5.0" /doc/x?v=1.22 v=1.22 version="1.22" region="24.6.10.44"'
@@ -184,14 +184,14 @@ _REAL = (
 
 
 def _c_reads_as_the_patterns(line: str) -> None:
-    """The C readers (pipeline/core/_read.c) give the plain patterns' groups for any
-    plain printable ASCII line, and leave every other line to the patterns."""
+    """The C readers (pipeline/core/_read.c) give the escaping patterns' groups for any
+    printable ASCII line (backslashes too), and leave every other line to them."""
     if COMBINED_GROUPS is None or STRUCTURED_GROUPS is None:
         return
-    ours = line.isascii() and line.isprintable() and "\\" not in line
+    ours = line.isascii() and line.isprintable()
     for read, expected in (
-        (COMBINED_GROUPS, COMBINED_PLAIN.match(line)),
-        (STRUCTURED_GROUPS, _STRUCTURED_PLAIN.fullmatch(line)),
+        (COMBINED_GROUPS, COMBINED_PATTERN.match(line)),
+        (STRUCTURED_GROUPS, _STRUCTURED.fullmatch(line)),
     ):
         if ours:
             assert read(line) == (expected and expected.groups()), line
@@ -262,3 +262,31 @@ def test_the_c_readers_are_used_where_the_core_is_compiled() -> None:
     if COMBINED_GROUPS is not None and STRUCTURED_GROUPS is not None:
         assert COMBINED_GROUPS(_REAL) is not None  # the usual line is read in C
         assert STRUCTURED_GROUPS(_TAIL) is not None
+
+
+_ESCAPED = _REAL.replace("curl/8.5.0", 'curl \\"8.5\\" \\x22x\\x22 \\\\').replace(
+    'version="1.22"', 'version="1.\\"22"'
+)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, len(_ESCAPED)), st.integers(0, 3), st.sampled_from(_PIECES)),
+        max_size=4,
+    )
+)
+@settings(max_examples=2000, deadline=None)
+def test_the_c_readers_agree_on_mutated_escaped_lines(edits: list[tuple[int, int, str]]) -> None:
+    line = _ESCAPED
+    for at, cut, piece in edits:
+        line = line[:at] + piece + line[at + cut :]
+    _c_reads_as_the_patterns(line)
+    _c_reads_as_the_patterns(line[line.find(" /doc") :])
+
+
+def test_the_c_readers_take_escaped_lines() -> None:
+    if COMBINED_GROUPS is None or STRUCTURED_GROUPS is None:
+        return
+    groups = COMBINED_GROUPS(_ESCAPED)
+    assert groups is not None and groups[8] == 'curl \\"8.5\\" \\x22x\\x22 \\\\'
+    assert STRUCTURED_GROUPS(groups[9]) is not None

@@ -113,9 +113,9 @@ _UNKNOWN: Final = "not a JSON object, nor an nginx or Envoy access-log line"
 
 
 # The C readers of the usual line (pipeline/core/_read.c), where the core is compiled:
-# COMBINED_PLAIN's and _STRUCTURED_PLAIN's groups without the regex engine, for plain
-# printable ASCII; None from them means the regexes read the line, as they define it
-# (bench/README.md, "Session 21").
+# COMBINED's and _STRUCTURED's groups without the regex engine, for printable ASCII;
+# None from them means the regexes read the line, as they define it (bench/README.md,
+# "Session 21").
 _Groups = tuple[str | Any, ...]  # as re.Match.groups() is typed
 
 
@@ -168,7 +168,7 @@ def split_request(request: str) -> tuple[str | None, str | None, str | None]:
 def _line_groups(line: str, plain: bool) -> _Groups:
     """The line's groups by the first pattern that matches it (``COMBINED``, else the
     ``HEADED`` one; their ``_PLAIN`` forms when it holds no backslash)."""
-    if plain and COMBINED_GROUPS is not None:
+    if COMBINED_GROUPS is not None:
         groups = COMBINED_GROUPS(line)
         if groups is not None:
             return groups
@@ -188,7 +188,7 @@ def _line_groups(line: str, plain: bool) -> _Groups:
 def _structured_groups(rest: str, plain: bool) -> _Groups | None:
     """``_STRUCTURED``'s (``_STRUCTURED_PLAIN``'s) groups of what follows the user
     agent, or None when it is not the structured format's."""
-    if plain and STRUCTURED_GROUPS is not None:
+    if STRUCTURED_GROUPS is not None:
         groups = STRUCTURED_GROUPS(rest)
         if groups is not None:
             return groups
