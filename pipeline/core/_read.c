@@ -454,21 +454,24 @@ other:
 
 /* ---- nginx text lines ------------------------------------------------------------- */
 
-/* Whether a str is what the nginx readers here take: printable ASCII (0x20-0x7e).
- * Then a regex's \S is "not a space" and \d "0-9", and "." takes any byte.
- * ``*escaped``: whether it holds a backslash (nginx's escapes, \xXX and \"). */
-static const char *printable_ascii(PyObject *o, Py_ssize_t *n, int *escaped) {
-    if (!PyUnicode_CheckExact(o) || !PyUnicode_IS_ASCII(o)) return NULL;
+/* Whether a str is what the nginx readers here take: printable ASCII (0x20-0x7e), in
+ * which a regex's \S is "not a space", \d is "0-9" and "." takes any byte. Then
+ * ``*start``/``*end`` bound its bytes and ``*escaped`` says whether it holds a
+ * backslash (nginx's escapes, \xXX and \"). */
+static int printable_ascii(PyObject *o, const char **start, const char **end, int *escaped) {
+    if (!PyUnicode_CheckExact(o) || !PyUnicode_IS_ASCII(o)) return 0;
     const char *s = (const char *)PyUnicode_1BYTE_DATA(o);
-    *n = PyUnicode_GET_LENGTH(o);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(o);
     int backslash = 0;
-    for (Py_ssize_t i = 0; i < *n; i++) {
+    for (Py_ssize_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c < 0x20 || c > 0x7e) return NULL;
+        if (c < 0x20 || c > 0x7e) return 0;
         backslash |= c == '\\';
     }
+    *start = s;
+    *end = s + n;
     *escaped = backslash;
-    return s;
+    return 1;
 }
 
 /* The closing quote of a quoted field from ``p`` (past its opening quote), or NULL:
@@ -528,11 +531,9 @@ static PyObject *groups_of(const char *const *at, int n) {
  * escaped quotes); without, the two patterns read it alike. */
 static PyObject *nginx_combined(PyObject *self, PyObject *arg) {
     (void)self;
-    Py_ssize_t n;
+    const char *p, *end, *q;
     int escaped;
-    const char *s = printable_ascii(arg, &n, &escaped);
-    if (s == NULL) Py_RETURN_NONE;
-    const char *end = s + n, *p = s, *q;
+    if (!printable_ascii(arg, &p, &end, &escaped)) Py_RETURN_NONE;
     const char *at[20] = {NULL};
     /* (?P<remote>\S+) \S+ (?P<user>\S+) \[ */
     q = non_spaces(p, end);
@@ -607,11 +608,9 @@ static PyObject *nginx_combined(PyObject *self, PyObject *arg) {
  * here (the regex then decides). */
 static PyObject *nginx_structured(PyObject *self, PyObject *arg) {
     (void)self;
-    Py_ssize_t n;
+    const char *p, *end, *q;
     int escaped;
-    const char *s = printable_ascii(arg, &n, &escaped);
-    if (s == NULL) Py_RETURN_NONE;
-    const char *end = s + n, *p = s, *q;
+    if (!printable_ascii(arg, &p, &end, &escaped)) Py_RETURN_NONE;
     const char *at[6];
     if (end - p < 2 || p[0] != ' ' || p[1] != '/') Py_RETURN_NONE;
     p++;
