@@ -4,7 +4,7 @@
  *
  * The Python code is the definition, as for _wire.c's writers: detect.py reads a JSON
  * line with orjson.loads, nginx_text.py a text line with its regexes,
- * values.ipv4_value an address with inet_pton. This module
+ * and unescape, values.ipv4_value an address with inet_pton. This module
  * answers only the usual case and answers it exactly as they do; for anything else it
  * returns None (-1 for addresses) and the caller takes the Python path, which also
  * reports every error. The tests hold the two to each other on any input (property
@@ -638,6 +638,44 @@ static PyObject *nginx_structured(PyObject *self, PyObject *arg) {
     return groups_of(at, 3);
 }
 
+/* nginx_unescape(value) -> nginx_text.unescape(value) for an ASCII str, else None (the
+ * Python function reads it): \xHH becomes the byte, \" and \\ the character, any
+ * other backslash stays; the bytes are decoded as UTF-8 with U+FFFD for what is not
+ * UTF-8 (CPython's own "replace", as the Python function's bytes.decode). */
+static PyObject *nginx_unescape(PyObject *self, PyObject *arg) {
+    (void)self;
+    if (!PyUnicode_CheckExact(arg) || !PyUnicode_IS_ASCII(arg)) Py_RETURN_NONE;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(arg);
+    const char *s = (const char *)PyUnicode_1BYTE_DATA(arg);
+    if (memchr(s, '\\', (size_t)n) == NULL) {
+        Py_INCREF(arg);
+        return arg;
+    }
+    char *buf = PyMem_Malloc((size_t)n);
+    if (buf == NULL) return PyErr_NoMemory();
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; i < n;) {
+        if (s[i] == '\\') {
+            int high, low;
+            if (n - i >= 4 && s[i + 1] == 'x' && (high = hex_digit((unsigned char)s[i + 2])) >= 0 &&
+                (low = hex_digit((unsigned char)s[i + 3])) >= 0) {
+                buf[k++] = (char)(high << 4 | low);
+                i += 4;
+                continue;
+            }
+            if (n - i >= 2 && (s[i + 1] == '"' || s[i + 1] == '\\')) {
+                buf[k++] = s[i + 1];
+                i += 2;
+                continue;
+            }
+        }
+        buf[k++] = s[i++];
+    }
+    PyObject *result = PyUnicode_DecodeUTF8(buf, k, "replace");
+    PyMem_Free(buf);
+    return result;
+}
+
 /* ---- client addresses ------------------------------------------------------------- */
 
 /* ipv4(text) -> the 32-bit value of a canonical dotted quad, else -1: exactly what
@@ -679,6 +717,8 @@ static PyMethodDef methods[] = {
      "nginx_text.COMBINED's groups of a printable ASCII line, or None."},
     {"nginx_structured", nginx_structured, METH_O,
      "nginx_text._STRUCTURED's groups of a printable ASCII rest of a line, or None."},
+    {"nginx_unescape", nginx_unescape, METH_O,
+     "nginx_text.unescape of an ASCII str, or None."},
     {"ipv4", ipv4, METH_O, "A canonical dotted quad's 32-bit value, else -1 (values.ipv4_value)."},
     {NULL, NULL, 0, NULL}};
 

@@ -14,8 +14,10 @@ from pipeline.core.formats.nginx_text import (
     HEADED,
     HEADED_PLAIN,
     STRUCTURED_GROUPS,
+    UNESCAPE_ASCII,
     looks_like_text_log,
     parse_nginx_text,
+    python_unescape,
     unescape,
 )
 from pipeline.core.formats.nginx_text import COMBINED as COMBINED_PATTERN
@@ -290,3 +292,27 @@ def test_the_c_readers_take_escaped_lines() -> None:
     groups = COMBINED_GROUPS(_ESCAPED)
     assert groups is not None and groups[8] == 'curl \\"8.5\\" \\x22x\\x22 \\\\'
     assert STRUCTURED_GROUPS(groups[9]) is not None
+
+
+@given(
+    st.one_of(
+        st.lists(
+            st.sampled_from(
+                ["\\", "x", "\\x", "\\x4", "41", "e4", "B8", "AD", "g", '"', "a", "ff", "C3"]
+            ),
+            max_size=20,
+        ).map("".join),
+        st.text(max_size=20),
+    )
+)
+@settings(max_examples=2000, deadline=None)
+def test_the_c_unescape_is_the_python_one(value: str) -> None:
+    """``_read.nginx_unescape`` (where the core is compiled) undoes nginx's escapes as
+    ``python_unescape`` does for ASCII text, invalid UTF-8 included, and leaves other
+    text to it; ``unescape`` agrees either way."""
+    assert unescape(value) == python_unescape(value)
+    if UNESCAPE_ASCII is not None:
+        expected = python_unescape(value) if value.isascii() else None
+        assert UNESCAPE_ASCII(value) == expected
+    else:
+        assert not compiled_core_in_use()
