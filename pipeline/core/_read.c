@@ -19,7 +19,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "_json_bytes.h"
+#include "_bytes.h"
 
 /* ---- a flat JSON object ----------------------------------------------------------- */
 
@@ -69,13 +69,6 @@ static PyObject *text_of(const char *s, Py_ssize_t n, int ascii) {
     return o;
 }
 
-static inline int hex_digit(unsigned char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 static int hex4(const char *p, const char *end) {
     if (end - p < 4) return -1;
     int v = 0;
@@ -88,17 +81,15 @@ static int hex4(const char *p, const char *end) {
 }
 
 /* The rest of a string holding escapes, from ``p`` (at a backslash; ``start`` its
- * opening quote + 1): unescaped into a buffer. Surrogate escapes (pairs included) go
- * to orjson, which knows what it accepts of them. */
-static PyObject *escaped_text(const char *start, const char *p, const char *end,
+ * opening quote + 1; ``ascii``: whether the bytes before ``p`` are): unescaped into a
+ * buffer. Surrogate escapes (pairs included) go to orjson, which knows what it
+ * accepts of them. */
+static PyObject *escaped_text(const char *start, const char *p, const char *end, int ascii,
                               const char **after) {
     char *buf = PyMem_Malloc((size_t)(end - start) + 1);
     if (buf == NULL) return PyErr_NoMemory();
     size_t n = (size_t)(p - start);
     memcpy(buf, start, n);
-    int ascii = 1;
-    for (const char *q = start; q < p; q++)
-        if ((unsigned char)*q >= 0x80) ascii = 0;
     PyObject *result = NULL;
     const uint64_t highs = 0x8080808080808080ULL;
     while (p < end) {
@@ -181,7 +172,7 @@ static PyObject *string_at(const char *p, const char *end, const char **after) {
             *after = p + 1;
             return text_of(start, p - start, (high & highs) == 0);
         }
-        if (c == '\\') return escaped_text(start, p, end, after);
+        if (c == '\\') return escaped_text(start, p, end, (high & highs) == 0, after);
         if (c < 0x20) return NULL;
         high |= (uint64_t)c;
     }

@@ -22,7 +22,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "_json_bytes.h"
+#include "_bytes.h"
 
 /* ---- BLAKE2b (RFC 7693), unkeyed, for the span and trace ids -------------------- */
 
@@ -224,13 +224,6 @@ static const char *decimal(long long v, char digits[DIGITS], size_t *n) {
     return p;
 }
 
-static int hex_value(char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 enum { ID_ABSENT = 0, ID_OK = 1, ID_ODD = -1 };
 
 /* span.py's _parse_id: absent (None, "", another length, all zeros), the id, or odd
@@ -243,7 +236,7 @@ static int parse_id(PyObject *o, uint8_t *out, Py_ssize_t size) {
     const Py_UCS1 *s = PyUnicode_1BYTE_DATA(o);
     int nonzero = 0;
     for (Py_ssize_t i = 0; i < size; i++) {
-        int hi = hex_value((char)s[2 * i]), lo = hex_value((char)s[2 * i + 1]);
+        int hi = hex_digit(s[2 * i]), lo = hex_digit(s[2 * i + 1]);
         if (hi < 0 || lo < 0) return ID_ODD;
         out[i] = (uint8_t)(hi << 4 | lo);
         nonzero |= out[i];

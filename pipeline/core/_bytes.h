@@ -1,6 +1,6 @@
-/* What the C modules (_wire.c, _read.c) share about JSON strings' bytes. */
-#ifndef GRAYSCOPE_JSON_BYTES_H
-#define GRAYSCOPE_JSON_BYTES_H
+/* What the C modules (_wire.c, _read.c) share about the bytes of text. */
+#ifndef GRAYSCOPE_BYTES_H
+#define GRAYSCOPE_BYTES_H
 
 #include <stdint.h>
 
@@ -15,6 +15,14 @@ static inline int json_word_stops(uint64_t x) {
     quote = (quote - ones) & ~quote & highs;
     backslash = (backslash - ones) & ~backslash & highs;
     return (control | quote | backslash) != 0;
+}
+
+/* A hex digit's value, -1 for any other byte (ids, JSON's \uXXXX, nginx's \xXX). */
+static inline int hex_digit(unsigned char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
 }
 
 #endif
