@@ -222,36 +222,32 @@ def test_plain_patterns_agree_on_generated_lines(line: str) -> None:
     _same_matches(line)
 
 
-@given(
-    st.lists(
-        st.tuples(st.integers(0, len(_REAL)), st.integers(0, 3), st.sampled_from(_PIECES)),
-        max_size=4,
-    )
-)
+def _mutated(base: str, max_edits: int) -> st.SearchStrategy[str]:
+    """``base`` after up to ``max_edits`` edits, each cutting up to three characters at
+    a position and putting one of ``_PIECES`` there."""
+
+    def edited(edits: list[tuple[int, int, str]]) -> str:
+        text = base
+        for at, cut, piece in edits:
+            text = text[:at] + piece + text[at + cut :]
+        return text
+
+    edit = st.tuples(st.integers(0, len(base)), st.integers(0, 3), st.sampled_from(_PIECES))
+    return st.lists(edit, max_size=max_edits).map(edited)
+
+
+@given(_mutated(_REAL, 4))
 @settings(max_examples=2000, deadline=None)
-def test_plain_patterns_agree_on_mutated_lines(edits: list[tuple[int, int, str]]) -> None:
-    line = _REAL
-    for at, cut, piece in edits:
-        line = line[:at] + piece + line[at + cut :]
+def test_plain_patterns_agree_on_mutated_lines(line: str) -> None:
     _same_matches(line)
 
 
 _TAIL = ' /doc/x?v=1.22 v=1.22 version="1.22" region="24.6.10.44, 10.0.0.3"  '
 
 
-@given(
-    st.lists(
-        st.tuples(st.integers(0, len(_TAIL)), st.integers(0, 3), st.sampled_from(_PIECES)),
-        max_size=3,
-    )
-)
+@given(_mutated(_TAIL, 3))
 @settings(max_examples=2000, deadline=None)
-def test_plain_patterns_agree_on_mutated_structured_tails(
-    edits: list[tuple[int, int, str]],
-) -> None:
-    tail = _TAIL
-    for at, cut, piece in edits:
-        tail = tail[:at] + piece + tail[at + cut :]
+def test_plain_patterns_agree_on_mutated_structured_tails(tail: str) -> None:
     _same_matches(tail)
 
 
@@ -271,17 +267,9 @@ _ESCAPED = _REAL.replace("curl/8.5.0", 'curl \\"8.5\\" \\x22x\\x22 \\\\').replac
 )
 
 
-@given(
-    st.lists(
-        st.tuples(st.integers(0, len(_ESCAPED)), st.integers(0, 3), st.sampled_from(_PIECES)),
-        max_size=4,
-    )
-)
+@given(_mutated(_ESCAPED, 4))
 @settings(max_examples=2000, deadline=None)
-def test_the_c_readers_agree_on_mutated_escaped_lines(edits: list[tuple[int, int, str]]) -> None:
-    line = _ESCAPED
-    for at, cut, piece in edits:
-        line = line[:at] + piece + line[at + cut :]
+def test_the_c_readers_agree_on_mutated_escaped_lines(line: str) -> None:
     _c_reads_as_the_patterns(line)
     _c_reads_as_the_patterns(line[line.find(" /doc") :])
 
