@@ -120,7 +120,7 @@ class Shell:
         unpacks each into a record object (here a stand-in with the same fields), and
         ``MessagePartitionRecords`` makes that the handler's message (session 17; before,
         an aiokafka ConsumerRecord that ``input_messages`` then converted)."""
-        unpack = self.partition.input_message
+        unpack = self.partition._consumer_record
         tp = self.partition_tp
         return [
             unpack(tp, FetchedRecord(m.coords.offset, 1_700_000_000_000, m.key, m.value))

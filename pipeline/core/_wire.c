@@ -76,7 +76,7 @@ static inline uint64_t load64(const uint8_t *p) {
         v[b] = rotr64(v[b] ^ v[c], 63);  \
     } while (0)
 
-static void blake2b_compress(blake2b_state *s, int last) {
+static void blake2b_compress_portable(blake2b_state *s, int last) {
     uint64_t v[16], m[16];
     for (int i = 0; i < 8; i++) {
         v[i] = s->h[i];
@@ -99,6 +99,85 @@ static void blake2b_compress(blake2b_state *s, int last) {
         B2B_G(3, 4, 9, 14, m[z[14]], m[z[15]]);
     }
     for (int i = 0; i < 8; i++) s->h[i] ^= v[i] ^ v[i + 8];
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define B2B_AVX2 __attribute__((target("avx2")))
+
+/* The same compression with the state's four rows in four AVX2 registers (BLAKE2's
+ * own vectorised form: a round is G on the four columns at once, then on the four
+ * diagonals after rotating rows b, c and d by one, two and three lanes). About half
+ * the instructions of the portable one (bench/README.md, "Session 22"); the tests hold
+ * both to hashlib's BLAKE2b. Used where the CPU has AVX2 (checked once, at import). */
+static B2B_AVX2 inline __m256i b2b_rotr24(__m256i x) {
+    const __m256i rot = _mm256_setr_epi8(3, 4, 5, 6, 7, 0, 1, 2, 11, 12, 13, 14, 15, 8, 9, 10,
+                                         3, 4, 5, 6, 7, 0, 1, 2, 11, 12, 13, 14, 15, 8, 9, 10);
+    return _mm256_shuffle_epi8(x, rot);
+}
+
+static B2B_AVX2 inline __m256i b2b_rotr16(__m256i x) {
+    const __m256i rot = _mm256_setr_epi8(2, 3, 4, 5, 6, 7, 0, 1, 10, 11, 12, 13, 14, 15, 8, 9,
+                                         2, 3, 4, 5, 6, 7, 0, 1, 10, 11, 12, 13, 14, 15, 8, 9);
+    return _mm256_shuffle_epi8(x, rot);
+}
+
+#define B2B_G4(a, b, c, d, x, y)                                              \
+    do {                                                                      \
+        a = _mm256_add_epi64(_mm256_add_epi64(a, b), x);                      \
+        d = _mm256_shuffle_epi32(_mm256_xor_si256(d, a), _MM_SHUFFLE(2, 3, 0, 1)); \
+        c = _mm256_add_epi64(c, d);                                           \
+        b = b2b_rotr24(_mm256_xor_si256(b, c));                               \
+        a = _mm256_add_epi64(_mm256_add_epi64(a, b), y);                      \
+        d = b2b_rotr16(_mm256_xor_si256(d, a));                               \
+        c = _mm256_add_epi64(c, d);                                           \
+        b = _mm256_xor_si256(b, c);                                           \
+        b = _mm256_or_si256(_mm256_srli_epi64(b, 63), _mm256_add_epi64(b, b)); \
+    } while (0)
+
+static B2B_AVX2 void blake2b_compress_avx2(blake2b_state *s, int last) {
+    uint64_t m[16];
+    for (int i = 0; i < 16; i++) m[i] = load64(s->buf + 8 * i);
+    __m256i a = _mm256_loadu_si256((const __m256i *)&s->h[0]);
+    __m256i b = _mm256_loadu_si256((const __m256i *)&s->h[4]);
+    __m256i c = _mm256_loadu_si256((const __m256i *)&blake2b_iv[0]);
+    __m256i d = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)&blake2b_iv[4]),
+                                 _mm256_set_epi64x(0, last ? -1LL : 0, 0, (long long)s->t));
+    const __m256i a0 = a, b0 = b;
+#pragma GCC unroll 12
+    for (int r = 0; r < 12; r++) {
+        const uint8_t *z = blake2b_sigma[r];
+        __m256i x = _mm256_set_epi64x((long long)m[z[6]], (long long)m[z[4]], (long long)m[z[2]],
+                                      (long long)m[z[0]]);
+        __m256i y = _mm256_set_epi64x((long long)m[z[7]], (long long)m[z[5]], (long long)m[z[3]],
+                                      (long long)m[z[1]]);
+        B2B_G4(a, b, c, d, x, y);
+        /* Diagonals into columns: row b left by one lane, c by two, d by three. */
+        b = _mm256_permute4x64_epi64(b, _MM_SHUFFLE(0, 3, 2, 1));
+        c = _mm256_permute4x64_epi64(c, _MM_SHUFFLE(1, 0, 3, 2));
+        d = _mm256_permute4x64_epi64(d, _MM_SHUFFLE(2, 1, 0, 3));
+        x = _mm256_set_epi64x((long long)m[z[14]], (long long)m[z[12]], (long long)m[z[10]],
+                              (long long)m[z[8]]);
+        y = _mm256_set_epi64x((long long)m[z[15]], (long long)m[z[13]], (long long)m[z[11]],
+                              (long long)m[z[9]]);
+        B2B_G4(a, b, c, d, x, y);
+        b = _mm256_permute4x64_epi64(b, _MM_SHUFFLE(2, 1, 0, 3));
+        c = _mm256_permute4x64_epi64(c, _MM_SHUFFLE(1, 0, 3, 2));
+        d = _mm256_permute4x64_epi64(d, _MM_SHUFFLE(0, 3, 2, 1));
+    }
+    _mm256_storeu_si256((__m256i *)&s->h[0], _mm256_xor_si256(a0, _mm256_xor_si256(a, c)));
+    _mm256_storeu_si256((__m256i *)&s->h[4], _mm256_xor_si256(b0, _mm256_xor_si256(b, d)));
+}
+#endif
+
+/* The compression in use: AVX2 where the CPU has it (chosen at import), else portable. */
+static void (*blake2b_compress)(blake2b_state *, int) = blake2b_compress_portable;
+
+static void choose_blake2b(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) blake2b_compress = blake2b_compress_avx2;
+#endif
 }
 
 static void blake2b_init(blake2b_state *s, size_t outlen) {
@@ -135,6 +214,9 @@ static void blake2b_final(blake2b_state *s, uint8_t *out) {
         if (out[i]) return;
     out[s->outlen - 1] = 1;
 }
+
+/* Small helpers whose key literals and lengths should reach memcpy as constants. */
+#define ALWAYS_INLINE inline __attribute__((always_inline))
 
 /* ---- an output buffer ----------------------------------------------------------- */
 
@@ -188,16 +270,30 @@ static inline size_t varint_size(uint64_t n) {
 
 /* A str's UTF-8 (NULL with no error set for anything else, or for text that has no
  * UTF-8: lone surrogates; the caller then returns b"" for the Python path). */
-static const char *utf8_of(PyObject *o, Py_ssize_t *n) {
+static inline const char *utf8_of(PyObject *o, Py_ssize_t *n) {
     if (!PyUnicode_CheckExact(o)) return NULL;
+    if (PyUnicode_IS_COMPACT_ASCII(o)) {
+        /* ASCII text is its own UTF-8, right after the object: no call. */
+        *n = PyUnicode_GET_LENGTH(o);
+        return (const char *)PyUnicode_DATA(o);
+    }
     const char *s = PyUnicode_AsUTF8AndSize(o, n);
     if (s == NULL) PyErr_Clear();
     return s;
 }
 
 /* An int in int64 (0 on success; -1 for anything else, no error set). */
-static int int64_of(PyObject *o, long long *out) {
+static inline int int64_of(PyObject *o, long long *out) {
     if (!PyLong_CheckExact(o)) return -1;
+#if PY_VERSION_HEX < 0x030C0000
+    /* 3.11's int of at most one 30-bit digit (statuses, sizes, most durations) is
+     * its sign times ob_digit[0]: no call. 3.12 changed the layout: the call below. */
+    Py_ssize_t size = Py_SIZE(o);
+    if (size >= -1 && size <= 1) {
+        *out = size == 0 ? 0 : (long long)size * (long long)((PyLongObject *)o)->ob_digit[0];
+        return 0;
+    }
+#endif
     int overflow = 0;
     long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
     if (overflow || (v == -1 && PyErr_Occurred())) {
@@ -614,23 +710,38 @@ done:
 
 /* blake2b(data, digest_size): for the tests, against hashlib (no all-zero rule here
  * would be visible: it applies to astronomically rare digests). */
+/* blake2b(data, digest_size, portable=False): for the tests, with the compression in
+ * use or the portable one (nothing in between can release the interpreter lock). */
 static PyObject *blake2b_digest(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer data;
-    int size;
-    if (!PyArg_ParseTuple(args, "y*i", &data, &size)) return NULL;
+    int size, portable = 0;
+    if (!PyArg_ParseTuple(args, "y*i|p", &data, &size, &portable)) return NULL;
     if (size < 1 || size > 64) {
         PyBuffer_Release(&data);
         PyErr_SetString(PyExc_ValueError, "digest size 1..64");
         return NULL;
     }
+    void (*in_use)(blake2b_state *, int) = blake2b_compress;
+    if (portable) blake2b_compress = blake2b_compress_portable;
     blake2b_state h;
     uint8_t out[64];
     blake2b_init(&h, (size_t)size);
     blake2b_update(&h, data.buf, (size_t)data.len);
     blake2b_final(&h, out);
+    blake2b_compress = in_use;
     PyBuffer_Release(&data);
     return PyBytes_FromStringAndSize((const char *)out, size);
+}
+
+/* Which BLAKE2b compression the span ids use here: "avx2" or "portable". */
+static PyObject *blake2b_kind(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (blake2b_compress == blake2b_compress_avx2) return PyUnicode_FromString("avx2");
+#endif
+    return PyUnicode_FromString("portable");
 }
 
 /* ---- the ECS document as JSON (document.py's _document, serialised as orjson does) -- */
@@ -681,7 +792,7 @@ static int json_text(wbuf *b, const char *s, size_t n) {
 
 /* Writes `"key":` (key: a C literal, plain ASCII), with a comma before all but the
  * first member of the object. */
-static int json_key(wbuf *b, int *first, const char *key, size_t n) {
+static ALWAYS_INLINE int json_key(wbuf *b, int *first, const char *key, size_t n) {
     if (wb_reserve(b, n + 4) < 0) return -2;
     if (!*first) wb_byte(b, ',');
     *first = 0;
@@ -693,7 +804,7 @@ static int json_key(wbuf *b, int *first, const char *key, size_t n) {
 }
 
 /* A value of a str field: -1 odd (not a str, or no UTF-8). */
-static int json_string_value(wbuf *b, PyObject *o) {
+static ALWAYS_INLINE int json_string_value(wbuf *b, PyObject *o) {
     Py_ssize_t n;
     const char *s = utf8_of(o, &n);
     if (s == NULL) return -1;
@@ -701,7 +812,7 @@ static int json_string_value(wbuf *b, PyObject *o) {
 }
 
 /* A value of an int field (int64; orjson's u64 beyond it is the Python path's). */
-static int json_int_value(wbuf *b, PyObject *o) {
+static ALWAYS_INLINE int json_int_value(wbuf *b, PyObject *o) {
     long long v;
     if (int64_of(o, &v) < 0) return -1;
     if (wb_reserve(b, DIGITS) < 0) return -2;
@@ -757,7 +868,7 @@ enum { KIND_STR, KIND_INT, KIND_JSON, KIND_STR_OR_NULL, KIND_TIMESTAMP };
 
 /* One member `"key":value` unless the value is None (absent values are left out;
  * KIND_STR_OR_NULL writes null). KIND_JSON: bytes already JSON (a shared object). */
-static int json_member(wbuf *b, int *first, const char *key, size_t key_len, PyObject *o,
+static ALWAYS_INLINE int json_member(wbuf *b, int *first, const char *key, size_t key_len, PyObject *o,
                        int kind) {
     if (o == Py_None && kind != KIND_STR_OR_NULL) return 0;
     int rc = json_key(b, first, key, key_len);
@@ -779,7 +890,7 @@ static int json_member(wbuf *b, int *first, const char *key, size_t key_len, PyO
     }
 }
 
-static int json_open(wbuf *b, int *first, const char *key, size_t key_len, int *inner) {
+static ALWAYS_INLINE int json_open(wbuf *b, int *first, const char *key, size_t key_len, int *inner) {
     int rc = json_key(b, first, key, key_len);
     if (rc < 0) return rc;
     if (wb_reserve(b, 1) < 0) return -2;
@@ -788,7 +899,7 @@ static int json_open(wbuf *b, int *first, const char *key, size_t key_len, int *
     return 0;
 }
 
-static int json_close(wbuf *b) {
+static ALWAYS_INLINE int json_close(wbuf *b) {
     if (wb_reserve(b, 1) < 0) return -2;
     wb_byte(b, '}');
     return 0;
@@ -796,7 +907,7 @@ static int json_close(wbuf *b) {
 
 /* `"object":{"key":value}` when the value is there (user_agent.original, source.ip,
  * trace.id, span.id, service.name). */
-static int json_wrapped(wbuf *b, int *first, const char *object, size_t object_len,
+static ALWAYS_INLINE int json_wrapped(wbuf *b, int *first, const char *object, size_t object_len,
                         const char *key, size_t key_len, PyObject *o) {
     if (o == Py_None) return 0;
     int inner, rc;
@@ -933,6 +1044,56 @@ out:
     return result;
 }
 
+/* ---- the bulk item's _id ------------------------------------------------------------ */
+
+/* model.document_id of a KafkaCoordinates: "topic-partition-offset" as a str, exactly
+ * the f-string's, for an ASCII topic and int64 partition and offset; None for anything
+ * else (the f-string then). A str of known length written once, instead of two int
+ * conversions and a join. */
+static PyObject *document_id(PyObject *self, PyObject *coords) {
+    (void)self;
+    if (!PyTuple_Check(coords) || PyTuple_GET_SIZE(coords) != 3) Py_RETURN_NONE;
+    PyObject *topic = PyTuple_GET_ITEM(coords, 0);
+    long long partition, offset;
+    if (!PyUnicode_CheckExact(topic) || !PyUnicode_IS_COMPACT_ASCII(topic) ||
+        int64_of(PyTuple_GET_ITEM(coords, 1), &partition) < 0 ||
+        int64_of(PyTuple_GET_ITEM(coords, 2), &offset) < 0)
+        Py_RETURN_NONE;
+    char partition_digits[DIGITS], offset_digits[DIGITS];
+    size_t pn, on;
+    const char *ps = decimal(partition, partition_digits, &pn);
+    const char *os = decimal(offset, offset_digits, &on);
+    Py_ssize_t tn = PyUnicode_GET_LENGTH(topic);
+    PyObject *out = PyUnicode_New(tn + 2 + (Py_ssize_t)(pn + on), 127);
+    if (out == NULL) return NULL;
+    char *d = (char *)PyUnicode_DATA(out);
+    memcpy(d, PyUnicode_DATA(topic), (size_t)tn);
+    d += tn;
+    *d++ = '-';
+    memcpy(d, ps, pn);
+    d += pn;
+    *d++ = '-';
+    memcpy(d, os, on);
+    return out;
+}
+
+/* bulk.escaped_id's usual case: an ASCII str that JSON holds as it is (no '"', '\\'
+ * or control character) as bytes; None for anything else (orjson escapes it then). */
+static PyObject *plain_json_text(PyObject *self, PyObject *text) {
+    (void)self;
+    if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_COMPACT_ASCII(text)) Py_RETURN_NONE;
+    const uint8_t *s = (const uint8_t *)PyUnicode_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text), i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t word;
+        memcpy(&word, s + i, 8);
+        if (json_word_stops(word)) Py_RETURN_NONE;
+    }
+    for (; i < n; i++)
+        if (s[i] < 0x20 || s[i] == '"' || s[i] == '\\') Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize((const char *)s, n);
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
      "Set the request attributes' keys (the schema's first 10) and span.py's method rules."},
@@ -940,7 +1101,11 @@ static PyMethodDef methods[] = {
      "A request's span as wire bytes; None: no span; b\"\": take the Python path."},
     {"document_json", (PyCFunction)(void (*)(void))document_json, METH_FASTCALL,
      "A request's document as JSON; b\"\": take the Python path."},
+    {"document_id", document_id, METH_O, "model.document_id's usual case; None: the Python path."},
+    {"plain_json_text", plain_json_text, METH_O,
+     "ASCII text JSON holds as it is, as bytes; None: the Python path."},
     {"blake2b", blake2b_digest, METH_VARARGS, "BLAKE2b digest (tests)."},
+    {"blake2b_kind", blake2b_kind, METH_NOARGS, "The BLAKE2b compression in use: avx2 or portable."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "pipeline.core._wire",
@@ -948,6 +1113,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "pipeline.core._wire"
                                     NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__wire(void) {
+    choose_blake2b();
     empty_bytes = PyBytes_FromStringAndSize("", 0);
     if (empty_bytes == NULL) return NULL;
     return PyModule_Create(&module);

@@ -8,11 +8,12 @@ set. Slots keep the per-event allocation small.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, cast
 
-from pipeline.core import ReadOnlyDict
+from pipeline.core import ReadOnlyDict, read_module, wire_module
 
 
 class Reason(StrEnum):
@@ -61,10 +62,32 @@ class KafkaCoordinates(NamedTuple):
         return document_id(self)
 
 
+def _native_document_id() -> Callable[[KafkaCoordinates], str | None] | None:
+    """The C writer of the usual ``_id`` (pipeline/core/_wire.c); None where it is not
+    built (or the plain-Python core is in use: pipeline.native.prefer_sources)."""
+    wire = wire_module()
+    return (
+        None if wire is None else cast(Callable[[KafkaCoordinates], str | None], wire.document_id)
+    )
+
+
+_NATIVE_DOCUMENT_ID: Final = _native_document_id()
+
+
 def document_id(coords: KafkaCoordinates) -> str:
     """A message's document ``_id`` (and span fallback key): readable and unique per
     message, so a replay of the same offset overwrites. A function, not only the
-    property: compiled (pipeline.native), calling it is native, the property is not."""
+    property: compiled (pipeline.native), calling it is native, the property is not.
+
+    The f-string below is the definition. Where the core is compiled, C writes the
+    usual id (an ASCII topic) in one go: the two int conversions and the join cost
+    ~1k instructions a call, and every event takes one or two (bench/README.md,
+    "Session 22")."""
+    native = _NATIVE_DOCUMENT_ID
+    if native is not None:
+        doc_id = native(coords)
+        if doc_id is not None:
+            return doc_id
     topic, partition, offset = coords
     return f"{topic}-{partition}-{offset}"
 
@@ -285,3 +308,37 @@ class InputMessage:
         self.key = key
         self.coords = coords
         self.timestamp_ns = timestamp_ns
+
+
+def _native_coordinates() -> Callable[..., KafkaCoordinates] | None:
+    """C's maker of a KafkaCoordinates (pipeline/core/_read.c); None where it is not built
+    (or the plain-Python core is in use: pipeline.native.prefer_sources)."""
+    read = read_module()
+    return None if read is None else cast(Callable[..., KafkaCoordinates], read.coordinates)
+
+
+_NATIVE_COORDINATES: Final = _native_coordinates()
+
+
+def fetched_message(tp: Any, record: Any) -> InputMessage:
+    """A record the Kafka client fetched from partition ``tp`` (``.topic``,
+    ``.partition``) as the handler's message: its value, key, offset, and its timestamp
+    (milliseconds; none or negative: unknown).
+
+    The worker's consumer thread makes one per fetched record (agents/batching.py),
+    holding the interpreter lock: compiled, and with C making the coordinates without
+    the named tuple's Python-level ``__new__``, ~560 → ~280 ns a record
+    (bench/README.md, "Session 22")."""
+    timestamp: Any = record.timestamp
+    make = _NATIVE_COORDINATES
+    coords = (
+        KafkaCoordinates(tp.topic, tp.partition, record.offset)
+        if make is None
+        else make(KafkaCoordinates, tp.topic, tp.partition, record.offset)
+    )
+    return InputMessage(
+        record.value,
+        record.key,
+        coords,
+        timestamp * 1_000_000 if timestamp and timestamp > 0 else None,
+    )

@@ -275,10 +275,13 @@ any_text = st.one_of(
     st.text(st.characters(max_codepoint=0x7F), max_size=40),
     st.sampled_from(['"\\\x00\x1f\x7f', "\u2028é😀", "\ud800", "a\udfffb"]),
 )
-# Ints in and beyond int64 and uint64 (orjson refuses beyond 64 bits).
+# Ints in and beyond int64 and uint64 (orjson refuses beyond 64 bits), and around one
+# 30-bit digit (the C reader's shortcut for CPython's one-digit ints).
 any_int = st.one_of(
     st.none(),
     st.integers(-(2**63), 2**63 - 1),
+    st.integers(-(2**31), 2**31),
+    st.sampled_from([0, -1, 1, 2**30 - 1, 2**30, -(2**30) + 1, -(2**30)]),
     st.sampled_from([2**63, 2**64 - 1, 2**64, -(2**63) - 1, True]),
 )
 

@@ -14,10 +14,12 @@ from pipeline.core.bulk import (
     build_bulk_body,
     build_item,
     daily_index,
+    escaped_id,
     split_by_bytes,
     target_for,
 )
 from schemas import DAILY_INDEX_PREFIX, DATA_STREAM_NAME
+from tests.unit.conftest import compiled_core_in_use
 
 
 def parse_body(body: bytes) -> list[tuple[dict, dict]]:
@@ -146,6 +148,28 @@ def test_ids_are_json_escaped(doc_id: str) -> None:
     assert item.id_json == orjson.dumps(doc_id)[1:-1]
     body = build_bulk_body([item])
     assert parse_body(body) == [({"index": {"_index": "i", "_id": doc_id}}, {})]
+
+
+@given(
+    st.one_of(st.text(), st.text(st.characters(max_codepoint=0x7F)), st.text('"\\ab\x00\x1f\x7f'))
+)
+def test_any_id_is_escaped_as_orjson_escapes_it(doc_id: str) -> None:
+    assert escaped_id(doc_id) == orjson.dumps(doc_id)[1:-1]
+
+
+def test_the_c_test_of_plain_ids_is_used_where_the_core_is_compiled() -> None:
+    from pipeline.core import bulk
+
+    if not compiled_core_in_use():
+        assert bulk._NATIVE_PLAIN_TEXT is None
+        return
+    from pipeline.core import _wire
+
+    assert bulk._NATIVE_PLAIN_TEXT is _wire.plain_json_text
+    assert _wire.plain_json_text("access-logs-0-17\x7f") == b"access-logs-0-17\x7f"
+    assert _wire.plain_json_text("") == b""
+    for odd in ("ünï", 'q"uote-longer-than-eight', "back\\slash", "tab\there", "x" * 9 + "\n"):
+        assert _wire.plain_json_text(odd) is None
 
 
 def test_an_item_without_an_id_has_no_escaped_id() -> None:

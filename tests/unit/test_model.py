@@ -1,4 +1,4 @@
-"""Plain data: the shared read-only maps."""
+"""Plain data: the shared read-only maps, the written-out ``__init__``s, the document ``_id``."""
 
 from __future__ import annotations
 
@@ -8,12 +8,22 @@ import inspect
 import pickle
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipeline.core.enrich import EnrichContext
-from pipeline.core.model import EMPTY, AccessRecord, Enrichment, ReadOnlyDict
+from pipeline.core.model import (
+    EMPTY,
+    AccessRecord,
+    Enrichment,
+    KafkaCoordinates,
+    ReadOnlyDict,
+    document_id,
+    fetched_message,
+)
 from pipeline.core.process import Enriched, process
 from pipeline.native import loaded_native
-from tests.unit.conftest import all_sample_lines, corpus_lines
+from tests.unit.conftest import all_sample_lines, compiled_core_in_use, corpus_lines
 
 
 @pytest.mark.parametrize(
@@ -97,3 +107,90 @@ def test_written_out_inits_set_every_field() -> None:
     enrichment = Enrichment(stage="canary", service_name="svc")
     assert enrichment.stage == "canary" and enrichment.service_name == "svc"
     assert enrichment.query is EMPTY and enrichment.geo is None and Enrichment().stage == "stable"
+
+
+# --- the document _id: C writes the usual one (pipeline/core/_wire.c) ------------------
+
+# Kafka topic names are ASCII ([a-zA-Z0-9._-]); any text still gets the f-string's id.
+_topics = st.one_of(
+    st.text(st.sampled_from("abcxyzABC019._-"), min_size=1, max_size=40),
+    st.text(max_size=20),
+)
+_ints = st.one_of(
+    st.integers(0, 2**31 - 1),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([0, -1, 2**30 - 1, 2**30, -(2**30), 2**63 - 1, 2**63, -(2**63)]),
+)
+
+
+@given(_topics, _ints, _ints)
+def test_a_document_id_is_the_coordinates_joined(topic: str, partition: int, offset: int) -> None:
+    coords = KafkaCoordinates(topic, partition, offset)
+    assert document_id(coords) == f"{topic}-{partition}-{offset}"
+    assert coords.doc_id == document_id(coords)
+
+
+def test_the_c_document_id_takes_the_usual_coordinates() -> None:
+    """Compiled, C writes the usual id and leaves anything else to the f-string."""
+    from pipeline.core import model
+
+    if not compiled_core_in_use():
+        assert model._NATIVE_DOCUMENT_ID is None
+        return
+    from pipeline.core import _wire
+
+    assert model._NATIVE_DOCUMENT_ID is _wire.document_id
+    assert _wire.document_id(KafkaCoordinates("access-logs", 3, 1234567)) == "access-logs-3-1234567"
+    assert _wire.document_id(("t", -5, 0)) == "t--5-0"
+    for odd in (("tö", 0, 1), ("t", 2**63, 1), ("t", True, 1), ("t", 0), ("t", 0, 1.0), "t-0-1"):
+        assert _wire.document_id(odd) is None
+
+
+# --- a fetched record as the handler's message -----------------------------------------
+
+
+@dataclasses.dataclass
+class _Fetched:
+    offset: int
+    timestamp: int | None
+    key: bytes | None
+    value: bytes | None
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "timestamp_ns"),
+    [(1_700_000_000_123, 1_700_000_000_123_000_000), (None, None), (0, None), (-1, None)],
+)
+def test_a_fetched_record_becomes_a_message(
+    timestamp: int | None, timestamp_ns: int | None
+) -> None:
+    from aiokafka.structs import TopicPartition
+
+    message = fetched_message(TopicPartition("logs", 2), _Fetched(17, timestamp, b"k", b"v"))
+    assert (message.value, message.key, message.timestamp_ns) == (b"v", b"k", timestamp_ns)
+    coords = message.coords
+    # A real KafkaCoordinates, however it was made (C makes it where compiled).
+    assert type(coords) is KafkaCoordinates
+    assert coords == KafkaCoordinates("logs", 2, 17) == ("logs", 2, 17)
+    assert (coords.topic, coords.partition, coords.offset) == ("logs", 2, 17)
+    assert hash(coords) == hash(("logs", 2, 17))
+    assert coords.doc_id == "logs-2-17"
+    assert pickle.loads(pickle.dumps(coords)) == coords
+
+
+def test_the_c_coordinates_refuse_anything_but_a_tuple_type_and_three_values() -> None:
+    from pipeline.core import model
+
+    if not compiled_core_in_use():
+        assert model._NATIVE_COORDINATES is None
+        return
+    from pipeline.core import _read
+
+    assert model._NATIVE_COORDINATES is _read.coordinates
+    for args in (
+        (list, "t", 0, 1),
+        (KafkaCoordinates, "t", 0),
+        (KafkaCoordinates(" ", 0, 0), 1, 2, 3),
+    ):
+        with pytest.raises(TypeError):
+            _read.coordinates(*args)

@@ -218,10 +218,25 @@ def test_the_c_encoders_blake2b_is_hashlibs() -> None:
         pytest.skip("plain Python: no C module")
     from pipeline.core import _wire
 
+    # The compression in use (AVX2 where the CPU has it) and the portable one.
+    assert _wire.blake2b_kind() in ("avx2", "portable")
     data = bytes(range(256)) * 3
     for n in [*range(0, 300), 383, 384, 385, 768]:  # around every 128-byte block edge
         for size in (8, 16, 64):
-            assert (
-                _wire.blake2b(data[:n], size)
-                == hashlib.blake2b(data[:n], digest_size=size).digest()
-            )
+            expected = hashlib.blake2b(data[:n], digest_size=size).digest()
+            assert _wire.blake2b(data[:n], size) == expected
+            assert _wire.blake2b(data[:n], size, True) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=700), st.sampled_from([8, 16, 32, 64]))
+def test_the_c_encoders_blake2b_is_hashlibs_for_any_bytes(data: bytes, size: int) -> None:
+    import hashlib
+
+    if not compiled_core_in_use():
+        pytest.skip("plain Python: no C module")
+    from pipeline.core import _wire
+
+    expected = hashlib.blake2b(data, digest_size=size).digest()
+    assert _wire.blake2b(data, size) == expected
+    assert _wire.blake2b(data, size, True) == expected
