@@ -454,7 +454,19 @@ static int printable_ascii(PyObject *o, const char **start, const char **end, in
     const char *s = (const char *)PyUnicode_1BYTE_DATA(o);
     Py_ssize_t n = PyUnicode_GET_LENGTH(o);
     int backslash = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
+    Py_ssize_t i = 0;
+    /* Eight bytes at a time (all below 0x80: ASCII): a control byte is "less than
+     * 0x20", DEL the one byte that 0x01 added to sets the top bit of, a backslash a
+     * zero byte after xor with 0x5c ("Bit Twiddling Hacks", exact as yes/no). */
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x, y;
+        memcpy(&x, s + i, 8);
+        if ((((x - ones * 0x20) & ~x) | (x + ones)) & highs) return 0;
+        y = x ^ (ones * 0x5C);
+        backslash |= ((y - ones) & ~y & highs) != 0;
+    }
+    for (; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c < 0x20 || c > 0x7e) return 0;
         backslash |= c == '\\';
@@ -701,6 +713,46 @@ static PyObject *ipv4(PyObject *self, PyObject *arg) {
     return PyLong_FromUnsignedLong(value);
 }
 
+/* ---- nginx's seconds ---------------------------------------------------------------- */
+
+/* seconds_ns(text): values.seconds_to_ns of nginx's usual form, digits with an optional
+ * fraction ("0.004", "12"), at most 15 digits, below 10^9 seconds: round(float(text) *
+ * 10^9) exactly as Python computes it; -1 for anything else (the Python path). The
+ * digits as an integer below 2^53 divided by an exact power of ten is the correctly
+ * rounded double float() reads (Clinger's fast path), without strtod's locale; the
+ * product is the same double multiplication, rounded half to even as round() does. */
+static PyObject *seconds_ns(PyObject *self, PyObject *arg) {
+    (void)self;
+    static const double powers[16] = {1e0, 1e1, 1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                      1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15};
+    if (!PyUnicode_CheckExact(arg) || !PyUnicode_IS_COMPACT_ASCII(arg)) return PyLong_FromLong(-1);
+    const char *p = (const char *)PyUnicode_DATA(arg), *end = p + PyUnicode_GET_LENGTH(arg);
+    uint64_t mantissa = 0;
+    int digits = 0, fraction = 0, dot = 0;
+    for (; p < end; p++) {
+        if (*p >= '0' && *p <= '9') {
+            mantissa = mantissa * 10 + (uint64_t)(*p - '0');
+            digits++;
+            fraction += dot;
+        } else if (*p == '.' && !dot && digits > 0) {
+            dot = 1;
+        } else {
+            return PyLong_FromLong(-1);
+        }
+    }
+    if (digits == 0 || digits > 15 || (dot && fraction == 0)) return PyLong_FromLong(-1);
+    double seconds = (double)mantissa / powers[fraction];
+    if (!(seconds < 1e9)) return PyLong_FromLong(-1);
+    /* volatile: the product rounded to a double, as Python has it (never fused into
+     * the subtraction below by a compiler allowed to contract into an FMA). */
+    volatile double product = seconds * 1e9;
+    double ns = product;
+    long long whole = (long long)ns; /* ns >= 0: truncation is floor */
+    double rest = ns - (double)whole;
+    if (rest > 0.5 || (rest == 0.5 && (whole & 1))) whole++;
+    return PyLong_FromLongLong(whole);
+}
+
 /* ---- a fetched record's coordinates --------------------------------------------------- */
 
 /* coordinates(cls, topic, partition, offset): the named tuple ``cls`` (model.KafkaCoordinates)
@@ -734,6 +786,8 @@ static PyMethodDef methods[] = {
     {"nginx_unescape", nginx_unescape, METH_O,
      "nginx_text.unescape of an ASCII str, or None."},
     {"ipv4", ipv4, METH_O, "A canonical dotted quad's 32-bit value, else -1 (values.ipv4_value)."},
+    {"seconds_ns", seconds_ns, METH_O,
+     "values.seconds_to_ns of nginx's usual seconds (digits[.digits]); -1: the Python path."},
     {"coordinates", (PyCFunction)(void (*)(void))coordinates, METH_FASTCALL,
      "A tuple subclass's instance of (topic, partition, offset), without its __new__."},
     {NULL, NULL, 0, NULL}};

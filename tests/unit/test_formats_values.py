@@ -380,3 +380,51 @@ def test_huge_values_are_not_memoised(monkeypatch: pytest.MonkeyPatch) -> None:
     assert canonical_ip(huge) == "1.2.3.4"
     assert huge not in values._IP_MEMO
     assert clf_to_ns("20/Nov/2026:12:00:03 +0000" + " " * 100_000) is None
+
+
+# --- nginx's seconds: C reads the usual "digits.digits" (pipeline/core/_read.c) ---------
+
+
+def _seconds_definition(text: str) -> int | None:
+    """What seconds_to_ns of a str is, by its definition (float, multiply, round)."""
+    if text in values._MISSING:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return round(number * 1_000_000_000) if 0 <= number < (2**63 - 1) / 1e9 else None
+
+
+_SECONDS = st.one_of(
+    st.builds(
+        "{}.{}".format,
+        st.integers(0, 10**10).map(str),
+        st.text(st.sampled_from("0123456789"), min_size=1, max_size=12),
+    ),
+    st.integers(0, 10**16).map(str),
+    st.decimals(0, 10**6, places=3).map(str),
+    st.floats(0, 1e12).map(repr),
+    st.text(st.sampled_from("0123456789._ -e+"), max_size=20),
+    st.sampled_from(["0.5", "0.0000000005", "0.0000000015", "0.0000000025", "12.", ".5", "-"]),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_SECONDS)
+def test_seconds_are_read_as_float_then_rounded(text: str) -> None:
+    assert seconds_to_ns(text) == _seconds_definition(text)
+
+
+def test_the_compiled_core_reads_nginx_seconds_in_c() -> None:
+    if not compiled_core_in_use():
+        assert values._NATIVE_SECONDS is None
+        return
+    from pipeline.core import _read
+
+    assert values._NATIVE_SECONDS is _read.seconds_ns
+    assert _read.seconds_ns("0.004") == 4_000_000
+    assert _read.seconds_ns("0.0000000025") == 2  # half to even, as round()
+    assert _read.seconds_ns("0.0000000035") == 4
+    for other in ("", "-", "12.", ".5", "1_0", " 1", "1e3", "1234567890123456", "1000000000", "٣"):
+        assert _read.seconds_ns(other) == -1

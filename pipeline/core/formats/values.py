@@ -158,9 +158,28 @@ def millis_to_ns(value: Any) -> int | None:
     return _duration(_number(value), NS_PER_MS)
 
 
+def _native_seconds() -> Callable[[str], int] | None:
+    """C's reader of nginx's usual seconds (pipeline/core/_read.c); None where it is not
+    built (or the plain-Python core is in use: pipeline.native.prefer_sources)."""
+    read = read_module()
+    return None if read is None else cast(Callable[[str], int], read.seconds_ns)
+
+
+_NATIVE_SECONDS: Final = _native_seconds()
+
+
 def seconds_to_ns(value: Any) -> int | None:
-    """nginx times are seconds with millisecond resolution (``0.004``)."""
+    """nginx times are seconds with millisecond resolution (``0.004``).
+
+    Where the core is compiled, C reads the usual ``digits.digits`` to the same int
+    (~1.7k → ~0.2k instructions a value: ``float()``, the multiplication and ``round``
+    on Python objects; bench/README.md, "Session 22"); the code below is the definition."""
     if isinstance(value, str):
+        read = _NATIVE_SECONDS
+        if read is not None:
+            ns = read(value)
+            if ns >= 0:
+                return ns
         if value in _MISSING:
             return None
         try:
