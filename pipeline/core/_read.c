@@ -753,6 +753,95 @@ static PyObject *seconds_ns(PyObject *self, PyObject *arg) {
     return PyLong_FromLongLong(whole);
 }
 
+/* ---- trace ids ------------------------------------------------------------------------ */
+
+/* Lower-case hex of ``n`` bytes of ``s`` into ``out`` (A-F lowered, as str.lower() does);
+ * 0 when one is not a hex digit. ``*nonzero`` says whether any digit is not '0'. */
+static int lower_hex(const char *s, Py_ssize_t n, char *out, int *nonzero) {
+    int any = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c >= 'A' && c <= 'F') c = (char)(c - 'A' + 'a');
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return 0;
+        any |= c != '0';
+        out[i] = c;
+    }
+    *nonzero = any;
+    return 1;
+}
+
+static PyObject *ascii_str(const char *s, Py_ssize_t n) {
+    PyObject *o = PyUnicode_New(n, 127);
+    if (o != NULL) memcpy(PyUnicode_1BYTE_DATA(o), s, (size_t)n);
+    return o;
+}
+
+/* The ASCII text of a str without whitespace (or any control byte) at either end, whose
+ * strip() is itself; NULL for anything else. */
+static const char *unstripped_ascii(PyObject *o, Py_ssize_t *n) {
+    if (!PyUnicode_CheckExact(o) || !PyUnicode_IS_COMPACT_ASCII(o)) return NULL;
+    const char *s = (const char *)PyUnicode_DATA(o);
+    *n = PyUnicode_GET_LENGTH(o);
+    if (*n == 0 || (unsigned char)s[0] <= 0x20 || (unsigned char)s[*n - 1] <= 0x20) return NULL;
+    return s;
+}
+
+/* traceparent(value): extract.trace._traceparent's (trace id, span id) of a well-formed
+ * W3C traceparent ("00-<32 hex>-<16 hex>-<2 hex>", later versions with more parts), its
+ * hex lowered; None for anything else, which the regex then reads (the definition). */
+static PyObject *traceparent(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_ssize_t n;
+    const char *s = unstripped_ascii(arg, &n);
+    if (s == NULL || n < 55 || s[2] != '-' || s[35] != '-' || s[52] != '-') Py_RETURN_NONE;
+    if (n > 55 && s[55] != '-') Py_RETURN_NONE;
+    char version[2], trace[32], span[16], flags[2];
+    int version_nonzero, trace_nonzero, span_nonzero, flags_nonzero;
+    if (!lower_hex(s, 2, version, &version_nonzero) ||
+        !lower_hex(s + 3, 32, trace, &trace_nonzero) ||
+        !lower_hex(s + 36, 16, span, &span_nonzero) || !lower_hex(s + 53, 2, flags, &flags_nonzero))
+        Py_RETURN_NONE;
+    if ((version[0] == 'f' && version[1] == 'f') || (!version_nonzero && n > 55) ||
+        !trace_nonzero || !span_nonzero)
+        Py_RETURN_NONE;
+    PyObject *trace_id = ascii_str(trace, 32);
+    if (trace_id == NULL) return NULL;
+    PyObject *span_id = ascii_str(span, 16);
+    if (span_id == NULL) {
+        Py_DECREF(trace_id);
+        return NULL;
+    }
+    PyObject *pair = PyTuple_Pack(2, trace_id, span_id);
+    Py_DECREF(trace_id);
+    Py_DECREF(span_id);
+    return pair;
+}
+
+/* hex_id(value, width): extract.trace.trace_id_of (width 32: 16 or 32 hex digits, the
+ * 16 left-padded with zeros) or span_id_of (width 16) of a plain id, lowered; None for
+ * anything else (the definition's to read: it may still be an id, or not). */
+static PyObject *hex_id(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 2 || !PyLong_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "hex_id(value, 16 or 32)");
+        return NULL;
+    }
+    long width = PyLong_AsLong(args[1]);
+    if (width != 16 && width != 32) {
+        PyErr_SetString(PyExc_ValueError, "hex_id's width is 16 or 32");
+        return NULL;
+    }
+    Py_ssize_t n;
+    const char *s = unstripped_ascii(args[0], &n);
+    if (s == NULL || !(n == width || (width == 32 && n == 16))) Py_RETURN_NONE;
+    char id[32];
+    int nonzero;
+    Py_ssize_t pad = width - n;
+    memset(id, '0', (size_t)pad);
+    if (!lower_hex(s, n, id + pad, &nonzero) || !nonzero) Py_RETURN_NONE;
+    return ascii_str(id, width);
+}
+
 /* ---- a fetched record's coordinates --------------------------------------------------- */
 
 /* coordinates(cls, topic, partition, offset): the named tuple ``cls`` (model.KafkaCoordinates)
@@ -788,6 +877,10 @@ static PyMethodDef methods[] = {
     {"ipv4", ipv4, METH_O, "A canonical dotted quad's 32-bit value, else -1 (values.ipv4_value)."},
     {"seconds_ns", seconds_ns, METH_O,
      "values.seconds_to_ns of nginx's usual seconds (digits[.digits]); -1: the Python path."},
+    {"traceparent", traceparent, METH_O,
+     "A well-formed W3C traceparent's (trace id, span id), lowered; None: the regex's to read."},
+    {"hex_id", (PyCFunction)(void (*)(void))hex_id, METH_FASTCALL,
+     "trace_id_of (width 32) or span_id_of (width 16) of a plain id; None: the Python path."},
     {"coordinates", (PyCFunction)(void (*)(void))coordinates, METH_FASTCALL,
      "A tuple subclass's instance of (topic, partition, offset), without its __new__."},
     {NULL, NULL, 0, NULL}};

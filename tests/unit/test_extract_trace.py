@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from pipeline.core.extract import trace
 from pipeline.core.extract.trace import span_id_of, trace_context, trace_id_of
 from pipeline.core.model import AccessRecord
+from tests.unit.conftest import compiled_core_in_use
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
@@ -99,3 +103,87 @@ def test_span_id_of() -> None:
     assert span_id_of("0" * 16) is None
     assert span_id_of(SPAN + "0") is None
     assert span_id_of(None) is None
+
+
+# --- C reads the usual ids (pipeline/core/_read.c); the Python code is the definition ---
+
+_HEXISH = st.text(st.sampled_from("0123456789abcdefABCDEFgx- \t\n\x1f"), max_size=60)
+_PARENTS = st.one_of(
+    st.builds(
+        "{}-{}-{}-{}{}".format,
+        st.sampled_from(["00", "01", "ff", "FF", "0a", "g0"]),
+        st.text(st.sampled_from("0123456789abcdefABCDEF"), min_size=31, max_size=33),
+        st.text(st.sampled_from("0123456789abcdefABCDEF0"), min_size=15, max_size=17),
+        st.sampled_from(["01", "00", "0F", "x1"]),
+        st.sampled_from(["", "-", "-rest", "-\n", " ", "\t", "x", "-é"]),
+    ),
+    st.builds("{}-{}-{}-01".format, st.just("00"), st.just("0" * 32), st.just("1" * 16)),
+    st.builds("{}-{}-{}-01".format, st.just("00"), st.just("a" * 32), st.just("0" * 16)),
+    _HEXISH,
+)
+
+
+def _traceparent_definition(value: str) -> tuple[str, str] | None:
+    match = trace._TRACEPARENT.fullmatch(value.strip().lower())
+    if match is None:
+        return None
+    version, trace_id, span_id, _flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest is not None):
+        return None
+    if trace_id == "0" * 32 or span_id == "0" * 16:
+        return None
+    return trace_id, span_id
+
+
+def _id_definition(value: str | None, width: int) -> str | None:
+    if not value:
+        return None
+    value = value.strip().lower()
+    if width == 32 and len(value) == 16:
+        value = "0" * 16 + value
+    ok = len(value) == width and not value.strip("0123456789abcdef") and value != "0" * width
+    return value if ok else None
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(_PARENTS, st.text(max_size=70)))
+def test_traceparents_are_read_as_the_regex_reads_them(value: str) -> None:
+    assert trace._traceparent(value) == _traceparent_definition(value)
+
+
+_IDS = st.one_of(
+    st.text(st.sampled_from("0123456789abcdefABCDEF"), min_size=15, max_size=33),
+    st.builds(
+        "{}{}{}".format,
+        st.sampled_from(["", " ", "\t"]),
+        st.text("0aF", min_size=16, max_size=16),
+        st.sampled_from(["", " ", "\n"]),
+    ),
+    st.sampled_from(["0" * 16, "0" * 32, "é" * 16]),
+    _HEXISH,
+    st.none(),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_IDS)
+def test_hex_ids_are_read_as_defined(value: str | None) -> None:
+    assert trace_id_of(value) == _id_definition(value, 32)
+    assert span_id_of(value) == _id_definition(value, 16)
+
+
+def test_the_compiled_core_reads_trace_ids_in_c() -> None:
+    if not compiled_core_in_use():
+        assert trace._NATIVE_TRACEPARENT is None and trace._NATIVE_HEX_ID is None
+        return
+    from pipeline.core import _read
+
+    assert trace._NATIVE_TRACEPARENT is _read.traceparent
+    assert trace._NATIVE_HEX_ID is _read.hex_id
+    parent = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01"
+    assert _read.traceparent(parent) == ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
+    assert _read.traceparent(" " + parent) is None  # stripped by the definition
+    assert _read.hex_id("00F067AA0BA902B7", 32) == "000000000000000000f067aa0ba902b7"
+    assert _read.hex_id("00F067AA0BA902B7", 16) == "00f067aa0ba902b7"
+    with pytest.raises(ValueError):
+        _read.hex_id("ab", 8)
