@@ -44,6 +44,20 @@ def read_module() -> ModuleType | None:
     return _read
 
 
+def wire_function(name: str) -> Any:
+    """``_wire.c``'s function ``name``, or None where ``wire_module`` is None. The caller
+    keeps it in a typed ``Final`` and falls back to its Python definition on None."""
+    wire = wire_module()
+    return None if wire is None else getattr(wire, name)
+
+
+def read_function(name: str) -> Any:
+    """``_read.c``'s function ``name``, or None where ``read_module`` is None (as
+    ``wire_function``)."""
+    read = read_module()
+    return None if read is None else getattr(read, name)
+
+
 class ReadOnlyDict(dict[str, str]):
     """A dict that refuses changes, for maps shared between events: the empty
     default of the record's and the enrichment's name -> value maps (building a

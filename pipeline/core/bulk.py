@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import lru_cache
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal
 
 import orjson
 
-from pipeline.core import wire_module
+from pipeline.core import wire_function
 from pipeline.core.formats.values import NS_PER_S, ns_to_iso
 from pipeline.core.model import DeadLetter, InputMessage, KafkaCoordinates, Reason, document_id
 from pipeline.core.process import Enriched
@@ -159,14 +159,9 @@ def build_bulk_body(items: Iterable[BulkItem]) -> bytes:
     return b"".join(parts)
 
 
-def _native_plain_text() -> Callable[[str], bytes | None] | None:
-    """C's test of plain ASCII text (pipeline/core/_wire.c); None where it is not built
-    (or the plain-Python core is in use: pipeline.native.prefer_sources)."""
-    wire = wire_module()
-    return None if wire is None else cast(Callable[[str], bytes | None], wire.plain_json_text)
-
-
-_NATIVE_PLAIN_TEXT: Final = _native_plain_text()
+# C's test of plain ASCII text (pipeline/core/_wire.c); None where it is not built (or
+# the plain-Python core is in use: pipeline.native.prefer_sources).
+_NATIVE_PLAIN_TEXT: Final[Callable[[str], bytes | None] | None] = wire_function("plain_json_text")
 
 
 def escaped_id(doc_id: str) -> bytes:

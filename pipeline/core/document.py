@@ -7,11 +7,11 @@ this builder emits nothing that file does not map.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import orjson
 
-from pipeline.core import wire_module
+from pipeline.core import wire_function
 from pipeline.core.formats.values import ns_to_iso
 from pipeline.core.model import AccessRecord, AsnInfo, Enrichment, GeoInfo
 
@@ -181,14 +181,9 @@ def _document(
     return doc
 
 
-def _native_writer() -> Callable[..., bytes] | None:
-    """The C writer (pipeline/core/_wire.c); None where it is not built (or the
-    plain-Python core is in use: pipeline.native.prefer_sources)."""
-    wire = wire_module()
-    return None if wire is None else cast(Callable[..., bytes], wire.document_json)
-
-
-_NATIVE_DOCUMENT: Final = _native_writer()
+# The C writer (pipeline/core/_wire.c); None where it is not built (or the plain-Python
+# core is in use: pipeline.native.prefer_sources).
+_NATIVE_DOCUMENT: Final[Callable[..., bytes] | None] = wire_function("document_json")
 
 
 def document_source(rec: AccessRecord, enr: Enrichment, include_original: bool = False) -> bytes:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Final, NamedTuple, cast
+from typing import Any, Final, NamedTuple
 
-from pipeline.core import ReadOnlyDict, read_module, wire_module
+from pipeline.core import ReadOnlyDict, read_function, wire_function
 
 
 class Reason(StrEnum):
@@ -62,16 +62,11 @@ class KafkaCoordinates(NamedTuple):
         return document_id(self)
 
 
-def _native_document_id() -> Callable[[KafkaCoordinates], str | None] | None:
-    """The C writer of the usual ``_id`` (pipeline/core/_wire.c); None where it is not
-    built (or the plain-Python core is in use: pipeline.native.prefer_sources)."""
-    wire = wire_module()
-    return (
-        None if wire is None else cast(Callable[[KafkaCoordinates], str | None], wire.document_id)
-    )
-
-
-_NATIVE_DOCUMENT_ID: Final = _native_document_id()
+# The C writer of the usual ``_id`` (pipeline/core/_wire.c); None where it is not built
+# (or the plain-Python core is in use: pipeline.native.prefer_sources).
+_NATIVE_DOCUMENT_ID: Final[Callable[[KafkaCoordinates], str | None] | None] = wire_function(
+    "document_id"
+)
 
 
 def document_id(coords: KafkaCoordinates) -> str:
@@ -310,14 +305,8 @@ class InputMessage:
         self.timestamp_ns = timestamp_ns
 
 
-def _native_coordinates() -> Callable[..., KafkaCoordinates] | None:
-    """C's maker of a KafkaCoordinates (pipeline/core/_read.c); None where it is not built
-    (or the plain-Python core is in use: pipeline.native.prefer_sources)."""
-    read = read_module()
-    return None if read is None else cast(Callable[..., KafkaCoordinates], read.coordinates)
-
-
-_NATIVE_COORDINATES: Final = _native_coordinates()
+# C's maker of a KafkaCoordinates (pipeline/core/_read.c); None as for the above.
+_NATIVE_COORDINATES: Final[Callable[..., KafkaCoordinates] | None] = read_function("coordinates")
 
 
 def fetched_message(tp: Any, record: Any) -> InputMessage:

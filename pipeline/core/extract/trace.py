@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Final, cast
+from typing import Final
 
-from pipeline.core import read_module
+from pipeline.core import read_function
 from pipeline.core.model import AccessRecord
 
 _ZERO32: Final = "0" * 32
@@ -38,24 +38,14 @@ def trace_context(rec: AccessRecord) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _native_traceparent() -> Callable[[str], tuple[str, str] | None] | None:
-    """C's reader of a well-formed traceparent (pipeline/core/_read.c); None where it is
-    not built (or the plain-Python core is in use: pipeline.native.prefer_sources)."""
-    read = read_module()
-    return None if read is None else cast(Callable[[str], tuple[str, str] | None], read.traceparent)
-
-
-def _native_hex_id() -> Callable[[str, int], str | None] | None:
-    """C's reader of a plain hex id (pipeline/core/_read.c); None as for the above."""
-    read = read_module()
-    return None if read is None else cast(Callable[[str, int], str | None], read.hex_id)
-
-
-# Where the core is compiled, C reads the usual ids: the regex and the strip/lower/strip
-# calls took ~6k and ~4k instructions a value (bench/README.md, "Session 22"). What C
-# does not answer (None) the functions below read, as they define it.
-_NATIVE_TRACEPARENT: Final = _native_traceparent()
-_NATIVE_HEX_ID: Final = _native_hex_id()
+# Where the core is compiled, C reads the usual ids (pipeline/core/_read.c): the regex
+# and the strip/lower/strip calls took ~6k and ~4k instructions a value (bench/README.md,
+# "Session 22"). What C does not answer (None) the functions below read, as they define
+# it. None where C is not built (or the plain-Python core is in use).
+_NATIVE_TRACEPARENT: Final[Callable[[str], tuple[str, str] | None] | None] = read_function(
+    "traceparent"
+)
+_NATIVE_HEX_ID: Final[Callable[[str, int], str | None] | None] = read_function("hex_id")
 
 
 def _traceparent(value: str) -> tuple[str, str] | None:

@@ -10,11 +10,11 @@ line: Envoy/Istio TEXT (``[%START_TIME%] "..."``) or nginx. A text line is never
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import orjson
 
-from pipeline.core import read_module
+from pipeline.core import read_function
 from pipeline.core.formats.envoy import SIGNATURE_KEYS as ENVOY_KEYS
 from pipeline.core.formats.envoy import envoy_shape, parse_envoy_values
 from pipeline.core.formats.envoy_text import looks_like_envoy_text, parse_envoy_text
@@ -53,18 +53,10 @@ ParseJob = tuple[Callable[..., AccessRecord], tuple[Any, ...]]
 FlatObject = tuple[tuple[str, ...], tuple[Any, ...]]
 
 
-def _flat_reader() -> Callable[[bytes | str], FlatObject | None] | None:
-    """``_read.flat_json`` where the core is compiled (pipeline/core/_read.c): a JSON
-    line whose values are all scalars read as orjson reads it, without the dict
-    (bench/README.md, "Session 21"); None returned means orjson's to read. None here:
-    orjson reads every line."""
-    read = read_module()
-    return (
-        None if read is None else cast(Callable[[bytes | str], FlatObject | None], read.flat_json)
-    )
-
-
-FLAT_JSON: Final = _flat_reader()
+# ``_read.flat_json`` where the core is compiled (pipeline/core/_read.c): a JSON line
+# whose values are all scalars read as orjson reads it, without the dict (bench/README.md,
+# "Session 21"); None returned means orjson's to read. None here: orjson reads every line.
+FLAT_JSON: Final[Callable[[bytes | str], FlatObject | None] | None] = read_function("flat_json")
 
 
 def parse_message(raw: bytes, max_bytes: int = 1_048_576) -> AccessRecord:

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, Final, cast
+from typing import Any, Final
 
-from pipeline.core import read_module
+from pipeline.core import read_function
 from pipeline.core.formats.values import (
     MAX_TAIL_FIELDS,
     canonical_ip,
@@ -119,15 +119,9 @@ _UNKNOWN: Final = "not a JSON object, nor an nginx or Envoy access-log line"
 _Groups = tuple[str | Any, ...]  # as re.Match.groups() is typed
 
 
-def _c_reader(name: str) -> Callable[[str], Any] | None:
-    """One of ``_read.c``'s nginx readers, or None where it is not built."""
-    read = read_module()
-    return None if read is None else cast(Callable[[str], Any], getattr(read, name))
-
-
-COMBINED_GROUPS: Final[Callable[[str], _Groups | None] | None] = _c_reader("nginx_combined")
-STRUCTURED_GROUPS: Final[Callable[[str], _Groups | None] | None] = _c_reader("nginx_structured")
-UNESCAPE_ASCII: Final[Callable[[str], str | None] | None] = _c_reader("nginx_unescape")
+COMBINED_GROUPS: Final[Callable[[str], _Groups | None] | None] = read_function("nginx_combined")
+STRUCTURED_GROUPS: Final[Callable[[str], _Groups | None] | None] = read_function("nginx_structured")
+UNESCAPE_ASCII: Final[Callable[[str], str | None] | None] = read_function("nginx_unescape")
 
 
 def looks_like_text_log(line: str) -> bool:

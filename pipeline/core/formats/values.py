@@ -20,9 +20,9 @@ import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Final, cast
+from typing import Any, Final
 
-from pipeline.core import read_module
+from pipeline.core import read_function
 from pipeline.core.model import Reason
 from pipeline.errors import RejectedInput
 
@@ -158,14 +158,9 @@ def millis_to_ns(value: Any) -> int | None:
     return _duration(_number(value), NS_PER_MS)
 
 
-def _native_seconds() -> Callable[[str], int] | None:
-    """C's reader of nginx's usual seconds (pipeline/core/_read.c); None where it is not
-    built (or the plain-Python core is in use: pipeline.native.prefer_sources)."""
-    read = read_module()
-    return None if read is None else cast(Callable[[str], int], read.seconds_ns)
-
-
-_NATIVE_SECONDS: Final = _native_seconds()
+# C's reader of nginx's usual seconds (pipeline/core/_read.c); None where it is not built
+# (or the plain-Python core is in use: pipeline.native.prefer_sources).
+_NATIVE_SECONDS: Final[Callable[[str], int] | None] = read_function("seconds_ns")
 
 
 def seconds_to_ns(value: Any) -> int | None:
@@ -446,15 +441,10 @@ def ipv4_value(text: str) -> int:
     return int.from_bytes(packed, "big")
 
 
-def _ipv4_reader() -> Callable[[str], int]:
-    """``ipv4_value`` in C where it is built (pipeline/core/_read.c): a new client
-    address costs one call instead of strips, two ``inet_pton`` and ``int.from_bytes``
-    (bench/README.md, "Session 21")."""
-    read = read_module()
-    return ipv4_value if read is None else cast(Callable[[str], int], read.ipv4)
-
-
-IPV4_VALUE: Final = _ipv4_reader()
+# ``ipv4_value`` in C where it is built (pipeline/core/_read.c): a new client address
+# costs one call instead of strips, two ``inet_pton`` and ``int.from_bytes``
+# (bench/README.md, "Session 21").
+IPV4_VALUE: Final[Callable[[str], int]] = read_function("ipv4") or ipv4_value
 
 
 def _canonical_ip(entry: str) -> str | None:
