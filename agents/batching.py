@@ -52,6 +52,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass
 from typing import Any, cast
 
+from aiokafka import conn as aiokafka_conn
 from aiokafka.consumer import fetcher as aiokafka_fetcher
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -279,10 +280,28 @@ async def seek_back(consumer: faust_aiokafka.Consumer, tp: TP, offset: int) -> N
         log.warning("could not seek %s back to %d: %s", tp, offset, exc)
 
 
+# aiokafka reads every broker response through an asyncio.StreamReader limited to
+# 64 KiB (aiokafka.conn.READER_LIMIT): a fetch response of a few MiB then pauses and
+# resumes the socket's reading every 128 KiB, two epoll_ctl calls and the asyncio
+# Python around them each time: ~9 % of the consumer thread's samples, holding the
+# interpreter lock the batch handler needs (py-spy; bench/README.md, "Session 22"). Above
+# a fetch response (1 MiB a partition, Faust's consumer_max_fetch_size, a few
+# partitions a response) a response is read without a pause.
+READER_LIMIT = 16 * 1024 * 1024
+
+
+def use_large_reads() -> None:
+    """aiokafka's connections made from now on read a response without pausing
+    (``READER_LIMIT``; a connection's buffer holds at most twice that)."""
+    if aiokafka_conn.READER_LIMIT < READER_LIMIT:
+        aiokafka_conn.READER_LIMIT = READER_LIMIT
+
+
 class ShortWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        use_large_reads()  # before the consumer connects
         # Batch topics' records as InputMessages (MessagePartitionRecords): aiokafka's
         # fetcher, made when the consumer starts, takes this deserializer, and makes its
         # PartitionRecords through the module's name.

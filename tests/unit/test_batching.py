@@ -14,6 +14,7 @@ from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 from intervaltree import IntervalTree
 
+from agents import batching
 from agents.batching import (
     BatchingConsumer,
     BatchPathApp,
@@ -381,3 +382,18 @@ def test_other_topics_and_other_consumers_get_aiokafkas_records() -> None:
     assert unpacked("changelog", BatchTopicKeys(consumer)) == stock
     # Another consumer (no BatchTopicKeys): aiokafka's records for every topic.
     assert all(isinstance(r, ConsumerRecord) for r in unpacked("logs", None))
+
+
+def test_the_worker_consumer_reads_a_fetch_response_without_pausing() -> None:
+    from aiokafka import conn
+
+    saved = conn.READER_LIMIT
+    try:
+        conn.READER_LIMIT = 2**16  # aiokafka's own
+        batching.use_large_reads()
+        # Above a few partitions' fetch responses (Faust's consumer_max_fetch_size each).
+        assert conn.READER_LIMIT == batching.READER_LIMIT >= 8 * 1024 * 1024
+        batching.use_large_reads()  # never lowered
+        assert conn.READER_LIMIT == batching.READER_LIMIT
+    finally:
+        conn.READER_LIMIT = saved
