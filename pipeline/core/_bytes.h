@@ -4,17 +4,28 @@
 
 #include <stdint.h>
 
-/* Whether any of 8 bytes is one a JSON string cannot hold as it is: '"', '\\' or a
- * control character (< 0x20). Writing, those are escaped; reading, they end a plain
- * run. The bit tricks of "Bit Twiddling Hacks" (hasless, haszero), exact as a yes/no. */
+/* Eight bytes at a time, the bit tricks of "Bit Twiddling Hacks" (hasless, haszero),
+ * exact as a yes/no: nonzero when any of the 8 bytes of ``x`` is below ``n`` (n <= 128)
+ * / is ``c``. */
+#define WORD_ONES 0x0101010101010101ULL
+#define WORD_HIGHS 0x8080808080808080ULL
+
+static inline uint64_t word_has_below(uint64_t x, unsigned char n) {
+    return (x - WORD_ONES * n) & ~x & WORD_HIGHS;
+}
+
+static inline uint64_t word_has_byte(uint64_t x, unsigned char c) {
+    uint64_t y = x ^ (WORD_ONES * c);
+    return (y - WORD_ONES) & ~y & WORD_HIGHS;
+}
+
+/* Whether a byte is one a JSON string cannot hold as it is: '"', '\\' or a control
+ * character (< 0x20). Writing, those are escaped; reading, they end a plain run. */
+static inline int json_byte_stops(unsigned char c) { return c < 0x20 || c == '"' || c == '\\'; }
+
+/* json_byte_stops of any of 8 bytes. */
 static inline int json_word_stops(uint64_t x) {
-    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
-    uint64_t control = (x - ones * 0x20) & ~x & highs;
-    uint64_t quote = x ^ (ones * 0x22);
-    uint64_t backslash = x ^ (ones * 0x5C);
-    quote = (quote - ones) & ~quote & highs;
-    backslash = (backslash - ones) & ~backslash & highs;
-    return (control | quote | backslash) != 0;
+    return (word_has_below(x, 0x20) | word_has_byte(x, '"') | word_has_byte(x, '\\')) != 0;
 }
 
 /* A hex digit's value, -1 for any other byte (ids, JSON's \uXXXX, nginx's \xXX). */

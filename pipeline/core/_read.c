@@ -57,13 +57,16 @@ static inline const char *skip_space(const char *p, const char *end) {
     return p;
 }
 
+/* A str of ASCII bytes. */
+static PyObject *ascii_text(const char *s, Py_ssize_t n) {
+    PyObject *o = PyUnicode_New(n, 127);
+    if (o != NULL) memcpy(PyUnicode_1BYTE_DATA(o), s, (size_t)n);
+    return o;
+}
+
 /* A str of UTF-8 bytes: NULL (no error set) when they are not valid UTF-8. */
 static PyObject *text_of(const char *s, Py_ssize_t n, int ascii) {
-    if (ascii) {
-        PyObject *o = PyUnicode_New(n, 127);
-        if (o != NULL) memcpy(PyUnicode_1BYTE_DATA(o), s, (size_t)n);
-        return o;
-    }
+    if (ascii) return ascii_text(s, n);
     PyObject *o = PyUnicode_DecodeUTF8(s, n, NULL);
     if (o == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) PyErr_Clear();
     return o;
@@ -91,14 +94,13 @@ static PyObject *escaped_text(const char *start, const char *p, const char *end,
     size_t n = (size_t)(p - start);
     memcpy(buf, start, n);
     PyObject *result = NULL;
-    const uint64_t highs = 0x8080808080808080ULL;
     while (p < end) {
         /* A plain run, eight bytes at a time (an envelope's line is mostly plain). */
         while (end - p >= 8) {
             uint64_t word;
             memcpy(&word, p, 8);
             if (json_word_stops(word)) break;
-            if (word & highs) ascii = 0;
+            if (word & WORD_HIGHS) ascii = 0;
             memcpy(buf + n, p, 8);
             n += 8;
             p += 8;
@@ -158,7 +160,6 @@ out:
 static PyObject *string_at(const char *p, const char *end, const char **after) {
     const char *start = p;
     uint64_t high = 0;
-    const uint64_t highs = 0x8080808080808080ULL;
     while (end - p >= 8) {
         uint64_t word;
         memcpy(&word, p, 8);
@@ -170,9 +171,9 @@ static PyObject *string_at(const char *p, const char *end, const char **after) {
         unsigned char c = (unsigned char)*p;
         if (c == '"') {
             *after = p + 1;
-            return text_of(start, p - start, (high & highs) == 0);
+            return text_of(start, p - start, (high & WORD_HIGHS) == 0);
         }
-        if (c == '\\') return escaped_text(start, p, end, (high & highs) == 0, after);
+        if (c == '\\') return escaped_text(start, p, end, (high & WORD_HIGHS) == 0, after);
         if (c < 0x20) return NULL;
         high |= (uint64_t)c;
     }
@@ -455,16 +456,13 @@ static int printable_ascii(PyObject *o, const char **start, const char **end, in
     Py_ssize_t n = PyUnicode_GET_LENGTH(o);
     int backslash = 0;
     Py_ssize_t i = 0;
-    /* Eight bytes at a time (all below 0x80: ASCII): a control byte is "less than
-     * 0x20", DEL the one byte that 0x01 added to sets the top bit of, a backslash a
-     * zero byte after xor with 0x5c ("Bit Twiddling Hacks", exact as yes/no). */
-    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    /* Eight bytes at a time (all below 0x80: ASCII): DEL is the one byte that 0x01
+     * added to sets the top bit of. */
     for (; i + 8 <= n; i += 8) {
-        uint64_t x, y;
+        uint64_t x;
         memcpy(&x, s + i, 8);
-        if ((((x - ones * 0x20) & ~x) | (x + ones)) & highs) return 0;
-        y = x ^ (ones * 0x5C);
-        backslash |= ((y - ones) & ~y & highs) != 0;
+        if (word_has_below(x, 0x20) | ((x + WORD_ONES) & WORD_HIGHS)) return 0;
+        backslash |= word_has_byte(x, '\\') != 0;
     }
     for (; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
@@ -508,9 +506,7 @@ static inline const char *until(const char *p, const char *end, char stop) {
 /* A group's text (ASCII), or None for a group that took no part. */
 static PyObject *group(const char *p, const char *q) {
     if (p == NULL) Py_RETURN_NONE;
-    PyObject *o = PyUnicode_New(q - p, 127);
-    if (o != NULL) memcpy(PyUnicode_1BYTE_DATA(o), p, (size_t)(q - p));
-    return o;
+    return ascii_text(p, q - p);
 }
 
 static PyObject *groups_of(const char *const *at, int n) {
@@ -760,20 +756,13 @@ static PyObject *seconds_ns(PyObject *self, PyObject *arg) {
 static int lower_hex(const char *s, Py_ssize_t n, char *out, int *nonzero) {
     int any = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (c >= 'A' && c <= 'F') c = (char)(c - 'A' + 'a');
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return 0;
-        any |= c != '0';
-        out[i] = c;
+        int v = hex_digit((unsigned char)s[i]);
+        if (v < 0) return 0;
+        any |= v;
+        out[i] = "0123456789abcdef"[v];
     }
     *nonzero = any;
     return 1;
-}
-
-static PyObject *ascii_str(const char *s, Py_ssize_t n) {
-    PyObject *o = PyUnicode_New(n, 127);
-    if (o != NULL) memcpy(PyUnicode_1BYTE_DATA(o), s, (size_t)n);
-    return o;
 }
 
 /* The ASCII text of a str without whitespace (or any control byte) at either end, whose
@@ -804,9 +793,9 @@ static PyObject *traceparent(PyObject *self, PyObject *arg) {
     if ((version[0] == 'f' && version[1] == 'f') || (!version_nonzero && n > 55) ||
         !trace_nonzero || !span_nonzero)
         Py_RETURN_NONE;
-    PyObject *trace_id = ascii_str(trace, 32);
+    PyObject *trace_id = ascii_text(trace, 32);
     if (trace_id == NULL) return NULL;
-    PyObject *span_id = ascii_str(span, 16);
+    PyObject *span_id = ascii_text(span, 16);
     if (span_id == NULL) {
         Py_DECREF(trace_id);
         return NULL;
@@ -839,7 +828,7 @@ static PyObject *hex_id(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t pad = width - n;
     memset(id, '0', (size_t)pad);
     if (!lower_hex(s, n, id + pad, &nonzero) || !nonzero) Py_RETURN_NONE;
-    return ascii_str(id, width);
+    return ascii_text(id, width);
 }
 
 /* ---- a fetched record's coordinates --------------------------------------------------- */

@@ -708,10 +708,10 @@ done:
 #undef ODD
 }
 
-/* blake2b(data, digest_size): for the tests, against hashlib (no all-zero rule here
- * would be visible: it applies to astronomically rare digests). */
-/* blake2b(data, digest_size, portable=False): for the tests, with the compression in
- * use or the portable one (nothing in between can release the interpreter lock). */
+/* blake2b(data, digest_size, portable=False): for the tests, against hashlib (no
+ * all-zero rule here would be visible: it applies to astronomically rare digests), with
+ * the compression in use or the portable one (nothing in between can release the
+ * interpreter lock). */
 static PyObject *blake2b_digest(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer data;
@@ -766,7 +766,7 @@ static int json_text(wbuf *b, const char *s, size_t n) {
         size_t stop = i + 8 < n ? i + 8 : n;
         for (; i < stop; i++) {
             uint8_t c = (uint8_t)s[i];
-            if (c >= 0x20 && c != '"' && c != '\\') continue;
+            if (!json_byte_stops(c)) continue;
             wb_bytes(b, s + run, i - run);
             run = i + 1;
             wb_byte(b, '\\');
@@ -1090,7 +1090,7 @@ static PyObject *plain_json_text(PyObject *self, PyObject *text) {
         if (json_word_stops(word)) Py_RETURN_NONE;
     }
     for (; i < n; i++)
-        if (s[i] < 0x20 || s[i] == '"' || s[i] == '\\') Py_RETURN_NONE;
+        if (json_byte_stops(s[i])) Py_RETURN_NONE;
     return PyBytes_FromStringAndSize((const char *)s, n);
 }
 
