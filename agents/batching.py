@@ -48,19 +48,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 from aiokafka import conn as aiokafka_conn
 from aiokafka.consumer import fetcher as aiokafka_fetcher
+from aiokafka.record import memory_records as aiokafka_memory_records
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
 from agents.handler import InputMessage
-from pipeline.core.model import fetched_message
+from pipeline.core import read_function
+from pipeline.core.model import KafkaCoordinates, fetched_message, input_message
 from pipeline.errors import ShutdownInterrupted
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,14 @@ AIOKAFKA_PRIVATE_NAMES: frozenset[tuple[str, str]] = frozenset(
         ("aiokafka.AIOKafkaConsumer", "_fetch_max_wait_ms"),
         ("aiokafka.AIOKafkaConsumer", "_key_deserializer"),
         ("aiokafka.consumer.fetcher.PartitionRecords", "_consumer_record"),
+        ("aiokafka.consumer.fetcher.PartitionRecords", "_tp"),
+        ("aiokafka.consumer.fetcher.PartitionRecords", "_records"),
+        ("aiokafka.consumer.fetcher.PartitionRecords", "_records_iterator"),
+        ("aiokafka.consumer.fetcher.PartitionRecords", "_unpack_records"),
+        ("aiokafka.consumer.fetcher.PartitionRecords", "_check_crcs"),
+        ("aiokafka.consumer.fetcher.FetchResult", "_partition_records"),
+        ("aiokafka.consumer.fetcher.FetchResult", "_topic_partition"),
+        ("aiokafka.consumer.fetcher.FetchResult", "_update_position"),
         ("aiokafka.AIOKafkaConsumer", "_coordinator"),
         ("aiokafka.consumer.group_coordinator.GroupCoordinator", "_pending_exception"),
         ("aiokafka.consumer.group_coordinator.GroupCoordinator", "_coordination_task"),
@@ -206,17 +216,53 @@ class BatchTopicKeys:
         return key
 
 
+# C's reader of a fetched record batch (pipeline/core/_read.c); None: aiokafka's reader.
+KAFKA_BATCH: Callable[..., tuple[list[InputMessage], int, int] | None] | None = read_function(
+    "kafka_batch"
+)
+
+
+class RawMemoryRecords:
+    """aiokafka's ``MemoryRecords`` of a fetched partition's record set, keeping its bytes
+    for C's reader (``MessagePartitionRecords``): aiokafka's own keep none a reader can
+    get at. aiokafka's fetcher makes a partition's records through the module's name."""
+
+    __slots__ = ("raw", "records")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.records = aiokafka_memory_records.MemoryRecords(raw)
+
+    def has_next(self) -> bool:
+        return bool(self.records.has_next())
+
+    def next_batch(self) -> Any:
+        return self.records.next_batch()
+
+    def size_in_bytes(self) -> int:
+        return int(self.records.size_in_bytes())
+
+
 class MessagePartitionRecords(aiokafka_fetcher.PartitionRecords):  # type: ignore[misc]
     """aiokafka's records of one fetched partition. Those of a batch topic fetched by
     the worker's consumer (its key deserializer a ``BatchTopicKeys``) come out as the
-    handler's InputMessages, made in Faust's consumer thread as aiokafka unpacks them.
+    handler's InputMessages, made in Faust's consumer thread.
 
     Before, aiokafka made a ConsumerRecord of each (an 11-field dataclass, ~290 ns a
     record) and ``_to_batch`` an InputMessage of that (~320 ns; bench/README.md,
     "Session 17"). Since session 22 the compiled core's ``fetched_message`` makes it
-    (~280 ns; this class's interpreted method took ~560). Every other partition's
-    records, and every other consumer's, are aiokafka's own ConsumerRecords as before.
+    (~280 ns; this class's interpreted method took ~560). Since session 23 C reads a
+    plain record batch whole (``KAFKA_BATCH``: uncompressed, message format v2, read
+    uncommitted), checking its CRC with the CPU's instruction, and ``MessageFetchResult``
+    hands the messages out a slice at a time: ~9,200 -> ~3,200 instructions a record,
+    which aiokafka's reader spent holding the interpreter lock the batch handler needs
+    (bench/README.md, "Session 23"). From the first batch C leaves (compressed, an older
+    format, a bad CRC, anything malformed) aiokafka's own reader reads the rest, raising
+    what it raises. Every other partition's records, and every other consumer's, are
+    aiokafka's own ConsumerRecords as before.
     """
+
+    _records_iterator: Iterator[Any]  # aiokafka's (its unpacking generator)
 
     def __init__(
         self,
@@ -239,6 +285,15 @@ class MessagePartitionRecords(aiokafka_fetcher.PartitionRecords):  # type: ignor
             check_crcs,
             isolation_level,
         )
+        # C's reading: the bytes (None once aiokafka reads the rest), where the next batch
+        # starts, the messages of the batch read last, how many of them are handed out,
+        # and that batch's next offset (aiokafka's position after it).
+        self.reads_batches = False
+        self.raw: bytes | None = None
+        self.position = 0
+        self.ready: list[InputMessage] = []
+        self.taken = 0
+        self.batch_next_offset: int | None = None
         if (
             isinstance(key_deserializer, BatchTopicKeys)
             and value_deserializer is None
@@ -246,6 +301,89 @@ class MessagePartitionRecords(aiokafka_fetcher.PartitionRecords):  # type: ignor
         ):
             # An instance attribute: aiokafka's unpacking loop calls it for each record.
             self._consumer_record = fetched_message
+            raw = getattr(records, "raw", None)
+            if (
+                KAFKA_BATCH is not None
+                and type(raw) is bytes
+                and isolation_level == aiokafka_fetcher.READ_UNCOMMITTED
+            ):
+                self.reads_batches = True
+                self.raw = raw
+
+    def __next__(self) -> Any:
+        if not self.reads_batches:
+            return super().__next__()
+        taken = self.take(1)
+        if not taken:
+            raise StopIteration
+        return taken[0]
+
+    def take(self, limit: int | None) -> list[InputMessage]:
+        """The next messages, up to ``limit`` (None: all), moving ``next_fetch_offset`` as
+        aiokafka's unpacking does: past each message handed out, and to a batch's next
+        offset once the messages after that batch are asked for. Fewer than ``limit``:
+        there are no more."""
+        out: list[InputMessage] = []
+        while limit is None or len(out) < limit:
+            ready = self.ready
+            at = self.taken
+            if at < len(ready):
+                end = len(ready) if limit is None else min(len(ready), at + limit - len(out))
+                out += ready[at:end]
+                self.taken = end
+                self.next_fetch_offset = ready[end - 1].coords.offset + 1
+                continue
+            if self.batch_next_offset is not None:
+                self.next_fetch_offset = self.batch_next_offset
+                self.batch_next_offset = None
+            raw = self.raw
+            if raw is None:
+                message = next(self._records_iterator, None)
+                if message is None:
+                    break
+                out.append(message)
+                continue
+            tp = self._tp
+            read = cast(Callable[..., Any], KAFKA_BATCH)(
+                raw,
+                self.position,
+                self.next_fetch_offset,
+                self._check_crcs,
+                input_message,
+                KafkaCoordinates,
+                tp.topic,
+                tp.partition,
+            )
+            if read is None:
+                # aiokafka's reader takes the rest (nothing, at the end of the data).
+                self._records = aiokafka_memory_records.MemoryRecords(raw[self.position :])
+                self._records_iterator = self._unpack_records()
+                self.raw = None
+                continue
+            self.ready, self.batch_next_offset, self.position = read
+            self.taken = 0
+        return out
+
+
+class MessageFetchResult(aiokafka_fetcher.FetchResult):  # type: ignore[misc]
+    """aiokafka's fetched partition as the consumer drains it, taking a
+    ``MessagePartitionRecords``' messages a slice at a time (``take``) where aiokafka's
+    ``getall`` takes a record at a time through two generators; the same messages and
+    the same positions."""
+
+    _partition_records: Any  # aiokafka's
+
+    def getall(self, max_records: int | None = None) -> list[Any]:
+        records = self._partition_records
+        if not isinstance(records, MessagePartitionRecords) or not records.reads_batches:
+            return cast(list[Any], super().getall(max_records))
+        if not self.check_assignment(self._topic_partition):
+            return []
+        taken = records.take(max_records)
+        self._update_position()
+        if max_records is None or len(taken) < max_records:
+            self._partition_records = None  # all handed out
+        return taken
 
 
 @dataclass(slots=True)
@@ -307,6 +445,8 @@ class ShortWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # PartitionRecords through the module's name.
         consumer._key_deserializer = BatchTopicKeys(cast(BatchingConsumer, self.consumer))
         aiokafka_fetcher.PartitionRecords = MessagePartitionRecords
+        aiokafka_fetcher.FetchResult = MessageFetchResult
+        aiokafka_fetcher.MemoryRecords = RawMemoryRecords
         return consumer
 
 

@@ -1,6 +1,6 @@
-/* The worker's per-event inputs read in C: a log line's flat JSON object, the usual
- * nginx text line, and a client address (pipeline.core.formats.detect, .nginx_text,
- * .values).
+/* The worker's per-event inputs read in C: a fetched Kafka record batch's records
+ * (agents/batching.py), a log line's flat JSON object, the usual nginx text line, and a
+ * client address (pipeline.core.formats.detect, .nginx_text, .values).
  *
  * The Python code is the definition, as for _wire.c's writers: detect.py reads a JSON
  * line with orjson.loads, nginx_text.py a text line with its regexes,
@@ -854,6 +854,284 @@ static PyObject *coordinates(PyObject *self, PyObject *const *args, Py_ssize_t n
     return out;
 }
 
+/* ---- a fetched Kafka record batch ---------------------------------------------------- */
+
+/* kafka_batch reads one record batch (message format v2) of a partition's fetched
+ * records into the handler's messages, as aiokafka's fetcher does with its
+ * DefaultRecordBatch and the compiled core's model.fetched_message (the definition,
+ * with aiokafka's reader: agents/batching.py takes that path for anything this one
+ * leaves). It answers only a complete, uncompressed batch whose CRC checks (when
+ * asked) and whose records are well formed; for anything else (the end of the data, a
+ * truncated batch, an older format, compression, a bad CRC, a malformed record) it
+ * returns None, and aiokafka reads the data from that batch on, raising what it raises.
+ *
+ * Why: aiokafka's reader made a record object of each record, checked the CRC a byte
+ * at a time (~390 ns for a 600-byte record) and handed the records out through two
+ * interpreted generators, all in Faust's consumer thread, holding the interpreter lock
+ * the batch handler needs (bench/README.md, "Session 23"). */
+
+/* Byte offsets in a record batch's header (Kafka's DefaultRecordBatch). */
+#define KB_LENGTH 8
+#define KB_MAGIC 16
+#define KB_CRC 17
+#define KB_ATTRIBUTES 21
+#define KB_LAST_OFFSET_DELTA 23
+#define KB_FIRST_TIMESTAMP 27
+#define KB_MAX_TIMESTAMP 35
+#define KB_RECORD_COUNT 57
+#define KB_HEADER 61
+#define KB_LOG_OVERHEAD 12 /* base offset and length, before what the length counts */
+#define KB_COMPRESSION 0x07
+#define KB_LOG_APPEND_TIME 0x08
+#define KB_CONTROL 0x20
+
+/* a + b as aiokafka's reader adds two int64s (wrapping; its C arithmetic). */
+static inline int64_t wrapping_sum(int64_t a, int64_t b) { return (int64_t)((uint64_t)a + (uint64_t)b); }
+
+static inline uint64_t be64(const unsigned char *p) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v = (v << 8) | p[i];
+    return v;
+}
+
+static inline uint32_t be32(const unsigned char *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+/* CRC-32C (Castagnoli, reflected 0x82F63B78), as Kafka checks a batch. */
+static uint32_t crc32c_table[256];
+
+static uint32_t crc32c_portable(uint32_t crc, const unsigned char *p, size_t n) {
+    crc = ~crc;
+    while (n--) crc = crc32c_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* SSE4.2's crc32 instruction, eight bytes at a time. */
+__attribute__((target("sse4.2"))) static uint32_t crc32c_sse42(uint32_t crc,
+                                                                const unsigned char *p, size_t n) {
+    uint64_t c = ~crc & 0xffffffffu;
+    for (; n >= 8; n -= 8, p += 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        c = __builtin_ia32_crc32di(c, w);
+    }
+    uint32_t c32 = (uint32_t)c;
+    while (n--) c32 = __builtin_ia32_crc32qi(c32, *p++);
+    return ~c32;
+}
+#endif
+
+/* The CRC in use: SSE4.2 where the CPU has it (chosen at import), else portable. */
+static uint32_t (*crc32c)(uint32_t, const unsigned char *, size_t) = crc32c_portable;
+
+static void choose_crc32c(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        crc32c_table[i] = c;
+    }
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("sse4.2")) crc32c = crc32c_sse42;
+#endif
+}
+
+/* A zigzag varint (Kafka's varint and varlong: aiokafka reads both alike, up to 64
+ * bits); 0 when it runs past ``end`` or past ten bytes. */
+static inline int varint_at(const unsigned char **pp, const unsigned char *end, int64_t *out) {
+    const unsigned char *p = *pp;
+    uint64_t raw = 0;
+    for (int shift = 0; shift < 70; shift += 7) {
+        if (p >= end) return 0;
+        unsigned char b = *p++;
+        raw |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *out = (int64_t)(raw >> 1) ^ -(int64_t)(raw & 1);
+            *pp = p;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Nullable bytes (length, then the bytes; -1: none). 0: past ``end``. */
+static inline int bytes_at(const unsigned char **pp, const unsigned char *end,
+                           const unsigned char **start, int64_t *n) {
+    if (!varint_at(pp, end, n)) return 0;
+    if (*n < 0) return 1;
+    if (*n > end - *pp) return 0;
+    *start = *pp;
+    *pp += *n;
+    return 1;
+}
+
+static PyObject *bytes_or_none(const unsigned char *start, int64_t n) {
+    if (n < 0) Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize((const char *)start, (Py_ssize_t)n);
+}
+
+/* A record's timestamp in milliseconds as model.fetched_message keeps it: nanoseconds,
+ * or None when unknown (none or not positive). */
+static PyObject *timestamp_ns_of(int64_t ms) {
+    if (ms <= 0) Py_RETURN_NONE;
+    if (ms <= INT64_MAX / 1000000) return PyLong_FromLongLong(ms * 1000000);
+    PyObject *big = PyLong_FromLongLong(ms);
+    if (big == NULL) return NULL;
+    PyObject *million = PyLong_FromLong(1000000);
+    PyObject *out = million == NULL ? NULL : PyNumber_Multiply(big, million);
+    Py_DECREF(big);
+    Py_XDECREF(million);
+    return out;
+}
+
+/* The records of a batch whose header has been checked: 1 and the messages appended to
+ * ``out``; 0 when a record is malformed (``out`` then holds some: the caller drops it);
+ * -1 with an exception set. */
+static int batch_records(const unsigned char *batch, const unsigned char *end, int64_t first,
+                         PyObject *const *args, PyObject *out) {
+    PyObject *make_message = args[4], *coords_cls = args[5], *topic = args[6], *partition = args[7];
+    int64_t base_offset = (int64_t)be64(batch);
+    int64_t count = (int32_t)be32(batch + KB_RECORD_COUNT);
+    int log_append = (batch[KB_ATTRIBUTES + 1] & KB_LOG_APPEND_TIME) != 0;
+    int64_t first_timestamp = (int64_t)be64(batch + KB_FIRST_TIMESTAMP);
+    int64_t max_timestamp = (int64_t)be64(batch + KB_MAX_TIMESTAMP);
+    const unsigned char *p = batch + KB_HEADER;
+    int passed_last = 0;
+    if (count < 0) return 0;
+    for (int64_t i = 0; i < count; i++) {
+        int64_t length, attributes, ts_delta, offset_delta, key_n, value_n, header_count;
+        const unsigned char *key = NULL, *value = NULL;
+        if (!varint_at(&p, end, &length)) return 0;
+        const unsigned char *record = p;
+        if (!varint_at(&p, end, &attributes) || !varint_at(&p, end, &ts_delta) ||
+            !varint_at(&p, end, &offset_delta) || !bytes_at(&p, end, &key, &key_n) ||
+            !bytes_at(&p, end, &value, &value_n) || !varint_at(&p, end, &header_count) ||
+            header_count < 0)
+            return 0;
+        for (int64_t h = 0; h < header_count; h++) {
+            const unsigned char *h_key = NULL, *h_value = NULL;
+            int64_t h_key_n, h_value_n;
+            if (!bytes_at(&p, end, &h_key, &h_key_n) || h_key_n < 0) return 0;
+            /* aiokafka decodes a header's key as UTF-8 (and fails on bad UTF-8). */
+            PyObject *decoded = PyUnicode_DecodeUTF8((const char *)h_key, (Py_ssize_t)h_key_n, NULL);
+            if (decoded == NULL) {
+                PyErr_Clear();
+                return 0;
+            }
+            Py_DECREF(decoded);
+            if (!bytes_at(&p, end, &h_value, &h_value_n)) return 0;
+        }
+        if (p - record != length) return 0;
+        int64_t offset = wrapping_sum(base_offset, offset_delta);
+        /* Before the fetch position, or not after the record handed out last: aiokafka
+         * compares each record's offset with its position, moved past each one. */
+        if (offset < first || passed_last) continue;
+        if (offset == INT64_MAX)
+            passed_last = 1;
+        else
+            first = offset + 1;
+        int64_t timestamp = log_append ? max_timestamp : wrapping_sum(first_timestamp, ts_delta);
+        PyObject *fields[4] = {NULL, NULL, NULL, NULL};
+        PyObject *offset_obj = PyLong_FromLongLong(offset);
+        PyObject *coords = offset_obj == NULL ? NULL : ((PyTypeObject *)coords_cls)->tp_alloc(
+                                                          (PyTypeObject *)coords_cls, 3);
+        if (coords == NULL) {
+            Py_XDECREF(offset_obj);
+            return -1;
+        }
+        Py_INCREF(topic);
+        PyTuple_SET_ITEM(coords, 0, topic);
+        Py_INCREF(partition);
+        PyTuple_SET_ITEM(coords, 1, partition);
+        PyTuple_SET_ITEM(coords, 2, offset_obj);
+        fields[0] = bytes_or_none(value, value_n);
+        fields[1] = bytes_or_none(key, key_n);
+        fields[2] = coords;
+        fields[3] = timestamp_ns_of(timestamp);
+        PyObject *message = NULL;
+        if (fields[0] != NULL && fields[1] != NULL && fields[3] != NULL)
+            message = PyObject_Vectorcall(make_message, fields, 4, NULL);
+        for (int k = 0; k < 4; k++) Py_XDECREF(fields[k]);
+        if (message == NULL) return -1;
+        int appended = PyList_Append(out, message);
+        Py_DECREF(message);
+        if (appended < 0) return -1;
+    }
+    return p == end; /* aiokafka refuses bytes after the last record */
+}
+
+/* kafka_batch(data, position, first_offset, check_crc, make_message, coordinates_cls,
+ * topic, partition) -> (messages, next offset, position after the batch) | None.
+ * make_message(value, key, coordinates, timestamp_ns) is model.input_message. */
+static PyObject *kafka_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 8 || !PyBytes_Check(args[0]) || !PyLong_Check(args[1]) ||
+        !PyLong_Check(args[2]) || !PyType_Check(args[5]) ||
+        !PyType_IsSubtype((PyTypeObject *)args[5], &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "kafka_batch(bytes, position, first offset, check crc, make_message, "
+                        "coordinates type, topic, partition)");
+        return NULL;
+    }
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t position = PyLong_AsSsize_t(args[1]);
+    int overflow = 0;
+    int64_t first = PyLong_AsLongLongAndOverflow(args[2], &overflow);
+    int check_crc = PyObject_IsTrue(args[3]);
+    if (PyErr_Occurred() || check_crc < 0) return NULL;
+    if (overflow) Py_RETURN_NONE; /* a position past int64: only corrupt data makes one */
+    if (position < 0 || position > size) Py_RETURN_NONE;
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    const unsigned char *batch = data + position;
+    Py_ssize_t rest = size - position;
+    if (rest < KB_HEADER) Py_RETURN_NONE;
+    int64_t length = (int32_t)be32(batch + KB_LENGTH);
+    if (length < KB_HEADER - KB_LOG_OVERHEAD || length > rest - KB_LOG_OVERHEAD) Py_RETURN_NONE;
+    const unsigned char *end = batch + KB_LOG_OVERHEAD + length;
+    unsigned attributes = (batch[KB_ATTRIBUTES] << 8) | batch[KB_ATTRIBUTES + 1];
+    if (batch[KB_MAGIC] != 2 || (attributes & KB_COMPRESSION)) Py_RETURN_NONE;
+    if (check_crc && crc32c(0, batch + KB_ATTRIBUTES, (size_t)(end - batch - KB_ATTRIBUTES)) !=
+                         be32(batch + KB_CRC))
+        Py_RETURN_NONE;
+    PyObject *messages = PyList_New(0);
+    if (messages == NULL) return NULL;
+    /* A control batch (a transaction's marker) holds no messages: aiokafka skips it. */
+    if (!(attributes & KB_CONTROL)) {
+        int read = batch_records(batch, end, first, args, messages);
+        if (read <= 0) {
+            Py_DECREF(messages);
+            if (read < 0) return NULL;
+            Py_RETURN_NONE;
+        }
+    }
+    int64_t next_offset =
+        wrapping_sum(wrapping_sum((int64_t)be64(batch), (int32_t)be32(batch + KB_LAST_OFFSET_DELTA)), 1);
+    return Py_BuildValue("(NLn)", messages, (long long)next_offset, (Py_ssize_t)(end - data));
+}
+
+/* crc32c(data, portable): the CRC-32C of the bytes, by the compression asked for (tests). */
+static PyObject *crc32c_of(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    Py_buffer view;
+    if (nargs != 2 || PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "crc32c(data, portable)");
+        return NULL;
+    }
+    int portable = PyObject_IsTrue(args[1]);
+    uint32_t crc = portable ? crc32c_portable(0, view.buf, (size_t)view.len)
+                            : crc32c(0, view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLong(crc);
+}
+
+static PyObject *crc32c_kind(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    return PyUnicode_FromString(crc32c == crc32c_portable ? "portable" : "sse4.2");
+}
+
 static PyMethodDef methods[] = {
     {"flat_json", flat_json, METH_O,
      "A flat JSON object as (keys, values), as orjson reads it; None: orjson's to read."},
@@ -872,10 +1150,18 @@ static PyMethodDef methods[] = {
      "trace_id_of (width 32) or span_id_of (width 16) of a plain id; None: the Python path."},
     {"coordinates", (PyCFunction)(void (*)(void))coordinates, METH_FASTCALL,
      "A tuple subclass's instance of (topic, partition, offset), without its __new__."},
+    {"kafka_batch", (PyCFunction)(void (*)(void))kafka_batch, METH_FASTCALL,
+     "A fetched Kafka record batch's messages, next offset and end; None: aiokafka's to read."},
+    {"crc32c", (PyCFunction)(void (*)(void))crc32c_of, METH_FASTCALL,
+     "CRC-32C of the bytes (portable: the table, else the compression in use)."},
+    {"crc32c_kind", crc32c_kind, METH_NOARGS, "The CRC-32C in use: sse4.2 or portable."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "pipeline.core._read",
-                                    "A log line's flat JSON object and a client address, read in C.",
+                                    "A fetched Kafka record batch, a log line and a client address, read in C.",
                                     -1, methods, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__read(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__read(void) {
+    choose_crc32c();
+    return PyModule_Create(&module);
+}
