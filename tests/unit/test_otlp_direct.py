@@ -8,8 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from pipeline.core import otlp as direct
+from pipeline.core import otlp_wire
 from pipeline.core.enrich import EnrichContext
 from pipeline.core.model import AccessRecord, Enrichment, GeoInfo
 from pipeline.core.otlp import encode_request_span
@@ -240,3 +242,47 @@ def test_the_c_encoders_blake2b_is_hashlibs_for_any_bytes(data: bytes, size: int
     expected = hashlib.blake2b(data, digest_size=size).digest()
     assert _wire.blake2b(data, size) == expected
     assert _wire.blake2b(data, size, True) == expected
+
+
+# --- the export request ----------------------------------------------------------------
+
+_services = st.sampled_from(["checkout", "web", "wéb", "", "api-" + "x" * 200])
+# Span messages (a name field) of lengths around the varint edges (127/128, 16383/16384).
+_bodies = st.builds(
+    lambda n: Span(name="n" * n).SerializeToString(),
+    st.integers(0, 40) | st.sampled_from([124, 125, 126, 16379, 16380, 16381]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_services, _bodies), max_size=60))
+def test_the_c_request_is_the_definitions(spans: list[tuple[str, bytes]]) -> None:
+    """C's frame_request (compiled) writes what framed_request does, for any spans."""
+    framed = otlp_wire.framed_request(spans)
+    assert otlp_wire.frame_request(spans) == framed
+    assert otlp_wire.frame_request(tuple(spans)) == framed  # not a list: Python's
+    request = ExportTraceServiceRequest.FromString(framed)
+    assert [
+        (resource.resource.attributes[0].value.string_value, len(resource.scope_spans[0].spans))
+        for resource in request.resource_spans
+    ] == [(name, sum(s == name for s, _ in spans)) for name in dict.fromkeys(s for s, _ in spans)]
+
+
+def test_the_c_request_takes_up_to_32_services() -> None:
+    if not compiled_core_in_use():
+        assert otlp_wire._NATIVE_FRAME_REQUEST is None
+        return
+    from pipeline.core import _wire
+
+    assert otlp_wire._NATIVE_FRAME_REQUEST is _wire.frame_request
+    args = (otlp_wire._resource_field, otlp_wire._FRAME_TAGS, otlp_wire._SCOPE_FIELD)
+    many = [(f"service-{i}", b"span") for i in range(33)]
+    assert _wire.frame_request(many[:32], *args) == otlp_wire.framed_request(many[:32])
+    assert _wire.frame_request(many, *args) is None
+    assert otlp_wire.frame_request(many) == otlp_wire.framed_request(many)
+    for odd in ([("s", "not bytes")], [("s", b"x", 1)], [(b"s", b"x")], [["s", b"x"]]):
+        assert _wire.frame_request(odd, *args) is None
+    with pytest.raises(TypeError):
+        _wire.frame_request(tuple(many), *args)
+    with pytest.raises(TypeError):
+        _wire.frame_request([("s", b"x")], lambda service: "not bytes", *args[1:])
