@@ -74,6 +74,14 @@ T = TypeVar("T")
 # batch; bench/README.md, "Session 16").
 STAGE_CHUNK = 128
 
+# Events processed between two turns of the event loop. Processing a fetched batch is
+# ~0.1 s of CPU (5,000 events): without a turn in between, everything else on the loop
+# waited for it, the OTLP exporter's finished requests and its next ones included,
+# and a worker fed without pause (session 23's consumer thread) dropped spans as
+# queue_full at 4 x 512 spans exported per batch processed (bench/README.md,
+# "Session 23"). A turn every ~20 ms of work lets the exporter keep up.
+EVENTS_PER_LOOP_TURN = 1024
+
 
 class StoreSink(Protocol):
     async def deliver(self, items: list[BulkItem]) -> list[tuple[BulkItem, str]]: ...
@@ -172,6 +180,8 @@ class BatchHandler:
         funnel_seen: list[FunnelInput] = []
         requests: RequestGroups = {}
         for start in range(0, len(messages), STAGE_CHUNK):
+            if start and start % EVENTS_PER_LOOP_TURN == 0:
+                await asyncio.sleep(0)  # a turn of the loop for the exporter's requests
             chunk = messages[start : start + STAGE_CHUNK]
             self._process_chunk(chunk, items, letters, spans, observed, funnel_seen, requests)
         if self._request_metrics is not None:
