@@ -179,9 +179,11 @@ class BatchHandler:
         observed = new_tallies() if self._observer is not None else None
         funnel_seen: list[FunnelInput] = []
         requests: RequestGroups = {}
+        turned = 0
         for start in range(0, len(messages), STAGE_CHUNK):
-            if start and start % EVENTS_PER_LOOP_TURN == 0:
+            if start - turned >= EVENTS_PER_LOOP_TURN:
                 await asyncio.sleep(0)  # a turn of the loop for the exporter's requests
+                turned = start
             chunk = messages[start : start + STAGE_CHUNK]
             self._process_chunk(chunk, items, letters, spans, observed, funnel_seen, requests)
         if self._request_metrics is not None:

@@ -382,3 +382,35 @@ def test_a_batch_is_processed_in_chunks_with_the_same_outcome_as_whole(
     assert sum(whole[5].values()) == len(values) - 4
     for chunk in (1, 5, handler_module.STAGE_CHUNK):
         assert run(chunk) == whole
+
+
+async def test_processing_a_big_batch_gives_the_event_loop_turns() -> None:
+    """The exporter's requests finish and start while a batch is processed: the loop
+    gets a turn every EVENTS_PER_LOOP_TURN events, before the documents are delivered."""
+    import agents.handler as handler_module
+    from pipeline.dev.synth import generate
+
+    turns = 0
+    turns_at_delivery: list[int] = []
+
+    async def other_work() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    class CountingStore(FakeStore):
+        async def deliver(self, items: list[BulkItem]) -> list[tuple[BulkItem, str]]:
+            turns_at_delivery.append(turns)
+            return await super().deliver(items)
+
+    size = 3 * handler_module.EVENTS_PER_LOOP_TURN + 1
+    batch = messages(list(generate(size, seed=3)), kafka_time_ns=KAFKA_TIME_NS)
+    batches = handler(CountingStore(), FakeProducer(), FakeSpans())
+    ticker = asyncio.create_task(other_work())
+    await asyncio.sleep(0)
+    started = turns
+    outcome = await batches.handle(batch)
+    ticker.cancel()
+    assert outcome.stored + outcome.dead_lettered == size
+    assert turns_at_delivery[0] - started >= 3  # one turn per EVENTS_PER_LOOP_TURN events
