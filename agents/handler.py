@@ -76,11 +76,13 @@ STAGE_CHUNK = 128
 
 # Events processed between two turns of the event loop. Processing a fetched batch is
 # ~0.1 s of CPU (5,000 events): without a turn in between, everything else on the loop
-# waited for it, the OTLP exporter's finished requests and its next ones included,
-# and a worker fed without pause (session 23's consumer thread) dropped spans as
-# queue_full at 4 x 512 spans exported per batch processed (bench/README.md,
-# "Session 23"). A turn every ~20 ms of work lets the exporter keep up.
-EVENTS_PER_LOOP_TURN = 1024
+# waited for it, the OTLP exporter's requests included, and a worker fed without pause
+# (session 23's consumer thread) dropped spans as queue_full. An export takes about four
+# turns from one request's answer to the next request (the answer, its task's end, the
+# exporter's wake-up, the new request), so at 4 requests of 512 spans in flight the
+# exporter ships ~512 spans a turn: a turn every 1,024 events still dropped spans, one
+# every 128 keeps it ahead 4 to 1, for ~10 µs a turn (bench/README.md, "Session 23").
+EVENTS_PER_LOOP_TURN = 128
 
 
 class StoreSink(Protocol):

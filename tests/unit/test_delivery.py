@@ -404,7 +404,7 @@ async def test_processing_a_big_batch_gives_the_event_loop_turns() -> None:
             turns_at_delivery.append(turns)
             return await super().deliver(items)
 
-    size = 3 * handler_module.EVENTS_PER_LOOP_TURN + 1
+    size = 3 * max(handler_module.EVENTS_PER_LOOP_TURN, handler_module.STAGE_CHUNK) + 1
     batch = messages(list(generate(size, seed=3)), kafka_time_ns=KAFKA_TIME_NS)
     batches = handler(CountingStore(), FakeProducer(), FakeSpans())
     ticker = asyncio.create_task(other_work())
