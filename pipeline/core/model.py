@@ -310,7 +310,7 @@ def input_message(
 ) -> InputMessage:
     """``InputMessage(value, key, coords, timestamp_ns)``, for C (``_read.kafka_batch``):
     compiled, a call of this makes the message without the class call's argument
-    parsing (~1,500 -> ~600 instructions a message; bench/README.md, "Session 23")."""
+    parsing (~1,500 -> ~860 instructions a message; bench/README.md, "Session 23")."""
     return InputMessage(value, key, coords, timestamp_ns)
 
 

@@ -330,7 +330,7 @@ def frame_request(spans: Sequence[EncodedSpan]) -> bytes:
     (services in order of first appearance, each one's spans in order).
 
     C writes it where it can (a list; up to 32 services): one pass and one copy of each
-    span, ~1,500 -> ~150 instructions a span (bench/README.md, "Session 23");
+    span, ~1,540 -> ~350 instructions a span (bench/README.md, "Session 23");
     ``framed_request`` is the definition."""
     native = _NATIVE_FRAME_REQUEST
     if native is not None and type(spans) is list:
