@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -81,6 +82,49 @@ def test_managed_process_that_exits_fails_at_once(tmp_path: Path) -> None:
     with pytest.raises(ServiceError, match="exited with code 3") as info:
         broken.start()
     assert "bad config line 3" in str(info.value)
+
+
+def test_a_failure_names_the_first_error_lines_not_only_the_shutdown_tail(
+    tmp_path: Path,
+) -> None:
+    # A JVM that fails to bind logs the reason once, then pages of shutdown hooks.
+    script = (
+        "print('ERROR Unable to start acceptor: Address already in use'); "
+        "print('Caused by: java.net.BindException: Address already in use'); "
+        "[print(f'INFO shutdown hook {i}: stopped ' + 'x' * 80) for i in range(200)]; "
+        "raise SystemExit(1)"
+    )
+    dying = ManagedProcess(
+        "dying",
+        [sys.executable, "-c", script],
+        log_path=tmp_path / "dying.log",
+        ready=lambda: False,
+        startup_timeout=60,
+    )
+    with pytest.raises(ServiceError, match="exited with code 1") as info:
+        dying.start()
+    message = str(info.value)
+    assert "Caused by: java.net.BindException" in message
+    assert "shutdown hook 199" in message  # and still the tail
+
+
+def test_free_port_is_below_the_ephemeral_range_and_reserved_across_processes() -> None:
+    floor = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ours = {free_port() for _ in range(50)}
+    assert len(ours) == 50 and max(ours) < floor
+    # Another process can reserve none of them (the reservation free_port draws through).
+    check = (
+        "import json, sys; from pipeline.dev.stack.process import _reserve_port; "
+        "print(json.dumps([_reserve_port(p) for p in json.loads(sys.argv[1])]))"
+    )
+    taken = subprocess.run(
+        [sys.executable, "-c", check, json.dumps(sorted(ours))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert json.loads(taken) == [False] * 50
 
 
 def grayscope(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,8 @@ is a :class:`ManagedProcess`::
         detached=False,
     )
     proc.start()      # spawn, then poll ready() until True; raises ServiceError
-                      # with the log's tail if the process exits or the timeout passes
+                      # with the log's first error lines and its tail if the process
+                      # exits or the timeout passes
     proc.spawn(); other.spawn(); proc.wait_ready(); other.wait_ready()
                       # the same, several services starting at once
     proc.pid, proc.running
@@ -38,7 +39,8 @@ up``, whose services outlive the command: record :attr:`pid` (and
 Every process gets its own session, so a terminal's Ctrl-C reaches only the
 parent, which stops its services in order.
 
-Also here: :func:`free_port`, :func:`port_accepts`, :func:`http_ok`,
+Also here: :func:`free_port` (a port reserved for this process, below the
+kernel's ephemeral range), :func:`port_accepts`, :func:`http_ok`,
 :func:`wait_for` (poll a condition with a deadline), :func:`pid_alive`.
 """
 
@@ -51,11 +53,13 @@ import ctypes.util
 import fcntl
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -72,6 +76,14 @@ LOOPBACK = "127.0.0.1"
 
 _PR_SET_PDEATHSIG = 1
 _LOG_TAIL_CHARS = 3000
+_LOG_ERROR_LINES = 8  # a failure names the log's first lines that say why
+_LOG_ERROR_MARKERS = ("ERROR", "FATAL", "Exception", "Caused by", "panic:", "error:")
+
+# free_port: ports drawn from here up to the ephemeral range; reservations (fd per port).
+_PORT_RANGE_START = 10_000
+_PORT_RESERVATIONS = Path(tempfile.gettempdir()) / "grayscope-ports"
+_reserved_ports: dict[int, int] = {}
+_port_draw = random.SystemRandom()  # not the global one, which tests seed alike in every worker
 
 
 @contextlib.contextmanager
@@ -105,12 +117,68 @@ def build_once(
     return binary
 
 
+def _ephemeral_port_floor() -> int:
+    """The lowest port the kernel hands out as a connection's source port."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def _reserve_port(port: int) -> bool:
+    """Take ``port`` for this process's lifetime, across processes on this machine: an
+    ``flock`` on ``<tmp>/grayscope-ports/<port>``, held open until the process exits
+    (the kernel drops it then, so a crash leaves nothing behind)."""
+    if port in _reserved_ports:
+        return False
+    try:
+        _PORT_RESERVATIONS.mkdir(parents=True, exist_ok=True)
+        fd = os.open(_PORT_RESERVATIONS / str(port), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:  # another user's folder: reserve within this process only
+        _reserved_ports[port] = -1
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _reserved_ports[port] = fd
+    return True
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """A port that was free a moment ago (the kernel's pick; callers retry on a lost race)."""
+    """A loopback port that is free now and stays free for whoever binds it next.
+
+    A port the kernel picks (``bind(0)``) is free only "a moment ago": the kernel may
+    hand the same one to a connection as its source port, or to another process's
+    ``bind(0)``, before a JVM seconds later binds it (a Kafka node then dies with
+    ``BindException``). So the port is drawn below the ephemeral range, where no
+    connection's source port comes from, and reserved for this process's lifetime
+    (:func:`_reserve_port`), so no other caller of this function on the machine
+    (a parallel test worker, a second ``grayscope stack``) draws it; a service
+    restarted on its old ports finds them still its own. Only when that range is
+    too small does it fall back to the kernel's pick."""
+    floor = _ephemeral_port_floor()
+    if floor - _PORT_RANGE_START >= 1000:
+        for _ in range(500):
+            port = _port_draw.randrange(_PORT_RANGE_START, floor)
+            # A port in use by something that does not reserve stays reserved: no later
+            # draw in this process tries it again.
+            if _reserve_port(port) and _bindable(host, port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        picked: int = sock.getsockname()[1]
+        return picked
 
 
 def port_accepts(host: str, port: int, timeout: float = 0.2) -> bool:
@@ -346,8 +414,21 @@ class ManagedProcess:
     def log_tail(self, chars: int = _LOG_TAIL_CHARS) -> str:
         return self.output()[-chars:].strip()
 
+    def error_lines(self, limit: int = _LOG_ERROR_LINES) -> list[str]:
+        """The first lines of this run's log that look like the reason it failed (a JVM's
+        ``ERROR``/``Caused by``, a Go ``panic:``): the tail of a dying JVM is only its
+        shutdown hooks."""
+        found = [
+            line.strip()
+            for line in self.output().splitlines()
+            if any(marker in line for marker in _LOG_ERROR_MARKERS)
+        ]
+        return found[:limit]
+
     def _failure(self, what: str) -> str:
-        return f"{what}; log {self.log_path}:\n{self.log_tail()}"
+        errors = self.error_lines()
+        first = "first errors in it:\n" + "\n".join(errors) + "\nlast lines:\n" if errors else ""
+        return f"{what}; log {self.log_path}; {first}{self.log_tail()}"
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after stop_grace; reaps the process. Idempotent."""
