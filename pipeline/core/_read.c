@@ -681,17 +681,14 @@ static PyObject *nginx_unescape(PyObject *self, PyObject *arg) {
  * inet_pton(AF_INET) accepts (four decimal parts 0-255, no leading zeros, nothing
  * else), as values.ipv4_value defines it. Per address the enrichment has not seen
  * before, this replaces three strip calls, two inet_pton calls and int.from_bytes. */
-static PyObject *ipv4(PyObject *self, PyObject *arg) {
-    (void)self;
-    if (!PyUnicode_CheckExact(arg) || !PyUnicode_IS_ASCII(arg)) return PyLong_FromLong(-1);
-    Py_ssize_t n = PyUnicode_GET_LENGTH(arg);
-    const unsigned char *s = PyUnicode_1BYTE_DATA(arg);
-    if (n < 7 || n > 15) return PyLong_FromLong(-1);
+/* The 32-bit value of the canonical dotted quad s[0..n), else -1. */
+static int64_t quad_value(const unsigned char *s, Py_ssize_t n) {
+    if (n < 7 || n > 15) return -1;
     uint32_t value = 0;
     Py_ssize_t i = 0;
     for (int part = 0; part < 4; part++) {
         if (part > 0) {
-            if (i >= n || s[i] != '.') return PyLong_FromLong(-1);
+            if (i >= n || s[i] != '.') return -1;
             i++;
         }
         Py_ssize_t start = i;
@@ -701,12 +698,116 @@ static PyObject *ipv4(PyObject *self, PyObject *arg) {
             i++;
         }
         Py_ssize_t digits = i - start;
-        if (digits == 0 || octet > 255 || (digits > 1 && s[start] == '0'))
-            return PyLong_FromLong(-1);
+        if (digits == 0 || octet > 255 || (digits > 1 && s[start] == '0')) return -1;
         value = value << 8 | octet;
     }
-    if (i != n) return PyLong_FromLong(-1);
-    return PyLong_FromUnsignedLong(value);
+    return i == n ? (int64_t)value : -1;
+}
+
+static PyObject *ipv4(PyObject *self, PyObject *arg) {
+    (void)self;
+    if (!PyUnicode_CheckExact(arg) || !PyUnicode_IS_ASCII(arg)) return PyLong_FromLong(-1);
+    return PyLong_FromLongLong(quad_value(PyUnicode_1BYTE_DATA(arg), PyUnicode_GET_LENGTH(arg)));
+}
+
+/* ---- the client address behind trusted proxies ------------------------------------ */
+
+/* What str.strip() strips of ASCII text: \t \n \v \f \r, \x1c-\x1f and the space. */
+static inline int py_ascii_space(unsigned char c) {
+    return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f);
+}
+
+/* One address of a peer or an X-Forwarded-For entry, s[0..n): a dotted quad with
+ * surrounding whitespace or none. Its value (and where the quad is), else -1. */
+static int64_t entry_quad(const unsigned char *s, Py_ssize_t n, Py_ssize_t *start,
+                          Py_ssize_t *length) {
+    Py_ssize_t a = 0, b = n;
+    while (a < b && py_ascii_space(s[a])) a++;
+    while (b > a && py_ascii_space(s[b - 1])) b--;
+    *start = a;
+    *length = b - a;
+    return quad_value(s + a, b - a);
+}
+
+static inline int trusted_v4(uint32_t value, const uint32_t *nets, Py_ssize_t count) {
+    for (Py_ssize_t i = 0; i < count; i++)
+        if ((value & nets[2 * i + 1]) == nets[2 * i]) return 1;
+    return 0;
+}
+
+/* The quad of whole (an ASCII str) at s[start..start+length): whole itself when it is
+ * all of it, else a new str. */
+static PyObject *quad_text(PyObject *whole, Py_ssize_t start, Py_ssize_t length) {
+    if (start == 0 && length == PyUnicode_GET_LENGTH(whole)) return Py_NewRef(whole);
+    PyObject *text = PyUnicode_New(length, 127);
+    if (text != NULL) memcpy(PyUnicode_1BYTE_DATA(text), PyUnicode_1BYTE_DATA(whole) + start,
+                             (size_t)length);
+    return text;
+}
+
+/* client_ip_v4(peer, forwarded_for, nets, max_hops): TrustedProxies.walk (client_ip.py,
+ * the definition) where every address it reads is a dotted quad, with whitespace
+ * around it or none: the peer (when logged), then X-Forwarded-For from the right,
+ * at most max_hops entries. nets: the trusted IPv4 networks as native uint32 pairs
+ * (network, mask). Returns the client address or None as walk does; "" when an
+ * address is anything else (a port, brackets, quotes, IPv6, garbage, non-ASCII, an
+ * empty entry): the Python path's, which memoises those. Without a memo here: a dict
+ * of every address seen, consulted per event, missed the cache more than parsing a
+ * quad costs. */
+static PyObject *client_ip_v4(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 4 || !PyBytes_CheckExact(args[2]) || !PyLong_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "client_ip_v4(peer, forwarded_for, nets, max_hops)");
+        return NULL;
+    }
+    PyObject *peer = args[0], *forwarded = args[1];
+    const uint32_t *nets = (const uint32_t *)PyBytes_AS_STRING(args[2]);
+    Py_ssize_t net_count = PyBytes_GET_SIZE(args[2]) / 8;
+    Py_ssize_t max_hops = PyLong_AsSsize_t(args[3]);
+    if (max_hops < 1) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "max_hops must be >= 1");
+        return NULL;
+    }
+    Py_ssize_t start, length;
+    PyObject *peer_text = NULL;  /* the peer, when it is a trusted address (borrowed) */
+    Py_ssize_t peer_start = 0, peer_length = 0;
+    if (peer != Py_None) {
+        if (!PyUnicode_CheckExact(peer) || !PyUnicode_IS_ASCII(peer)) goto python;
+        Py_ssize_t n = PyUnicode_GET_LENGTH(peer);
+        if (n > 0) {
+            int64_t value = entry_quad(PyUnicode_1BYTE_DATA(peer), n, &peer_start, &peer_length);
+            if (value < 0) goto python;
+            if (!trusted_v4((uint32_t)value, nets, net_count))
+                return quad_text(peer, peer_start, peer_length);
+            peer_text = peer;
+        }
+    }
+    if (forwarded == Py_None) goto peer_only;
+    if (!PyUnicode_CheckExact(forwarded) || !PyUnicode_IS_ASCII(forwarded)) goto python;
+    const unsigned char *s = PyUnicode_1BYTE_DATA(forwarded);
+    Py_ssize_t end = PyUnicode_GET_LENGTH(forwarded);
+    if (end == 0) goto peer_only;
+    /* Right to left; the first untrusted entry is the client; else the left-most read.
+     * At most max_hops entries: what lies left of them is rsplit's unsplit rest. */
+    Py_ssize_t left_start = -1, left_length = 0;
+    for (Py_ssize_t hop = 0; hop < max_hops && end >= 0; hop++) {
+        Py_ssize_t comma = end - 1;
+        while (comma >= 0 && s[comma] != ',') comma--;
+        int64_t value = entry_quad(s + comma + 1, end - comma - 1, &start, &length);
+        if (value < 0) goto python;
+        start += comma + 1;
+        if (!trusted_v4((uint32_t)value, nets, net_count))
+            return quad_text(forwarded, start, length);
+        left_start = start;
+        left_length = length;
+        end = comma;  /* -1 when this was the first entry */
+    }
+    return quad_text(forwarded, left_start, left_length);
+peer_only:
+    if (peer_text == NULL) Py_RETURN_NONE;
+    return quad_text(peer_text, peer_start, peer_length);
+python:
+    return PyUnicode_New(0, 0);
 }
 
 /* ---- nginx's seconds ---------------------------------------------------------------- */
@@ -1140,6 +1241,8 @@ static PyMethodDef methods[] = {
     {"nginx_unescape", nginx_unescape, METH_O,
      "nginx_text.unescape of an ASCII str, or None."},
     {"ipv4", ipv4, METH_O, "A canonical dotted quad's 32-bit value, else -1 (values.ipv4_value)."},
+    {"client_ip_v4", (PyCFunction)(void (*)(void))client_ip_v4, METH_FASTCALL,
+     "TrustedProxies.walk where every address read is a dotted quad; \"\": the Python path."},
     {"seconds_ns", seconds_ns, METH_O,
      "values.seconds_to_ns of nginx's usual seconds (digits[.digits]); -1: the Python path."},
     {"traceparent", traceparent, METH_O,
