@@ -1,6 +1,7 @@
 /* The worker's per-event inputs read in C: a fetched Kafka record batch's records
- * (agents/batching.py), a log line's flat JSON object, the usual nginx text line, and a
- * client address (pipeline.core.formats.detect, .nginx_text, .values).
+ * (agents/batching.py), a log line's flat JSON object, the usual nginx text line, a
+ * client address and the client behind trusted proxies (pipeline.core.formats.detect,
+ * .nginx_text, .values, pipeline.core.extract.client_ip).
  *
  * The Python code is the definition, as for _wire.c's writers: detect.py reads a JSON
  * line with orjson.loads, nginx_text.py a text line with its regexes,
