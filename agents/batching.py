@@ -52,6 +52,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from dataclasses import dataclass
 from typing import Any, cast
 
+from aiokafka import codec as aiokafka_codec
 from aiokafka import conn as aiokafka_conn
 from aiokafka.consumer import fetcher as aiokafka_fetcher
 from aiokafka.record import memory_records as aiokafka_memory_records
@@ -222,6 +223,27 @@ KAFKA_BATCH: Callable[..., tuple[list[InputMessage], int, int] | None] | None = 
 )
 
 
+# A record batch's codecs (its attributes' low three bits) other than gzip, whose
+# decoder aiokafka hands a memoryview: aiokafka's decoders, which it hands bytes.
+GZIP_CODEC = 1
+CODEC_DECODERS: dict[int, Callable[[bytes], bytes]] = {
+    2: aiokafka_codec.snappy_decode,
+    3: aiokafka_codec.lz4_decode,
+    4: aiokafka_codec.zstd_decode,
+}
+
+
+def decompressed_records(codec: int, payload: memoryview) -> bytes:
+    """A compressed record batch's records, for C's reader (``KAFKA_BATCH``): decompressed
+    as aiokafka's ``DefaultRecordBatch`` decompresses them, by its codec functions
+    (cramjam's for snappy, lz4 and zstd). What raises (a codec's library missing, corrupt
+    data, an unknown codec) leaves the batch to aiokafka's reader, which raises its own
+    error."""
+    if codec == GZIP_CODEC:
+        return aiokafka_codec.gzip_decode(payload)
+    return CODEC_DECODERS[codec](payload.tobytes())
+
+
 class RawMemoryRecords:
     """aiokafka's ``MemoryRecords`` of a fetched partition's record set, keeping its bytes
     for C's reader (``MessagePartitionRecords``): aiokafka's own keep none a reader can
@@ -252,12 +274,14 @@ class MessagePartitionRecords(aiokafka_fetcher.PartitionRecords):  # type: ignor
     record) and ``_to_batch`` an InputMessage of that (~320 ns; bench/README.md,
     "Session 17"). Since session 22 the compiled core's ``fetched_message`` makes it
     (~280 ns; this class's interpreted method took ~560). Since session 23 C reads a
-    plain record batch whole (``KAFKA_BATCH``: uncompressed, message format v2, read
-    uncommitted), checking its CRC with the CPU's instruction, and ``MessageFetchResult``
+    record batch whole (``KAFKA_BATCH``: message format v2, read uncommitted; since
+    session 24 a compressed one too, decompressed by ``decompressed_records``), checking
+    its CRC with the CPU's instruction, and ``MessageFetchResult``
     hands the messages out a slice at a time: ~9,200 -> ~3,200 instructions a record,
     which aiokafka's reader spent holding the interpreter lock the batch handler needs
-    (bench/README.md, "Session 23"). From the first batch C leaves (compressed, an older
-    format, a bad CRC, anything malformed) aiokafka's own reader reads the rest, raising
+    (bench/README.md, "Session 23"). From the first batch C leaves (a codec whose
+    library is missing, an older format, a bad CRC, anything malformed) aiokafka's own
+    reader reads the rest, raising
     what it raises. Every other partition's records, and every other consumer's, are
     aiokafka's own ConsumerRecords as before.
     """
@@ -353,6 +377,7 @@ class MessagePartitionRecords(aiokafka_fetcher.PartitionRecords):  # type: ignor
                 KafkaCoordinates,
                 tp.topic,
                 tp.partition,
+                decompressed_records,
             )
             if read is None:
                 # aiokafka's reader takes the rest (nothing, at the end of the data).

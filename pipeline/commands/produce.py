@@ -707,7 +707,7 @@ def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
         "--compression",
         choices=COMPRESSIONS,
         default="none",
-        help="batch compression (gzip works out of the box; lz4, zstd and snappy need cramjam)",
+        help="batch compression (lz4, zstd and snappy use cramjam, a dependency)",
     )
     parser.add_argument(
         "--partition",

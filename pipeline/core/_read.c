@@ -967,9 +967,10 @@ static PyObject *coordinates(PyObject *self, PyObject *const *args, Py_ssize_t n
  * records into the handler's messages, as aiokafka's fetcher does with its
  * DefaultRecordBatch and the compiled core's model.fetched_message (the definition,
  * with aiokafka's reader: agents/batching.py takes that path for anything this one
- * leaves). It answers only a complete, uncompressed batch whose CRC checks (when
- * asked) and whose records are well formed; for anything else (the end of the data, a
- * truncated batch, an older format, compression, a bad CRC, a malformed record) it
+ * leaves). It answers only a complete batch whose CRC checks (when asked) and whose
+ * records are well formed, uncompressed or decompressed by the caller's decompress; for
+ * anything else (the end of the data, a truncated batch, an older format, a codec the
+ * caller leaves, a bad CRC, a malformed record) it
  * returns None, and aiokafka reads the data from that batch on, raising what it raises.
  *
  * Why: aiokafka's reader made a record object of each record, checked the CRC a byte
@@ -1093,18 +1094,19 @@ static PyObject *timestamp_ns_of(int64_t ms) {
     return out;
 }
 
-/* The records of a batch whose header has been checked: 1 and the messages appended to
+/* The records of a batch whose header has been checked, read from p to end (after the
+ * header, or a compressed batch's records decompressed): 1 and the messages appended to
  * ``out``; 0 when a record is malformed (``out`` then holds some: the caller drops it);
  * -1 with an exception set. */
-static int batch_records(const unsigned char *batch, const unsigned char *end, int64_t first,
-                         PyObject *const *args, PyObject *out) {
+static int batch_records(const unsigned char *batch, const unsigned char *p,
+                         const unsigned char *end, int64_t first, PyObject *const *args,
+                         PyObject *out) {
     PyObject *make_message = args[4], *coords_cls = args[5], *topic = args[6], *partition = args[7];
     int64_t base_offset = (int64_t)be64(batch);
     int64_t count = (int32_t)be32(batch + KB_RECORD_COUNT);
     int log_append = (batch[KB_ATTRIBUTES + 1] & KB_LOG_APPEND_TIME) != 0;
     int64_t first_timestamp = (int64_t)be64(batch + KB_FIRST_TIMESTAMP);
     int64_t max_timestamp = (int64_t)be64(batch + KB_MAX_TIMESTAMP);
-    const unsigned char *p = batch + KB_HEADER;
     int passed_last = 0;
     if (count < 0) return 0;
     for (int64_t i = 0; i < count; i++) {
@@ -1162,17 +1164,38 @@ static int batch_records(const unsigned char *batch, const unsigned char *end, i
     return p == end; /* aiokafka refuses bytes after the last record */
 }
 
+/* The records of a compressed batch, decompressed by decompress(codec, payload) (a
+ * memoryview of data[first:last], the bytes after the header) into a new bytes object;
+ * NULL when it answers anything else or raises (then aiokafka's reader reads the batch
+ * and raises what it raises: a codec missing, corrupt data). */
+static PyObject *decompressed(PyObject *decompress, unsigned codec, PyObject *data,
+                              Py_ssize_t first, Py_ssize_t last) {
+    PyObject *whole = PyMemoryView_FromObject(data);
+    if (whole == NULL) return NULL;
+    PyObject *payload = PySequence_GetSlice(whole, first, last); /* holds data alive */
+    Py_DECREF(whole);
+    if (payload == NULL) return NULL;
+    PyObject *call[2] = {PyLong_FromUnsignedLong(codec), payload};
+    PyObject *out = call[0] == NULL ? NULL : PyObject_Vectorcall(decompress, call, 2, NULL);
+    Py_XDECREF(call[0]);
+    Py_DECREF(payload);
+    if (out != NULL && !PyBytes_CheckExact(out)) Py_CLEAR(out);
+    return out;
+}
+
 /* kafka_batch(data, position, first_offset, check_crc, make_message, coordinates_cls,
- * topic, partition) -> (messages, next offset, position after the batch) | None.
- * make_message(value, key, coordinates, timestamp_ns) is model.input_message. */
+ * topic, partition, decompress) -> (messages, next offset, position after the batch) |
+ * None. make_message(value, key, coordinates, timestamp_ns) is model.input_message;
+ * decompress(codec, payload) -> bytes | None a compressed batch's records, as aiokafka
+ * decompresses them (None: compressed batches are aiokafka's to read). */
 static PyObject *kafka_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 8 || !PyBytes_Check(args[0]) || !PyLong_Check(args[1]) ||
+    if (nargs != 9 || !PyBytes_Check(args[0]) || !PyLong_Check(args[1]) ||
         !PyLong_Check(args[2]) || !PyType_Check(args[5]) ||
         !PyType_IsSubtype((PyTypeObject *)args[5], &PyTuple_Type)) {
         PyErr_SetString(PyExc_TypeError,
                         "kafka_batch(bytes, position, first offset, check crc, make_message, "
-                        "coordinates type, topic, partition)");
+                        "coordinates type, topic, partition, decompress)");
         return NULL;
     }
     Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
@@ -1191,7 +1214,8 @@ static PyObject *kafka_batch(PyObject *self, PyObject *const *args, Py_ssize_t n
     if (length < KB_HEADER - KB_LOG_OVERHEAD || length > rest - KB_LOG_OVERHEAD) Py_RETURN_NONE;
     const unsigned char *end = batch + KB_LOG_OVERHEAD + length;
     unsigned attributes = (batch[KB_ATTRIBUTES] << 8) | batch[KB_ATTRIBUTES + 1];
-    if (batch[KB_MAGIC] != 2 || (attributes & KB_COMPRESSION)) Py_RETURN_NONE;
+    unsigned codec = attributes & KB_COMPRESSION;
+    if (batch[KB_MAGIC] != 2 || (codec && args[8] == Py_None)) Py_RETURN_NONE;
     if (check_crc && crc32c(0, batch + KB_ATTRIBUTES, (size_t)(end - batch - KB_ATTRIBUTES)) !=
                          be32(batch + KB_CRC))
         Py_RETURN_NONE;
@@ -1199,7 +1223,20 @@ static PyObject *kafka_batch(PyObject *self, PyObject *const *args, Py_ssize_t n
     if (messages == NULL) return NULL;
     /* A control batch (a transaction's marker) holds no messages: aiokafka skips it. */
     if (!(attributes & KB_CONTROL)) {
-        int read = batch_records(batch, end, first, args, messages);
+        PyObject *records = NULL;
+        if (codec) {
+            records = decompressed(args[8], codec, args[0], batch - data + KB_HEADER, end - data);
+            if (records == NULL) {
+                PyErr_Clear();
+                Py_DECREF(messages);
+                Py_RETURN_NONE;
+            }
+        }
+        const unsigned char *start =
+            records ? (const unsigned char *)PyBytes_AS_STRING(records) : batch + KB_HEADER;
+        const unsigned char *stop = records ? start + PyBytes_GET_SIZE(records) : end;
+        int read = batch_records(batch, start, stop, first, args, messages);
+        Py_XDECREF(records);
         if (read <= 0) {
             Py_DECREF(messages);
             if (read < 0) return NULL;

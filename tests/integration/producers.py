@@ -154,11 +154,14 @@ http {{
         self.stop()
 
 
-def kcat_produce(bootstrap: str, topic: str, path: Path) -> None:
-    """Every line of ``path`` as one message (kcat -P -l), acknowledged by all replicas."""
+def kcat_produce(bootstrap: str, topic: str, path: Path, compression: str = "none") -> None:
+    """Every line of ``path`` as one message (kcat -P -l), acknowledged by all replicas,
+    in batches compressed by librdkafka with ``compression`` (none, gzip, snappy, lz4,
+    zstd)."""
     kcat = require_binary("kcat")
+    codec = ["-X", f"compression.codec={compression}"]
     result = subprocess.run(
-        [kcat, "-P", "-b", bootstrap, "-t", topic, "-l", "-X", "acks=all", str(path)],
+        [kcat, "-P", "-b", bootstrap, "-t", topic, "-l", "-X", "acks=all", *codec, str(path)],
         capture_output=True,
         text=True,
         timeout=60,

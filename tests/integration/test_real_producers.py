@@ -32,8 +32,10 @@ import pytest
 
 from pipeline.core.span import UNKNOWN_SERVICE
 from pipeline.dev.stack.jaeger import JaegerQuery, JaegerServer
+from pipeline.dev.synth import generate
 from tests.geoip_data import EXPECTED_GEO, write_test_dbs
 from tests.integration.conftest import unique_name
+from tests.integration.ledger import stored_count
 from tests.integration.producers import NginxSite, RsyslogShipper, kcat_produce
 from tests.integration.test_jaeger import search_until_found, v1_tags
 from tests.integration.worker_proc import WorkerProcess
@@ -306,3 +308,42 @@ async def test_nginx_through_rsyslog_and_kcat_to_store_and_jaeger(
                     )
         finally:
             worker.kill()
+
+
+async def test_batches_librdkafka_compressed_with_every_codec_are_all_stored(
+    bootstrap: str, topic_factory: Any, store: Any, tmp_path: Path
+) -> None:
+    """Shippers built on librdkafka (kcat here; Vector, Fluent Bit, rsyslog's omkafka)
+    compress batches with gzip, snappy, lz4 or zstd: the worker reads every one."""
+    codecs = ("gzip", "snappy", "lz4", "zstd")
+    lines = list(generate(400, seed=24))
+    log = tmp_path / "lines.log"
+    log.write_bytes(b"\n".join(lines) + b"\n")
+    topics = {codec: await topic_factory(partitions=2, prefix=f"z-{codec}") for codec in codecs}
+    for codec, topic in topics.items():
+        await asyncio.to_thread(kcat_produce, bootstrap, topic, log, codec)
+    env = {
+        "GRAYSCOPE_KAFKA_BROKERS": bootstrap,
+        "GRAYSCOPE_INPUT_TOPICS": ",".join(topics.values()),
+        "GRAYSCOPE_DLQ_TOPIC": await topic_factory(partitions=1, prefix="dlq"),
+        "GRAYSCOPE_CONSUMER_GROUP": unique_name("grayscope"),
+        "GRAYSCOPE_ES_URL": store.url,
+        "GRAYSCOPE_OTLP_ENDPOINT": "",
+    }
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    try:
+        worker.wait_ready()
+        deadline = time.monotonic() + 90
+        counts: dict[str, int] = {}
+        while time.monotonic() < deadline:
+            counts = {
+                codec: await asyncio.to_thread(stored_count, store.url, topic)
+                for codec, topic in topics.items()
+            }
+            if all(count >= len(lines) for count in counts.values()):
+                break
+            await asyncio.sleep(0.5)
+        assert counts == dict.fromkeys(codecs, len(lines)), (counts, worker.tail())
+        assert worker.proc is not None and worker.proc.poll() is None
+    finally:
+        worker.kill()

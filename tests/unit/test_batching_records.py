@@ -36,7 +36,7 @@ from tests.unit.conftest import compiled_core_in_use
 TOPIC = "logs"
 PARTITION = 3
 TP_LOGS = TP(TOPIC, PARTITION)
-GZIP = 1
+GZIP, SNAPPY, LZ4, ZSTD = 1, 2, 3, 4  # a batch's codecs
 LOG_APPEND_TIME = 0x08
 CONTROL = 0x20
 
@@ -98,7 +98,7 @@ def batches(draw: st.DrawFn, base_offset: int) -> Batch:
     return Batch(
         base_offset,
         records,
-        compression=draw(st.sampled_from([0, 0, 0, GZIP])),
+        compression=draw(st.sampled_from([0, 0, 0, GZIP, SNAPPY, LZ4, ZSTD])),
         log_append_time=draw(st.booleans()),
         control=draw(st.integers(0, 9)) == 0,
         extra_last_delta=draw(st.sampled_from([0, 0, 3])),
@@ -232,8 +232,9 @@ def test_the_messages_and_positions_are_aiokafkas(
     assert drained(data, fetch_offset, steps, stock=False, check_crcs=check_crcs) == expected
 
 
-def test_c_reads_a_plain_batch_and_leaves_the_rest_to_aiokafka() -> None:
-    """Compiled, C reads plain batches; from a compressed one on, aiokafka reads."""
+def test_c_reads_batches_and_leaves_the_rest_to_aiokafka() -> None:
+    """Compiled, C reads plain batches, and compressed ones through the decompressor it
+    is given; without one, from a compressed batch on, aiokafka reads."""
     if not compiled_core_in_use():
         assert batching.KAFKA_BATCH is None
         return
@@ -243,7 +244,9 @@ def test_c_reads_a_plain_batch_and_leaves_the_rest_to_aiokafka() -> None:
     plain = batch_bytes(Batch(10, [(0, 5, None, b"a", []), (2, 6, b"k", b"b", [("h", b"v")])]))
     packed = batch_bytes(Batch(13, [(0, 7, None, b"c", [])], compression=GZIP))
     data = plain + packed + plain
-    read = _read.kafka_batch(data, 0, 10, True, input_message, KafkaCoordinates, TOPIC, 3)
+    args = (True, input_message, KafkaCoordinates, TOPIC, 3)
+    decompress = batching.decompressed_records
+    read = _read.kafka_batch(data, 0, 10, *args, decompress)
     assert read is not None
     messages, next_offset, position = read
     assert [(m.value, m.key, m.coords, m.timestamp_ns) for m in messages] == [
@@ -252,22 +255,50 @@ def test_c_reads_a_plain_batch_and_leaves_the_rest_to_aiokafka() -> None:
     ]
     assert all(type(m) is InputMessage for m in messages)
     assert (next_offset, position) == (13, len(plain))
-    # The compressed batch, and the end of the data: aiokafka's.
-    args = (True, input_message, KafkaCoordinates, TOPIC, 3)
-    assert _read.kafka_batch(data, len(plain), 13, *args) is None
-    assert _read.kafka_batch(data, len(data), 14, *args) is None
-    assert _read.kafka_batch(data, len(data) + 1, 14, *args) is None
+    # The compressed batch: C's with the decompressor, aiokafka's without one.
+    read = _read.kafka_batch(data, len(plain), 13, *args, decompress)
+    assert read is not None
+    assert [(m.value, m.coords.offset) for m in read[0]] == [(b"c", 13)]
+    assert read[1:] == (14, len(plain) + len(packed))
+    assert _read.kafka_batch(data, len(plain), 13, *args, None) is None
+
+    # A decompressor that raises or answers other than bytes: aiokafka's (which raises).
+    def broken(codec: int, payload: memoryview) -> bytes:
+        raise OSError("corrupt")
+
+    assert _read.kafka_batch(data, len(plain), 13, *args, broken) is None
+    assert _read.kafka_batch(data, len(plain), 13, *args, lambda c, p: bytearray(p)) is None
+    # The end of the data: aiokafka's.
+    assert _read.kafka_batch(data, len(data), 14, *args, decompress) is None
+    assert _read.kafka_batch(data, len(data) + 1, 14, *args, decompress) is None
     # A fetch position inside the batch: the records before it are left out.
-    later = _read.kafka_batch(data, 0, 11, *args)
+    later = _read.kafka_batch(data, 0, 11, *args, decompress)
     assert later is not None and [m.coords.offset for m in later[0]] == [12]
     # A bad CRC: aiokafka's (which raises), unless CRCs are not checked.
     bad = bytearray(plain)
     bad[-1] ^= 1
-    assert _read.kafka_batch(bytes(bad), 0, 10, *args) is None
-    unchecked = _read.kafka_batch(bytes(bad), 0, 10, False, *args[1:])
+    assert _read.kafka_batch(bytes(bad), 0, 10, *args, decompress) is None
+    unchecked = _read.kafka_batch(bytes(bad), 0, 10, False, *args[1:], decompress)
     assert unchecked is not None and unchecked[0][-1].value == b"b"  # the header's byte
     with pytest.raises(TypeError):
-        _read.kafka_batch(bytearray(data), 0, 10, *args)
+        _read.kafka_batch(bytearray(data), 0, 10, *args, decompress)
+
+
+@pytest.mark.parametrize("codec", [GZIP, SNAPPY, LZ4, ZSTD])
+def test_c_reads_every_codecs_batch_as_aiokafka_does(codec: int) -> None:
+    if not compiled_core_in_use():
+        return
+    from pipeline.core import _read
+
+    records = [(i, i, None, b"line %d " % i * 20, []) for i in range(50)]
+    data = batch_bytes(Batch(0, records, compression=codec))
+    stock = MemoryRecords(data).next_batch()
+    assert stock.compression_type == codec
+    expected = [(r.offset, r.value) for r in stock]
+    args = (True, input_message, KafkaCoordinates, TOPIC, 0, batching.decompressed_records)
+    read = _read.kafka_batch(data, 0, 0, *args)
+    assert read is not None
+    assert [(m.coords.offset, m.value) for m in read[0]] == expected
 
 
 def test_the_reader_takes_no_other_consumers_records() -> None:
