@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.dev.stack import process as process_module
 from pipeline.dev.stack.process import (
     LOOPBACK,
     ManagedProcess,
@@ -111,7 +112,9 @@ def test_a_failure_names_the_first_error_lines_not_only_the_shutdown_tail(
 def test_free_port_is_below_the_ephemeral_range_and_reserved_across_processes() -> None:
     floor = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     ours = {free_port() for _ in range(50)}
-    assert len(ours) == 50 and max(ours) < floor
+    assert len(ours) == 50
+    if floor - process_module._PORT_RANGE_START >= 1000:  # else the kernel's picks
+        assert max(ours) < floor
     # Another process can reserve none of them (the reservation free_port draws through).
     check = (
         "import json, sys; from pipeline.dev.stack.process import _reserve_port; "
