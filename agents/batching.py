@@ -223,8 +223,8 @@ KAFKA_BATCH: Callable[..., tuple[list[InputMessage], int, int] | None] | None = 
 )
 
 
-# A record batch's codecs (its attributes' low three bits) other than gzip, whose
-# decoder aiokafka hands a memoryview: aiokafka's decoders, which it hands bytes.
+# A record batch's codec (its attributes' low three bits): gzip's decoder gets the
+# payload as a memoryview, the others' as bytes, as aiokafka's DefaultRecordBatch calls them.
 GZIP_CODEC = 1
 CODEC_DECODERS: dict[int, Callable[[bytes], bytes]] = {
     2: aiokafka_codec.snappy_decode,

@@ -678,11 +678,8 @@ static PyObject *nginx_unescape(PyObject *self, PyObject *arg) {
 
 /* ---- client addresses ------------------------------------------------------------- */
 
-/* ipv4(text) -> the 32-bit value of a canonical dotted quad, else -1: exactly what
- * inet_pton(AF_INET) accepts (four decimal parts 0-255, no leading zeros, nothing
- * else), as values.ipv4_value defines it. Per address the enrichment has not seen
- * before, this replaces three strip calls, two inet_pton calls and int.from_bytes. */
-/* The 32-bit value of the canonical dotted quad s[0..n), else -1. */
+/* The 32-bit value of the canonical dotted quad s[0..n), else -1 (what ipv4 and
+ * client_ip_v4 read). */
 static int64_t quad_value(const unsigned char *s, Py_ssize_t n) {
     if (n < 7 || n > 15) return -1;
     uint32_t value = 0;
@@ -705,6 +702,10 @@ static int64_t quad_value(const unsigned char *s, Py_ssize_t n) {
     return i == n ? (int64_t)value : -1;
 }
 
+/* ipv4(text) -> the 32-bit value of a canonical dotted quad, else -1: exactly what
+ * inet_pton(AF_INET) accepts (four decimal parts 0-255, no leading zeros, nothing
+ * else), as values.ipv4_value defines it. Per address the enrichment has not seen
+ * before, this replaces three strip calls, two inet_pton calls and int.from_bytes. */
 static PyObject *ipv4(PyObject *self, PyObject *arg) {
     (void)self;
     if (!PyUnicode_CheckExact(arg) || !PyUnicode_IS_ASCII(arg)) return PyLong_FromLong(-1);
@@ -1186,8 +1187,8 @@ static PyObject *decompressed(PyObject *decompress, unsigned codec, PyObject *da
 /* kafka_batch(data, position, first_offset, check_crc, make_message, coordinates_cls,
  * topic, partition, decompress) -> (messages, next offset, position after the batch) |
  * None. make_message(value, key, coordinates, timestamp_ns) is model.input_message;
- * decompress(codec, payload) -> bytes | None a compressed batch's records, as aiokafka
- * decompresses them (None: compressed batches are aiokafka's to read). */
+ * decompress(codec, payload) -> bytes makes a compressed batch's records as aiokafka
+ * decompresses them; passed as None, compressed batches are aiokafka's to read. */
 static PyObject *kafka_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     if (nargs != 9 || !PyBytes_Check(args[0]) || !PyLong_Check(args[1]) ||
