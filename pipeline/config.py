@@ -443,7 +443,9 @@ class Settings(BaseSettings):
         "it is abandoned uncommitted (re-consumed by the next owner).",
     )
     data_dir: str = Field(
-        "", description="Faust state directory (tables); empty: a per-process temporary directory."
+        "",
+        description="Faust state directory (tables); empty: a per-process temporary "
+        "directory, removed when the process exits.",
     )
 
     @field_validator("input_topics", "trusted_proxies", "gray_id_headers", mode="before")

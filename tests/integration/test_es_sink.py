@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +17,7 @@ from aiohttp import web
 
 from pipeline.core.bulk import BulkItem, build_bulk_body
 from pipeline.dev.stack.opensearch import OpenSearchNode
+from pipeline.dev.stack.process import free_port
 from pipeline.errors import StoreRejected, StoreUnavailable
 from pipeline.sinks.elasticsearch.service import ELASTICSEARCH, OPENSEARCH, ElasticsearchService
 from pipeline.sinks.elasticsearch.sink import ElasticsearchSink
@@ -363,13 +363,6 @@ async def test_one_node_with_the_stores_default_replica_is_green(
     settings = node.request("GET", f"/{pinned}/_settings")[pinned]["settings"]["index"]
     assert settings["auto_expand_replicas"] == "false"
     assert settings["number_of_replicas"] == "1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def test_store_down_at_start_then_up(

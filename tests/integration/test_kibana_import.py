@@ -14,7 +14,6 @@ import email.parser
 import email.policy
 import io
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -36,6 +35,7 @@ from pipeline.commands.kibana import (
     run_kibana_import,
 )
 from pipeline.config import Settings, add_settings_arguments, settings_from_args
+from pipeline.dev.stack.process import free_port
 from pipeline.errors import ConfigError, KibanaImportError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,13 +133,6 @@ def file_part(recorded: Recorded) -> tuple[str | None, str | None, bytes]:
     payload = part.get_payload(decode=True)
     assert isinstance(payload, bytes)
     return (str(name) if name else None), part.get_filename(), payload
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def cli_has_kibana_import() -> bool:

@@ -407,6 +407,25 @@ async def test_sigterm_during_store_outage_exits_without_committing_unstored(
     await assert_nothing_committed_past(bootstrap, env, unique_topic, stored)
 
 
+async def test_the_workers_temporary_data_dir_is_removed_when_it_exits(
+    bootstrap: str,
+    unique_topic: str,
+    topic_factory: Any,
+    workers: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    """Without GRAYSCOPE_DATA_DIR the worker makes one temporary Faust data directory
+    and removes it as it exits on SIGTERM: restarts must not pile them up."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    dlq = await topic_factory(partitions=1, prefix="dlq")
+    worker = workers(base_env(bootstrap, unique_topic, dlq, None) | {"TMPDIR": str(tmp)})
+    worker.wait_ready()
+    assert [p.name.startswith("grayscope-faust-") for p in tmp.iterdir()] == [True]
+    assert worker.terminate() == 0
+    assert list(tmp.iterdir()) == []
+
+
 @pytest.mark.partitions(4)
 async def test_two_workers_share_the_group_through_rebalances(
     bootstrap: str,

@@ -188,3 +188,11 @@ def test_the_worker_refreshes_metadata_well_before_fausts_five_minutes() -> None
     # the group rebalances once the leader's metadata shows it (agents/app.py).
     conf = faust_settings(load_settings())
     assert conf["consumer_metadata_max_age_ms"] <= 30_000
+
+
+def test_apps_of_one_process_share_one_temporary_data_dir_unless_one_is_set() -> None:
+    # One per app call, never removed, piled up in the temporary directory (agents/app.py;
+    # its removal at exit: tests/integration/test_worker.py).
+    first, second = (faust_settings(load_settings())["datadir"] for _ in range(2))
+    assert first == second
+    assert faust_settings(load_settings(data_dir="/srv/grayscope"))["datadir"] == "/srv/grayscope"
