@@ -35,6 +35,9 @@ PROJECT = (*PACKAGES, "kibana", "tests", "bench")
 
 # Third-party modules the pure core may use: serialisation only.
 CORE_THIRD_PARTY = {"orjson"}
+# Read by mypyc as it compiles the core (``mypyc_attr``), never at run time: only
+# under ``if TYPE_CHECKING:`` (pipeline/core/__init__.py has the run-time stand-in).
+COMPILE_TIME_ONLY = {"mypy_extensions"}
 IO_LIBRARIES = {
     "aiokafka",
     "faust",
@@ -78,6 +81,23 @@ def package_modules() -> dict[str, Path]:
 
 
 MODULES = package_modules()
+
+
+def typing_only_imports(path: Path) -> set[str]:
+    """Modules ``path`` imports only inside ``if TYPE_CHECKING:`` blocks (not their else)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.If) and ast.unparse(node.test) in (
+            "TYPE_CHECKING",
+            "typing.TYPE_CHECKING",
+        ):
+            for inner in node.body:
+                for sub in ast.walk(inner):
+                    if isinstance(sub, ast.ImportFrom) and sub.module and not sub.level:
+                        found.add(sub.module)
+                    elif isinstance(sub, ast.Import):
+                        found.update(alias.name for alias in sub.names)
+    return found
 
 
 def imports(path: Path, *, top_level_only: bool = False) -> Iterator[str]:
@@ -150,6 +170,10 @@ def test_core_imports_only_the_core_schemas_and_stdlib(name: str) -> None:
                 assert used <= CORE_SOCKET_NAMES, f"{name} uses socket.{used - CORE_SOCKET_NAMES}"
             else:
                 assert not io_library(imported), f"{name} imports {imported} (I/O)"
+        elif top in COMPILE_TIME_ONLY:
+            assert imported in typing_only_imports(MODULES[name]), (
+                f"{name} imports {imported} outside `if TYPE_CHECKING:`"
+            )
         else:
             assert top == "schemas" or top in CORE_THIRD_PARTY, f"{name} imports {imported}"
 
