@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import inspect
 import pickle
 
@@ -80,6 +81,32 @@ def _written_out() -> list[type]:
     from pipeline.core.process import Enriched
 
     return [AccessRecord, Enrichment, Enriched, InputMessage, BulkItem]
+
+
+# The same classes are acyclic where compiled (``mypyc_attr(acyclic=True)``): the
+# collector never tracks them, and nothing of theirs can lead back to them.
+def _one_of(cls: type) -> object:
+    from agents.handler import InputMessage
+    from pipeline.core.bulk import BulkItem
+
+    coords = KafkaCoordinates("t", 0, 1)
+    record = AccessRecord("nginx.access")
+    message = InputMessage(b"x", None, coords)
+    made: dict[type, object] = {
+        AccessRecord: record,
+        Enrichment: Enrichment(),
+        Enriched: Enriched(record, Enrichment(), b"{}"),
+        InputMessage: message,
+        BulkItem: BulkItem("t-0-1", "i", "create", b"{}", message),
+    }
+    return made[cls]
+
+
+@pytest.mark.parametrize("cls", _written_out(), ids=lambda cls: cls.__name__)
+def test_per_event_objects_are_outside_the_cycle_collector_where_compiled(cls: type) -> None:
+    if not loaded_native([cls.__module__]):
+        pytest.skip("interpreted, a slots dataclass is tracked like any object")
+    assert not gc.is_tracked(_one_of(cls))
 
 
 @pytest.mark.parametrize("cls", _written_out(), ids=lambda cls: cls.__name__)
