@@ -36,6 +36,9 @@ class WorkerProcess:
             "GRAYSCOPE_BATCH_TIMEOUT": "0.2",
             "GRAYSCOPE_ES_RETRY_MAX": "1",
             "GRAYSCOPE_LOG_LEVEL": "info",
+            # The worker removes its temporary Faust data dir at exit, but a SIGKILLed
+            # one (the fault tests, teardown) cannot: leave it in the test's directory.
+            "TMPDIR": str(log_path.parent),
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
