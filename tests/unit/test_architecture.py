@@ -83,21 +83,29 @@ def package_modules() -> dict[str, Path]:
 MODULES = package_modules()
 
 
-def typing_only_imports(path: Path) -> set[str]:
-    """Modules ``path`` imports only inside ``if TYPE_CHECKING:`` blocks (not their else)."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+def run_time_imports_of(path: Path, top: str) -> list[int]:
+    """Lines where ``path`` imports package ``top`` outside ``if TYPE_CHECKING:`` bodies."""
+    tree = ast.parse(path.read_text(), str(path))
+    typing_only: set[int] = set()
+    for node in ast.walk(tree):
         if isinstance(node, ast.If) and ast.unparse(node.test) in (
             "TYPE_CHECKING",
             "typing.TYPE_CHECKING",
         ):
-            for inner in node.body:
-                for sub in ast.walk(inner):
-                    if isinstance(sub, ast.ImportFrom) and sub.module and not sub.level:
-                        found.add(sub.module)
-                    elif isinstance(sub, ast.Import):
-                        found.update(alias.name for alias in sub.names)
-    return found
+            typing_only.update(id(sub) for inner in node.body for sub in ast.walk(inner))
+    lines = []
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        if any(name.split(".")[0] == top for name in names):
+            lines.append(node.lineno)
+    return lines
 
 
 def imports(path: Path, *, top_level_only: bool = False) -> Iterator[str]:
@@ -171,9 +179,8 @@ def test_core_imports_only_the_core_schemas_and_stdlib(name: str) -> None:
             else:
                 assert not io_library(imported), f"{name} imports {imported} (I/O)"
         elif top in COMPILE_TIME_ONLY:
-            assert imported in typing_only_imports(MODULES[name]), (
-                f"{name} imports {imported} outside `if TYPE_CHECKING:`"
-            )
+            lines = run_time_imports_of(MODULES[name], top)
+            assert not lines, f"{name} imports {top} at run time (lines {lines})"
         else:
             assert top == "schemas" or top in CORE_THIRD_PARTY, f"{name} imports {imported}"
 
