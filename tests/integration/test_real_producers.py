@@ -35,7 +35,7 @@ from pipeline.dev.stack.jaeger import JaegerQuery, JaegerServer
 from pipeline.dev.synth import generate
 from tests.geoip_data import EXPECTED_GEO, write_test_dbs
 from tests.integration.conftest import unique_name
-from tests.integration.ledger import stored_count
+from tests.integration.ledger import stored_count, wait_until
 from tests.integration.producers import NginxSite, RsyslogShipper, kcat_produce
 from tests.integration.test_jaeger import search_until_found, v1_tags
 from tests.integration.worker_proc import WorkerProcess
@@ -330,20 +330,20 @@ async def test_batches_librdkafka_compressed_with_every_codec_are_all_stored(
         "GRAYSCOPE_ES_URL": store.url,
         "GRAYSCOPE_OTLP_ENDPOINT": "",
     }
+
+    def counts() -> dict[str, int]:
+        return {codec: stored_count(store.url, topic) for codec, topic in topics.items()}
+
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
     try:
         worker.wait_ready()
-        deadline = time.monotonic() + 90
-        counts: dict[str, int] = {}
-        while time.monotonic() < deadline:
-            counts = {
-                codec: await asyncio.to_thread(stored_count, store.url, topic)
-                for codec, topic in topics.items()
-            }
-            if all(count >= len(lines) for count in counts.values()):
-                break
-            await asyncio.sleep(0.5)
-        assert counts == dict.fromkeys(codecs, len(lines)), (counts, worker.tail())
+        try:
+            await wait_until(
+                lambda: all(n >= len(lines) for n in counts().values()), 90, "every codec's lines"
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {counts()}\n{worker.tail()}") from None
+        assert counts() == dict.fromkeys(codecs, len(lines)), (counts(), worker.tail())
         assert worker.proc is not None and worker.proc.poll() is None
     finally:
         worker.kill()
