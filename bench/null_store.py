@@ -1,7 +1,8 @@
 """A bulk endpoint that acknowledges instantly: the worker's own ceiling, store excluded.
 
 Speaks just enough of the OpenSearch API for the sink (``GET /``, template
-PUTs, ``POST /_bulk`` answering ``errors: false``). Run:
+PUTs, ``POST /_bulk`` answering ``errors: false`` with one item per action, in
+the compact form OpenSearch gives the sink's ``filter_path``). Run:
 ``python bench/null_store.py PORT``; prints ``ready`` when listening.
 """
 
@@ -27,13 +28,13 @@ async def ok(request: web.Request) -> web.Response:
     return web.json_response({"acknowledged": True})
 
 
-ITEM = b'{"index":{"status":201}}'
-
-
 async def bulk(request: web.Request) -> web.Response:
     body = await request.read()
     n = body.count(b"\n") // 2
-    payload = b'{"took":0,"errors":false,"items":[' + b",".join([ITEM] * n) + b"]}"
+    # The request's action (index, or create for a data stream), as OpenSearch names it.
+    action = body[2 : body.find(b'"', 2)] if body.startswith(b'{"') else b"index"
+    item = b'{"' + action + b'":{"status":201}}'
+    payload = b'{"errors":false,"items":[' + b",".join([item] * n) + b"]}"
     return web.Response(body=payload, content_type="application/json")
 
 

@@ -19,6 +19,7 @@ from pipeline.core.bulk import BulkItem, build_bulk_body
 from pipeline.dev.stack.opensearch import OpenSearchNode
 from pipeline.dev.stack.process import free_port
 from pipeline.errors import StoreRejected, StoreUnavailable
+from pipeline.sinks.elasticsearch.classify import AllItemsDone
 from pipeline.sinks.elasticsearch.service import ELASTICSEARCH, OPENSEARCH, ElasticsearchService
 from pipeline.sinks.elasticsearch.sink import ElasticsearchSink
 from schemas import DATA_STREAM_NAME, VERDICTS_INDEX, component_templates, index_templates
@@ -187,6 +188,30 @@ def data_stream_ids(store: OpenSearchNode) -> list[tuple[str, str]]:
     store.request("POST", f"/{DATA_STREAM_NAME}/_refresh")
     body = store.request("POST", f"/{DATA_STREAM_NAME}/_search", {"size": 10_000, "_source": False})
     return sorted((hit["_index"], hit["_id"]) for hit in body["hits"]["hits"])
+
+
+async def test_the_stores_all_done_answers_are_counted_not_decoded(
+    service: ElasticsearchService, store: OpenSearchNode
+) -> None:
+    """OpenSearch's answer to the sink's bulk requests, when every item succeeded, is
+    the compact form ``read_all_done`` recognises: created (index and data stream),
+    and created and updated mixed (a replay in index mode)."""
+    await service.install_templates()
+    index = index_sink(service)
+    stream = data_stream_sink(service)
+    first = items_for(index, [access_doc(n, "2024-05-07") for n in range(6)], "answer")
+    assert await service.bulk(build_bulk_body(first)) == (200, AllItemsDone(6))
+    # answer-3 to -5 updated (200), answer-6 to -8 created (201).
+    mixed = [index.item(access_doc(n, "2024-05-07"), f"answer-{n}") for n in range(3, 9)]
+    assert await service.bulk(build_bulk_body(mixed)) == (200, AllItemsDone(6))
+    created = items_for(stream, [access_doc(n, "2024-05-07") for n in range(5)], "answer")
+    assert await service.bulk(build_bulk_body(created)) == (200, AllItemsDone(5))
+    # A replayed create (409) is an error in the answer: decoded, item by item.
+    status, again = await service.bulk(build_bulk_body(created[:2]))
+    assert status == 200
+    assert isinstance(again, dict)
+    assert [item["create"]["status"] for item in again["items"]] == [409, 409]
+    assert count(store, "grayscope-access-2024.05.07") == 9
 
 
 async def test_data_stream_documents_land_with_create(

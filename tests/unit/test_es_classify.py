@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipeline.sinks.elasticsearch.classify import (
     MAX_DETAIL,
+    AllItemsDone,
     BulkResult,
     Outcome,
     RequestOutcome,
@@ -15,7 +19,9 @@ from pipeline.sinks.elasticsearch.classify import (
     classify_item,
     classify_status,
     error_detail,
+    read_all_done,
 )
+from pipeline.sinks.elasticsearch.service import _SERIALIZER
 
 ES8_ALL_CREATED: dict[str, Any] = {
     "errors": False,
@@ -399,3 +405,79 @@ def test_details_are_clipped() -> None:
     _, detail = classify_item(item(400, {"type": "mapper_parsing_exception", "reason": "x" * 5000}))
     assert len(detail) == MAX_DETAIL
     assert detail.endswith("...")
+
+
+# --- bulk answers read without decoding their items (read_all_done) ---
+
+ACTIONS = ("index", "create", "update", "delete")
+
+
+def compact(errors: bool, items: list[tuple[str, int]]) -> bytes:
+    """A bulk answer as OpenSearch writes it for the sink's filter_path."""
+    return orjson.dumps({"errors": errors, "items": [{op: {"status": s}} for op, s in items]})
+
+
+done_items = st.lists(
+    st.tuples(st.sampled_from(ACTIONS), st.sampled_from([200, 201, 201, 201])), max_size=40
+)
+
+
+@given(done_items)
+def test_an_all_done_answer_is_counted_not_decoded(items: list[tuple[str, int]]) -> None:
+    data = compact(False, items)
+    assert read_all_done(data) == AllItemsDone(len(items))
+    assert _SERIALIZER.loads(data) == AllItemsDone(len(items))
+    # The same outcome as classifying the decoded answer.
+    assert classify_bulk([0] * len(items), AllItemsDone(len(items))) == classify_bulk(
+        [0] * len(items), orjson.loads(data)
+    )
+
+
+@given(done_items, st.data())
+def test_whatever_is_counted_decodes_to_the_same_all_done_answer(
+    items: list[tuple[str, int]], data: st.DataObject
+) -> None:
+    """Any change of bytes (dropped, repeated, replaced, inserted): either the answer
+    is no longer recognised, or it still decodes to ``errors: false`` with as many
+    items as it was counted."""
+    body = bytearray(compact(False, items))
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(body)))
+        kind = data.draw(st.sampled_from(["drop", "repeat", "replace", "insert"]))
+        if kind == "drop" and at < len(body):
+            del body[at]
+        elif kind == "repeat" and at < len(body):
+            end = data.draw(st.integers(at, len(body)))
+            body[at:at] = body[at:end]
+        elif kind in ("replace", "insert"):
+            byte = data.draw(st.sampled_from(list(b'{}[],:" 0129etsuxfal\\n')))
+            body[at : at + (kind == "replace")] = bytes([byte])
+    read = read_all_done(bytes(body))
+    if read is not None:
+        decoded = orjson.loads(bytes(body))
+        assert decoded["errors"] is False
+        assert len(decoded["items"]) == read.items
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        compact(True, [("create", 201), ("create", 409)]),
+        b'{"errors": false, "items": [{"index": {"status": 201}}]}',  # not compact
+        b'{"took":3,"errors":false,"items":[{"index":{"status":201}}]}',  # no filter_path
+        b'{"errors":false,"items":[{"index":{"status":201}},]}',
+        b'{"errors":false,"items":[{"index":{"status":201}}{"index":{"status":201}}]}',
+        b'{"errors":false,"items":[{"index":{"status":201,"error":{"type":"x"}}}]}',
+        b'{"errors":false,"items":[{"index":{"status":201}}]}\n',
+        b'{"acknowledged":true}',
+        b"<html>bad gateway</html>",
+    ],
+)
+def test_other_answers_are_left_to_the_json_decoder(data: bytes) -> None:
+    assert read_all_done(data) is None
+
+
+def test_an_all_done_answer_with_the_wrong_count_retries_everything() -> None:
+    result = classify_bulk([0, 1, 2], AllItemsDone(2))
+    assert result.retry == [0, 1, 2]
+    assert result.retry_detail == "bulk response has 2 items for 3 documents"

@@ -41,9 +41,11 @@ from pipeline.config import StoreSettings
 from pipeline.credentials import authorization, redact_url
 from pipeline.errors import ConfigError, SinkError, StoreRejected, StoreUnavailable
 from pipeline.sinks.elasticsearch.classify import (
+    AllItemsDone,
     RequestOutcome,
     classify_status,
     error_detail,
+    read_all_done,
     response_text,
 )
 from schemas import component_templates, index_templates
@@ -104,7 +106,9 @@ def media_types_for(info: ServerInfo) -> MediaTypes:
 
 
 class _PassThroughJson(Serializer):
-    """Bytes go out untouched (bodies are pre-serialised); responses decode with orjson.
+    """Bytes go out untouched (bodies are pre-serialised); responses decode with orjson,
+    except a bulk answer whose items all succeeded: that is only counted
+    (``classify.read_all_done``).
 
     Registered for every media type the store may answer with, so a proxy's
     HTML error page or an empty body never turns into a SerializationError
@@ -116,6 +120,9 @@ class _PassThroughJson(Serializer):
     def loads(self, data: bytes) -> Any:
         if not data:
             return None
+        done = read_all_done(data)
+        if done is not None:
+            return done
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -268,7 +275,7 @@ class ElasticsearchService:
                     raise self._error_for(status, response, f"PUT {target}")
         logger.info("Elasticsearch: templates installed")
 
-    async def bulk(self, body: bytes) -> tuple[int, dict[str, Any]]:
+    async def bulk(self, body: bytes) -> tuple[int, dict[str, Any] | AllItemsDone]:
         """POST a ``_bulk`` body; returns ``(status, response)`` for 2xx, 400 and 413.
 
         Raises ``StoreUnavailable`` when the store is down or overloaded,
@@ -278,7 +285,7 @@ class ElasticsearchService:
         status, response = await self._request("POST", BULK_TARGET, body, ndjson=True)
         outcome = classify_status(status)
         if outcome is RequestOutcome.OK:
-            if not isinstance(response, dict):
+            if not isinstance(response, dict | AllItemsDone):
                 raise StoreUnavailable(f"bulk answered {status} without a JSON object")
             return status, response
         if outcome is RequestOutcome.SPLIT:

@@ -22,6 +22,7 @@ from pipeline.core.bulk import MODES, BulkItem, build_bulk_body, build_item, spl
 from pipeline.errors import SinkError, StoreRejected
 from pipeline.retry import Backoff
 from pipeline.sinks.elasticsearch.classify import (
+    AllItemsDone,
     RequestOutcome,
     classify_bulk,
     classify_status,
@@ -37,7 +38,7 @@ BULK_OUTCOMES = ("ok", "item_errors", "unavailable", "too_large", "bad_request",
 
 
 class BulkService(Protocol):
-    async def bulk(self, body: bytes) -> tuple[int, dict[str, Any]]: ...
+    async def bulk(self, body: bytes) -> tuple[int, dict[str, Any] | AllItemsDone]: ...
 
 
 @dataclass(slots=True)
