@@ -134,9 +134,11 @@ class Shell:
         observed: SecondTallies,
         items: list[BulkItem],
     ) -> None:
-        # The elasticsearch sink's request bodies (ElasticsearchSink.deliver), since session 20.
-        for run in split_by_bytes(items, BULK_MAX_BYTES):
-            build_bulk_body(run)
+        # The elasticsearch sink's request bodies (ElasticsearchSink.deliver), since session
+        # 20: built whole, cut to the size limit only when over it (session 26).
+        if len(build_bulk_body(items)) > BULK_MAX_BYTES:
+            for run in split_by_bytes(items, BULK_MAX_BYTES):
+                build_bulk_body(run)
         self.metrics.add_batch(results)
         self.observer.observe_tallies(observed)
         self.latency.observe_many(record_ages(batch, time.time_ns()))

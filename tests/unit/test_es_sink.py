@@ -271,6 +271,17 @@ async def test_a_batch_over_the_size_limit_goes_as_several_requests() -> None:
     assert sink.stats.bulk_requests_total["too_large"] == 0
 
 
+async def test_a_batch_exactly_at_the_size_limit_goes_whole() -> None:
+    service = FakeService(all_ok)
+    items = make_items(5, pad="x" * 100)
+    sink, _ = make_sink(service, max_bytes=len(build_bulk_body(items)))
+    assert await sink.deliver(items) == []
+    assert service.requests == [[f"t-0-{i}" for i in range(5)]]
+    short, _ = make_sink(FakeService(all_ok), max_bytes=len(build_bulk_body(items)) - 1)
+    assert await short.deliver(items) == []
+    assert short.stats.bulk_requests_total["ok"] == 2
+
+
 def test_the_size_limit_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_bytes"):
         make_sink(FakeService(all_ok), max_bytes=0)
