@@ -17,25 +17,8 @@ ReadOnlyDict would accept changes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypeVar
-
-if TYPE_CHECKING:
-    # Read by mypyc when it compiles the core (it knows the decorator by this name);
-    # never imported at run time, where the stand-in below does nothing.
-    from mypy_extensions import mypyc_attr
-else:
-    _Class = TypeVar("_Class", bound=type)
-
-    def mypyc_attr(*flags: str, **values: Any) -> Callable[[_Class], _Class]:
-        """mypyc's class attributes (``acyclic=True``: instances outside the cycle
-        collector), which only the compiled core reads; interpreted, the class as it is."""
-
-        def unchanged(cls: _Class) -> _Class:
-            return cls
-
-        return unchanged
+from typing import Any
 
 
 def wire_module() -> ModuleType | None:

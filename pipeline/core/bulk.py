@@ -16,7 +16,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from pipeline.core import mypyc_attr, wire_function
+from pipeline.core import wire_function
 from pipeline.core.formats.values import NS_PER_S, ns_to_iso
 from pipeline.core.model import DeadLetter, InputMessage, KafkaCoordinates, Reason, document_id
 from pipeline.core.process import Enriched
@@ -29,9 +29,6 @@ _DAY: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
 NS_PER_DAY: Final = 86_400 * NS_PER_S
 
 
-# As AccessRecord (pipeline/core/model.py); ``ref`` is the caller's message, which
-# holds nothing of the item.
-@mypyc_attr(acyclic=True)
 @dataclass(slots=True, init=False)
 class BulkItem:
     """One document of a bulk request.

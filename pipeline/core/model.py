@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final, NamedTuple
 
-from pipeline.core import ReadOnlyDict, mypyc_attr, read_function, wire_function
+from pipeline.core import ReadOnlyDict, read_function, wire_function
 
 
 class Reason(StrEnum):
@@ -91,10 +91,11 @@ def document_id(coords: KafkaCoordinates) -> str:
 EMPTY: Final[dict[str, str]] = ReadOnlyDict()
 
 
-# Per-event objects are acyclic (no field can lead back to them): kept out of the cycle
-# collector, they are allocated and freed without its header and bookkeeping, and
-# never make it run (bench/README.md, "Session 25").
-@mypyc_attr(acyclic=True)
+# Not ``@mypyc_attr(acyclic=True)`` (session 25 tried it on the per-event classes here,
+# in process.py and bulk.py): mypyc 2.4 still wraps such a class's dealloc in CPython's
+# trashcan, which, at a nesting of 50 deallocations, parks the object by writing a GC
+# header it does not have into the memory before it. That corrupted the heap (a
+# segmentation fault in CI); tests/unit/test_model.py holds the classes to it.
 @dataclass(slots=True, init=False)
 class AccessRecord:
     """One request as logged, normalised across Envoy/Istio and nginx formats.
@@ -226,7 +227,6 @@ class AsnInfo:
     document_json: bytes | None = field(default=None, compare=False, repr=False)
 
 
-@mypyc_attr(acyclic=True)  # as AccessRecord
 @dataclass(slots=True, init=False)
 class Enrichment:
     """What the enrichment chain derived from an AccessRecord."""
@@ -287,7 +287,6 @@ class Enrichment:
         self.truncated = truncated
 
 
-@mypyc_attr(acyclic=True)  # as AccessRecord
 @dataclass(slots=True, init=False)
 class InputMessage:
     """One Kafka record as the worker hands it to the core: value, key, coordinates."""

@@ -14,7 +14,6 @@ from typing import Any
 
 import orjson
 
-from pipeline.core import mypyc_attr
 from pipeline.core.buckets import bucket_float, nonnegative_ms
 from pipeline.core.document import document_source
 from pipeline.core.enrich import DEFAULT_CHAIN, EnrichContext, Step, enrich
@@ -32,7 +31,6 @@ from pipeline.errors import RejectedInput
 log = logging.getLogger(__name__)
 
 
-@mypyc_attr(acyclic=True)  # as AccessRecord (pipeline/core/model.py)
 @dataclass(slots=True, init=False)
 class Enriched:
     record: AccessRecord

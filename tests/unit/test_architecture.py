@@ -35,9 +35,6 @@ PROJECT = (*PACKAGES, "kibana", "tests", "bench")
 
 # Third-party modules the pure core may use: serialisation only.
 CORE_THIRD_PARTY = {"orjson"}
-# Read by mypyc as it compiles the core (``mypyc_attr``), never at run time: only
-# under ``if TYPE_CHECKING:`` (pipeline/core/__init__.py has the run-time stand-in).
-COMPILE_TIME_ONLY = {"mypy_extensions"}
 IO_LIBRARIES = {
     "aiokafka",
     "faust",
@@ -81,31 +78,6 @@ def package_modules() -> dict[str, Path]:
 
 
 MODULES = package_modules()
-
-
-def run_time_imports_of(path: Path, top: str) -> list[int]:
-    """Lines where ``path`` imports package ``top`` outside ``if TYPE_CHECKING:`` bodies."""
-    tree = ast.parse(path.read_text(), str(path))
-    typing_only: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and ast.unparse(node.test) in (
-            "TYPE_CHECKING",
-            "typing.TYPE_CHECKING",
-        ):
-            typing_only.update(id(sub) for inner in node.body for sub in ast.walk(inner))
-    lines = []
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
-        if isinstance(node, ast.ImportFrom) and not node.level:
-            names = [node.module or ""]
-        elif isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        else:
-            continue
-        if any(name.split(".")[0] == top for name in names):
-            lines.append(node.lineno)
-    return lines
 
 
 def imports(path: Path, *, top_level_only: bool = False) -> Iterator[str]:
@@ -178,9 +150,6 @@ def test_core_imports_only_the_core_schemas_and_stdlib(name: str) -> None:
                 assert used <= CORE_SOCKET_NAMES, f"{name} uses socket.{used - CORE_SOCKET_NAMES}"
             else:
                 assert not io_library(imported), f"{name} imports {imported} (I/O)"
-        elif top in COMPILE_TIME_ONLY:
-            lines = run_time_imports_of(MODULES[name], top)
-            assert not lines, f"{name} imports {top} at run time (lines {lines})"
         else:
             assert top == "schemas" or top in CORE_THIRD_PARTY, f"{name} imports {imported}"
 
