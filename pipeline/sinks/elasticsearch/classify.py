@@ -130,7 +130,7 @@ class AllItemsDone:
 
 # One item of the answer OpenSearch and Elasticsearch give to the sink's bulk requests
 # (the service's filter_path keeps each item's status and error) when it succeeded.
-_DONE_ITEM = rb'\{"(?:index|create|update|delete)":\{"status":[0-9]{3}\}\}'
+_DONE_ITEM = rb'\{"(?:index|create|update|delete)":\{"status":[1-5][0-9]{2}\}\}'
 _DONE_ITEM_RE = re.compile(_DONE_ITEM)
 _ALL_DONE_HEAD = b'{"errors":false,"items":['
 _ALL_DONE_TAIL = b"]}"
