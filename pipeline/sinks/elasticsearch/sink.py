@@ -210,8 +210,9 @@ class ElasticsearchSink:
                 f"{len(result.retry)} of {len(batch)}: {result.retry_detail}",
             )
             batch = [batch[position] for position in result.retry]
-            body = build_bulk_body(batch)
             await self._backoff(attempt, len(batch))
+            # Built after the wait, not held through it.
+            body = build_bulk_body(batch)
             attempt += 1
 
     async def _backoff(self, attempt: int, documents: int) -> None:
