@@ -43,7 +43,7 @@ from pipeline.canary.observer import CanaryObserver, new_tallies
 from pipeline.config import WhenFull
 from pipeline.core.bulk import BulkItem, Rejection, build_bulk_items
 from pipeline.core.enrich import EnrichContext
-from pipeline.core.model import DeadLetter, InputMessage, Reason
+from pipeline.core.model import DeadLetter, InputMessage, Reason, message_values
 from pipeline.core.otlp import encode_spans
 from pipeline.core.otlp_wire import EncodedSpan
 from pipeline.core.process import (
@@ -219,7 +219,7 @@ class BatchHandler:
     ) -> None:
         """Steps 1-3 (and what the observer and the statistics take) for part of a
         batch, added to the batch's lists and counts."""
-        results = process_batch([msg.value or b"" for msg in messages], self._ctx)
+        results = process_batch(message_values(messages), self._ctx)
         mode = self._es_mode if self._store is not None else None
         chunk_items, chunk_letters = build_bulk_items(messages, results, mode)
         items += chunk_items

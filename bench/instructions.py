@@ -49,7 +49,7 @@ from pipeline.config import Settings
 from pipeline.core.bulk import BulkItem, build_bulk_body, build_bulk_items, split_by_bytes
 from pipeline.core.enrich import EnrichContext
 from pipeline.core.extract.path_group import PathRules
-from pipeline.core.model import InputMessage, KafkaCoordinates
+from pipeline.core.model import InputMessage, KafkaCoordinates, message_values
 from pipeline.core.otlp import encode_spans
 from pipeline.core.process import SecondTallies, process_batch, record_ages, tally_results
 from pipeline.dev.synth import PATH_RULES, generate
@@ -81,7 +81,7 @@ def run_stages(messages: list[InputMessage], ctx: EnrichContext, shell: Shell | 
         batch = messages[start : start + BATCH]
         if shell is not None:
             batch = shell.consume(batch)
-        results = process_batch([m.value or b"" for m in batch], ctx)
+        results = process_batch(message_values(batch), ctx)
         items, _letters = build_bulk_items(batch, results, "data_stream")
         encode_spans(batch, results)
         observed = new_tallies()

@@ -8,7 +8,7 @@ set. Slots keep the per-event allocation small.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final, NamedTuple
@@ -317,6 +317,15 @@ def input_message(
     compiled, a call of this makes the message without the class call's argument
     parsing (~1,500 -> ~860 instructions a message; bench/README.md, "Session 23")."""
     return InputMessage(value, key, coords, timestamp_ns)
+
+
+def message_values(messages: Sequence[InputMessage]) -> list[bytes]:
+    """The values of a batch's messages, ``b""`` for none: what ``process_batch`` takes.
+
+    Compiled, each value is a field read; the handler's interpreted list comprehension
+    read them through the attribute protocol (~0.3 µs an event under perf;
+    bench/README.md, "Session 27")."""
+    return [message.value or b"" for message in messages]
 
 
 # C's maker of a KafkaCoordinates (pipeline/core/_read.c); None as for the above.

@@ -21,10 +21,12 @@ from pipeline.core.model import (
     EMPTY,
     AccessRecord,
     Enrichment,
+    InputMessage,
     KafkaCoordinates,
     ReadOnlyDict,
     document_id,
     fetched_message,
+    message_values,
 )
 from pipeline.core.process import Enriched, process
 from pipeline.native import loaded_native
@@ -186,6 +188,13 @@ _ints = st.one_of(
     st.integers(-(2**70), 2**70),
     st.sampled_from([0, -1, 2**30 - 1, 2**30, -(2**30), 2**63 - 1, 2**63, -(2**63)]),
 )
+
+
+def test_message_values_are_the_values_in_order_and_empty_for_none() -> None:
+    coords = KafkaCoordinates("logs", 0, 7)
+    messages = [InputMessage(v, None, coords) for v in (b"a", None, b"", b"b")]
+    assert message_values(messages) == [b"a", b"", b"", b"b"]
+    assert message_values([]) == []
 
 
 @given(_topics, _ints, _ints)
